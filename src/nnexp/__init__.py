@@ -1,0 +1,52 @@
+"""nnexp: experiments with hand-written NumPy neural networks, configured by Hydra and tracked by MLflow."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from nnexp.core.activations import ACTIVATIONS, Activation
+from nnexp.core.initializers import INITIALIZERS, Initializer
+from nnexp.core.layers import Bias, Dense, Layer
+from nnexp.core.losses import LOSSES, Loss
+from nnexp.core.network import Sequential
+from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.core.training import Callback, Examples, Trainer
+from nnexp.datasets.base import DATASETS, Dataset, Splits, holdout_splits
+from nnexp.errors import ConfigError, DataError, NnexpError, ParameterError, PluginError, require
+from nnexp.models.base import MODELS, Model
+from nnexp.registry import Registry
+
+try:
+    __version__ = version("nnexp")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ACTIVATIONS",
+    "DATASETS",
+    "INITIALIZERS",
+    "LOSSES",
+    "MODELS",
+    "OPTIMIZERS",
+    "Activation",
+    "Bias",
+    "Callback",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "Dense",
+    "Examples",
+    "Initializer",
+    "Layer",
+    "Loss",
+    "Model",
+    "NnexpError",
+    "Optimizer",
+    "ParameterError",
+    "PluginError",
+    "Registry",
+    "Sequential",
+    "Splits",
+    "Trainer",
+    "__version__",
+    "holdout_splits",
+    "require",
+]

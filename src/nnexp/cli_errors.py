@@ -1,0 +1,58 @@
+"""Turn Hydra's and OmegaConf's multi-line composition errors into one line naming the key and the choices."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from typing import Any
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def describe_type(annotation: Any) -> str:
+    """``Optional[int]`` -> "an integer or null", ``List[int]`` -> "a list of integers, like [64, 32]"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = next(arg for arg in args if arg is not type(None))
+        return f"{describe_type(inner)} or null"
+    if origin is list:
+        return f"a list of {describe_type(args[0]).split(' ', 1)[1]}s, like [64, 32]"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(member.name for member in annotation)
+    return _TYPE_WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _field_types(object_type: Any) -> dict[str, Any]:
+    """The annotated types of a config dataclass's user-facing fields, by name."""
+    if not (isinstance(object_type, type) and dataclasses.is_dataclass(object_type)):
+        return {}
+    hints = typing.get_type_hints(object_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(object_type) if f.name not in ("defaults", "hydra")}
+
+
+def describe_config_error(exc: BaseException) -> str | None:
+    """A one-line message for a configuration error, or ``None`` when ``exc`` is not one."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
+        group, option = exc.missing_cfg_file.rsplit("/", 1)
+        available = ", ".join(exc.options or []) or f"none (presets live in conf/{group}/)"
+        return f"{group}={option} is not an option; available: {available}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override '{exc.override}': {exc.message.splitlines()[0]}"
+    cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
+    if not isinstance(cause, OmegaConfBaseException) or not getattr(cause, "full_key", None):
+        return None
+    key, fields = cause.full_key, _field_types(cause.object_type)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        if key == "experiment":
+            return "experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
+        known = ", ".join(name for name in fields if name != "name")
+        return f"{key} is not a known key; {'valid keys here: ' + known if known else 'check its spelling'}"
+    expected = fields.get(str(cause.key))
+    if expected is not None and cause.value is not None:
+        return f"{key} expects {describe_type(expected)}, got {cause.value!r}"
+    return f"{key}: {str(cause.msg).splitlines()[0]}"

@@ -1,0 +1,131 @@
+"""Config schemas: the primary config, and one ConfigStore node per registered plugin built from its signature."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from nnexp.core.activations import ACTIVATIONS
+from nnexp.core.initializers import INITIALIZERS
+from nnexp.core.losses import LOSSES
+from nnexp.core.optimizers import OPTIMIZERS
+from nnexp.datasets.base import DATASETS
+from nnexp.models.base import MODELS
+from nnexp.registry import Registry, config_parameters
+
+#: The registries that are Hydra config groups, with the option each defaults to.
+GROUPS: tuple[tuple[Registry[Any], str], ...] = (
+    (DATASETS, "moons"),
+    (MODELS, "mlp"),
+    (LOSSES, "cross_entropy"),
+    (OPTIMIZERS, "adam"),
+)
+PRIMARY = "nnexp"
+
+
+class Dtype(enum.Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 50
+    batch_size: int | None = 32
+    shuffle: bool = True
+    dtype: Dtype = Dtype.float32
+
+
+@dataclass
+class TrackingConfig:
+    #: MLflow tracking URI; null takes $MLFLOW_TRACKING_URI, else a SQLite store in ./outputs.
+    uri: str | None = None
+    experiment: str = "nnexp"
+    run_name: str | None = None
+
+
+def _hydra_settings() -> dict[str, Any]:
+    stamp = "${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    return {
+        "job": {"name": "nnexp"},
+        "run": {"dir": f"outputs/{stamp}"},
+        "sweep": {"dir": f"outputs/multirun/{stamp}", "subdir": "${hydra.job.num}"},
+        "help": {
+            "app_name": "nnexp",
+            "header": "nnexp: experiments with hand-written NumPy neural networks, tracked in MLflow.\n\n"
+            "Usage: python -m nnexp [group=option ...] [key=value ...]   (-m sweeps comma-separated values)\n",
+            "footer": f"model.activation: {ACTIVATIONS.available()}\n"
+            f"model.initializer: {INITIALIZERS.available()}\n\n"
+            "Runs are recorded in MLflow; README.md shows how to compare them.",
+        },
+        # The terminal shows bare messages; the job's log file keeps Hydra's timestamps.
+        "job_logging": {
+            "formatters": {"bare": {"format": "%(message)s"}},
+            "handlers": {"console": {"formatter": "bare"}},
+        },
+    }
+
+
+@dataclass
+class RunConfig:
+    defaults: list[Any] = field(
+        default_factory=lambda: [
+            *({registry.kind: option} for registry, option in GROUPS),
+            "_self_",
+            # After _self_, so that an experiment preset's values beat the primary config's. Not "optional":
+            # an optional entry would silently ignore a misspelt preset name.
+            {"experiment": None},
+        ]
+    )
+    dataset: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    #: Free-form tags for the MLflow run; presets record e.g. the published accuracy they reproduce.
+    tags: dict[str, Any] = field(default_factory=dict)
+    hydra: Any = field(default_factory=_hydra_settings)
+
+
+def _omegaconf_type(annotation: Any) -> Any:
+    """Spell ``X | None`` and ``list[X]`` in the ``typing`` forms every OmegaConf 2.3 release understands."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = next(arg for arg in args if arg is not type(None))
+        return typing.Optional[_omegaconf_type(inner)]  # noqa: UP045
+    if origin is list:
+        return typing.List[_omegaconf_type(args[0])]  # noqa: UP006
+    return annotation
+
+
+def schema_for(cls: type, name: str) -> type:
+    """A dataclass whose fields mirror ``cls.__init__``: types and defaults, plus ``name`` fixed to ``name``."""
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=name))]
+    for parameter, annotation, default in config_parameters(cls):
+        if default is inspect.Parameter.empty:
+            spec = field(default=MISSING)
+        elif isinstance(default, list):
+            spec = field(default_factory=lambda default=default: list(default))
+        else:
+            spec = field(default=default)
+        fields.append((parameter, _omegaconf_type(annotation), spec))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+
+
+def store_configs() -> None:
+    """Store every registered plugin under its group, and the primary config, in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    for registry, _ in GROUPS:
+        for name, cls in registry.items():
+            store.store(group=registry.kind, name=name, node=schema_for(cls, name), provider="nnexp")
+    store.store(name=PRIMARY, node=RunConfig, provider="nnexp")

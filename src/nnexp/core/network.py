@@ -1,0 +1,79 @@
+"""Sequential networks: forward through layers, backward in reverse, parameters by stable keys."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nnexp.core import Array
+from nnexp.core.layers import Layer
+
+
+class Sequential:
+    """A stack of layers; parameter keys read ``dense0.weight``, ``bias0.bias``, ``dense1.weight``, …"""
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self.layers = list(layers)
+        counts: dict[str, int] = {}
+        self.layer_names: list[str] = []
+        for layer in self.layers:
+            kind = type(layer).__name__.lower()
+            self.layer_names.append(f"{kind}{counts.get(kind, 0)}")
+            counts[kind] = counts.get(kind, 0) + 1
+
+    def forward(self, x: Array) -> Array:
+        """Network output for a batch: (n_samples, n_features) -> (n_samples, n_outputs)."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_out: Array) -> Array:
+        for layer in reversed(self.layers):
+            grad_out = layer.backward(grad_out)
+        return grad_out
+
+    def parameters(self) -> Iterator[tuple[str, Array, Array]]:
+        """``(key, parameter, gradient)`` triples, in layer order."""
+        for name, layer in zip(self.layer_names, self.layers, strict=True):
+            for key, param in layer.params.items():
+                yield f"{name}.{key}", param, layer.grads[key]
+
+    def state_dict(self) -> dict[str, Array]:
+        return {key: param for key, param, _ in self.parameters()}
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Copy ``state`` into the parameters in place; keys and shapes must match exactly, or nothing changes."""
+        own = self.state_dict()
+        if set(state) != set(own):
+            raise ValueError(f"state keys {sorted(state)} do not match the network's {sorted(own)}")
+        for key, param in own.items():
+            if state[key].shape != param.shape:
+                raise ValueError(f"{key}: shape {state[key].shape} does not match the network's {param.shape}")
+        for key, param in own.items():
+            param[...] = state[key]
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(param.size for _, param, _ in self.parameters())
+
+    @property
+    def dtype(self) -> np.dtype:
+        return next(self.parameters())[1].dtype
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the parameters to ``path`` as ``.npz`` atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "wb") as file:
+                np.savez(file, **self.state_dict())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        with np.load(path, allow_pickle=False) as data:
+            self.load_state_dict({key: data[key] for key in data.files})

@@ -1,0 +1,88 @@
+"""The dataset plugin interface and the split helpers every dataset shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnexp.errors import DataError, require
+from nnexp.registry import Registry
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train, optional validation, and test arrays: ``x_*`` is (n_samples, n_features), ``y_*`` integer labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for part, x, y in self.parts():
+            if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise DataError(f"{part} split: expected x (n, features) and y (n,), got {x.shape} and {y.shape}")
+            if y.size and (y.min() < 0 or y.max() >= self.n_classes):
+                raise DataError(f"{part} split: labels must lie in [0, {self.n_classes}), got {y.min()}..{y.max()}")
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+    def parts(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``(name, x, y)`` for each split present, in the order train, val, test."""
+        found = [("train", self.x_train, self.y_train)]
+        if self.x_val is not None and self.y_val is not None:
+            found.append(("val", self.x_val, self.y_val))
+        return [*found, ("test", self.x_test, self.y_test)]
+
+    def names(self) -> tuple[str, ...]:
+        return self.class_names or tuple(str(label) for label in range(self.n_classes))
+
+
+class Dataset:
+    """A dataset plugin: its constructor holds config, :meth:`load` produces the arrays."""
+
+    def load(self, rng: np.random.Generator) -> Splits:
+        raise NotImplementedError
+
+
+DATASETS: Registry[Dataset] = Registry("dataset", Dataset)
+
+
+def check_fraction(field: str, value: float, allow_zero: bool) -> None:
+    """Require ``0 < value < 1``, or ``0 <= value < 1`` when ``allow_zero``."""
+    ok = (value >= 0 if allow_zero else value > 0) and value < 1
+    require(ok, field, f"must be in {'[' if allow_zero else '('}0, 1)", value)
+
+
+def holdout_splits(
+    x: np.ndarray,
+    y: np.ndarray,
+    test_size: float,
+    val_size: float,
+    random_state: int | None,
+    rng: np.random.Generator,
+    class_names: tuple[str, ...] | None = None,
+) -> Splits:
+    """Split ``x, y`` into test (``test_size`` of all) and validation (``val_size`` of the rest) by
+    scikit-learn's ``train_test_split``, stratified; ``random_state=None`` draws the split from ``rng``."""
+    from sklearn.model_selection import train_test_split
+
+    def split(features: np.ndarray, labels: np.ndarray, size: float) -> list[np.ndarray]:
+        state = random_state if random_state is not None else int(rng.integers(2**31))
+        try:
+            return train_test_split(features, labels, test_size=size, random_state=state, stratify=labels)
+        except ValueError as exc:  # e.g. fewer held-out samples than classes
+            raise DataError(f"cannot split {len(labels)} samples with a fraction of {size}: {exc}") from None
+
+    x_train, x_test, y_train, y_test = split(x, y, test_size)
+    x_val = y_val = None
+    if val_size > 0:
+        x_train, x_val, y_train, y_val = split(x_train, y_train, val_size)
+    return Splits(x_train, y_train, x_test, y_test, int(y.max()) + 1, x_val=x_val, y_val=y_val, class_names=class_names)

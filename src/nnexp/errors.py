@@ -1,0 +1,41 @@
+"""User-facing errors: each message is one line naming the thing, what was expected and what was found."""
+
+from __future__ import annotations
+
+
+class NnexpError(Exception):
+    """An error caused by the user's input; the CLI prints it as one line, without a traceback."""
+
+
+class ConfigError(NnexpError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class PluginError(NnexpError):
+    """A plugin cannot be registered, found or imported."""
+
+
+class DataError(NnexpError):
+    """A data file is missing or malformed."""
+
+
+class TrainingError(NnexpError):
+    """Training cannot go on, for example because the loss became NaN."""
+
+
+class ParameterError(ConfigError):
+    """A constructor argument is out of range; the registry prefixes the config group to ``field``."""
+
+    def __init__(self, field: str, expected: str, got: object) -> None:
+        self.field, self.expected, self.got = field, expected, got
+        super().__init__(f"{field} {expected}, got {got!r}")
+
+    def within(self, group: str) -> ParameterError:
+        """The same error with its field qualified by the config group, e.g. ``optimizer.learning_rate``."""
+        return ParameterError(f"{group}.{self.field}", self.expected, self.got)
+
+
+def require(condition: bool, field: str, expected: str, got: object) -> None:
+    """Raise :class:`ParameterError` unless ``condition`` holds."""
+    if not condition:
+        raise ParameterError(field, expected, got)

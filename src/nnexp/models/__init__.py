@@ -1,0 +1,1 @@
+"""Built-in model plugins; each module registers one model builder."""

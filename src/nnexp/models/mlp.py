@@ -1,0 +1,65 @@
+"""The multilayer perceptron: dense layers with one activation, sized by the data."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from nnexp.core.activations import ACTIVATIONS
+from nnexp.core.initializers import INITIALIZERS
+from nnexp.core.layers import Dense, Layer
+from nnexp.core.losses import Loss
+from nnexp.core.network import Sequential
+from nnexp.errors import ParameterError, require
+from nnexp.models.base import MODELS, Model
+
+
+@MODELS.register("mlp")
+class MLP(Model):
+    """Dense layers of ``hidden_sizes`` units with ``activation``, then one output unit per class.
+
+    ``output_activation=null`` takes the loss's natural output: logits for ``cross_entropy`` (softmax is fused
+    into the loss), sigmoid for ``mse``.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: list[int] = [64, 64],  # noqa: B006 - copied below, never mutated
+        activation: str = "relu",
+        output_activation: str | None = None,
+        initializer: str = "glorot_uniform",
+        use_bias: bool = True,
+    ) -> None:
+        require(
+            all(size >= 1 for size in hidden_sizes),
+            "hidden_sizes",
+            "must hold sizes >= 1",
+            list(hidden_sizes),
+        )
+        self.hidden_sizes = list(hidden_sizes)
+        self.activation = ACTIVATIONS.validate(activation, "activation")
+        self.output_activation = output_activation and ACTIVATIONS.validate(output_activation, "output_activation")
+        self.initializer = INITIALIZERS.validate(initializer, "initializer")
+        self.use_bias = use_bias
+
+    def build(
+        self, n_inputs: int, n_outputs: int, loss: Loss, rng: np.random.Generator, dtype: type[np.floating]
+    ) -> Sequential:
+        output = self.output_activation or loss.default_output_activation
+        allowed = loss.allowed_output_activations
+        if allowed is not None and output not in allowed:
+            raise ParameterError(
+                "model.output_activation", f"must be one of {', '.join(allowed)} with this loss", output
+            )
+        layers: list[Layer] = []
+        sizes = [n_inputs, *self.hidden_sizes]
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            layers += [self._dense(fan_in, fan_out, rng, dtype), ACTIVATIONS.build({"name": self.activation})]
+        layers.append(self._dense(sizes[-1], n_outputs, rng, dtype))
+        if output != "identity":
+            layers.append(ACTIVATIONS.build({"name": output}))
+        return Sequential(layers)
+
+    def _dense(self, fan_in: int, fan_out: int, rng: np.random.Generator, dtype: type[np.floating]) -> Dense:
+        return Dense(fan_in, fan_out, rng, self.initializer, self.use_bias, dtype)

@@ -1,0 +1,235 @@
+"""Figures a run logs as artifacts: learning curves, confusion matrix and decision boundary."""
+
+from __future__ import annotations
+
+import csv
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+MARKER_LIMIT = 50
+LOG_SCALE_DECADES = 2.0
+MIN_MARGIN = 1.0
+
+
+def _pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend, imported here so ``import nnexp.plots`` stays cheap."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # runs are headless; never try to open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextmanager
+def _replacing(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """A temporary sibling of ``path`` (same suffix) that replaces ``path`` only once fully written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    # os.open with 0o666 honours the umask, unlike mkstemp's 0o600, so artifacts stay readable by others
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, mode, newline=None if "b" in mode else "") as file:
+            yield file
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterator[tuple[Figure, Any]]:
+    """A new figure and its axes; on exit the figure is written atomically to ``path`` and always closed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, ncols, figsize=figsize, layout="constrained")
+    try:
+        yield fig, axes
+        with _replacing(path, "wb") as file:
+            fig.savefig(file, format=Path(path).suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
+
+
+def _check_confusion(matrix: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """``matrix`` as an array, after checking it is square with one row per class name."""
+    matrix = np.asarray(matrix)
+    n_classes = len(class_names)
+    if matrix.shape != (n_classes, n_classes):
+        raise ValueError(
+            f"confusion matrix must have shape ({n_classes}, {n_classes}) for {n_classes} class names, "
+            f"got {matrix.shape}"
+        )
+    return matrix
+
+
+def _check_labels(labels: np.ndarray, n_samples: int, n_classes: int, what: str) -> np.ndarray:
+    """``labels`` as an array, after checking it holds ``n_samples`` class indices below ``n_classes``."""
+    labels = np.asarray(labels)
+    if labels.shape != (n_samples,):
+        raise ValueError(f"{what} must have shape ({n_samples},), got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"{what} must be class indices in 0..{n_classes - 1}, got {labels.min()}..{labels.max()}")
+    return labels
+
+
+def _plot_metric(ax: Axes, history: Mapping[str, Sequence[float]], metric: str, legend_loc: str) -> None:
+    """One panel: the train curve of ``metric`` and, when recorded, the val curve."""
+    from matplotlib.ticker import MaxNLocator
+
+    for split, style in (("train", "-"), ("val", "--")):
+        values = history.get(f"{split}_{metric}")
+        if values is None:
+            continue
+        marker = "o" if len(values) <= MARKER_LIMIT else None
+        ax.plot(range(1, len(values) + 1), values, linestyle=style, marker=marker, markersize=4, label=split)
+    ax.set(title=metric.capitalize(), xlabel="epoch", ylabel=metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    # a fixed corner: loc="best" scans every point and takes seconds on long histories
+    ax.legend(loc=legend_loc)
+
+
+def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
+    """Loss and accuracy per epoch (train and, when present, val), two panels side by side."""
+    missing = [key for key in ("train_loss", "train_accuracy") if key not in history]
+    if missing:
+        raise ValueError(f"history must have {' and '.join(missing)}, got keys {sorted(history)}")
+    losses = np.concatenate(
+        [np.asarray(history[key], dtype=float) for key in ("train_loss", "val_loss") if key in history]
+    )
+    losses = losses[np.isfinite(losses)]
+    log_scale = losses.size > 0 and losses.min() > 0 and np.log10(losses.max() / losses.min()) > LOG_SCALE_DECADES
+    with _figure(path, figsize=(10, 4), ncols=2) as (_, (loss_ax, accuracy_ax)):
+        _plot_metric(loss_ax, history, "loss", legend_loc="upper right")
+        _plot_metric(accuracy_ax, history, "accuracy", legend_loc="lower right")
+        if log_scale:
+            loss_ax.set_yscale("log")
+    return Path(path)
+
+
+def _text_colour(rgba: Sequence[float]) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgba``."""
+    red, green, blue = rgba[:3]
+    return "white" if 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.5 else "black"
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    """Heat map of counts, true classes as rows, predicted as columns, each cell annotated."""
+    matrix = _check_confusion(matrix, class_names)
+    n_classes = len(class_names)
+    side = max(4.5, 0.55 * n_classes + 2.0)  # cells stay wide enough for four-digit counts
+    with _figure(path, figsize=(side + 1.0, side)) as (fig, ax):
+        image = ax.imshow(matrix, cmap="Blues")
+        fig.colorbar(image, ax=ax, label="count", shrink=0.8)
+        ticks = np.arange(n_classes)
+        ax.set(
+            title="Confusion matrix",
+            xlabel="predicted class",
+            ylabel="true class",
+            xticks=ticks,
+            yticks=ticks,
+            xticklabels=class_names,
+            yticklabels=class_names,
+        )
+        if max((len(name) for name in class_names), default=0) > 3:
+            for label in ax.get_xticklabels():
+                label.set(rotation=45, horizontalalignment="right", rotation_mode="anchor")
+        for (row, column), count in np.ndenumerate(matrix):
+            colour = _text_colour(image.cmap(image.norm(count)))
+            ax.text(column, row, f"{count}", ha="center", va="center", color=colour, fontsize=9)
+    return Path(path)
+
+
+def write_confusion_csv(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    """The same matrix as CSV: a header row 'true\\predicted,<names...>' then one row per true class."""
+    matrix = _check_confusion(matrix, class_names)
+    with _replacing(path, "w") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(["true\\predicted", *class_names])
+        for name, row in zip(class_names, matrix.tolist(), strict=True):
+            writer.writerow([name, *row])
+    return Path(path)
+
+
+def plot_decision_boundary(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
+    resolution: int = 300,
+) -> Path:
+    """Predicted class over a grid covering the 2-D points ``x``, the points coloured by true label ``y``.
+
+    Parameters
+    ----------
+    predict : maps (n, 2) inputs, in the dtype of ``x``, to (n,) integer class labels; called once on the grid
+    x : (n_samples, 2)
+    y : (n_samples,) true class indices
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != 2 or x.shape[0] == 0:
+        raise ValueError(f"x must have shape (n_samples, 2) with n_samples >= 1, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("x must be finite, got NaN or infinite values")
+    if resolution < 2:
+        raise ValueError(f"resolution must be >= 2, got {resolution}")
+    n_classes = len(class_names)
+    y = _check_labels(y, x.shape[0], n_classes, "y")
+
+    low, high = x.min(axis=0).astype(float), x.max(axis=0).astype(float)
+    span = high - low
+    # a zero span (all points share a coordinate) would give a grid of zero width
+    margin = np.where(span > 0, 0.1 * span, MIN_MARGIN)
+    low, high = low - margin, high + margin
+    axis_0 = np.linspace(low[0], high[0], resolution)
+    axis_1 = np.linspace(low[1], high[1], resolution)
+    grid_0, grid_1 = np.meshgrid(axis_0, axis_1)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    grid = np.column_stack([grid_0.ravel(), grid_1.ravel()]).astype(dtype)
+    regions = _check_labels(predict(grid), grid.shape[0], n_classes, "predict(grid)")
+
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    base = colormaps["tab10" if n_classes <= 10 else "tab20"].colors
+    palette = [base[label % len(base)] for label in range(n_classes)]
+    with _figure(path, figsize=(7, 5.5)) as (_, ax):
+        ax.imshow(
+            regions.reshape(resolution, resolution),
+            extent=(low[0], high[0], low[1], high[1]),
+            origin="lower",
+            aspect="auto",
+            interpolation="nearest",
+            cmap=ListedColormap(palette),
+            vmin=-0.5,
+            vmax=n_classes - 0.5,
+            alpha=0.3,
+        )
+        size = 60 if len(x) <= MARKER_LIMIT else 30  # a handful of toy points should stand out
+        for label, (name, colour) in enumerate(zip(class_names, palette, strict=True)):
+            points = x[y == label]
+            ax.scatter(
+                points[:, 0],
+                points[:, 1],
+                color=colour,
+                edgecolors="0.15",
+                linewidths=0.6,
+                s=size,
+                label=name,
+            )
+        ax.set(title="Decision boundary", xlabel="feature 0", ylabel="feature 1")
+        # outside the axes, so the legend never hides points or regions
+        ax.legend(title="true class", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return Path(path)

@@ -1,0 +1,94 @@
+"""Plugin discovery: built-ins, installed packages (entry points), then ``plugins/*.py`` of the project."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from nnexp.errors import PluginError
+from nnexp.registry import registration_source
+
+ENTRY_POINT_GROUP = "nnexp.plugins"
+PATH_VARIABLE = "NNEXP_PLUGIN_PATH"
+BUILTIN_PACKAGES = ("nnexp.core", "nnexp.datasets", "nnexp.models")
+LOCAL_PREFIX = "nnexp_local_plugins"
+
+
+def load_plugins(project_dir: Path) -> None:
+    """Import every plugin module so its decorators register it; must run before Hydra composes."""
+    load_builtins()
+    load_entry_points()
+    folders = [project_dir / "plugins"]
+    folders += [Path(entry) for entry in os.environ.get(PATH_VARIABLE, "").split(os.pathsep) if entry]
+    for folder in folders:
+        load_folder(folder)
+
+
+def load_builtins() -> None:
+    for package_name in BUILTIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package_name}.{module.name}")
+
+
+def load_entry_points() -> None:
+    """Import the module each ``nnexp.plugins`` entry point names (pytest11 style: the value is a module)."""
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        dist = f" from {entry.dist.name} {entry.dist.version}" if entry.dist else ""
+        source = f"entry point '{entry.name}' ({entry.value}){dist}"
+        if entry.value in sys.modules:
+            continue
+        with registration_source(source):
+            try:
+                entry.load()
+            except PluginError as exc:
+                raise PluginError(f"{source}: {exc}") from None
+            except Exception as exc:
+                raise PluginError(f"{source}: {type(exc).__name__}: {exc}") from None
+
+
+def load_folder(folder: Path) -> None:
+    """Import ``folder/*.py`` in sorted order, skipping ``_*.py``, each under a private module name."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module_name = f"{LOCAL_PREFIX}.{path.stem}"
+        if module_name in sys.modules:
+            continue
+        load_file(path, module_name)
+
+
+def load_file(path: Path, module_name: str) -> None:
+    shown = _display(path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"{shown}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    with registration_source(f"file {shown}"):
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            del sys.modules[module_name]
+            raise PluginError(f"{shown}: SyntaxError at line {exc.lineno}: {exc.msg}") from None
+        except PluginError as exc:
+            del sys.modules[module_name]
+            raise PluginError(f"{shown}: {exc}") from None
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise PluginError(f"{shown}: {type(exc).__name__}: {exc}") from None
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, so messages stay short."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,186 @@
+"""One job: build everything from the composed config, train, evaluate, and record it all in MLflow."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nnexp import __version__
+from nnexp.config import GROUPS
+from nnexp.core.losses import LOSSES, Loss
+from nnexp.core.metrics import confusion_matrix
+from nnexp.core.network import Sequential
+from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.core.training import Callback, Examples, Trainer, evaluate, predict
+from nnexp.datasets.base import DATASETS, Splits
+from nnexp.errors import NnexpError, ParameterError
+from nnexp.models.base import MODELS
+from nnexp.progress import Progress
+from nnexp.tracking import TrackedRun, Tracker, flatten, git_state, resolve_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Experiment:
+    """Everything a job builds from its config before training starts."""
+
+    splits: Splits
+    data: dict[str, Examples]
+    network: Sequential
+    loss: Loss
+    optimizer: Optimizer
+    trainer: Trainer
+
+
+def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
+    """Load the data and build network, loss, optimizer and trainer; raises NnexpError on bad config or data."""
+    dtype = np.dtype(cfg.trainer.dtype.value).type
+    dataset = DATASETS.build(cfg.dataset)
+    loss = LOSSES.build(cfg.loss)
+    optimizer = OPTIMIZERS.build(cfg.optimizer)
+    model = MODELS.build(cfg.model)
+    try:
+        trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle)
+    except ParameterError as exc:
+        raise exc.within("trainer") from None
+    splits = dataset.load(rng)
+    data = {
+        part: Examples(x.astype(dtype), loss.encode(y, splits.n_classes, dtype), y) for part, x, y in splits.parts()
+    }
+    network = model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    return Experiment(splits, data, network, loss, optimizer, trainer)
+
+
+class MetricLogger(Callback):
+    """Sends each epoch's metrics to the run, with ``step`` = epoch."""
+
+    def __init__(self, run: TrackedRun) -> None:
+        self.run = run
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.run.log_metrics(logs, step=epoch)
+
+
+def run(cfg: DictConfig) -> float:
+    """Train and evaluate one configuration; returns the objective a sweeper optimises.
+
+    The objective is the final validation accuracy when the dataset has a validation split, else the test accuracy.
+    """
+    started = time.perf_counter()
+    hydra = HydraConfig.get()
+    output_dir = Path(hydra.runtime.output_dir)
+    project_dir = Path(hydra.runtime.cwd)
+    rng = np.random.default_rng(cfg.seed)
+    try:
+        experiment = build(cfg, rng)
+        tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
+    except NnexpError:
+        discard_job_dir(output_dir)
+        raise
+    choices = {key: value for key, value in hydra.runtime.choices.items() if not key.startswith("hydra/")}
+    label = (
+        cfg.tracking.run_name
+        or choices.get("experiment")
+        or "-".join(str(choices[registry.kind]) for registry, _ in GROUPS)
+    )
+    with tracker.start_run(label, run_tags(cfg, choices, project_dir, output_dir)) as tracked:
+        tracked.log_params(run_params(cfg))
+        progress = Progress(label)
+        try:
+            history = experiment.trainer.fit(
+                experiment.network,
+                experiment.loss,
+                experiment.optimizer,
+                experiment.data["train"],
+                rng,
+                validation=experiment.data.get("val"),
+                callbacks=[progress, MetricLogger(tracked)],
+            )
+        finally:
+            progress.close()
+        test_loss, test_accuracy, predicted = evaluate(experiment.network, experiment.loss, experiment.data["test"])
+        tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=cfg.trainer.epochs)
+        write_artifacts(output_dir, cfg, experiment, history, predicted)
+        for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
+            tracked.log_artifact(output_dir / name)
+        tracked.log_artifact(output_dir / "plots", "plots")
+        tracked.log_artifact(output_dir / hydra.output_subdir, "hydra")
+        run_id = tracked.run_id
+    test = experiment.data["test"]
+    log.info(
+        "test_accuracy=%.4f (%d/%d) in %.1f s; run %s; see it with: mlflow ui --backend-store-uri %s",
+        test_accuracy,
+        round(test_accuracy * len(test)),
+        len(test),
+        time.perf_counter() - started,
+        run_id,
+        tracker.uri,
+    )
+    return history["val_accuracy"][-1] if "val_accuracy" in history else test_accuracy
+
+
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as dotted MLflow params; ``tags`` go to the run's tags instead."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container.pop("tags", None)
+    return flatten(container)
+
+
+def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """Hydra's group choices (so presets show), plugin sources, versions, git state and the preset's own tags."""
+    tags: dict[str, Any] = {key: value for key, value in choices.items() if value is not None}
+    for registry, _ in GROUPS:
+        tags[f"source.{registry.kind}"] = registry.source(cfg[registry.kind].name)
+    tags.update(git_state(project_dir))
+    tags.update({"nnexp_version": __version__, "output_dir": str(output_dir.resolve())})
+    tags.update(OmegaConf.to_container(cfg.tags, resolve=True))
+    return tags
+
+
+def write_artifacts(
+    output_dir: Path,
+    cfg: DictConfig,
+    experiment: Experiment,
+    history: dict[str, list[float]],
+    predicted: np.ndarray,
+) -> None:
+    """Resolved config, weights, confusion matrix and plots, written into the job's output directory."""
+    from nnexp import plots
+
+    splits = experiment.splits
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    experiment.network.save(output_dir / "model.npz")
+    matrix = confusion_matrix(splits.y_test, predicted, splits.n_classes)
+    plots.write_confusion_csv(matrix, splits.names(), output_dir / "confusion_matrix.csv")
+    figures = output_dir / "plots"
+    figures.mkdir(exist_ok=True)
+    plots.plot_confusion_matrix(matrix, splits.names(), figures / "confusion_matrix.png")
+    plots.plot_learning_curves(history, figures / "learning_curves.png")
+    if splits.n_features == 2:
+        network = experiment.network
+        x = np.concatenate([splits.x_train, splits.x_test])
+        y = np.concatenate([splits.y_train, splits.y_test])
+
+        def predict_labels(points: np.ndarray) -> np.ndarray:
+            return predict(network, points.astype(network.dtype)).argmax(axis=1)
+
+        plots.plot_decision_boundary(predict_labels, x, y, splits.names(), figures / "decision_boundary.png")
+
+
+def discard_job_dir(output_dir: Path) -> None:
+    """Remove a job directory that holds only what Hydra wrote before the job failed, so no stray output remains."""
+    hydra_files = {".hydra", "nnexp.log"}
+    if output_dir.is_dir() and {entry.name for entry in output_dir.iterdir()} <= hydra_files:
+        shutil.rmtree(output_dir)
+        parent = output_dir.parent
+        if parent.name != "outputs" and not any(parent.iterdir()):
+            parent.rmdir()

@@ -1,0 +1,166 @@
+"""MLflow tracking: where runs are stored, how they are recorded in batches, and how they always end."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nnexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DEFAULT_STORE = Path("outputs") / "mlflow.db"
+FLUSH_SECONDS = 2.0
+# MLflow's own limits for one log_batch request.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_uri(configured: str | None, project_dir: Path) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a SQLite store under ``project_dir/outputs``."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(project_dir / DEFAULT_STORE).resolve()}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside its database file; a server chooses its own root."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys: ``{"optimizer": {"learning_rate": 0.1}}`` -> ``optimizer.learning_rate``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def git_state(project_dir: Path) -> dict[str, str]:
+    """The project's commit and whether its work tree has changes; empty outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": str(bool(status.strip())).lower()}
+
+
+class TrackedRun:
+    """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        entries = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=entries[start : start + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(key, str(value)) for key, value in tags.items()]
+        for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=entries[start : start + MAX_PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue ``metrics`` at ``step``; they are sent every few seconds and when the run ends."""
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        self._pending += [
+            Metric(key, float(value), timestamp, step) for key, value in metrics.items() if math.isfinite(value)
+        ]
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=self._pending[start : start + MAX_METRICS_PER_BATCH])
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+class Tracker:
+    """An MLflow store and the experiment runs go to; creates the experiment on first use."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow import MlflowClient
+
+        # After the import: MLflow sets its own logger to INFO when imported.
+        for noisy in ("alembic", "mlflow"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                found.experiment_id
+                if found is not None
+                else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+            )
+        except Exception as exc:
+            raise ConfigError(f"tracking store {uri} cannot be used: {type(exc).__name__}: {exc}") from None
+
+    @contextlib.contextmanager
+    def start_run(self, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
+        """A run that ends FINISHED, KILLED on Ctrl-C, or FAILED with a ``failure_reason`` tag otherwise."""
+        created = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={key: str(value) for key, value in tags.items()}
+        )
+        run = TrackedRun(self.client, created.info.run_id)
+        try:
+            yield run
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):  # the original error matters more than a logging failure
+                run.flush()
+                run.set_tags({"failure_reason": str(exc) or type(exc).__name__})
+            self.client.set_terminated(run.run_id, status)
+            raise
+        run.flush()
+        self.client.set_terminated(run.run_id, "FINISHED")

@@ -1,0 +1,200 @@
+"""Trainer: determinism, batching, validation, NaN detection, callbacks, and learning a separable toy."""
+
+import numpy as np
+import pytest
+
+from nnexp.core.activations import Tanh
+from nnexp.core.layers import Dense
+from nnexp.core.losses import LOSSES
+from nnexp.core.network import Sequential
+from nnexp.core.optimizers import SGD
+from nnexp.core.training import Callback, Examples, Trainer, evaluate, predict
+from nnexp.errors import ParameterError, TrainingError
+
+CROSS_ENTROPY = LOSSES.build({"name": "cross_entropy"})
+
+
+def separable(rng: np.random.Generator, n_samples: int = 24) -> Examples:
+    """Two classes split by the sign of the first feature, with a margin of 0.5 on each side."""
+    labels = np.arange(n_samples) % 2
+    x = rng.uniform(0.5, 2.0, size=(n_samples, 2))
+    x[:, 1] *= rng.choice([-1.0, 1.0], size=n_samples)
+    x[:, 0] *= np.where(labels == 1, 1.0, -1.0)
+    return Examples(x, CROSS_ENTROPY.encode(labels, 2, np.float64), labels)
+
+
+def network(rng: np.random.Generator) -> Sequential:
+    return Sequential([Dense(2, 4, rng, dtype=np.float64), Tanh(), Dense(4, 2, rng, dtype=np.float64)])
+
+
+def fit(seed: int, epochs: int = 3, batch_size: int | None = 5, shuffle: bool = True, **kwargs):
+    rng = np.random.default_rng(seed)
+    net = network(rng)
+    optimizer = SGD(learning_rate=0.2)
+    history = Trainer(epochs, batch_size, shuffle).fit(
+        net, CROSS_ENTROPY, optimizer, separable(np.random.default_rng(100)), rng, **kwargs
+    )
+    return history, net, optimizer
+
+
+def without_timing(history: dict[str, list[float]]) -> dict[str, list[float]]:
+    return {key: values for key, values in history.items() if key != "epoch_seconds"}
+
+
+def assert_same_weights(first: Sequential, second: Sequential) -> None:
+    for (key, a, _), (_, b, _) in zip(first.parameters(), second.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+def test_same_seed_gives_identical_history_and_weights() -> None:
+    history_a, net_a, _ = fit(seed=7)
+    history_b, net_b, _ = fit(seed=7)
+    assert without_timing(history_a) == without_timing(history_b)
+    assert_same_weights(net_a, net_b)
+
+
+def test_different_seeds_give_different_weights() -> None:
+    _, net_a, _ = fit(seed=7)
+    _, net_b, _ = fit(seed=8)
+    assert not np.array_equal(net_a.state_dict()["dense0.weight"], net_b.state_dict()["dense0.weight"])
+
+
+def test_shuffling_order_comes_from_the_generator() -> None:
+    results = []
+    for shuffle_seed in (1, 2):
+        net = network(np.random.default_rng(0))  # the same initial weights both times
+        Trainer(2, 4).fit(
+            net,
+            CROSS_ENTROPY,
+            SGD(0.2),
+            separable(np.random.default_rng(100)),
+            np.random.default_rng(shuffle_seed),
+        )
+        results.append(net.state_dict()["dense0.weight"].copy())
+    assert not np.array_equal(results[0], results[1])
+
+
+def test_without_shuffling_the_generator_does_not_matter() -> None:
+    _, net_a, _ = fit(seed=7, shuffle=False)
+    rng = np.random.default_rng(7)
+    net_b = network(rng)
+    Trainer(3, 5, shuffle=False).fit(
+        net_b, CROSS_ENTROPY, SGD(0.2), separable(np.random.default_rng(100)), np.random.default_rng(12345)
+    )
+    assert_same_weights(net_a, net_b)
+
+
+def test_history_has_one_value_per_epoch() -> None:
+    history, _, _ = fit(seed=0, epochs=4)
+    assert set(history) == {"train_loss", "train_accuracy", "epoch_seconds"}
+    assert all(len(values) == 4 for values in history.values())
+    assert all(seconds >= 0 for seconds in history["epoch_seconds"])
+
+
+def test_full_batch_takes_one_step_per_epoch() -> None:
+    _, _, optimizer = fit(seed=0, epochs=3, batch_size=None)
+    assert optimizer.iterations == 3
+
+
+def test_batch_size_one_takes_one_step_per_sample() -> None:
+    _, _, optimizer = fit(seed=0, epochs=2, batch_size=1)
+    assert optimizer.iterations == 2 * 24
+
+
+def test_last_partial_batch_is_a_step_of_its_own() -> None:
+    _, _, optimizer = fit(seed=0, epochs=2, batch_size=10)
+    assert optimizer.iterations == 2 * 3  # 24 samples: 10 + 10 + 4
+
+
+def test_batch_size_larger_than_the_data_is_full_batch() -> None:
+    _, full_net, _ = fit(seed=0, epochs=3, batch_size=None)
+    _, big_net, optimizer = fit(seed=0, epochs=3, batch_size=1000)
+    assert optimizer.iterations == 3
+    assert_same_weights(full_net, big_net)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "batch_size", "field"),
+    [(0, 8, "epochs"), (-1, 8, "epochs"), (3, 0, "batch_size"), (3, -2, "batch_size")],
+)
+def test_trainer_rejects_invalid_settings(epochs: int, batch_size: int, field: str) -> None:
+    with pytest.raises(ParameterError, match=rf"^{field} must be >= 1"):
+        Trainer(epochs, batch_size)
+
+
+def test_non_finite_loss_raises_training_error_naming_the_epoch(rng: np.random.Generator) -> None:
+    net = Sequential([Dense(2, 2, rng, dtype=np.float64)])
+    labels = np.array([0, 1, 0, 1])
+    data = Examples(np.full((4, 2), np.inf), CROSS_ENTROPY.encode(labels, 2, np.float64), labels)
+    with pytest.raises(TrainingError, match="epoch 1"), np.errstate(invalid="ignore"):
+        Trainer(3, None).fit(net, CROSS_ENTROPY, SGD(0.1), data, rng)
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.begins: list[tuple[int, int]] = []
+        self.epochs: list[int] = []
+        self.logs: list[dict[str, float]] = []
+
+    def on_train_begin(self, epochs: int, n_samples: int) -> None:
+        self.begins.append((epochs, n_samples))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epochs.append(epoch)
+        self.logs.append(dict(logs))
+
+
+def test_callbacks_see_train_begin_once_and_every_epoch_end() -> None:
+    recorder = Recorder()
+    history, _, _ = fit(seed=0, epochs=3, callbacks=[recorder])
+    assert recorder.begins == [(3, 24)]
+    assert recorder.epochs == [1, 2, 3]
+    assert all(set(logs) == {"train_loss", "train_accuracy", "epoch_seconds"} for logs in recorder.logs)
+    assert [logs["train_loss"] for logs in recorder.logs] == history["train_loss"]
+
+
+def test_callbacks_see_validation_metrics_when_validation_is_given() -> None:
+    recorder = Recorder()
+    validation = separable(np.random.default_rng(5), n_samples=10)
+    history, _, _ = fit(seed=0, epochs=2, callbacks=[recorder], validation=validation)
+    expected = {"train_loss", "train_accuracy", "epoch_seconds", "val_loss", "val_accuracy"}
+    assert all(set(logs) == expected for logs in recorder.logs)
+    assert set(history) == expected
+    assert [logs["val_accuracy"] for logs in recorder.logs] == history["val_accuracy"]
+
+
+def test_validation_metrics_are_those_of_the_trained_network() -> None:
+    validation = separable(np.random.default_rng(5), n_samples=10)
+    history, net, _ = fit(seed=0, epochs=2, validation=validation)
+    val_loss, val_accuracy, _ = evaluate(net, CROSS_ENTROPY, validation)
+    assert history["val_loss"][-1] == pytest.approx(val_loss)
+    assert history["val_accuracy"][-1] == val_accuracy
+
+
+def test_mlp_learns_a_linearly_separable_toy_perfectly() -> None:
+    rng = np.random.default_rng(3)
+    train, test = separable(rng, n_samples=40), separable(rng, n_samples=20)
+    net = network(rng)
+    history = Trainer(epochs=40, batch_size=8).fit(net, CROSS_ENTROPY, SGD(learning_rate=0.5), train, rng, test)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert history["val_accuracy"][-1] == 1.0
+    assert evaluate(net, CROSS_ENTROPY, train)[1] == 1.0
+
+
+def test_predict_in_chunks_equals_one_forward_pass(rng: np.random.Generator) -> None:
+    net = network(rng)
+    x = rng.standard_normal((10, 2))
+    np.testing.assert_allclose(predict(net, x, batch_size=3), net.forward(x), rtol=1e-12)
+
+
+def test_evaluate_returns_loss_accuracy_and_argmax_labels(rng: np.random.Generator) -> None:
+    net = Sequential([Dense(2, 2, rng, dtype=np.float64, use_bias=False)])
+    net.layers[0].params["weight"][...] = np.eye(2)  # the logits are the inputs
+    x = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    labels = np.array([0, 0, 0])
+    loss_value, acc, predicted = evaluate(
+        net, CROSS_ENTROPY, Examples(x, CROSS_ENTROPY.encode(labels, 2, np.float64), labels)
+    )
+    np.testing.assert_array_equal(predicted, [0, 1, 0])
+    assert acc == pytest.approx(2 / 3)
+    assert loss_value == pytest.approx(CROSS_ENTROPY.value(np.eye(2)[labels], x))

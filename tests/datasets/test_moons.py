@@ -1,0 +1,89 @@
+"""The moons dataset: the tutorial's split sizes, determinism, stratification, validation, range checks."""
+
+import numpy as np
+import pytest
+
+from nnexp.datasets.base import DATASETS
+from nnexp.datasets.moons import Moons
+from nnexp.errors import ParameterError
+
+
+def rows(x: np.ndarray) -> set[tuple[float, ...]]:
+    return {tuple(row) for row in x}
+
+
+@pytest.fixture(scope="module")
+def default_splits():
+    return Moons().load(np.random.default_rng(0))
+
+
+def test_defaults_give_the_tutorials_1400_600_split(default_splits) -> None:
+    splits = default_splits
+    assert splits.x_train.shape == (1400, 2)
+    assert splits.y_train.shape == (1400,)
+    assert splits.x_test.shape == (600, 2)
+    assert splits.y_test.shape == (600,)
+    assert splits.n_features == 2
+    assert splits.n_classes == 2
+    assert splits.x_val is None
+    assert splits.y_val is None
+    assert set(np.unique(splits.y_train)) == {0, 1}
+
+
+def test_train_and_test_are_disjoint(default_splits) -> None:
+    assert not rows(default_splits.x_train) & rows(default_splits.x_test)
+
+
+def test_defaults_are_identical_whatever_the_run_generator(default_splits) -> None:
+    other = Moons().load(np.random.default_rng(12345))
+    np.testing.assert_array_equal(other.x_train, default_splits.x_train)
+    np.testing.assert_array_equal(other.y_train, default_splits.y_train)
+    np.testing.assert_array_equal(other.x_test, default_splits.x_test)
+    np.testing.assert_array_equal(other.y_test, default_splits.y_test)
+
+
+def test_split_is_stratified(default_splits) -> None:
+    assert np.bincount(default_splits.y_train).tolist() == [700, 700]
+    assert np.bincount(default_splits.y_test).tolist() == [300, 300]
+
+
+def test_validation_split_is_taken_from_the_train_part(default_splits) -> None:
+    splits = Moons(val_size=0.2).load(np.random.default_rng(0))
+    assert splits.x_train.shape == (1120, 2)
+    assert splits.x_val.shape == (280, 2)
+    assert splits.y_val.shape == (280,)
+    np.testing.assert_array_equal(splits.x_test, default_splits.x_test)
+    assert rows(splits.x_train) | rows(splits.x_val) == rows(default_splits.x_train)
+    assert not rows(splits.x_train) & rows(splits.x_val)
+    assert np.bincount(splits.y_val).tolist() == [140, 140]
+
+
+def test_null_random_states_draw_from_the_run_generator() -> None:
+    def load(seed: int):
+        return Moons(n_samples=50, random_state=None, split_random_state=None).load(np.random.default_rng(seed))
+
+    first, again, other = load(1), load(1), load(2)
+    np.testing.assert_array_equal(first.x_train, again.x_train)
+    np.testing.assert_array_equal(first.x_test, again.x_test)
+    assert not np.array_equal(first.x_train, other.x_train)
+
+
+@pytest.mark.parametrize("test_size", [-0.1, 0.0, 1.0, 1.5])
+def test_out_of_range_test_size_is_rejected(test_size: float) -> None:
+    with pytest.raises(ParameterError, match=r"^test_size must be in \(0, 1\)"):
+        Moons(test_size=test_size)
+    with pytest.raises(ParameterError, match=r"^dataset\.test_size must be in \(0, 1\)"):
+        DATASETS.build({"name": "moons", "test_size": test_size})
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"val_size": 1.0}, "val_size"), ({"n_samples": 5}, "n_samples"), ({"noise": -0.1}, "noise")],
+)
+def test_other_out_of_range_fields_are_rejected(fields: dict, field: str) -> None:
+    with pytest.raises(ParameterError, match=rf"^dataset\.{field} must"):
+        DATASETS.build({"name": "moons", **fields})
+
+
+def test_moons_is_registered() -> None:
+    assert DATASETS.get("moons") is Moons

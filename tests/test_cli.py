@@ -1,0 +1,159 @@
+"""The real CLI, run in a subprocess against a real MLflow store in a scratch project."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+QUICK = ("trainer.epochs=3",)
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for entry in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, entry.path) if entry.is_dir else {entry.path}
+    return found
+
+
+def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project):
+    result = project.run(*QUICK)
+    assert result.returncode == 0, result.stderr
+    assert "test_accuracy=" in result.stdout and "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert "warning" not in (result.stdout + result.stderr).lower()
+    [run] = project.runs()
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["dataset.name"] == "moons"
+    assert params["optimizer.name"] == "adam"
+    assert params["model.hidden_sizes"] == "[64, 64]"
+    assert params["trainer.epochs"] == "3"
+    assert params["trainer.dtype"] == "float32"
+    client = MlflowClient(tracking_uri=project.store_uri)
+    for metric in ("train_loss", "train_accuracy", "epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3]
+    assert 0.5 < run.data.metrics["test_accuracy"] <= 1.0
+    assert {
+        "config.yaml",
+        "model.npz",
+        "confusion_matrix.csv",
+        "plots/learning_curves.png",
+        "plots/confusion_matrix.png",
+        "plots/decision_boundary.png",
+        "hydra/config.yaml",
+        "hydra/overrides.yaml",
+    } <= artifact_paths(client, run.info.run_id)
+    tags = run.data.tags
+    assert (tags["dataset"], tags["model"], tags["loss"], tags["optimizer"]) == (
+        "moons",
+        "mlp",
+        "cross_entropy",
+        "adam",
+    )
+    assert tags["source.dataset"] == "nnexp.datasets.moons"
+    assert len(project.job_dirs()) == 1
+
+
+def test_presets_show_in_tags_and_validation_metrics_are_logged(project):
+    result = project.run("model=deep_sigmoid", "dataset.val_size=0.2", "trainer.epochs=2")
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    assert run.data.tags["model"] == "deep_sigmoid"
+    assert run.data.params["model.hidden_sizes"] == "[25, 50, 25]"
+    assert {"val_loss", "val_accuracy"} <= set(run.data.metrics)
+
+
+def test_same_seed_gives_identical_metrics(project):
+    histories = []
+    for _ in range(2):
+        assert project.run("seed=7", "model=two_layer", "trainer.epochs=2").returncode == 0
+    client = MlflowClient(tracking_uri=project.store_uri)
+    for run in project.runs():
+        histories.append(
+            {
+                key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
+                for key in run.data.metrics
+                if key != "epoch_seconds"
+            }
+        )
+    assert histories[0] == histories[1]
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [("moons_deep_sigmoid", ("trainer.epochs=2",)), ("quadrants", ("trainer.epochs=300",))],
+)
+def test_experiment_presets_run(project, preset, overrides):
+    result = project.run(f"experiment={preset}", *overrides)
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    assert run.info.status == "FINISHED" and run.data.tags["experiment"] == preset
+    assert "target_accuracy" in run.data.tags
+
+
+def test_user_plugin_from_the_project_folder(project):
+    result = project.run("dataset=circles", "model=two_layer", *QUICK)
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    assert run.data.tags["source.dataset"] == "file plugins/circles.py"
+
+
+def test_help_lists_every_group_and_option(project):
+    result = project.run("--help")
+    assert result.returncode == 0
+    for line in (
+        "dataset: circles, moons, quadrants",
+        "model: deep_sigmoid, mlp, two_layer",
+        "loss: cross_entropy, mse",
+    ):
+        assert line in result.stdout
+    assert "optimizer: adam, momentum, rmsprop, sgd" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("optimizer=sgdd", "optimizer=sgdd is not an option; available: adam, momentum, rmsprop, sgd"),
+        ("optimizer.lr=0.1", "optimizer.lr is not a known key"),
+        ("foo=1", "foo is not a known key"),
+        ("optimizer.learning_rate=-1", "optimizer.learning_rate must be > 0, got -1.0"),
+        ("optimizer.learning_rate=abc", "optimizer.learning_rate expects a number, got 'abc'"),
+        ("trainer.batch_size=0", "trainer.batch_size must be >= 1"),
+        ("trainer.epochs=0", "trainer.epochs must be >= 1, got 0"),
+        ("model.hidden_sizes=[64,0]", "model.hidden_sizes must hold sizes >= 1, got [64, 0]"),
+        ("model.hidden_sizes=", "model.hidden_sizes expects a list of integers"),
+        ("model.activation=sigmod", "model.activation must be a registered activation"),
+        ("trainer.dtype=float16", "trainer.dtype expects one of float32, float64, got 'float16'"),
+        ("seed=abc", "seed expects an integer, got 'abc'"),
+        ("model.output_activation=softmax", "model.output_activation must be one of identity with this loss"),
+        ("experiment=nonexistent", "experiment=nonexistent is not an option; available: moons_deep_sigmoid"),
+        ("model.hidden_sizes=[1,", "cannot parse override 'model.hidden_sizes=[1,'"),
+    ],
+)
+def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, named):
+    result = project.run(override)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert project.job_dirs() == []
+    assert all(run.info.status != "RUNNING" for run in project.runs())
+
+
+def test_experiment_outside_a_project_says_where_presets_live(project, tmp_path):
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    project.root = empty
+    result = project.run("experiment=quadrants")
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "error: experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
+    )
+
+
+def test_divergence_fails_the_run_with_its_reason(project):
+    result = project.run("optimizer=sgd", "optimizer.learning_rate=1e30", *QUICK)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: loss became") and "epoch 1" in result.stderr
+    [run] = project.runs()
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("loss became")

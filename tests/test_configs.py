@@ -1,0 +1,86 @@
+"""Configs are tested like code: every option of every group, and every preset, composes and builds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
+
+from nnexp.config import GROUPS, schema_for, store_configs
+from nnexp.plugins import load_plugins
+from nnexp.run import build
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+load_plugins(REPO)
+store_configs()
+
+
+def options(group: str) -> list[str]:
+    registry = next(registry for registry, _ in GROUPS if registry.kind == group)
+    presets = [path.stem for path in (CONF / group).glob("*.yaml")]
+    return sorted({*registry.names(), *presets})
+
+
+@pytest.fixture
+def composed() -> Iterator[Callable[..., DictConfig]]:
+    def make(*overrides: str) -> DictConfig:
+        return compose("nnexp", overrides=list(overrides))
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield make
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(registry.kind, option) for registry, _ in GROUPS for option in options(registry.kind)],
+)
+def test_every_group_option_composes_and_builds(composed, group, option):
+    cfg = composed(f"{group}={option}", "trainer.epochs=1")
+    experiment = build(cfg, np.random.default_rng(0))
+    assert experiment.network.n_parameters > 0
+    assert experiment.data["train"].x.dtype == np.float32
+
+
+@pytest.mark.parametrize("preset", sorted(path.stem for path in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_builds_and_states_its_target(composed, preset):
+    cfg = composed(f"experiment={preset}")
+    build(cfg, np.random.default_rng(0))
+    assert 0 < cfg.tags.target_accuracy <= 1
+
+
+def test_command_line_beats_the_experiment(composed):
+    cfg = composed("experiment=moons_deep_sigmoid", "trainer.epochs=5", "model=two_layer")
+    assert cfg.trainer.epochs == 5 and cfg.model.hidden_sizes == [50]
+
+
+def test_presets_keep_the_plugin_schema(composed):
+    with pytest.raises(ConfigCompositionException):
+        composed("model=deep_sigmoid", "model.hidden_sizes=abc")
+    with pytest.raises(ConfigCompositionException):
+        composed("model=deep_sigmoid", "model.foo=1")
+
+
+@pytest.mark.parametrize("group", [registry.kind for registry, _ in GROUPS])
+def test_no_preset_shadows_a_plugin_name(group):
+    registry = next(registry for registry, _ in GROUPS if registry.kind == group)
+    presets = {path.stem for path in (CONF / group).glob("*.yaml")}
+    assert not presets & set(registry.names()), "a YAML preset must not reuse a registered plugin's name"
+
+
+def test_schema_mirrors_the_constructor_signature():
+    from nnexp.core.optimizers import SGD
+
+    schema = schema_for(SGD, "sgd")()
+    assert (schema.name, schema.learning_rate, schema.momentum, schema.nesterov) == ("sgd", 0.01, 0.0, False)
+
+
+def test_conf_holds_only_yaml():
+    assert all(path.suffix == ".yaml" for path in Path(CONF).rglob("*") if path.is_file())
