@@ -150,6 +150,13 @@ def test_experiment_outside_a_project_says_where_presets_live(project, tmp_path)
     )
 
 
+def test_unreachable_tracking_server_fails_before_training(project):
+    result = project.run("tracking.uri=http://127.0.0.1:9")
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: tracking server http://127.0.0.1:9 is unreachable: ")
+    assert result.stderr.count("\n") == 1 and project.job_dirs() == []
+
+
 def test_divergence_fails_the_run_with_its_reason(project):
     result = project.run("optimizer=sgd", "optimizer.learning_rate=1e30", *QUICK)
     assert result.returncode != 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__
 from nnexp.config import GROUPS
@@ -20,9 +20,9 @@ from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.training import Callback, Examples, Trainer, evaluate, predict
-from nnexp.datasets.base import DATASETS, Splits
-from nnexp.errors import NnexpError, ParameterError
-from nnexp.models.base import MODELS
+from nnexp.datasets.base import DATASETS, Dataset, Splits
+from nnexp.errors import ConfigError, NnexpError, ParameterError
+from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.tracking import TrackedRun, Tracker, flatten, git_state, resolve_uri
 
@@ -30,8 +30,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Components:
+    """The plugins a config names, constructed (so their values are checked) but not yet given data."""
+
+    dataset: Dataset
+    model: Model
+    loss: Loss
+    optimizer: Optimizer
+    trainer: Trainer
+    dtype: type[np.floating]
+
+
+@dataclass
 class Experiment:
-    """Everything a job builds from its config before training starts."""
+    """Everything a job needs to train: data encoded for the loss, and a freshly initialised network."""
 
     splits: Splits
     data: dict[str, Examples]
@@ -41,23 +53,40 @@ class Experiment:
     trainer: Trainer
 
 
-def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
-    """Load the data and build network, loss, optimizer and trainer; raises NnexpError on bad config or data."""
-    dtype = np.dtype(cfg.trainer.dtype.value).type
-    dataset = DATASETS.build(cfg.dataset)
-    loss = LOSSES.build(cfg.loss)
-    optimizer = OPTIMIZERS.build(cfg.optimizer)
-    model = MODELS.build(cfg.model)
+def configure(cfg: DictConfig) -> Components:
+    """Construct every plugin the config names; fast, and raises NnexpError on any bad value."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle)
     except ParameterError as exc:
         raise exc.within("trainer") from None
-    splits = dataset.load(rng)
+    return Components(
+        dataset=DATASETS.build(cfg.dataset),
+        model=MODELS.build(cfg.model),
+        loss=LOSSES.build(cfg.loss),
+        optimizer=OPTIMIZERS.build(cfg.optimizer),
+        trainer=trainer,
+        dtype=np.dtype(cfg.trainer.dtype.value).type,
+    )
+
+
+def prepare(components: Components, rng: np.random.Generator) -> Experiment:
+    """Load the data and build the network it fits; raises NnexpError on bad data."""
+    splits = components.dataset.load(rng)
+    loss, dtype = components.loss, components.dtype
     data = {
         part: Examples(x.astype(dtype), loss.encode(y, splits.n_classes, dtype), y) for part, x, y in splits.parts()
     }
-    network = model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
-    return Experiment(splits, data, network, loss, optimizer, trainer)
+    network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    return Experiment(splits, data, network, loss, components.optimizer, components.trainer)
+
+
+def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
+    """:func:`configure` then :func:`prepare`."""
+    return prepare(configure(cfg), rng)
 
 
 class MetricLogger(Callback):
@@ -81,8 +110,9 @@ def run(cfg: DictConfig) -> float:
     project_dir = Path(hydra.runtime.cwd)
     rng = np.random.default_rng(cfg.seed)
     try:
-        experiment = build(cfg, rng)
+        components = configure(cfg)
         tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
+        experiment = prepare(components, rng)
     except NnexpError:
         discard_job_dir(output_dir)
         raise
@@ -113,7 +143,8 @@ def run(cfg: DictConfig) -> float:
         for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
             tracked.log_artifact(output_dir / name)
         tracked.log_artifact(output_dir / "plots", "plots")
-        tracked.log_artifact(output_dir / hydra.output_subdir, "hydra")
+        if hydra.output_subdir:  # hydra.output_subdir=null turns Hydra's own copy of the config off
+            tracked.log_artifact(output_dir / hydra.output_subdir, "hydra")
         run_id = tracked.run_id
     test = experiment.data["test"]
     log.info(

@@ -78,6 +78,21 @@ def git_state(project_dir: Path) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(status.strip())).lower()}
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming ``uri``, when an HTTP tracking server does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"tracking server {uri} is unreachable: {reason}") from None
+
+
 class TrackedRun:
     """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow."""
 
@@ -128,6 +143,7 @@ class Tracker:
     """An MLflow store and the experiment runs go to; creates the experiment on first use."""
 
     def __init__(self, uri: str, experiment: str) -> None:
+        check_server(uri)
         from mlflow import MlflowClient
 
         # After the import: MLflow sets its own logger to INFO when imported.

@@ -94,7 +94,7 @@ class DoubledTanh(Tanh):
 class ForgetfulDense(Dense):
     """Never fills its bias gradient."""
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         np.matmul(self._x.T, grad_out, out=self.grads["weight"])
         return grad_out @ self.params["weight"].T
 

@@ -84,3 +84,13 @@ def test_output_activation_contracts() -> None:
     assert LOSSES.build({"name": "cross_entropy"}).default_output_activation == "identity"
     assert LOSSES.build({"name": "mse"}).default_output_activation == "sigmoid"
     assert LOSSES.build({"name": "mse"}).allowed_output_activations is None
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_value_and_gradient_agrees_with_value_and_gradient(name: str, rng: np.random.Generator) -> None:
+    loss = LOSSES.build({"name": name})
+    y_true = loss.encode(np.array([0, 2, 1, 2]), 3, np.float64)
+    y_pred = rng.standard_normal((4, 3))
+    value, grad = loss.value_and_gradient(y_true, y_pred.copy())
+    assert value == pytest.approx(loss.value(y_true, y_pred), rel=1e-12)
+    np.testing.assert_allclose(grad, loss.gradient(y_true, y_pred), rtol=1e-12)

@@ -50,7 +50,8 @@ def test_forward_and_backward_shapes(rng: np.random.Generator) -> None:
     network = small_network(rng)
     out = network.forward(rng.standard_normal((5, 3)))
     assert out.shape == (5, 2)
-    assert network.backward(np.ones_like(out)).shape == (5, 3)
+    network.backward(np.ones_like(out))
+    assert all(grad.shape == param.shape for _, param, grad in network.parameters())
 
 
 def test_save_and_load_round_trip_through_npz(tmp_path, rng: np.random.Generator) -> None:
@@ -218,3 +219,15 @@ def test_one_sgd_step_on_a_2_2_1_sigmoid_network_matches_hand_computation(rng: n
     assert sorted(state) == sorted(EXPECTED)
     for key, expected in EXPECTED.items():
         np.testing.assert_allclose(state[key], expected, rtol=1e-9, atol=0, err_msg=key)
+
+
+def test_packed_parameters_alias_every_layer(rng: np.random.Generator) -> None:
+    network = small_network(rng)
+    packed = {kind: (params, grads) for kind, params, grads in network.packed_parameters()}
+    assert set(packed) == {"weight", "bias"}
+    assert packed["weight"][0].size + packed["bias"][0].size == network.n_parameters
+    packed["weight"][0][...] = 7.0
+    assert all((param == 7.0).all() for key, param, _ in network.parameters() if key.endswith(".weight"))
+    network.backward(np.ones_like(network.forward(rng.standard_normal((5, 3)))))
+    layer_grads = np.concatenate([grad.ravel() for key, _, grad in network.parameters() if key.endswith(".weight")])
+    np.testing.assert_array_equal(packed["weight"][1], layer_grads)

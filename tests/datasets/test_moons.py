@@ -1,4 +1,4 @@
-"""The moons dataset: the tutorial's split sizes, determinism, stratification, validation, range checks."""
+"""The moons dataset: the tutorial's split sizes, determinism, the tutorial's split, validation, range checks."""
 
 import numpy as np
 import pytest
@@ -42,9 +42,19 @@ def test_defaults_are_identical_whatever_the_run_generator(default_splits) -> No
     np.testing.assert_array_equal(other.y_test, default_splits.y_test)
 
 
-def test_split_is_stratified(default_splits) -> None:
-    assert np.bincount(default_splits.y_train).tolist() == [700, 700]
-    assert np.bincount(default_splits.y_test).tolist() == [300, 300]
+def test_split_is_the_tutorials_unstratified_split(default_splits) -> None:
+    from sklearn.datasets import make_moons
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_moons(n_samples=2000, noise=0.2, random_state=100)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=42)
+    for ours, theirs in zip(
+        (default_splits.x_train, default_splits.x_test, default_splits.y_train, default_splits.y_test),
+        (x_train, x_test, y_train, y_test),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(ours, theirs)
+    assert np.bincount(default_splits.y_test).tolist() != [300, 300]
 
 
 def test_validation_split_is_taken_from_the_train_part(default_splits) -> None:

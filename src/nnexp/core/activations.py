@@ -23,7 +23,7 @@ class Identity(Activation):
     def forward(self, x: Array) -> Array:
         return x
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
         return grad_out
 
 
@@ -38,7 +38,7 @@ class Sigmoid(Activation):
         self._out *= 0.5
         return self._out
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
         return grad_out * self._out * (1.0 - self._out)  # d sigmoid = s (1 - s), from the cached output
 
 
@@ -50,7 +50,7 @@ class Tanh(Activation):
         self._out = np.tanh(x)
         return self._out
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
         return grad_out * (1.0 - self._out**2)  # d tanh = 1 - tanh^2, from the cached output
 
 
@@ -62,7 +62,7 @@ class ReLU(Activation):
         self._out = np.maximum(x, 0.0)
         return self._out
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
         return grad_out * (self._out > 0)
 
 
@@ -74,7 +74,7 @@ class Softmax(Activation):
         self._out = softmax(x)
         return self._out
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
         # Jacobian-vector product of softmax: s * (g - <g, s>), row by row.
         s = self._out
         return s * (grad_out - np.sum(grad_out * s, axis=1, keepdims=True))

@@ -18,8 +18,11 @@ class Layer:
     def forward(self, x: Array) -> Array:
         raise NotImplementedError
 
-    def backward(self, grad_out: Array) -> Array:
-        """Fill ``self.grads`` and return the gradient with respect to the last ``forward`` input."""
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
+        """Fill ``self.grads`` and return the gradient with respect to the last ``forward`` input.
+
+        ``input_grad=False`` lets a layer skip that last product when nobody needs it (the network's first layer).
+        """
         raise NotImplementedError
 
     def _add_param(self, key: str, value: Array) -> None:
@@ -62,11 +65,11 @@ class Dense(Layer):
             out += self.params["bias"]
         return out
 
-    def backward(self, grad_out: Array) -> Array:
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
         np.matmul(self._x.T, grad_out, out=self.grads["weight"])
         if "bias" in self.params:
-            np.sum(grad_out, axis=0, out=self.grads["bias"])
-        return grad_out @ self.params["weight"].T
+            grad_out.sum(axis=0, out=self.grads["bias"])
+        return grad_out @ self.params["weight"].T if input_grad else grad_out
 
 
 class Bias(Layer):
@@ -79,6 +82,6 @@ class Bias(Layer):
     def forward(self, x: Array) -> Array:
         return x + self.params["bias"]
 
-    def backward(self, grad_out: Array) -> Array:
-        np.sum(grad_out, axis=0, out=self.grads["bias"])
+    def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
+        grad_out.sum(axis=0, out=self.grads["bias"])
         return grad_out

@@ -24,6 +24,10 @@ class Loss:
         """Gradient of :meth:`value` with respect to ``y_pred``, same shape as ``y_pred``."""
         raise NotImplementedError
 
+    def value_and_gradient(self, y_true: Array, y_pred: Array) -> tuple[float, Array]:
+        """Both at once; losses override it to share the work the two have in common."""
+        return self.value(y_true, y_pred), self.gradient(y_true, y_pred)
+
     def encode(self, labels: np.ndarray, n_classes: int, dtype: type[np.floating]) -> Array:
         """Targets for integer class ``labels``: one-hot rows."""
         targets = np.zeros((labels.shape[0], n_classes), dtype=dtype)
@@ -57,6 +61,12 @@ class MeanSquaredError(Loss):
         grad /= y_true.shape[0]
         return grad
 
+    def value_and_gradient(self, y_true: Array, y_pred: Array) -> tuple[float, Array]:
+        diff = y_pred - y_true
+        value = float(0.5 * np.einsum("ij,ij->", diff, diff) / y_true.shape[0])
+        diff /= y_true.shape[0]
+        return value, diff
+
 
 @LOSSES.register("cross_entropy")
 class CrossEntropy(Loss):
@@ -76,6 +86,14 @@ class CrossEntropy(Loss):
         grad -= y_true
         grad /= y_true.shape[0]
         return grad
+
+    def value_and_gradient(self, y_true: Array, y_pred: Array) -> tuple[float, Array]:
+        log_probabilities = log_softmax(y_pred)
+        value = float(-np.einsum("ij,ij->", y_true, log_probabilities) / y_true.shape[0])
+        grad = np.exp(log_probabilities, out=log_probabilities)
+        grad -= y_true
+        grad /= y_true.shape[0]
+        return value, grad
 
     def probabilities(self, y_pred: Array) -> Array:
         return softmax(y_pred)

@@ -23,6 +23,36 @@ class Sequential:
             kind = type(layer).__name__.lower()
             self.layer_names.append(f"{kind}{counts.get(kind, 0)}")
             counts[kind] = counts.get(kind, 0) + 1
+        self._flat = self._pack_parameters()
+        self._parameters = [
+            (f"{name}.{key}", param, layer.grads[key])
+            for name, layer in zip(self.layer_names, self.layers, strict=True)
+            for key, param in layer.params.items()
+        ]
+
+    def _pack_parameters(self) -> list[tuple[str, Array, Array]]:
+        """Move all parameters of one kind (every ``weight``, every ``bias``) into one contiguous buffer.
+
+        Layers keep views into the buffers, so an optimizer updates a whole kind with one vectorised operation
+        instead of one per layer: per-sample SGD on small networks is dominated by that per-call cost.
+        """
+        members: dict[str, list[tuple[Layer, str]]] = {}
+        for layer in self.layers:
+            for key in layer.params:
+                members.setdefault(key, []).append((layer, key))
+        packed = []
+        for kind, owners in members.items():
+            arrays = [layer.params[key] for layer, key in owners]
+            params = np.concatenate([array.ravel() for array in arrays])
+            grads = np.zeros_like(params)
+            offset = 0
+            for (layer, key), array in zip(owners, arrays, strict=True):
+                end = offset + array.size
+                layer.params[key] = params[offset:end].reshape(array.shape)
+                layer.grads[key] = grads[offset:end].reshape(array.shape)
+                offset = end
+            packed.append((kind, params, grads))
+        return packed
 
     def forward(self, x: Array) -> Array:
         """Network output for a batch: (n_samples, n_features) -> (n_samples, n_outputs)."""
@@ -30,16 +60,22 @@ class Sequential:
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out: Array) -> Array:
-        for layer in reversed(self.layers):
+    def backward(self, grad_out: Array) -> None:
+        """Fill every layer's gradients; the gradient with respect to the network's input is never needed."""
+        for layer in reversed(self.layers[1:]):
             grad_out = layer.backward(grad_out)
-        return grad_out
+        self.layers[0].backward(grad_out, input_grad=False)
 
     def parameters(self) -> Iterator[tuple[str, Array, Array]]:
-        """``(key, parameter, gradient)`` triples, in layer order."""
-        for name, layer in zip(self.layer_names, self.layers, strict=True):
-            for key, param in layer.params.items():
-                yield f"{name}.{key}", param, layer.grads[key]
+        """``(key, parameter, gradient)`` triples, in layer order: ``dense0.weight``, ``dense0.bias``, …"""
+        return iter(self._parameters)
+
+    def packed_parameters(self) -> Iterator[tuple[str, Array, Array]]:
+        """The same parameters as one flat ``(kind, parameters, gradients)`` triple per kind (``weight``, ``bias``).
+
+        Updating these updates every layer; optimizers take either form, as their per-key state follows the keys.
+        """
+        return iter(self._flat)
 
     def state_dict(self) -> dict[str, Array]:
         return {key: param for key, param, _ in self.parameters()}

@@ -116,18 +116,18 @@ class Trainer:
         if self.shuffle and size < n_samples:
             order = rng.permutation(n_samples)
             x, targets, labels = x[order], targets[order], labels[order]  # one permuted copy per epoch
-        loss_sum, correct = 0.0, 0
+        loss_sum = 0.0
+        predicted = np.empty(n_samples, dtype=np.intp)
         for batch, start in enumerate(range(0, n_samples, size), start=1):
             stop = start + size
             outputs = network.forward(x[start:stop])
-            batch_targets = targets[start:stop]
-            batch_loss = loss.value(batch_targets, outputs)
+            batch_loss, grad = loss.value_and_gradient(targets[start:stop], outputs)
             if not math.isfinite(batch_loss):
                 raise TrainingError(
                     f"loss became {batch_loss} at epoch {epoch}, batch {batch}; try a smaller learning rate"
                 )
-            network.backward(loss.gradient(batch_targets, outputs))
-            optimizer.step(network.parameters())
+            outputs.argmax(axis=1, out=predicted[start:stop])
+            network.backward(grad)
+            optimizer.step(network.packed_parameters())
             loss_sum += batch_loss * outputs.shape[0]
-            correct += int(np.count_nonzero(outputs.argmax(axis=1) == labels[start:stop]))
-        return loss_sum / n_samples, correct / n_samples
+        return loss_sum / n_samples, accuracy(labels, predicted)

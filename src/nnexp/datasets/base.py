@@ -69,15 +69,22 @@ def holdout_splits(
     random_state: int | None,
     rng: np.random.Generator,
     class_names: tuple[str, ...] | None = None,
+    stratify: bool = False,
 ) -> Splits:
     """Split ``x, y`` into test (``test_size`` of all) and validation (``val_size`` of the rest) by
-    scikit-learn's ``train_test_split``, stratified; ``random_state=None`` draws the split from ``rng``."""
+    scikit-learn's ``train_test_split``; ``random_state=None`` draws the split from ``rng``.
+
+    Not stratified by default, as the tutorials call ``train_test_split``: a stratified split holds out
+    different points, and the published accuracies are measured on theirs.
+    """
     from sklearn.model_selection import train_test_split
 
     def split(features: np.ndarray, labels: np.ndarray, size: float) -> list[np.ndarray]:
         state = random_state if random_state is not None else int(rng.integers(2**31))
         try:
-            return train_test_split(features, labels, test_size=size, random_state=state, stratify=labels)
+            return train_test_split(
+                features, labels, test_size=size, random_state=state, stratify=labels if stratify else None
+            )
         except ValueError as exc:  # e.g. fewer held-out samples than classes
             raise DataError(f"cannot split {len(labels)} samples with a fraction of {size}: {exc}") from None
 
