@@ -20,6 +20,7 @@ class Circles(Dataset):
         random_state: int | None = None,
     ) -> None:
         require(n_samples >= 10, "n_samples", "must be >= 10", n_samples)
+        require(noise >= 0, "noise", "must be >= 0", noise)
         require(0 < factor < 1, "factor", "must be in (0, 1)", factor)
         require(0 < test_size < 1, "test_size", "must be in (0, 1)", test_size)
         self.n_samples = n_samples

@@ -26,15 +26,29 @@ class Project:
         return f"sqlite:///{self.root / 'outputs' / 'mlflow.db'}"
 
     def run(self, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "HYDRA_"))}
         return subprocess.run(
             [sys.executable, "-m", "nnexp", *overrides],
             cwd=self.root,
-            env=env,
+            env=self.env(),
             capture_output=True,
             text=True,
             timeout=timeout,
         )
+
+    def start(self, *overrides: str) -> subprocess.Popen[str]:
+        """The CLI as a background process, with pipes for its output."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "nnexp", *overrides],
+            cwd=self.root,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    @staticmethod
+    def env() -> dict[str, str]:
+        return {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "HYDRA_"))}
 
     def runs(self) -> list:
         """Every MLflow run in the project's store, newest first."""
@@ -51,8 +65,10 @@ class Project:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
-    for folder in ("conf", "plugins"):
-        shutil.copytree(REPO / folder, tmp_path / folder)
+    """The shipped presets and example plugin only, so that a user's own plugins cannot change the results."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    (tmp_path / "plugins").mkdir()
+    shutil.copy(REPO / "plugins" / "circles.py", tmp_path / "plugins")
     return Project(tmp_path)
 
 

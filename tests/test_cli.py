@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from mlflow import MlflowClient
 
 QUICK = ("trainer.epochs=3",)
+
+
+def test_version():
+    import subprocess
+    import sys
+
+    from nnexp import __version__
+
+    shown = subprocess.run([sys.executable, "-m", "nnexp", "--version"], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == f"nnexp {__version__}"
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -124,13 +136,18 @@ def test_help_lists_every_group_and_option(project):
         ("model.activation=sigmod", "model.activation must be a registered activation"),
         ("trainer.dtype=float16", "trainer.dtype expects one of float32, float64, got 'float16'"),
         ("seed=abc", "seed expects an integer, got 'abc'"),
-        ("model.output_activation=softmax", "model.output_activation must be one of identity with this loss"),
+        ("model.output_activation=softmax", "model.output_activation must be null or identity with CrossEntropy"),
         ("experiment=nonexistent", "experiment=nonexistent is not an option; available: moons_deep_sigmoid"),
         ("model.hidden_sizes=[1,", "cannot parse override 'model.hidden_sizes=[1,'"),
+        ("+trainer.foo=1", "trainer.foo is not a known key; valid keys here: epochs, batch_size, shuffle, dtype"),
+        ("+optimizer.bar=1", "optimizer.bar is not a known key; valid keys here: learning_rate,"),
+        ("tracking.uri=file:///tmp/store", "tracking store file:///tmp/store is a plain directory"),
+        ("tracking.uri=/tmp/store", "MLflow's file store is retired; use a database such as sqlite:///"),
+        ("dataset=circles dataset.noise=-1", "dataset.noise must be >= 0, got -1.0"),
     ],
 )
 def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, named):
-    result = project.run(override)
+    result = project.run(*override.split())
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     assert named in result.stderr
@@ -164,3 +181,15 @@ def test_divergence_fails_the_run_with_its_reason(project):
     [run] = project.runs()
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"].startswith("loss became")
+
+
+def test_sigterm_marks_the_run_killed_in_one_line(project):
+    process = project.start("experiment=moons_deep_sigmoid", "trainer.epochs=200")
+    first_progress = process.stderr.readline()
+    assert "epoch 20/200" in first_progress
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143
+    [run] = project.runs()
+    assert stderr.strip() == f"error: terminated (SIGTERM); MLflow run {run.info.run_id} is marked KILLED"
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated (SIGTERM)"

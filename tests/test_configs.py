@@ -13,12 +13,13 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
 from nnexp.config import GROUPS, schema_for, store_configs
-from nnexp.plugins import load_plugins
+from nnexp.plugins import load_builtins, load_file
 from nnexp.run import build
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-load_plugins(REPO)
+load_builtins()
+load_file(REPO / "plugins" / "circles.py", "nnexp_local_plugins.circles")
 store_configs()
 
 

@@ -12,7 +12,10 @@ from nnexp.core.training import Callback, Examples, Trainer
 from nnexp.datasets.base import DATASETS, Dataset, Splits, holdout_splits
 from nnexp.errors import ConfigError, DataError, NnexpError, ParameterError, PluginError, require
 from nnexp.models.base import MODELS, Model
+from nnexp.plugins import load_builtins
 from nnexp.registry import Registry
+
+load_builtins()  # so that ``import nnexp`` alone offers every built-in dataset and model, as in a notebook
 
 try:
     __version__ = version("nnexp")

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from omegaconf import DictConfig
 
-from nnexp.errors import NnexpError
+from nnexp.errors import Interrupted, NnexpError
 
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--version"]:
+        from nnexp import __version__
+
+        print(f"nnexp {__version__}")
+        return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    signal.signal(signal.SIGTERM, terminate)
     try:
         launch()
+    except KeyboardInterrupt as exc:
+        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))
     except NnexpError as exc:
         if FULL_ERRORS:
             raise
@@ -58,6 +69,11 @@ def task(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.RUN and not FULL_ERRORS:
             fail(str(exc))  # re-raised, Hydra would print a second line naming the overrides
         raise
+
+
+def terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a scheduler's or ``timeout``'s stop) ends the run like Ctrl-C, so it is not left RUNNING."""
+    raise Interrupted("terminated (SIGTERM)", 128 + signum)
 
 
 def fail(message: str) -> None:

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nnexp.core.activations import ACTIVATIONS
 from nnexp.core.initializers import INITIALIZERS
 from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.datasets.base import DATASETS
+from nnexp.errors import ConfigError
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
 
@@ -129,3 +130,18 @@ def store_configs() -> None:
         for name, cls in registry.items():
             store.store(group=registry.kind, name=name, node=schema_for(cls, name), provider="nnexp")
     store.store(name=PRIMARY, node=RunConfig, provider="nnexp")
+
+
+def check_known_keys(cfg: DictConfig, path: str = "") -> None:
+    """Reject keys a schema does not declare: Hydra's ``+key=value`` adds them even to typed nodes."""
+    schema = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema) if f.name not in ("defaults", "hydra")]
+        for key in cfg:
+            if key not in known:
+                valid = ", ".join(name for name in known if name != "name")
+                raise ConfigError(f"{path}{key} is not a known key; valid keys here: {valid}")
+    for key in cfg:
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+            check_known_keys(node, f"{path}{key}.")

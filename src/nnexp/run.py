@@ -14,14 +14,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__
-from nnexp.config import GROUPS
+from nnexp.config import GROUPS, check_known_keys
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.training import Callback, Examples, Trainer, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits
-from nnexp.errors import ConfigError, NnexpError, ParameterError
+from nnexp.errors import ConfigError, ParameterError
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.tracking import TrackedRun, Tracker, flatten, git_state, resolve_uri
@@ -59,11 +59,12 @@ def configure(cfg: DictConfig) -> Components:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
+    check_known_keys(cfg)
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle)
     except ParameterError as exc:
         raise exc.within("trainer") from None
-    return Components(
+    components = Components(
         dataset=DATASETS.build(cfg.dataset),
         model=MODELS.build(cfg.model),
         loss=LOSSES.build(cfg.loss),
@@ -71,6 +72,8 @@ def configure(cfg: DictConfig) -> Components:
         trainer=trainer,
         dtype=np.dtype(cfg.trainer.dtype.value).type,
     )
+    components.model.check(components.loss)
+    return components
 
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:
@@ -113,8 +116,8 @@ def run(cfg: DictConfig) -> float:
         components = configure(cfg)
         tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
         experiment = prepare(components, rng)
-    except NnexpError:
-        discard_job_dir(output_dir)
+    except BaseException:
+        discard_job_dir(output_dir)  # nothing ran: leave no directory behind
         raise
     choices = {key: value for key, value in hydra.runtime.choices.items() if not key.startswith("hydra/")}
     label = (
@@ -173,6 +176,7 @@ def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output
         tags[f"source.{registry.kind}"] = registry.source(cfg[registry.kind].name)
     tags.update(git_state(project_dir))
     tags.update({"nnexp_version": __version__, "output_dir": str(output_dir.resolve())})
+    tags["overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
     tags.update(OmegaConf.to_container(cfg.tags, resolve=True))
     return tags
 

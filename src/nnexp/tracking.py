@@ -6,13 +6,17 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnexp.errors import ConfigError
+from nnexp.errors import ConfigError, Interrupted
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -34,12 +38,16 @@ def resolve_uri(configured: str | None, project_dir: Path) -> str:
     return f"sqlite:///{(project_dir / DEFAULT_STORE).resolve()}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or ``None`` for any other store."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+
+
 def artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store live beside its database file; a server chooses its own root."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    return (Path(uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
+    database = sqlite_path(uri)
+    return None if database is None else (database.resolve().parent / "mlartifacts").as_uri()
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,13 +86,23 @@ def git_state(project_dir: Path) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(status.strip())).lower()}
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming ``uri``, when an HTTP tracking server does not answer (MLflow itself retries for minutes)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming ``uri``, on a store MLflow cannot use or a server that does not answer; create the
+    folder of a SQLite database.
 
+    MLflow itself retries an unreachable server for minutes, and its file store now refuses to start.
+    """
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("", "file"):
+        raise ConfigError(
+            f"tracking store {uri} is a plain directory, and MLflow's file store is retired; "
+            "use a database such as sqlite:///path/to/mlflow.db, or a tracking server's http(s):// URL"
+        )
+    database = sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    if scheme not in ("http", "https"):
+        return
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
             pass
@@ -143,16 +161,15 @@ class Tracker:
     """An MLflow store and the experiment runs go to; creates the experiment on first use."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        check_server(uri)
+        check_store(uri)
         from mlflow import MlflowClient
 
         # After the import: MLflow sets its own logger to INFO when imported.
         for noisy in ("alembic", "mlflow"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         try:
+            self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 found.experiment_id
@@ -160,7 +177,8 @@ class Tracker:
                 else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
             )
         except Exception as exc:
-            raise ConfigError(f"tracking store {uri} cannot be used: {type(exc).__name__}: {exc}") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"tracking store {uri} cannot be used: {reason[:300]}") from None
 
     @contextlib.contextmanager
     def start_run(self, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
@@ -172,11 +190,15 @@ class Tracker:
         try:
             yield run
         except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            reason = str(exc) or ("interrupted (SIGINT)" if interrupted else type(exc).__name__)
             with contextlib.suppress(Exception):  # the original error matters more than a logging failure
                 run.flush()
-                run.set_tags({"failure_reason": str(exc) or type(exc).__name__})
-            self.client.set_terminated(run.run_id, status)
+                run.set_tags({"failure_reason": reason})
+            self.client.set_terminated(run.run_id, "KILLED" if interrupted else "FAILED")
+            if interrupted:
+                code = getattr(exc, "exit_code", 128 + signal.SIGINT)
+                raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", code) from None
             raise
         run.flush()
         self.client.set_terminated(run.run_id, "FINISHED")

@@ -85,8 +85,12 @@ def test_same_generator_seed_builds_the_same_network() -> None:
 
 def test_softmax_output_with_cross_entropy_is_rejected() -> None:
     model = MODELS.build({"name": "mlp", "output_activation": "softmax"})
-    with pytest.raises(ParameterError, match=r"^model\.output_activation must be one of identity.*got 'softmax'"):
-        model.build(3, 2, LOSSES.build({"name": "cross_entropy"}), np.random.default_rng(0), np.float64)
+    loss = LOSSES.build({"name": "cross_entropy"})
+    expected = r"^model\.output_activation must be null or identity with CrossEntropy.*got 'softmax'"
+    with pytest.raises(ParameterError, match=expected):
+        model.check(loss)
+    with pytest.raises(ParameterError, match=expected):
+        model.build(3, 2, loss, np.random.default_rng(0), np.float64)
 
 
 def test_identity_output_with_cross_entropy_is_accepted() -> None:

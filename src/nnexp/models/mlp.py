@@ -46,12 +46,7 @@ class MLP(Model):
     def build(
         self, n_inputs: int, n_outputs: int, loss: Loss, rng: np.random.Generator, dtype: type[np.floating]
     ) -> Sequential:
-        output = self.output_activation or loss.default_output_activation
-        allowed = loss.allowed_output_activations
-        if allowed is not None and output not in allowed:
-            raise ParameterError(
-                "model.output_activation", f"must be one of {', '.join(allowed)} with this loss", output
-            )
+        output = self._output_activation(loss)
         layers: list[Layer] = []
         sizes = [n_inputs, *self.hidden_sizes]
         for fan_in, fan_out in itertools.pairwise(sizes):
@@ -60,6 +55,21 @@ class MLP(Model):
         if output != "identity":
             layers.append(ACTIVATIONS.build({"name": output}))
         return Sequential(layers)
+
+    def check(self, loss: Loss) -> None:
+        self._output_activation(loss)
+
+    def _output_activation(self, loss: Loss) -> str:
+        """The output activation to use with ``loss``; raises if the loss forbids the configured one."""
+        output = self.output_activation or loss.default_output_activation
+        allowed = loss.allowed_output_activations
+        if allowed is not None and output not in allowed:
+            raise ParameterError(
+                "model.output_activation",
+                f"must be null or {' or '.join(allowed)} with {type(loss).__name__}, which applies its own",
+                output,
+            )
+        return output
 
     def _dense(self, fan_in: int, fan_out: int, rng: np.random.Generator, dtype: type[np.floating]) -> Dense:
         return Dense(fan_in, fan_out, rng, self.initializer, self.use_bias, dtype)
