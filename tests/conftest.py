@@ -1,15 +1,18 @@
-"""Fixtures shared by the integration tests: an isolated project directory and the real CLI run inside it."""
+"""Shared fixtures: an isolated project directory with the real CLI run inside it, and tiny MNIST files."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +97,98 @@ def restore_registries() -> Iterator[None]:
     for name in set(sys.modules) - modules:
         if name.startswith("nnexp_local_plugins"):
             del sys.modules[name]
+
+
+IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
+#: Class counts of the tiny training set: unequal, so that a stratified split has proportions to keep.
+TRAIN_CLASS_COUNTS = (8, 6, 6, 4, 4, 4, 2, 2, 2, 2)
+N_TEST = 10
+IDX_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass
+class TinyMnist:
+    """40 training and 10 test images of 28x28 with every pixel value 0..255 somewhere; each row is distinct."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    @classmethod
+    def make(cls) -> TinyMnist:
+        n_train = sum(TRAIN_CLASS_COUNTS)
+        index = np.arange(n_train + N_TEST)[:, None]
+        images = ((index * 37 + np.arange(28 * 28) * 11) % 256).astype(np.uint8).reshape(-1, 28, 28)
+        train_labels = np.random.default_rng(123).permutation(np.repeat(np.arange(10), TRAIN_CLASS_COUNTS))
+        test_labels = np.arange(N_TEST) % 10
+        return cls(images[:n_train], train_labels.astype(np.uint8), images[n_train:], test_labels.astype(np.uint8))
+
+    def idx_files(self) -> dict[str, bytes]:
+        """The four IDX files' contents by role, uncompressed."""
+        return {
+            "train_images": MnistFiles.idx_bytes(self.train_images, IMAGE_MAGIC),
+            "train_labels": MnistFiles.idx_bytes(self.train_labels, LABEL_MAGIC),
+            "test_images": MnistFiles.idx_bytes(self.test_images, IMAGE_MAGIC),
+            "test_labels": MnistFiles.idx_bytes(self.test_labels, LABEL_MAGIC),
+        }
+
+
+@dataclass
+class MnistFiles:
+    """Writes :class:`TinyMnist` into ``root`` in the form a test asks for."""
+
+    root: Path
+    data: TinyMnist
+
+    @staticmethod
+    def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+        """An IDX file: big-endian magic and dimensions, then the ``uint8`` payload."""
+        return struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+    @staticmethod
+    def csv_text(images: np.ndarray, labels: np.ndarray, newline: str = "\n") -> str:
+        """``label,p0,...`` lines written the plain way, an oracle for the vectorised reader and writer."""
+        return "".join(
+            ",".join(str(value) for value in [int(label), *image.ravel().tolist()]) + newline
+            for image, label in zip(images, labels, strict=True)
+        )
+
+    def idx_path(self, role: str, gz: bool = True, dotted: bool = False) -> Path:
+        name = IDX_NAMES[role].replace("-idx", ".idx") if dotted else IDX_NAMES[role]
+        return self.root / (f"{name}.gz" if gz else name)
+
+    def write_idx(self, gz: bool = True, dotted: bool = False, **replace: bytes) -> Path:
+        """Write the four files, with ``replace[role]`` as the uncompressed content of some; return the directory."""
+        for role, content in {**self.data.idx_files(), **replace}.items():
+            path = self.idx_path(role, gz, dotted)
+            path.write_bytes(gzip.compress(content, mtime=0) if gz else content)
+        return self.root
+
+    def write_csv(self, name: str, text: str) -> Path:
+        path = self.root / name
+        path.write_bytes(text.encode())
+        return path
+
+    def write_csv_pair(self, newline: str = "\n") -> tuple[Path, Path]:
+        """``mnist_train.csv`` and ``mnist_test.csv`` with the tiny set; return their paths."""
+        data = self.data
+        return (
+            self.write_csv("mnist_train.csv", self.csv_text(data.train_images, data.train_labels, newline)),
+            self.write_csv("mnist_test.csv", self.csv_text(data.test_images, data.test_labels, newline)),
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinyMnist:
+    return TinyMnist.make()
+
+
+@pytest.fixture
+def mnist_files(tmp_path: Path, tiny: TinyMnist) -> MnistFiles:
+    return MnistFiles(tmp_path, tiny)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 
 import pytest
 from mlflow import MlflowClient
@@ -113,7 +114,7 @@ def test_help_lists_every_group_and_option(project):
     result = project.run("--help")
     assert result.returncode == 0
     for line in (
-        "dataset: circles, moons, quadrants",
+        "dataset: circles, mnist_csv, mnist_idx, moons, quadrants",
         "model: deep_sigmoid, mlp, two_layer",
         "loss: cross_entropy, mse",
     ):
@@ -172,6 +173,18 @@ def test_unreachable_tracking_server_fails_before_training(project):
     assert result.returncode != 0
     assert result.stderr.startswith("error: tracking server http://127.0.0.1:9 is unreachable: ")
     assert result.stderr.count("\n") == 1 and project.job_dirs() == []
+
+
+def test_data_command_without_network_fails_fast_in_one_line(project):
+    with socket.socket() as probe:  # a port on this machine that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    result = project.run("data", "mnist", "mnist", "--mirror", url, timeout=30)
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: cannot download train-images-idx3-ubyte.gz") and "connection refused" in last
+    assert "t10k-labels-idx1-ubyte.gz into mnist by hand" in last
+    assert project.job_dirs() == []
 
 
 def test_divergence_fails_the_run_with_its_reason(project):

@@ -29,6 +29,19 @@ def options(group: str) -> list[str]:
     return sorted({*registry.names(), *presets})
 
 
+#: Dataset options that read files, and the overrides pointing them at the tiny ones ``mnist_files`` writes.
+DATA_FILES: dict[str, Callable[..., list[str]]] = {
+    "mnist_idx": lambda files: [f"dataset.path={files.write_idx()}", "dataset.val_size=10"],
+    "mnist_csv": lambda files: [
+        *(
+            f"dataset.{key}={path}"
+            for key, path in zip(("train_path", "test_path"), files.write_csv_pair(), strict=True)
+        ),
+        "dataset.val_size=10",
+    ],
+}
+
+
 @pytest.fixture
 def composed() -> Iterator[Callable[..., DictConfig]]:
     def make(*overrides: str) -> DictConfig:
@@ -43,8 +56,9 @@ def composed() -> Iterator[Callable[..., DictConfig]]:
     ("group", "option"),
     [(registry.kind, option) for registry, _ in GROUPS for option in options(registry.kind)],
 )
-def test_every_group_option_composes_and_builds(composed, group, option):
-    cfg = composed(f"{group}={option}", "trainer.epochs=1")
+def test_every_group_option_composes_and_builds(composed, mnist_files, group, option):
+    data = DATA_FILES[option](mnist_files) if group == "dataset" and option in DATA_FILES else []
+    cfg = composed(f"{group}={option}", "trainer.epochs=1", *data)
     experiment = build(cfg, np.random.default_rng(0))
     assert experiment.network.n_parameters > 0
     assert experiment.data["train"].x.dtype == np.float32

@@ -22,6 +22,10 @@ def main() -> None:
 
         print(f"nnexp {__version__}")
         return
+    if sys.argv[1:2] == ["data"]:  # `nnexp data ...` fetches data sets; it is not a Hydra run
+        from nnexp.download import main as data
+
+        sys.exit(data(sys.argv[2:]))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"

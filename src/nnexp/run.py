@@ -81,7 +81,8 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     splits = components.dataset.load(rng)
     loss, dtype = components.loss, components.dtype
     data = {
-        part: Examples(x.astype(dtype), loss.encode(y, splits.n_classes, dtype), y) for part, x, y in splits.parts()
+        part: Examples(x.astype(dtype, copy=False), loss.encode(y, splits.n_classes, dtype), y)
+        for part, x, y in splits.parts()
     }
     network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
     return Experiment(splits, data, network, loss, components.optimizer, components.trainer)

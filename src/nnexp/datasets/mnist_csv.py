@@ -1,0 +1,36 @@
+"""MNIST as CSV, a `label,p0,...,p783` line per image (the "Make Your Own Neural Network" files): dataset=mnist_csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnexp.datasets.base import DATASETS
+from nnexp.datasets.mnist import MnistDataset, RawMnist, Scaling, Validation, read_csv
+
+
+@DATASETS.register("mnist_csv")
+class MnistCsv(MnistDataset):
+    """Training and test digits from two CSV files, such as those ``nnexp data mnist --csv`` writes.
+
+    Both paths are required. A header row is skipped when the file has one.
+    """
+
+    def __init__(
+        self,
+        train_path: str,
+        test_path: str,
+        scaling: Scaling = Scaling.unit,
+        validation: Validation = Validation.last,
+        val_size: int = 10000,
+        max_train: int | None = None,
+        max_test: int | None = None,
+    ) -> None:
+        super().__init__(scaling, validation, val_size, max_train, max_test)
+        self.train_path = train_path
+        self.test_path = test_path
+
+    def read(self) -> RawMnist:
+        train = Path(self.train_path).expanduser()
+        train_images, train_labels = read_csv(train)
+        test_images, test_labels = read_csv(Path(self.test_path).expanduser())
+        return RawMnist(train_images, train_labels, test_images, test_labels, str(train))

@@ -1,0 +1,283 @@
+"""``nnexp data mnist``: fetch the four MNIST files from public mirrors, check their SHA-256, optionally write CSVs.
+
+Every file is written atomically: to a temporary file in the same directory, checked, then renamed, so an
+interrupted or failed download leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from nnexp.datasets.mnist import locate_idx_files, read_idx_set, write_csv
+from nnexp.errors import DataError, NnexpError
+
+#: Tried in order; a mirror that served one file is tried first for the rest.
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+#: Accepted SHA-256 digests of each archive: first the one the public mirrors serve, then that of the project's
+#: shared copy, which holds the same IDX bytes re-compressed (a gzip header without name or time).
+CHECKSUMS: dict[str, tuple[str, ...]] = {
+    "train-images-idx3-ubyte.gz": (
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203",
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be",
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b",
+    ),
+}
+CSV_FILES = ("mnist_train.csv", "mnist_test.csv")
+DEFAULT_TIMEOUT = 10.0
+#: The largest archive is 9.9 MB; a mirror sending far more is not sending MNIST.
+MAX_BYTES = 32 * 2**20
+CHUNK_BYTES = 2**16
+
+
+class MirrorError(Exception):
+    """One mirror failed to deliver one file; the next mirror is tried."""
+
+
+class ChecksumMismatchError(MirrorError):
+    """A mirror delivered a file whose SHA-256 is not an accepted one."""
+
+    def __init__(self, url: str, actual: str) -> None:
+        super().__init__(f"{url}: SHA-256 {actual} is not MNIST's")
+        self.url, self.actual = url, actual
+
+
+def default_mnist_dir() -> Path:
+    """``$NNEXP_CACHE/mnist``, else ``$XDG_CACHE_HOME/nnexp/mnist``, else ``~/.cache/nnexp/mnist``."""
+    if os.environ.get("NNEXP_CACHE"):
+        return Path(os.environ["NNEXP_CACHE"]).expanduser() / "mnist"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "nnexp" / "mnist"
+    return Path.home() / ".cache" / "nnexp" / "mnist"
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside ``target`` that replaces it when the block succeeds and is removed otherwise."""
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+        os.replace(temporary, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # gone already when the rename happened
+            os.unlink(temporary)
+
+
+def download_mnist(directory: Path, mirrors: Sequence[str] = MIRRORS, timeout: float = DEFAULT_TIMEOUT) -> list[Path]:
+    """Make sure ``directory`` holds the four archives with accepted checksums, downloading what is missing."""
+    _make_directory(directory)
+    order = list(mirrors)
+    paths = []
+    for name in FILES:
+        target = directory / name
+        paths.append(target)
+        if target.is_file():
+            present = sha256_of(target)
+            if present in CHECKSUMS[name]:
+                _progress(f"{name}: already present, checksum ok")
+                continue
+            _progress(f"{name}: present with SHA-256 {present}, not MNIST's; downloading it again")
+        mirror = _fetch_from_any(name, target, order, timeout)
+        order.remove(mirror)
+        order.insert(0, mirror)
+    return paths
+
+
+def _fetch_from_any(name: str, target: Path, mirrors: Sequence[str], timeout: float) -> str:
+    """Download ``name`` from the first mirror that delivers it intact; return that mirror."""
+    failures: list[MirrorError] = []
+    for index, mirror in enumerate(mirrors):
+        url = mirror.rstrip("/") + "/" + name
+        try:
+            size = _fetch(url, target, CHECKSUMS[name], timeout)
+        except MirrorError as exc:
+            failures.append(exc)
+            if index + 1 < len(mirrors):
+                _progress(f"{name}: {exc}; trying the next mirror")
+            continue
+        _progress(f"{name}: {size / 1e6:.1f} MB from {url}, checksum ok")
+        return mirror
+    mismatches = [failure for failure in failures if isinstance(failure, ChecksumMismatchError)]
+    if mismatches:
+        raise DataError(
+            f"{name}: checksum mismatch: expected SHA-256 {' or '.join(CHECKSUMS[name])}, "
+            f"got {mismatches[0].actual} from {mismatches[0].url}"
+        )
+    reasons = "; ".join(str(failure) for failure in failures)
+    raise DataError(
+        f"cannot download {name} ({reasons}); put the files {', '.join(FILES)} into {target.parent} "
+        "by hand and run again"
+    )
+
+
+def _fetch(url: str, target: Path, accepted: Sequence[str], timeout: float) -> int:
+    """Download ``url`` to ``target`` if its SHA-256 is in ``accepted``; return its size in bytes."""
+    import http.client  # imported here: only downloads need the network stack, not every `nnexp` start
+    import urllib.error
+    import urllib.request
+
+    digest = hashlib.sha256()
+    size = 0
+    with atomic_file(target) as partial:
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "nnexp"})
+            # A fresh opener reads the proxy settings of the environment now, not those of urllib's first call.
+            with urllib.request.build_opener().open(request, timeout=timeout) as response:
+                while chunk := response.read(CHUNK_BYTES):
+                    size += len(chunk)
+                    if size > MAX_BYTES:
+                        raise MirrorError(f"{url}: more than {MAX_BYTES} bytes, too large for MNIST")
+                    digest.update(chunk)
+                    partial.write(chunk)
+        except urllib.error.HTTPError as exc:
+            raise MirrorError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            raise MirrorError(f"{url}: {_reason(exc.reason)}") from None
+        except (TimeoutError, ConnectionError, http.client.HTTPException, ValueError) as exc:
+            raise MirrorError(f"{url}: {_reason(exc)}") from None  # ValueError: not a URL urllib can open
+        if digest.hexdigest() not in accepted:
+            raise ChecksumMismatchError(url, digest.hexdigest())
+    return size
+
+
+def _reason(error: object) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__
+
+
+def convert_to_csv(idx_dir: Path, out_dir: Path) -> list[Path]:
+    """Write ``mnist_train.csv`` and ``mnist_test.csv`` (``label,p0,...,p783`` lines) from the IDX files."""
+    raw = read_idx_set(locate_idx_files(idx_dir, f"download them with `nnexp data mnist {idx_dir}`"))
+    _make_directory(out_dir)
+    written = []
+    for name, images, labels in zip(
+        CSV_FILES, (raw.train_images, raw.test_images), (raw.train_labels, raw.test_labels), strict=True
+    ):
+        path = out_dir / name
+        with atomic_file(path) as file:
+            write_csv(file, images, labels)
+        _progress(f"{name}: {len(labels)} rows written to {path}")
+        written.append(path)
+    return written
+
+
+def _make_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{directory}: cannot create the directory: {exc.strerror}") from None
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``nnexp data`` command line."""
+    commands = argparse.ArgumentParser(prog="nnexp data", description="Download data sets that nnexp trains on.")
+    datasets = commands.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    mnist = datasets.add_parser(
+        "mnist",
+        help="the MNIST digits, for dataset=mnist_idx (and dataset=mnist_csv with --csv)",
+        description="Download the four MNIST archives, check their SHA-256, and skip those already present.",
+    )
+    mnist.add_argument(
+        "directory",
+        nargs="?",
+        type=Path,
+        metavar="DIR",
+        help=f"where to put them (default: {default_mnist_dir()}, where dataset=mnist_idx looks)",
+    )
+    mnist.add_argument(
+        "--csv", action="store_true", help=f"also write {' and '.join(CSV_FILES)} in DIR, for dataset=mnist_csv"
+    )
+    mnist.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="a base URL to fetch from instead of the public mirrors; repeat it to try several in order",
+    )
+    mnist.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for each mirror (default: {DEFAULT_TIMEOUT:g})",
+    )
+    return commands
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return seconds
+
+
+def main(argv: list[str]) -> int:
+    """Run ``nnexp data ARGV``; 0 on success, 1 on an error (printed as one line), 130 when interrupted."""
+    commands = parser()
+    try:
+        args = commands.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error that argparse has printed
+        return exc.code if isinstance(exc.code, int) else 2
+    directory = args.directory if args.directory is not None else default_mnist_dir()
+    try:
+        download_mnist(directory, args.mirror or MIRRORS, args.timeout)
+        if args.csv:
+            convert_to_csv(directory, directory)
+    except NnexpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the directory is not writable, or the disk is full
+        print(f"error: cannot write {exc.filename or directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no partial files were left behind", file=sys.stderr)
+        return 130
+    _progress(f"MNIST is ready in {directory}")
+    return 0

@@ -1,0 +1,193 @@
+"""The mnist_csv plugin: the tutorial's format, headers, line endings, and every bad row named by file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from nnexp.config import schema_for
+from nnexp.datasets import mnist
+from nnexp.datasets.base import DATASETS
+from nnexp.datasets.mnist import Scaling, Validation, read_csv
+from nnexp.datasets.mnist_csv import MnistCsv
+from nnexp.errors import DataError, ParameterError
+
+HEADER = ",".join(["label", *(f"{row}x{col}" for row in range(1, 29) for col in range(1, 29))]) + "\n"
+
+
+def flat(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1)
+
+
+def load(train: Path, test: Path, **options):
+    return MnistCsv(str(train), str(test), **options).load(np.random.default_rng(0))
+
+
+@pytest.fixture(params=["one block", "small blocks"])
+def block_bytes(request, monkeypatch) -> None:
+    """Parse in the default block size, and in blocks of about two lines to test the seams between blocks."""
+    if request.param == "small blocks":
+        monkeypatch.setattr(mnist, "BLOCK_BYTES", 4096)
+
+
+def csv_error(path: Path) -> str:
+    with pytest.raises(DataError) as caught:
+        read_csv(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_files_round_trip(csv_pair, tiny, block_bytes):
+    splits = load(*csv_pair, scaling=Scaling.none, val_size=0)
+    np.testing.assert_array_equal(splits.x_train, flat(tiny.train_images))
+    np.testing.assert_array_equal(splits.y_train, tiny.train_labels)
+    np.testing.assert_array_equal(splits.x_test, flat(tiny.test_images))
+    np.testing.assert_array_equal(splits.y_test, tiny.test_labels)
+    assert splits.x_train.dtype == np.float32 and splits.y_train.dtype == np.int64
+    assert (splits.n_classes, splits.n_features) == (10, 784)
+
+
+@pytest.mark.parametrize(
+    "variant", ["header", "crlf", "no final newline", "blank lines at the end", "byte order mark", "leading zeros"]
+)
+def test_accepted_variations_of_the_format(mnist_files, tiny, variant):
+    text = mnist_files.csv_text(tiny.train_images, tiny.train_labels, "\r\n" if variant == "crlf" else "\n")
+    text = {
+        "header": HEADER + text,
+        "no final newline": text.rstrip("\n"),
+        "blank lines at the end": text + "\n\n",
+        "byte order mark": "\ufeff" + text,
+        "leading zeros": text.replace(",0,", ",000,").replace(",5,", ",05,"),
+    }.get(variant, text)
+    images, labels = read_csv(mnist_files.write_csv("train.csv", text))
+    np.testing.assert_array_equal(images, flat(tiny.train_images))
+    np.testing.assert_array_equal(labels, tiny.train_labels)
+
+
+def test_options_are_shared_with_mnist_idx(csv_pair, tiny):
+    splits = load(*csv_pair, scaling=Scaling.offset, validation=Validation.stratified, val_size=20, max_test=4)
+    assert np.bincount(splits.y_val, minlength=10).tolist() == [4, 3, 3, 2, 2, 2, 1, 1, 1, 1]
+    np.testing.assert_allclose(splits.x_test, flat(tiny.test_images[:4]) / 255 * 0.99 + 0.01, rtol=1e-6)
+    assert splits.x_val.dtype == np.float32
+
+
+def test_paths_are_mandatory_in_the_config():
+    cfg = OmegaConf.structured(schema_for(MnistCsv, "mnist_csv"))
+    assert OmegaConf.is_missing(cfg, "train_path") and OmegaConf.is_missing(cfg, "test_path")
+    assert cfg.val_size == 10000 and cfg.scaling == Scaling.unit and cfg.validation == Validation.last
+
+
+def test_out_of_range_options_are_rejected_when_built():
+    with pytest.raises(ParameterError) as caught:
+        DATASETS.build({"name": "mnist_csv", "train_path": "a.csv", "test_path": "b.csv", "max_train": 0})
+    assert str(caught.value) == "dataset.max_train must be >= 1 or null, got 0"
+
+
+def rows(tiny, count: int = 12) -> list[list[str]]:
+    """Cells of the first ``count`` training rows, for a test to spoil one."""
+    return [
+        [str(int(label)), *map(str, image.ravel().tolist())]
+        for image, label in zip(tiny.train_images[:count], tiny.train_labels[:count], strict=True)
+    ]
+
+
+def text_of(cells: list[list[str]], header: bool = False) -> str:
+    return (HEADER if header else "") + "".join(",".join(row) + "\n" for row in cells)
+
+
+def spoil(tiny, line: int, change) -> str:
+    """The CSV text with ``change`` applied to the cells of data line ``line`` (1-based)."""
+    cells = rows(tiny)
+    change(cells[line - 1])
+    return text_of(cells)
+
+
+def set_cell(column: int, value: str):
+    def change(row: list[str]) -> None:
+        row[column - 1] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("line", "change", "problem"),
+    [
+        (3, lambda row: row.pop(), "784 columns, expected 785 (a label and 784 pixels)"),
+        (3, lambda row: row.append("0"), "786 columns, expected 785 (a label and 784 pixels)"),
+        (2, set_cell(10, "300"), "pixel 300 in column 10 is outside 0..255"),
+        (12, set_cell(785, "256"), "pixel 256 in column 785 is outside 0..255"),
+        (4, set_cell(1, "11"), "label 11 is outside 0..9"),
+        (5, set_cell(7, "abc"), "column 7 is 'abc', not a whole number"),
+        (5, set_cell(7, "1.5"), "column 7 is '1.5', not a whole number"),
+        (5, set_cell(7, "-1"), "column 7 is '-1', not a whole number"),
+        (6, set_cell(7, " 3"), "column 7 is ' 3', not a whole number"),
+        (7, set_cell(20, ""), "column 20 is empty"),
+        (7, set_cell(785, ""), "column 785 is empty"),
+        (8, set_cell(30, "1000"), "pixel 1000 in column 30 is outside 0..255"),
+        (8, set_cell(30, "0012"), "pixel '0012' in column 30 has more than three digits"),
+        (9, set_cell(1, "07"), "label '07' has leading zeros"),
+        (10, lambda row: row.clear(), "empty line"),
+    ],
+)
+def test_a_bad_row_is_named_by_file_line_and_problem(mnist_files, tiny, block_bytes, line, change, problem):
+    path = mnist_files.write_csv("train.csv", spoil(tiny, line, change))
+    assert csv_error(path) == f"{path}: line {line}: {problem}"
+
+
+def test_line_numbers_count_the_header(mnist_files, tiny):
+    cells = rows(tiny)
+    cells[2][5] = "x"
+    path = mnist_files.write_csv("train.csv", text_of(cells, header=True))
+    assert csv_error(path) == f"{path}: line 4: column 6 is 'x', not a whole number"
+
+
+def test_the_first_bad_row_is_reported_whatever_is_wrong_below_it(mnist_files, tiny, block_bytes):
+    cells = rows(tiny)
+    cells[1][10] = "300"  # line 2: a value error ...
+    cells[3].pop()  # ... above a row with a column missing, which misaligns everything below it
+    cells[5][3] = "?"
+    path = mnist_files.write_csv("train.csv", text_of(cells))
+    assert csv_error(path) == f"{path}: line 2: pixel 300 in column 11 is outside 0..255"
+    cells[1][10] = "3"
+    path.write_text(text_of(cells))
+    assert csv_error(path) == f"{path}: line 4: 784 columns, expected 785 (a label and 784 pixels)"
+
+
+def test_a_lone_carriage_return_is_not_a_line_ending(mnist_files, tiny):
+    text = text_of(rows(tiny)).replace("\n", "\r", 1)
+    path = mnist_files.write_csv("train.csv", text)
+    assert csv_error(path).startswith(f"{path}: line 1: column 785 is ")
+
+
+@pytest.mark.parametrize("text", ["", "\n", "\r\n\r\n"])
+def test_an_empty_file_is_named(mnist_files, text):
+    path = mnist_files.write_csv("train.csv", text)
+    assert csv_error(path) == f"{path}: empty file, expected lines of label,pixel_1,...,pixel_784"
+
+
+def test_a_header_without_rows_is_named(mnist_files):
+    path = mnist_files.write_csv("train.csv", HEADER)
+    assert csv_error(path) == f"{path}: a header line and no data rows"
+
+
+def test_a_missing_file_is_named(csv_pair, tmp_path):
+    missing = tmp_path / "missing_test.csv"
+    with pytest.raises(DataError) as caught:
+        load(csv_pair[0], missing, val_size=0)
+    assert str(caught.value) == f"{missing}: no such file"
+
+
+def test_errors_in_the_test_file_name_it(csv_pair, tiny):
+    train, test = csv_pair
+    test.write_text(test.read_text().replace("\n", ",7\n", 1))
+    with pytest.raises(DataError) as caught:
+        load(train, test, val_size=0)
+    assert str(caught.value) == f"{test}: line 1: 786 columns, expected 785 (a label and 784 pixels)"
+
+
+def test_mnist_csv_is_registered():
+    assert DATASETS.get("mnist_csv") is MnistCsv
