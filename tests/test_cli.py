@@ -206,3 +206,12 @@ def test_sigterm_marks_the_run_killed_in_one_line(project):
     [run] = project.runs()
     assert stderr.strip() == f"error: terminated (SIGTERM); MLflow run {run.info.run_id} is marked KILLED"
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated (SIGTERM)"
+
+
+def test_runs_started_together_share_a_new_store(project):
+    """Two processes opening a new SQLite store at once would crash in MLflow's schema migrations."""
+    processes = [project.start(*QUICK, f"hydra.run.dir=outputs/together{i}") for i in range(3)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+    assert [run.info.status for run in project.runs()] == ["FINISHED"] * 3

@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from nnexp.errors import ConfigError, Interrupted
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs there must not create a store concurrently
+    fcntl = None
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -111,6 +116,22 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"tracking server {uri} is unreachable: {reason}") from None
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store while it is opened and its experiment created.
+
+    Two processes that open a new store at once both run its schema migrations and crash each other
+    ("table experiments already exists"); two that create one experiment at once collide likewise.
+    """
+    database = sqlite_path(uri)
+    if database is None or fcntl is None:
+        yield
+        return
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class TrackedRun:
     """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow."""
 
@@ -169,13 +190,14 @@ class Tracker:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.uri = uri
         try:
-            self.client = MlflowClient(tracking_uri=uri)
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (
-                found.experiment_id
-                if found is not None
-                else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
-            )
+            with store_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                found = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = (
+                    found.experiment_id
+                    if found is not None
+                    else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+                )
         except Exception as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"tracking store {uri} cannot be used: {reason[:300]}") from None
