@@ -120,6 +120,19 @@ def test_help_lists_every_group_and_option(project):
     ):
         assert line in result.stdout
     assert "optimizer: adam, momentum, rmsprop, sgd" in result.stdout
+    assert "schedule: constant, cosine, step" in result.stdout
+
+
+def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
+    result = project.run("schedule=step", "schedule.step_size=1", "schedule.gamma=0.5", "trainer.epochs=3")
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    assert run.data.tags["schedule"] == "step" and run.data.params["schedule.gamma"] == "0.5"
+    rate = float(run.data.params["optimizer.learning_rate"])
+    client = MlflowClient(tracking_uri=project.store_uri)
+    history = client.get_metric_history(run.info.run_id, "learning_rate")
+    assert [(m.step, m.value) for m in history] == [(1, rate), (2, rate / 2), (3, rate / 4)]
+    assert f"lr={rate / 4:.3g}" in result.stderr  # the progress lines show the rate once it has changed
 
 
 @pytest.mark.parametrize(
@@ -138,13 +151,14 @@ def test_help_lists_every_group_and_option(project):
         ("trainer.dtype=float16", "trainer.dtype expects one of float32, float64, got 'float16'"),
         ("seed=abc", "seed expects an integer, got 'abc'"),
         ("model.output_activation=softmax", "model.output_activation must be null or identity with CrossEntropy"),
-        ("experiment=nonexistent", "experiment=nonexistent is not an option; available: moons_deep_sigmoid"),
+        ("experiment=nonexistent", "experiment=nonexistent is not an option; available: mnist_csv_rashid,"),
         ("model.hidden_sizes=[1,", "cannot parse override 'model.hidden_sizes=[1,'"),
         ("+trainer.foo=1", "trainer.foo is not a known key; valid keys here: epochs, batch_size, shuffle, dtype"),
         ("+optimizer.bar=1", "optimizer.bar is not a known key; valid keys here: learning_rate,"),
         ("tracking.uri=file:///tmp/store", "tracking store file:///tmp/store is a plain directory"),
         ("tracking.uri=/tmp/store", "MLflow's file store is retired; use a database such as sqlite:///"),
         ("dataset=circles dataset.noise=-1", "dataset.noise must be >= 0, got -1.0"),
+        ("schedule=step schedule.gamma=-1", "schedule.gamma must be in (0, 1], got -1.0"),
     ],
 )
 def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, named):

@@ -65,10 +65,13 @@ def test_every_group_option_composes_and_builds(composed, mnist_files, group, op
 
 
 @pytest.mark.parametrize("preset", sorted(path.stem for path in (CONF / "experiment").glob("*.yaml")))
-def test_every_experiment_preset_composes_builds_and_states_its_target(composed, preset):
-    cfg = composed(f"experiment={preset}")
+def test_every_experiment_preset_composes_builds_and_states_its_target(composed, mnist_files, preset):
+    dataset = composed(f"experiment={preset}").dataset.name
+    data = DATA_FILES[dataset](mnist_files) if dataset in DATA_FILES else []
+    cfg = composed(f"experiment={preset}", *data)
     build(cfg, np.random.default_rng(0))
     assert 0 < cfg.tags.target_accuracy <= 1
+    assert cfg.tags.get("target_metric", "test_accuracy") in ("test_accuracy", "val_accuracy")
 
 
 def test_command_line_beats_the_experiment(composed):

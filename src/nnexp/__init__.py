@@ -8,6 +8,7 @@ from nnexp.core.layers import Bias, Dense, Layer
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.core.schedules import SCHEDULES, Schedule
 from nnexp.core.training import Callback, Examples, Trainer
 from nnexp.datasets.base import DATASETS, Dataset, Splits, holdout_splits
 from nnexp.errors import ConfigError, DataError, NnexpError, ParameterError, PluginError, require
@@ -29,6 +30,7 @@ __all__ = [
     "LOSSES",
     "MODELS",
     "OPTIMIZERS",
+    "SCHEDULES",
     "Activation",
     "Bias",
     "Callback",
@@ -46,6 +48,7 @@ __all__ = [
     "ParameterError",
     "PluginError",
     "Registry",
+    "Schedule",
     "Sequential",
     "Splits",
     "Trainer",

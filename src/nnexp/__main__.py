@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -11,6 +12,9 @@ from types import FrameType
 from omegaconf import DictConfig
 
 from nnexp.errors import Interrupted, NnexpError
+
+#: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
+COMMANDS = {"data": "nnexp.download", "reproduce": "nnexp.reproduce"}
 
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -22,10 +26,8 @@ def main() -> None:
 
         print(f"nnexp {__version__}")
         return
-    if sys.argv[1:2] == ["data"]:  # `nnexp data ...` fetches data sets; it is not a Hydra run
-        from nnexp.download import main as data
-
-        sys.exit(data(sys.argv[2:]))
+    if sys.argv[1:2] and sys.argv[1] in COMMANDS:
+        sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -17,6 +17,7 @@ from nnexp.core.activations import ACTIVATIONS
 from nnexp.core.initializers import INITIALIZERS
 from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
+from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
 from nnexp.errors import ConfigError
 from nnexp.models.base import MODELS
@@ -28,6 +29,7 @@ GROUPS: tuple[tuple[Registry[Any], str], ...] = (
     (MODELS, "mlp"),
     (LOSSES, "cross_entropy"),
     (OPTIMIZERS, "adam"),
+    (SCHEDULES, "constant"),
 )
 PRIMARY = "nnexp"
 
@@ -51,6 +53,8 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "nnexp"
     run_name: str | None = None
+    #: Record the run as a child of this MLflow run (set by ``nnexp reproduce`` and sweeps).
+    parent_run_id: str | None = None
 
 
 def _hydra_settings() -> dict[str, Any]:
@@ -90,6 +94,7 @@ class RunConfig:
     model: Any = MISSING
     loss: Any = MISSING
     optimizer: Any = MISSING
+    schedule: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0

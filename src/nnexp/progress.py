@@ -11,7 +11,7 @@ PLAIN_LINES = 10
 
 
 class Progress(Callback):
-    """Shows epoch, loss, accuracy and samples per second while a run trains."""
+    """Shows epoch, loss, accuracy, samples per second and, once a schedule changes it, the learning rate."""
 
     def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
         self.label, self.stream = label, stream
@@ -19,6 +19,7 @@ class Progress(Callback):
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
         self.epochs, self.n_samples = epochs, n_samples
+        self._first_rate: float | None = None
         if self.stream.isatty():
             from tqdm import tqdm
 
@@ -29,6 +30,11 @@ class Progress(Callback):
         shown = {"loss": f"{logs['train_loss']:.4f}", "acc": f"{logs['train_accuracy']:.4f}"}
         if "val_accuracy" in logs:
             shown["val_acc"] = f"{logs['val_accuracy']:.4f}"
+        learning_rate = logs.get("learning_rate")
+        if self._first_rate is None:
+            self._first_rate = learning_rate
+        if learning_rate != self._first_rate:
+            shown["lr"] = f"{learning_rate:.3g}"
         shown["samples/s"] = f"{rate:,.0f}"
         if self._bar is not None:
             self._bar.set_postfix(shown, refresh=False)

@@ -19,6 +19,7 @@ from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, Examples, Trainer, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits
 from nnexp.errors import ConfigError, ParameterError
@@ -37,6 +38,7 @@ class Components:
     model: Model
     loss: Loss
     optimizer: Optimizer
+    schedule: Schedule
     trainer: Trainer
     dtype: type[np.floating]
 
@@ -50,6 +52,7 @@ class Experiment:
     network: Sequential
     loss: Loss
     optimizer: Optimizer
+    schedule: Schedule
     trainer: Trainer
 
 
@@ -69,6 +72,7 @@ def configure(cfg: DictConfig) -> Components:
         model=MODELS.build(cfg.model),
         loss=LOSSES.build(cfg.loss),
         optimizer=OPTIMIZERS.build(cfg.optimizer),
+        schedule=SCHEDULES.build(cfg.schedule),
         trainer=trainer,
         dtype=np.dtype(cfg.trainer.dtype.value).type,
     )
@@ -85,7 +89,7 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
         for part, x, y in splits.parts()
     }
     network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
-    return Experiment(splits, data, network, loss, components.optimizer, components.trainer)
+    return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
 
 
 def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
@@ -137,7 +141,11 @@ def run(cfg: DictConfig) -> float:
                 experiment.data["train"],
                 rng,
                 validation=experiment.data.get("val"),
-                callbacks=[progress, MetricLogger(tracked)],
+                callbacks=[
+                    LearningRateScheduler(experiment.optimizer, experiment.schedule),
+                    progress,
+                    MetricLogger(tracked),
+                ],
             )
         finally:
             progress.close()
@@ -179,6 +187,8 @@ def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output
     tags.update({"nnexp_version": __version__, "output_dir": str(output_dir.resolve())})
     tags["overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
     tags.update(OmegaConf.to_container(cfg.tags, resolve=True))
+    if cfg.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
     return tags
 
 

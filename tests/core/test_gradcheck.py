@@ -24,6 +24,7 @@ SMALL_CONFIGS = {
         {"hidden_sizes": [3, 4], "activation": "tanh"},
         {"hidden_sizes": [3, 4], "activation": "sigmoid"},
         {"hidden_sizes": [3], "activation": "tanh", "output_activation": "softmax"},
+        {"hidden_sizes": [], "input_activation": "tanh", "output_activation": "softmax"},
     ],
 }
 

@@ -94,3 +94,17 @@ def test_value_and_gradient_agrees_with_value_and_gradient(name: str, rng: np.ra
     value, grad = loss.value_and_gradient(y_true, y_pred.copy())
     assert value == pytest.approx(loss.value(y_true, y_pred), rel=1e-12)
     np.testing.assert_allclose(grad, loss.gradient(y_true, y_pred), rtol=1e-12)
+
+
+def test_mse_targets_can_be_moved_off_zero_and_one() -> None:
+    loss = LOSSES.build({"name": "mse", "target_low": 0.01, "target_high": 0.99})
+    np.testing.assert_array_equal(
+        loss.encode(np.array([2, 0]), 3, np.float64), [[0.01, 0.01, 0.99], [0.99, 0.01, 0.01]]
+    )
+
+
+def test_mse_targets_must_be_ordered() -> None:
+    from nnexp.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=r"^loss\.target_high must be > target_low \(0\.5\), got 0\.5"):
+        LOSSES.build({"name": "mse", "target_low": 0.5, "target_high": 0.5})

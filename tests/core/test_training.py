@@ -86,7 +86,7 @@ def test_without_shuffling_the_generator_does_not_matter() -> None:
 
 def test_history_has_one_value_per_epoch() -> None:
     history, _, _ = fit(seed=0, epochs=4)
-    assert set(history) == {"train_loss", "train_accuracy", "epoch_seconds"}
+    assert set(history) == {"train_loss", "train_accuracy", "epoch_seconds", "learning_rate"}
     assert all(len(values) == 4 for values in history.values())
     assert all(seconds >= 0 for seconds in history["epoch_seconds"])
 
@@ -134,22 +134,30 @@ class Recorder(Callback):
     def __init__(self) -> None:
         self.begins: list[tuple[int, int]] = []
         self.epochs: list[int] = []
+        self.calls: list[str] = []
         self.logs: list[dict[str, float]] = []
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
         self.begins.append((epochs, n_samples))
 
+    def on_epoch_begin(self, epoch: int) -> None:
+        self.calls.append(f"begin {epoch}")
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.epochs.append(epoch)
+        self.calls.append(f"end {epoch}")
         self.logs.append(dict(logs))
 
 
-def test_callbacks_see_train_begin_once_and_every_epoch_end() -> None:
+def test_callbacks_see_train_begin_once_and_every_epoch_begin_and_end() -> None:
     recorder = Recorder()
     history, _, _ = fit(seed=0, epochs=3, callbacks=[recorder])
     assert recorder.begins == [(3, 24)]
     assert recorder.epochs == [1, 2, 3]
-    assert all(set(logs) == {"train_loss", "train_accuracy", "epoch_seconds"} for logs in recorder.logs)
+    assert recorder.calls == ["begin 1", "end 1", "begin 2", "end 2", "begin 3", "end 3"]
+    assert all(
+        set(logs) == {"train_loss", "train_accuracy", "epoch_seconds", "learning_rate"} for logs in recorder.logs
+    )
     assert [logs["train_loss"] for logs in recorder.logs] == history["train_loss"]
 
 
@@ -157,7 +165,7 @@ def test_callbacks_see_validation_metrics_when_validation_is_given() -> None:
     recorder = Recorder()
     validation = separable(np.random.default_rng(5), n_samples=10)
     history, _, _ = fit(seed=0, epochs=2, callbacks=[recorder], validation=validation)
-    expected = {"train_loss", "train_accuracy", "epoch_seconds", "val_loss", "val_accuracy"}
+    expected = {"train_loss", "train_accuracy", "epoch_seconds", "learning_rate", "val_loss", "val_accuracy"}
     assert all(set(logs) == expected for logs in recorder.logs)
     assert set(history) == expected
     assert [logs["val_accuracy"] for logs in recorder.logs] == history["val_accuracy"]

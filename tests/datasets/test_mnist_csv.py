@@ -75,10 +75,13 @@ def test_options_are_shared_with_mnist_idx(csv_pair, tiny):
     assert splits.x_val.dtype == np.float32
 
 
-def test_paths_are_mandatory_in_the_config():
+def test_paths_default_to_the_files_the_data_command_writes(tmp_path, monkeypatch, tiny):
     cfg = OmegaConf.structured(schema_for(MnistCsv, "mnist_csv"))
-    assert OmegaConf.is_missing(cfg, "train_path") and OmegaConf.is_missing(cfg, "test_path")
+    assert cfg.train_path is None and cfg.test_path is None
     assert cfg.val_size == 10000 and cfg.scaling == Scaling.unit and cfg.validation == Validation.last
+    monkeypatch.setenv("NNEXP_CACHE", str(tmp_path))
+    with pytest.raises(DataError, match=rf"^{tmp_path}/mnist/mnist_train\.csv: no such file"):
+        MnistCsv().read()
 
 
 def test_out_of_range_options_are_rejected_when_built():

@@ -61,6 +61,17 @@ def test_empty_hidden_sizes_builds_a_single_dense_layer() -> None:
     assert network.layers[0].params["weight"].shape == (3, 4)
 
 
+def test_input_activation_puts_a_per_feature_bias_and_the_activation_first() -> None:
+    network = build("mse", hidden_sizes=[], input_activation="tanh", output_activation="softmax", n_inputs=4)
+    assert layer_kinds(network) == ["Bias", "Tanh", "Dense", "Softmax"]
+    assert network.layers[0].params["bias"].shape == (4,)
+
+
+def test_unknown_input_activation_is_rejected() -> None:
+    with pytest.raises(ParameterError, match=r"^model\.input_activation must be a registered activation"):
+        MODELS.build({"name": "mlp", "input_activation": "tan"})
+
+
 def test_use_bias_false_drops_every_bias() -> None:
     network = build("cross_entropy", hidden_sizes=[5], use_bias=False)
     assert [key for key, _, _ in network.parameters()] == ["dense0.weight", "dense1.weight"]

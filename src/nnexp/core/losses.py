@@ -6,6 +6,7 @@ import numpy as np
 
 from nnexp.core import Array
 from nnexp.core.activations import log_softmax, softmax
+from nnexp.errors import require
 from nnexp.registry import Registry
 
 
@@ -47,10 +48,21 @@ class MeanSquaredError(Loss):
     """Half the squared error summed over outputs, averaged over the batch.
 
     The half and the sum follow the classic backprop convention (and scikit-learn's MLP), so the gradient is
-    ``(y_pred - y_true) / n_samples`` and the tutorials' learning rates carry over unchanged.
+    ``(y_pred - y_true) / n_samples`` and the tutorials' learning rates carry over unchanged. Targets are one-hot,
+    or ``target_low``/``target_high`` in place of 0/1.
     """
 
     default_output_activation = "sigmoid"
+
+    def __init__(self, target_low: float = 0.0, target_high: float = 1.0) -> None:
+        require(target_low < target_high, "target_high", f"must be > target_low ({target_low})", target_high)
+        self.target_low, self.target_high = target_low, target_high
+
+    def encode(self, labels: np.ndarray, n_classes: int, dtype: type[np.floating]) -> Array:
+        """One-hot rows scaled to ``target_low``/``target_high``: 0.01/0.99 keeps sigmoid outputs off saturation."""
+        targets = np.full((labels.shape[0], n_classes), self.target_low, dtype=dtype)
+        targets[np.arange(labels.shape[0]), labels] = self.target_high
+        return targets
 
     def value(self, y_true: Array, y_pred: Array) -> float:
         diff = y_pred - y_true

@@ -37,6 +37,9 @@ class Callback:
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
         """Called once before the first epoch."""
 
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Called before each epoch (numbered from 1); a learning-rate schedule sets the optimizer's rate here."""
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Called after each epoch (numbered from 1) with its metrics."""
 
@@ -78,11 +81,17 @@ class Trainer:
         validation: Examples | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> dict[str, list[float]]:
-        """Train for ``self.epochs`` epochs and return each metric's per-epoch history."""
+        """Train for ``self.epochs`` epochs and return each metric's per-epoch history.
+
+        Besides losses and accuracies, the history holds ``learning_rate``: the optimizer's rate during each epoch.
+        """
         history: dict[str, list[float]] = {}
         for callback in callbacks:
             callback.on_train_begin(self.epochs, len(train))
         for epoch in range(1, self.epochs + 1):
+            for callback in callbacks:
+                callback.on_epoch_begin(epoch)
+            learning_rate = float(optimizer.learning_rate)  # read after the callbacks: a schedule may have set it
             started = time.perf_counter()
             # Overflow is not worth a warning per batch: a loss that stops being finite ends training, in one line.
             with np.errstate(over="ignore", invalid="ignore"):
@@ -91,6 +100,7 @@ class Trainer:
                 "train_loss": train_loss,
                 "train_accuracy": train_accuracy,
                 "epoch_seconds": time.perf_counter() - started,
+                "learning_rate": learning_rate,
             }
             if validation is not None and len(validation):
                 logs["val_loss"], logs["val_accuracy"], _ = evaluate(network, loss, validation)

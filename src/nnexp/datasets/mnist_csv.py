@@ -6,19 +6,20 @@ from pathlib import Path
 
 from nnexp.datasets.base import DATASETS
 from nnexp.datasets.mnist import MnistDataset, RawMnist, Scaling, Validation, read_csv
+from nnexp.download import CSV_FILES, default_mnist_dir
 
 
 @DATASETS.register("mnist_csv")
 class MnistCsv(MnistDataset):
     """Training and test digits from two CSV files, such as those ``nnexp data mnist --csv`` writes.
 
-    Both paths are required. A header row is skipped when the file has one.
+    ``null`` paths are the files that command writes into the cache. A header row is skipped when a file has one.
     """
 
     def __init__(
         self,
-        train_path: str,
-        test_path: str,
+        train_path: str | None = None,
+        test_path: str | None = None,
         scaling: Scaling = Scaling.unit,
         validation: Validation = Validation.last,
         val_size: int = 10000,
@@ -30,7 +31,9 @@ class MnistCsv(MnistDataset):
         self.test_path = test_path
 
     def read(self) -> RawMnist:
-        train = Path(self.train_path).expanduser()
+        cache = default_mnist_dir()
+        train = Path(self.train_path).expanduser() if self.train_path else cache / CSV_FILES[0]
+        test = Path(self.test_path).expanduser() if self.test_path else cache / CSV_FILES[1]
         train_images, train_labels = read_csv(train)
-        test_images, test_labels = read_csv(Path(self.test_path).expanduser())
+        test_images, test_labels = read_csv(test)
         return RawMnist(train_images, train_labels, test_images, test_labels, str(train))

@@ -8,7 +8,7 @@ import numpy as np
 
 from nnexp.core.activations import ACTIVATIONS
 from nnexp.core.initializers import INITIALIZERS
-from nnexp.core.layers import Dense, Layer
+from nnexp.core.layers import Bias, Dense, Layer
 from nnexp.core.losses import Loss
 from nnexp.core.network import Sequential
 from nnexp.errors import ParameterError, require
@@ -20,7 +20,9 @@ class MLP(Model):
     """Dense layers of ``hidden_sizes`` units with ``activation``, then one output unit per class.
 
     ``output_activation=null`` takes the loss's natural output: logits for ``cross_entropy`` (softmax is fused
-    into the loss), sigmoid for ``mse``.
+    into the loss), sigmoid for ``mse``. ``input_activation`` puts a learned per-feature offset and that
+    activation in front of the first dense layer, e.g. ``x -> tanh(x + b)``. ``use_bias=false`` drops the dense
+    layers' biases.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class MLP(Model):
         output_activation: str | None = None,
         initializer: str = "glorot_uniform",
         use_bias: bool = True,
+        input_activation: str | None = None,
     ) -> None:
         require(
             all(size >= 1 for size in hidden_sizes),
@@ -42,12 +45,15 @@ class MLP(Model):
         self.output_activation = output_activation and ACTIVATIONS.validate(output_activation, "output_activation")
         self.initializer = INITIALIZERS.validate(initializer, "initializer")
         self.use_bias = use_bias
+        self.input_activation = input_activation and ACTIVATIONS.validate(input_activation, "input_activation")
 
     def build(
         self, n_inputs: int, n_outputs: int, loss: Loss, rng: np.random.Generator, dtype: type[np.floating]
     ) -> Sequential:
         output = self._output_activation(loss)
         layers: list[Layer] = []
+        if self.input_activation:
+            layers += [Bias(n_inputs, dtype), ACTIVATIONS.build({"name": self.input_activation})]
         sizes = [n_inputs, *self.hidden_sizes]
         for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [self._dense(fan_in, fan_out, rng, dtype), ACTIVATIONS.build({"name": self.activation})]

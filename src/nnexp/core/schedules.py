@@ -1,0 +1,84 @@
+"""Learning-rate schedules: the rate of each epoch, from the optimizer's configured ``learning_rate``."""
+
+from __future__ import annotations
+
+import math
+
+from nnexp.core.optimizers import Optimizer
+from nnexp.core.training import Callback
+from nnexp.errors import require
+from nnexp.registry import Registry
+
+
+class Schedule:
+    """Maps an epoch (numbered from 1) of a run of ``epochs`` epochs to a learning rate."""
+
+    def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+        """The learning rate of ``epoch``, given the optimizer's configured rate ``base_rate``."""
+        raise NotImplementedError
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule", Schedule)
+
+
+@SCHEDULES.register("constant")
+class Constant(Schedule):
+    """The configured rate throughout."""
+
+    def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+        return base_rate
+
+
+@SCHEDULES.register("step")
+class Step(Schedule):
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs (PyTorch's StepLR)."""
+
+    def __init__(self, step_size: int = 10, gamma: float = 0.1) -> None:
+        require(step_size >= 1, "step_size", "must be >= 1", step_size)
+        require(0 < gamma <= 1, "gamma", "must be in (0, 1]", gamma)
+        self.step_size, self.gamma = step_size, gamma
+
+    def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+        return base_rate * self.gamma ** ((epoch - 1) // self.step_size)
+
+
+@SCHEDULES.register("cosine")
+class Cosine(Schedule):
+    """Half a cosine from the configured rate down to ``min_rate`` at the last epoch.
+
+    With ``warmup_epochs`` = w, epochs 1..w rise linearly to the configured rate (``base * epoch / (w + 1)``)
+    and the cosine spans epochs w + 1 to the last.
+    """
+
+    def __init__(self, min_rate: float = 0.0, warmup_epochs: int = 0) -> None:
+        require(min_rate >= 0, "min_rate", "must be >= 0", min_rate)
+        require(warmup_epochs >= 0, "warmup_epochs", "must be >= 0", warmup_epochs)
+        self.min_rate, self.warmup_epochs = min_rate, warmup_epochs
+
+    def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+        if epoch <= self.warmup_epochs:
+            return base_rate * epoch / (self.warmup_epochs + 1)
+        span = epochs - self.warmup_epochs - 1
+        if span <= 0:
+            return base_rate
+        progress = (epoch - self.warmup_epochs - 1) / span
+        return self.min_rate + (base_rate - self.min_rate) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LearningRateScheduler(Callback):
+    """Sets ``optimizer.learning_rate`` at the start of every epoch from ``schedule``.
+
+    The base rate is the optimizer's rate when the scheduler is made, so fitting twice starts from it again.
+    """
+
+    def __init__(self, optimizer: Optimizer, schedule: Schedule) -> None:
+        self.optimizer, self.schedule = optimizer, schedule
+        self.base_rate = optimizer.learning_rate
+        self.epochs = 1
+
+    def on_train_begin(self, epochs: int, n_samples: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        # A Python float: a NumPy float64 rate would upcast float32 updates.
+        self.optimizer.learning_rate = float(self.schedule.rate(epoch, self.base_rate, self.epochs))

@@ -1,0 +1,142 @@
+"""``nnexp reproduce``: run every tutorial preset for a few seeds and compare with the published figures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from nnexp.errors import NnexpError
+from nnexp.tracking import Tracker, resolve_uri
+
+#: A preset reproduces its tutorial when the mean over seeds is at most this far below the published figure.
+TOLERANCE = 0.005
+RUN_ID = re.compile(r"; run ([0-9a-f]{32});")
+
+
+@dataclass
+class Preset:
+    """A tutorial preset of ``conf/experiment/``, with the figure it must reach."""
+
+    name: str
+    target: float
+    metric: str
+    obtained: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.obtained)
+
+    @property
+    def passed(self) -> bool:
+        return len(self.obtained) > 0 and self.mean >= self.target - TOLERANCE
+
+
+def find_presets(conf: Path, only: list[str]) -> list[Preset]:
+    """Every experiment preset that states ``tags.target_accuracy``, or just those named in ``only``."""
+    presets = []
+    for path in sorted((conf / "experiment").glob("*.yaml")):
+        tags = OmegaConf.load(path).get("tags") or {}
+        if "target_accuracy" in tags and (not only or path.stem in only):
+            presets.append(Preset(path.stem, float(tags.target_accuracy), tags.get("target_metric", "test_accuracy")))
+    missing = sorted(set(only) - {preset.name for preset in presets})
+    if missing:
+        raise NnexpError(f"no preset with a target_accuracy tag named {', '.join(missing)} in {conf / 'experiment'}")
+    if not presets:
+        raise NnexpError(f"no experiment preset with a target_accuracy tag in {conf / 'experiment'}")
+    return presets
+
+
+def table(presets: list[Preset], seeds: list[int]) -> str:
+    """The comparison as a Markdown table."""
+    lines = [
+        f"| preset | metric | published | obtained (mean of seeds {', '.join(map(str, seeds))}) | per seed "
+        "| wall time per run | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for preset in presets:
+        each = " / ".join(f"{value:.2%}" for value in preset.obtained) or "-"
+        mean = f"{preset.mean:.2%}" if preset.obtained else "-"
+        wall = f"{statistics.fmean(preset.seconds):.1f} s" if preset.seconds else "-"
+        result = "pass" if preset.passed else "FAIL"
+        lines.append(f"| {preset.name} | {preset.metric} | {preset.target:.2%} | {mean} | {each} | {wall} | {result} |")
+    return "\n".join(lines)
+
+
+def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[str], tracker: Tracker) -> None:
+    """One child run of ``python -m nnexp``; appends its metric and wall time to ``preset``."""
+    command = [
+        sys.executable,
+        "-m",
+        "nnexp",
+        f"experiment={preset.name}",
+        f"seed={seed}",
+        f"tracking.uri={tracker.uri}",
+        f"tracking.parent_run_id={parent_run_id}",
+        *overrides,
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    preset.seconds.append(time.perf_counter() - started)
+    found = RUN_ID.search(result.stdout)
+    if result.returncode != 0 or found is None:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise NnexpError(f"{preset.name} with seed={seed} failed: {reason}")
+    metrics = tracker.client.get_run(found.group(1)).data.metrics
+    preset.obtained.append(metrics[preset.metric])
+    print(f"{preset.name} seed={seed}: {preset.metric}={metrics[preset.metric]:.4f}", file=sys.stderr, flush=True)
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnexp reproduce",
+        description="Run every tutorial preset of conf/experiment/ for several seeds and compare with the "
+        "published figures; each run is a child of one MLflow parent run.",
+    )
+    parser.add_argument(
+        "--seeds", type=_integers, default=[0, 1, 2], metavar="S,S,...", help="seeds to average over (0,1,2)"
+    )
+    parser.add_argument(
+        "--only", type=lambda text: text.split(","), default=[], metavar="PRESET,...", help="run only these presets"
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run, e.g. trainer.dtype=float64")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        presets = find_presets(Path.cwd() / "conf", args.only)
+        tracker = Tracker(resolve_uri(None, Path.cwd()), "nnexp")
+        with tracker.start_run("reproduce", {"nnexp_command": "reproduce", "seeds": args.seeds}) as parent:
+            for preset in presets:
+                for seed in args.seeds:
+                    run_preset(preset, seed, parent.run_id, args.overrides, tracker)
+            report = table(presets, args.seeds)
+            parent.log_metrics({f"{p.name}.{p.metric}": p.mean for p in presets}, step=0)
+            with tempfile.TemporaryDirectory() as scratch:
+                path = Path(scratch) / "reproduce.md"
+                path.write_text(report + "\n")
+                parent.log_artifact(path)
+    except NnexpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
+    return 0 if all(preset.passed for preset in presets) else 1

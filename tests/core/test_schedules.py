@@ -1,0 +1,150 @@
+"""Learning-rate schedules: every registered one behaves; step and cosine checked by hand; the trainer applies them."""
+
+import math
+
+import numpy as np
+import pytest
+
+from nnexp.core.layers import Dense
+from nnexp.core.losses import LOSSES
+from nnexp.core.network import Sequential
+from nnexp.core.optimizers import SGD
+from nnexp.core.schedules import SCHEDULES, Cosine, LearningRateScheduler, Schedule, Step
+from nnexp.core.training import Callback, Examples, Trainer
+from nnexp.errors import ParameterError
+
+BASE = 0.1
+EPOCHS = 20
+
+
+def rates(schedule: Schedule, base_rate: float = BASE, epochs: int = EPOCHS) -> list[float]:
+    return [schedule.rate(epoch, base_rate, epochs) for epoch in range(1, epochs + 1)]
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_schedule_starts_at_the_base_rate_and_stays_finite(name: str) -> None:
+    values = rates(SCHEDULES.build({"name": name}))
+    assert values[0] == BASE  # the defaults have no warm-up
+    assert all(math.isfinite(value) and value >= 0 for value in values)
+    assert any(value > 0 for value in values[1:])
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_schedule_is_deterministic(name: str) -> None:
+    schedule = SCHEDULES.build({"name": name})
+    assert rates(schedule) == rates(schedule) == rates(SCHEDULES.build({"name": name}))
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_schedule_of_a_one_epoch_run_is_the_base_rate(name: str) -> None:
+    assert SCHEDULES.build({"name": name}).rate(1, BASE, 1) == BASE
+
+
+def test_constant_keeps_the_base_rate() -> None:
+    assert rates(SCHEDULES.build({"name": "constant"})) == [BASE] * EPOCHS
+
+
+def test_step_matches_hand_values() -> None:
+    # The rate halves after every two epochs: 0.1, 0.1, 0.1/2, 0.1/2, 0.1/4.
+    assert rates(Step(step_size=2, gamma=0.5), 0.1, 5) == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025], rel=1e-15)
+
+
+def test_cosine_matches_hand_values() -> None:
+    # 0.1 * 0.5 * (1 + cos(pi * (e - 1) / 4)) for e = 1..5: cos is 1, 1/sqrt(2), 0, -1/sqrt(2), -1.
+    expected = [0.1, 0.08535533905932738, 0.05, 0.014644660940672627, 0.0]
+    assert rates(Cosine(), 0.1, 5) == pytest.approx(expected, rel=1e-12, abs=1e-17)
+
+
+def test_cosine_ends_at_min_rate() -> None:
+    values = rates(Cosine(min_rate=0.01), 0.1, 5)
+    assert values[0] == 0.1 and values[2] == pytest.approx(0.055) and values[-1] == pytest.approx(0.01)
+
+
+def test_cosine_warm_up_rises_linearly_then_anneals() -> None:
+    # Two warm-up epochs at 0.3 * 1/3 and 0.3 * 2/3, then a cosine over epochs 3..4 from 0.3 to 0.
+    assert rates(Cosine(warmup_epochs=2), 0.3, 4) == pytest.approx([0.1, 0.2, 0.3, 0.0], abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "value"),
+    [
+        ("step", "step_size", 0),
+        ("step", "gamma", 0.0),
+        ("step", "gamma", -1.0),
+        ("step", "gamma", 1.5),
+        ("cosine", "min_rate", -0.1),
+        ("cosine", "warmup_epochs", -1),
+    ],
+)
+def test_invalid_values_raise_naming_the_field(name: str, field: str, value: float) -> None:
+    with pytest.raises(ParameterError, match=rf"^schedule\.{field} must .*, got {value}$"):
+        SCHEDULES.build({"name": name, field: value})
+
+
+class StepRates(Callback):
+    """Records the optimizer's rate at every step, and the logged ``learning_rate`` of every epoch."""
+
+    def __init__(self, optimizer: SGD) -> None:
+        self.at_steps: list[float] = []
+        self.logged: list[float] = []
+        step = optimizer.step
+
+        def recording_step(params_and_grads):
+            self.at_steps.append(optimizer.learning_rate)
+            step(params_and_grads)
+
+        optimizer.step = recording_step
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.logged.append(logs["learning_rate"])
+
+
+def fit_with_schedule(schedule: Schedule, epochs: int, scheduler_first: bool = True):
+    rng = np.random.default_rng(0)
+    loss = LOSSES.build({"name": "cross_entropy"})
+    labels = np.array([0, 1, 0, 1])
+    train = Examples(rng.standard_normal((4, 2)), loss.encode(labels, 2, np.float64), labels)
+    network = Sequential([Dense(2, 2, rng, dtype=np.float64)])
+    optimizer = SGD(learning_rate=0.4)
+    recorder = StepRates(optimizer)
+    scheduler = LearningRateScheduler(optimizer, schedule)
+    callbacks = [scheduler, recorder] if scheduler_first else [recorder, scheduler]
+    history = Trainer(epochs, batch_size=None).fit(network, loss, optimizer, train, rng, callbacks=callbacks)
+    return history, recorder, optimizer, scheduler
+
+
+@pytest.mark.parametrize("scheduler_first", [True, False])
+def test_scheduler_sets_the_rate_of_every_epoch_and_the_trainer_logs_it(scheduler_first: bool) -> None:
+    history, recorder, _, _ = fit_with_schedule(Step(step_size=1, gamma=0.5), 3, scheduler_first)
+    expected = [0.4, 0.2, 0.1]
+    assert recorder.at_steps == expected  # full batch: one step per epoch
+    assert recorder.logged == expected
+    assert history["learning_rate"] == expected
+
+
+def test_scheduler_starts_from_the_base_rate_again_when_fit_twice() -> None:
+    _, recorder, optimizer, scheduler = fit_with_schedule(Cosine(), 3)
+    loss = LOSSES.build({"name": "cross_entropy"})
+    again = Examples(np.ones((2, 2)), np.eye(2), np.array([0, 1]))
+    network = Sequential([Dense(2, 2, np.random.default_rng(1), dtype=np.float64)])
+    Trainer(2, batch_size=None).fit(network, loss, optimizer, again, np.random.default_rng(1), callbacks=[scheduler])
+    assert recorder.at_steps == pytest.approx([0.4, 0.2, 0.0, 0.4, 0.0], abs=1e-15)
+
+
+def test_without_a_scheduler_the_configured_rate_is_logged() -> None:
+    rng = np.random.default_rng(0)
+    loss = LOSSES.build({"name": "cross_entropy"})
+    labels = np.array([0, 1])
+    train = Examples(rng.standard_normal((2, 2)), loss.encode(labels, 2, np.float64), labels)
+    network = Sequential([Dense(2, 2, rng, dtype=np.float64)])
+    history = Trainer(2, batch_size=None).fit(network, loss, SGD(learning_rate=0.3), train, rng)
+    assert history["learning_rate"] == [0.3, 0.3]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scheduled_rate_keeps_the_parameter_dtype(dtype: type) -> None:
+    optimizer = SGD(learning_rate=0.1)
+    LearningRateScheduler(optimizer, Cosine()).on_epoch_begin(2)
+    assert type(optimizer.learning_rate) is float  # a NumPy float64 would upcast float32 updates
+    grad = np.array([1.0, -1.0], dtype=dtype)
+    assert optimizer.update("dense0.weight", grad).dtype == dtype

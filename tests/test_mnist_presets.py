@@ -1,0 +1,36 @@
+"""Every MNIST tutorial preset runs end to end through the CLI on a small slice of the real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nnexp.download import convert_to_csv
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+SLICE = ("dataset.max_train=2000", "dataset.max_test=500")
+PRESETS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("mnist_*.yaml"))
+
+pytestmark = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not in {SHARED_MNIST}")
+
+
+@pytest.fixture(scope="module")
+def csv_dir(tmp_path_factory) -> Path:
+    return convert_to_csv(SHARED_MNIST, tmp_path_factory.mktemp("mnist_csv"))[0].parent
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_mnist_preset_smoke_run(project, csv_dir, preset):
+    dataset = "mnist_csv" if "csv" in preset else "mnist_idx"
+    if dataset == "mnist_idx":
+        data = (f"dataset.path={SHARED_MNIST}",)
+    else:
+        data = (f"dataset.train_path={csv_dir / 'mnist_train.csv'}", f"dataset.test_path={csv_dir / 'mnist_test.csv'}")
+    result = project.run(f"experiment={preset}", *data, *SLICE, "trainer.epochs=1", timeout=600)
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    assert run.info.status == "FINISHED" and run.data.tags["dataset"] == dataset
+    assert run.data.metrics["test_accuracy"] > 0.5
+    assert float(run.data.params["dataset.max_train"]) == 2000
