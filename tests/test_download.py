@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import socket
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from nnexp import download
+from nnexp.atomic import replacing
 from nnexp.datasets.mnist import read_csv
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -100,7 +102,7 @@ def closed_port_url() -> str:
 
 
 def leftovers(directory: Path) -> list[str]:
-    return sorted(path.name for path in directory.iterdir() if path.name.endswith(".part"))
+    return sorted(path.name for path in directory.iterdir() if ".partial" in path.name)
 
 
 def test_downloads_and_verifies_the_four_files(serve, tmp_path, capsys):
@@ -208,7 +210,7 @@ def test_an_unusable_mirror_url_is_a_failed_mirror(serve, tmp_path, capsys):
 
 def test_interrupting_a_download_leaves_no_file(tmp_path, monkeypatch, capsys):
     def interrupted(url, target, accepted, timeout):
-        with download.atomic_file(target) as partial:
+        with replacing(target) as partial:
             partial.write(b"half a file")
             raise KeyboardInterrupt
 
@@ -219,27 +221,16 @@ def test_interrupting_a_download_leaves_no_file(tmp_path, monkeypatch, capsys):
 
 
 def test_an_unwritable_directory_is_one_line(serve, tmp_path, monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(tmp_path / ".train-images-idx3-ubyte.gz.x.part"))
+    blocked = tmp_path / ".train-images-idx3-ubyte.1234abcd.partial.gz"
 
-    monkeypatch.setattr(download.tempfile, "mkstemp", refuse)
+    @contextlib.contextmanager
+    def refuse(target):
+        raise PermissionError(13, "Permission denied", str(blocked))
+        yield
+
+    monkeypatch.setattr(download, "replacing", refuse)
     assert download.main(["mnist", str(tmp_path), "--mirror", serve(ARCHIVES).url]) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: cannot write {tmp_path / '.train-images-idx3-ubyte.gz.x.part'}: Permission denied"
-    )
-
-
-def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "data.csv"
-    target.write_text("old")
-    with pytest.raises(OSError), download.atomic_file(target) as file:
-        file.write(b"new")
-        raise OSError("disk full")
-    assert target.read_text() == "old"
-    assert [path.name for path in tmp_path.iterdir()] == ["data.csv"]
-    with download.atomic_file(target) as file:
-        file.write(b"new")
-    assert target.read_text() == "new"
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: cannot write {blocked}: Permission denied"
 
 
 @pytest.mark.parametrize(

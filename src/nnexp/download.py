@@ -7,15 +7,13 @@ interrupted or failed download leaves nothing half-written behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
+from nnexp.atomic import replacing
 from nnexp.datasets.mnist import locate_idx_files, read_idx_set, write_csv
 from nnexp.errors import DataError, NnexpError
 
@@ -88,19 +86,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def atomic_file(target: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside ``target`` that replaces it when the block succeeds and is removed otherwise."""
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            yield file
-        os.replace(temporary, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):  # gone already when the rename happened
-            os.unlink(temporary)
-
-
 def download_mnist(directory: Path, mirrors: Sequence[str] = MIRRORS, timeout: float = DEFAULT_TIMEOUT) -> list[Path]:
     """Make sure ``directory`` holds the four archives with accepted checksums, downloading what is missing."""
     _make_directory(directory)
@@ -156,7 +141,7 @@ def _fetch(url: str, target: Path, accepted: Sequence[str], timeout: float) -> i
 
     digest = hashlib.sha256()
     size = 0
-    with atomic_file(target) as partial:
+    with replacing(target) as partial:
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "nnexp"})
             # A fresh opener reads the proxy settings of the environment now, not those of urllib's first call.
@@ -195,7 +180,7 @@ def convert_to_csv(idx_dir: Path, out_dir: Path) -> list[Path]:
         CSV_FILES, (raw.train_images, raw.test_images), (raw.train_labels, raw.test_labels), strict=True
     ):
         path = out_dir / name
-        with atomic_file(path) as file:
+        with replacing(path) as file:
             write_csv(file, images, labels)
         _progress(f"{name}: {len(labels)} rows written to {path}")
         written.append(path)

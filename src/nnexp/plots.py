@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from nnexp.atomic import replacing
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,29 +33,13 @@ def _pyplot() -> ModuleType:
 
 
 @contextmanager
-def _replacing(path: Path, mode: str) -> Iterator[IO[Any]]:
-    """A temporary sibling of ``path`` (same suffix) that replaces ``path`` only once fully written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    # os.open with 0o666 honours the umask, unlike mkstemp's 0o600, so artifacts stay readable by others
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with open(fd, mode, newline=None if "b" in mode else "") as file:
-            yield file
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
 def _figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterator[tuple[Figure, Any]]:
     """A new figure and its axes; on exit the figure is written atomically to ``path`` and always closed."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, ncols, figsize=figsize, layout="constrained")
     try:
         yield fig, axes
-        with _replacing(path, "wb") as file:
+        with replacing(path, "wb") as file:
             fig.savefig(file, format=Path(path).suffix.lstrip(".").lower() or "png")
     finally:
         plt.close(fig)
@@ -154,7 +138,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
 def write_confusion_csv(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
     """The same matrix as CSV: a header row 'true\\predicted,<names...>' then one row per true class."""
     matrix = _check_confusion(matrix, class_names)
-    with _replacing(path, "w") as file:
+    with replacing(path, "w") as file:
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(["true\\predicted", *class_names])
         for name, row in zip(class_names, matrix.tolist(), strict=True):

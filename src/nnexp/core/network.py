@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from nnexp.atomic import replacing
 from nnexp.core import Array
 from nnexp.core.layers import Layer
 
@@ -101,14 +101,8 @@ class Sequential:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the parameters to ``path`` as ``.npz`` atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            with open(partial, "wb") as file:
-                np.savez(file, **self.state_dict())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        with replacing(path) as file:
+            np.savez(file, **self.state_dict())
 
     def load(self, path: str | os.PathLike[str]) -> None:
         with np.load(path, allow_pickle=False) as data:

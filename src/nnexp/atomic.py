@@ -1,0 +1,29 @@
+"""Atomic file writes: readers see the old file or the whole new one, never half of it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def replacing(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """A temporary sibling of ``path`` (same suffix) that replaces ``path`` only once fully written.
+
+    On any error, Ctrl-C included, the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    # os.open with 0o666 honours the umask, unlike mkstemp's 0o600, so the files stay readable by others.
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, mode, newline=None if "b" in mode else "") as file:
+            yield file
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
