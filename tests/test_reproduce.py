@@ -49,3 +49,31 @@ def test_reproduce_names_an_unknown_preset(project):
     result = reproduce(project, "--only", "nonexistent")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: no preset with a target_accuracy tag named nonexistent")
+
+
+def test_a_bad_override_stops_before_any_run(project):
+    result = reproduce(project, "--only", "quadrants", "optimizer.lr=1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: quadrants: optimizer.lr is not a known key; "
+        "valid keys here: learning_rate, momentum, nesterov, weight_decay"
+    )
+    assert project.runs() == []
+
+
+def test_sigterm_stops_the_child_and_marks_both_runs_killed(project):
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "nnexp", "reproduce", "--only", "moons_deep_sigmoid", "--seeds", "0"]
+    process = subprocess.Popen(
+        command, cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(run.info.run_name != "reproduce" for run in project.runs()):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM); MLflow run ")
+    assert sorted(run.info.status for run in project.runs()) == ["KILLED", "KILLED"]

@@ -7,11 +7,10 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
 from omegaconf import DictConfig
 
-from nnexp.errors import Interrupted, NnexpError
+from nnexp.errors import NnexpError, raise_on_sigterm
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {"data": "nnexp.download", "reproduce": "nnexp.reproduce"}
@@ -26,12 +25,12 @@ def main() -> None:
 
         print(f"nnexp {__version__}")
         return
+    raise_on_sigterm()
     if sys.argv[1:2] and sys.argv[1] in COMMANDS:
         sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    signal.signal(signal.SIGTERM, terminate)
     try:
         launch()
     except KeyboardInterrupt as exc:
@@ -75,11 +74,6 @@ def task(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.RUN and not FULL_ERRORS:
             fail(str(exc))  # re-raised, Hydra would print a second line naming the overrides
         raise
-
-
-def terminate(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (a scheduler's or ``timeout``'s stop) ends the run like Ctrl-C, so it is not left RUNNING."""
-    raise Interrupted("terminated (SIGTERM)", 128 + signum)
 
 
 def fail(message: str) -> None:

@@ -47,3 +47,13 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM (a scheduler's or ``timeout``'s stop) end a run like Ctrl-C, so it is not left RUNNING."""
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Interrupted("terminated (SIGTERM)", 128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)

@@ -73,28 +73,55 @@ def table(presets: list[Preset], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def nnexp_command(preset: str, *arguments: str) -> list[str]:
+    return [sys.executable, "-m", "nnexp", f"experiment={preset}", *arguments]
+
+
+def check_overrides(presets: list[Preset], overrides: list[str]) -> None:
+    """Compose every preset with ``overrides`` first, so a mistake stops before any run is created."""
+    for preset in presets:
+        result = subprocess.run(nnexp_command(preset.name, *overrides, "--cfg", "job"), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NnexpError(f"{preset.name}: {last_error(result.stderr)}")
+
+
+def last_error(stderr: str) -> str:
+    line = (stderr.strip().splitlines() or ["no output"])[-1]
+    return line.removeprefix("error: ")
+
+
 def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[str], tracker: Tracker) -> None:
     """One child run of ``python -m nnexp``; appends its metric and wall time to ``preset``."""
-    command = [
-        sys.executable,
-        "-m",
-        "nnexp",
-        f"experiment={preset.name}",
+    command = nnexp_command(
+        preset.name,
         f"seed={seed}",
         f"tracking.uri={tracker.uri}",
         f"tracking.parent_run_id={parent_run_id}",
+        f"tracking.run_name={preset.name}-seed{seed}",
         *overrides,
-    ]
+    )
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = child.communicate()
+    except BaseException:
+        # Ctrl-C reaches the child too; SIGTERM must be passed on. Either way it marks its own run KILLED.
+        child.terminate()
+        child.wait(timeout=60)
+        raise
     preset.seconds.append(time.perf_counter() - started)
-    found = RUN_ID.search(result.stdout)
-    if result.returncode != 0 or found is None:
-        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise NnexpError(f"{preset.name} with seed={seed} failed: {reason}")
+    found = RUN_ID.search(stdout)
+    if child.returncode != 0 or found is None:
+        raise NnexpError(f"{preset.name} with seed={seed} failed: {last_error(stderr)}")
     metrics = tracker.client.get_run(found.group(1)).data.metrics
     preset.obtained.append(metrics[preset.metric])
     print(f"{preset.name} seed={seed}: {preset.metric}={metrics[preset.metric]:.4f}", file=sys.stderr, flush=True)
+
+
+def tracking_option(overrides: list[str], key: str) -> str | None:
+    """The value an override gives ``tracking.<key>``, so the parent run goes where its children go."""
+    values = [item.split("=", 1)[1] for item in overrides if item.startswith(f"tracking.{key}=")]
+    return values[-1] if values else None
 
 
 def _integers(text: str) -> list[int]:
@@ -121,13 +148,20 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
+        if args.markdown and not args.markdown.parent.is_dir():
+            raise NnexpError(f"--markdown {args.markdown}: folder {args.markdown.parent} does not exist")
         presets = find_presets(Path.cwd() / "conf", args.only)
-        tracker = Tracker(resolve_uri(None, Path.cwd()), "nnexp")
-        with tracker.start_run("reproduce", {"nnexp_command": "reproduce", "seeds": args.seeds}) as parent:
+        check_overrides(presets, args.overrides)
+        uri = resolve_uri(tracking_option(args.overrides, "uri"), Path.cwd())
+        tracker = Tracker(uri, tracking_option(args.overrides, "experiment") or "nnexp")
+        tags = {"nnexp_command": "reproduce", "seeds": args.seeds, "overrides": " ".join(args.overrides) or "(none)"}
+        with tracker.start_run("reproduce", tags) as parent:
             for preset in presets:
                 for seed in args.seeds:
                     run_preset(preset, seed, parent.run_id, args.overrides, tracker)
             report = table(presets, args.seeds)
+            if args.overrides:
+                report += f"\n\nOverrides applied to every run: `{' '.join(args.overrides)}`"
             parent.log_metrics({f"{p.name}.{p.metric}": p.mean for p in presets}, step=0)
             with tempfile.TemporaryDirectory() as scratch:
                 path = Path(scratch) / "reproduce.md"
@@ -136,6 +170,9 @@ def main(argv: list[str]) -> int:
     except NnexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     print(report)
     if args.markdown:
         args.markdown.write_text(report + "\n")

@@ -159,8 +159,10 @@ def run(cfg: DictConfig) -> float:
             tracked.log_artifact(output_dir / hydra.output_subdir, "hydra")
         run_id = tracked.run_id
     test = experiment.data["test"]
+    validation = f"val_accuracy={history['val_accuracy'][-1]:.4f} " if "val_accuracy" in history else ""
     log.info(
-        "test_accuracy=%.4f (%d/%d) in %.1f s; run %s; see it with: mlflow ui --backend-store-uri %s",
+        "%stest_accuracy=%.4f (%d/%d) in %.1f s; run %s; see it with: mlflow ui --backend-store-uri %s",
+        validation,
         test_accuracy,
         round(test_accuracy * len(test)),
         len(test),

@@ -7,6 +7,7 @@ from pathlib import Path
 from nnexp.datasets.base import DATASETS
 from nnexp.datasets.mnist import MnistDataset, RawMnist, Scaling, Validation, read_csv
 from nnexp.download import CSV_FILES, default_mnist_dir
+from nnexp.errors import DataError
 
 
 @DATASETS.register("mnist_csv")
@@ -34,6 +35,11 @@ class MnistCsv(MnistDataset):
         cache = default_mnist_dir()
         train = Path(self.train_path).expanduser() if self.train_path else cache / CSV_FILES[0]
         test = Path(self.test_path).expanduser() if self.test_path else cache / CSV_FILES[1]
+        for given, path in ((self.train_path, train), (self.test_path, test)):
+            if given is None and not path.is_file():
+                raise DataError(
+                    f"{path}: no such file; write it with `nnexp data mnist --csv`, or set the dataset's paths"
+                )
         train_images, train_labels = read_csv(train)
         test_images, test_labels = read_csv(test)
         return RawMnist(train_images, train_labels, test_images, test_labels, str(train))
