@@ -89,3 +89,9 @@ def test_bias_forward_and_backward() -> None:
     upstream = np.array([[1.0, 2.0], [3.0, 4.0]])
     np.testing.assert_allclose(layer.backward(upstream), upstream)
     np.testing.assert_allclose(layer.grads["bias"], [4.0, 6.0])
+
+
+@pytest.mark.parametrize("n_samples", [1, 2])
+def test_dense_gradient_for_one_sample_and_more(n_samples: int, rng: np.random.Generator) -> None:
+    layer = Dense(4, 3, rng, dtype=np.float64)
+    assert check_layer(layer, rng.standard_normal((n_samples, 4)), rng) < 1e-6
