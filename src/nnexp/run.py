@@ -152,25 +152,21 @@ def run(cfg: DictConfig) -> float:
         test_loss, test_accuracy, predicted = evaluate(experiment.network, experiment.loss, experiment.data["test"])
         tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=cfg.trainer.epochs)
         write_artifacts(output_dir, cfg, experiment, history, predicted)
-        for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
-            tracked.log_artifact(output_dir / name)
-        tracked.log_artifact(output_dir / "plots", "plots")
-        if hydra.output_subdir:  # hydra.output_subdir=null turns Hydra's own copy of the config off
-            tracked.log_artifact(output_dir / hydra.output_subdir, "hydra")
+        log_artifacts(tracked, output_dir, hydra.output_subdir)
         run_id = tracked.run_id
-    test = experiment.data["test"]
-    validation = f"val_accuracy={history['val_accuracy'][-1]:.4f} " if "val_accuracy" in history else ""
+    n_test = len(experiment.data["test"])
+    val_accuracy = history["val_accuracy"][-1] if "val_accuracy" in history else None
     log.info(
         "%stest_accuracy=%.4f (%d/%d) in %.1f s; run %s; see it with: mlflow ui --backend-store-uri %s",
-        validation,
+        "" if val_accuracy is None else f"val_accuracy={val_accuracy:.4f} ",
         test_accuracy,
-        round(test_accuracy * len(test)),
-        len(test),
+        round(test_accuracy * n_test),
+        n_test,
         time.perf_counter() - started,
         run_id,
         tracker.uri,
     )
-    return history["val_accuracy"][-1] if "val_accuracy" in history else test_accuracy
+    return test_accuracy if val_accuracy is None else val_accuracy
 
 
 def run_params(cfg: DictConfig) -> dict[str, Any]:
@@ -222,6 +218,15 @@ def write_artifacts(
             return predict(network, points.astype(network.dtype)).argmax(axis=1)
 
         plots.plot_decision_boundary(predict_labels, x, y, splits.names(), figures / "decision_boundary.png")
+
+
+def log_artifacts(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | None) -> None:
+    """Send what :func:`write_artifacts` wrote, and Hydra's own copy of the config, to the run."""
+    for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
+        tracked.log_artifact(output_dir / name)
+    tracked.log_artifact(output_dir / "plots", "plots")
+    if hydra_subdir:  # hydra.output_subdir=null turns Hydra's copy off
+        tracked.log_artifact(output_dir / hydra_subdir, "hydra")
 
 
 def discard_job_dir(output_dir: Path) -> None:
