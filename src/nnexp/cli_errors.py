@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import types
 import typing
 from typing import Any
+
+from nnexp.config import config_fields, unknown_key_message
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -26,10 +27,9 @@ def describe_type(annotation: Any) -> str:
 
 def _field_types(object_type: Any) -> dict[str, Any]:
     """The annotated types of a config dataclass's user-facing fields, by name."""
-    if not (isinstance(object_type, type) and dataclasses.is_dataclass(object_type)):
-        return {}
-    hints = typing.get_type_hints(object_type)
-    return {f.name: hints[f.name] for f in dataclasses.fields(object_type) if f.name not in ("defaults", "hydra")}
+    names = config_fields(object_type)
+    hints = typing.get_type_hints(object_type) if names else {}
+    return {name: hints[name] for name in names}
 
 
 def describe_config_error(exc: BaseException) -> str | None:
@@ -50,8 +50,7 @@ def describe_config_error(exc: BaseException) -> str | None:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         if key == "experiment":
             return "experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
-        known = ", ".join(name for name in fields if name != "name")
-        return f"{key} is not a known key; {'valid keys here: ' + known if known else 'check its spelling'}"
+        return unknown_key_message(key, cause.object_type)
     expected = fields.get(str(cause.key))
     if expected is not None and cause.value is not None:
         return f"{key} expects {describe_type(expected)}, got {cause.value!r}"

@@ -138,15 +138,26 @@ def store_configs() -> None:
     store.store(name=PRIMARY, node=RunConfig, provider="nnexp")
 
 
+def config_fields(schema: Any) -> list[str]:
+    """The user-facing field names of a config dataclass (not Hydra's ``defaults`` and ``hydra``); [] otherwise."""
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        return []
+    return [f.name for f in dataclasses.fields(schema) if f.name not in ("defaults", "hydra")]
+
+
+def unknown_key_message(key: str, schema: Any) -> str:
+    """``key is not a known key; valid keys here: ...``, listing the fields of ``schema``."""
+    valid = ", ".join(name for name in config_fields(schema) if name != "name")
+    return f"{key} is not a known key; " + (f"valid keys here: {valid}" if valid else "check its spelling")
+
+
 def check_known_keys(cfg: DictConfig, path: str = "") -> None:
     """Reject keys a schema does not declare: Hydra's ``+key=value`` adds them even to typed nodes."""
     schema = OmegaConf.get_type(cfg)
-    if dataclasses.is_dataclass(schema):
-        known = [f.name for f in dataclasses.fields(schema) if f.name not in ("defaults", "hydra")]
-        for key in cfg:
-            if key not in known:
-                valid = ", ".join(name for name in known if name != "name")
-                raise ConfigError(f"{path}{key} is not a known key; valid keys here: {valid}")
+    known = config_fields(schema)
+    for key in cfg:
+        if known and key not in known:
+            raise ConfigError(unknown_key_message(f"{path}{key}", schema))
     for key in cfg:
         node = cfg._get_node(key)
         if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
