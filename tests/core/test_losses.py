@@ -108,3 +108,28 @@ def test_mse_targets_must_be_ordered() -> None:
 
     with pytest.raises(ParameterError, match=r"^loss\.target_high must be > target_low \(0\.5\), got 0\.5"):
         LOSSES.build({"name": "mse", "target_low": 0.5, "target_high": 0.5})
+
+
+def test_a_loss_with_only_value_and_gradient_works_fused() -> None:
+    from nnexp.core.losses import Loss
+
+    class Absolute(Loss):
+        def value(self, y_true, y_pred):
+            return float(np.abs(y_pred - y_true).sum())
+
+        def gradient(self, y_true, y_pred):
+            return np.sign(y_pred - y_true)
+
+    value, grad = Absolute().value_and_gradient(np.zeros((1, 2)), np.array([[1.0, -2.0]]))
+    assert value == 3.0
+    np.testing.assert_array_equal(grad, [[1.0, -1.0]])
+
+
+def test_a_loss_with_neither_form_says_what_is_missing() -> None:
+    from nnexp.core.losses import Loss
+
+    class Empty(Loss):
+        pass
+
+    with pytest.raises(NotImplementedError, match="Empty must implement value_and_gradient, or value and gradient"):
+        Empty().value(np.zeros((1, 2)), np.zeros((1, 2)))

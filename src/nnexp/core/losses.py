@@ -19,14 +19,17 @@ class Loss:
     allowed_output_activations: tuple[str, ...] | None = None
 
     def value(self, y_true: Array, y_pred: Array) -> float:
-        raise NotImplementedError
+        return self.value_and_gradient(y_true, y_pred)[0]
 
     def gradient(self, y_true: Array, y_pred: Array) -> Array:
         """Gradient of :meth:`value` with respect to ``y_pred``, same shape as ``y_pred``."""
-        raise NotImplementedError
+        return self.value_and_gradient(y_true, y_pred)[1]
 
     def value_and_gradient(self, y_true: Array, y_pred: Array) -> tuple[float, Array]:
-        """Both at once; losses override it to share the work the two have in common."""
+        """Both at once, as the trainer needs them. A loss implements either this (sharing the work the two
+        have in common) or both :meth:`value` and :meth:`gradient`."""
+        if type(self).value is Loss.value or type(self).gradient is Loss.gradient:
+            raise NotImplementedError(f"{type(self).__name__} must implement value_and_gradient, or value and gradient")
         return self.value(y_true, y_pred), self.gradient(y_true, y_pred)
 
     def encode(self, labels: np.ndarray, n_classes: int, dtype: type[np.floating]) -> Array:
@@ -64,15 +67,6 @@ class MeanSquaredError(Loss):
         targets[np.arange(labels.shape[0]), labels] = self.target_high
         return targets
 
-    def value(self, y_true: Array, y_pred: Array) -> float:
-        diff = y_pred - y_true
-        return float(0.5 * np.einsum("ij,ij->", diff, diff) / y_true.shape[0])
-
-    def gradient(self, y_true: Array, y_pred: Array) -> Array:
-        grad = y_pred - y_true
-        grad /= y_true.shape[0]
-        return grad
-
     def value_and_gradient(self, y_true: Array, y_pred: Array) -> tuple[float, Array]:
         diff = y_pred - y_true
         value = float(0.5 * np.einsum("ij,ij->", diff, diff) / y_true.shape[0])
@@ -89,15 +83,6 @@ class CrossEntropy(Loss):
     """
 
     allowed_output_activations = ("identity",)
-
-    def value(self, y_true: Array, y_pred: Array) -> float:
-        return float(-np.einsum("ij,ij->", y_true, log_softmax(y_pred)) / y_true.shape[0])
-
-    def gradient(self, y_true: Array, y_pred: Array) -> Array:
-        grad = softmax(y_pred)
-        grad -= y_true
-        grad /= y_true.shape[0]
-        return grad
 
     def value_and_gradient(self, y_true: Array, y_pred: Array) -> tuple[float, Array]:
         log_probabilities = log_softmax(y_pred)
