@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import signal
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from nnexp.errors import NnexpError, raise_on_sigterm
+from nnexp.sweep import SweepStartError
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
-COMMANDS = {"data": "nnexp.download", "reproduce": "nnexp.reproduce"}
+COMMANDS = {"data": "nnexp.download", "reproduce": "nnexp.reproduce", "compare": "nnexp.compare"}
 
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -33,6 +35,8 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         launch()
+    except SweepStartError as exc:
+        fail(str(exc))
     except KeyboardInterrupt as exc:
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))
@@ -57,23 +61,45 @@ def launch() -> None:
 
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
+    from nnexp import sweep
+
     conf = Path.cwd() / "conf"
-    hydra.main(version_base="1.3", config_path=str(conf) if conf.is_dir() else None, config_name="nnexp")(task)()
+    try:
+        hydra.main(version_base="1.3", config_path=str(conf) if conf.is_dir() else None, config_name="nnexp")(task)()
+    except BaseException as exc:
+        sweep.abandon(exc)
+        raise
+    if sweep.failure():
+        raise NnexpError(sweep.failure())
 
 
 def task(cfg: DictConfig) -> float:
-    """Hydra's task: one job. A single run's user error ends the process here, in one line."""
+    """Hydra's task: one job. A single run's user error ends the process here, in one line; a sweep's failed job
+    is logged and returns the worst objective value, so that the other jobs and the sweeper go on."""
+    import logging
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nnexp.run import run
+    from nnexp.plugins import load_plugins
+    from nnexp.run import Objective, run
 
+    hydra = HydraConfig.get()
+    load_plugins(Path(hydra.runtime.cwd))  # a launcher's worker process starts with the built-in plugins only
     try:
         return run(cfg)
-    except NnexpError as exc:
-        if HydraConfig.get().mode == RunMode.RUN and not FULL_ERRORS:
-            fail(str(exc))  # re-raised, Hydra would print a second line naming the overrides
-        raise
+    except Exception as exc:
+        if hydra.mode == RunMode.RUN:
+            if isinstance(exc, NnexpError) and not FULL_ERRORS:
+                fail(str(exc))  # re-raised, Hydra would print a second line naming the overrides
+            raise
+        logging.getLogger("nnexp").error(
+            "error: job %s failed: %s", hydra.job.num, exc, exc_info=not isinstance(exc, NnexpError)
+        )
+        try:
+            return Objective.of(cfg).worst()
+        except NnexpError:
+            return -math.inf
 
 
 def fail(message: str) -> None:

@@ -47,6 +47,24 @@ class TrainerConfig:
     dtype: Dtype = Dtype.float32
 
 
+class Direction(enum.Enum):
+    maximize = "maximize"
+    minimize = "minimize"
+
+
+#: The final metrics every run has; ``objective.metric`` names one of them.
+FINAL_METRICS = tuple(f"{part}_{kind}" for part in ("train", "val", "test") for kind in ("accuracy", "loss"))
+
+
+@dataclass
+class ObjectiveConfig:
+    #: The final metric a run returns to a sweeper and sweeps rank by; ``auto`` is val_accuracy when the dataset
+    #: has a validation split, else test_accuracy.
+    metric: str = "auto"
+    #: null: minimize a loss, maximize anything else.
+    direction: Direction | None = None
+
+
 @dataclass
 class TrackingConfig:
     #: MLflow tracking URI; null takes $MLFLOW_TRACKING_URI, else a SQLite store in ./outputs.
@@ -61,6 +79,8 @@ def _hydra_settings() -> dict[str, Any]:
     stamp = "${now:%Y-%m-%d}/${now:%H-%M-%S}"
     return {
         "job": {"name": "nnexp"},
+        # Creates a sweep's MLflow parent run before any job starts, and summarises the sweep at its end.
+        "callbacks": {"nnexp_sweep": {"_target_": "nnexp.sweep.SweepCallback"}},
         "run": {"dir": f"outputs/{stamp}"},
         "sweep": {"dir": f"outputs/multirun/{stamp}", "subdir": "${hydra.job.num}"},
         "help": {
@@ -89,6 +109,7 @@ class RunConfig:
             # After _self_, so that an experiment preset's values beat the primary config's. Not "optional":
             # an optional entry would silently ignore a misspelt preset name.
             {"experiment": None},
+            {"hparams_search": None},
         ]
     )
     dataset: Any = MISSING
@@ -98,6 +119,7 @@ class RunConfig:
     schedule: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seed: int = 0
     #: Free-form tags for the MLflow run; presets record e.g. the published accuracy they reproduce.
     tags: dict[str, Any] = field(default_factory=dict)

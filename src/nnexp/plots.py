@@ -1,4 +1,4 @@
-"""Figures a run logs as artifacts: learning curves, confusion matrix and decision boundary."""
+"""Figures logged as artifacts: learning curves, confusion matrix, decision boundary, and a sweep's comparison."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 MARKER_LIMIT = 50
 LOG_SCALE_DECADES = 2.0
 MIN_MARGIN = 1.0
+COMPARISON_LIMIT = 40
+LABEL_LIMIT = 60
 
 
 def _pyplot() -> ModuleType:
@@ -216,4 +218,27 @@ def plot_decision_boundary(
         ax.set(title="Decision boundary", xlabel="feature 0", ylabel="feature 1")
         # outside the axes, so the legend never hides points or regions
         ax.legend(title="true class", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return Path(path)
+
+
+def plot_comparison(
+    labels: Sequence[str], values: Sequence[float], errors: Sequence[float] | None, metric: str, path: Path
+) -> Path:
+    """A sweep's jobs (or configurations, with ``errors`` their std over seeds) as horizontal bars, best on top."""
+    if len(labels) != len(values) or (errors is not None and len(errors) != len(values)):
+        raise ValueError(f"got {len(labels)} labels for {len(values)} values")
+    shown = min(len(values), COMPARISON_LIMIT)
+    height = 1.5 + 0.3 * shown
+    with _figure(path, figsize=(9, height)) as (_, ax):
+        positions = np.arange(shown)[::-1]
+        ax.barh(positions, values[:shown], xerr=None if errors is None else errors[:shown], color="tab:blue", capsize=3)
+        ax.set_yticks(positions, [label[:LABEL_LIMIT] for label in labels[:shown]], fontsize=8)
+        finite = [value for value in values[:shown] if np.isfinite(value)]
+        if finite and min(finite) > 0:
+            spread = max(finite) - min(finite)
+            ax.set_xlim(max(0.0, min(finite) - max(spread, 0.01)), max(finite) + 0.25 * max(spread, 0.01))
+        title = metric if errors is None else f"{metric}, mean ± std over seeds"
+        title += "" if shown == len(values) else f" (best {shown} of {len(values)})"
+        ax.set(title=title, xlabel=metric)
+        ax.grid(axis="x", alpha=0.3)
     return Path(path)

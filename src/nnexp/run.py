@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -11,10 +12,11 @@ from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__
-from nnexp.config import GROUPS, check_known_keys
+from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
@@ -22,7 +24,7 @@ from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, Examples, Trainer, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits
-from nnexp.errors import ConfigError, ParameterError
+from nnexp.errors import ConfigError, NnexpError, ParameterError
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.tracking import TrackedRun, Tracker, flatten, git_state, resolve_uri
@@ -41,6 +43,31 @@ class Components:
     schedule: Schedule
     trainer: Trainer
     dtype: type[np.floating]
+
+
+@dataclass
+class Objective:
+    """The final metric a run returns to a sweeper, and whether larger is better."""
+
+    metric: str
+    direction: Direction
+
+    @classmethod
+    def of(cls, cfg: DictConfig, has_validation: bool | None = None) -> Objective:
+        """``cfg.objective`` resolved; ``auto`` needs ``has_validation``, and stays ``auto`` when it is None."""
+        metric = cfg.objective.metric
+        if metric not in ("auto", *FINAL_METRICS):
+            raise ConfigError(f"objective.metric must be auto or one of {', '.join(FINAL_METRICS)}, got {metric!r}")
+        if metric == "auto" and has_validation is not None:
+            metric = "val_accuracy" if has_validation else "test_accuracy"
+        if metric.startswith("val_") and has_validation is False:
+            raise ConfigError(f"objective.metric={metric} needs a validation split, and this dataset has none")
+        direction = cfg.objective.direction or (Direction.minimize if metric.endswith("loss") else Direction.maximize)
+        return cls(metric, direction)
+
+    def worst(self) -> float:
+        """What a failed job returns, so that a sweeper such as Optuna ranks it last instead of crashing."""
+        return -math.inf if self.direction is Direction.maximize else math.inf
 
 
 @dataclass
@@ -63,6 +90,7 @@ def configure(cfg: DictConfig) -> Components:
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
+    Objective.of(cfg)
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle)
     except ParameterError as exc:
@@ -108,29 +136,31 @@ class MetricLogger(Callback):
 
 
 def run(cfg: DictConfig) -> float:
-    """Train and evaluate one configuration; returns the objective a sweeper optimises.
+    """Train and evaluate one configuration; returns the final value of ``cfg.objective``, which sweepers optimise.
 
-    The objective is the final validation accuracy when the dataset has a validation split, else the test accuracy.
+    Within a sweep (``tracking.parent_run_id`` set) a job that fails before training is still recorded, as a
+    FAILED child run with its reason.
     """
     started = time.perf_counter()
     hydra = HydraConfig.get()
     output_dir = Path(hydra.runtime.output_dir)
     project_dir = Path(hydra.runtime.cwd)
     rng = np.random.default_rng(cfg.seed)
+    label = run_label(cfg)
     try:
         components = configure(cfg)
         tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
         experiment = prepare(components, rng)
-    except BaseException:
+        objective = Objective.of(cfg, "val" in experiment.data)
+    except BaseException as exc:
         discard_job_dir(output_dir)  # nothing ran: leave no directory behind
+        if cfg.tracking.parent_run_id and isinstance(exc, Exception):
+            record_failed_job(cfg, label, project_dir, exc)
         raise
-    choices = {key: value for key, value in hydra.runtime.choices.items() if not key.startswith("hydra/")}
-    label = (
-        cfg.tracking.run_name
-        or choices.get("experiment")
-        or "-".join(str(choices[registry.kind]) for registry, _ in GROUPS)
-    )
-    with tracker.start_run(label, run_tags(cfg, choices, project_dir, output_dir)) as tracked:
+    choices = job_choices()
+    tags = run_tags(cfg, choices, project_dir, output_dir)
+    tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
+    with tracker.start_run(label, tags) as tracked:
         tracked.log_params(run_params(cfg))
         progress = Progress(label)
         try:
@@ -166,7 +196,57 @@ def run(cfg: DictConfig) -> float:
         run_id,
         tracker.uri,
     )
-    return test_accuracy if val_accuracy is None else val_accuracy
+    finals = {key: values[-1] for key, values in history.items()}
+    finals.update(test_loss=test_loss, test_accuracy=test_accuracy)
+    return float(finals[objective.metric])
+
+
+def job_choices() -> dict[str, Any]:
+    """Hydra's config group choices (``model: deep_sigmoid``), without Hydra's own groups."""
+    choices = HydraConfig.get().runtime.choices
+    return {key: value for key, value in choices.items() if not key.startswith("hydra/")}
+
+
+def job_overrides() -> list[str]:
+    """The job's command-line overrides, without the parent run id a sweep adds."""
+    return [item for item in HydraConfig.get().overrides.task if not item.startswith("tracking.parent_run_id=")]
+
+
+def run_label(cfg: DictConfig) -> str:
+    """In a sweep the job's overrides; else ``tracking.run_name``, the preset, or the group choices."""
+    hydra = HydraConfig.get()
+    if hydra.mode == RunMode.MULTIRUN:  # tracking.run_name then names the sweep's parent run
+        return " ".join(job_overrides()) or f"job {hydra.job.num}"
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    choices = job_choices()
+    return choices.get("experiment") or "-".join(str(choices[registry.kind]) for registry, _ in GROUPS)
+
+
+def record_failed_job(cfg: DictConfig, label: str, project_dir: Path, exc: Exception) -> None:
+    """Keep a sweep job that failed before training as a FAILED child run, so the sweep's summary counts it."""
+    reason = str(exc) if isinstance(exc, NnexpError) else f"{type(exc).__name__}: {exc}"
+    tags = {"mlflow.parentRunId": cfg.tracking.parent_run_id, "overrides": " ".join(job_overrides()) or "(none)"}
+    tags.update(job_tags())
+    try:
+        tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
+        tracker.record_failure(label, tags, reason, run_params(cfg))
+    except NnexpError as store_error:
+        log.warning("could not record the failed job in MLflow: %s", store_error)
+
+
+def job_tags() -> dict[str, Any]:
+    """The job number within a sweep, and how many BLAS threads the job's process may use."""
+    from threadpoolctl import threadpool_info
+
+    hydra = HydraConfig.get()
+    tags: dict[str, Any] = {}
+    if hydra.mode == RunMode.MULTIRUN:
+        tags["job_num"] = hydra.job.num
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    if blas:
+        tags["blas_threads"] = max(blas)
+    return tags
 
 
 def run_params(cfg: DictConfig) -> dict[str, Any]:
@@ -183,7 +263,8 @@ def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output
         tags[f"source.{registry.kind}"] = registry.source(cfg[registry.kind].name)
     tags.update(git_state(project_dir))
     tags.update({"nnexp_version": __version__, "output_dir": str(output_dir.resolve())})
-    tags["overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
+    tags["overrides"] = " ".join(job_overrides()) or "(none)"
+    tags.update(job_tags())
     tags.update(OmegaConf.to_container(cfg.tags, resolve=True))
     if cfg.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id

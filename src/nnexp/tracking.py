@@ -171,6 +171,16 @@ class TrackedRun:
         self._pending = []
         self._last_flush = time.monotonic()
 
+    def end(self, status: str, reason: str | None = None) -> None:
+        """Send what is pending and set the final status; ``reason`` becomes the ``failure_reason`` tag."""
+        if reason is None:
+            self.flush()
+        else:
+            with contextlib.suppress(Exception):  # the original error matters more than a logging failure
+                self.flush()
+                self.set_tags({"failure_reason": reason})
+        self.client.set_terminated(self.run_id, status)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if path.is_dir():
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
@@ -181,7 +191,7 @@ class TrackedRun:
 class Tracker:
     """An MLflow store and the experiment runs go to; creates the experiment on first use."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, create: bool = True) -> None:
         check_store(uri)
         from mlflow import MlflowClient
 
@@ -193,34 +203,42 @@ class Tracker:
             with store_lock(uri):
                 self.client = MlflowClient(tracking_uri=uri)
                 found = self.client.get_experiment_by_name(experiment)
-                self.experiment_id = (
-                    found.experiment_id
-                    if found is not None
-                    else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
-                )
+                if found is None and create:
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
         except Exception as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"tracking store {uri} cannot be used: {reason[:300]}") from None
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        elif not create:
+            raise ConfigError(f"tracking store {uri} has no experiment named {experiment!r}")
+
+    def open_run(self, run_name: str, tags: Mapping[str, Any]) -> TrackedRun:
+        """A new RUNNING run; whoever opens it must :meth:`TrackedRun.end` it."""
+        created = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={key: str(value) for key, value in tags.items()}
+        )
+        return TrackedRun(self.client, created.info.run_id)
+
+    def record_failure(self, run_name: str, tags: Mapping[str, Any], reason: str, params: Mapping[str, Any]) -> str:
+        """A run that failed before it could start, kept so a sweep shows every job; returns its id."""
+        run = self.open_run(run_name, tags)
+        run.log_params(params)
+        run.end("FAILED", reason)
+        return run.run_id
 
     @contextlib.contextmanager
     def start_run(self, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
         """A run that ends FINISHED, KILLED on Ctrl-C, or FAILED with a ``failure_reason`` tag otherwise."""
-        created = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={key: str(value) for key, value in tags.items()}
-        )
-        run = TrackedRun(self.client, created.info.run_id)
+        run = self.open_run(run_name, tags)
         try:
             yield run
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = str(exc) or ("interrupted (SIGINT)" if interrupted else type(exc).__name__)
-            with contextlib.suppress(Exception):  # the original error matters more than a logging failure
-                run.flush()
-                run.set_tags({"failure_reason": reason})
-            self.client.set_terminated(run.run_id, "KILLED" if interrupted else "FAILED")
+            run.end("KILLED" if interrupted else "FAILED", reason)
             if interrupted:
                 code = getattr(exc, "exit_code", 128 + signal.SIGINT)
                 raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", code) from None
             raise
-        run.flush()
-        self.client.set_terminated(run.run_id, "FINISHED")
+        run.end("FINISHED")

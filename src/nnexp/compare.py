@@ -1,0 +1,277 @@
+"""Tables of MLflow runs: the sweep summary and ``nnexp compare`` both build theirs here."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nnexp.config import GROUPS
+from nnexp.errors import NnexpError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+#: Params that differ between any two runs without being an experimental choice.
+BOOKKEEPING_PARAMS = ("tracking.parent_run_id", "tracking.run_name", "tracking.uri", "tracking.experiment")
+DEFAULT_METRICS = ("test_accuracy", "val_accuracy", "test_loss")
+SEED = "seed"
+#: Tags in which runs record their config group choices.
+CHOICE_TAGS = (*(registry.kind for registry, _ in GROUPS), "experiment", "hparams_search")
+
+
+@dataclass
+class Ranking:
+    """What runs are ranked by: a final metric and whether larger is better."""
+
+    metric: str
+    maximize: bool
+
+    @classmethod
+    def of(cls, runs: Sequence[Run], metric: str | None = None) -> Ranking:
+        """``metric``, else the objective most of ``runs`` recorded in their ``objective`` tag, else test accuracy."""
+        if metric is None:
+            named = [run.data.tags["objective"] for run in runs if "objective" in run.data.tags]
+            metric = statistics.mode(named) if named else "test_accuracy"
+        directions = {
+            run.data.tags.get("objective_direction")
+            for run in runs
+            if run.data.tags.get("objective") == metric and run.data.tags.get("objective_direction")
+        }
+        maximize = directions == {"maximize"} if directions else not metric.endswith("loss")
+        return cls(metric, maximize)
+
+    def worst(self) -> float:
+        return -math.inf if self.maximize else math.inf
+
+    def sort_key(self, value: float | None) -> tuple[bool, float]:
+        """Best first; runs without the metric last."""
+        if value is None or math.isnan(value):
+            return (True, 0.0)
+        return (False, -value if self.maximize else value)
+
+
+def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    """Every run recorded as a child of ``parent``, in its experiment."""
+    return search_runs(client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "", limit: int = 0) -> list[Run]:
+    """Runs newest first, following MLflow's pages; ``limit`` 0 means all."""
+    found: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=min(limit - len(found), 1000) if limit else 1000,
+            page_token=token,
+        )
+        found += list(page)
+        token = page.token
+        if not token or (limit and len(found) >= limit):
+            return found
+
+
+def settings(run: Run) -> dict[str, str]:
+    """A run's params, plus the config group choices it recorded as tags (``model: deep_sigmoid``)."""
+    choices = {key: run.data.tags[key] for key in CHOICE_TAGS if key in run.data.tags}
+    return {**run.data.params, **choices}
+
+
+def varying_params(runs: Sequence[Run]) -> list[str]:
+    """The settings whose values differ between ``runs``: the swept ones. When a group's choice differs, the
+    choice stands for the group's fields."""
+    recorded = [settings(run) for run in runs]
+    keys = sorted({key for values in recorded for key in values} - set(BOOKKEEPING_PARAMS))
+    varying = [key for key in keys if len({values.get(key) for values in recorded}) > 1]
+    groups = [key for key in varying if key in CHOICE_TAGS]
+    return groups + [key for key in varying if key not in groups and key.split(".")[0] not in groups]
+
+
+def metric_value(run: Run, metric: str) -> float | None:
+    value = run.data.metrics.get(metric)
+    return None if value is None else float(value)
+
+
+def format_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+@dataclass
+class Table:
+    """Rows of strings under named columns, rendered as Markdown, CSV or aligned text."""
+
+    columns: list[str]
+    rows: list[list[str]]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.columns)
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def text(self) -> str:
+        widths = [max(len(cell) for cell in column) for column in zip(self.columns, *self.rows, strict=True)]
+        lines = [self.columns, ["-" * width for width in widths], *self.rows]
+        aligned = ("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
+        return "\n".join(line.rstrip() for line in aligned)
+
+    def render(self, form: str) -> str:
+        return {"markdown": self.markdown, "csv": self.csv, "text": self.text}[form]()
+
+
+def runs_table(runs: Sequence[Run], params: Sequence[str], metrics: Sequence[str], ranking: Ranking | None) -> Table:
+    """One row per run: name, status, the chosen params and final metrics; best first when ``ranking`` is given."""
+    ordered = list(runs)
+    if ranking is not None:
+        ordered.sort(key=lambda run: ranking.sort_key(metric_value(run, ranking.metric)))
+    failures = any("failure_reason" in run.data.tags for run in ordered)
+    columns = ["run", "status", *params, *metrics, "seconds", "run_id", *(["failure_reason"] if failures else [])]
+    rows = []
+    for run in ordered:
+        seconds = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
+        rows.append(
+            [
+                run.info.run_name or "",
+                run.info.status,
+                *(settings(run).get(key, "") for key in params),
+                *(format_value(metric_value(run, metric)) for metric in metrics),
+                "" if seconds is None else f"{seconds:.1f}",
+                run.info.run_id,
+                *([run.data.tags.get("failure_reason", "")] if failures else []),
+            ]
+        )
+    return Table(columns, rows)
+
+
+@dataclass
+class Configuration:
+    """The runs that share every swept param but the seed, and their objective's mean and spread."""
+
+    params: dict[str, str]
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+
+def configurations(runs: Sequence[Run], params: Sequence[str], ranking: Ranking) -> list[Configuration]:
+    """Finished runs grouped over seeds, best mean first; empty unless ``seed`` is among ``params``."""
+    if SEED not in params:
+        return []
+    others = [key for key in params if key != SEED]
+    groups: dict[tuple[str, ...], Configuration] = {}
+    for run in runs:
+        value = metric_value(run, ranking.metric)
+        if run.info.status != "FINISHED" or value is None:
+            continue
+        key = tuple(settings(run).get(name, "") for name in others)
+        groups.setdefault(key, Configuration(dict(zip(others, key, strict=True)), [])).values.append(value)
+    return sorted(groups.values(), key=lambda group: ranking.sort_key(group.mean))
+
+
+def configurations_table(groups: Iterable[Configuration], params: Sequence[str], ranking: Ranking) -> Table:
+    names = [key for key in params if key != SEED]
+    rows = [
+        [*(group.params[name] for name in names), f"{group.mean:.4f} ± {group.std:.4f}", str(len(group.values))]
+        for group in groups
+    ]
+    return Table([*names, f"{ranking.metric} (mean ± std)", "seeds"], rows)
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnexp compare",
+        description="Print MLflow runs side by side: an experiment's latest runs, or the children of one sweep.",
+    )
+    parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else ./outputs/mlflow.db)")
+    parser.add_argument("--experiment", default="nnexp", help="MLflow experiment (default: nnexp)")
+    parser.add_argument(
+        "--sweep", metavar="RUN_ID|last", help="the children of this sweep's parent run; 'last' is the newest sweep"
+    )
+    parser.add_argument("--params", type=_names, metavar="KEY,...", help="params to show (default: those that vary)")
+    parser.add_argument(
+        "--metrics", type=_names, metavar="NAME,...", help=f"final metrics (default: {','.join(DEFAULT_METRICS)})"
+    )
+    parser.add_argument("--sort", metavar="METRIC", help="rank by this metric (default: the runs' objective)")
+    parser.add_argument("--limit", type=int, default=20, help="at most this many runs without --sweep (default: 20)")
+    parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        print(compare(args))
+    except NnexpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def compare(args: argparse.Namespace) -> str:
+    from nnexp.tracking import Tracker, resolve_uri
+
+    uri = resolve_uri(args.uri, Path.cwd())
+    tracker = Tracker(uri, args.experiment, create=False)
+    client = tracker.client
+    if args.sweep:
+        parent = find_sweep(client, tracker.experiment_id, args.sweep)
+        runs = child_runs(client, parent)
+        heading = f"sweep {parent.info.run_name} ({parent.info.run_id}): {len(runs)} runs"
+    else:
+        runs = search_runs(client, [tracker.experiment_id], limit=args.limit)
+        heading = f"experiment {args.experiment}: {len(runs)} newest runs"
+    if not runs:
+        raise NnexpError(f"no runs to compare in {heading.split(':')[0]} of {uri}")
+    ranking = Ranking.of(runs, args.sort)
+    metrics = args.metrics or [ranking.metric, *(name for name in DEFAULT_METRICS if name != ranking.metric)]
+    metrics = [name for name in metrics if any(name in run.data.metrics for run in runs)] or metrics
+    params = args.params if args.params is not None else varying_params(runs)
+    unknown = [key for key in params if not any(key in settings(run) for run in runs)]
+    if unknown:
+        raise NnexpError(f"--params: no run has {', '.join(unknown)}")
+    table = runs_table(runs, params, metrics, ranking if args.sweep or args.sort else None)
+    return f"{heading}\n\n{table.render(args.format)}" if args.format != "csv" else table.csv()
+
+
+def find_sweep(client: MlflowClient, experiment_id: str, which: str) -> Run:
+    """The sweep parent run ``which`` (a run id), or the newest sweep for ``last``."""
+    if which == "last":
+        sweeps = search_runs(client, [experiment_id], "tags.nnexp_command = 'sweep'", limit=1)
+        if not sweeps:
+            raise NnexpError("--sweep last: this experiment has no sweep yet")
+        return sweeps[0]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(which)
+    except MlflowException:
+        raise NnexpError(f"--sweep {which}: no such run") from None

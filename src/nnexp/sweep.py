@@ -1,0 +1,205 @@
+"""Sweeps (``python -m nnexp -m ...``) as one MLflow parent run with a child run per job.
+
+The parent is created in the launching process before any job starts, so that launchers whose jobs run in
+other processes never create the store at the same time (MLflow's SQLite migrations crash when two do). Its
+id reaches every job as the override ``tracking.parent_run_id``. When the sweep ends, the parent gets a table
+of its children, best-of metrics, the best job's params and a comparison plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from nnexp.errors import NnexpError
+
+if TYPE_CHECKING:
+    from nnexp.tracking import TrackedRun, Tracker
+
+log = logging.getLogger(__name__)
+
+PARENT_OVERRIDE = "tracking.parent_run_id"
+MAX_RUN_NAME = 250
+
+
+class SweepStartError(BaseException):
+    """A sweep that cannot start. A BaseException: Hydra turns a callback's Exception into a mere warning."""
+
+
+class SweepCallback(Callback):
+    """Hydra callback that opens the sweep's parent run at the start of a multirun and summarises it at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _open
+        try:
+            _open = Sweep.start(config)
+        except NnexpError as exc:
+            raise SweepStartError(str(exc)) from None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _open, _failure
+        sweep, _open = _open, None
+        if sweep is not None:
+            _failure = sweep.finish()
+
+
+@dataclass
+class Sweep:
+    tracker: Tracker
+    parent: TrackedRun
+    directory: Path
+
+    @classmethod
+    def start(cls, config: DictConfig) -> Sweep:
+        from nnexp import __version__
+        from nnexp.tracking import Tracker, git_state, resolve_uri
+
+        project_dir = Path.cwd()  # Hydra changes no directory in the launching process
+        tracker = Tracker(resolve_uri(config.tracking.uri, project_dir), config.tracking.experiment)
+        overrides = list(config.hydra.overrides.task)
+        if any(item.startswith(f"{PARENT_OVERRIDE}=") for item in overrides):
+            raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
+        directory = Path(config.hydra.sweep.dir).resolve()
+        choices = config.hydra.runtime.choices
+        tags = {
+            "nnexp_command": "sweep",
+            "sweep_overrides": " ".join(overrides) or "(none)",
+            "sweep_dir": str(directory),
+            "sweeper": choices.get("hydra/sweeper"),
+            "launcher": choices.get("hydra/launcher"),
+            "nnexp_version": __version__,
+            **git_state(project_dir),
+            **OmegaConf.to_container(config.tags, resolve=True),
+        }
+        name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
+        parent = tracker.open_run(name, tags)
+        with read_write(config.hydra.overrides.task):
+            config.hydra.overrides.task.append(f"{PARENT_OVERRIDE}='{parent.run_id}'")
+        log.info("sweep: MLflow parent run %s in %s", parent.run_id, tracker.uri)
+        return cls(tracker, parent, directory)
+
+    def finish(self) -> str | None:
+        """Summarise the children on the parent and end it; returns what went wrong, if any job failed."""
+        try:
+            finished, failed = self.summarise()
+        except Exception as exc:
+            self.parent.end("FAILED", f"sweep summary failed: {exc}")
+            return f"the sweep's summary failed: {exc}"
+        total = finished + failed
+        if total and not finished:
+            self.parent.end("FAILED", f"all {total} jobs failed")
+        else:
+            self.parent.end("FINISHED")
+        if failed:
+            return f"{failed} of {total} jobs failed; the table above and their MLflow runs give the reasons"
+        return None
+
+    def abandon(self, exc: BaseException) -> None:
+        """End the parent of a sweep that stopped early: KILLED on Ctrl-C or SIGTERM, else FAILED."""
+        try:
+            self.summarise()
+        except Exception as summary_error:  # the reason the sweep stopped matters more
+            log.warning("sweep summary incomplete: %s", summary_error)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.parent.end("KILLED" if interrupted else "FAILED", reason)
+
+    def summarise(self) -> tuple[int, int]:
+        """Log the summary artifacts, metrics and best params on the parent, print the table; returns
+        (finished, failed) job counts."""
+        from nnexp import compare, plots
+
+        client = self.tracker.client
+        runs = compare.child_runs(client, client.get_run(self.parent.run_id))
+        finished = [run for run in runs if run.info.status == "FINISHED"]
+        failed = len(runs) - len(finished)
+        self.parent.log_metrics({"jobs_total": len(runs), "jobs_finished": len(finished), "jobs_failed": failed}, 0)
+        if not runs:
+            return 0, 0
+        ranking = compare.Ranking.of(runs)
+        params = compare.varying_params([run for run in runs if run.data.params])
+        metrics = [ranking.metric, *(m for m in compare.DEFAULT_METRICS if m != ranking.metric)]
+        metrics = [m for m in metrics if any(m in run.data.metrics for run in runs)]
+        table = compare.runs_table(runs, params, metrics, ranking)
+        groups = compare.configurations(runs, params, ranking)
+        summary = self.directory / "summary"
+        summary.mkdir(parents=True, exist_ok=True)
+        (summary / "children.csv").write_text(table.csv())
+        (summary / "children.md").write_text(table.markdown() + "\n")
+        if groups:
+            grouped = compare.configurations_table(groups, params, ranking)
+            (summary / "configurations.csv").write_text(grouped.csv())
+            (summary / "configurations.md").write_text(grouped.markdown() + "\n")
+            labels = [", ".join(f"{k}={v}" for k, v in g.params.items()) or "all" for g in groups]
+            plots.plot_comparison(
+                labels, [g.mean for g in groups], [g.std for g in groups], ranking.metric, summary / "comparison.png"
+            )
+        else:
+            ranked = [
+                run
+                for run in sorted(finished, key=lambda r: ranking.sort_key(compare.metric_value(r, ranking.metric)))
+                if compare.metric_value(run, ranking.metric) is not None
+            ]
+            plots.plot_comparison(
+                [run.info.run_name for run in ranked],
+                [compare.metric_value(run, ranking.metric) for run in ranked],
+                None,
+                ranking.metric,
+                summary / "comparison.png",
+            )
+        self.log_best(runs, params, ranking, groups)
+        self.parent.log_artifact(summary, "summary")
+        print(f"\nsweep {self.parent.run_id}: {len(finished)} finished, {failed} failed; ranked by {ranking.metric}")
+        print(table.text())
+        if groups:
+            print(f"\nmean ± std over seeds\n{compare.configurations_table(groups, params, ranking).text()}")
+        print(f"summary: {summary}")
+        return len(finished), failed
+
+    def log_best(self, runs: list[Any], params: list[str], ranking: Any, groups: list[Any]) -> None:
+        from nnexp import compare
+
+        scored = [
+            (value, run)
+            for run in runs
+            if run.info.status == "FINISHED"
+            and (value := compare.metric_value(run, ranking.metric)) is not None
+            and math.isfinite(value)
+        ]
+        if not scored:
+            return
+        best_value, best = min(scored, key=lambda pair: ranking.sort_key(pair[0]))
+        metrics = {f"best_{ranking.metric}": best_value}
+        if groups:
+            metrics[f"best_mean_{ranking.metric}"] = groups[0].mean
+            metrics[f"best_std_{ranking.metric}"] = groups[0].std
+        self.parent.log_metrics(metrics, 0)
+        self.parent.log_params({f"best.{key}": compare.settings(best).get(key, "") for key in params})
+        self.parent.set_tags(
+            {"best_run_id": best.info.run_id, "best_run_name": best.info.run_name, "objective": ranking.metric}
+        )
+
+
+#: The sweep this process launched and has not ended yet; :func:`abandon` ends it when the sweep is cut short.
+_open: Sweep | None = None
+#: What went wrong in the sweep that ended last, for the exit status; see :func:`failure`.
+_failure: str | None = None
+
+
+def abandon(exc: BaseException) -> None:
+    """End the open sweep's parent run, if any, after an error or interrupt stopped the sweep."""
+    global _open
+    sweep, _open = _open, None
+    if sweep is not None:
+        sweep.abandon(exc)
+
+
+def failure() -> str | None:
+    """Why the last sweep should exit non-zero (failed jobs), or None; Hydra would only warn if a callback raised."""
+    return _failure
