@@ -28,9 +28,11 @@ def main() -> None:
         print(f"nnexp {__version__}")
         return
     raise_on_sigterm()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # nnexp prints its own one-line summary; MLflow would add two "View run" lines per run against a server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if sys.argv[1:2] and sys.argv[1] in COMMANDS:
         sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

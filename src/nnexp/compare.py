@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
@@ -90,13 +89,19 @@ def settings(run: Run) -> dict[str, str]:
 
 
 def varying_params(runs: Sequence[Run]) -> list[str]:
-    """The settings whose values differ between ``runs``: the swept ones. When a group's choice differs, the
-    choice stands for the group's fields."""
-    recorded = [settings(run) for run in runs]
+    """The settings whose values differ between the jobs among ``runs`` (not sweep or reproduce parents): the
+    swept ones. When a group's choice differs, the choice stands for the group's fields."""
+    recorded = [settings(run) for run in runs if "nnexp_command" not in run.data.tags]
     keys = sorted({key for values in recorded for key in values} - set(BOOKKEEPING_PARAMS))
     varying = [key for key in keys if len({values.get(key) for values in recorded}) > 1]
     groups = [key for key in varying if key in CHOICE_TAGS]
     return groups + [key for key in varying if key not in groups and key.split(".")[0] not in groups]
+
+
+def shown_metrics(runs: Sequence[Run], ranking: Ranking) -> list[str]:
+    """The ranking metric first, then the usual final metrics, those that some of ``runs`` have."""
+    candidates = [ranking.metric, *(name for name in DEFAULT_METRICS if name != ranking.metric)]
+    return [name for name in candidates if any(name in run.data.metrics for run in runs)] or [ranking.metric]
 
 
 def metric_value(run: Run, metric: str) -> float | None:
@@ -227,7 +232,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, default=20, help="at most this many runs without --sweep (default: 20)")
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         print(compare(args))
     except NnexpError as exc:
@@ -237,23 +241,25 @@ def main(argv: list[str]) -> int:
 
 
 def compare(args: argparse.Namespace) -> str:
-    from nnexp.tracking import Tracker, resolve_uri
+    from nnexp.tracking import Tracker, resolve_uri, sqlite_path
 
     uri = resolve_uri(args.uri, Path.cwd())
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise NnexpError(f"no MLflow store at {database}; run an experiment first, or name the store with --uri")
     tracker = Tracker(uri, args.experiment, create=False)
     client = tracker.client
     if args.sweep:
         parent = find_sweep(client, tracker.experiment_id, args.sweep)
         runs = child_runs(client, parent)
-        heading = f"sweep {parent.info.run_name} ({parent.info.run_id}): {len(runs)} runs"
+        heading = f"{parent.info.run_name} ({parent.info.run_id}): {len(runs)} runs"
     else:
         runs = search_runs(client, [tracker.experiment_id], limit=args.limit)
         heading = f"experiment {args.experiment}: {len(runs)} newest runs"
     if not runs:
-        raise NnexpError(f"no runs to compare in {heading.split(':')[0]} of {uri}")
+        raise NnexpError(f"no runs to compare in {heading.rsplit(':', 1)[0]} of {uri}")
     ranking = Ranking.of(runs, args.sort)
-    metrics = args.metrics or [ranking.metric, *(name for name in DEFAULT_METRICS if name != ranking.metric)]
-    metrics = [name for name in metrics if any(name in run.data.metrics for run in runs)] or metrics
+    metrics = args.metrics or shown_metrics(runs, ranking)
     params = args.params if args.params is not None else varying_params(runs)
     unknown = [key for key in params if not any(key in settings(run) for run in runs)]
     if unknown:

@@ -89,7 +89,8 @@ def _hydra_settings() -> dict[str, Any]:
             "Usage: python -m nnexp [group=option ...] [key=value ...]   (-m sweeps comma-separated values)\n",
             "footer": f"model.activation: {ACTIVATIONS.available()}\n"
             f"model.initializer: {INITIALIZERS.available()}\n\n"
-            "Commands: nnexp data mnist [DIR] [--csv] fetches MNIST; nnexp reproduce runs the tutorial presets.\n"
+            "Commands: nnexp data mnist [DIR] [--csv] fetches MNIST; nnexp reproduce runs the tutorial presets;\n"
+            "nnexp compare [--sweep last] prints runs side by side.\n"
             "Runs are recorded in MLflow; README.md shows how to compare them.",
         },
         # The terminal shows bare messages; the job's log file keeps Hydra's timestamps.

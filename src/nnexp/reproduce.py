@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -146,7 +145,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run, e.g. trainer.dtype=float64")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         if args.markdown and not args.markdown.parent.is_dir():
             raise NnexpError(f"--markdown {args.markdown}: folder {args.markdown.parent} does not exist")

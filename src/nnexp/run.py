@@ -187,14 +187,14 @@ def run(cfg: DictConfig) -> float:
     n_test = len(experiment.data["test"])
     val_accuracy = history["val_accuracy"][-1] if "val_accuracy" in history else None
     log.info(
-        "%stest_accuracy=%.4f (%d/%d) in %.1f s; run %s; see it with: mlflow ui --backend-store-uri %s",
+        "%stest_accuracy=%.4f (%d/%d) in %.1f s; run %s; %s",
         "" if val_accuracy is None else f"val_accuracy={val_accuracy:.4f} ",
         test_accuracy,
         round(test_accuracy * n_test),
         n_test,
         time.perf_counter() - started,
         run_id,
-        tracker.uri,
+        tracker.where_to_see(run_id),
     )
     finals = {key: values[-1] for key, values in history.items()}
     finals.update(test_loss=test_loss, test_accuracy=test_accuracy)

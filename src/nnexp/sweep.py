@@ -8,8 +8,10 @@ of its children, best-of metrics, the best job's params and a comparison plot.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,9 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from nnexp.errors import NnexpError
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from nnexp.compare import Configuration, Ranking
     from nnexp.tracking import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
@@ -101,19 +106,24 @@ class Sweep:
         return None
 
     def abandon(self, exc: BaseException) -> None:
-        """End the parent of a sweep that stopped early: KILLED on Ctrl-C or SIGTERM, else FAILED."""
-        try:
-            self.summarise()
-        except Exception as summary_error:  # the reason the sweep stopped matters more
-            log.warning("sweep summary incomplete: %s", summary_error)
+        """End the parent of a sweep that stopped early: KILLED on Ctrl-C or SIGTERM, else FAILED. A sweep that
+        stopped before any job (a bad override Hydra found while expanding it) leaves nothing behind."""
         interrupted = isinstance(exc, KeyboardInterrupt)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        try:
+            finished, failed = self.summarise()
+        except Exception as summary_error:  # the reason the sweep stopped matters more
+            log.warning("sweep summary incomplete: %s", summary_error)
+            finished = failed = -1
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
+        if finished == failed == 0 and not interrupted:
+            self.tracker.client.delete_run(self.parent.run_id)
+            discard_empty_sweep_dir(self.directory)
 
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns
         (finished, failed) job counts."""
-        from nnexp import compare, plots
+        from nnexp import compare
 
         client = self.tracker.client
         runs = compare.child_runs(client, client.get_run(self.parent.run_id))
@@ -124,9 +134,7 @@ class Sweep:
             return 0, 0
         ranking = compare.Ranking.of(runs)
         params = compare.varying_params([run for run in runs if run.data.params])
-        metrics = [ranking.metric, *(m for m in compare.DEFAULT_METRICS if m != ranking.metric)]
-        metrics = [m for m in metrics if any(m in run.data.metrics for run in runs)]
-        table = compare.runs_table(runs, params, metrics, ranking)
+        table = compare.runs_table(runs, params, compare.shown_metrics(runs, ranking), ranking)
         groups = compare.configurations(runs, params, ranking)
         summary = self.directory / "summary"
         summary.mkdir(parents=True, exist_ok=True)
@@ -136,33 +144,18 @@ class Sweep:
             grouped = compare.configurations_table(groups, params, ranking)
             (summary / "configurations.csv").write_text(grouped.csv())
             (summary / "configurations.md").write_text(grouped.markdown() + "\n")
-            labels = [", ".join(f"{k}={v}" for k, v in g.params.items()) or "all" for g in groups]
-            plots.plot_comparison(
-                labels, [g.mean for g in groups], [g.std for g in groups], ranking.metric, summary / "comparison.png"
-            )
-        else:
-            ranked = [
-                run
-                for run in sorted(finished, key=lambda r: ranking.sort_key(compare.metric_value(r, ranking.metric)))
-                if compare.metric_value(run, ranking.metric) is not None
-            ]
-            plots.plot_comparison(
-                [run.info.run_name for run in ranked],
-                [compare.metric_value(run, ranking.metric) for run in ranked],
-                None,
-                ranking.metric,
-                summary / "comparison.png",
-            )
+        plot_summary(finished, groups, ranking, summary / "comparison.png")
         self.log_best(runs, params, ranking, groups)
         self.parent.log_artifact(summary, "summary")
         print(f"\nsweep {self.parent.run_id}: {len(finished)} finished, {failed} failed; ranked by {ranking.metric}")
         print(table.text())
         if groups:
-            print(f"\nmean ± std over seeds\n{compare.configurations_table(groups, params, ranking).text()}")
+            print(f"\nmean ± std over seeds\n{grouped.text()}")
         print(f"summary: {summary}")
         return len(finished), failed
 
-    def log_best(self, runs: list[Any], params: list[str], ranking: Any, groups: list[Any]) -> None:
+    def log_best(self, runs: list[Run], params: list[str], ranking: Ranking, groups: list[Configuration]) -> None:
+        """The best job's objective (and with seeds the best configuration's mean and std), and its settings."""
         from nnexp import compare
 
         scored = [
@@ -184,6 +177,28 @@ class Sweep:
         self.parent.set_tags(
             {"best_run_id": best.info.run_id, "best_run_name": best.info.run_name, "objective": ranking.metric}
         )
+
+
+def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Ranking, path: Path) -> None:
+    """Bars of each configuration's mean and std over seeds when there are seeds, else of each finished job."""
+    from nnexp import plots
+    from nnexp.compare import metric_value
+
+    if groups:
+        labels = [", ".join(f"{key}={value}" for key, value in group.params.items()) or "all" for group in groups]
+        plots.plot_comparison(labels, [g.mean for g in groups], [g.std for g in groups], ranking.metric, path)
+        return
+    scored = [(value, run) for run in finished if (value := metric_value(run, ranking.metric)) is not None]
+    scored.sort(key=lambda pair: ranking.sort_key(pair[0]))
+    plots.plot_comparison([run.info.run_name for _, run in scored], [v for v, _ in scored], None, ranking.metric, path)
+
+
+def discard_empty_sweep_dir(directory: Path) -> None:
+    """Remove a sweep directory that holds only what Hydra wrote before its first job."""
+    if directory.is_dir() and {entry.name for entry in directory.iterdir()} <= {"multirun.yaml", "summary"}:
+        shutil.rmtree(directory)
+        with contextlib.suppress(OSError):  # the date folder, when this sweep was its only content
+            directory.parent.rmdir()
 
 
 #: The sweep this process launched and has not ended yet; :func:`abandon` ends it when the sweep is cut short.

@@ -111,6 +111,10 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
             pass
+    except urllib.error.HTTPError as exc:
+        raise ConfigError(
+            f"tracking server {uri} answered GET /health with {exc.code} {exc.reason}; is it an MLflow server?"
+        ) from None
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"tracking server {uri} is unreachable: {reason}") from None
@@ -212,6 +216,12 @@ class Tracker:
             self.experiment_id = found.experiment_id
         elif not create:
             raise ConfigError(f"tracking store {uri} has no experiment named {experiment!r}")
+
+    def where_to_see(self, run_id: str) -> str:
+        """How to look at a run: a server's page for it, or the ``mlflow ui`` command for a database store."""
+        if urllib.parse.urlparse(self.uri).scheme in ("http", "https"):
+            return f"see it at {self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"see it with: mlflow ui --backend-store-uri {self.uri}"
 
     def open_run(self, run_name: str, tags: Mapping[str, Any]) -> TrackedRun:
         """A new RUNNING run; whoever opens it must :meth:`TrackedRun.end` it."""

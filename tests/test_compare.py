@@ -1,0 +1,64 @@
+"""The run tables shared by the sweep summary and ``nnexp compare``, on stand-in runs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from nnexp.compare import Ranking, Table, configurations, configurations_table, runs_table, varying_params
+
+
+def fake_run(name, status="FINISHED", params=None, metrics=None, tags=None):
+    info = SimpleNamespace(run_name=name, run_id=f"id-{name}", status=status, start_time=1000, end_time=3500)
+    data = SimpleNamespace(params=params or {}, metrics=metrics or {}, tags=tags or {})
+    return SimpleNamespace(info=info, data=data)
+
+
+def test_table_renders_markdown_csv_and_aligned_text():
+    table = Table(["run", "value"], [["a|b", "1"], ["long name", "22"]])
+    assert table.markdown().splitlines() == ["| run | value |", "|---|---|", "| a\\|b | 1 |", "| long name | 22 |"]
+    assert table.csv() == "run,value\na|b,1\nlong name,22\n"
+    assert table.text().splitlines() == ["run        value", "---------  -----", "a|b        1", "long name  22"]
+
+
+def test_varying_params_prefer_a_group_choice_to_its_fields_and_skip_parents():
+    runs = [
+        fake_run("a", params={"seed": "1", "model.activation": "relu", "trainer.epochs": "5"}, tags={"model": "mlp"}),
+        fake_run("b", params={"seed": "2", "model.activation": "tanh", "trainer.epochs": "5"}, tags={"model": "two"}),
+        fake_run("sweep", params={"best.seed": "1"}, tags={"nnexp_command": "sweep"}),
+    ]
+    assert varying_params(runs) == ["model", "seed"]
+
+
+def test_ranking_follows_the_objective_tag_and_its_direction():
+    runs = [
+        fake_run("a", metrics={"val_loss": 0.5}, tags={"objective": "val_loss", "objective_direction": "minimize"}),
+        fake_run("b", metrics={"val_loss": 0.2}, tags={"objective": "val_loss", "objective_direction": "minimize"}),
+        fake_run("c", status="FAILED", tags={"objective": "val_loss", "failure_reason": "loss became nan"}),
+    ]
+    ranking = Ranking.of(runs)
+    assert (ranking.metric, ranking.maximize, ranking.worst()) == ("val_loss", False, float("inf"))
+    table = runs_table(runs, [], ["val_loss"], ranking)
+    assert [row[0] for row in table.rows] == ["b", "a", "c"]  # best first, the run without the metric last
+    assert table.columns[-1] == "failure_reason" and table.rows[-1][-1] == "loss became nan"
+    assert table.rows[0][table.columns.index("seconds")] == "2.5"
+    assert Ranking.of(runs, "test_accuracy").maximize
+
+
+def test_configurations_average_over_seeds_and_ignore_failed_runs():
+    runs = [
+        fake_run("a1", params={"seed": "1"}, metrics={"test_accuracy": 0.9}, tags={"model": "a"}),
+        fake_run("a2", params={"seed": "2"}, metrics={"test_accuracy": 0.8}, tags={"model": "a"}),
+        fake_run("b1", params={"seed": "1"}, metrics={"test_accuracy": 0.95}, tags={"model": "b"}),
+        fake_run("b2", status="FAILED", params={"seed": "2"}, tags={"model": "b"}),
+    ]
+    ranking = Ranking("test_accuracy", maximize=True)
+    groups = configurations(runs, ["model", "seed"], ranking)
+    assert [(group.params, group.values) for group in groups] == [
+        ({"model": "b"}, [0.95]),
+        ({"model": "a"}, [0.9, 0.8]),
+    ]
+    assert groups[1].mean == pytest.approx(0.85) and groups[1].std == pytest.approx(0.0707107)
+    assert configurations_table(groups, ["model", "seed"], ranking).rows[1] == ["a", "0.8500 ± 0.0707", "2"]
+    assert configurations(runs, ["model"], ranking) == []  # no seeds swept: nothing to average

@@ -1,0 +1,284 @@
+"""Sweeps through the real CLI: one MLflow parent run per sweep, a child per job, and the summary on the parent."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+QUICK = ("trainer.epochs=2", "dataset.n_samples=200")
+
+
+def sweep_runs(project):
+    """The project's single sweep parent and its children, children ordered by job number."""
+    runs = project.runs()
+    parents = [run for run in runs if run.data.tags.get("nnexp_command") == "sweep"]
+    assert len(parents) == 1, [run.info.run_name for run in runs]
+    parent = parents[0]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1, "every other run is a child of the sweep"
+    return parent, sorted(children, key=lambda run: int(run.data.tags["job_num"]))
+
+
+def artifact_paths(project, run_id: str, path: str | None = None) -> set[str]:
+    client = MlflowClient(tracking_uri=project.store_uri)
+    return {entry.path for entry in client.list_artifacts(run_id, path)}
+
+
+def test_sweep_is_a_parent_run_with_one_named_child_per_job_and_a_summary(project):
+    result = project.run("-m", "model=two_layer,deep_sigmoid", "optimizer.learning_rate=0.1,0.01", *QUICK)
+    assert result.returncode == 0, result.stderr
+
+    parent, children = sweep_runs(project)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith("sweep model=two_layer,deep_sigmoid optimizer.learning_rate=0.1,0.01")
+    assert parent.data.tags["sweep_overrides"] == " ".join(
+        ["model=two_layer,deep_sigmoid", "optimizer.learning_rate=0.1,0.01", *QUICK]
+    )
+    sweep_dir = project.root / parent.data.tags["sweep_dir"]
+    assert sweep_dir.is_dir() and sweep_dir.is_relative_to(project.root / "outputs" / "multirun")
+
+    assert [run.data.tags["job_num"] for run in children] == ["0", "1", "2", "3"]
+    assert [run.info.run_name for run in children] == [
+        "model=two_layer optimizer.learning_rate=0.1 " + " ".join(QUICK),
+        "model=two_layer optimizer.learning_rate=0.01 " + " ".join(QUICK),
+        "model=deep_sigmoid optimizer.learning_rate=0.1 " + " ".join(QUICK),
+        "model=deep_sigmoid optimizer.learning_rate=0.01 " + " ".join(QUICK),
+    ]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        # The parent is named in the job's own config, not inherited through MLFLOW_RUN_ID.
+        assert child.data.params["tracking.parent_run_id"] == parent.info.run_id
+        assert (
+            len(MlflowClient(tracking_uri=project.store_uri).get_metric_history(child.info.run_id, "train_loss")) == 2
+        )
+
+    assert parent.data.metrics["jobs_total"] == 4
+    assert parent.data.metrics["jobs_finished"] == 4
+    assert parent.data.metrics["jobs_failed"] == 0
+    best = max(children, key=lambda run: run.data.metrics["test_accuracy"])
+    assert parent.data.metrics["best_test_accuracy"] == best.data.metrics["test_accuracy"]
+    assert parent.data.params["best.model"] == best.data.tags["model"]
+    assert parent.data.params["best.optimizer.learning_rate"] == best.data.params["optimizer.learning_rate"]
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+
+    assert artifact_paths(project, parent.info.run_id, "summary") == {
+        "summary/children.csv",
+        "summary/children.md",
+        "summary/comparison.png",
+    }
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "summary" / "children.csv").read_text())))
+    assert rows[0]["run_id"] == best.info.run_id
+    accuracies = [float(row["test_accuracy"]) for row in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert {"model", "optimizer.learning_rate"} <= set(rows[0])
+    # The same table, in the terminal.
+    assert f"sweep {parent.info.run_id}: 4 finished, 0 failed; ranked by test_accuracy" in result.stdout
+    assert best.info.run_id in result.stdout
+
+
+def test_seeds_are_summarised_as_mean_and_std_per_configuration(project):
+    result = project.run("-m", "model=two_layer,deep_sigmoid", "seed=1,2", *QUICK)
+    assert result.returncode == 0, result.stderr
+    parent, children = sweep_runs(project)
+    sweep_dir = project.root / parent.data.tags["sweep_dir"]
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "summary" / "configurations.csv").read_text())))
+    assert [row["model"] for row in rows] and sorted(row["model"] for row in rows) == ["deep_sigmoid", "two_layer"]
+    for row in rows:
+        values = [run.data.metrics["test_accuracy"] for run in children if run.data.tags["model"] == row["model"]]
+        mean = sum(values) / 2
+        assert row["test_accuracy (mean ± std)"].startswith(f"{mean:.4f} ± ")
+        assert row["seeds"] == "2"
+    assert parent.data.metrics["best_mean_test_accuracy"] == pytest.approx(
+        max(
+            sum(run.data.metrics["test_accuracy"] for run in children if run.data.tags["model"] == m) / 2
+            for m in ("two_layer", "deep_sigmoid")
+        )
+    )
+    assert "summary/configurations.md" in artifact_paths(project, parent.info.run_id, "summary")
+    assert "mean ± std over seeds" in result.stdout
+
+
+def test_failed_jobs_are_isolated_and_counted(project):
+    # Job 1 has a bad value (found before training), job 2 diverges: an unbounded output under huge steps.
+    result = project.run(
+        "-m",
+        "optimizer=sgd",
+        "optimizer.learning_rate=0.1,-1,1e30",
+        "loss=mse",
+        "model.output_activation=identity",
+        *QUICK,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 2 of 3 jobs failed; the table above and their MLflow runs give the reasons"
+    )
+    parent, children = sweep_runs(project)
+    assert [run.info.status for run in children] == ["FINISHED", "FAILED", "FAILED"]
+    assert children[1].data.tags["failure_reason"] == "optimizer.learning_rate must be > 0, got -1.0"
+    assert children[2].data.tags["failure_reason"].startswith("loss became nan at epoch 1")
+    assert children[1].data.params["optimizer.learning_rate"] == "-1.0"
+    assert parent.info.status == "FINISHED"
+    assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (1, 2)
+    # The failed job before training leaves no job directory, the others keep theirs.
+    assert len(project.job_dirs()) == 2
+
+
+def test_bad_sweep_value_found_while_expanding_leaves_nothing(project):
+    result = project.run("-m", "model=two_layer,nonexistent", *QUICK)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model=nonexistent is not an option")
+    assert [run for run in project.runs() if run.info.lifecycle_stage == "active"] == []
+    assert not (project.root / "outputs" / "multirun").exists() or not any(
+        (project.root / "outputs" / "multirun").iterdir()
+    )
+
+
+def test_unreachable_tracking_server_stops_a_sweep_before_any_job(project):
+    result = project.run("-m", "model=two_layer,deep_sigmoid", "tracking.uri=http://127.0.0.1:9", *QUICK)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: tracking server http://127.0.0.1:9 is unreachable: [Errno 111] Connection refused"
+    ]
+    assert project.job_dirs() == []
+
+
+def test_sigterm_kills_the_sweep_and_its_running_job(project):
+    process = project.start("-m", "trainer.epochs=100000", "trainer.batch_size=1", "seed=1,2")
+    deadline = time.monotonic() + 120
+    # Wait for the first job's folder rather than polling the store, which the sweep may still be creating.
+    while time.monotonic() < deadline and not project.job_dirs():
+        time.sleep(0.2)
+    time.sleep(3.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    parent, children = sweep_runs(project)
+    assert parent.info.status == "KILLED"
+    assert [run.info.status for run in children] == ["KILLED"]
+
+
+def test_joblib_runs_jobs_in_parallel_processes_with_one_blas_thread_each(project):
+    result = project.run(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=two_layer,deep_sigmoid",
+        "dataset=moons,circles",
+        *QUICK[:1],
+    )
+    assert result.returncode == 0, result.stderr
+    parent, children = sweep_runs(project)
+    assert parent.data.tags["launcher"] == "joblib"
+    assert len(children) == 4 and {run.info.status for run in children} == {"FINISHED"}
+    # The user's plugin (plugins/circles.py) is found in the worker processes too.
+    assert {run.data.tags["dataset"] for run in children} == {"moons", "circles"}
+    # Two workers share the cores instead of each using them all.
+    assert all(int(run.data.tags["blas_threads"]) <= max(1, os.cpu_count() // 2) for run in children)
+    assert parent.data.metrics["jobs_finished"] == 4
+
+
+def test_submitit_local_launcher(project):
+    result = project.run("-m", "hydra/launcher=submitit_local", "model=two_layer,deep_sigmoid", *QUICK)
+    assert result.returncode == 0, result.stderr
+    parent, children = sweep_runs(project)
+    assert parent.data.tags["launcher"] == "submitit_local"
+    assert [run.info.status for run in children] == ["FINISHED", "FINISHED"]
+
+
+def test_optuna_search_records_trials_as_children_and_the_best_params_on_the_parent(project):
+    result = project.run("-m", "hparams_search=moons_optuna", "hydra.sweeper.n_trials=3", *QUICK)
+    assert result.returncode == 0, result.stderr
+    parent, children = sweep_runs(project)
+    assert parent.data.tags["sweeper"] == "optuna"
+    assert len(children) == 3
+    assert {run.data.tags["objective"] for run in children} == {"val_accuracy"}
+    best = max(children, key=lambda run: run.data.metrics["val_accuracy"])
+    assert parent.data.params["best.optimizer.learning_rate"] == best.data.params["optimizer.learning_rate"]
+    assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
+    assert "Best value: " in result.stdout + result.stderr
+
+
+def test_a_diverged_optuna_trial_does_not_crash_the_study(project):
+    result = project.run(
+        "-m",
+        "hparams_search=moons_optuna",
+        "hydra.sweeper.n_trials=3",
+        "optimizer=sgd",
+        "loss=mse",
+        "model.output_activation=identity",
+        "hydra.sweeper.params={optimizer.learning_rate:'choice(0.1,1e30)'}",
+        "hydra.sweeper.sampler.seed=3",
+        *QUICK,
+    )
+    _, children = sweep_runs(project)
+    statuses = sorted(run.info.status for run in children)
+    assert len(children) == 3 and "FINISHED" in statuses
+    failed = [run for run in children if run.info.status == "FAILED"]
+    assert failed, "the search space must contain a diverging trial"
+    assert result.returncode == 1
+    assert f"{len(failed)} of 3 jobs failed" in result.stderr
+    assert "Best value: " in result.stdout + result.stderr  # the study ran to its end
+
+
+def test_compare_prints_a_sweep_and_an_experiment(project):
+    assert project.run("-m", "model=two_layer,deep_sigmoid", *QUICK).returncode == 0
+    parent, children = sweep_runs(project)
+    shown = compare(project, "--sweep", "last")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"{parent.info.run_name} ({parent.info.run_id}): 2 runs"
+    header = lines[2].split()
+    assert header[:3] == ["run", "status", "model"] and "test_accuracy" in header
+    assert {child.info.run_id for child in children} <= set(shown.stdout.split())
+
+    chosen = compare(
+        project,
+        "--sweep",
+        parent.info.run_id,
+        "--params",
+        "optimizer.learning_rate",
+        "--metrics",
+        "test_loss",
+        "--format",
+        "csv",
+    )
+    rows = list(csv.DictReader(io.StringIO(chosen.stdout)))
+    assert [row["optimizer.learning_rate"] for row in rows] == ["0.001", "0.001"]
+    assert {row["run_id"] for row in rows} == {child.info.run_id for child in children}
+
+    everything = compare(project, "--limit", "10")
+    assert everything.returncode == 0 and parent.info.run_id in everything.stdout
+
+    wrong = compare(project, "--sweep", "nosuchrun")
+    assert (wrong.returncode, wrong.stderr.strip()) == (1, "error: --sweep nosuchrun: no such run")
+    unknown = compare(project, "--sweep", "last", "--params", "optimizer.lr")
+    assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: --params: no run has optimizer.lr")
+
+
+def test_compare_without_a_store_says_so(project):
+    result = compare(project)
+    store = project.root / "outputs" / "mlflow.db"
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: no MLflow store at {store}; run an experiment first, or name the store with --uri",
+    )
+    assert not store.exists()
+
+
+def compare(project, *arguments):
+    return subprocess.run(
+        [sys.executable, "-m", "nnexp", "compare", *arguments],
+        cwd=project.root,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
