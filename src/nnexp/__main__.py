@@ -60,7 +60,9 @@ def launch() -> None:
 
     from nnexp.config import store_configs
     from nnexp.plugins import load_plugins
+    from nnexp.resume import hydra_arguments
 
+    sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
     from nnexp import sweep

@@ -66,6 +66,26 @@ class ObjectiveConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    #: Write a checkpoint every this many epochs, and after the last; 0 writes one only when training is stopped.
+    every: int = 1
+
+
+@dataclass
+class EarlyStoppingConfig:
+    #: Stop after this many epochs without improvement of ``monitor``; null turns early stopping off.
+    patience: int | None = None
+    #: A per-epoch metric: train_loss, train_accuracy, val_loss or val_accuracy.
+    monitor: str = "val_loss"
+    #: How much ``monitor`` must improve by to count as an improvement.
+    min_delta: float = 0.0
+    #: null: minimize a loss, maximize anything else.
+    direction: Direction | None = None
+    #: Put back the best epoch's weights when training ends; the saved model is then the best one.
+    restore_best_weights: bool = True
+
+
+@dataclass
 class TrackingConfig:
     #: MLflow tracking URI; null takes $MLFLOW_TRACKING_URI, else a SQLite store in ./outputs.
     uri: str | None = None
@@ -121,6 +141,10 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    #: A run id or checkpoint folder to continue; ``python -m nnexp resume=...`` fills in the run's own config.
+    resume: str | None = None
     seed: int = 0
     #: Free-form tags for the MLflow run; presets record e.g. the published accuracy they reproduce.
     tags: dict[str, Any] = field(default_factory=dict)

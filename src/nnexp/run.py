@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,16 +19,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from nnexp import __version__
+from nnexp import __version__, checkpoint
 from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
-from nnexp.core.training import Callback, Examples, Trainer, evaluate, predict
+from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits
-from nnexp.errors import ConfigError, NnexpError, ParameterError
+from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.tracking import TrackedRun, Tracker, flatten, git_state, resolve_uri
@@ -149,38 +153,27 @@ def run(cfg: DictConfig) -> float:
     label = run_label(cfg)
     try:
         components = configure(cfg)
+        resumed = load_checkpoint(cfg)
         tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
         experiment = prepare(components, rng)
         objective = Objective.of(cfg, "val" in experiment.data)
+        early_stopping = early_stopping_callback(cfg, experiment)
     except BaseException as exc:
-        discard_job_dir(output_dir)  # nothing ran: leave no directory behind
+        if not cfg.resume:
+            discard_job_dir(output_dir)  # nothing ran: leave no directory behind
         if cfg.tracking.parent_run_id and isinstance(exc, Exception):
             record_failed_job(cfg, label, project_dir, exc)
         raise
     choices = job_choices()
     tags = run_tags(cfg, choices, project_dir, output_dir)
     tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
-    with tracker.start_run(label, tags) as tracked:
-        tracked.log_params(run_params(cfg))
-        progress = Progress(label)
-        try:
-            history = experiment.trainer.fit(
-                experiment.network,
-                experiment.loss,
-                experiment.optimizer,
-                experiment.data["train"],
-                rng,
-                validation=experiment.data.get("val"),
-                callbacks=[
-                    LearningRateScheduler(experiment.optimizer, experiment.schedule),
-                    progress,
-                    MetricLogger(tracked),
-                ],
-            )
-        finally:
-            progress.close()
+    tags["dataset_digest"] = experiment.splits.digest()
+    with tracker.start_run(label, tags, resumed.run_id if resumed else None) as tracked:
+        if resumed is None:
+            tracked.log_params(run_params(cfg))
+        history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, resumed)
         test_loss, test_accuracy, predicted = evaluate(experiment.network, experiment.loss, experiment.data["test"])
-        tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=cfg.trainer.epochs)
+        tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=len(history["train_loss"]))
         write_artifacts(output_dir, cfg, experiment, history, predicted)
         log_artifacts(tracked, output_dir, hydra.output_subdir)
         run_id = tracked.run_id
@@ -196,9 +189,157 @@ def run(cfg: DictConfig) -> float:
         run_id,
         tracker.where_to_see(run_id),
     )
-    finals = {key: values[-1] for key, values in history.items()}
+    # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
+    final_epoch = (
+        early_stopping.best_epoch if early_stopping and early_stopping.best_weights else len(history["train_loss"])
+    )
+    finals = {key: values[final_epoch - 1] for key, values in history.items()}
     finals.update(test_loss=test_loss, test_accuracy=test_accuracy)
     return float(finals[objective.metric])
+
+
+def train(
+    cfg: DictConfig,
+    experiment: Experiment,
+    tracked: TrackedRun,
+    rng: np.random.Generator,
+    output_dir: Path,
+    label: str,
+    early_stopping: EarlyStopping | None,
+    resumed: checkpoint.Checkpoint | None,
+) -> dict[str, list[float]]:
+    """Fit with checkpoints, early stopping and a graceful stop on Ctrl-C or SIGTERM; returns the history.
+
+    A stop request ends training at the next batch boundary with a checkpoint, and raises :class:`Interrupted`
+    saying how to resume; a second one ends the process at once, and the last complete checkpoint stays.
+    """
+    trainer, network, optimizer = experiment.trainer, experiment.network, experiment.optimizer
+    stateful = {"early_stopping": early_stopping} if early_stopping else {}
+    directory = output_dir / "checkpoints"
+    identity = {
+        "run_id": tracked.run_id,
+        "config": run_config_yaml(cfg),
+        "overrides": [item for item in HydraConfig.get().overrides.task if not item.startswith("resume=")],
+        "output_dir": str(output_dir.resolve()),
+    }
+
+    def save_checkpoint(state: TrainingState | None = None) -> None:
+        checkpoint.save(
+            directory,
+            identity=identity,
+            network=network,
+            optimizer=optimizer,
+            rng=rng,
+            state=state or trainer.state,
+            callbacks=stateful,
+        )
+
+    progress = Progress(label)
+    callbacks: list[Callback] = [LearningRateScheduler(optimizer, experiment.schedule), progress, MetricLogger(tracked)]
+    callbacks += stateful.values()
+    if cfg.checkpoint.every:
+        callbacks.append(checkpoint.Checkpointer(cfg.checkpoint.every, save_checkpoint))
+    state = resumed.restore(network, optimizer, rng, stateful) if resumed else None
+    try:
+        with stop_requests(trainer):
+            history = trainer.fit(
+                network,
+                experiment.loss,
+                optimizer,
+                experiment.data["train"],
+                rng,
+                validation=experiment.data.get("val"),
+                callbacks=callbacks,
+                resume=state,
+            )
+    except Stopped as stop:
+        save_checkpoint(stop.state)
+        tracked.log_artifact(directory, "checkpoint")
+        raise Interrupted(
+            f"{stop}; checkpoint in {directory}; resume with: python -m nnexp resume={tracked.run_id}",
+            stop.exit_code,
+        ) from None
+    finally:
+        progress.close()
+    if directory.is_dir():
+        tracked.log_artifact(directory, "checkpoint")
+    if early_stopping is not None and early_stopping.best_epoch:
+        tracked.log_metrics(
+            {f"best_{early_stopping.monitor}": early_stopping.best, "best_epoch": early_stopping.best_epoch},
+            step=len(history["train_loss"]),
+        )
+    return history
+
+
+@contextlib.contextmanager
+def stop_requests(trainer: Trainer) -> Iterator[None]:
+    """Turn the first Ctrl-C or SIGTERM into a stop at the next batch boundary; a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
+        yield
+        return
+    requested = False
+
+    def request(signum: int, frame: object) -> None:
+        nonlocal requested
+        name = signal.Signals(signum).name
+        if requested:
+            raise Interrupted(f"interrupted again ({name}); the last complete checkpoint is kept", 128 + signum)
+        requested = True
+        trainer.request_stop(f"interrupted ({name})", 128 + signum)
+
+    previous = {signum: signal.signal(signum, request) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def early_stopping_callback(cfg: DictConfig, experiment: Experiment) -> EarlyStopping | None:
+    """The configured early stopping, after checking its monitor is a metric this run logs every epoch."""
+    settings = cfg.early_stopping
+    if settings.patience is None:
+        return None
+    logged = ["train_loss", "train_accuracy", *(["val_loss", "val_accuracy"] if "val" in experiment.data else [])]
+    if settings.monitor not in logged:
+        raise ConfigError(
+            f"early_stopping.monitor must be one of {', '.join(logged)} for this run, got {settings.monitor!r}"
+        )
+    direction = settings.direction or (Direction.minimize if settings.monitor.endswith("loss") else Direction.maximize)
+    try:
+        return EarlyStopping(
+            experiment.trainer,
+            experiment.network,
+            settings.monitor,
+            direction is Direction.maximize,
+            settings.patience,
+            settings.min_delta,
+            settings.restore_best_weights,
+        )
+    except ParameterError as exc:
+        raise exc.within("early_stopping") from None
+
+
+def run_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config, without ``resume``: what a resumed run must compose to again."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container.pop("resume", None)
+    return OmegaConf.to_yaml(container)
+
+
+def load_checkpoint(cfg: DictConfig) -> checkpoint.Checkpoint | None:
+    """The checkpoint ``resume`` names, after checking the config composes to the one it was written with."""
+    if not cfg.resume:
+        return None
+    loaded = checkpoint.load(Path(cfg.resume))
+    if loaded.manifest["config"] != run_config_yaml(cfg):
+        before, now = OmegaConf.create(loaded.manifest["config"]), OmegaConf.create(run_config_yaml(cfg))
+        changed = sorted(key for key, value in flatten(before).items() if flatten(now).get(key) != value)
+        raise ConfigError(
+            f"resume={cfg.resume}: the config no longer composes to the run's ({', '.join(changed) or 'keys differ'}); "
+            "were conf/ presets or plugins changed?"
+        )
+    return loaded
 
 
 def job_choices() -> dict[str, Any]:

@@ -238,9 +238,17 @@ class Tracker:
         return run.run_id
 
     @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: Mapping[str, Any]) -> Iterator[TrackedRun]:
-        """A run that ends FINISHED, KILLED on Ctrl-C, or FAILED with a ``failure_reason`` tag otherwise."""
-        run = self.open_run(run_name, tags)
+    def start_run(self, run_name: str, tags: Mapping[str, Any], resume: str | None = None) -> Iterator[TrackedRun]:
+        """A run that ends FINISHED, KILLED on Ctrl-C, or FAILED with a ``failure_reason`` tag otherwise.
+
+        With ``resume``, that existing run is reopened (RUNNING again) instead of a new one created.
+        """
+        if resume is None:
+            run = self.open_run(run_name, tags)
+        else:
+            self.client.update_run(resume, status="RUNNING")
+            run = TrackedRun(self.client, resume)
+            run.set_tags({"resumed": "true", "failure_reason": ""})
         try:
             yield run
         except BaseException as exc:

@@ -206,3 +206,125 @@ def test_evaluate_returns_loss_accuracy_and_argmax_labels(rng: np.random.Generat
     np.testing.assert_array_equal(predicted, [0, 1, 0])
     assert acc == pytest.approx(2 / 3)
     assert loss_value == pytest.approx(CROSS_ENTROPY.value(np.eye(2)[labels], x))
+
+
+class StopAt(Callback):
+    """Asks the trainer to stop when ``epoch`` begins, as a Ctrl-C handler would."""
+
+    def __init__(self, trainer: Trainer, epoch: int) -> None:
+        self.trainer, self.epoch = trainer, epoch
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            self.trainer.request_stop("interrupted (test)", 130)
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adam", "rmsprop"])
+def test_a_stopped_fit_resumes_to_the_same_weights_bit_for_bit(optimizer_name) -> None:
+    from nnexp.core.optimizers import OPTIMIZERS
+    from nnexp.core.training import Stopped
+
+    data = separable(np.random.default_rng(100))
+    settings = {"name": optimizer_name, "learning_rate": 0.05}
+
+    def fresh():
+        rng = np.random.default_rng(3)
+        return rng, network(rng), OPTIMIZERS.build(settings), Trainer(4, 5)
+
+    rng, net, optimizer, trainer = fresh()
+    whole = trainer.fit(net, CROSS_ENTROPY, optimizer, data, rng)
+
+    rng_b, net_b, optimizer_b, trainer_b = fresh()
+    with pytest.raises(Stopped) as stopped:
+        trainer_b.fit(net_b, CROSS_ENTROPY, optimizer_b, data, rng_b, callbacks=[StopAt(trainer_b, 3)])
+    state = stopped.value.state
+    assert (state.epoch, state.batch, stopped.value.exit_code) == (2, 0, 130)
+    assert str(stopped.value) == "interrupted (test) at epoch 3, batch 1"
+
+    # A new process: fresh objects, restored from what a checkpoint keeps.
+    rng_c, net_c, optimizer_c, trainer_c = fresh()
+    net_c.load_state_dict({key: value.copy() for key, value in net_b.state_dict().items()})
+    optimizer_c.load_state_dict(optimizer_b.state_dict())
+    rng_c.bit_generator.state = state.rng_state
+    resumed = trainer_c.fit(net_c, CROSS_ENTROPY, optimizer_c, data, rng_c, resume=state)
+    assert_same_weights(net, net_c)
+    assert without_timing(resumed) == without_timing(whole)
+
+
+def test_a_stop_mid_epoch_resumes_with_the_same_shuffle_and_running_metrics() -> None:
+    from nnexp.core.training import Stopped
+
+    data = separable(np.random.default_rng(100))
+
+    class StoppingSGD(SGD):
+        """Asks to stop after ``after`` steps: in epoch 2 of 6 batches, after its third batch."""
+
+        def __init__(self, trainer: Trainer | None = None, after: int = 0) -> None:
+            super().__init__(learning_rate=0.2, momentum=0.5)
+            self.trainer, self.after = trainer, after
+
+        def step(self, params_and_grads) -> None:
+            super().step(params_and_grads)
+            if self.trainer is not None and self.iterations == self.after:
+                self.trainer.request_stop("interrupted (test)", 130)
+
+    rng = np.random.default_rng(3)
+    net = network(rng)
+    whole = Trainer(3, 4).fit(net, CROSS_ENTROPY, StoppingSGD(), data, rng)
+
+    rng_b = np.random.default_rng(3)
+    net_b, trainer_b = network(rng_b), Trainer(3, 4)
+    optimizer_b = StoppingSGD(trainer_b, after=9)
+    with pytest.raises(Stopped) as stopped:
+        trainer_b.fit(net_b, CROSS_ENTROPY, optimizer_b, data, rng_b)
+    state = stopped.value.state
+    assert (state.epoch, state.batch) == (1, 3) and str(stopped.value).endswith("at epoch 2, batch 4")
+
+    rng_c = np.random.default_rng(3)
+    net_c, optimizer_c = network(rng_c), StoppingSGD()
+    net_c.load_state_dict({key: value.copy() for key, value in net_b.state_dict().items()})
+    optimizer_c.load_state_dict(optimizer_b.state_dict())
+    rng_c.bit_generator.state = state.rng_state
+    resumed = Trainer(3, 4).fit(net_c, CROSS_ENTROPY, optimizer_c, data, rng_c, resume=state)
+    assert_same_weights(net, net_c)
+    assert without_timing(resumed) == without_timing(whole)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch() -> None:
+    from nnexp.core.training import EarlyStopping
+
+    rng = np.random.default_rng(0)
+    net = network(rng)
+    train, validation = separable(np.random.default_rng(100)), separable(np.random.default_rng(101), 12)
+    trainer = Trainer(200, 4)
+    snapshots: dict[int, dict[str, np.ndarray]] = {}
+
+    class Snapshot(Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+            snapshots[epoch] = {key: value.copy() for key, value in net.state_dict().items()}
+
+    early = EarlyStopping(trainer, net, monitor="val_loss", patience=3, min_delta=1e-3)
+    history = trainer.fit(net, CROSS_ENTROPY, SGD(0.5), train, rng, validation, callbacks=[Snapshot(), early])
+    epochs = len(history["val_loss"])
+    assert epochs < 200 and epochs == early.best_epoch + 3
+    # Improvements below min_delta do not count: the best is the last epoch that improved by more.
+    assert early.best == history["val_loss"][early.best_epoch - 1]
+    assert all(value > early.best - 1e-3 for value in history["val_loss"][early.best_epoch :])
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, snapshots[early.best_epoch][key])
+
+
+def test_early_stopping_restores_the_best_weights_when_epochs_run_out() -> None:
+    from nnexp.core.training import EarlyStopping
+
+    rng = np.random.default_rng(0)
+    net = network(rng)
+    trainer = Trainer(5, 4)
+    early = EarlyStopping(trainer, net, monitor="train_accuracy", maximize=True, patience=100)
+    history = trainer.fit(net, CROSS_ENTROPY, SGD(0.5), separable(np.random.default_rng(100)), rng, callbacks=[early])
+    assert len(history["train_loss"]) == 5
+    assert early.best == max(history["train_accuracy"])
+    assert history["train_accuracy"].index(early.best) + 1 == early.best_epoch
+    restored = EarlyStopping(Trainer(1, 1), network(np.random.default_rng(1)), patience=1)
+    restored.load_state_dict(early.state_dict())
+    assert (restored.best, restored.best_epoch, restored.wait) == (early.best, early.best_epoch, early.wait)

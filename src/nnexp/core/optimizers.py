@@ -18,6 +18,9 @@ class Optimizer:
     (an L2 penalty of ``weight_decay / 2 * ||W||^2``); biases are not decayed.
     """
 
+    #: The attributes holding per-parameter state (``{key: array}``), saved in checkpoints.
+    state_slots: tuple[str, ...] = ()
+
     def __init__(self, learning_rate: float = 0.01, weight_decay: float = 0.0) -> None:
         require(learning_rate > 0, "learning_rate", "must be > 0", learning_rate)
         require(weight_decay >= 0, "weight_decay", "must be >= 0", weight_decay)
@@ -36,6 +39,21 @@ class Optimizer:
         """The amount to subtract from parameter ``key``."""
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Array]:
+        """The step count and every per-parameter state array, as ``slot/key`` -> array."""
+        state = {"iterations": np.asarray(self.iterations)}
+        for slot in self.state_slots:
+            for key, value in getattr(self, slot).items():
+                state[f"{slot.lstrip('_')}/{key}"] = np.asarray(value)
+        return state
+
+    def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Restore what :meth:`state_dict` returned; the arrays are copied."""
+        self.iterations = int(state["iterations"])
+        for slot in self.state_slots:
+            prefix = f"{slot.lstrip('_')}/"
+            setattr(self, slot, {k[len(prefix) :]: np.array(v) for k, v in state.items() if k.startswith(prefix)})
+
 
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer)
 
@@ -43,6 +61,8 @@ OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer)
 @OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, as in Keras."""
+
+    state_slots = ("_velocity",)
 
     def __init__(
         self,
@@ -70,6 +90,8 @@ class SGD(Optimizer):
 class RMSprop(Optimizer):
     """Divides each step by a running root mean square of recent gradients (Keras defaults)."""
 
+    state_slots = ("_mean_square",)
+
     def __init__(
         self, learning_rate: float = 0.001, rho: float = 0.9, epsilon: float = 1e-7, weight_decay: float = 0.0
     ) -> None:
@@ -87,6 +109,8 @@ class RMSprop(Optimizer):
 @OPTIMIZERS.register("adam")
 class Adam(Optimizer):
     """Adaptive moment estimation (Kingma and Ba, 2015), with Keras's defaults."""
+
+    state_slots = ("_m", "_v")
 
     def __init__(
         self,

@@ -1,11 +1,12 @@
-"""The training loop: shuffled minibatches, per-epoch metrics, callbacks."""
+"""The training loop: shuffled minibatches, per-epoch metrics, callbacks, and a state it can resume from."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,35 @@ class Examples:
         return self.x.shape[0]
 
 
+@dataclass
+class TrainingState:
+    """Where training stands, so it can go on exactly where it stopped.
+
+    ``epoch`` epochs are complete and ``batch`` batches of the next one; ``rng_state`` is the generator's state at
+    the start of that next epoch, before its shuffle, so a resumed epoch draws the same order. ``loss_sum``,
+    ``predicted`` and ``seconds`` hold the partial epoch's running loss, predicted labels and training time.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    rng_state: dict[str, Any] | None = None
+    loss_sum: float = 0.0
+    predicted: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+class Stopped(KeyboardInterrupt):
+    """Training stopped at a batch boundary because :meth:`Trainer.request_stop` was called (Ctrl-C, SIGTERM).
+
+    ``state`` is where it stopped, ready for a checkpoint; ``exit_code`` is the conventional 128 + signal number.
+    """
+
+    def __init__(self, message: str, state: TrainingState, exit_code: int) -> None:
+        super().__init__(message)
+        self.state, self.exit_code = state, exit_code
+
+
 class Callback:
     """Hooks the trainer calls; ``logs`` maps metric names to this epoch's values."""
 
@@ -42,6 +72,72 @@ class Callback:
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         """Called after each epoch (numbered from 1) with its metrics."""
+
+    def on_train_end(self, history: dict[str, list[float]]) -> None:
+        """Called once after the last epoch, also when a callback stopped training early."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep for training to resume exactly: JSON values and NumPy arrays."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs, as
+    Keras's callback does; the weights of the best epoch are restored at the end, also when training ran out of
+    epochs first."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        network: Sequential,
+        monitor: str = "val_loss",
+        maximize: bool = False,
+        patience: int = 5,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = True,
+    ) -> None:
+        require(patience >= 1, "patience", "must be >= 1", patience)
+        require(min_delta >= 0, "min_delta", "must be >= 0", min_delta)
+        self.trainer, self.network = trainer, network
+        self.monitor, self.maximize, self.patience, self.min_delta = monitor, maximize, patience, min_delta
+        self.restore_best_weights = restore_best_weights
+        self.best = -math.inf if maximize else math.inf
+        self.best_epoch = 0
+        self.wait = 0
+        self.best_weights: dict[str, Array] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if self.monitor not in logs:
+            raise TrainingError(f"early stopping monitors {self.monitor}, which is not logged; have {sorted(logs)}")
+        value = logs[self.monitor]
+        improved = value > self.best + self.min_delta if self.maximize else value < self.best - self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {key: param.copy() for key, param in self.network.state_dict().items()}
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.trainer.stop_training = True
+
+    def on_train_end(self, history: dict[str, list[float]]) -> None:
+        if self.best_weights:
+            self.network.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        state.update({f"best_weights.{key}": value for key, value in self.best_weights.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.wait = float(state["best"]), int(state["best_epoch"]), int(state["wait"])
+        prefix = "best_weights."
+        self.best_weights = {
+            key[len(prefix) :]: np.array(value) for key, value in state.items() if key.startswith(prefix)
+        }
 
 
 def predict(network: Sequential, x: Array, batch_size: int = EVALUATION_BATCH) -> Array:
@@ -57,7 +153,11 @@ def evaluate(network: Sequential, loss: Loss, data: Examples) -> tuple[float, fl
 
 
 class Trainer:
-    """Minibatch gradient descent: ``batch_size=1`` is per-sample SGD, ``None`` the full batch."""
+    """Minibatch gradient descent: ``batch_size=1`` is per-sample SGD, ``None`` the full batch.
+
+    A callback may set :attr:`stop_training` to end training after the current epoch (early stopping);
+    :meth:`request_stop` ends it at the next batch boundary by raising :class:`Stopped`.
+    """
 
     def __init__(self, epochs: int, batch_size: int | None, shuffle: bool = True) -> None:
         require(epochs >= 1, "epochs", "must be >= 1", epochs)
@@ -70,6 +170,13 @@ class Trainer:
         self.epochs = epochs
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.stop_training = False
+        self.state = TrainingState()
+        self._stop_request: tuple[str, int] | None = None
+
+    def request_stop(self, reason: str, exit_code: int) -> None:
+        """Stop at the next batch boundary; safe to call from a signal handler."""
+        self._stop_request = (reason, exit_code)
 
     def fit(
         self,
@@ -80,35 +187,46 @@ class Trainer:
         rng: np.random.Generator,
         validation: Examples | None = None,
         callbacks: Sequence[Callback] = (),
+        resume: TrainingState | None = None,
     ) -> dict[str, list[float]]:
         """Train for ``self.epochs`` epochs and return each metric's per-epoch history.
 
         Besides losses and accuracies, the history holds ``learning_rate``: the optimizer's rate during each epoch.
+        With ``resume`` (and the network, optimizer and callbacks restored to that moment), training goes on from
+        there and gives the same result, bit for bit, as if it had never stopped.
         """
-        history: dict[str, list[float]] = {}
+        self.state = state = resume or TrainingState()
+        self.stop_training = False
         for callback in callbacks:
             callback.on_train_begin(self.epochs, len(train))
-        for epoch in range(1, self.epochs + 1):
+        while state.epoch < self.epochs and not self.stop_training:
+            epoch = state.epoch + 1
+            if state.batch == 0:
+                state.rng_state = rng.bit_generator.state
+            else:
+                rng.bit_generator.state = state.rng_state  # replay the interrupted epoch's shuffle
             for callback in callbacks:
                 callback.on_epoch_begin(epoch)
             learning_rate = float(optimizer.learning_rate)  # read after the callbacks: a schedule may have set it
-            started = time.perf_counter()
             # Overflow is not worth a warning per batch: a loss that stops being finite ends training, in one line.
             with np.errstate(over="ignore", invalid="ignore"):
                 train_loss, train_accuracy = self._epoch(network, loss, optimizer, train, rng, epoch)
             logs = {
                 "train_loss": train_loss,
                 "train_accuracy": train_accuracy,
-                "epoch_seconds": time.perf_counter() - started,
+                "epoch_seconds": state.seconds,
                 "learning_rate": learning_rate,
             }
             if validation is not None and len(validation):
                 logs["val_loss"], logs["val_accuracy"], _ = evaluate(network, loss, validation)
             for key, value in logs.items():
-                history.setdefault(key, []).append(value)
+                state.history.setdefault(key, []).append(value)
+            state.epoch, state.batch, state.loss_sum, state.predicted, state.seconds = epoch, 0, 0.0, None, 0.0
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
-        return history
+        for callback in callbacks:
+            callback.on_train_end(state.history)
+        return state.history
 
     def _epoch(
         self,
@@ -119,25 +237,36 @@ class Trainer:
         rng: np.random.Generator,
         epoch: int,
     ) -> tuple[float, float]:
-        """One pass over ``train``; returns the running mean loss and accuracy over its batches."""
+        """One pass over ``train``, from ``self.state.batch`` on; returns the mean loss and accuracy over it."""
+        state = self.state
         n_samples = len(train)
         size = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+        started = time.perf_counter() - state.seconds
         x, targets, labels = train.x, train.targets, train.labels
         if self.shuffle and size < n_samples:
             order = rng.permutation(n_samples)
             x, targets, labels = x[order], targets[order], labels[order]  # one permuted copy per epoch
-        loss_sum = 0.0
-        predicted = np.empty(n_samples, dtype=np.intp)
-        for batch, start in enumerate(range(0, n_samples, size), start=1):
+        if state.predicted is None:
+            state.predicted = np.empty(n_samples, dtype=np.intp)
+        predicted = state.predicted
+        for batch, start in enumerate(range(state.batch * size, n_samples, size), start=state.batch + 1):
+            if self._stop_request is not None:
+                reason, exit_code = self._stop_request
+                self._stop_request = None
+                state.seconds = time.perf_counter() - started
+                raise Stopped(f"{reason} at epoch {epoch}, batch {batch}", state, exit_code)
             stop = start + size
             outputs = network.forward(x[start:stop])
             batch_loss, grad = loss.value_and_gradient(targets[start:stop], outputs)
             if not math.isfinite(batch_loss):
                 raise TrainingError(
-                    f"loss became {batch_loss} at epoch {epoch}, batch {batch}; try a smaller learning rate"
+                    f"loss became {'NaN' if math.isnan(batch_loss) else 'infinite'} at epoch {epoch}, batch {batch}; "
+                    "try a smaller optimizer.learning_rate"
                 )
             outputs.argmax(axis=1, out=predicted[start:stop])
             network.backward(grad)
             optimizer.step(network.packed_parameters())
-            loss_sum += batch_loss * outputs.shape[0]
-        return loss_sum / n_samples, accuracy(labels, predicted)
+            state.loss_sum += batch_loss * outputs.shape[0]
+            state.batch = batch
+        state.seconds = time.perf_counter() - started
+        return state.loss_sum / n_samples, accuracy(labels, predicted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,16 @@ class Splits:
 
     def names(self) -> tuple[str, ...]:
         return self.class_names or tuple(str(label) for label in range(self.n_classes))
+
+    def digest(self) -> str:
+        """SHA-256 over every split's shape, dtype and bytes: equal digests mean the same data, split the same way."""
+        sha = hashlib.sha256()
+        for part, x, y in self.parts():
+            for array in (x, y):
+                contiguous = np.ascontiguousarray(array)
+                sha.update(f"{part}:{contiguous.dtype.str}:{contiguous.shape};".encode())
+                sha.update(contiguous.data)
+        return sha.hexdigest()
 
 
 class Dataset:

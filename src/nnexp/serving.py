@@ -1,0 +1,348 @@
+"""A trained network as an MLflow pyfunc model, with no pickle anywhere.
+
+The model directory holds the weights as ``.npz`` (the format of :meth:`Sequential.save`, read back with
+``allow_pickle=False``) and the layer structure as JSON; this module is the pyfunc ``loader_module`` that rebuilds
+the network from them. MLflow's other route, ``python_model=``, would cloudpickle a ``PythonModel`` instance.
+
+Load a logged model with ``mlflow.pyfunc.load_model("runs:/<run id>/model")``: its ``predict`` takes a float64
+array or DataFrame of feature rows and returns a DataFrame with the ``label`` (a class name) and one
+``probability_<class name>`` column per class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nnexp.core import Array
+from nnexp.core.activations import ACTIVATIONS, Activation, softmax
+from nnexp.core.layers import Bias, Dense, Layer
+from nnexp.core.losses import Loss
+from nnexp.core.network import Sequential
+from nnexp.errors import DataError, NnexpError
+from nnexp.registry import config_parameters
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.models import Model as MlflowModel
+    from mlflow.models.signature import ModelSignature
+
+    from nnexp.datasets.base import Dataset
+    from nnexp.tracking import TrackedRun
+
+#: The name of the logged model, and so the path in ``runs:/<run id>/model``.
+MODEL_NAME = "model"
+#: The folder under the model's ``data/`` that holds the two files below.
+DATA_DIR = "nnexp"
+SPEC_FILE = "network.json"
+WEIGHTS_FILE = "weights.npz"
+FORMAT = 1
+#: Rows of the test inputs saved as the model's input example.
+EXAMPLE_ROWS = 3
+#: How outputs become probabilities: ``softmax`` of logits, or outputs ``normalize``\ d to sum to one.
+PROBABILITY_RULES = ("softmax", "normalize")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What rebuilds a network without its Hydra config: layers, dtype, classes, and how inputs were made.
+
+    ``layers`` holds one dict per layer: ``{"type": "dense", "n_inputs", "n_outputs", "bias"}``,
+    ``{"type": "bias", "n_features"}`` or ``{"type": "activation", "name"}`` (plus ``"config"`` for an activation
+    with constructor fields). ``image_shape`` and ``pixel_scaling`` are set for image data such as MNIST: the
+    model takes the flattened image scaled by ``pixel_scaling`` (``unit``, ``offset`` or ``none``, see
+    :class:`nnexp.datasets.mnist.Scaling`); the model never scales its inputs itself.
+    """
+
+    layers: list[dict[str, Any]]
+    dtype: str
+    class_names: list[str]
+    probabilities: str
+    image_shape: list[int] | None = None
+    pixel_scaling: str | None = None
+    format: int = field(default=FORMAT)
+
+    @property
+    def n_features(self) -> int:
+        first = self.layers[0]
+        return first["n_inputs"] if first["type"] == "dense" else first["n_features"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> NetworkSpec:
+        """Parse :meth:`to_json`'s output; raises :class:`DataError` naming ``source`` if it is not one."""
+        try:
+            fields = json.loads(text)
+            spec = cls(**fields)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{source}: not an nnexp network description: {exc}") from None
+        if spec.format != FORMAT:
+            raise DataError(f"{source}: network format {spec.format}; this nnexp reads format {FORMAT}")
+        if spec.probabilities not in PROBABILITY_RULES:
+            raise DataError(f"{source}: probabilities {spec.probabilities!r}, expected one of {PROBABILITY_RULES}")
+        return spec
+
+    def build(self) -> Sequential:
+        """A network of this structure with zero weights; load the trained ones into it."""
+        dtype = np.dtype(self.dtype).type
+        rng = np.random.default_rng(0)  # unused: zero initialisation draws nothing
+        layers: list[Layer] = []
+        for entry in self.layers:
+            kind = entry["type"]
+            if kind == "dense":
+                layers.append(Dense(entry["n_inputs"], entry["n_outputs"], rng, "zeros", entry["bias"], dtype))
+            elif kind == "bias":
+                layers.append(Bias(entry["n_features"], dtype))
+            elif kind == "activation":
+                layers.append(ACTIVATIONS.build({"name": entry["name"], **entry.get("config", {})}))
+            else:
+                raise DataError(f"unknown layer type {kind!r} in a saved network")
+        return Sequential(layers)
+
+
+def describe(
+    network: Sequential, loss: Loss, class_names: Sequence[str], dataset: Dataset | None = None
+) -> NetworkSpec:
+    """The :class:`NetworkSpec` of a network built for ``loss`` on ``dataset``'s data.
+
+    Raises :class:`NnexpError` for a layer this module cannot rebuild (only :class:`Dense`, :class:`Bias` and
+    registered activations can be), or a loss whose probabilities are neither a softmax nor the outputs.
+    """
+    from nnexp.datasets.mnist import N_PIXELS, MnistDataset
+
+    layers = [_describe_layer(layer) for layer in network.layers]
+    n_outputs = next(entry["n_outputs"] for entry in reversed(layers) if entry["type"] == "dense")
+    if n_outputs != len(class_names):
+        raise NnexpError(f"the network has {n_outputs} outputs but {len(class_names)} class names are given")
+    image_shape = pixel_scaling = None
+    if isinstance(dataset, MnistDataset) and network.layers and _n_inputs(layers[0]) == N_PIXELS:
+        image_shape, pixel_scaling = [28, 28], dataset.scaling.value
+    return NetworkSpec(
+        layers=layers,
+        dtype=np.dtype(network.dtype).name,
+        class_names=[str(name) for name in class_names],
+        probabilities=_probability_rule(loss),
+        image_shape=image_shape,
+        pixel_scaling=pixel_scaling,
+    )
+
+
+def _n_inputs(entry: Mapping[str, Any]) -> int:
+    return entry["n_inputs"] if entry["type"] == "dense" else entry["n_features"]
+
+
+def _describe_layer(layer: Layer) -> dict[str, Any]:
+    kind = type(layer)
+    if kind is Dense:
+        weight = layer.params["weight"]
+        return {"type": "dense", "n_inputs": weight.shape[0], "n_outputs": weight.shape[1], "bias": "bias" in layer.params}
+    if kind is Bias:
+        return {"type": "bias", "n_features": layer.params["bias"].shape[0]}
+    if isinstance(layer, Activation):
+        name = next((name for name, cls in ACTIVATIONS.items() if cls is kind), None)
+        if name is not None:
+            entry: dict[str, Any] = {"type": "activation", "name": name}
+            config = {}
+            for parameter, _, _ in config_parameters(kind):
+                if not hasattr(layer, parameter):
+                    raise NnexpError(
+                        f"activation '{name}' keeps no attribute '{parameter}', so it cannot be saved in a model"
+                    )
+                value = getattr(layer, parameter)
+                config[parameter] = getattr(value, "value", value)  # an Enum by its value
+            if config:
+                entry["config"] = config
+            return entry
+    raise NnexpError(
+        f"layer {kind.__module__}.{kind.__qualname__} cannot be saved in an MLflow model; "
+        "nnexp saves Dense, Bias and registered activations"
+    )
+
+
+def _probability_rule(loss: Loss) -> str:
+    """Which rule reproduces ``loss.probabilities``, found on a probe: softmax (logits) or the outputs themselves."""
+    probe = np.array([[0.5, 0.25, 0.25], [-1.0, 0.0, 3.0]])
+    found = np.asarray(loss.probabilities(probe.copy()))
+    if found.shape == probe.shape and np.allclose(found, softmax(probe.copy())):
+        return "softmax"
+    if found.shape == probe.shape and np.allclose(found, probe):
+        return "normalize"
+    raise NnexpError(f"{type(loss).__name__}.probabilities is neither a softmax nor the outputs; cannot save the model")
+
+
+def probabilities(outputs: Array, rule: str) -> np.ndarray:
+    """Class probabilities from network outputs, as float64 rows summing to one.
+
+    ``normalize`` clips negative outputs to zero and divides by the row sum; a row of zeros becomes uniform.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if rule == "softmax":
+        return softmax(outputs.copy())
+    clipped = np.clip(outputs, 0.0, None)
+    totals = clipped.sum(axis=1, keepdims=True)
+    uniform = np.full_like(clipped, 1.0 / clipped.shape[1])
+    return np.divide(clipped, totals, out=uniform, where=totals > 0)
+
+
+class NetworkModel:
+    """The loaded model: what ``mlflow.pyfunc.load_model`` wraps, and ``get_raw_model()`` returns."""
+
+    def __init__(self, network: Sequential, spec: NetworkSpec) -> None:
+        self.network, self.spec = network, spec
+
+    @property
+    def columns(self) -> list[str]:
+        return ["label", *(f"probability_{name}" for name in self.spec.class_names)]
+
+    def probabilities(self, x: Any) -> np.ndarray:
+        """``(n, n_classes)`` float64 probabilities of feature rows ``x`` (an array or a DataFrame)."""
+        from nnexp.core.training import predict
+
+        rows = np.asarray(x.to_numpy() if hasattr(x, "to_numpy") else x)
+        if rows.ndim != 2 or rows.shape[1] != self.spec.n_features:
+            raise DataError(f"expected rows of {self.spec.n_features} features, got an input of shape {rows.shape}")
+        outputs = predict(self.network, rows.astype(self.network.dtype))
+        return probabilities(outputs, self.spec.probabilities)
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """A DataFrame of the predicted ``label`` and one ``probability_<class>`` column per class."""
+        import pandas as pd
+
+        found = self.probabilities(model_input)
+        labels = np.asarray(self.spec.class_names, dtype=object)[found.argmax(axis=1)]
+        frame = pd.DataFrame(found, columns=self.columns[1:])
+        frame.insert(0, "label", labels)
+        return frame
+
+    def get_raw_model(self) -> NetworkModel:
+        return self
+
+
+def load(data_path: str | Path) -> NetworkModel:
+    """Rebuild the network saved in ``data_path`` (the model's ``data/nnexp``); reads no pickle."""
+    folder = Path(data_path)
+    spec_path = folder / SPEC_FILE
+    try:
+        text = spec_path.read_text()
+    except OSError as exc:
+        raise DataError(f"{spec_path}: cannot be read: {exc.strerror}") from None
+    spec = NetworkSpec.from_json(text, str(spec_path))
+    network = spec.build()
+    try:
+        network.load(folder / WEIGHTS_FILE)  # np.load(..., allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder / WEIGHTS_FILE}: {exc}") from None
+    return NetworkModel(network, spec)
+
+
+def _load_pyfunc(data_path: str) -> NetworkModel:
+    """The pyfunc ``loader_module`` entry point."""
+    return load(data_path)
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements, so that MLflow infers none (inference loads the model in a subprocess)."""
+    import mlflow
+
+    from nnexp import __version__
+
+    return [f"mlflow=={mlflow.__version__}", f"nnexp=={__version__}", f"numpy=={np.__version__}"]
+
+
+def signature(spec: NetworkSpec) -> ModelSignature:
+    """Input: a float64 tensor of feature rows; output: the label and one probability column per class."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    outputs = [ColSpec("string", "label"), *(ColSpec("double", f"probability_{name}") for name in spec.class_names)]
+    return ModelSignature(Schema([TensorSpec(np.dtype(np.float64), (-1, spec.n_features))]), Schema(outputs))
+
+
+def save_model(
+    path: str | Path,
+    network: Sequential,
+    spec: NetworkSpec,
+    example: np.ndarray,
+    mlflow_model: MlflowModel | None = None,
+) -> None:
+    """Write an MLflow pyfunc model into the new directory ``path``; ``example`` holds a few input rows."""
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory() as staging:
+        data = Path(staging) / DATA_DIR
+        data.mkdir()
+        network.save(data / WEIGHTS_FILE)
+        (data / SPEC_FILE).write_text(spec.to_json())
+        mlflow.pyfunc.save_model(
+            str(path),
+            loader_module=__name__,
+            data_path=str(data),
+            mlflow_model=mlflow_model,
+            signature=signature(spec),
+            input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float64),
+            pip_requirements=pip_requirements(),
+            # MLflow copies uv.lock and pyproject.toml of the working directory into the model unless told to
+            # look elsewhere; a folder without them keeps the model to its explicit requirements.
+            uv_project_path=staging,
+        )
+
+
+def log_model(run: TrackedRun, network: Sequential, spec: NetworkSpec, example: np.ndarray, step: int = 0) -> str:
+    """Log the network as the run's MLflow model ``model`` (``runs:/<run id>/model``); returns the model's id.
+
+    This is what ``mlflow.pyfunc.log_model`` does, through the run's own client instead of MLflow's global
+    tracking URI and active run: create a LoggedModel with the run's params, record it as the run's output at
+    ``step``, upload the saved model, link the run's metrics at ``step`` to it, and mark it READY (FAILED on error).
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    client, run_id = run.client, run.run_id
+    run.flush()  # the final metrics, so that they can be linked to the model
+    source = client.get_run(run_id)
+    model = client.create_logged_model(
+        source.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=dict(source.data.params)
+    )
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        mlflow_model = Model(
+            artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id, model_id=model.model_id
+        )
+        with tempfile.TemporaryDirectory() as staging:
+            local = Path(staging) / MODEL_NAME
+            save_model(local, network, spec, example, mlflow_model)
+            client.log_model_artifacts(model.model_id, str(local))
+        _link_metrics(run, model.model_id, source.data.metrics, step)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error matters more
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return model.model_id
+
+
+def _link_metrics(run: TrackedRun, model_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Attach the run's metrics logged at ``step`` to the model, as MLflow's ``log_model`` does.
+
+    They are logged again with the model's id and their original timestamps: the store keeps them as the model's
+    metrics and does not duplicate them in the run's history.
+    """
+    from mlflow.entities import Metric
+
+    linked = [
+        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run.run_id)
+        for key in metrics
+        for m in run.client.get_metric_history(run.run_id, key)
+        if m.step == step and m.model_id is None
+    ]
+    if linked:
+        run.client.log_batch(run.run_id, metrics=linked)

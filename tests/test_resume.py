@@ -1,0 +1,130 @@
+"""Interrupt a real run with SIGINT or SIGTERM, resume it, and get the weights of a run never interrupted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from nnexp import checkpoint
+
+RUN = ("trainer.epochs=25", "trainer.batch_size=1", "seed=3", "optimizer.learning_rate=0.003")
+
+
+def weights(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def histories(project, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    client = MlflowClient(tracking_uri=project.store_uri)
+    run = client.get_run(run_id)
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        for key in run.data.metrics
+        if key != "epoch_seconds"
+    }
+
+
+def interrupt(project, signum: int, overrides=RUN):
+    """Start a run, stop it with ``signum`` once it has checkpointed a few epochs; returns (process, stderr)."""
+    process = project.start(*overrides)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        manifests = list((project.root / "outputs").glob("*/*/checkpoints/checkpoint.json"))
+        if manifests and json.loads(manifests[0].read_text())["progress"]["epoch"] >= 3:
+            break
+        time.sleep(0.1)
+    time.sleep(0.05)  # land somewhere inside an epoch
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    return process, stderr
+
+
+@pytest.mark.parametrize(("signum", "by_run_id"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(project, signum, by_run_id):
+    reference = project.run(*RUN, "hydra.run.dir=outputs/reference")
+    assert reference.returncode == 0, reference.stderr
+    [finished] = project.runs()
+
+    process, stderr = interrupt(project, signum)
+    assert process.returncode == 128 + signum
+    line = stderr.strip().splitlines()[-1]
+    killed = next(run for run in project.runs() if run.info.run_id != finished.info.run_id)
+    name = signal.Signals(signum).name
+    assert line.startswith(f"error: interrupted ({name}) at epoch ")
+    assert line.endswith(
+        f"resume with: python -m nnexp resume={killed.info.run_id}; MLflow run {killed.info.run_id} is marked KILLED"
+    )
+    assert killed.info.status == "KILLED"
+    logged_epochs = len(histories(project, killed.info.run_id)["train_loss"])
+    assert logged_epochs >= 3, "every epoch finished before the signal keeps its metrics"
+    output_dir = project.root / killed.data.tags["output_dir"]
+    saved = checkpoint.load(output_dir / "checkpoints")
+    assert saved.manifest["run_id"] == killed.info.run_id
+    assert saved.manifest["progress"]["epoch"] == logged_epochs
+    client = MlflowClient(tracking_uri=project.store_uri)
+    assert "checkpoint/checkpoint.json" in {e.path for e in client.list_artifacts(killed.info.run_id, "checkpoint")}
+
+    target = killed.info.run_id if by_run_id else str(output_dir / "checkpoints")
+    resumed = project.run(f"resume={target}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"run {killed.info.run_id};" in resumed.stdout + resumed.stderr
+
+    continued = client.get_run(killed.info.run_id)
+    assert continued.info.status == "FINISHED"
+    assert len(project.runs()) == 2, "resume continues the same MLflow run"
+    expected = weights(project.root / "outputs" / "reference" / "model.npz")
+    got = weights(output_dir / "model.npz")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert histories(project, killed.info.run_id) == histories(project, finished.info.run_id)
+
+
+def test_a_second_ctrl_c_exits_at_once_and_keeps_the_last_good_checkpoint(project):
+    process = project.start(*RUN)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((project.root / "outputs").glob("*/*/checkpoints/*.json")):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted")
+    [run] = project.runs()
+    assert run.info.status == "KILLED"
+    [folder] = list((project.root / "outputs").glob("*/*/checkpoints"))
+    saved = checkpoint.load(folder)  # the manifest and the arrays it names agree
+    assert sorted(path.name for path in folder.glob("*.npz")) == [saved.manifest["weights"]]
+    assert not list(folder.glob(".*partial*"))
+
+
+def test_resume_refuses_other_overrides_and_unknown_targets(project):
+    extra = project.run("resume=0123456789abcdef0123456789abcdef", "trainer.epochs=5")
+    assert (extra.returncode, extra.stderr.strip()) == (
+        1,
+        "error: resume continues a run with its own config; remove trainer.epochs=5 (only tracking.uri= may be given)",
+    )
+    assert project.run(*RUN[:1], "trainer.epochs=1").returncode == 0  # creates the store
+    unknown = project.run("resume=0123456789abcdef0123456789abcdef")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().startswith(
+        "error: resume=0123456789abcdef0123456789abcdef: no such checkpoint folder, and no such run in sqlite:///"
+    )
+
+
+def test_resume_notices_a_preset_that_changed(project):
+    process, _ = interrupt(project, signal.SIGINT, ("model=two_layer", *RUN))
+    assert process.returncode == 130
+    preset = project.root / "conf" / "model" / "two_layer.yaml"
+    preset.write_text(preset.read_text().replace("hidden_sizes: [50]", "hidden_sizes: [60]"))
+    [killed] = project.runs()
+    result = project.run(f"resume={killed.info.run_id}")
+    assert result.returncode == 1
+    assert "the config no longer composes to the run's (model.hidden_sizes)" in result.stderr
+    assert MlflowClient(tracking_uri=project.store_uri).get_run(killed.info.run_id).info.status == "KILLED"
