@@ -71,10 +71,20 @@ def launch() -> None:
     try:
         hydra.main(version_base="1.3", config_path=str(conf) if conf.is_dir() else None, config_name="nnexp")(task)()
     except BaseException as exc:
-        sweep.abandon(exc)
+        if sweep.abandon(exc) and launcher_error(exc):
+            # e.g. sbatch refusing the job array: one line, as for any other error (HYDRA_FULL_ERROR=1 shows all)
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise NnexpError(f"the sweep stopped: {type(exc).__name__}: {reason}") from exc
         raise
     if sweep.failure():
         raise NnexpError(sweep.failure())
+
+
+def launcher_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an unexpected error of Hydra's sweeper or launcher rather than one nnexp describes."""
+    from nnexp.cli_errors import describe_config_error
+
+    return isinstance(exc, Exception) and not isinstance(exc, NnexpError) and describe_config_error(exc) is None
 
 
 def task(cfg: DictConfig) -> float:

@@ -207,12 +207,14 @@ _open: Sweep | None = None
 _failure: str | None = None
 
 
-def abandon(exc: BaseException) -> None:
-    """End the open sweep's parent run, if any, after an error or interrupt stopped the sweep."""
+def abandon(exc: BaseException) -> bool:
+    """End the open sweep's parent run, if any, after an error or interrupt stopped the sweep; True if there was
+    one."""
     global _open
     sweep, _open = _open, None
     if sweep is not None:
         sweep.abandon(exc)
+    return sweep is not None
 
 
 def failure() -> str | None:
