@@ -218,8 +218,12 @@ def test_sigterm_marks_the_run_killed_in_one_line(project):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143
     [run] = project.runs()
-    assert stderr.strip() == f"error: terminated (SIGTERM); MLflow run {run.info.run_id} is marked KILLED"
-    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "terminated (SIGTERM)"
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("error: interrupted (SIGTERM) at epoch ")
+    assert line.endswith(
+        f"resume with: python -m nnexp resume={run.info.run_id}; MLflow run {run.info.run_id} is marked KILLED"
+    )
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted (SIGTERM) at epoch")
 
 
 def test_runs_started_together_share_a_new_store(project):

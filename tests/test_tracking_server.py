@@ -53,11 +53,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``mlflow server`` with a SQLite backend and a proxied artifact store, both in a scratch folder."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
+def start_server(root: Path, port: int | None = None) -> tuple[Server, subprocess.Popen[bytes]]:
+    """``mlflow server`` with a SQLite backend and a proxied artifact store in ``root``, once it answers."""
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
@@ -65,24 +63,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     log = root / "server.log"
-    with open(log, "wb") as output:
+    with open(log, "ab") as output:
         process = subprocess.Popen(
             command, cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return Server(uri, root / "artifacts"), process
+        except (OSError, urllib.error.URLError):
+            pass
+        if time.monotonic() > deadline:
+            stop(process)
+            pytest.fail(f"mlflow server did not answer within {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server shared by the tests that only read and write runs."""
+    running, process = start_server(tmp_path_factory.mktemp("mlflow_server"))
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except (OSError, urllib.error.URLError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer within {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield Server(uri, root / "artifacts")
+        yield running
     finally:
         stop(process)
 
@@ -160,3 +165,56 @@ def test_a_server_that_is_not_mlflow_is_named_with_its_answer():
     assert str(raised.value) == (
         f"tracking server {uri} answered GET /health with 404 Not Found; is it an MLflow server?"
     )
+
+
+def test_a_server_that_goes_away_mid_run_loses_nothing(project, tmp_path):
+    """Training goes on without the store; what it missed is kept in the run's folder and sent by nnexp sync."""
+    root = tmp_path / "server"
+    root.mkdir()
+    server, process = start_server(root)
+    port = int(server.uri.rsplit(":", 1)[1])
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nnexp", "trainer.epochs=12", "trainer.batch_size=1"],
+        cwd=project.root,
+        env={**project.env(), "MLFLOW_TRACKING_URI": server.uri},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list((project.root / "outputs").glob("*/*/checkpoints/*.json")):
+            time.sleep(0.1)
+        stop(process)  # the server goes away after the first epoch
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, stderr
+    assert "does not answer" in stdout  # said when it happened; training went on
+    [folder] = [path.parent for path in (project.root / "outputs").glob("*/*/mlflow_outbox.json")]
+    assert (folder / "model.npz").is_file(), "training finished without the store"
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: tracking store {server.uri} stopped answering; run ")
+    assert last.endswith(f"are kept in {folder / 'mlflow_outbox.json'}; send them with: nnexp sync {folder}")
+
+    server, process = start_server(root, port)  # the store comes back
+    try:
+        synced = subprocess.run(
+            [sys.executable, "-m", "nnexp", "sync", str(folder)],
+            env=project.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert synced.returncode == 0, synced.stderr
+        assert not (folder / "mlflow_outbox.json").exists()
+        client = MlflowClient(tracking_uri=server.uri)
+        [finished] = client.search_runs([client.get_experiment_by_name("nnexp").experiment_id])
+        assert finished.info.status == "FINISHED"
+        assert synced.stdout.startswith(f"run {finished.info.run_id}: sent ")
+        assert [m.step for m in client.get_metric_history(finished.info.run_id, "train_loss")] == list(range(1, 13))
+        assert "test_accuracy" in finished.data.metrics
+        assert {"model.npz", "config.yaml"} <= {entry.path for entry in client.list_artifacts(finished.info.run_id)}
+    finally:
+        stop(process)

@@ -15,7 +15,19 @@ from nnexp.errors import NnexpError, raise_on_sigterm
 from nnexp.sweep import SweepStartError
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
-COMMANDS = {"data": "nnexp.download", "reproduce": "nnexp.reproduce", "compare": "nnexp.compare"}
+COMMANDS = {
+    "data": "nnexp.download",
+    "reproduce": "nnexp.reproduce",
+    "compare": "nnexp.compare",
+    "sync": "nnexp.sync",
+}
+
+#: How MLflow's client retries a tracking server that does not answer: a few seconds per request, not minutes.
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -31,6 +43,9 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # nnexp prints its own one-line summary; MLflow would add two "View run" lines per run against a server.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow retries a request to a server that does not answer for minutes; training should not wait that long.
+    for variable, value in HTTP_RETRIES.items():
+        os.environ.setdefault(variable, value)
     if sys.argv[1:2] and sys.argv[1] in COMMANDS:
         sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.

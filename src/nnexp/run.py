@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> float:
     tags = run_tags(cfg, choices, project_dir, output_dir)
     tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
     tags["dataset_digest"] = experiment.splits.digest()
-    with tracker.start_run(label, tags, resumed.run_id if resumed else None) as tracked:
+    with tracker.start_run(label, tags, resumed.run_id if resumed else None, outbox=output_dir) as tracked:
         if resumed is None:
             tracked.log_params(run_params(cfg))
         history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, resumed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import math
 import os
@@ -12,11 +14,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnexp.errors import ConfigError, Interrupted
+from nnexp.errors import ConfigError, Interrupted, NnexpError
 
 try:
     import fcntl
@@ -26,8 +28,15 @@ except ImportError:  # Windows: no advisory locks; runs there must not create a 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+log = logging.getLogger(__name__)
+
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 FLUSH_SECONDS = 2.0
+#: While the store does not answer, how often to try again; each try may block for a few seconds.
+RETRY_SECONDS = 10.0
+#: Tries to deliver what is queued when a run ends, before writing the outbox.
+END_ATTEMPTS = 3
+OUTBOX = "mlflow_outbox.json"
 # MLflow's own limits for one log_batch request.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -136,13 +145,49 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-class TrackedRun:
-    """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow."""
+class TrackingStoreError(NnexpError):
+    """The tracking store went away during a run and did not come back; what it missed is in an outbox file."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+
+class TrackedRun:
+    """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow.
+
+    If the store stops answering mid-run, training goes on: metrics, tags and artifacts wait here and are sent
+    when it answers again. If it is still away when the run ends, they are written with the run's final status to
+    ``outbox/OUTBOX`` (the run's output folder), and ``nnexp sync FOLDER`` sends them later.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, outbox: Path | None = None) -> None:
+        self.client, self.run_id, self.outbox = client, run_id, outbox
         self._pending: list[Any] = []
+        self._tags: dict[str, str] = {}
+        self._artifacts: list[tuple[str, str | None]] = []
         self._last_flush = time.monotonic()
+        self._away_since: float | None = None
+
+    @property
+    def store(self) -> str:
+        return str(self.client.tracking_uri)
+
+    def _send(self, request: Callable[[], object]) -> bool:
+        """Make one request; if the store does not answer, note it (warning once) and return False."""
+        try:
+            request()
+        except Exception as exc:
+            if self._away_since is None:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                log.warning(
+                    "tracking store %s does not answer (%s); training goes on, and what it misses is "
+                    "kept and sent when it answers again",
+                    self.store,
+                    reason,
+                )
+            self._away_since = time.monotonic()
+            return False
+        if self._away_since is not None:
+            log.warning("tracking store %s answers again; sending what it missed", self.store)
+            self._away_since = None
+        return True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -152,11 +197,20 @@ class TrackedRun:
             self.client.log_batch(self.run_id, params=entries[start : start + MAX_PARAMS_PER_BATCH])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._tags.update({key: str(value) for key, value in tags.items()})
+        self._send_tags()
+
+    def _send_tags(self) -> bool:
         from mlflow.entities import RunTag
 
-        entries = [RunTag(key, str(value)) for key, value in tags.items()]
+        entries = [RunTag(key, value) for key, value in self._tags.items()]
         for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=entries[start : start + MAX_PARAMS_PER_BATCH])
+            chunk = entries[start : start + MAX_PARAMS_PER_BATCH]
+            if not self._send(lambda chunk=chunk: self.client.log_batch(self.run_id, tags=chunk)):
+                return False
+            for tag in chunk:
+                del self._tags[tag.key]
+        return True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue ``metrics`` at ``step``; they are sent every few seconds and when the run ends."""
@@ -166,30 +220,93 @@ class TrackedRun:
         self._pending += [
             Metric(key, float(value), timestamp, step) for key, value in metrics.items() if math.isfinite(value)
         ]
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+        waited = time.monotonic() - self._last_flush
+        if waited >= (FLUSH_SECONDS if self._away_since is None else RETRY_SECONDS):
             self.flush()
 
-    def flush(self) -> None:
-        for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=self._pending[start : start + MAX_METRICS_PER_BATCH])
-        self._pending = []
+    def flush(self) -> bool:
+        """Send the queued metrics; False if the store did not take them all (the rest stay queued)."""
         self._last_flush = time.monotonic()
-
-    def end(self, status: str, reason: str | None = None) -> None:
-        """Send what is pending and set the final status; ``reason`` becomes the ``failure_reason`` tag."""
-        if reason is None:
-            self.flush()
-        else:
-            with contextlib.suppress(Exception):  # the original error matters more than a logging failure
-                self.flush()
-                self.set_tags({"failure_reason": reason})
-        self.client.set_terminated(self.run_id, status)
+        while self._pending:
+            chunk = self._pending[:MAX_METRICS_PER_BATCH]
+            if not self._send(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk)):
+                return False
+            del self._pending[: len(chunk)]
+        return True
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._artifacts.append((str(path.resolve()), artifact_path))
+        self._send_artifacts()
+
+    def _send_artifacts(self) -> bool:
+        while self._artifacts:
+            path, artifact_path = self._artifacts[0]
+            upload = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
+            if not self._send(functools.partial(upload, self.run_id, path, artifact_path)):
+                return False
+            self._artifacts.pop(0)
+        return True
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """Send everything queued and set the final status; ``reason`` becomes the ``failure_reason`` tag.
+
+        Raises :class:`TrackingStoreError` after writing the outbox if the store stays away.
+        """
+        if reason is not None:
+            self._tags["failure_reason"] = reason
+        for attempt in range(END_ATTEMPTS):
+            if attempt:
+                time.sleep(RETRY_SECONDS / END_ATTEMPTS)
+            delivered = self.flush() and self._send_tags() and self._send_artifacts()
+            if delivered and self._send(functools.partial(self.client.set_terminated, self.run_id, status)):
+                return
+        raise TrackingStoreError(
+            f"tracking store {self.store} stopped answering; run {self.run_id}'s last metrics, tags, artifacts and "
+            f"status {status} are kept in {self.write_outbox(status)}; send them with: nnexp sync {self.outbox}"
+        )
+
+    def write_outbox(self, status: str) -> Path:
+        """Everything the store missed, and the final status, as JSON in the run's folder."""
+        from nnexp.atomic import replacing
+
+        folder = self.outbox or Path.cwd()
+        folder.mkdir(parents=True, exist_ok=True)
+        contents = {
+            "tracking_uri": self.store,
+            "run_id": self.run_id,
+            "status": status,
+            "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending],
+            "tags": self._tags,
+            "artifacts": self._artifacts,
+        }
+        with replacing(folder / OUTBOX, "w") as file:
+            json.dump(contents, file, indent=1)
+        self.outbox = folder
+        return folder / OUTBOX
+
+
+def sync(folder: Path, uri: str | None = None) -> str:
+    """Send the outbox a run left in ``folder`` to its store (or ``uri``); returns what was sent."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    path = folder / OUTBOX
+    try:
+        contents = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no outbox here; nothing to send") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable outbox: {exc}") from None
+    store = uri or contents["tracking_uri"]
+    check_store(store)
+    run = TrackedRun(MlflowClient(tracking_uri=store), contents["run_id"], folder)
+    run._pending = [Metric(key, value, timestamp, step) for key, value, timestamp, step in contents["metrics"]]
+    run._tags = contents["tags"]
+    run._artifacts = [(path_, artifact_path) for path_, artifact_path in contents["artifacts"]]
+    counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
+    run.end(contents["status"])
+    path.unlink()
+    return f"run {run.run_id}: sent {counts} to {store}; status {contents['status']}"
 
 
 class Tracker:
@@ -223,12 +340,12 @@ class Tracker:
             return f"see it at {self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
         return f"see it with: mlflow ui --backend-store-uri {self.uri}"
 
-    def open_run(self, run_name: str, tags: Mapping[str, Any]) -> TrackedRun:
+    def open_run(self, run_name: str, tags: Mapping[str, Any], outbox: Path | None = None) -> TrackedRun:
         """A new RUNNING run; whoever opens it must :meth:`TrackedRun.end` it."""
         created = self.client.create_run(
             self.experiment_id, run_name=run_name, tags={key: str(value) for key, value in tags.items()}
         )
-        return TrackedRun(self.client, created.info.run_id)
+        return TrackedRun(self.client, created.info.run_id, outbox)
 
     def record_failure(self, run_name: str, tags: Mapping[str, Any], reason: str, params: Mapping[str, Any]) -> str:
         """A run that failed before it could start, kept so a sweep shows every job; returns its id."""
@@ -238,23 +355,28 @@ class Tracker:
         return run.run_id
 
     @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: Mapping[str, Any], resume: str | None = None) -> Iterator[TrackedRun]:
+    def start_run(
+        self, run_name: str, tags: Mapping[str, Any], resume: str | None = None, outbox: Path | None = None
+    ) -> Iterator[TrackedRun]:
         """A run that ends FINISHED, KILLED on Ctrl-C, or FAILED with a ``failure_reason`` tag otherwise.
 
         With ``resume``, that existing run is reopened (RUNNING again) instead of a new one created.
         """
         if resume is None:
-            run = self.open_run(run_name, tags)
+            run = self.open_run(run_name, tags, outbox)
         else:
             self.client.update_run(resume, status="RUNNING")
-            run = TrackedRun(self.client, resume)
+            run = TrackedRun(self.client, resume, outbox)
             run.set_tags({"resumed": "true", "failure_reason": ""})
         try:
             yield run
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = str(exc) or ("interrupted (SIGINT)" if interrupted else type(exc).__name__)
-            run.end("KILLED" if interrupted else "FAILED", reason)
+            try:
+                run.end("KILLED" if interrupted else "FAILED", reason)
+            except TrackingStoreError as lost:  # the original error matters more; say where the rest went
+                log.warning("%s", lost)
             if interrupted:
                 code = getattr(exc, "exit_code", 128 + signal.SIGINT)
                 raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", code) from None
