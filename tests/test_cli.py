@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -75,12 +76,16 @@ def test_presets_show_in_tags_and_validation_metrics_are_logged(project):
     assert {"val_loss", "val_accuracy"} <= set(run.data.metrics)
 
 
-def test_same_seed_gives_identical_metrics(project):
+def test_same_seed_gives_identical_metrics_weights_and_data(project):
     histories = []
-    for _ in range(2):
-        assert project.run("seed=7", "model=two_layer", "trainer.epochs=2").returncode == 0
+    for name in ("first", "second"):
+        assert (
+            project.run("seed=7", "model=two_layer", "trainer.epochs=2", f"hydra.run.dir=outputs/{name}").returncode
+            == 0
+        )
     client = MlflowClient(tracking_uri=project.store_uri)
-    for run in project.runs():
+    runs = project.runs()
+    for run in runs:
         histories.append(
             {
                 key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
@@ -89,6 +94,60 @@ def test_same_seed_gives_identical_metrics(project):
             }
         )
     assert histories[0] == histories[1]
+    weights = []
+    for name in ("first", "second"):
+        with np.load(project.root / "outputs" / name / "model.npz", allow_pickle=False) as data:
+            weights.append({key: data[key] for key in data.files})
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    # The data's digest is recorded, and equal for equal data.
+    digests = {run.data.tags["dataset_digest"] for run in runs}
+    assert len(digests) == 1 and len(digests.pop()) == 64
+    assert project.run("dataset.noise=0.3", "trainer.epochs=1").returncode == 0
+    newest = project.runs()[0]
+    assert newest.data.tags["dataset_digest"] != runs[0].data.tags["dataset_digest"]
+
+
+def test_early_stopping_restores_the_best_epoch_and_logs_best_metrics(project):
+    overrides = (
+        "dataset.val_size=0.2",
+        "early_stopping.patience=3",
+        "trainer.epochs=300",
+        "optimizer.learning_rate=0.05",
+    )
+    result = project.run(*overrides)
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    client = MlflowClient(tracking_uri=project.store_uri)
+    val_loss = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    best_epoch = int(run.data.metrics["best_epoch"])
+    assert len(val_loss) == best_epoch + 3 < 300, "stopped three epochs after the best one"
+    assert run.data.metrics["best_val_loss"] == pytest.approx(val_loss[best_epoch - 1])
+    # The saved model is the best epoch's: evaluating it gives that epoch's validation loss.
+    output_dir = project.root / run.data.tags["output_dir"]
+    assert f"val_accuracy={val_accuracy_at(client, run, best_epoch):.4f}" in result.stdout + result.stderr
+    assert (output_dir / "model.npz").is_file()
+
+
+def val_accuracy_at(client: MlflowClient, run, epoch: int) -> float:
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    return next(m.value for m in history if m.step == epoch)
+
+
+def test_early_stopping_needs_a_metric_the_run_logs(project):
+    result = project.run("early_stopping.patience=3")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: early_stopping.monitor must be one of train_loss, train_accuracy for this run, got 'val_loss'"
+    )
+    assert project.runs() == [] and project.job_dirs() == []
+
+
+def test_checkpoints_can_be_turned_off(project):
+    assert project.run("checkpoint.every=0", "trainer.epochs=2").returncode == 0
+    [folder] = project.job_dirs()
+    assert not (folder / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(
@@ -233,3 +292,20 @@ def test_runs_started_together_share_a_new_store(project):
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
     assert [run.info.status for run in project.runs()] == ["FINISHED"] * 3
+
+
+def test_git_state_names_the_commit_and_whether_the_tree_is_dirty(tmp_path):
+    import subprocess
+
+    from nnexp.tracking import git_state
+
+    assert git_state(tmp_path) == {}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("one")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "false"}
+    (tmp_path / "a.txt").write_text("two")
+    assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "true"}

@@ -177,11 +177,15 @@ def run(cfg: DictConfig) -> float:
         write_artifacts(output_dir, cfg, experiment, history, predicted)
         log_artifacts(tracked, output_dir, hydra.output_subdir)
         run_id = tracked.run_id
+    # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
+    restored = early_stopping is not None and bool(early_stopping.best_weights)
+    final_epoch = early_stopping.best_epoch if restored else len(history["train_loss"])
+    finals = {key: values[final_epoch - 1] for key, values in history.items()}
+    finals.update(test_loss=test_loss, test_accuracy=test_accuracy)
     n_test = len(experiment.data["test"])
-    val_accuracy = history["val_accuracy"][-1] if "val_accuracy" in history else None
     log.info(
         "%stest_accuracy=%.4f (%d/%d) in %.1f s; run %s; %s",
-        "" if val_accuracy is None else f"val_accuracy={val_accuracy:.4f} ",
+        f"val_accuracy={finals['val_accuracy']:.4f} " if "val_accuracy" in finals else "",
         test_accuracy,
         round(test_accuracy * n_test),
         n_test,
@@ -189,12 +193,6 @@ def run(cfg: DictConfig) -> float:
         run_id,
         tracker.where_to_see(run_id),
     )
-    # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
-    final_epoch = (
-        early_stopping.best_epoch if early_stopping and early_stopping.best_weights else len(history["train_loss"])
-    )
-    finals = {key: values[final_epoch - 1] for key, values in history.items()}
-    finals.update(test_loss=test_loss, test_accuracy=test_accuracy)
     return float(finals[objective.metric])
 
 
