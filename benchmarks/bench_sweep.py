@@ -61,7 +61,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=200, help="epochs per job (default: 200)")
+    parser.add_argument("--epochs", type=int, default=1000, help="epochs per job (default: 1000)")
     args = parser.parse_args()
     seconds: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
     names = list(LAUNCHERS)

@@ -110,7 +110,8 @@ def _hydra_settings() -> dict[str, Any]:
             "footer": f"model.activation: {ACTIVATIONS.available()}\n"
             f"model.initializer: {INITIALIZERS.available()}\n\n"
             "Commands: nnexp data mnist [DIR] [--csv] fetches MNIST; nnexp reproduce runs the tutorial presets;\n"
-            "nnexp compare [--sweep last] prints runs side by side.\n"
+            "nnexp compare [--sweep last] prints runs side by side; nnexp sync FOLDER sends what a tracking store\n"
+            "missed; python -m nnexp resume=RUN_ID continues a stopped run.\n"
             "Runs are recorded in MLflow; README.md shows how to compare them.",
         },
         # The terminal shows bare messages; the job's log file keeps Hydra's timestamps.
