@@ -123,7 +123,7 @@ def test_failed_jobs_are_isolated_and_counted(project):
     parent, children = sweep_runs(project)
     assert [run.info.status for run in children] == ["FINISHED", "FAILED", "FAILED"]
     assert children[1].data.tags["failure_reason"] == "optimizer.learning_rate must be > 0, got -1.0"
-    assert children[2].data.tags["failure_reason"].startswith("loss became nan at epoch 1")
+    assert children[2].data.tags["failure_reason"].startswith("loss became NaN at epoch 1")
     assert children[1].data.params["optimizer.learning_rate"] == "-1.0"
     assert parent.info.status == "FINISHED"
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (1, 2)

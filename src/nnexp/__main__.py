@@ -20,6 +20,7 @@ COMMANDS = {
     "reproduce": "nnexp.reproduce",
     "compare": "nnexp.compare",
     "sync": "nnexp.sync",
+    "predict": "nnexp.predict",
 }
 
 #: How MLflow's client retries a tracking server that does not answer: a few seconds per request, not minutes.

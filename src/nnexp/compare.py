@@ -241,12 +241,10 @@ def main(argv: list[str]) -> int:
 
 
 def compare(args: argparse.Namespace) -> str:
-    from nnexp.tracking import Tracker, resolve_uri, sqlite_path
+    from nnexp.tracking import Tracker, existing_store, resolve_uri
 
     uri = resolve_uri(args.uri, Path.cwd())
-    database = sqlite_path(uri)
-    if database is not None and not database.is_file():
-        raise NnexpError(f"no MLflow store at {database}; run an experiment first, or name the store with --uri")
+    existing_store(uri, "run an experiment first, or name the store with --uri")
     tracker = Tracker(uri, args.experiment, create=False)
     client = tracker.client
     if args.sweep:
@@ -275,9 +273,6 @@ def find_sweep(client: MlflowClient, experiment_id: str, which: str) -> Run:
         if not sweeps:
             raise NnexpError("--sweep last: this experiment has no sweep yet")
         return sweeps[0]
-    from mlflow.exceptions import MlflowException
+    from nnexp.tracking import find_run
 
-    try:
-        return client.get_run(which)
-    except MlflowException:
-        raise NnexpError(f"--sweep {which}: no such run") from None
+    return find_run(client, which, f"--sweep {which}: no such run")

@@ -38,18 +38,11 @@ def hydra_arguments(arguments: list[str], project_dir: Path) -> list[str]:
 
 def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:
     """The checkpoint folder of MLflow run ``run_id``: the one in its output folder, else its logged copy."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from nnexp.tracking import check_store, resolve_uri
+    from nnexp.tracking import existing_store, find_run, resolve_uri
 
     store = resolve_uri(uri, project_dir)
-    check_store(store)
-    client = MlflowClient(tracking_uri=store)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"resume={run_id}: no such checkpoint folder, and no such run in {store}") from None
+    client = existing_store(store, f"resume={run_id} is no checkpoint folder either")
+    run = find_run(client, run_id, f"resume={run_id}: no such checkpoint folder, and no such run in {store}")
     local = Path(run.data.tags.get("output_dir", "")) / "checkpoints"
     if (local / checkpoint.MANIFEST).is_file():
         return local

@@ -176,6 +176,7 @@ def run(cfg: DictConfig) -> float:
         tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=len(history["train_loss"]))
         write_artifacts(output_dir, cfg, experiment, history, predicted)
         log_artifacts(tracked, output_dir, hydra.output_subdir)
+        log_network(tracked, experiment, components.dataset, len(history["train_loss"]), output_dir / "model")
         run_id = tracked.run_id
     # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
     restored = early_stopping is not None and bool(early_stopping.best_weights)
@@ -457,3 +458,17 @@ def discard_job_dir(output_dir: Path) -> None:
         parent = output_dir.parent
         if parent.name != "outputs" and not any(parent.iterdir()):
             parent.rmdir()
+
+
+def log_network(tracked: TrackedRun, experiment: Experiment, dataset: Dataset, step: int, directory: Path) -> None:
+    """Log the trained network as the run's MLflow model ``model``, keeping a copy in ``directory``; a network
+    with a layer nnexp cannot describe is left out, with a warning."""
+    from nnexp.serving import describe, log_model
+
+    splits = experiment.splits
+    try:
+        spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
+    except NnexpError as exc:
+        log.warning("the run logs no MLflow model: %s", exc)
+        return
+    log_model(tracked, experiment.network, spec, splits.x_test, step, directory)

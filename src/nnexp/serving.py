@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,11 +33,13 @@ from nnexp.registry import config_parameters
 
 if TYPE_CHECKING:
     import pandas as pd
-    from mlflow.models import Model as MlflowModel
+    from mlflow import MlflowClient
     from mlflow.models.signature import ModelSignature
 
     from nnexp.datasets.base import Dataset
     from nnexp.tracking import TrackedRun
+
+log = logging.getLogger(__name__)
 
 #: The name of the logged model, and so the path in ``runs:/<run id>/model``.
 MODEL_NAME = "model"
@@ -105,7 +109,7 @@ class NetworkSpec:
             elif kind == "activation":
                 layers.append(ACTIVATIONS.build({"name": entry["name"], **entry.get("config", {})}))
             else:
-                raise DataError(f"unknown layer type {kind!r} in a saved network")
+                raise DataError(f"unknown layer type {kind!r}")
         return Sequential(layers)
 
 
@@ -120,7 +124,7 @@ def describe(
     from nnexp.datasets.mnist import N_PIXELS, MnistDataset
 
     layers = [_describe_layer(layer) for layer in network.layers]
-    n_outputs = next(entry["n_outputs"] for entry in reversed(layers) if entry["type"] == "dense")
+    n_outputs = next((entry["n_outputs"] for entry in reversed(layers) if entry["type"] == "dense"), None)
     if n_outputs != len(class_names):
         raise NnexpError(f"the network has {n_outputs} outputs but {len(class_names)} class names are given")
     image_shape = pixel_scaling = None
@@ -144,7 +148,12 @@ def _describe_layer(layer: Layer) -> dict[str, Any]:
     kind = type(layer)
     if kind is Dense:
         weight = layer.params["weight"]
-        return {"type": "dense", "n_inputs": weight.shape[0], "n_outputs": weight.shape[1], "bias": "bias" in layer.params}
+        return {
+            "type": "dense",
+            "n_inputs": weight.shape[0],
+            "n_outputs": weight.shape[1],
+            "bias": "bias" in layer.params,
+        }
     if kind is Bias:
         return {"type": "bias", "n_features": layer.params["bias"].shape[0]}
     if isinstance(layer, Activation):
@@ -236,7 +245,12 @@ def load(data_path: str | Path) -> NetworkModel:
     except OSError as exc:
         raise DataError(f"{spec_path}: cannot be read: {exc.strerror}") from None
     spec = NetworkSpec.from_json(text, str(spec_path))
-    network = spec.build()
+    try:
+        network = spec.build()
+    except NnexpError as exc:  # e.g. an activation that a plugin registers, and the plugin is not loaded
+        raise DataError(f"{spec_path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{spec_path}: malformed layer list: {type(exc).__name__}: {exc}") from None
     try:
         network.load(folder / WEIGHTS_FILE)  # np.load(..., allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -267,14 +281,11 @@ def signature(spec: NetworkSpec) -> ModelSignature:
     return ModelSignature(Schema([TensorSpec(np.dtype(np.float64), (-1, spec.n_features))]), Schema(outputs))
 
 
-def save_model(
-    path: str | Path,
-    network: Sequential,
-    spec: NetworkSpec,
-    example: np.ndarray,
-    mlflow_model: MlflowModel | None = None,
-) -> None:
-    """Write an MLflow pyfunc model into the new directory ``path``; ``example`` holds a few input rows."""
+def save_model(path: str | Path, network: Sequential, spec: NetworkSpec, example: np.ndarray) -> None:
+    """Write an MLflow pyfunc model into the new directory ``path``; ``example`` holds a few input rows.
+
+    Needs no tracking store: ``nnexp predict model=PATH`` and ``mlflow.pyfunc.load_model(PATH)`` read it as it is.
+    """
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory() as staging:
@@ -286,7 +297,6 @@ def save_model(
             str(path),
             loader_module=__name__,
             data_path=str(data),
-            mlflow_model=mlflow_model,
             signature=signature(spec),
             input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float64),
             pip_requirements=pip_requirements(),
@@ -296,32 +306,60 @@ def save_model(
         )
 
 
-def log_model(run: TrackedRun, network: Sequential, spec: NetworkSpec, example: np.ndarray, step: int = 0) -> str:
+def log_model(
+    run: TrackedRun,
+    network: Sequential,
+    spec: NetworkSpec,
+    example: np.ndarray,
+    step: int = 0,
+    directory: Path | None = None,
+) -> str | None:
     """Log the network as the run's MLflow model ``model`` (``runs:/<run id>/model``); returns the model's id.
 
-    This is what ``mlflow.pyfunc.log_model`` does, through the run's own client instead of MLflow's global
-    tracking URI and active run: create a LoggedModel with the run's params, record it as the run's output at
-    ``step``, upload the saved model, link the run's metrics at ``step`` to it, and mark it READY (FAILED on error).
+    The model is saved first, into ``directory`` when given (a local copy, e.g. in the job's output folder), else
+    into a temporary folder. If the tracking store does not answer, training's results are not thrown away: a
+    warning says so and None is returned, and :func:`upload_model` can log the local copy later.
+    """
+    with contextlib.ExitStack() as cleanup:
+        kept = f"; it is saved in {directory}" if directory is not None else ""
+        if directory is None:
+            directory = Path(cleanup.enter_context(tempfile.TemporaryDirectory())) / MODEL_NAME
+        elif (directory / "MLmodel").is_file():  # saved by an earlier attempt of a resumed run
+            shutil.rmtree(directory)
+        save_model(directory, network, spec, example)
+        if not run.flush():  # the final metrics go first, so that they can be linked to the model
+            reason = "it does not answer"
+        else:
+            try:
+                return upload_model(run.client, run.run_id, directory, step)
+            except Exception as exc:  # as for metrics and artifacts, a store that fails does not fail the run
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        log.warning("run %s: its model could not be logged to %s (%s)%s", run.run_id, run.store, reason, kept)
+        return None
+
+
+def upload_model(client: MlflowClient, run_id: str, directory: Path, step: int = 0) -> str:
+    """Log the model saved in ``directory`` as run ``run_id``'s model ``model``, as ``mlflow.pyfunc.log_model``
+    does, but through ``client`` instead of MLflow's global tracking URI and active run; returns the model's id.
+
+    Creates a LoggedModel with the run's params, records it as the run's output at ``step``, uploads the files,
+    links the run's metrics at ``step`` to it, and marks it READY (FAILED if any of that fails).
     """
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model
 
-    client, run_id = run.client, run.run_id
-    run.flush()  # the final metrics, so that they can be linked to the model
     source = client.get_run(run_id)
     model = client.create_logged_model(
         source.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=dict(source.data.params)
     )
     try:
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
-        mlflow_model = Model(
-            artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id, model_id=model.model_id
-        )
-        with tempfile.TemporaryDirectory() as staging:
-            local = Path(staging) / MODEL_NAME
-            save_model(local, network, spec, example, mlflow_model)
-            client.log_model_artifacts(model.model_id, str(local))
-        _link_metrics(run, model.model_id, source.data.metrics, step)
+        meta = Model.load(str(directory / "MLmodel"))  # the ids mlflow.pyfunc.log_model would have written
+        meta.artifact_path, meta.run_id = model.artifact_location, run_id
+        meta.model_uuid = meta.model_id = model.model_id
+        meta.save(str(directory / "MLmodel"))
+        client.log_model_artifacts(model.model_id, str(directory))
+        _link_metrics(client, run_id, model.model_id, source.data.metrics, step)
     except BaseException:
         with contextlib.suppress(Exception):  # the original error matters more
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
@@ -330,7 +368,7 @@ def log_model(run: TrackedRun, network: Sequential, spec: NetworkSpec, example: 
     return model.model_id
 
 
-def _link_metrics(run: TrackedRun, model_id: str, metrics: Mapping[str, float], step: int) -> None:
+def _link_metrics(client: MlflowClient, run_id: str, model_id: str, metrics: Mapping[str, float], step: int) -> None:
     """Attach the run's metrics logged at ``step`` to the model, as MLflow's ``log_model`` does.
 
     They are logged again with the model's id and their original timestamps: the store keeps them as the model's
@@ -339,10 +377,10 @@ def _link_metrics(run: TrackedRun, model_id: str, metrics: Mapping[str, float], 
     from mlflow.entities import Metric
 
     linked = [
-        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run.run_id)
+        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
         for key in metrics
-        for m in run.client.get_metric_history(run.run_id, key)
+        for m in client.get_metric_history(run_id, key)
         if m.step == step and m.model_id is None
     ]
     if linked:
-        run.client.log_batch(run.run_id, metrics=linked)
+        client.log_batch(run_id, metrics=linked)

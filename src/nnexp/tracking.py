@@ -27,6 +27,7 @@ except ImportError:  # Windows: no advisory locks; runs there must not create a 
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,28 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"tracking server {uri} is unreachable: {reason}") from None
+
+
+def existing_store(uri: str, hint: str) -> MlflowClient:
+    """A client for a store that must already exist: a missing SQLite file is an error (``hint`` says what to
+    do), not a new empty store."""
+    from mlflow import MlflowClient
+
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise ConfigError(f"no MLflow store at {database}; {hint}")
+    check_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def find_run(client: MlflowClient, run_id: str, missing: str) -> Run:
+    """Run ``run_id`` of the client's store; ``missing`` is the error's message when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(missing) from None
 
 
 @contextlib.contextmanager
@@ -305,6 +328,10 @@ def sync(folder: Path, uri: str | None = None) -> str:
     run._artifacts = [(path_, artifact_path) for path_, artifact_path in contents["artifacts"]]
     counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
     run.end(contents["status"])
+    from nnexp.serving import upload_model
+
+    if (folder / "model" / "MLmodel").is_file() and not run.client.get_run(run.run_id).outputs.model_outputs:
+        upload_model(run.client, run.run_id, folder / "model")
     path.unlink()
     return f"run {run.run_id}: sent {counts} to {store}; status {contents['status']}"
 

@@ -1,0 +1,284 @@
+"""``nnexp predict`` through the real CLI: CSV rows, digit images and IDX files, by model folder or by run id."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnexp import DATASETS, LOSSES, MODELS
+from nnexp.__main__ import COMMANDS
+from nnexp.datasets.mnist import Scaling
+from nnexp.serving import describe, load, log_model, save_model
+
+#: ``python -m nnexp predict`` once the CLI dispatches to it; the module itself until then.
+COMMAND = ["-m", "nnexp", "predict"] if "predict" in COMMANDS else ["-m", "nnexp.predict"]
+DIGITS = [str(digit) for digit in range(10)]
+
+
+def random_network(loss_name: str, n_inputs: int, n_classes: int, seed: int):
+    rng = np.random.default_rng(seed)
+    loss = LOSSES.build({"name": loss_name})
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [8]}).build(n_inputs, n_classes, loss, rng, np.float32)
+    for _, param, _ in network.parameters():
+        param[...] = rng.standard_normal(param.shape)
+    return network, loss
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Two saved models: ``points`` takes 2 features (classes ``left``/``right``), ``digits`` MNIST images."""
+    root = tmp_path_factory.mktemp("models")
+    network, loss = random_network("cross_entropy", 2, 2, seed=1)
+    save_model(root / "points", network, describe(network, loss, ["left", "right"]), np.zeros((3, 2)))
+    network, loss = random_network("mse", 784, 10, seed=2)
+    mnist = DATASETS.build({"name": "mnist_idx", "scaling": "offset"})
+    save_model(root / "digits", network, describe(network, loss, DIGITS, mnist), np.zeros((3, 784)))
+    return {"points": root / "points", "digits": root / "digits"}
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    base["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return subprocess.run(
+        [sys.executable, *COMMAND, *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch, capsys, restore_registries):
+    """``nnexp predict`` called in this process, faster than a subprocess for the many error cases."""
+    from nnexp.predict import main
+
+    monkeypatch.chdir(tmp_path)
+    for key in [key for key in os.environ if key.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return call
+
+
+def expected_lines(model_dir: Path, x: np.ndarray, all_probabilities: bool = False) -> list[str]:
+    """What the CLI should print for rows ``x``, from the model loaded in this process."""
+    model = load(model_dir / "data" / "nnexp")
+    frame = model.predict(x)
+    lines = []
+    for index, row in enumerate(frame.itertuples(index=False)):
+        line = f"{index}: {row[0]} (p={max(row[1:]):.3f})"
+        if all_probabilities:
+            line += "  " + " ".join(f"{n}={p:.3f}" for n, p in zip(model.spec.class_names, row[1:], strict=True))
+        lines.append(line)
+    return lines
+
+
+def assert_prints(result: subprocess.CompletedProcess[str], lines: list[str]) -> None:
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == lines
+
+
+def assert_error(result: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> None:
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in line
+
+
+def digit_pixels() -> np.ndarray:
+    """Three synthetic 28x28 digits, white (255) on black (0): a bar, a ring and a cross."""
+    y, x = np.mgrid[:28, :28]
+    bar = (abs(x - 14) < 2) & (abs(y - 14) < 10)
+    ring = abs(np.hypot(x - 13.5, y - 13.5) - 8) < 2
+    cross = (abs(x - y) < 2) | (abs(x + y - 27) < 2)
+    return np.stack([bar, ring, cross]).astype(np.uint8) * 255
+
+
+def scaled(pixels: np.ndarray) -> np.ndarray:
+    return Scaling.offset.apply(pixels.reshape(len(pixels), -1)).astype(np.float64)
+
+
+def idx_bytes(images: np.ndarray) -> bytes:
+    return struct.pack(">4I", 0x00000803, *images.shape) + images.astype(np.uint8).tobytes()
+
+
+POINTS = np.array([[0.5, -0.25], [-1.0, 2.0], [3.0, 0.0], [0.0, 0.125]])
+
+
+def test_csv_rows_without_and_with_a_header(models, tmp_path, in_process):
+    plain = tmp_path / "points.csv"
+    plain.write_text("\n".join(",".join(str(v) for v in row) for row in POINTS) + "\n")
+    header = tmp_path / "with_header.csv"
+    header.write_text("x,y\r\n" + plain.read_text().replace("\n", "\r\n"))
+    expected = expected_lines(models["points"], POINTS)
+    assert len(set(line.split()[1] for line in expected)) == 2, "the test points should get both labels"
+    assert_prints(cli(f"model={models['points']}", f"input={plain}", cwd=tmp_path), expected)
+    assert_prints(in_process(f"model={models['points']}", f"input={header}"), expected)
+
+
+def test_all_probabilities(models, tmp_path, in_process):
+    path = tmp_path / "points.csv"
+    path.write_text("0.5,-0.25\n-1,2\n")
+    expected = expected_lines(models["points"], POINTS[:2], all_probabilities=True)
+    assert all(" left=0." in line or " left=1." in line for line in expected)
+    assert_prints(cli(f"model={models['points']}", f"input={path}", "--all", cwd=tmp_path), expected)
+    assert_prints(in_process(f"model={models['points']}", f"input={path}", "probabilities=all"), expected)
+
+
+def test_png_digits_white_on_black_dark_on_light_transparent_and_not_square(models, tmp_path, in_process):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    bar, ring, cross = digit_pixels()
+    plt.imsave(tmp_path / "white_on_black.png", bar, cmap="gray", vmin=0, vmax=255)  # RGBA, opaque
+    Image.fromarray(255 - np.kron(ring, np.ones((2, 2), np.uint8))).save(tmp_path / "dark_on_light_56.png")
+    ink = np.stack([np.zeros_like(cross), cross], axis=-1)  # black strokes whose opacity is the digit
+    Image.fromarray(ink, mode="LA").save(tmp_path / "transparent.png")
+    Image.fromarray(bar[7:21]).save(tmp_path / "wide.png")  # 28 wide, 14 high: padded with black above and below
+    padded = np.zeros((28, 28), np.uint8)
+    padded[7:21] = bar[7:21]
+    for name, pixels in [
+        ("white_on_black.png", bar),
+        ("dark_on_light_56.png", ring),
+        ("transparent.png", cross),
+        ("wide.png", padded),
+    ]:
+        arguments = (f"model={models['digits']}", f"input={tmp_path / name}")
+        result = cli(*arguments, cwd=tmp_path) if name == "dark_on_light_56.png" else in_process(*arguments)
+        assert_prints(result, expected_lines(models["digits"], scaled(pixels[None])))
+
+
+def test_idx_image_files_raw_and_gzipped(models, tmp_path, in_process):
+    images = digit_pixels()
+    raw = tmp_path / "digits-idx3-ubyte"
+    raw.write_bytes(idx_bytes(images))
+    zipped = tmp_path / "digits-idx3-ubyte.gz"
+    zipped.write_bytes(gzip.compress(idx_bytes(images)))
+    expected = expected_lines(models["digits"], scaled(images))
+    assert len(expected) == 3
+    assert_prints(cli(f"model={models['digits']}", f"input={raw}", cwd=tmp_path), expected)
+    assert_prints(in_process(f"model={models['digits']}", f"input={zipped}"), expected)
+
+
+def test_csv_of_raw_pixels_is_scaled_with_scale_true(models, tmp_path, in_process):
+    images = digit_pixels().reshape(3, -1)
+    path = tmp_path / "pixels.csv"
+    path.write_text("\n".join(",".join(str(v) for v in row) for row in images) + "\n")
+    expected = expected_lines(models["digits"], scaled(images))
+    assert_prints(in_process(f"model={models['digits']}", f"input={path}", "scale=true"), expected)
+
+
+def test_a_missing_file_gives_one_line_and_exit_status_1(models, tmp_path):
+    result = cli(f"model={models['points']}", f"input={tmp_path / 'missing.csv'}", cwd=tmp_path)
+    assert_error(result, f"error: {tmp_path / 'missing.csv'}: no such file")
+
+
+def test_bad_files_give_one_line_naming_the_file_and_what_was_expected(models, tmp_path, in_process):
+    """In this process: the same checks as through a subprocess, in a fraction of the time."""
+    points, digits = f"model={models['points']}", f"model={models['digits']}"
+    three = tmp_path / "three.csv"
+    three.write_text("1,2,3\n4,5,6\n")
+    assert_error(in_process(points, f"input={three}"), str(three), "rows of 3 values", "takes 2 features")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("x,y\n1,2\n3\n")
+    assert_error(in_process(points, f"input={ragged}"), f"{ragged}: line 3: 1 values, but line 2 has 2")
+    words = tmp_path / "words.csv"
+    words.write_text("1,2\n3,four\n")
+    assert_error(in_process(points, f"input={words}"), f"{words}: line 2, column 2: 'four' is not a number")
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.fromarray(digit_pixels()[0]).save(image)
+    assert_error(in_process(points, f"input={image}"), str(image), "takes 2 features", "CSV")
+    two = tmp_path / "two.csv"
+    two.write_text("1,2\n")
+    assert_error(in_process(points, f"input={two}", "scale=true"), "scale=true needs a model trained on images")
+    labelled = tmp_path / "mnist_test.csv"
+    labelled.write_text(",".join(["7"] + ["0"] * 784) + "\n")
+    assert_error(in_process(digits, f"input={labelled}"), "rows of 785 values", "drop it")
+    small = tmp_path / "small-idx3-ubyte"
+    small.write_bytes(idx_bytes(np.zeros((2, 20, 20), np.uint8)))
+    assert_error(in_process(digits, f"input={small}"), str(small), "20x20", "takes 28x28")
+
+
+def test_bad_models_and_command_lines(models, tmp_path, in_process):
+    csv = tmp_path / "points.csv"
+    csv.write_text("1,2\n")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    assert_error(in_process(f"model={empty}", f"input={csv}"), str(empty), "not an MLflow model")
+    assert_error(in_process(f"model={tmp_path / 'nowhere'}", f"input={csv}"), "nowhere: no such model directory")
+    assert_error(in_process(f"input={csv}"), "give either run=RUN_ID or model=DIR", code=2)
+    assert_error(in_process(f"model={models['points']}"), "input=FILE is required", code=2)
+    assert_error(in_process(f"model={models['points']}", f"input={csv}", "colour=red"), "colour=red", code=2)
+    result = in_process("--help")
+    assert result.returncode == 0 and "nnexp predict run=RUN_ID input=FILE" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[Path, str, str, str]:
+    """A project folder whose default store ``outputs/mlflow.db`` holds a run with a model and one without."""
+    from nnexp.tracking import Tracker
+
+    project = tmp_path_factory.mktemp("project")
+    uri = f"sqlite:///{project / 'outputs' / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    network, loss = random_network("cross_entropy", 2, 2, seed=1)
+    with tracker.start_run("with model", {}) as run:
+        run.log_metrics({"test_accuracy": 0.5}, step=1)
+        log_model(run, network, describe(network, loss, ["left", "right"]), POINTS, step=1)
+    with tracker.start_run("without model", {}) as bare:
+        pass
+    return project, uri, run.run_id, bare.run_id
+
+
+def test_run_id_by_tracking_uri_environment_or_default_store(store, models, tmp_path, in_process, monkeypatch):
+    project, uri, run_id, _ = store
+    path = tmp_path / "points.csv"
+    path.write_text("\n".join(",".join(str(v) for v in row) for row in POINTS) + "\n")
+    expected = expected_lines(models["points"], POINTS)  # the same network, saved by save_model
+    assert_prints(cli(f"run={run_id}", f"input={path}", f"tracking.uri={uri}", cwd=tmp_path), expected)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert_prints(in_process(f"run={run_id}", f"input={path}"), expected)
+    assert_prints(cli(f"run={run_id}", f"input={path}", cwd=project), expected)
+    assert not (tmp_path / "mlflow.db").exists() and not (project / "mlflow.db").exists()
+
+
+def test_unknown_runs_runs_without_a_model_and_missing_stores(store, tmp_path, in_process):
+    project, _, _, bare_id = store
+    path = tmp_path / "points.csv"
+    path.write_text("1,2\n")
+    uri = f"tracking.uri=sqlite:///{project / 'outputs' / 'mlflow.db'}"
+    assert_error(in_process("run=0123456789abcdef", f"input={path}", uri), "run 0123456789abcdef not found in")
+    assert_error(cli(f"run={bare_id}", f"input={path}", cwd=project), f"run {bare_id}", "has no MLflow model 'model'")
+    assert_error(in_process(f"run={bare_id}", f"input={path}"), "no MLflow store at", "tracking.uri=")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_trained_run_can_be_asked_for_predictions(project):
+    result = project.run("trainer.epochs=2")
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    path = project.root / "points.csv"
+    path.write_text("x,y\n0.0,0.5\n1.0,-0.5\n")
+    result = cli(f"run={run.info.run_id}", f"input={path}", cwd=project.root)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["0:", "1:"]
+    assert all(line.split(" ")[1] in ("0", "1") for line in lines)

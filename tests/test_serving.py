@@ -1,0 +1,333 @@
+"""The network as an MLflow pyfunc model: no pickle, rebuilt from JSON and npz, predictions equal nnexp's own."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from nnexp import ACTIVATIONS, DATASETS, LOSSES, MODELS, Activation, Layer, Sequential
+from nnexp.core.activations import softmax
+from nnexp.errors import DataError, NnexpError
+from nnexp.serving import (
+    DATA_DIR,
+    EXAMPLE_ROWS,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    NetworkSpec,
+    describe,
+    load,
+    log_model,
+    probabilities,
+    save_model,
+)
+
+MODEL_FILES = {
+    "MLmodel",
+    "conda.yaml",
+    "python_env.yaml",
+    "requirements.txt",
+    "input_example.json",
+    "serving_input_example.json",
+    f"data/{DATA_DIR}/{SPEC_FILE}",
+    f"data/{DATA_DIR}/{WEIGHTS_FILE}",
+}
+
+
+def trained_like(loss_name: str, n_inputs: int = 3, n_classes: int = 4, dtype: type = np.float32, **mlp):
+    """A network built by the MLP plugin, every parameter (biases too) set to random values as if trained."""
+    rng = np.random.default_rng(7)
+    loss = LOSSES.build({"name": loss_name})
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [5], **mlp}).build(n_inputs, n_classes, loss, rng, dtype)
+    for _, param, _ in network.parameters():
+        param[...] = rng.standard_normal(param.shape)
+    return network, loss
+
+
+def expected_probabilities(network, loss, x: np.ndarray) -> np.ndarray:
+    """nnexp's own forward pass and the loss's probabilities, normalised to sum 1 when they are outputs."""
+    found = loss.probabilities(network.forward(x.astype(network.dtype))).astype(np.float64)
+    return found / found.sum(axis=1, keepdims=True)
+
+
+def inputs(n_rows: int = 6, n_features: int = 3) -> np.ndarray:
+    return np.random.default_rng(3).standard_normal((n_rows, n_features))
+
+
+def files_in(folder: Path) -> set[str]:
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+
+
+CASES = {
+    "cross_entropy": ("cross_entropy", {"activation": "relu"}),
+    "mse_sigmoid_input_bias_no_dense_bias": (
+        "mse",
+        {"activation": "tanh", "input_activation": "tanh", "use_bias": False},
+    ),
+    "mse_softmax_float64": ("mse", {"output_activation": "softmax", "dtype": np.float64}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loaded_model_predicts_nnexps_probabilities_and_labels(case, tmp_path):
+    import mlflow.pyfunc
+
+    loss_name, options = CASES[case]
+    network, loss = trained_like(loss_name, **options)
+    names = ["ant", "bee", "cat", "dog"]
+    save_model(tmp_path / "model", network, describe(network, loss, names), inputs())
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    x = inputs()
+    expected = expected_probabilities(network, loss, x)
+    for given in (x, pd.DataFrame(x)):
+        frame = model.predict(given)
+        assert list(frame.columns) == ["label", *(f"probability_{name}" for name in names)]
+        assert frame["label"].tolist() == [names[i] for i in expected.argmax(axis=1)]
+        np.testing.assert_allclose(frame.iloc[:, 1:].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cross_entropy_probabilities_are_the_softmax_of_the_logits(tmp_path):
+    network, loss = trained_like("cross_entropy")
+    save_model(tmp_path / "model", network, describe(network, loss, list("abcd")), inputs())
+    rebuilt = load(tmp_path / "model" / "data" / DATA_DIR)
+    x = inputs()
+    logits = network.forward(x.astype(np.float32)).astype(np.float64)
+    np.testing.assert_allclose(rebuilt.probabilities(x), softmax(logits), rtol=1e-6)
+
+
+def test_saved_model_holds_no_pickle_and_loads_with_allow_pickle_false(tmp_path):
+    network, loss = trained_like("cross_entropy")
+    save_model(tmp_path / "model", network, describe(network, loss, list("abcd")), inputs())
+    folder = tmp_path / "model"
+    assert files_in(folder) == MODEL_FILES
+    for path in folder.rglob("*"):
+        assert path.suffix not in (".pkl", ".pickle", ".joblib", ".cloudpickle")
+        if path.is_file() and path.suffix != ".npz":
+            assert not path.read_bytes().startswith(b"\x80"), f"{path} looks like a pickle"
+    with np.load(folder / "data" / DATA_DIR / WEIGHTS_FILE, allow_pickle=False) as weights:
+        stored = {key: weights[key] for key in weights.files}
+    assert all(array.dtype != object for array in stored.values())
+    assert stored.keys() == network.state_dict().keys()
+    for key, param in network.state_dict().items():
+        np.testing.assert_array_equal(stored[key], param)
+    flavors = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
+    assert list(flavors) == ["python_function"]
+    assert flavors["python_function"]["loader_module"] == "nnexp.serving"
+    assert flavors["python_function"]["data"] == f"data/{DATA_DIR}"
+    assert not {"python_model", "cloudpickle_version", "artifacts"} & set(flavors["python_function"])
+
+
+def test_rebuilt_network_has_the_same_layers_and_weights(tmp_path):
+    network, loss = trained_like("mse", input_activation="sigmoid", activation="relu")
+    save_model(tmp_path / "model", network, describe(network, loss, list("abcd")), inputs())
+    rebuilt = load(tmp_path / "model" / "data" / DATA_DIR).network
+    assert [type(layer) for layer in rebuilt.layers] == [type(layer) for layer in network.layers]
+    assert rebuilt.dtype == network.dtype
+    for key, param in network.state_dict().items():
+        np.testing.assert_array_equal(rebuilt.state_dict()[key], param)
+
+
+def test_signature_and_input_example_are_saved(tmp_path):
+    network, loss = trained_like("cross_entropy")
+    x = inputs(n_rows=10)
+    save_model(tmp_path / "model", network, describe(network, loss, list("abcd")), x)
+    meta = yaml.safe_load((tmp_path / "model" / "MLmodel").read_text())
+    assert json.loads(meta["signature"]["inputs"]) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 3]}}
+    ]
+    outputs = json.loads(meta["signature"]["outputs"])
+    assert [(column["name"], column["type"]) for column in outputs] == [
+        ("label", "string"),
+        *((f"probability_{name}", "double") for name in "abcd"),
+    ]
+    assert meta["saved_input_example_info"]["artifact_path"] == "input_example.json"
+    example = json.loads((tmp_path / "model" / "input_example.json").read_text())
+    np.testing.assert_allclose(np.array(example), x[:EXAMPLE_ROWS])
+
+
+def test_requirements_are_explicit_and_saving_needs_no_network_or_subprocess(tmp_path, monkeypatch):
+    import mlflow
+
+    from nnexp import __version__
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("saving a model must not reach the network or start a process")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    network, loss = trained_like("cross_entropy")
+    save_model(tmp_path / "model", network, describe(network, loss, list("abcd")), inputs())
+    requirements = (tmp_path / "model" / "requirements.txt").read_text().splitlines()
+    assert requirements == [f"mlflow=={mlflow.__version__}", f"nnexp=={__version__}", f"numpy=={np.__version__}"]
+
+
+def test_a_uv_project_in_the_working_directory_is_not_copied_into_the_model(tmp_path, monkeypatch):
+    (tmp_path / "uv.lock").write_text("version = 1\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
+    monkeypatch.chdir(tmp_path)
+    network, loss = trained_like("cross_entropy")
+    save_model(tmp_path / "model", network, describe(network, loss, list("abcd")), inputs())
+    assert files_in(tmp_path / "model") == MODEL_FILES
+
+
+def test_mnist_models_record_their_image_shape_and_pixel_scaling():
+    network, loss = trained_like("cross_entropy", n_inputs=784, n_classes=10)
+    dataset = DATASETS.build({"name": "mnist_idx", "scaling": "offset"})
+    spec = describe(network, loss, [str(digit) for digit in range(10)], dataset)
+    assert (spec.image_shape, spec.pixel_scaling, spec.n_features) == ([28, 28], "offset", 784)
+    moons = describe(
+        *trained_like("cross_entropy", n_inputs=2, n_classes=2), ["0", "1"], DATASETS.build({"name": "moons"})
+    )
+    assert (moons.image_shape, moons.pixel_scaling, moons.n_features) == (None, None, 2)
+
+
+def test_spec_round_trips_through_json_and_rejects_other_formats():
+    network, loss = trained_like("mse", input_activation="tanh")
+    spec = describe(network, loss, list("abcd"))
+    assert NetworkSpec.from_json(spec.to_json(), "network.json") == spec
+    assert spec.probabilities == "normalize"
+    assert [entry["type"] for entry in spec.layers] == [
+        "bias",
+        "activation",
+        "dense",
+        "activation",
+        "dense",
+        "activation",
+    ]
+    newer = json.loads(spec.to_json()) | {"format": 99}
+    with pytest.raises(DataError, match=r"^some/network\.json: network format 99; this nnexp reads format 1$"):
+        NetworkSpec.from_json(json.dumps(newer), "some/network.json")
+    with pytest.raises(DataError, match=r"^some/network\.json: not an nnexp network description"):
+        NetworkSpec.from_json("[1, 2]", "some/network.json")
+
+
+def test_a_layer_nnexp_cannot_rebuild_is_named():
+    class Doubling(Layer):
+        def forward(self, x):
+            return 2 * x
+
+    network, loss = trained_like("cross_entropy")
+    with pytest.raises(NnexpError, match=r"layer .*Doubling cannot be saved in an MLflow model"):
+        describe(Sequential([*network.layers, Doubling()]), loss, list("abcd"))
+
+
+def test_class_names_must_match_the_outputs():
+    network, loss = trained_like("cross_entropy")
+    with pytest.raises(NnexpError, match="the network has 4 outputs but 2 class names are given"):
+        describe(network, loss, ["a", "b"])
+
+
+def test_an_activation_with_config_fields_keeps_them(tmp_path, restore_registries):
+    @ACTIVATIONS.register("leaky")
+    class Leaky(Activation):
+        def __init__(self, slope: float = 0.01) -> None:
+            super().__init__()
+            self.slope = slope
+
+        def forward(self, x):
+            return np.where(x > 0, x, self.slope * x)
+
+    network, loss = trained_like("cross_entropy")
+    network.layers[1] = Leaky(slope=0.5)
+    spec = describe(network, loss, list("abcd"))
+    assert spec.layers[1] == {"type": "activation", "name": "leaky", "config": {"slope": 0.5}}
+    assert spec.build().layers[1].slope == 0.5
+
+
+def test_normalised_probabilities_clip_negatives_and_share_an_all_zero_row():
+    found = probabilities(np.array([[2.0, -1.0, 2.0], [0.0, 0.0, 0.0]]), "normalize")
+    np.testing.assert_allclose(found, [[0.5, 0.0, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+
+
+def test_log_model_makes_a_logged_model_that_runs_uris_resolve(tmp_path):
+    import mlflow.pyfunc
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from nnexp.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    network, loss = trained_like("cross_entropy")
+    with tracker.start_run("serving", {}) as run:
+        run.log_params({"model.hidden_sizes": "[5]"})
+        run.log_metrics({"train_loss": 0.5}, step=1)
+        run.log_metrics({"train_loss": 0.25, "test_accuracy": 0.75}, step=2)  # still buffered: log_model flushes
+        model_id = log_model(run, network, describe(network, loss, list("abcd")), inputs(), step=2)
+    client = tracker.client
+    logged = client.get_logged_model(model_id)
+    assert (logged.name, str(logged.status), logged.source_run_id) == ("model", "READY", run.run_id)
+    assert logged.params == {"model.hidden_sizes": "[5]"}
+    assert {(m.key, m.value, m.step) for m in logged.metrics} == {("train_loss", 0.25, 2), ("test_accuracy", 0.75, 2)}
+    outputs = client.get_run(run.run_id).outputs.model_outputs
+    assert [(output.model_id, output.step) for output in outputs] == [(model_id, 2)]
+    assert len(client.get_metric_history(run.run_id, "test_accuracy")) == 1  # linked, not logged twice
+    with _use_tracking_uri(uri):
+        model = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
+    assert model.metadata.run_id == run.run_id and model.metadata.model_id == model_id
+    x = inputs()
+    expected = expected_probabilities(network, loss, x)
+    np.testing.assert_allclose(model.predict(x).iloc[:, 1:].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_log_model_keeps_a_local_copy_stamped_with_the_run_and_model_ids(tmp_path):
+    import mlflow.pyfunc
+
+    from nnexp.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    network, loss = trained_like("cross_entropy")
+    copy = tmp_path / "job" / "model"
+    with tracker.start_run("serving", {}) as run:
+        first = log_model(run, network, describe(network, loss, list("abcd")), inputs(), directory=copy)
+        second = log_model(run, network, describe(network, loss, list("abcd")), inputs(), directory=copy)  # resumed
+    meta = yaml.safe_load((copy / "MLmodel").read_text())
+    assert (meta["run_id"], meta["model_id"]) == (run.run_id, second) and first != second
+    assert files_in(copy) == MODEL_FILES
+    x = inputs()
+    np.testing.assert_allclose(
+        mlflow.pyfunc.load_model(str(copy)).predict(x).iloc[:, 1:].to_numpy(),
+        expected_probabilities(network, loss, x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_a_store_that_does_not_answer_leaves_the_model_saved_and_the_run_going(tmp_path, caplog):
+    from mlflow.exceptions import MlflowException
+
+    from nnexp.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    network, loss = trained_like("cross_entropy")
+    spec = describe(network, loss, list("abcd"))
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("API request failed: connection refused")
+
+    run = tracker.open_run("away", {})
+    client = run.client
+    original = client.log_model_artifacts
+    client.log_model_artifacts = refuse
+    try:
+        assert log_model(run, network, spec, inputs(), directory=tmp_path / "first") is None
+    finally:
+        client.log_model_artifacts = original
+    [failed] = client.search_logged_models(experiment_ids=[tracker.experiment_id])
+    assert str(failed.status) == "FAILED"
+    assert "its model could not be logged" in caplog.text and "connection refused" in caplog.text
+    assert f"it is saved in {tmp_path / 'first'}" in caplog.text
+    assert files_in(tmp_path / "first") == MODEL_FILES
+    run.log_metrics({"test_accuracy": 0.5}, step=1)
+    client.log_batch, original = refuse, client.log_batch
+    try:
+        assert log_model(run, network, spec, inputs(), step=1) is None  # the metrics cannot even be flushed
+    finally:
+        client.log_batch = original
+    assert "(it does not answer)" in caplog.text
+    run.end("FINISHED")
