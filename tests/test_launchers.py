@@ -4,6 +4,7 @@ run the array's tasks on this machine)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import textwrap
@@ -167,3 +168,15 @@ def test_refused_submission_stops_the_sweep_with_slurms_message(project, fake_sl
     assert "sbatch: error: Batch job submission failed: Invalid partition name specified" in result.stderr
     assert "Traceback" not in result.stderr
     assert [run for run in project.runs() if run.info.status == "RUNNING"] == []
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None, reason="the ray extra is installed"
+)
+def test_ray_preset_without_the_extra_says_how_to_install_it(project):
+    result = project.run("-m", "hydra/launcher=ray_local", "model=two_layer,deep_sigmoid", *QUICK)
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        'error: hydra/launcher=ray needs an optional extra: pip install -e ".[ray]"',
+    )
+    assert project.runs() == [] and project.job_dirs() == []

@@ -9,6 +9,9 @@ from typing import Any
 
 from nnexp.config import config_fields, unknown_key_message
 
+#: Hydra options that an optional extra of nnexp installs, and how to install it.
+OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
+
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -39,6 +42,8 @@ def describe_config_error(exc: BaseException) -> str | None:
 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, option = exc.missing_cfg_file.rsplit("/", 1)
+        if exc.options is None and exc.missing_cfg_file in OPTIONAL_PLUGINS:
+            return f"{group}={option} needs an optional extra: {OPTIONAL_PLUGINS[exc.missing_cfg_file]}"
         available = ", ".join(exc.options or []) or f"none (presets live in conf/{group}/)"
         return f"{group}={option} is not an option; available: {available}"
     if isinstance(exc, OverrideParseException):
