@@ -278,11 +278,11 @@ def test_sigterm_marks_the_run_killed_in_one_line(project):
     assert process.returncode == 143
     [run] = project.runs()
     [line] = stderr.strip().splitlines()
-    assert line.startswith("error: interrupted (SIGTERM) at epoch ")
+    assert line.startswith("error: interrupted (SIGTERM) in epoch ")
     assert line.endswith(
         f"resume with: python -m nnexp resume={run.info.run_id}; MLflow run {run.info.run_id} is marked KILLED"
     )
-    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted (SIGTERM) at epoch")
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted (SIGTERM) in epoch")
 
 
 def test_runs_started_together_share_a_new_store(project):

@@ -56,7 +56,7 @@ def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(project, signum
     line = stderr.strip().splitlines()[-1]
     killed = next(run for run in project.runs() if run.info.run_id != finished.info.run_id)
     name = signal.Signals(signum).name
-    assert line.startswith(f"error: interrupted ({name}) at epoch ")
+    assert line.startswith(f"error: interrupted ({name}) in epoch ")
     assert line.endswith(
         f"resume with: python -m nnexp resume={killed.info.run_id}; MLflow run {killed.info.run_id} is marked KILLED"
     )
@@ -77,6 +77,11 @@ def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(project, signum
 
     continued = client.get_run(killed.info.run_id)
     assert continued.info.status == "FINISHED"
+    again = project.run(f"resume={killed.info.run_id}")
+    assert (again.returncode, again.stderr.strip()) == (
+        1,
+        f"error: run {killed.info.run_id} is FINISHED; there is nothing to resume",
+    )
     assert len(project.runs()) == 2, "resume continues the same MLflow run"
     expected = weights(project.root / "outputs" / "reference" / "model.npz")
     got = weights(output_dir / "model.npz")

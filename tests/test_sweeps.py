@@ -261,6 +261,8 @@ def test_compare_prints_a_sweep_and_an_experiment(project):
     assert (wrong.returncode, wrong.stderr.strip()) == (1, "error: --sweep nosuchrun: no such run")
     unknown = compare(project, "--sweep", "last", "--params", "optimizer.lr")
     assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: --params: no run has optimizer.lr")
+    unsorted = compare(project, "--sort", "nosuch")
+    assert (unsorted.returncode, unsorted.stderr.strip()) == (1, "error: --sort: no run has the metric nosuch")
 
 
 def test_compare_without_a_store_says_so(project):

@@ -46,6 +46,8 @@ def describe_config_error(exc: BaseException) -> str | None:
             return f"{group}={option} needs an optional extra: {OPTIONAL_PLUGINS[exc.missing_cfg_file]}"
         available = ", ".join(exc.options or []) or f"none (presets live in conf/{group}/)"
         return f"{group}={option} is not an option; available: {available}"
+    if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
+        return f"{exc}; to see a sweep's settings, drop -m (e.g. --cfg hydra -p hydra.launcher)"
     if isinstance(exc, OverrideParseException):
         return f"cannot parse override '{exc.override}': {exc.message.splitlines()[0]}"
     cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__

@@ -262,6 +262,10 @@ def compare(args: argparse.Namespace) -> str:
     unknown = [key for key in params if not any(key in settings(run) for run in runs)]
     if unknown:
         raise NnexpError(f"--params: no run has {', '.join(unknown)}")
+    for option, names in (("--metrics", args.metrics or []), ("--sort", [args.sort] if args.sort else [])):
+        missing = [name for name in names if not any(name in run.data.metrics for run in runs)]
+        if missing:
+            raise NnexpError(f"{option}: no run has the metric {', '.join(missing)}")
     table = runs_table(runs, params, metrics, ranking if args.sweep or args.sort else None)
     return f"{heading}\n\n{table.render(args.format)}" if args.format != "csv" else table.csv()
 

@@ -31,7 +31,7 @@ from nnexp.datasets.base import DATASETS, Dataset, Splits
 from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
-from nnexp.tracking import TrackedRun, Tracker, flatten, git_state, resolve_uri
+from nnexp.tracking import RunCreationError, TrackedRun, Tracker, flatten, git_state, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -168,16 +168,23 @@ def run(cfg: DictConfig) -> float:
     tags = run_tags(cfg, choices, project_dir, output_dir)
     tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
     tags["dataset_digest"] = experiment.splits.digest()
-    with tracker.start_run(label, tags, resumed.run_id if resumed else None, outbox=output_dir) as tracked:
-        if resumed is None:
-            tracked.log_params(run_params(cfg))
-        history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, resumed)
-        test_loss, test_accuracy, predicted = evaluate(experiment.network, experiment.loss, experiment.data["test"])
-        tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=len(history["train_loss"]))
-        write_artifacts(output_dir, cfg, experiment, history, predicted)
-        log_artifacts(tracked, output_dir, hydra.output_subdir)
-        log_network(tracked, experiment, components.dataset, len(history["train_loss"]), output_dir / "model")
-        run_id = tracked.run_id
+    try:
+        with tracker.start_run(label, tags, resumed.run_id if resumed else None, outbox=output_dir) as tracked:
+            if resumed is None:
+                tracked.log_params(run_params(cfg))
+            history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, resumed)
+            test_loss, test_accuracy, predicted = evaluate(experiment.network, experiment.loss, experiment.data["test"])
+            tracked.log_metrics(
+                {"test_loss": test_loss, "test_accuracy": test_accuracy}, step=len(history["train_loss"])
+            )
+            write_artifacts(output_dir, cfg, experiment, history, predicted)
+            log_artifacts(tracked, output_dir, hydra.output_subdir)
+            log_network(tracked, experiment, components.dataset, len(history["train_loss"]), output_dir / "model")
+            run_id = tracked.run_id
+    except RunCreationError:
+        if not cfg.resume:
+            discard_job_dir(output_dir)  # the store refused the run before anything ran
+        raise
     # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
     restored = early_stopping is not None and bool(early_stopping.best_weights)
     final_epoch = early_stopping.best_epoch if restored else len(history["train_loss"])
@@ -263,6 +270,15 @@ def train(
     if directory.is_dir():
         tracked.log_artifact(directory, "checkpoint")
     if early_stopping is not None and early_stopping.best_epoch:
+        epochs_run = len(history["train_loss"])
+        log.info(
+            "early stopping: %s%s best at epoch %d (%.4f)%s",
+            f"stopped at epoch {epochs_run}, " if epochs_run < trainer.epochs else "",
+            early_stopping.monitor,
+            early_stopping.best_epoch,
+            early_stopping.best,
+            "; its weights are restored" if early_stopping.best_weights else "",
+        )
         tracked.log_metrics(
             {f"best_{early_stopping.monitor}": early_stopping.best, "best_epoch": early_stopping.best_epoch},
             step=len(history["train_loss"]),

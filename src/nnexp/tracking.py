@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 FLUSH_SECONDS = 2.0
-#: While the store does not answer, how often to try again; each try may block for a few seconds.
-RETRY_SECONDS = 10.0
-#: Tries to deliver what is queued when a run ends, before writing the outbox.
+#: While the store does not answer, how often to try again; each try pauses training for a few seconds.
+RETRY_SECONDS = 30.0
+#: Tries to deliver what is queued when a run ends, before writing the outbox, and the pause between them.
 END_ATTEMPTS = 3
+END_PAUSE_SECONDS = 5.0
 OUTBOX = "mlflow_outbox.json"
 # MLflow's own limits for one log_batch request.
 MAX_METRICS_PER_BATCH = 1000
@@ -168,6 +169,10 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+class RunCreationError(ConfigError):
+    """The store answered the health check but would not create the run; nothing was recorded."""
+
+
 class TrackingStoreError(NnexpError):
     """The tracking store went away during a run and did not come back; what it missed is in an outbox file."""
 
@@ -279,7 +284,7 @@ class TrackedRun:
             self._tags["failure_reason"] = reason
         for attempt in range(END_ATTEMPTS):
             if attempt:
-                time.sleep(RETRY_SECONDS / END_ATTEMPTS)
+                time.sleep(END_PAUSE_SECONDS)
             delivered = self.flush() and self._send_tags() and self._send_artifacts()
             if delivered and self._send(functools.partial(self.client.set_terminated, self.run_id, status)):
                 return
@@ -346,6 +351,8 @@ class Tracker:
         # After the import: MLflow sets its own logger to INFO when imported.
         for noisy in ("alembic", "mlflow"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # Each retry of a server that does not answer would be a warning line; nnexp says it once instead.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.uri = uri
         try:
             with store_lock(uri):
@@ -369,9 +376,13 @@ class Tracker:
 
     def open_run(self, run_name: str, tags: Mapping[str, Any], outbox: Path | None = None) -> TrackedRun:
         """A new RUNNING run; whoever opens it must :meth:`TrackedRun.end` it."""
-        created = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={key: str(value) for key, value in tags.items()}
-        )
+        try:
+            created = self.client.create_run(
+                self.experiment_id, run_name=run_name, tags={key: str(value) for key, value in tags.items()}
+            )
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RunCreationError(f"tracking store {self.uri} cannot create the run: {reason[:300]}") from None
         return TrackedRun(self.client, created.info.run_id, outbox)
 
     def record_failure(self, run_name: str, tags: Mapping[str, Any], reason: str, params: Mapping[str, Any]) -> str:
@@ -392,6 +403,9 @@ class Tracker:
         if resume is None:
             run = self.open_run(run_name, tags, outbox)
         else:
+            status = self.client.get_run(resume).info.status
+            if status == "FINISHED":
+                raise RunCreationError(f"run {resume} is FINISHED; there is nothing to resume")
             self.client.update_run(resume, status="RUNNING")
             run = TrackedRun(self.client, resume, outbox)
             run.set_tags({"resumed": "true", "failure_reason": ""})

@@ -239,7 +239,7 @@ def test_a_stopped_fit_resumes_to_the_same_weights_bit_for_bit(optimizer_name) -
         trainer_b.fit(net_b, CROSS_ENTROPY, optimizer_b, data, rng_b, callbacks=[StopAt(trainer_b, 3)])
     state = stopped.value.state
     assert (state.epoch, state.batch, stopped.value.exit_code) == (2, 0, 130)
-    assert str(stopped.value) == "interrupted (test) at epoch 3, batch 1"
+    assert str(stopped.value) == "interrupted (test) in epoch 3, after 0 of its batches"
 
     # A new process: fresh objects, restored from what a checkpoint keeps.
     rng_c, net_c, optimizer_c, trainer_c = fresh()
@@ -278,7 +278,7 @@ def test_a_stop_mid_epoch_resumes_with_the_same_shuffle_and_running_metrics() ->
     with pytest.raises(Stopped) as stopped:
         trainer_b.fit(net_b, CROSS_ENTROPY, optimizer_b, data, rng_b)
     state = stopped.value.state
-    assert (state.epoch, state.batch) == (1, 3) and str(stopped.value).endswith("at epoch 2, batch 4")
+    assert (state.epoch, state.batch) == (1, 3) and str(stopped.value).endswith("in epoch 2, after 3 of its batches")
 
     rng_c = np.random.default_rng(3)
     net_c, optimizer_c = network(rng_c), StoppingSGD()

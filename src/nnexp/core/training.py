@@ -254,7 +254,7 @@ class Trainer:
                 reason, exit_code = self._stop_request
                 self._stop_request = None
                 state.seconds = time.perf_counter() - started
-                raise Stopped(f"{reason} at epoch {epoch}, batch {batch}", state, exit_code)
+                raise Stopped(f"{reason} in epoch {epoch}, after {batch - 1} of its batches", state, exit_code)
             stop = start + size
             outputs = network.forward(x[start:stop])
             batch_loss, grad = loss.value_and_gradient(targets[start:stop], outputs)
