@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nnexp.config import GROUPS
+from nnexp.config import GROUPS, Direction, default_direction
 from nnexp.errors import NnexpError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class Ranking:
             for run in runs
             if run.data.tags.get("objective") == metric and run.data.tags.get("objective_direction")
         }
-        maximize = directions == {"maximize"} if directions else not metric.endswith("loss")
+        maximize = directions == {"maximize"} if directions else default_direction(metric) is Direction.maximize
         return cls(metric, maximize)
 
     def worst(self) -> float:

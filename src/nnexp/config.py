@@ -52,6 +52,11 @@ class Direction(enum.Enum):
     minimize = "minimize"
 
 
+def default_direction(metric: str) -> Direction:
+    """How a metric improves when nobody says: losses go down, accuracies up."""
+    return Direction.minimize if metric.endswith("loss") else Direction.maximize
+
+
 #: The final metrics every run has; ``objective.metric`` names one of them.
 FINAL_METRICS = tuple(f"{part}_{kind}" for part in ("train", "val", "test") for kind in ("accuracy", "loss"))
 

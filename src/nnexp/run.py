@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__, checkpoint
-from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys
+from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
@@ -31,6 +31,7 @@ from nnexp.datasets.base import DATASETS, Dataset, Splits
 from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
+from nnexp.sweep import PARENT_OVERRIDE
 from nnexp.tracking import RunCreationError, TrackedRun, Tracker, flatten, git_state, resolve_uri
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class Objective:
             metric = "val_accuracy" if has_validation else "test_accuracy"
         if metric.startswith("val_") and has_validation is False:
             raise ConfigError(f"objective.metric={metric} needs a validation split, and this dataset has none")
-        direction = cfg.objective.direction or (Direction.minimize if metric.endswith("loss") else Direction.maximize)
+        direction = cfg.objective.direction or default_direction(metric)
         return cls(metric, direction)
 
     def worst(self) -> float:
@@ -320,7 +321,7 @@ def early_stopping_callback(cfg: DictConfig, experiment: Experiment) -> EarlySto
         raise ConfigError(
             f"early_stopping.monitor must be one of {', '.join(logged)} for this run, got {settings.monitor!r}"
         )
-    direction = settings.direction or (Direction.minimize if settings.monitor.endswith("loss") else Direction.maximize)
+    direction = settings.direction or default_direction(settings.monitor)
     try:
         return EarlyStopping(
             experiment.trainer,
@@ -365,7 +366,7 @@ def job_choices() -> dict[str, Any]:
 
 def job_overrides() -> list[str]:
     """The job's command-line overrides, without the parent run id a sweep adds."""
-    return [item for item in HydraConfig.get().overrides.task if not item.startswith("tracking.parent_run_id=")]
+    return [item for item in HydraConfig.get().overrides.task if not item.startswith(f"{PARENT_OVERRIDE}=")]
 
 
 def run_label(cfg: DictConfig) -> str:
@@ -468,10 +469,15 @@ def log_artifacts(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | Non
 
 def discard_job_dir(output_dir: Path) -> None:
     """Remove a job directory that holds only what Hydra wrote before the job failed, so no stray output remains."""
-    hydra_files = {".hydra", "nnexp.log"}
-    if output_dir.is_dir() and {entry.name for entry in output_dir.iterdir()} <= hydra_files:
-        shutil.rmtree(output_dir)
-        parent = output_dir.parent
+    discard_dir(output_dir, {".hydra", "nnexp.log"})
+
+
+def discard_dir(directory: Path, written_before_work: set[str]) -> None:
+    """Remove ``directory`` if it holds nothing but ``written_before_work``, and then its parent (a date folder)
+    if that is left empty, unless it is ``outputs`` itself."""
+    if directory.is_dir() and {entry.name for entry in directory.iterdir()} <= written_before_work:
+        shutil.rmtree(directory)
+        parent = directory.parent
         if parent.name != "outputs" and not any(parent.iterdir()):
             parent.rmdir()
 

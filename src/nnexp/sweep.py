@@ -8,10 +8,8 @@ of its children, best-of metrics, the best job's params and a comparison plot.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +116,9 @@ class Sweep:
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
         if finished == failed == 0 and not interrupted:
             self.tracker.client.delete_run(self.parent.run_id)
-            discard_empty_sweep_dir(self.directory)
+            from nnexp.run import discard_dir
+
+            discard_dir(self.directory, {"multirun.yaml", "summary"})  # what Hydra wrote before its first job
 
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns
@@ -191,14 +191,6 @@ def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Rank
     scored = [(value, run) for run in finished if (value := metric_value(run, ranking.metric)) is not None]
     scored.sort(key=lambda pair: ranking.sort_key(pair[0]))
     plots.plot_comparison([run.info.run_name for _, run in scored], [v for v, _ in scored], None, ranking.metric, path)
-
-
-def discard_empty_sweep_dir(directory: Path) -> None:
-    """Remove a sweep directory that holds only what Hydra wrote before its first job."""
-    if directory.is_dir() and {entry.name for entry in directory.iterdir()} <= {"multirun.yaml", "summary"}:
-        shutil.rmtree(directory)
-        with contextlib.suppress(OSError):  # the date folder, when this sweep was its only content
-            directory.parent.rmdir()
 
 
 #: The sweep this process launched and has not ended yet; :func:`abandon` ends it when the sweep is cut short.
