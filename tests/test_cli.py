@@ -182,6 +182,47 @@ def test_help_lists_every_group_and_option(project):
     assert "schedule: constant, cosine, step" in result.stdout
 
 
+#: Runs nnexp's entry point in this process, then reports on stderr which costly libraries it imported.
+IMPORT_PROBE = """
+import json, runpy, sys
+sys.argv = ["nnexp", *sys.argv[1:]]
+try:
+    runpy.run_module("nnexp", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"mlflow", "sklearn", "matplotlib"})
+print(json.dumps(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "shown"),
+    [
+        (("--help",), "== Configuration groups =="),
+        (("dataset=mnist_idx", "--help"), "name: mnist_idx"),
+        (("dataset=nope",), "error: dataset=nope is not an option"),
+        (("trainer.epochs=-1",), "error: trainer.epochs must be >= 1, got -1"),
+        (("optimizer.lr=0.1",), "error: optimizer.lr is not a known key"),
+    ],
+)
+def test_help_and_config_errors_import_no_mlflow_sklearn_or_matplotlib(project, arguments, shown):
+    """They cost seconds to import, and neither the help nor a rejected config needs them."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *arguments],
+        cwd=project.root,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown in result.stdout + result.stderr
+    assert json.loads(result.stderr.splitlines()[-1]) == []
+
+
 def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
     result = project.run("schedule=step", "schedule.step_size=1", "schedule.gamma=0.5", "trainer.epochs=3")
     assert result.returncode == 0, result.stderr

@@ -30,6 +30,9 @@ HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
+#: The flags that ask for the app's help, as Hydra spells them.
+HELP_FLAGS = ("-h", "--help")
+
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -81,11 +84,14 @@ def launch() -> None:
     sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
+    conf = Path.cwd() / "conf"
+    config_dir = conf if conf.is_dir() else None
+    if quick_help(sys.argv[1:], config_dir):
+        return
     from nnexp import sweep
 
-    conf = Path.cwd() / "conf"
     try:
-        hydra.main(version_base="1.3", config_path=str(conf) if conf.is_dir() else None, config_name="nnexp")(task)()
+        hydra.main(version_base="1.3", config_path=str(config_dir) if config_dir else None, config_name="nnexp")(task)()
     except BaseException as exc:
         if sweep.abandon(exc) and launcher_error(exc):
             # e.g. sbatch refusing the job array: one line, as for any other error (HYDRA_FULL_ERROR=1 shows all)
@@ -94,6 +100,23 @@ def launch() -> None:
         raise
     if sweep.failure():
         raise NnexpError(sweep.failure())
+
+
+def quick_help(arguments: list[str], config_dir: Path | None) -> bool:
+    """Print ``--help`` for a command line of overrides, ``--help`` and ``--resolve``; False leaves Hydra to
+    answer any other (``-cn``, ``--hydra-help``, ...), slowly but in full."""
+    from nnexp.config import help_text
+
+    if not any(item in HELP_FLAGS for item in arguments):
+        return False
+    if any(item.startswith("-") and item not in (*HELP_FLAGS, "--resolve") for item in arguments):
+        return False
+    overrides = [item for item in arguments if not item.startswith("-")]
+    text = help_text(config_dir, overrides, resolve="--resolve" in arguments)
+    if text is None:
+        return False
+    print(text)
+    return True
 
 
 def launcher_error(exc: BaseException) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import string
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -215,3 +217,56 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
         node = cfg._get_node(key)
         if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
             check_known_keys(node, f"{path}{key}.")
+
+
+def help_text(config_dir: Path | None, overrides: list[str], resolve: bool) -> str | None:
+    """What ``--help`` prints, as Hydra's own help does, but composed once and listing only the app's groups.
+
+    Hydra's help also lists its own groups (launchers, sweepers, ...), which its template never prints, copying the
+    whole ConfigStore for each: over a second. ``None`` when the template asks for more than the app's groups and
+    config (``$FLAGS_HELP``, ``$HYDRA_CONFIG_GROUPS``): only Hydra's help knows those.
+    """
+    from hydra import compose, initialize, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    if config_dir is None:
+        context = initialize(version_base="1.3", config_path=None, job_name=PRIMARY)
+    else:
+        context = initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=PRIMARY)
+    with context:
+        cfg = compose(config_name=PRIMARY, overrides=overrides, return_hydra_config=True)
+        groups = app_groups(GlobalHydra.instance().config_loader().get_sources())
+        template = string.Template(cfg.hydra.help.template)
+        HydraConfig.instance().set_config(cfg)  # so that --resolve resolves ${hydra:...}, as in Hydra's help
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        listing = "".join(f"{group}: {', '.join(groups[group])}\n" for group in sorted(groups))
+        try:
+            return template.substitute(APP_CONFIG_GROUPS=listing, CONFIG=OmegaConf.to_yaml(cfg, resolve=resolve))
+        except KeyError:
+            return None
+
+
+def app_groups(sources: list[Any], parent: str = "") -> dict[str, list[str]]:
+    """The sorted options of every config group under ``parent`` (``""``: all), nested ones too, but Hydra's own.
+
+    ``sources`` are the config loader's sources: asked directly, as Hydra's repository asks them, since
+    ``ConfigLoader.get_group_options`` copies the whole ConfigStore on every call.
+    """
+    from hydra.core.object_type import ObjectType
+
+    def options(group: str, kind: ObjectType) -> list[str]:
+        return sorted({name for source in sources if source.is_group(group) for name in source.list(group, kind)})
+
+    found = {}
+    for name in options(parent, ObjectType.GROUP):
+        group = f"{parent}/{name}" if parent else name
+        if group == "hydra":
+            continue
+        configs = options(group, ObjectType.CONFIG)
+        if configs:
+            found[group] = configs
+        found.update(app_groups(sources, group))
+    return found
