@@ -7,7 +7,7 @@ from nnexp.core.activations import ACTIVATIONS, Sigmoid, Tanh
 from nnexp.core.layers import Bias, Dense
 from nnexp.core.losses import LOSSES
 from nnexp.core.network import Sequential
-from nnexp.core.optimizers import SGD
+from nnexp.core.optimizers import OPTIMIZERS, SGD
 
 
 def small_network(rng: np.random.Generator, dtype: type = np.float64) -> Sequential:
@@ -175,7 +175,13 @@ def test_training_step_keeps_the_dtype_everywhere(
     for layer in reversed(layers):
         grad = layer.backward(grad)
         assert grad.dtype == dtype, type(layer).__name__
-    SGD(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3).step(network.parameters())
+    for optimizer in [
+        SGD(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        *(OPTIMIZERS.build({"name": name, "weight_decay": 1e-3}) for name in OPTIMIZERS.names()),
+    ]:
+        optimizer.step(network.packed_parameters())
+        state = optimizer.state_dict()
+        assert {value.dtype for key, value in state.items() if key != "iterations"} <= {np.dtype(dtype)}
     for key, param, param_grad in network.parameters():
         assert param.dtype == dtype, key
         assert param_grad.dtype == dtype, key

@@ -36,21 +36,34 @@ def test_optimizer_updates_parameters_in_place(name: str) -> None:
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_optimizer_update_keeps_the_gradient_dtype(name: str, dtype: type) -> None:
-    optimizer = OPTIMIZERS.build({"name": name, "weight_decay": 1e-3})
-    update = optimizer.update
-    updates = []
-
-    def recording_update(key: str, grad: np.ndarray) -> np.ndarray:
-        updates.append(update(key, grad))
-        return updates[-1]
-
-    optimizer.update = recording_update  # step's in-place subtraction would hide an upcast
+def test_optimizer_keeps_the_parameter_dtype_in_every_buffer(name: str, dtype: type) -> None:
+    fields = {"name": name, "weight_decay": 1e-3, **({"momentum": 0.9} if name == "sgd" else {})}
+    optimizer = OPTIMIZERS.build(fields)
     param = np.array([1.0, 2.0], dtype=dtype)
     for _ in range(2):  # the second step uses any per-parameter state the first created
         optimizer.step([("dense0.weight", param, np.array([0.5, -1.0], dtype=dtype))])
-    assert [u.dtype for u in updates] == [dtype, dtype]
+    buffers = [*optimizer._arrays["dense0.weight"], optimizer._decayed["dense0.weight"]]
+    assert len(buffers) == 2 + len(optimizer.state_slots)
+    assert {buffer.dtype for buffer in buffers} == {np.dtype(dtype)}
     assert param.dtype == dtype
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_large_parameters_split_over_threads_get_the_same_update(name: str, monkeypatch) -> None:
+    from nnexp.core import parallel
+
+    rng = np.random.default_rng(0)
+    size = 3 * parallel.MIN_PARALLEL_SIZE + 7
+    start, grads = rng.standard_normal(size).astype(np.float32), rng.standard_normal((3, size)).astype(np.float32)
+    results = []
+    for workers in (1, 3):
+        monkeypatch.setattr(parallel, "worker_count", lambda workers=workers: workers)
+        optimizer, param = OPTIMIZERS.build({"name": name, "weight_decay": 1e-2}), start.copy()
+        for grad in grads:
+            optimizer.step([("dense0.weight", param, grad)])
+        results.append(param)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], start)
 
 
 W0 = np.array([1.0, -2.0])

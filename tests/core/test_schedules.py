@@ -146,5 +146,7 @@ def test_scheduled_rate_keeps_the_parameter_dtype(dtype: type) -> None:
     optimizer = SGD(learning_rate=0.1)
     LearningRateScheduler(optimizer, Cosine()).on_epoch_begin(2)
     assert type(optimizer.learning_rate) is float  # a NumPy float64 would upcast float32 updates
-    grad = np.array([1.0, -1.0], dtype=dtype)
-    assert optimizer.update("dense0.weight", grad).dtype == dtype
+    param = np.array([1.0, -1.0], dtype=dtype)
+    optimizer.step([("dense0.weight", param, np.array([1.0, -1.0], dtype=dtype))])
+    assert param.dtype == dtype
+    assert all(array.dtype == dtype for array in optimizer._arrays["dense0.weight"])

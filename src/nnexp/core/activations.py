@@ -12,8 +12,22 @@ from nnexp.registry import Registry
 class Activation(Layer):
     """A layer with no parameters."""
 
+    def output(self, x: Array) -> Array:
+        """The array ``forward`` writes into, shaped and typed like ``x``."""
+        return self.buffer("out", x.shape, x.dtype)
+
+    def input_grad(self, grad_out: Array) -> Array:
+        """The array ``backward`` writes into, shaped and typed like ``grad_out``."""
+        return self.buffer("grad_in", grad_out.shape, grad_out.dtype)
+
 
 ACTIVATIONS: Registry[Activation] = Registry("activation", Activation)
+
+# As 0-d float32 arrays these constants cost a ufunc half of what a Python float does (which NumPy converts on
+# every call), and they never widen a float32 array.
+HALF = np.array(0.5, np.float32)
+ONE = np.array(1.0, np.float32)
+ZERO = np.array(0.0, np.float32)
 
 
 @ACTIVATIONS.register("identity")
@@ -33,13 +47,17 @@ class Sigmoid(Activation):
 
     def forward(self, x: Array) -> Array:
         # 0.5 (1 + tanh(x / 2)) equals 1 / (1 + exp(-x)) without overflow for large negative x.
-        self._out = np.tanh(x * 0.5)
-        self._out += 1.0
-        self._out *= 0.5
-        return self._out
+        self._out = out = np.multiply(x, HALF, out=self.output(x))
+        np.tanh(out, out=out)
+        np.add(out, ONE, out=out)
+        np.multiply(out, HALF, out=out)
+        return out
 
     def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
-        return grad_out * self._out * (1.0 - self._out)  # d sigmoid = s (1 - s), from the cached output
+        grad = np.subtract(ONE, self._out, out=self.input_grad(grad_out))  # d sigmoid = s (1 - s), from the output
+        grad *= self._out
+        grad *= grad_out
+        return grad
 
 
 @ACTIVATIONS.register("tanh")
@@ -47,11 +65,14 @@ class Tanh(Activation):
     """Hyperbolic tangent."""
 
     def forward(self, x: Array) -> Array:
-        self._out = np.tanh(x)
+        self._out = np.tanh(x, out=self.output(x))
         return self._out
 
     def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
-        return grad_out * (1.0 - self._out**2)  # d tanh = 1 - tanh^2, from the cached output
+        grad = np.multiply(self._out, self._out, out=self.input_grad(grad_out))  # d tanh = 1 - tanh^2
+        np.subtract(ONE, grad, out=grad)
+        grad *= grad_out
+        return grad
 
 
 @ACTIVATIONS.register("relu")
@@ -59,11 +80,11 @@ class ReLU(Activation):
     """Rectified linear unit, ``max(x, 0)``."""
 
     def forward(self, x: Array) -> Array:
-        self._out = np.maximum(x, 0.0)
+        self._out = np.maximum(x, ZERO, out=self.output(x))
         return self._out
 
     def backward(self, grad_out: Array, input_grad: bool = True) -> Array:
-        return grad_out * (self._out > 0)
+        return np.multiply(grad_out, self._out > ZERO, out=self.input_grad(grad_out))
 
 
 @ACTIVATIONS.register("softmax")

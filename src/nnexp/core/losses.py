@@ -69,8 +69,11 @@ class MeanSquaredError(Loss):
 
     def value_and_gradient(self, y_true: Array, y_pred: Array) -> tuple[float, Array]:
         diff = y_pred - y_true
-        value = float(0.5 * np.einsum("ij,ij->", diff, diff) / y_true.shape[0])
-        diff /= y_true.shape[0]
+        flat = diff.reshape(-1)
+        n_samples = y_true.shape[0]
+        value = 0.5 * float(np.dot(flat, flat)) / n_samples
+        if n_samples > 1:
+            diff /= n_samples
         return value, diff
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
 
 from nnexp.core import Array
+from nnexp.core.parallel import elementwise
 from nnexp.errors import require
 from nnexp.registry import Registry
 
@@ -14,11 +16,13 @@ from nnexp.registry import Registry
 class Optimizer:
     """Updates parameters in place from their gradients, keeping per-parameter state by key.
 
-    ``weight_decay`` adds ``weight_decay * weight`` to the gradient of every parameter named ``weight``
-    (an L2 penalty of ``weight_decay / 2 * ||W||^2``); biases are not decayed.
+    A subclass names its state arrays in :attr:`state_slots` and writes its rule in :meth:`update`, element by
+    element and in place, so that one rule serves every parameter and large parameters are updated by several
+    threads at once. ``weight_decay`` adds ``weight_decay * weight`` to the gradient of every parameter named
+    ``weight`` (an L2 penalty of ``weight_decay / 2 * ||W||^2``); biases are not decayed.
     """
 
-    #: The attributes holding per-parameter state (``{key: array}``), saved in checkpoints.
+    #: Names of the per-parameter state arrays (zeros before the first step), saved in checkpoints.
     state_slots: tuple[str, ...] = ()
 
     def __init__(self, learning_rate: float = 0.01, weight_decay: float = 0.0) -> None:
@@ -27,32 +31,65 @@ class Optimizer:
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.iterations = 0
+        self.state: dict[str, dict[str, Array]] = {slot: {} for slot in self.state_slots}
+        self._arrays: dict[str, tuple[Array, ...]] = {}
+        self._decayed: dict[str, Array] = {}
 
     def step(self, params_and_grads: Iterable[tuple[str, Array, Array]]) -> None:
         self.iterations += 1
+        self.begin_step()
         for key, param, grad in params_and_grads:
             if self.weight_decay and key.rsplit(".", 1)[-1] == "weight":
-                grad = grad + self.weight_decay * param
-            param -= self.update(key, grad)  # in place: layers keep their arrays
+                grad = self._decay(key, param, grad)
+            arrays = self._arrays.get(key)
+            if arrays is None or arrays[0].shape != param.shape or arrays[0].dtype != param.dtype:
+                arrays = self._arrays[key] = self._allocate(key, param)
+            elementwise(self._apply, (param, grad, *arrays))
 
-    def update(self, key: str, grad: Array) -> Array:
-        """The amount to subtract from parameter ``key``."""
+    def _allocate(self, key: str, param: Array) -> tuple[Array, ...]:
+        """The step buffer of ``key`` and its state arrays, zeros where no state was loaded."""
+        for slot in self.state_slots:
+            state = self.state[slot].get(key)
+            if state is None or state.shape != param.shape or state.dtype != param.dtype:
+                self.state[slot][key] = np.zeros_like(param)
+        return (np.zeros_like(param), *(self.state[slot][key] for slot in self.state_slots))
+
+    def begin_step(self) -> None:
+        """Set what every parameter's update shares in this step (a bias correction, say); :attr:`iterations`
+        already counts it."""
+
+    def update(self, grad: Array, step: Array, *state: Array) -> None:
+        """Write into ``step`` the amount to subtract from the parameter whose gradient is ``grad``, and update its
+        ``state`` arrays (one per slot, in :attr:`state_slots` order) in place; everything element by element."""
         raise NotImplementedError
+
+    def _apply(self, param: Array, grad: Array, step: Array, *state: Array) -> None:
+        self.update(grad, step, *state)
+        param -= step  # in place: layers keep their arrays
+
+    def _decay(self, key: str, param: Array, grad: Array) -> Array:
+        """``grad + weight_decay * param`` in a buffer of the optimizer's: the layer's gradient stays as it is."""
+        decayed = self._decayed.get(key)
+        if decayed is None or decayed.shape != param.shape or decayed.dtype != param.dtype:
+            decayed = self._decayed[key] = np.empty_like(param)
+        np.multiply(param, self.weight_decay, out=decayed)
+        decayed += grad
+        return decayed
 
     def state_dict(self) -> dict[str, Array]:
         """The step count and every per-parameter state array, as ``slot/key`` -> array."""
         state = {"iterations": np.asarray(self.iterations)}
-        for slot in self.state_slots:
-            for key, value in getattr(self, slot).items():
-                state[f"{slot.lstrip('_')}/{key}"] = np.asarray(value)
+        for slot, arrays in self.state.items():
+            state.update({f"{slot}/{key}": value for key, value in arrays.items()})
         return state
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
         """Restore what :meth:`state_dict` returned; the arrays are copied."""
         self.iterations = int(state["iterations"])
         for slot in self.state_slots:
-            prefix = f"{slot.lstrip('_')}/"
-            setattr(self, slot, {k[len(prefix) :]: np.array(v) for k, v in state.items() if k.startswith(prefix)})
+            prefix = f"{slot}/"
+            self.state[slot] = {k[len(prefix) :]: np.array(v) for k, v in state.items() if k.startswith(prefix)}
+        self._arrays.clear()
 
 
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer)
@@ -62,8 +99,6 @@ OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer)
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, as in Keras."""
 
-    state_slots = ("_velocity",)
-
     def __init__(
         self,
         learning_rate: float = 0.01,
@@ -71,26 +106,31 @@ class SGD(Optimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(learning_rate, weight_decay)
         require(0 <= momentum < 1, "momentum", "must be in [0, 1)", momentum)
         require(not nesterov or momentum > 0, "nesterov", "needs momentum > 0", nesterov)
         self.momentum = momentum
         self.nesterov = nesterov
-        self._velocity: dict[str, Array] = {}
+        self.state_slots = ("velocity",) if momentum else ()
+        super().__init__(learning_rate, weight_decay)
 
-    def update(self, key: str, grad: Array) -> Array:
-        step = self.learning_rate * grad
+    def update(self, grad: Array, step: Array, *state: Array) -> None:
+        np.multiply(grad, self.learning_rate, out=step)
         if not self.momentum:
-            return step
-        velocity = self._velocity[key] = self.momentum * self._velocity.get(key, 0.0) + step
-        return self.momentum * velocity + step if self.nesterov else velocity
+            return
+        (velocity,) = state
+        velocity *= self.momentum
+        velocity += step
+        if self.nesterov:
+            step += self.momentum * velocity
+        else:
+            step[...] = velocity
 
 
 @OPTIMIZERS.register("rmsprop")
 class RMSprop(Optimizer):
     """Divides each step by a running root mean square of recent gradients (Keras defaults)."""
 
-    state_slots = ("_mean_square",)
+    state_slots = ("mean_square",)
 
     def __init__(
         self, learning_rate: float = 0.001, rho: float = 0.9, epsilon: float = 1e-7, weight_decay: float = 0.0
@@ -99,18 +139,25 @@ class RMSprop(Optimizer):
         require(0 <= rho < 1, "rho", "must be in [0, 1)", rho)
         require(epsilon > 0, "epsilon", "must be > 0", epsilon)
         self.rho, self.epsilon = rho, epsilon
-        self._mean_square: dict[str, Array] = {}
 
-    def update(self, key: str, grad: Array) -> Array:
-        mean_square = self._mean_square[key] = self.rho * self._mean_square.get(key, 0.0) + (1 - self.rho) * grad**2
-        return self.learning_rate * grad / (np.sqrt(mean_square) + self.epsilon)
+    def update(self, grad: Array, step: Array, *state: Array) -> None:
+        (mean_square,) = state
+        # mean_square += (1 - rho) (grad^2 - mean_square) is rho mean_square + (1 - rho) grad^2 in four passes
+        np.multiply(grad, grad, out=step)
+        step -= mean_square
+        step *= 1 - self.rho
+        mean_square += step
+        np.sqrt(mean_square, out=step)
+        step += self.epsilon
+        np.divide(grad, step, out=step)
+        step *= self.learning_rate
 
 
 @OPTIMIZERS.register("adam")
 class Adam(Optimizer):
     """Adaptive moment estimation (Kingma and Ba, 2015), with Keras's defaults."""
 
-    state_slots = ("_m", "_v")
+    state_slots = ("m", "v")
 
     def __init__(
         self,
@@ -125,12 +172,24 @@ class Adam(Optimizer):
         require(0 <= beta_2 < 1, "beta_2", "must be in [0, 1)", beta_2)
         require(epsilon > 0, "epsilon", "must be > 0", epsilon)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
-        self._m: dict[str, Array] = {}
-        self._v: dict[str, Array] = {}
 
-    def update(self, key: str, grad: Array) -> Array:
-        m = self._m[key] = self.beta_1 * self._m.get(key, 0.0) + (1 - self.beta_1) * grad
-        v = self._v[key] = self.beta_2 * self._v.get(key, 0.0) + (1 - self.beta_2) * grad**2
-        m_hat = m / (1 - self.beta_1**self.iterations)  # bias correction for the zero-initialised moments
-        v_hat = v / (1 - self.beta_2**self.iterations)
-        return self.learning_rate * m_hat / (np.sqrt(v_hat) + self.epsilon)
+    def begin_step(self) -> None:
+        # lr m_hat / (sqrt(v_hat) + eps), with the bias corrections m_hat = m / c1 and v_hat = v / c2 for the
+        # zero-initialised moments, equals scale m / (sqrt(v) + eps sqrt(c2)): two scalars instead of two passes.
+        c1, c2 = 1 - self.beta_1**self.iterations, 1 - self.beta_2**self.iterations
+        self._scale = self.learning_rate * math.sqrt(c2) / c1
+        self._epsilon = self.epsilon * math.sqrt(c2)
+
+    def update(self, grad: Array, step: Array, *state: Array) -> None:
+        m, v = state
+        np.subtract(grad, m, out=step)
+        step *= 1 - self.beta_1
+        m += step
+        np.multiply(grad, grad, out=step)
+        step -= v
+        step *= 1 - self.beta_2
+        v += step
+        np.sqrt(v, out=step)
+        step += self._epsilon
+        np.divide(m, step, out=step)
+        step *= self._scale

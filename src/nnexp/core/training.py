@@ -142,7 +142,13 @@ class EarlyStopping(Callback):
 
 def predict(network: Sequential, x: Array, batch_size: int = EVALUATION_BATCH) -> Array:
     """Network outputs for ``x``, computed in chunks to bound memory."""
-    return np.concatenate([network.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    outputs = None
+    for start in range(0, x.shape[0], batch_size):
+        chunk = network.forward(x[start : start + batch_size])  # valid until the next call: copied out at once
+        if outputs is None:
+            outputs = np.empty((x.shape[0], *chunk.shape[1:]), chunk.dtype)
+        outputs[start : start + chunk.shape[0]] = chunk
+    return network.forward(x).copy() if outputs is None else outputs
 
 
 def evaluate(network: Sequential, loss: Loss, data: Examples) -> tuple[float, float, np.ndarray]:
@@ -243,9 +249,10 @@ class Trainer:
         size = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
         started = time.perf_counter() - state.seconds
         x, targets, labels = train.x, train.targets, train.labels
-        if self.shuffle and size < n_samples:
-            order = rng.permutation(n_samples)
-            x, targets, labels = x[order], targets[order], labels[order]  # one permuted copy per epoch
+        order = rng.permutation(n_samples) if self.shuffle and size < n_samples else None
+        if order is not None:
+            # Each batch is gathered when its turn comes: a permuted copy of the inputs would double their memory.
+            targets, labels = targets[order], labels[order]
         if state.predicted is None:
             state.predicted = np.empty(n_samples, dtype=np.intp)
         predicted = state.predicted
@@ -256,7 +263,7 @@ class Trainer:
                 state.seconds = time.perf_counter() - started
                 raise Stopped(f"{reason} in epoch {epoch}, after {batch - 1} of its batches", state, exit_code)
             stop = start + size
-            outputs = network.forward(x[start:stop])
+            outputs = network.forward(x[start:stop] if order is None else x[order[start:stop]])
             batch_loss, grad = loss.value_and_gradient(targets[start:stop], outputs)
             if not math.isfinite(batch_loss):
                 raise TrainingError(
