@@ -2,13 +2,15 @@
 
 Usage: python benchmarks/bench_loading.py MNIST_DIR [--repeat N]
 MNIST_DIR holds the four IDX files (gzipped or not); the CSV files are written to a temporary folder first.
-Prints a Markdown table of median, min and max seconds. Not part of CI.
+Prints one Markdown section (median, min and max seconds) to stdout, progress to stderr. Not part of CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,11 +49,15 @@ def main() -> None:
                 {"name": "mnist_idx", "path": str(args.mnist_dir)}
             ).load(rng),
         }
-        print("| task | median s | min s | max s | runs |\n|---|---|---|---|---|")
+        rows = []
         for name, task in tasks.items():
+            print(f"timing {name} ...", file=sys.stderr, flush=True)
             seconds = timings(task, args.repeat)
             median, low, high = statistics.median(seconds), min(seconds), max(seconds)
-            print(f"| {name} | {median:.2f} | {low:.2f} | {high:.2f} | {args.repeat} |")
+            rows.append(f"| {name} | {median:.2f} | {low:.2f} | {high:.2f} | {args.repeat} |")
+    print("## MNIST loading\n\n| task | median s | min s | max s | runs |\n|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nRan `{shlex.join(['python', 'benchmarks/bench_loading.py', *sys.argv[1:]])}`, each task in turn.")
 
 
 if __name__ == "__main__":

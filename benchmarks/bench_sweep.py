@@ -2,8 +2,8 @@
 
 Usage: python benchmarks/bench_sweep.py [--repeat N] [--epochs E]
 Each repetition runs both launchers, alternating which goes first, in a fresh project folder with its own MLflow
-store, through the real CLI; the wall time is the whole command's. Prints a Markdown table (median, min, max
-seconds and the speed-up, pair by pair) and the machine's facts. Not part of CI.
+store, through the real CLI; the wall time is the whole command's. Prints one Markdown section (median, min, max
+seconds and the speed-up, pair by pair, and the machine's facts) to stdout, progress to stderr. Not part of CI.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -42,6 +43,13 @@ def run_sweep(launcher: tuple[str, ...], epochs: int) -> float:
         return seconds
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def machine() -> str:
     from threadpoolctl import threadpool_info
 
@@ -63,6 +71,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1000, help="epochs per job (default: 1000)")
     args = parser.parse_args()
+    load_start = loadavg()
     seconds: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
     names = list(LAUNCHERS)
     for repetition in range(args.repeat):
@@ -71,13 +80,16 @@ def main() -> None:
             print(f"{name}: {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
     sequential, parallel = (seconds[name] for name in names)
     ratios = [before / after for before, after in zip(sequential, parallel, strict=True)]
+    print("## Sweeps: a 12-job moons sweep, sequential against joblib with 2 workers (goal 8)\n")
     print(f"12-job moons sweep ({' '.join(SWEEP)} trainer.epochs={args.epochs}), whole command, {args.repeat} runs\n")
     print("| launcher | median s | min s | max s |\n|---|---|---|---|")
     for name, values in seconds.items():
         print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} | {max(values):.1f} |")
     print(
         f"\nspeed-up of joblib over sequential, pair by pair: {', '.join(f'{r:.2f}x' for r in ratios)} "
-        f"(median {statistics.median(ratios):.2f}x)\n\nmachine: {machine()}"
+        f"(median {statistics.median(ratios):.2f}x)\n\nmachine: {machine()}\n\n"
+        f"Ran `{shlex.join(['python', 'benchmarks/bench_sweep.py', *sys.argv[1:]])}`; load average (1/5/15 min) "
+        f"{load_start} at start, {loadavg()} at end."
     )
 
 
