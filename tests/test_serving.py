@@ -167,6 +167,39 @@ def test_requirements_are_explicit_and_saving_needs_no_network_or_subprocess(tmp
     assert requirements == [f"mlflow=={mlflow.__version__}", f"nnexp=={__version__}", f"numpy=={np.__version__}"]
 
 
+def test_the_model_folder_is_the_one_mlflows_save_model_writes(tmp_path):
+    """nnexp writes MLflow's format itself, to skip save_model's scan of every installed distribution; if MLflow
+    changes what its save_model writes, this says so."""
+    import mlflow.pyfunc
+
+    from nnexp.serving import pip_requirements, signature
+
+    network, loss = trained_like("cross_entropy")
+    spec = describe(network, loss, list("abcd"))
+    save_model(tmp_path / "nnexp", network, spec, inputs())
+    staging = tmp_path / "staging" / DATA_DIR
+    staging.mkdir(parents=True)
+    network.save(staging / WEIGHTS_FILE)
+    (staging / SPEC_FILE).write_text(spec.to_json())
+    mlflow.pyfunc.save_model(
+        str(tmp_path / "mlflow"),
+        loader_module="nnexp.serving",
+        data_path=str(staging),
+        signature=signature(spec),
+        input_example=inputs()[:EXAMPLE_ROWS],
+        pip_requirements=pip_requirements(),
+        uv_project_path=str(staging),  # not the working directory's uv project, if it has one
+    )
+    ours, theirs = tmp_path / "nnexp", tmp_path / "mlflow"
+    assert files_in(ours) == files_in(theirs) == MODEL_FILES
+    for name in MODEL_FILES - {"MLmodel"}:
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+    mine, mlflows = (yaml.safe_load((folder / "MLmodel").read_text()) for folder in (ours, theirs))
+    for meta in (mine, mlflows):
+        del meta["utc_time_created"], meta["model_uuid"]
+    assert mine == mlflows
+
+
 def test_a_uv_project_in_the_working_directory_is_not_copied_into_the_model(tmp_path, monkeypatch):
     (tmp_path / "uv.lock").write_text("version = 1\n")
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'mine'\n")

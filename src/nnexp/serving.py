@@ -12,9 +12,11 @@ array or DataFrame of feature rows and returns a DataFrame with the ``label`` (a
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +52,14 @@ WEIGHTS_FILE = "weights.npz"
 FORMAT = 1
 #: Rows of the test inputs saved as the model's input example.
 EXAMPLE_ROWS = 3
+#: The files MLflow's model format names.
+EXAMPLE_FILE = "input_example.json"
+SERVING_EXAMPLE_FILE = "serving_input_example.json"
+REQUIREMENTS_FILE = "requirements.txt"
+CONDA_FILE = "conda.yaml"
+PYTHON_ENV_FILE = "python_env.yaml"
+#: What MLflow's virtualenv specification installs first, at the versions installed here.
+BUILD_PACKAGES = ("pip", "setuptools", "wheel")
 #: How outputs become probabilities: ``softmax`` of logits, or outputs ``normalize``\ d to sum to one.
 PROBABILITY_RULES = ("softmax", "normalize")
 
@@ -264,7 +274,7 @@ def _load_pyfunc(data_path: str) -> NetworkModel:
 
 
 def pip_requirements() -> list[str]:
-    """Explicit requirements, so that MLflow infers none (inference loads the model in a subprocess)."""
+    """The model's requirements: the versions of MLflow, nnexp and NumPy that saved it."""
     import mlflow
 
     from nnexp import __version__
@@ -284,26 +294,64 @@ def signature(spec: NetworkSpec) -> ModelSignature:
 def save_model(path: str | Path, network: Sequential, spec: NetworkSpec, example: np.ndarray) -> None:
     """Write an MLflow pyfunc model into the new directory ``path``; ``example`` holds a few input rows.
 
-    Needs no tracking store: ``nnexp predict model=PATH`` and ``mlflow.pyfunc.load_model(PATH)`` read it as it is.
+    The files are those ``mlflow.pyfunc.save_model(path, loader_module=..., data_path=..., signature=...,
+    input_example=..., pip_requirements=...)`` writes (a test compares the two), written here because MLflow's
+    function first scans every installed distribution, a third of a second or more, to warn about requirements the
+    environment does not satisfy, and these are the environment's own versions. Needs no tracking store:
+    ``nnexp predict model=PATH`` and ``mlflow.pyfunc.load_model(PATH)`` read it as it is.
     """
     import mlflow.pyfunc
+    from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory() as staging:
-        data = Path(staging) / DATA_DIR
-        data.mkdir()
-        network.save(data / WEIGHTS_FILE)
-        (data / SPEC_FILE).write_text(spec.to_json())
-        mlflow.pyfunc.save_model(
-            str(path),
-            loader_module=__name__,
-            data_path=str(data),
-            signature=signature(spec),
-            input_example=np.asarray(example[:EXAMPLE_ROWS], dtype=np.float64),
-            pip_requirements=pip_requirements(),
-            # MLflow copies uv.lock and pyproject.toml of the working directory into the model unless told to
-            # look elsewhere; a folder without them keeps the model to its explicit requirements.
-            uv_project_path=staging,
-        )
+    folder = Path(path)
+    data = folder / "data" / DATA_DIR
+    data.mkdir(parents=True)
+    network.save(data / WEIGHTS_FILE)
+    (data / SPEC_FILE).write_text(spec.to_json())
+    rows = np.asarray(example[:EXAMPLE_ROWS], dtype=np.float64).tolist()
+    (folder / EXAMPLE_FILE).write_text(json.dumps(rows))
+    (folder / SERVING_EXAMPLE_FILE).write_text(json.dumps({"inputs": rows}, indent=2))
+    size = sum(file.stat().st_size for file in folder.rglob("*") if file.is_file())
+    example_info = {"artifact_path": EXAMPLE_FILE, "type": "ndarray", "serving_input_path": SERVING_EXAMPLE_FILE}
+    model = Model(signature=signature(spec), saved_input_example_info=example_info)
+    mlflow.pyfunc.add_to_model(
+        model,
+        loader_module=__name__,
+        data=f"data/{DATA_DIR}",
+        conda_env=CONDA_FILE,
+        python_env=PYTHON_ENV_FILE,
+        streamable=False,
+    )
+    model.flavors[mlflow.pyfunc.FLAVOR_NAME]["code"] = None  # MLflow records "no code paths" explicitly
+    model.model_size_bytes = size
+    model.save(str(folder / "MLmodel"))
+    write_environment(folder, pip_requirements())
+
+
+def write_environment(folder: Path, requirements: list[str]) -> None:
+    """``requirements.txt``, and the conda and virtualenv specifications that install them, as MLflow writes them."""
+    import yaml
+
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    pip = installed_version("pip")
+    conda = {
+        "channels": ["conda-forge"],
+        # MLflow's "pip<=": conda-forge may not have the newest pip yet
+        "dependencies": [f"python={python}", f"pip<={pip}" if pip else "pip", {"pip": requirements}],
+        "name": "mlflow-env",
+    }
+    build = [f"{name}=={installed_version(name)}" if installed_version(name) else name for name in BUILD_PACKAGES]
+    virtualenv = {"python": python, "build_dependencies": build, "dependencies": [f"-r {REQUIREMENTS_FILE}"]}
+    (folder / REQUIREMENTS_FILE).write_text("\n".join(requirements))
+    (folder / CONDA_FILE).write_text(yaml.safe_dump(conda, default_flow_style=False))
+    (folder / PYTHON_ENV_FILE).write_text(yaml.safe_dump(virtualenv, sort_keys=False, default_flow_style=False))
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def log_model(
@@ -317,25 +365,34 @@ def log_model(
     """Log the network as the run's MLflow model ``model`` (``runs:/<run id>/model``); returns the model's id.
 
     The model is saved first, into ``directory`` when given (a local copy, e.g. in the job's output folder), else
-    into a temporary folder. If the tracking store does not answer, training's results are not thrown away: a
-    warning says so and None is returned, and :func:`upload_model` can log the local copy later.
+    into a temporary folder; then :func:`log_saved_model` logs it.
     """
     with contextlib.ExitStack() as cleanup:
-        kept = f"; it is saved in {directory}" if directory is not None else ""
+        kept = directory is not None
         if directory is None:
             directory = Path(cleanup.enter_context(tempfile.TemporaryDirectory())) / MODEL_NAME
         elif (directory / "MLmodel").is_file():  # saved by an earlier attempt of a resumed run
             shutil.rmtree(directory)
         save_model(directory, network, spec, example)
-        if not run.flush():  # the final metrics go first, so that they can be linked to the model
-            reason = "it does not answer"
-        else:
-            try:
-                return upload_model(run.client, run.run_id, directory, step)
-            except Exception as exc:  # as for metrics and artifacts, a store that fails does not fail the run
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        log.warning("run %s: its model could not be logged to %s (%s)%s", run.run_id, run.store, reason, kept)
-        return None
+        return log_saved_model(run, directory, step, kept)
+
+
+def log_saved_model(run: TrackedRun, directory: Path, step: int = 0, kept: bool = True) -> str | None:
+    """Log the model saved in ``directory`` as the run's model ``model``; returns the model's id.
+
+    If the tracking store does not answer, training's results are not thrown away: a warning says so (and, when
+    ``kept``, where the model stays) and None is returned, and :func:`upload_model` can log the copy later.
+    """
+    if not run.flush():  # the final metrics go first, so that they can be linked to the model
+        reason = "it does not answer"
+    else:
+        try:
+            return upload_model(run.client, run.run_id, directory, step)
+        except Exception as exc:  # as for metrics and artifacts, a store that fails does not fail the run
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    where = f"; it is saved in {directory}" if kept else ""
+    log.warning("run %s: its model could not be logged to %s (%s)%s", run.run_id, run.store, reason, where)
+    return None
 
 
 def upload_model(client: MlflowClient, run_id: str, directory: Path, step: int = 0) -> str:
