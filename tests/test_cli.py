@@ -10,6 +10,19 @@ import pytest
 from mlflow import MlflowClient
 
 QUICK = ("trainer.epochs=3",)
+#: The phases every finished run records as ``time_<phase>_seconds``.
+PHASES = (
+    "setup",
+    "data",
+    "mlflow_setup",
+    "mlflow_logging",
+    "training",
+    "checkpoints",
+    "evaluation",
+    "model",
+    "plots",
+    "run",
+)
 
 
 def test_version():
@@ -65,6 +78,9 @@ def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project)
     )
     assert tags["source.dataset"] == "nnexp.datasets.moons"
     assert len(project.job_dirs()) == 1
+    phases = {key: value for key, value in run.data.metrics.items() if key.startswith("time_")}
+    assert set(phases) == {f"time_{name}_seconds" for name in PHASES}
+    assert sum(phases.values()) - phases["time_run_seconds"] <= phases["time_run_seconds"]
 
 
 def test_presets_show_in_tags_and_validation_metrics_are_logged(project):
@@ -90,7 +106,7 @@ def test_same_seed_gives_identical_metrics_weights_and_data(project):
             {
                 key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
                 for key in run.data.metrics
-                if key != "epoch_seconds"
+                if not key.endswith("_seconds")  # wall times differ between identical runs
             }
         )
     assert histories[0] == histories[1]
@@ -333,6 +349,22 @@ def test_runs_started_together_share_a_new_store(project):
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
     assert [run.info.status for run in project.runs()] == ["FINISHED"] * 3
+
+
+def test_phases_count_each_second_once(monkeypatch):
+    """A phase entered inside another takes its time out of the outer one."""
+    from nnexp import run
+
+    clock = iter(range(100))
+    monkeypatch.setattr(run.time, "perf_counter", lambda: float(next(clock)))
+    phases = run.Phases()  # the clock reads 0
+    with phases("training"):  # 1
+        with phases("checkpoints"):  # 2
+            pass  # 3
+        with phases("training"):  # 4
+            pass  # 5
+    # the outer phase ends at 6; metrics() reads 7, and 8 for the run's total
+    assert phases.metrics() == {"time_training_seconds": 4.0, "time_checkpoints_seconds": 1.0, "time_run_seconds": 8.0}
 
 
 def test_git_state_names_the_commit_and_whether_the_tree_is_dirty(tmp_path):

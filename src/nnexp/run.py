@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import shutil
@@ -87,6 +88,51 @@ class Experiment:
     schedule: Schedule
     trainer: Trainer
 
+    def release_training_data(self) -> None:
+        """Let go of the training and validation inputs, the run's largest arrays, once trained and evaluated, so
+        that drawing plots and saving the model do not add to them. 2-D data stays: the decision boundary shows
+        every point, and they are few."""
+        self.data = {"test": self.data["test"]}
+        splits = self.splits
+        if splits.n_features != 2:
+            empty = np.empty((0, splits.n_features), splits.x_train.dtype)
+            self.splits = dataclasses.replace(
+                splits, x_train=empty, y_train=splits.y_train[:0].copy(), x_val=None, y_val=None
+            )
+
+
+class Phases:
+    """Wall seconds of a run's phases, each second counted once: time in a phase entered inside another (a
+    checkpoint written during training) is taken out of the outer one."""
+
+    def __init__(self) -> None:
+        self.started = self._since = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._open: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._charge()
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._open.pop()
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._open:
+            self.seconds[self._open[-1]] = self.seconds.get(self._open[-1], 0.0) + now - self._since
+        self._since = now
+
+    def metrics(self) -> dict[str, float]:
+        """``time_<phase>_seconds`` of every phase so far, and ``time_run_seconds`` since the run started."""
+        self._charge()
+        found = {f"time_{name}_seconds": seconds for name, seconds in self.seconds.items()}
+        found["time_run_seconds"] = time.perf_counter() - self.started
+        return found
+
 
 def configure(cfg: DictConfig) -> Components:
     """Construct every plugin the config names; fast, and raises NnexpError on any bad value."""
@@ -133,11 +179,12 @@ def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
 class MetricLogger(Callback):
     """Sends each epoch's metrics to the run, with ``step`` = epoch."""
 
-    def __init__(self, run: TrackedRun) -> None:
-        self.run = run
+    def __init__(self, run: TrackedRun, phases: Phases) -> None:
+        self.run, self.phases = run, phases
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        self.run.log_metrics(logs, step=epoch)
+        with self.phases("mlflow_logging"):
+            self.run.log_metrics(logs, step=epoch)
 
 
 def run(cfg: DictConfig) -> float:
@@ -146,42 +193,57 @@ def run(cfg: DictConfig) -> float:
     Within a sweep (``tracking.parent_run_id`` set) a job that fails before training is still recorded, as a
     FAILED child run with its reason.
     """
-    started = time.perf_counter()
+    phases = Phases()
     hydra = HydraConfig.get()
     output_dir = Path(hydra.runtime.output_dir)
     project_dir = Path(hydra.runtime.cwd)
     rng = np.random.default_rng(cfg.seed)
     label = run_label(cfg)
     try:
-        components = configure(cfg)
-        resumed = load_checkpoint(cfg)
-        tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
-        experiment = prepare(components, rng)
-        objective = Objective.of(cfg, "val" in experiment.data)
-        early_stopping = early_stopping_callback(cfg, experiment)
+        with phases("setup"):
+            components = configure(cfg)
+            resumed = load_checkpoint(cfg)
+        with phases("data"):
+            # Before MLflow's import, which holds 170 MB or so: reading MNIST briefly needs twice its raw images.
+            experiment = prepare(components, rng)
+        with phases("mlflow_setup"):
+            tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
+        with phases("setup"):
+            objective = Objective.of(cfg, "val" in experiment.data)
+            early_stopping = early_stopping_callback(cfg, experiment)
     except BaseException as exc:
         if not cfg.resume:
             discard_job_dir(output_dir)  # nothing ran: leave no directory behind
         if cfg.tracking.parent_run_id and isinstance(exc, Exception):
             record_failed_job(cfg, label, project_dir, exc)
         raise
-    choices = job_choices()
-    tags = run_tags(cfg, choices, project_dir, output_dir)
-    tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
-    tags["dataset_digest"] = experiment.splits.digest()
+    with phases("setup"):
+        choices = job_choices()
+        tags = run_tags(cfg, choices, project_dir, output_dir)
+        tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
+    with phases("data"):
+        tags["dataset_digest"] = experiment.splits.digest()
     try:
-        with tracker.start_run(label, tags, resumed.run_id if resumed else None, outbox=output_dir) as tracked:
+        with (
+            phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests
+            tracker.start_run(label, tags, resumed.run_id if resumed else None, outbox=output_dir) as tracked,
+        ):
             if resumed is None:
                 tracked.log_params(run_params(cfg))
-            history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, resumed)
-            test_loss, test_accuracy, predicted = evaluate(experiment.network, experiment.loss, experiment.data["test"])
-            tracked.log_metrics(
-                {"test_loss": test_loss, "test_accuracy": test_accuracy}, step=len(history["train_loss"])
-            )
-            write_artifacts(output_dir, cfg, experiment, history, predicted)
+            with phases("training"):
+                history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, resumed, phases)
+            epochs = len(history["train_loss"])
+            with phases("evaluation"):
+                test_loss, test_accuracy, predicted = evaluate(
+                    experiment.network, experiment.loss, experiment.data["test"]
+                )
+                experiment.release_training_data()
+            tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=epochs)
+            write_artifacts(output_dir, cfg, experiment, history, predicted, phases)
             log_artifacts(tracked, output_dir, hydra.output_subdir)
-            log_network(tracked, experiment, components.dataset, len(history["train_loss"]), output_dir / "model")
+            log_network(tracked, experiment, components.dataset, epochs, output_dir / "model", phases)
             run_id = tracked.run_id
+            tracked.log_metrics(phases.metrics(), step=epochs)
     except RunCreationError:
         if not cfg.resume:
             discard_job_dir(output_dir)  # the store refused the run before anything ran
@@ -198,7 +260,7 @@ def run(cfg: DictConfig) -> float:
         test_accuracy,
         round(test_accuracy * n_test),
         n_test,
-        time.perf_counter() - started,
+        time.perf_counter() - phases.started,
         run_id,
         tracker.where_to_see(run_id),
     )
@@ -214,6 +276,7 @@ def train(
     label: str,
     early_stopping: EarlyStopping | None,
     resumed: checkpoint.Checkpoint | None,
+    phases: Phases,
 ) -> dict[str, list[float]]:
     """Fit with checkpoints, early stopping and a graceful stop on Ctrl-C or SIGTERM; returns the history.
 
@@ -223,26 +286,36 @@ def train(
     trainer, network, optimizer = experiment.trainer, experiment.network, experiment.optimizer
     stateful = {"early_stopping": early_stopping} if early_stopping else {}
     directory = output_dir / "checkpoints"
-    identity = {
-        "run_id": tracked.run_id,
-        "config": run_config_yaml(cfg),
-        "overrides": [item for item in HydraConfig.get().overrides.task if not item.startswith("resume=")],
-        "output_dir": str(output_dir.resolve()),
-    }
+    with phases("checkpoints"):
+        identity = {
+            "run_id": tracked.run_id,
+            "config": run_config_yaml(cfg),
+            "overrides": [item for item in HydraConfig.get().overrides.task if not item.startswith("resume=")],
+            "output_dir": str(output_dir.resolve()),
+        }
 
     def save_checkpoint(state: TrainingState | None = None) -> None:
-        checkpoint.save(
-            directory,
-            identity=identity,
-            network=network,
-            optimizer=optimizer,
-            rng=rng,
-            state=state or trainer.state,
-            callbacks=stateful,
-        )
+        with phases("checkpoints"):
+            checkpoint.save(
+                directory,
+                identity=identity,
+                network=network,
+                optimizer=optimizer,
+                rng=rng,
+                state=state or trainer.state,
+                callbacks=stateful,
+            )
+
+    def log_checkpoint() -> None:
+        with phases("mlflow_logging"):
+            tracked.log_artifact(directory, "checkpoint")
 
     progress = Progress(label)
-    callbacks: list[Callback] = [LearningRateScheduler(optimizer, experiment.schedule), progress, MetricLogger(tracked)]
+    callbacks: list[Callback] = [
+        LearningRateScheduler(optimizer, experiment.schedule),
+        progress,
+        MetricLogger(tracked, phases),
+    ]
     callbacks += stateful.values()
     if cfg.checkpoint.every:
         callbacks.append(checkpoint.Checkpointer(cfg.checkpoint.every, save_checkpoint))
@@ -261,7 +334,7 @@ def train(
             )
     except Stopped as stop:
         save_checkpoint(stop.state)
-        tracked.log_artifact(directory, "checkpoint")
+        log_checkpoint()
         raise Interrupted(
             f"{stop}; checkpoint in {directory}; resume with: python -m nnexp resume={tracked.run_id}",
             stop.exit_code,
@@ -269,7 +342,7 @@ def train(
     finally:
         progress.close()
     if directory.is_dir():
-        tracked.log_artifact(directory, "checkpoint")
+        log_checkpoint()
     if early_stopping is not None and early_stopping.best_epoch:
         epochs_run = len(history["train_loss"])
         log.info(
@@ -434,28 +507,31 @@ def write_artifacts(
     experiment: Experiment,
     history: dict[str, list[float]],
     predicted: np.ndarray,
+    phases: Phases,
 ) -> None:
     """Resolved config, weights, confusion matrix and plots, written into the job's output directory."""
     from nnexp import plots
 
     splits = experiment.splits
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    experiment.network.save(output_dir / "model.npz")
-    matrix = confusion_matrix(splits.y_test, predicted, splits.n_classes)
-    plots.write_confusion_csv(matrix, splits.names(), output_dir / "confusion_matrix.csv")
-    figures = output_dir / "plots"
-    figures.mkdir(exist_ok=True)
-    plots.plot_confusion_matrix(matrix, splits.names(), figures / "confusion_matrix.png")
-    plots.plot_learning_curves(history, figures / "learning_curves.png")
-    if splits.n_features == 2:
-        network = experiment.network
-        x = np.concatenate([splits.x_train, splits.x_test])
-        y = np.concatenate([splits.y_train, splits.y_test])
+    with phases("model"):
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        experiment.network.save(output_dir / "model.npz")
+        matrix = confusion_matrix(splits.y_test, predicted, splits.n_classes)
+        plots.write_confusion_csv(matrix, splits.names(), output_dir / "confusion_matrix.csv")
+    with phases("plots"):
+        figures = output_dir / "plots"
+        figures.mkdir(exist_ok=True)
+        plots.plot_confusion_matrix(matrix, splits.names(), figures / "confusion_matrix.png")
+        plots.plot_learning_curves(history, figures / "learning_curves.png")
+        if splits.n_features == 2:
+            network = experiment.network
+            x = np.concatenate([splits.x_train, splits.x_test])
+            y = np.concatenate([splits.y_train, splits.y_test])
 
-        def predict_labels(points: np.ndarray) -> np.ndarray:
-            return predict(network, points.astype(network.dtype)).argmax(axis=1)
+            def predict_labels(points: np.ndarray) -> np.ndarray:
+                return predict(network, points.astype(network.dtype)).argmax(axis=1)
 
-        plots.plot_decision_boundary(predict_labels, x, y, splits.names(), figures / "decision_boundary.png")
+            plots.plot_decision_boundary(predict_labels, x, y, splits.names(), figures / "decision_boundary.png")
 
 
 def log_artifacts(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | None) -> None:
@@ -482,15 +558,21 @@ def discard_dir(directory: Path, written_before_work: set[str]) -> None:
             parent.rmdir()
 
 
-def log_network(tracked: TrackedRun, experiment: Experiment, dataset: Dataset, step: int, directory: Path) -> None:
+def log_network(
+    tracked: TrackedRun, experiment: Experiment, dataset: Dataset, step: int, directory: Path, phases: Phases
+) -> None:
     """Log the trained network as the run's MLflow model ``model``, keeping a copy in ``directory``; a network
     with a layer nnexp cannot describe is left out, with a warning."""
-    from nnexp.serving import describe, log_model
+    from nnexp.serving import describe, log_saved_model, save_model
 
     splits = experiment.splits
-    try:
-        spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
-    except NnexpError as exc:
-        log.warning("the run logs no MLflow model: %s", exc)
-        return
-    log_model(tracked, experiment.network, spec, splits.x_test, step, directory)
+    with phases("model"):
+        try:
+            spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
+        except NnexpError as exc:
+            log.warning("the run logs no MLflow model: %s", exc)
+            return
+        if (directory / "MLmodel").is_file():  # saved by an earlier attempt of a resumed run
+            shutil.rmtree(directory)
+        save_model(directory, experiment.network, spec, splits.x_test)
+    log_saved_model(tracked, directory, step)

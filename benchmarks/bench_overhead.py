@@ -1,0 +1,233 @@
+"""Where a run's wall time goes, and its peak memory: start-up, data, training, MLflow, plots, model, checkpoints.
+
+Usage: python benchmarks/bench_overhead.py [MNIST_DIR] [--repeat N] [--runs N]
+Runs the real CLI in a scratch project with its own MLflow store: the default run (two moons) and the Keras MNIST
+preset (``experiment=mnist_keras_mlp``, 5 epochs) on MNIST_DIR, alternating, ``--repeat`` times each after one
+untimed run of each (which creates the store and warms the disk cache). Each run records the wall seconds of its
+phases as ``time_*_seconds`` metrics; they are read back from the store, and the rest of the command's wall time
+is start-up (until the run begins: its end time minus ``time_run_seconds``) and exit (from the moment the run
+logged them). Peak resident memory is the child's own (``wait4``). Also times ``--help`` and two config
+errors ``--runs`` times each. Prints a Markdown section. MNIST_DIR defaults to /work/shared/data/mnist or nnexp's
+MNIST cache, whichever exists; without either the MNIST rows are skipped. Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from machine import Contention, loadavg
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = Path("/work/shared/data/mnist")
+RUN_ID = re.compile(r"; run ([0-9a-f]{32});")
+#: The phases a run records (``time_<name>_seconds``), in the order they happen, with how the table names them.
+PHASES = {
+    "setup": "setup (config checks, tags, git state)",
+    "mlflow_setup": "MLflow: import, open the store",
+    "data": "data: load, encode, digest",
+    "training": "training",
+    "evaluation": "evaluation on the test split",
+    "checkpoints": "checkpoints",
+    "plots": "plots (matplotlib import included)",
+    "model": "model files (weights, MLflow model folder, config)",
+    "mlflow_logging": "MLflow: run, params, metrics, artifacts, model upload",
+}
+#: The phases the issue's 3% goal counts: MLflow, plotting and checkpointing.
+OVERHEAD = ("mlflow_setup", "mlflow_logging", "checkpoints", "plots", "model")
+QUICK_COMMANDS = {
+    "--help": ("--help",),
+    "dataset=mnist_idx --help": ("dataset=mnist_idx", "--help"),
+    "config error: dataset=nope": ("dataset=nope",),
+    "config error: trainer.epochs=-1": ("trainer.epochs=-1",),
+}
+
+
+@dataclass
+class Run:
+    """One command: when it started and ended (``time.time``), its peak resident MB, and others' CPU meanwhile;
+    for a run, the phases it recorded and when it logged them."""
+
+    started: float
+    ended: float
+    peak_mb: float
+    others: float
+    phases: dict[str, float] = field(default_factory=dict)
+    logged: float = 0.0
+
+    @property
+    def wall(self) -> float:
+        return self.ended - self.started
+
+    @property
+    def startup(self) -> float:
+        """From the process's start to the run's: imports, plugins, Hydra's composition."""
+        return self.logged - self.phases["run"] - self.started
+
+    @property
+    def exit(self) -> float:
+        """From the moment the run logged its phases to the process's end: ending the run, interpreter shutdown."""
+        return self.ended - self.logged
+
+    @property
+    def unaccounted(self) -> float:
+        """Time inside the run outside every phase (building the callbacks, the run's label, ...)."""
+        return self.phases.get("run", 0.0) - sum(self.phases.get(name, 0.0) for name in PHASES)
+
+
+def nnexp(arguments: tuple[str, ...], project: Path, expect_success: bool = True) -> tuple[Run, str]:
+    """Run ``python -m nnexp ARGUMENTS`` in ``project``; returns its :class:`Run` (phases not yet read) and stdout."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "HYDRA_"))}
+    contention = Contention(children=True)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.time()  # the wall clock, as MLflow's metric timestamps, to place the run within the command
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nnexp", *arguments], cwd=project, env=env, stdout=out, stderr=err
+        )
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory, which Popen.wait does not give
+        ended = time.time()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if (process.returncode == 0) != expect_success:
+        raise SystemExit(f"python -m nnexp {' '.join(arguments)} exited with {process.returncode}:\n{stderr[-2000:]}")
+    # ru_maxrss is in kilobytes on Linux
+    return Run(started, ended, usage.ru_maxrss / 1024, contention.others()), stdout
+
+
+def read_phases(run: Run, store: str, stdout: str) -> None:
+    """Fill in the ``time_<phase>_seconds`` metrics of the run whose id the command printed, and when it logged them."""
+    from mlflow import MlflowClient
+
+    found = RUN_ID.search(stdout)
+    if found is None:
+        raise SystemExit(f"no run id in the command's output:\n{stdout[-2000:]}")
+    client = MlflowClient(tracking_uri=store)
+    metrics = client.get_run(found.group(1)).data.metrics
+    run.phases = {
+        key[len("time_") : -len("_seconds")]: value for key, value in metrics.items() if key.startswith("time_")
+    }
+    run.logged = client.get_metric_history(found.group(1), "time_run_seconds")[-1].timestamp / 1000
+
+
+def stats(values: list[float], digits: int = 2) -> str:
+    """``median | min | max`` cells."""
+    return " | ".join(f"{value:.{digits}f}" for value in (statistics.median(values), min(values), max(values)))
+
+
+def phase_table(title: str, runs: list[Run]) -> list[str]:
+    """The Markdown table of one configuration's runs: each phase's seconds and its share of the whole command."""
+    walls = [run.wall for run in runs]
+    wall = statistics.median(walls)
+    rows = [("start-up (process, imports, plugins, Hydra's composition)", [run.startup for run in runs])]
+    rows += [(label, [run.phases.get(name, 0.0) for run in runs]) for name, label in PHASES.items()]
+    rows += [
+        ("inside the run, outside every phase", [run.unaccounted for run in runs]),
+        ("exit (ending the MLflow run, interpreter shutdown)", [run.exit for run in runs]),
+    ]
+    lines = [f"**{title}** ({len(runs)} runs)", "", "| part | median s | min s | max s | share of the median wall |"]
+    lines.append("|---|---|---|---|---|")
+    lines += [f"| {label} | {stats(values)} | {statistics.median(values) / wall:.1%} |" for label, values in rows]
+    lines.append(f"| **whole command (wall)** | {stats(walls)} | 100% |")
+    overhead = [sum(run.phases.get(name, 0.0) for name in OVERHEAD) for run in runs]
+    share = statistics.median([seconds / run.wall for seconds, run in zip(overhead, runs, strict=True)])
+    imports = statistics.median([run.phases.get("mlflow_setup", 0.0) for run in runs])
+    requests = statistics.median([run.phases.get("mlflow_logging", 0.0) for run in runs])
+    peaks = [run.peak_mb for run in runs]
+    others = statistics.median([run.others for run in runs])
+    lines += [
+        "",
+        f"- MLflow, plots, model files and checkpoints: median {statistics.median(overhead):.2f} s, {share:.1%} of "
+        f"the wall time; of which MLflow's import and store {imports:.2f} s, MLflow's requests {requests:.2f} s",
+        f"- peak resident memory: median {statistics.median(peaks):.0f} MB, min {min(peaks):.0f}, max {max(peaks):.0f}",
+        f"- other processes used {others:.2f} cores (median) during these runs",
+    ]
+    return lines
+
+
+def import_seconds(module: str, runs: int) -> list[float]:
+    """Wall seconds to import ``module`` in a fresh interpreter that has already imported NumPy."""
+    code = f"import time, numpy; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    return [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        for _ in range(runs)
+    ]
+
+
+def default_mnist() -> Path | None:
+    from nnexp.download import default_mnist_dir
+
+    return next((folder for folder in (SHARED_MNIST, default_mnist_dir()) if folder.is_dir()), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mnist_dir", nargs="?", type=Path, help="folder with the four MNIST IDX files")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each configuration (default: 3)")
+    parser.add_argument("--runs", type=int, default=5, help="timings of --help and of each config error (default: 5)")
+    args = parser.parse_args()
+    mnist = args.mnist_dir or default_mnist()
+    configurations = {"default run (two moons, 50 epochs)": ()}
+    if mnist is not None:
+        configurations["experiment=mnist_keras_mlp (5 epochs)"] = (
+            "experiment=mnist_keras_mlp",
+            f"dataset.path={mnist}",
+        )
+    load_start = loadavg()
+    lines = ["## Runner overhead and memory (goals 5 and 6)", ""]
+    with tempfile.TemporaryDirectory() as scratch:
+        project = Path(scratch)
+        shutil.copytree(REPO / "conf", project / "conf")
+        store = f"sqlite:///{project / 'outputs' / 'mlflow.db'}"
+
+        lines += ["| command | median s | min s | max s | peak MB |", "|---|---|---|---|---|"]
+        for name, arguments in QUICK_COMMANDS.items():
+            quick = [nnexp(arguments, project, expect_success="--help" in arguments)[0] for _ in range(args.runs)]
+            lines.append(
+                f"| `{name}` | {stats([run.wall for run in quick])} | {max(run.peak_mb for run in quick):.0f} |"
+            )
+            print(f"{name}: {statistics.median([run.wall for run in quick]):.2f} s", file=sys.stderr, flush=True)
+        imports = {
+            module: import_seconds(module, args.runs)
+            for module in ("mlflow", "matplotlib.pyplot", "sklearn.model_selection")
+        }
+        lines += [
+            "",
+            "One-off imports, in a fresh interpreter after NumPy: "
+            + "; ".join(f"`{module}` {statistics.median(seconds):.2f} s" for module, seconds in imports.items())
+            + " (medians).",
+            "",
+        ]
+
+        for arguments in configurations.values():  # creates the store, and brings the data into the disk cache
+            nnexp(arguments, project)
+        runs: dict[str, list[Run]] = {name: [] for name in configurations}
+        names = list(configurations)
+        for repetition in range(args.repeat):
+            for name in names if repetition % 2 == 0 else names[::-1]:
+                run, stdout = nnexp(configurations[name], project)
+                read_phases(run, store, stdout)
+                runs[name].append(run)
+                print(f"{name}: {run.wall:.1f} s, {run.peak_mb:.0f} MB", file=sys.stderr, flush=True)
+    for name in names:
+        lines += [*phase_table(name, runs[name]), ""]
+    if mnist is None:
+        lines.append(
+            "MNIST rows skipped: no MNIST_DIR given, and neither /work/shared/data/mnist nor nnexp's cache exists."
+        )
+    lines.append(f"Load average (1/5/15 min): {load_start} at start, {loadavg()} at end.")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
