@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from nnexp.core import Array
 
 #: Below this many elements, handing part of the work to another thread costs more than it saves.
-MIN_PARALLEL_SIZE = 1 << 16
+MIN_PARALLEL_SIZE = 1 << 18
 
 #: Variables that a launcher (joblib's loky, SLURM scripts) or a user sets to share the cores between processes.
 THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
