@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from nnexp import checkpoint
+from nnexp import LOSSES, MODELS, OPTIMIZERS, Callback, Examples, Trainer, checkpoint
+from nnexp.core.training import Stopped
 
 RUN = ("trainer.epochs=25", "trainer.batch_size=1", "seed=3", "optimizer.learning_rate=0.003")
 
@@ -133,3 +134,54 @@ def test_resume_notices_a_preset_that_changed(project):
     assert result.returncode == 1
     assert "the config no longer composes to the run's (model.hidden_sizes)" in result.stderr
     assert MlflowClient(tracking_uri=project.store_uri).get_run(killed.info.run_id).info.status == "KILLED"
+
+
+class StopAfterEpoch(Callback):
+    """Asks to stop when epoch ``epoch`` ends: the stop takes effect before the next epoch's first batch."""
+
+    def __init__(self, trainer: Trainer, epoch: int) -> None:
+        self.trainer, self.epoch = trainer, epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if epoch == self.epoch:
+            self.trainer.request_stop("stop", 143)
+
+
+def test_a_stop_before_an_epochs_first_batch_resumes_with_that_epochs_shuffle(tmp_path):
+    """The epoch's shuffle is drawn before its first batch: the checkpoint must keep the state it was drawn from."""
+    data = np.random.default_rng(5)
+    x = data.standard_normal((40, 3)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(np.int64)
+    loss = LOSSES.build({"name": "cross_entropy"})
+    train = Examples(x, loss.encode(labels, 2, np.float32), labels)
+
+    def setup():
+        rng = np.random.default_rng(1)
+        network = MODELS.build({"name": "mlp", "hidden_sizes": [4]}).build(3, 2, loss, rng, np.float32)
+        return network, OPTIMIZERS.build({"name": "sgd", "learning_rate": 0.1}), rng, Trainer(3, 8, True)
+
+    network, optimizer, rng, trainer = setup()
+    trainer.fit(network, loss, optimizer, train, rng)
+    expected = network.state_dict()
+
+    network, optimizer, rng, trainer = setup()
+    with pytest.raises(Stopped) as stopped:
+        trainer.fit(network, loss, optimizer, train, rng, callbacks=[StopAfterEpoch(trainer, 1)])
+    assert (stopped.value.state.epoch, stopped.value.state.batch) == (1, 0)
+    identity = {"run_id": "r", "config": "", "overrides": [], "output_dir": str(tmp_path)}
+    state = stopped.value.state
+    checkpoint.save(
+        tmp_path,
+        identity=identity,
+        network=network,
+        optimizer=optimizer,
+        rng=rng,
+        state=state,
+        callbacks={},
+        stopped=True,
+    )
+    network, optimizer, rng, trainer = setup()
+    resumed = checkpoint.load(tmp_path).restore(network, optimizer, rng, {})
+    trainer.fit(network, loss, optimizer, train, rng, resume=resumed)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(network.state_dict()[key], value, err_msg=key)

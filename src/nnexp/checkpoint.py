@@ -82,10 +82,13 @@ def save(
     rng: np.random.Generator,
     state: TrainingState,
     callbacks: Mapping[str, Callback],
+    stopped: bool = False,
 ) -> Path:
     """Write a checkpoint of this moment into ``directory``; returns the manifest's path.
 
     ``identity`` names the run: ``run_id``, its resolved ``config`` (YAML), its Hydra ``overrides`` and ``output_dir``.
+    ``stopped``: training stopped within an epoch (:class:`Stopped`), possibly before its first batch; otherwise the
+    checkpoint is taken between epochs.
     """
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {f"network/{key}": value for key, value in network.state_dict().items()}
@@ -109,8 +112,9 @@ def save(
         "nnexp_version": __version__,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "progress": {"epoch": state.epoch, "batch": state.batch, "loss_sum": state.loss_sum, "seconds": state.seconds},
-        # Mid-epoch, the state the epoch began with, so that resuming replays the same shuffle.
-        "rng_state": state.rng_state if state.batch else rng.bit_generator.state,
+        # Stopped within an epoch, the state it began with, so that resuming replays its shuffle: the shuffle is
+        # drawn before the first batch, so even a stop before that batch has moved the generator on.
+        "rng_state": state.rng_state if stopped else rng.bit_generator.state,
         "history": state.history,
         "callbacks": values,
     }

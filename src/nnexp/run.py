@@ -294,7 +294,7 @@ def train(
             "output_dir": str(output_dir.resolve()),
         }
 
-    def save_checkpoint(state: TrainingState | None = None) -> None:
+    def save_checkpoint(stopped: TrainingState | None = None) -> None:
         with phases("checkpoints"):
             checkpoint.save(
                 directory,
@@ -302,8 +302,9 @@ def train(
                 network=network,
                 optimizer=optimizer,
                 rng=rng,
-                state=state or trainer.state,
+                state=stopped or trainer.state,
                 callbacks=stateful,
+                stopped=stopped is not None,
             )
 
     def log_checkpoint() -> None:
