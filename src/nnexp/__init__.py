@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+import nnexp.blas_threads  # noqa: F401 - before NumPy loads OpenBLAS, which reads what it sets
 from nnexp.core.activations import ACTIVATIONS, Activation
 from nnexp.core.initializers import INITIALIZERS, Initializer
 from nnexp.core.layers import Bias, Dense, Layer
