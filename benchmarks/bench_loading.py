@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from machine import Load
 
 from nnexp import DATASETS
 from nnexp.datasets.mnist import read_csv
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("mnist_dir", type=Path)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    load = Load()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as scratch:
         train_csv, test_csv = convert_to_csv(args.mnist_dir, Path(scratch))
@@ -57,7 +59,10 @@ def main() -> None:
             rows.append(f"| {name} | {median:.2f} | {low:.2f} | {high:.2f} | {args.repeat} |")
     print("## MNIST loading\n\n| task | median s | min s | max s | runs |\n|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nRan `{shlex.join(['python', 'benchmarks/bench_loading.py', *sys.argv[1:]])}`, each task in turn.")
+    print(
+        f"\nRan `{shlex.join(['python', 'benchmarks/bench_loading.py', *sys.argv[1:]])}`, each task in turn; "
+        f"{load.summary()}."
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machine import Contention, loadavg
+from machine import Contention, Load
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = Path("/work/shared/data/mnist")
@@ -183,7 +184,7 @@ def main() -> None:
             "experiment=mnist_keras_mlp",
             f"dataset.path={mnist}",
         )
-    load_start = loadavg()
+    load = Load(children=True)
     lines = ["## Runner overhead and memory (goals 5 and 6)", ""]
     with tempfile.TemporaryDirectory() as scratch:
         project = Path(scratch)
@@ -225,7 +226,11 @@ def main() -> None:
         lines.append(
             "MNIST rows skipped: no MNIST_DIR given, and neither /work/shared/data/mnist nor nnexp's cache exists."
         )
-    lines.append(f"Load average (1/5/15 min): {load_start} at start, {loadavg()} at end.")
+    lines.append(
+        f"Ran `{shlex.join(['python', 'benchmarks/bench_overhead.py', *sys.argv[1:]])}`: `python -m nnexp` in a "
+        f"scratch project, each quick command {args.runs} time(s), each configuration {args.repeat} timed time(s) "
+        f"after one untimed, alternating; {load.summary()}."
+    )
     print("\n".join(lines))
 
 

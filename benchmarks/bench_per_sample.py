@@ -21,11 +21,11 @@ Prints one Markdown section to stdout, progress to stderr. Not part of CI.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
+import nnexp  # noqa: F401 - before NumPy, so that OpenBLAS's idle threads sleep soon, as under `python -m nnexp`
+
+# isort: split
+
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,17 +35,12 @@ from typing import Any
 import numpy as np
 import scipy.special
 import yaml
-from machine import THREAD_VARIABLES, Contention, loadavg
-from threadpoolctl import threadpool_limits
+from harness import mnist_parser, parse, progress, timed, until_quiet
 
 from nnexp import DATASETS, LOSSES, MODELS, OPTIMIZERS, Examples, Splits, Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BOOK_ACCURACY, MOONS_ACCURACY = 0.9468, 0.9767
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- nnexp's side: the presets, through the public API -------------------------------------------------------
@@ -256,28 +251,27 @@ def alternate(
 ) -> int:
     """Run the jobs ``make(pair)`` returns, in rotating order, ``pairs`` times; first job first on even pairs.
 
-    A pair during which other processes used more than ``max_others`` cores is discarded and run again, at most
-    ``retries`` times (the last run is kept whatever the load); returns how many pairs were discarded.
+    A pair during which other processes were busy is run again (:func:`until_quiet`); returns how many pairs were
+    discarded.
     """
     discarded = 0
     for pair in range(pairs):
-        for attempt in range(retries + 1):
+
+        def run_pair(pair: int = pair) -> tuple[dict[str, tuple[float, float, float]], float]:
             jobs = make(pair)
             names = list(jobs)
             results = {}
             for name in names if pair % 2 == 0 else names[1:] + names[:1]:
-                meter = Contention()
-                seconds = jobs[name].run()
-                results[name] = (seconds, meter.others(), jobs[name].accuracy())
+                seconds, others = timed(jobs[name].run)
+                results[name] = (seconds, others, jobs[name].accuracy())
                 progress(
                     f"{label} pair {pair + 1}/{pairs}: {name}: {seconds:.2f} s, test accuracy "
-                    f"{results[name][2]:.4f}, other processes {results[name][1]:.2f} cores"
+                    f"{results[name][2]:.4f}, other processes {others:.2f} cores"
                 )
-            worst = max(others for _, others, _ in results.values())
-            if worst <= max_others or attempt == retries:
-                break
-            discarded += 1
-            progress(f"{label} pair {pair + 1}: discarded, other processes used {worst:.2f} cores; again")
+            return results, max(others for _, others, _ in results.values())
+
+        results, _, again = until_quiet(run_pair, max_others, retries, f"{label} pair {pair + 1}")
+        discarded += again
         for name, (seconds, others, accuracy) in results.items():
             rows[name].seconds.append(seconds)
             rows[name].others.append(others)
@@ -320,24 +314,12 @@ def verdict(tutorial: Row, ours: Row, name: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mnist_dir", help="folder with the four MNIST IDX files")
+    parser = mnist_parser(__doc__)
     parser.add_argument("--pairs", type=int, default=3, help="alternating pairs for the MNIST epoch (default 3)")
     parser.add_argument("--moons-pairs", type=int, default=1, help="alternating pairs for the moons run (default 1)")
     parser.add_argument("--epochs", type=int, default=None, help="moons epochs (default: the preset's, 1000)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
-    parser.add_argument(
-        "--max-others",
-        type=float,
-        default=0.25,
-        help="run a pair again when other processes used more CPU than this meanwhile, in cores (default 0.25)",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="re-runs allowed per pair (default 2)")
     parser.add_argument("--no-control", action="store_true", help="skip the book loop with the exact gradient")
-    args = parser.parse_args()
-    load_start, started, contention = loadavg(), time.perf_counter(), Contention()
-    for variable in THREAD_VARIABLES:  # caps nnexp's own element-wise threads too, which read them at first use
-        os.environ[variable] = str(args.threads)
+    args, conditions, threads = parse(parser)
 
     rashid, moons = preset("mnist_csv_rashid"), preset("moons_deep_sigmoid")
     moons_epochs = args.epochs or moons["trainer"]["epochs"]
@@ -394,16 +376,15 @@ def main() -> None:
         )
         return {"tutorial": theirs, "nnexp": ours}
 
-    with threadpool_limits(args.threads):
+    with threads:
         discarded = alternate(args.pairs, mnist_pair, mnist_rows, "MNIST", args.max_others, args.retries)
         discarded += alternate(args.moons_pairs, moons_pair, moons_rows, "moons", args.max_others, args.retries)
+    all_rows = [*mnist_rows.values(), *moons_rows.values()]
     for row in mnist_rows.values():
         row.steps = len(mnist.y_train) * rashid["trainer"]["epochs"]
     for row in moons_rows.values():
         row.steps = len(moons_data.y_train) * moons_epochs
 
-    elapsed = time.perf_counter() - started
-    command = shlex.join(["python", "benchmarks/bench_per_sample.py", *sys.argv[1:]])
     out = [
         "## Per-sample SGD against the tutorials' own loops (goal 2)",
         "",
@@ -424,12 +405,14 @@ def main() -> None:
         "- The book's code passes `output_errors` back to the hidden layer without the output sigmoid's derivative; "
         "the replica keeps that, nnexp follows the exact gradient. The control row is the book's loop with that one "
         "factor added (float64), which separates the effect of the update rule from that of nnexp's float32.",
-        f"- Ran `{command}`: MNIST {args.pairs} pair(s) of one epoch (60,000 steps), moons {args.moons_pairs} "
-        f"pair(s) of {moons_epochs} epochs (1400 steps each), {args.threads} thread(s) (threadpoolctl for BLAS, "
-        f"and {'/'.join(THREAD_VARIABLES)} for nnexp), {elapsed:.0f} s in all; load average (1/5/15 min) "
-        f"{load_start} at start, {loadavg()} at end; other processes used {contention.others():.2f} cores on average "
-        f"(the last column: the most during one kept timed part; {discarded} pair(s) during which they used more "
-        f"than {args.max_others} cores were discarded and run again, up to {args.retries} times per pair).",
+        *conditions.report(
+            f"MNIST {args.pairs} pair(s) of one epoch (60,000 steps), moons {args.moons_pairs} pair(s) of "
+            f"{moons_epochs} epochs (1400 steps each), both sides per-sample SGD at the presets' learning rates "
+            f"({book_lr} and {moons['optimizer']['learning_rate']})",
+            "pair",
+            discarded,
+            [others for row in all_rows for others in row.others],
+        ),
     ]
     print("\n".join(out))
 

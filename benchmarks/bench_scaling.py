@@ -17,17 +17,16 @@ Prints one Markdown section to stdout, progress to stderr. Not part of CI.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
+import nnexp  # noqa: F401 - before NumPy, so that OpenBLAS's idle threads sleep soon, as under `python -m nnexp`
+
+# isort: split
+
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from machine import THREAD_VARIABLES, Contention, loadavg
-from threadpoolctl import threadpool_limits
+from harness import matmul_peak, mnist_parser, parse, progress, timed, until_quiet
 
 from nnexp import DATASETS, LOSSES, MODELS, OPTIMIZERS, Examples, Trainer
 
@@ -35,10 +34,6 @@ WIDTHS = (128, 256, 512, 1024, 2048)
 SIZES = (10_000, 20_000, 30_000, 40_000, 50_000, 60_000)
 BATCHES = (1, 4, 16, 64, 256, 1024)
 HIDDEN, BATCH, SMALL_BATCH = 512, 128, 16
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def parameters(hidden: int) -> int:
@@ -82,31 +77,13 @@ def epoch(case: Case, x: np.ndarray, y: np.ndarray, seed: int) -> float:
 
 
 def measure(case: Case, x: np.ndarray, y: np.ndarray, seed: int, max_others: float, retries: int) -> None:
-    """Time one epoch of ``case``; while other processes used more than ``max_others`` cores meanwhile, discard the
-    time and measure again, at most ``retries`` times (the last measurement is kept whatever the load)."""
-    for attempt in range(retries + 1):
-        meter = Contention()
-        seconds = epoch(case, x, y, seed)
-        others = meter.others()
-        if others <= max_others or attempt == retries:
-            break
-        case.discarded += 1
-        progress(f"  discarded {seconds:.3f} s: other processes used {others:.2f} cores meanwhile")
+    """Time one epoch of ``case``, measured again while other processes were busy (:func:`until_quiet`)."""
+    seconds, others, discarded = until_quiet(
+        lambda: timed(lambda: epoch(case, x, y, seed)), max_others, retries, f"H={case.hidden} batch={case.batch}"
+    )
     case.seconds.append(seconds)
     case.others.append(others)
-
-
-def matmul_peak(hidden: int = HIDDEN, repeat: int = 30) -> float:
-    """GFLOP/s of float32 products at the first layer's shape, 128x784 @ 784xH; the best of ``repeat``."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((BATCH, 784), dtype=np.float32), rng.random((784, hidden), dtype=np.float32)
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(20):
-            a @ b
-        best = min(best, (time.perf_counter() - started) / 20)
-    return 2 * BATCH * 784 * hidden / best / 1e9
+    case.discarded += discarded
 
 
 def row(label: str, case: Case, first: Case, unit: float, work: bool = True) -> str:
@@ -122,22 +99,10 @@ def row(label: str, case: Case, first: Case, unit: float, work: bool = True) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mnist_dir", help="folder with the four MNIST IDX files")
+    parser = mnist_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all configurations (default 3)")
     parser.add_argument("--steps", type=int, default=6000, help=f"steps timed for batches below {SMALL_BATCH}")
-    parser.add_argument(
-        "--max-others",
-        type=float,
-        default=0.25,
-        help="re-measure an epoch during which other processes used more CPU than this, in cores (default 0.25)",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="re-measurements allowed per epoch (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS and nnexp threads (default 2)")
-    args = parser.parse_args()
-    load_start, started, contention = loadavg(), time.perf_counter(), Contention()
-    for variable in THREAD_VARIABLES:  # caps nnexp's own element-wise threads too, which read them at first use
-        os.environ[variable] = str(args.threads)
+    args, conditions, threads = parse(parser)
     progress("loading MNIST ...")
     splits = DATASETS.build({"name": "mnist_idx", "path": args.mnist_dir, "val_size": 0}).load(np.random.default_rng(0))
     x, y = splits.x_train.astype(np.float32, copy=False), splits.y_train
@@ -149,11 +114,12 @@ def main() -> None:
         for batch in BATCHES
     ]
     cases = [*widths, *sizes, *batches]
-    with threadpool_limits(args.threads):
+    with threads:
         epoch(Case(HIDDEN, 2048, BATCH, 2048), x, y, seed=0)  # warm-up: first calls into BLAS and NumPy
         peak = 0.0
         for round_ in range(args.repeat):
-            peak = max(peak, matmul_peak())  # once per round: one measurement can fall in a busy moment
+            # once per round: one measurement can fall in a busy moment
+            peak = max(peak, matmul_peak(BATCH, 784, HIDDEN, repeat=30))
             for number, case in enumerate(cases):
                 measure(case, x, y, round_, args.max_others, args.retries)
                 progress(
@@ -161,7 +127,6 @@ def main() -> None:
                     f"samples={case.samples} batch={case.batch}: {case.seconds[-1]:.3f} s, "
                     f"other processes {case.others[-1]:.2f} cores, {case.discarded} discarded so far"
                 )
-    elapsed = time.perf_counter() - started
 
     head = "| median s | min s | max s | samples/s | GFLOP/s |"
     others = "other processes' CPU, cores (max of kept) |"
@@ -191,13 +156,13 @@ def main() -> None:
         f"784x{HIDDEN}: {peak:.0f} GFLOP/s. "
         "GFLOP/s counts 6 x parameters x images per epoch. In the last column the figure in brackets is the growth "
         "of the work (parameters x images); equal figures mean linear growth.",
-        f"- Ran `{shlex.join(['python', 'benchmarks/bench_scaling.py', *sys.argv[1:]])}`: {args.repeat} round(s) of "
-        f"{len(cases)} configurations, {args.threads} thread(s) (threadpoolctl for BLAS, and "
-        f"{'/'.join(THREAD_VARIABLES)} for nnexp), Adam at 0.001, glorot_uniform, {elapsed:.0f} s in all; "
-        f"load average (1/5/15 min) {load_start} at start, {loadavg()} at end; other processes used "
-        f"{contention.others():.2f} cores on average (the last column: the most during one kept epoch; an epoch "
-        f"during which they used more than {args.max_others} cores was measured again, up to {args.retries} times, "
-        f"and the discarded ones are counted there).",
+        *conditions.report(
+            f"{args.repeat} round(s) of {len(cases)} configurations, 784-H-10 ReLU MLP, softmax cross-entropy, "
+            "float32, glorot_uniform, Adam at 0.001, MNIST from IDX (pixels / 255), shuffled",
+            "epoch",
+            sum(case.discarded for case in cases),
+            [others for case in cases for others in case.others],
+        ),
     ]
     print("\n".join(out))
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import Load
+
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ("model=two_layer,deep_sigmoid", "optimizer.learning_rate=0.1,0.01,0.001", "seed=1,2")
 LAUNCHERS = {
@@ -43,13 +45,6 @@ def run_sweep(launcher: tuple[str, ...], epochs: int) -> float:
         return seconds
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def machine() -> str:
     from threadpoolctl import threadpool_info
 
@@ -71,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1000, help="epochs per job (default: 1000)")
     args = parser.parse_args()
-    load_start = loadavg()
+    load = Load(children=True)
     seconds: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
     names = list(LAUNCHERS)
     for repetition in range(args.repeat):
@@ -88,8 +83,7 @@ def main() -> None:
     print(
         f"\nspeed-up of joblib over sequential, pair by pair: {', '.join(f'{r:.2f}x' for r in ratios)} "
         f"(median {statistics.median(ratios):.2f}x)\n\nmachine: {machine()}\n\n"
-        f"Ran `{shlex.join(['python', 'benchmarks/bench_sweep.py', *sys.argv[1:]])}`; load average (1/5/15 min) "
-        f"{load_start} at start, {loadavg()} at end."
+        f"Ran `{shlex.join(['python', 'benchmarks/bench_sweep.py', *sys.argv[1:]])}`; {load.summary()}."
     )
 
 

@@ -28,6 +28,7 @@ ENVIRONMENT = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
     "OPENBLAS_VERBOSE",
+    "OPENBLAS_THREAD_TIMEOUT",
     "GOTO_NUM_THREADS",
     "OMP_NUM_THREADS",
     "OMP_PROC_BIND",
@@ -69,6 +70,20 @@ class Contention:
         if wall1 <= wall0 or busy1 == 0:
             return float("nan")
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
+
+
+class Load:
+    """The load while a benchmark runs, from its creation: wall time, load average, other processes' CPU
+    (``children=True``: not counting this process's finished children, for a runner of subprocesses)."""
+
+    def __init__(self, children: bool = False) -> None:
+        self.load_start, self.started, self.contention = loadavg(), time.perf_counter(), Contention(children)
+
+    def summary(self) -> str:
+        return (
+            f"{time.perf_counter() - self.started:.0f} s in all; load average (1/5/15 min) {self.load_start} at "
+            f"start, {loadavg()} at end; other processes used {self.contention.others():.2f} cores on average"
+        )
 
 
 def loadavg() -> str:
@@ -203,6 +218,9 @@ def versions() -> list[tuple[str, str]]:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    # Before NumPy, as in the benchmark scripts: the BLAS pools and environment reported are then those they run with
+    import nnexp  # noqa: F401
+
     rows = [
         *cpu(),
         *thread_pools(),

@@ -3,9 +3,10 @@
 Usage: python benchmarks/run_all.py MNIST_DIR [--out FILE] [--quick]
 MNIST_DIR holds the four MNIST IDX files. The report (machine facts, then throughput, per-sample SGD, overhead,
 scaling, sweep and loading) goes to ``--out`` (default ``benchmarks/results.md``, git-ignored) and to stdout; each
-script's progress goes to stderr as it runs. ``--quick`` passes small repeat counts to every script, for a smoke
-test of a few minutes; the full run takes about 30-60 minutes. A script that fails or is missing gets a section
-saying so, the others still run, and the exit status is non-zero when any failed. Not part of CI.
+script's progress goes to stderr as it runs. ``--quick`` passes small repeat counts, and no re-measuring, to every
+script, for a smoke test of a few minutes; the full run takes about 30-60 minutes. A script that fails or is
+missing gets a section saying so, the others still run, and the exit status is non-zero when any failed. Not part
+of CI.
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ class Script:
 
 SCRIPTS = (
     Script("machine.py", "Machine", takes_mnist=False),
-    Script("bench_throughput.py", "Throughput against PyTorch and scikit-learn (goal 1)", quick={"--pairs": "1"}),
-    Script("bench_per_sample.py", "Per-sample SGD (goal 2)", quick={"--pairs": "1", "--epochs": "20"}),
+    Script(
+        "bench_throughput.py",
+        "Throughput against PyTorch and scikit-learn (goal 1)",
+        quick={"--pairs": "1", "--retries": "0"},
+    ),
+    Script(
+        "bench_per_sample.py", "Per-sample SGD (goal 2)", quick={"--pairs": "1", "--epochs": "20", "--retries": "0"}
+    ),
     Script("bench_overhead.py", "Runner overhead and memory (goals 5 and 6)", quick={"--repeat": "1", "--runs": "1"}),
-    Script("bench_scaling.py", "Scaling (goal 7)", quick={"--repeat": "1", "--steps": "500"}),
+    Script("bench_scaling.py", "Scaling (goal 7)", quick={"--repeat": "1", "--steps": "500", "--retries": "0"}),
     Script("bench_sweep.py", "Sweeps (goal 8)", takes_mnist=False, quick={"--repeat": "1", "--epochs": "20"}),
     Script("bench_loading.py", "MNIST loading", quick={"--repeat": "1"}),
 )
