@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 from harness import matmul_peak, mnist_parser, parse, progress, timed, until_quiet
 
-from nnexp import DATASETS, LOSSES, MODELS, OPTIMIZERS, Examples, Trainer
+from nnexp import DATASETS, LOSSES, MODELS, OPTIMIZERS, Examples, Loss, Sequential, Trainer
 from nnexp.core.training import evaluate
 
 HIDDEN, BATCH = 512, 128
@@ -32,13 +32,19 @@ RATES = {"rmsprop": 0.001, "adam": 0.001}
 Epoch = Callable[[dict[str, np.ndarray], str, int], tuple[float, float]]
 
 
-def nnexp_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple[float, float]:
-    """Seconds of one training epoch through nnexp's Trainer, and the test accuracy after it."""
+def untrained(seed: int) -> tuple[Sequential, Loss, np.random.Generator]:
+    """nnexp's network for ``seed`` before training, its loss, and the generator its Trainer then shuffles with."""
     rng = np.random.default_rng(seed)
     loss = LOSSES.build({"name": "cross_entropy"})
     network = MODELS.build({"name": "mlp", "hidden_sizes": [HIDDEN], "initializer": "glorot_uniform"}).build(
         784, 10, loss, rng, np.float32
     )
+    return network, loss, rng
+
+
+def nnexp_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple[float, float]:
+    """Seconds of one training epoch through nnexp's Trainer, and the test accuracy after it."""
+    network, loss, rng = untrained(seed)
     train = Examples(data["x_train"], loss.encode(data["y_train"], 10, np.float32), data["y_train"])
     test = Examples(data["x_test"], loss.encode(data["y_test"], 10, np.float32), data["y_test"])
     trainer = Trainer(1, BATCH)
@@ -49,10 +55,17 @@ def nnexp_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple
 
 
 def torch_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple[float, float]:
+    """The same epoch in PyTorch, from nnexp's initial weights for ``seed`` and in its shuffled order, so that the
+    test accuracies differ only by the two libraries' arithmetic."""
     import torch
 
-    torch.manual_seed(seed)
+    network, _, rng = untrained(seed)
+    weights = network.state_dict()
     model = torch.nn.Sequential(torch.nn.Linear(784, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10))
+    with torch.no_grad():
+        for index, layer in ((0, model[0]), (1, model[2])):
+            layer.weight.copy_(torch.from_numpy(weights[f"dense{index}.weight"].T))
+            layer.bias.copy_(torch.from_numpy(weights[f"dense{index}.bias"]))
     make = {
         "rmsprop": lambda p: torch.optim.RMSprop(p, lr=RATES["rmsprop"], alpha=0.9, eps=1e-7),
         "adam": lambda p: torch.optim.Adam(p, lr=RATES["adam"], eps=1e-7),
@@ -60,9 +73,8 @@ def torch_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple
     opt = make(model.parameters())
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"].astype(np.int64))
     loss_fn = torch.nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
-    order = torch.randperm(len(x), generator=generator)
+    order = torch.from_numpy(rng.permutation(len(x)))
     x, y = x[order], y[order]
     for start in range(0, len(x), BATCH):
         opt.zero_grad(set_to_none=True)
@@ -187,8 +199,9 @@ def main() -> None:
             f"784-{HIDDEN}-10 ReLU MLP, softmax cross-entropy, float32 data, one epoch of the {len(data['y_train']):,} "
             f"MNIST training images (IDX, pixels / 255), shuffled, batch {BATCH}; optimizers RMSprop (rho 0.9) and "
             f"Adam (beta 0.9/0.999), both at learning rate {RATES['adam']} with epsilon 1e-7; nnexp (Trainer, "
-            "glorot_uniform) against PyTorch (both optimizers, its default initialisation) and scikit-learn's "
-            "MLPClassifier (Adam only, max_iter=1, its defaults otherwise, L2 alpha 1e-4 included); "
+            "glorot_uniform) against PyTorch (both optimizers, from nnexp's initial weights and in nnexp's shuffled "
+            "order, so the accuracies compare arithmetic alone) and scikit-learn's MLPClassifier (Adam only, "
+            "max_iter=1, its own initialisation and defaults otherwise, L2 alpha 1e-4 included); "
             f"{args.pairs} alternating pair(s) per optimizer and contender, nnexp first on even pairs",
             "pair",
             discarded,
