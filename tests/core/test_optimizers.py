@@ -174,6 +174,43 @@ def test_adam_first_step_is_learning_rate_times_the_gradient_sign() -> None:
     np.testing.assert_allclose(w, [1.0 - 0.0099999995, 1.0 + 0.0099999980], rtol=1e-9)
 
 
+def rmsprop_reference(grads: list[np.ndarray], lr: float, rho: float, eps: float) -> np.ndarray:
+    """The total change RMSprop's textbook rule makes over ``grads``."""
+    mean_square, change = np.zeros_like(grads[0]), np.zeros_like(grads[0])
+    for g in grads:
+        mean_square = rho * mean_square + (1 - rho) * g**2
+        change -= lr * g / (np.sqrt(mean_square) + eps)
+    return change
+
+
+def adam_reference(grads: list[np.ndarray], lr: float, beta_1: float, beta_2: float, eps: float) -> np.ndarray:
+    """The total change Adam's textbook rule (Kingma and Ba, algorithm 1) makes over ``grads``."""
+    m, v, change = np.zeros_like(grads[0]), np.zeros_like(grads[0]), np.zeros_like(grads[0])
+    for t, g in enumerate(grads, start=1):
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g**2
+        change -= lr * (m / (1 - beta_1**t)) / (np.sqrt(v / (1 - beta_2**t)) + eps)
+    return change
+
+
+@pytest.mark.parametrize(
+    ("config", "reference"),
+    [
+        ({"name": "rmsprop", "learning_rate": 0.01, "rho": 0.8, "epsilon": 1e-3}, rmsprop_reference),
+        ({"name": "adam", "learning_rate": 0.01, "beta_1": 0.7, "beta_2": 0.9, "epsilon": 1e-3}, adam_reference),
+    ],
+)
+def test_adaptive_optimizers_follow_the_textbook_rule_over_several_steps(config: dict, reference) -> None:
+    grads = list(np.random.default_rng(4).standard_normal((6, 5)))
+    w = np.zeros(5)
+    optimizer = OPTIMIZERS.build(config)
+    for grad in grads:
+        optimizer.step([("dense0.weight", w, grad.copy())])
+    hyper = {key: value for key, value in config.items() if key not in ("name", "learning_rate", "epsilon")}
+    expected = reference(grads, config["learning_rate"], *hyper.values(), config["epsilon"])
+    np.testing.assert_allclose(w, expected, rtol=1e-10, atol=1e-14)
+
+
 @pytest.mark.parametrize(
     ("name", "fields", "field"),
     [

@@ -95,6 +95,22 @@ class Optimizer:
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer)
 
 
+def move_average(average: Array, value: Array, weight: float, scratch: Array) -> None:
+    """``average = (1 - weight) average + weight value`` in place, written as ``average += weight (value -
+    average)``: three passes instead of four. ``scratch`` may be ``value`` itself, which is then overwritten."""
+    np.subtract(value, average, out=scratch)
+    scratch *= weight
+    average += scratch
+
+
+def scaled_ratio(numerator: Array, second_moment: Array, epsilon: float, scale: float, out: Array) -> None:
+    """``out = scale numerator / (sqrt(second_moment) + epsilon)``, the step of RMSprop and Adam, in four passes."""
+    np.sqrt(second_moment, out=out)
+    out += epsilon
+    np.divide(numerator, out, out=out)
+    out *= scale
+
+
 @OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, as in Keras."""
@@ -142,15 +158,9 @@ class RMSprop(Optimizer):
 
     def update(self, grad: Array, step: Array, *state: Array) -> None:
         (mean_square,) = state
-        # mean_square += (1 - rho) (grad^2 - mean_square) is rho mean_square + (1 - rho) grad^2 in four passes
         np.multiply(grad, grad, out=step)
-        step -= mean_square
-        step *= 1 - self.rho
-        mean_square += step
-        np.sqrt(mean_square, out=step)
-        step += self.epsilon
-        np.divide(grad, step, out=step)
-        step *= self.learning_rate
+        move_average(mean_square, step, 1 - self.rho, scratch=step)
+        scaled_ratio(grad, mean_square, self.epsilon, self.learning_rate, out=step)
 
 
 @OPTIMIZERS.register("adam")
@@ -182,14 +192,7 @@ class Adam(Optimizer):
 
     def update(self, grad: Array, step: Array, *state: Array) -> None:
         m, v = state
-        np.subtract(grad, m, out=step)
-        step *= 1 - self.beta_1
-        m += step
+        move_average(m, grad, 1 - self.beta_1, scratch=step)
         np.multiply(grad, grad, out=step)
-        step -= v
-        step *= 1 - self.beta_2
-        v += step
-        np.sqrt(v, out=step)
-        step += self._epsilon
-        np.divide(m, step, out=step)
-        step *= self._scale
+        move_average(v, step, 1 - self.beta_2, scratch=step)
+        scaled_ratio(m, v, self._epsilon, self._scale, out=step)
