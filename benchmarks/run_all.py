@@ -4,7 +4,7 @@ Usage: python benchmarks/run_all.py MNIST_DIR [--out FILE] [--quick]
 MNIST_DIR holds the four MNIST IDX files. The report (machine facts, then throughput, per-sample SGD, overhead,
 scaling, sweep and loading) goes to ``--out`` (default ``benchmarks/results.md``, git-ignored) and to stdout; each
 script's progress goes to stderr as it runs. ``--quick`` passes small repeat counts, and no re-measuring, to every
-script, for a smoke test of a few minutes; the full run takes about 30-60 minutes. A script that fails or is
+script, for a smoke test of a few minutes; the full run takes about 30 minutes on 2 cores. A script that fails or is
 missing gets a section saying so, the others still run, and the exit status is non-zero when any failed. Not part
 of CI.
 """
