@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from machine import THREAD_VARIABLES, Contention, Load
+from machine import Contention, Load
 from threadpoolctl import threadpool_limits
+
+from nnexp.core.parallel import THREAD_LIMIT_VARIABLES
 
 T = TypeVar("T")
 
@@ -51,9 +53,9 @@ def parse(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Conditio
 
 
 def limit_threads(threads: int) -> threadpool_limits:
-    """Cap nnexp's element-wise threads, which read :data:`THREAD_VARIABLES` at first use, so call this before the
+    """Cap nnexp's element-wise threads, which read :data:`THREAD_LIMIT_VARIABLES` at first use, so call this before the
     first training; returns the context that caps the BLAS libraries already loaded (threadpoolctl)."""
-    for variable in THREAD_VARIABLES:
+    for variable in THREAD_LIMIT_VARIABLES:
         os.environ[variable] = str(threads)
     return threadpool_limits(threads)
 
@@ -113,8 +115,8 @@ class Conditions(Load):
         command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
         ran = (
             f"- Ran `{command}`: {what}; {self.threads} thread(s) (threadpoolctl for BLAS, and "
-            f"{'/'.join(THREAD_VARIABLES)} for nnexp); {self.summary()} (the last column: the most during one kept "
-            f"{unit}; {again})."
+            f"{'/'.join(THREAD_LIMIT_VARIABLES)} for nnexp); {self.summary()} (the last column: the most during one "
+            f"kept {unit}; {again})."
         )
         average, worst = self.contention.others(), max(kept_others, default=0.0)
         if average <= self.max_others and worst <= self.max_others:

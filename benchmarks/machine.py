@@ -38,8 +38,6 @@ ENVIRONMENT = (
     "MKL_THREADING_LAYER",
     "MKL_DEBUG_CPU_TYPE",
 )
-#: Thread-count variables that OpenMP, OpenBLAS, MKL and nnexp's own element-wise pool read at start-up.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PACKAGES = ("numpy", "nnexp", "torch", "scikit-learn", "scipy", "threadpoolctl", "hydra-core", "mlflow")
 FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
 

@@ -48,6 +48,11 @@ class Layer:
         self.grads[key] = np.zeros_like(value)
 
 
+def product_dtype(a: Array, b: Array) -> np.dtype:
+    """The dtype of a product of ``a`` and ``b``, without ``np.result_type``'s cost when they already agree."""
+    return a.dtype if a.dtype == b.dtype else np.result_type(a, b)
+
+
 class Dense(Layer):
     """Affine map ``x @ weight + bias``; ``weight`` has shape (n_inputs, n_outputs)."""
 
@@ -83,8 +88,7 @@ class Dense(Layer):
         """
         self._x = x
         weight = self.params["weight"]
-        dtype = weight.dtype if x.dtype == weight.dtype else np.result_type(x, weight)
-        out = np.dot(x, weight, out=self.buffer("out", (x.shape[0], weight.shape[1]), dtype))
+        out = np.dot(x, weight, out=self.buffer("out", (x.shape[0], weight.shape[1]), product_dtype(x, weight)))
         if self._bias is not None:
             out += self._bias
         return out
@@ -99,8 +103,7 @@ class Dense(Layer):
         if not input_grad:
             return grad_out
         weight = self.params["weight"]
-        dtype = weight.dtype if grad_out.dtype == weight.dtype else np.result_type(grad_out, weight)
-        return np.dot(grad_out, weight.T, out=self.buffer("grad_in", self._x.shape, dtype))
+        return np.dot(grad_out, weight.T, out=self.buffer("grad_in", self._x.shape, product_dtype(grad_out, weight)))
 
 
 class Bias(Layer):

@@ -42,15 +42,14 @@ class Optimizer:
             if self.weight_decay and key.rsplit(".", 1)[-1] == "weight":
                 grad = self._decay(key, param, grad)
             arrays = self._arrays.get(key)
-            if arrays is None or arrays[0].shape != param.shape or arrays[0].dtype != param.dtype:
+            if arrays is None or not fits(arrays[0], param):
                 arrays = self._arrays[key] = self._allocate(key, param)
             elementwise(self._apply, (param, grad, *arrays))
 
     def _allocate(self, key: str, param: Array) -> tuple[Array, ...]:
         """The step buffer of ``key`` and its state arrays, zeros where no state was loaded."""
         for slot in self.state_slots:
-            state = self.state[slot].get(key)
-            if state is None or state.shape != param.shape or state.dtype != param.dtype:
+            if not fits(self.state[slot].get(key), param):
                 self.state[slot][key] = np.zeros_like(param)
         return (np.zeros_like(param), *(self.state[slot][key] for slot in self.state_slots))
 
@@ -70,7 +69,7 @@ class Optimizer:
     def _decay(self, key: str, param: Array, grad: Array) -> Array:
         """``grad + weight_decay * param`` in a buffer of the optimizer's: the layer's gradient stays as it is."""
         decayed = self._decayed.get(key)
-        if decayed is None or decayed.shape != param.shape or decayed.dtype != param.dtype:
+        if not fits(decayed, param):
             decayed = self._decayed[key] = np.empty_like(param)
         np.multiply(param, self.weight_decay, out=decayed)
         decayed += grad
@@ -93,6 +92,11 @@ class Optimizer:
 
 
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer)
+
+
+def fits(array: Array | None, param: Array) -> bool:
+    """Whether a kept ``array`` can serve ``param``: it exists with the parameter's shape and dtype."""
+    return array is not None and array.shape == param.shape and array.dtype == param.dtype
 
 
 def move_average(average: Array, value: Array, weight: float, scratch: Array) -> None:
