@@ -13,10 +13,14 @@ from nnexp.core.schedules import SCHEDULES, Schedule
 from nnexp.core.training import Callback, Examples, Trainer
 from nnexp.datasets.base import DATASETS, Dataset, Splits, holdout_splits
 from nnexp.errors import ConfigError, DataError, NnexpError, ParameterError, PluginError, require
+from nnexp.folders import register_resolver
 from nnexp.models.base import MODELS, Model
 from nnexp.plugins import load_builtins
 from nnexp.registry import Registry
 
+# Here, not in the CLI: a launcher's worker process resolves its job folder before it runs any nnexp code, and it
+# imports this package when it unpickles the job.
+register_resolver()
 load_builtins()  # so that ``import nnexp`` alone offers every built-in dataset and model, as in a notebook
 
 try:

@@ -22,6 +22,7 @@ from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
 from nnexp.errors import ConfigError
+from nnexp.folders import RESOLVER
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
 
@@ -104,12 +105,13 @@ class TrackingConfig:
 
 def _hydra_settings() -> dict[str, Any]:
     stamp = "${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    # Claimed with mkdir, so that runs started in the same second never share a folder (nnexp.folders).
     return {
         "job": {"name": "nnexp"},
         # Creates a sweep's MLflow parent run before any job starts, and summarises the sweep at its end.
         "callbacks": {"nnexp_sweep": {"_target_": "nnexp.sweep.SweepCallback"}},
-        "run": {"dir": f"outputs/{stamp}"},
-        "sweep": {"dir": f"outputs/multirun/{stamp}", "subdir": "${hydra.job.num}"},
+        "run": {"dir": f"${{{RESOLVER}:outputs/{stamp}}}"},
+        "sweep": {"dir": f"${{{RESOLVER}:outputs/multirun/{stamp}}}", "subdir": "${hydra.job.num}"},
         "help": {
             "app_name": "nnexp",
             "header": "nnexp: experiments with hand-written NumPy neural networks, tracked in MLflow.\n\n"

@@ -1,0 +1,65 @@
+"""Run folders: Hydra's readable ``outputs/DATE/TIME`` layout, made unique by claiming each folder atomically.
+
+Hydra names a run's folder after the second it started in and creates it with ``exist_ok=True``, so runs started
+in the same second would share one folder and overwrite each other's files. The resolver below creates the folder
+itself, with ``mkdir`` (which exactly one process wins), and moves on to ``TIME_2``, ``TIME_3``, ... when the name is
+taken. Hydra caches the result in the config and copies that cache into every job of a sweep, so a folder is claimed
+once per run, and once per sweep.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from nnexp.errors import ConfigError
+
+RESOLVER = "nnexp.claim"
+
+#: What a failed write's errno means for the user, and what to do about it.
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space",
+    errno.EDQUOT: "the disk quota is exceeded; free some space",
+    errno.EROFS: "the file system is read-only; run from a writable folder or set hydra.run.dir",
+    errno.EACCES: "permission denied; run from a folder you may write or set hydra.run.dir",
+    errno.EPERM: "permission denied; run from a folder you may write or set hydra.run.dir",
+    errno.ENOTDIR: "a part of the path is a file, where a folder is expected",
+    errno.EEXIST: "a file stands where a folder is expected",
+    errno.EISDIR: "a folder stands where a file is expected",
+}
+
+
+def describe_os_error(exc: OSError, doing: str) -> str:
+    """One line for a failed file operation: what was being done, the path, the system's reason and a hint."""
+    path = exc.filename if exc.filename is not None else "?"
+    reason = exc.strerror or type(exc).__name__
+    hint = _OS_HINTS.get(exc.errno or 0)
+    return f"cannot {doing} {path}: {reason}" + (f" ({hint})" if hint else "")
+
+
+def claim(path: str) -> str:
+    """Create the folder ``path``, or ``path_2``, ``path_3``, ... if another run has it; returns the one created."""
+    wanted = Path(path)
+    try:
+        wanted.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(describe_os_error(exc, "create the run folder")) from None
+    candidate, number = wanted, 1
+    while True:
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            number += 1
+            candidate = wanted.with_name(f"{wanted.name}_{number}")
+            continue
+        except OSError as exc:
+            raise ConfigError(describe_os_error(exc, "create the run folder")) from None
+        return str(candidate)
+
+
+def register_resolver() -> None:
+    """Make ``${nnexp.claim:PATH}`` available to configs; cached, so a config claims its folder once."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, claim, use_cache=True)
