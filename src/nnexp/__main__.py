@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import math
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from nnexp.errors import NnexpError, raise_on_sigterm
+from nnexp.folders import describe_os_error, discard_unused_folders, job_folders
 from nnexp.sweep import SweepStartError
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
@@ -55,6 +57,9 @@ def main() -> None:
         sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # A log file that can no longer be written (a full disk) would print a traceback for every line logged; the
+    # terminal still shows each line, and the failure that matters is reported once, where it happens.
+    logging.raiseExceptions = False
     try:
         launch()
         # Shutting down, the interpreter would garbage-collect all that MLflow and matplotlib imported, in several
@@ -65,17 +70,27 @@ def main() -> None:
     except KeyboardInterrupt as exc:
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))
-    except NnexpError as exc:
-        if FULL_ERRORS:
-            raise
-        fail(str(exc))
     except Exception as exc:
-        from nnexp.cli_errors import describe_config_error
-
-        message = describe_config_error(exc)
+        discard_unused_folders()
+        message = describe_error(exc)
         if message is None or FULL_ERRORS:
             raise
         fail(message)
+
+
+def describe_error(exc: Exception) -> str | None:
+    """One line for a user's error: nnexp's own, a file that cannot be written, or a configuration error; ``None``
+    for anything else, which keeps its traceback. OmegaConf and Hydra wrap what they call, so look at the causes."""
+    from nnexp.cli_errors import describe_config_error
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, NnexpError):
+            return str(cause)
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return describe_os_error(cause, where=job_folders[-1] if job_folders else None)
+        cause = cause.__cause__ or cause.__context__
+    return describe_config_error(exc)
 
 
 def launch() -> None:

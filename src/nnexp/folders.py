@@ -10,6 +10,7 @@ once per run, and once per sweep.
 from __future__ import annotations
 
 import errno
+import shutil
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -17,6 +18,9 @@ from omegaconf import OmegaConf
 from nnexp.errors import ConfigError
 
 RESOLVER = "nnexp.claim"
+
+#: The run folders of this process, so that a run that fails before writing anything of its own leaves none.
+job_folders: list[Path] = []
 
 #: What a failed write's errno means for the user, and what to do about it.
 _OS_HINTS = {
@@ -31,12 +35,15 @@ _OS_HINTS = {
 }
 
 
-def describe_os_error(exc: OSError, doing: str) -> str:
-    """One line for a failed file operation: what was being done, the path, the system's reason and a hint."""
-    path = exc.filename if exc.filename is not None else "?"
+def describe_os_error(exc: OSError, doing: str | None = None, where: Path | None = None) -> str:
+    """One line for a failed file operation: what was being done, the path (else ``where``), the system's reason
+    and a hint."""
+    path = exc.filename if exc.filename is not None else (f"in {where}" if where else "")
     reason = exc.strerror or type(exc).__name__
     hint = _OS_HINTS.get(exc.errno or 0)
-    return f"cannot {doing} {path}: {reason}" + (f" ({hint})" if hint else "")
+    if doing is None:
+        doing = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
+    return f"cannot {doing} {path}".rstrip() + f": {reason}" + (f" ({hint})" if hint else "")
 
 
 def claim(path: str) -> str:
@@ -56,6 +63,7 @@ def claim(path: str) -> str:
             continue
         except OSError as exc:
             raise ConfigError(describe_os_error(exc, "create the run folder")) from None
+        job_folders.append(candidate)
         return str(candidate)
 
 
@@ -63,3 +71,26 @@ def register_resolver() -> None:
     """Make ``${nnexp.claim:PATH}`` available to configs; cached, so a config claims its folder once."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, claim, use_cache=True)
+
+
+def discard_job_dir(output_dir: Path) -> None:
+    """Remove a job directory that holds only what Hydra wrote before the job failed, so no stray output remains."""
+    discard_dir(output_dir, {".hydra", "nnexp.log"})
+
+
+def discard_dir(directory: Path, written_before_work: set[str]) -> None:
+    """Remove ``directory`` if it holds nothing but ``written_before_work``, and then each parent (a date folder,
+    ``outputs``) that is left empty, up to the folder nnexp runs in."""
+    if directory.is_dir() and {entry.name for entry in directory.iterdir()} <= written_before_work:
+        shutil.rmtree(directory)
+        top = Path.cwd().resolve()
+        for parent in directory.resolve().parents:
+            if parent == top or top not in parent.parents or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
+def discard_unused_folders() -> None:
+    """Remove every run folder of this process that holds only what Hydra writes before a job starts."""
+    for folder in job_folders:
+        discard_job_dir(folder)

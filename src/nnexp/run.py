@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__, checkpoint
+from nnexp.atomic import replacing
 from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
@@ -29,7 +30,8 @@ from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits
-from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError
+from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, require
+from nnexp.folders import describe_os_error, discard_job_dir
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.sweep import PARENT_OVERRIDE
@@ -141,6 +143,7 @@ def configure(cfg: DictConfig) -> Components:
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
+    require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     Objective.of(cfg)
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle)
@@ -197,12 +200,12 @@ def run(cfg: DictConfig) -> float:
     hydra = HydraConfig.get()
     output_dir = Path(hydra.runtime.output_dir)
     project_dir = Path(hydra.runtime.cwd)
-    rng = np.random.default_rng(cfg.seed)
     label = run_label(cfg)
     try:
         with phases("setup"):
             components = configure(cfg)
             resumed = load_checkpoint(cfg)
+        rng = np.random.default_rng(cfg.seed)
         with phases("data"):
             # Before MLflow's import, which holds 170 MB or so: reading MNIST briefly needs twice its raw images.
             experiment = prepare(components, rng)
@@ -239,9 +242,20 @@ def run(cfg: DictConfig) -> float:
                 )
                 experiment.release_training_data()
             tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=epochs)
-            write_artifacts(output_dir, cfg, experiment, history, predicted, phases)
-            log_artifacts(tracked, output_dir, hydra.output_subdir)
-            log_network(tracked, experiment, components.dataset, epochs, output_dir / "model", phases)
+            # The model first: a run whose plots cannot be written still keeps what it trained.
+            splits = experiment.splits
+            matrix = confusion_matrix(splits.y_test, predicted, splits.n_classes)
+            with phases("model"):
+                model_dir = keep_model(output_dir, cfg, experiment, components.dataset, matrix)
+            log_model_files(tracked, output_dir, hydra.output_subdir)
+            if model_dir is not None:
+                from nnexp.serving import log_saved_model
+
+                log_saved_model(tracked, model_dir, epochs)
+            with phases("plots"):
+                plotted = write_plots(output_dir / "plots", experiment, history, matrix)
+            if plotted:
+                tracked.log_artifact(output_dir / "plots", "plots")
             run_id = tracked.run_id
             tracked.log_metrics(phases.metrics(), step=epochs)
     except RunCreationError:
@@ -294,18 +308,29 @@ def train(
             "output_dir": str(output_dir.resolve()),
         }
 
-    def save_checkpoint(stopped: TrainingState | None = None) -> None:
+    warned = False
+
+    def save_checkpoint(stopped: TrainingState | None = None) -> bool:
+        """Write a checkpoint; one that cannot be written (a full disk) is a warning, and training goes on."""
+        nonlocal warned
         with phases("checkpoints"):
-            checkpoint.save(
-                directory,
-                identity=identity,
-                network=network,
-                optimizer=optimizer,
-                rng=rng,
-                state=stopped or trainer.state,
-                callbacks=stateful,
-                stopped=stopped is not None,
-            )
+            try:
+                checkpoint.save(
+                    directory,
+                    identity=identity,
+                    network=network,
+                    optimizer=optimizer,
+                    rng=rng,
+                    state=stopped or trainer.state,
+                    callbacks=stateful,
+                    stopped=stopped is not None,
+                )
+            except OSError as exc:
+                if not warned:
+                    log.warning("warning: checkpoint not written: %s", describe_os_error(exc, "write"))
+                warned = True
+                return False
+        return True
 
     def log_checkpoint() -> None:
         with phases("mlflow_logging"):
@@ -334,10 +359,10 @@ def train(
                 resume=state,
             )
     except Stopped as stop:
-        save_checkpoint(stop.state)
+        kept = "checkpoint" if save_checkpoint(stop.state) else "the checkpoint could not be written; the last one"
         log_checkpoint()
         raise Interrupted(
-            f"{stop}; checkpoint in {directory}; resume with: python -m nnexp resume={tracked.run_id}",
+            f"{stop}; {kept} in {directory}; resume with: python -m nnexp resume={tracked.run_id}",
             stop.exit_code,
         ) from None
     finally:
@@ -502,28 +527,53 @@ def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output
     return tags
 
 
-def write_artifacts(
-    output_dir: Path,
-    cfg: DictConfig,
-    experiment: Experiment,
-    history: dict[str, list[float]],
-    predicted: np.ndarray,
-    phases: Phases,
-) -> None:
-    """Resolved config, weights, confusion matrix and plots, written into the job's output directory."""
+def keep_model(
+    output_dir: Path, cfg: DictConfig, experiment: Experiment, dataset: Dataset, matrix: np.ndarray
+) -> Path | None:
+    """Write what a run must keep: resolved config, weights, confusion matrix and the MLflow model folder (None
+    for a network with a layer nnexp cannot describe, with a warning); a write that fails fails the run."""
+    from nnexp.plots import write_confusion_csv
+    from nnexp.serving import describe, save_model
+
+    splits = experiment.splits
+    model_dir = output_dir / "model"
+    try:
+        with replacing(output_dir / "config.yaml", "w") as file:
+            file.write(OmegaConf.to_yaml(cfg, resolve=True))
+        experiment.network.save(output_dir / "model.npz")
+        write_confusion_csv(matrix, splits.names(), output_dir / "confusion_matrix.csv")
+        try:
+            spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
+        except NnexpError as exc:
+            log.warning("the run logs no MLflow model: %s", exc)
+            return None
+        if model_dir.exists():  # saved by an earlier attempt of a resumed run
+            shutil.rmtree(model_dir)
+        save_model(model_dir, experiment.network, spec, splits.x_test)
+    except OSError as exc:
+        shutil.rmtree(model_dir, ignore_errors=True)  # half an MLflow model would load as a broken one
+        raise NnexpError(f"the trained model was not kept: {describe_os_error(exc, 'write', output_dir)}") from None
+    return model_dir
+
+
+def log_model_files(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | None) -> None:
+    """Send what :func:`keep_model` wrote, and Hydra's own copy of the config, to the run."""
+    for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
+        tracked.log_artifact(output_dir / name)
+    if hydra_subdir:  # hydra.output_subdir=null turns Hydra's copy off
+        tracked.log_artifact(output_dir / hydra_subdir, "hydra")
+
+
+def write_plots(folder: Path, experiment: Experiment, history: dict[str, list[float]], matrix: np.ndarray) -> bool:
+    """Confusion matrix, learning curves and (for 2-D data) decision boundary as PNG files in ``folder``; a plot
+    that cannot be written is a warning, not a failed run. Returns whether any plot was written."""
     from nnexp import plots
 
     splits = experiment.splits
-    with phases("model"):
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        experiment.network.save(output_dir / "model.npz")
-        matrix = confusion_matrix(splits.y_test, predicted, splits.n_classes)
-        plots.write_confusion_csv(matrix, splits.names(), output_dir / "confusion_matrix.csv")
-    with phases("plots"):
-        figures = output_dir / "plots"
-        figures.mkdir(exist_ok=True)
-        plots.plot_confusion_matrix(matrix, splits.names(), figures / "confusion_matrix.png")
-        plots.plot_learning_curves(history, figures / "learning_curves.png")
+    try:
+        folder.mkdir(exist_ok=True)
+        plots.plot_confusion_matrix(matrix, splits.names(), folder / "confusion_matrix.png")
+        plots.plot_learning_curves(history, folder / "learning_curves.png")
         if splits.n_features == 2:
             network = experiment.network
             x = np.concatenate([splits.x_train, splits.x_test])
@@ -532,48 +582,7 @@ def write_artifacts(
             def predict_labels(points: np.ndarray) -> np.ndarray:
                 return predict(network, points.astype(network.dtype)).argmax(axis=1)
 
-            plots.plot_decision_boundary(predict_labels, x, y, splits.names(), figures / "decision_boundary.png")
-
-
-def log_artifacts(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | None) -> None:
-    """Send what :func:`write_artifacts` wrote, and Hydra's own copy of the config, to the run."""
-    for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
-        tracked.log_artifact(output_dir / name)
-    tracked.log_artifact(output_dir / "plots", "plots")
-    if hydra_subdir:  # hydra.output_subdir=null turns Hydra's copy off
-        tracked.log_artifact(output_dir / hydra_subdir, "hydra")
-
-
-def discard_job_dir(output_dir: Path) -> None:
-    """Remove a job directory that holds only what Hydra wrote before the job failed, so no stray output remains."""
-    discard_dir(output_dir, {".hydra", "nnexp.log"})
-
-
-def discard_dir(directory: Path, written_before_work: set[str]) -> None:
-    """Remove ``directory`` if it holds nothing but ``written_before_work``, and then its parent (a date folder)
-    if that is left empty, unless it is ``outputs`` itself."""
-    if directory.is_dir() and {entry.name for entry in directory.iterdir()} <= written_before_work:
-        shutil.rmtree(directory)
-        parent = directory.parent
-        if parent.name != "outputs" and not any(parent.iterdir()):
-            parent.rmdir()
-
-
-def log_network(
-    tracked: TrackedRun, experiment: Experiment, dataset: Dataset, step: int, directory: Path, phases: Phases
-) -> None:
-    """Log the trained network as the run's MLflow model ``model``, keeping a copy in ``directory``; a network
-    with a layer nnexp cannot describe is left out, with a warning."""
-    from nnexp.serving import describe, log_saved_model, save_model
-
-    splits = experiment.splits
-    with phases("model"):
-        try:
-            spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
-        except NnexpError as exc:
-            log.warning("the run logs no MLflow model: %s", exc)
-            return
-        if (directory / "MLmodel").is_file():  # saved by an earlier attempt of a resumed run
-            shutil.rmtree(directory)
-        save_model(directory, experiment.network, spec, splits.x_test)
-    log_saved_model(tracked, directory, step)
+            plots.plot_decision_boundary(predict_labels, x, y, splits.names(), folder / "decision_boundary.png")
+    except OSError as exc:
+        log.warning("warning: plots not written: %s", describe_os_error(exc, "write"))
+    return folder.is_dir() and any(folder.iterdir())

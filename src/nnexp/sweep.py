@@ -116,7 +116,7 @@ class Sweep:
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
         if finished == failed == 0 and not interrupted:
             self.tracker.client.delete_run(self.parent.run_id)
-            from nnexp.run import discard_dir
+            from nnexp.folders import discard_dir
 
             discard_dir(self.directory, {"multirun.yaml", "summary"})  # what Hydra wrote before its first job
 

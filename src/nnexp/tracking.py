@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnexp.errors import ConfigError, Interrupted, NnexpError
+from nnexp.folders import describe_os_error
 
 try:
     import fcntl
@@ -116,7 +117,15 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         )
     database = sqlite_path(uri)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        if database.is_dir():
+            raise ConfigError(
+                f"tracking store {uri}: {database} is a folder, expected an SQLite database file such as "
+                f"{database / 'mlflow.db'}"
+            )
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"tracking store {uri}: {describe_os_error(exc, 'create the folder')}") from None
     if scheme not in ("http", "https"):
         return
     try:

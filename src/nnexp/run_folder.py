@@ -1,0 +1,22 @@
+"""A Hydra callback that notes a run's folder before Hydra writes into it, so that a run failing before it wrote
+anything of its own (a full disk, a bad value) leaves no folder behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from nnexp.folders import job_folders
+
+
+class RunFolderCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            folder = OmegaConf.select(config, "hydra.run.dir")
+        except Exception:  # Hydra resolves it again to create the folder, and reports the error then
+            return
+        if folder:
+            job_folders.append(Path(folder))

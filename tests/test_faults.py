@@ -1,0 +1,140 @@
+"""Full disks, read-only and blocked folders, and setup errors: one line each, nothing half-written, the model first.
+
+The disk faults use a small tmpfs, which only root may mount; elsewhere those tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+QUICK = ("trainer.epochs=2",)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *named: str) -> str:
+    """The error line of a run that failed as a user error should: exit 1, no traceback, the line names ``named``."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for text in named:
+        assert text in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs (root only), unmounted afterwards."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write until the disk is full."""
+    with open(disk / "filler", "wb") as file:
+        try:
+            while True:
+                file.write(b"\0" * 65536)
+                file.flush()
+        except OSError:
+            pass
+
+
+def test_negative_seed_is_one_line_and_leaves_no_folder(project):
+    one_line_error(project.run("seed=-1"), "seed must be >= 0, got -1")
+    assert not (project.root / "outputs").exists()
+
+
+def test_outputs_that_is_a_file_is_one_line(project):
+    (project.root / "outputs").write_text("not a folder")
+    one_line_error(project.run(*QUICK, "tracking.uri=sqlite:///store/mlflow.db"), "outputs", "Not a directory")
+    assert (project.root / "outputs").read_text() == "not a folder"
+
+
+def test_store_path_that_is_a_folder_is_one_line_at_once(project):
+    (project.root / "store").mkdir()
+    started = time.monotonic()
+    line = one_line_error(project.run(*QUICK, f"tracking.uri=sqlite:///{project.root / 'store'}"), "is a folder")
+    assert "expected an SQLite database file" in line
+    assert time.monotonic() - started < 60  # MLflow's own retries took minutes
+    assert not (project.root / "outputs").exists()
+
+
+def test_read_only_outputs_is_one_line(project, tmpfs):
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    line = one_line_error(project.run(*QUICK, f"hydra.run.dir={tmpfs}/run"), "Read-only file system")
+    assert str(tmpfs) in line
+
+
+def test_full_disk_before_the_run_is_one_line_and_leaves_no_folder(project, tmpfs):
+    fill(tmpfs)
+    store = f"tracking.uri=sqlite:///{project.root / 'store.db'}"
+    one_line_error(project.run(*QUICK, store, f"hydra.run.dir={tmpfs}/run"), "disk is full")
+    assert sorted(path.name for path in tmpfs.iterdir()) == ["filler"]
+
+
+def test_disk_full_during_training_fails_the_run_naming_the_model(project, tmpfs):
+    """Training goes on without disk space; the run is FAILED because its model could not be kept."""
+    store = f"tracking.uri=sqlite:///{project.root / 'store.db'}"
+    process = project.start("trainer.epochs=100", "checkpoint.every=0", store, f"hydra.run.dir={tmpfs}/run")
+    assert process.stderr is not None
+    for line in process.stderr:  # the first progress line: training has begun
+        if "epoch" in line:
+            break
+    fill(tmpfs)
+    stdout, stderr = process.communicate(timeout=300)
+    line = one_line_error(subprocess.CompletedProcess([], process.returncode, stdout, stderr), "model was not kept")
+    assert "disk is full" in line
+    (run,) = MlflowClient(tracking_uri=f"sqlite:///{project.root / 'store.db'}").search_runs(["1"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] in line
+    assert not (tmpfs / "run" / "model").exists()  # no half-written MLflow model
+
+
+def test_plots_that_cannot_be_written_are_a_warning_and_the_model_is_kept(project):
+    run_dir = project.root / "outputs" / "blocked"
+    run_dir.mkdir(parents=True)
+    (run_dir / "plots").write_text("a file where the plots folder goes")
+    result = project.run(*QUICK, "hydra.run.dir=outputs/blocked")
+    assert result.returncode == 0, result.stderr
+    assert "warning: plots not written" in result.stdout + result.stderr
+    (run,) = project.runs()
+    assert run.info.status == "FINISHED"
+    client = MlflowClient(tracking_uri=project.store_uri)
+    logged = {entry.path for entry in client.list_artifacts(run.info.run_id)}
+    assert {"model.npz", "config.yaml", "confusion_matrix.csv"} <= logged and "plots" not in logged
+    assert client.get_run(run.info.run_id).outputs.model_outputs
+
+
+def test_checkpoints_that_cannot_be_written_are_a_warning_and_training_goes_on(project):
+    run_dir = project.root / "outputs" / "blocked"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoints").write_text("a file where the checkpoints folder goes")
+    result = project.run("trainer.epochs=3", "hydra.run.dir=outputs/blocked")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("warning: checkpoint not written") == 1, output
+    (run,) = project.runs()
+    assert run.info.status == "FINISHED"
+
+
+def test_a_project_without_conf_still_runs_in_a_folder_of_its_own(project):
+    """The folder claim needs no preset: the embedded defaults use it too."""
+    shutil.rmtree(project.root / "conf")
+    for _ in range(2):
+        assert project.run("trainer.epochs=1").returncode == 0
+    assert len(project.job_dirs()) == 2
