@@ -138,3 +138,17 @@ def test_a_project_without_conf_still_runs_in_a_folder_of_its_own(project):
     for _ in range(2):
         assert project.run("trainer.epochs=1").returncode == 0
     assert len(project.job_dirs()) == 2
+
+
+def test_a_new_store_on_a_full_disk_is_one_line_and_not_left_half_made(project, tmpfs):
+    fill(tmpfs)
+    line = one_line_error(project.run(*QUICK, f"tracking.uri=sqlite:///{tmpfs}/mlflow.db"), "cannot be used")
+    assert "disk is full" in line
+    assert sorted(path.name for path in tmpfs.iterdir()) == ["filler"]
+    assert not (project.root / "outputs").exists()
+
+
+def test_a_store_whose_folder_is_a_file_is_one_line(project):
+    (project.root / "taken").write_text("")
+    line = one_line_error(project.run(*QUICK, "tracking.uri=sqlite:///taken/mlflow.db"), "taken")
+    assert "a file stands where a folder is expected" in line

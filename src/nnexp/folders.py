@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,6 +22,8 @@ RESOLVER = "nnexp.claim"
 
 #: The run folders of this process, so that a run that fails before writing anything of its own leaves none.
 job_folders: list[Path] = []
+#: Hydra's flags that show the config instead of running it: a folder is then named but not created.
+SHOW_ONLY_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 
 #: What a failed write's errno means for the user, and what to do about it.
 _OS_HINTS = {
@@ -47,8 +50,11 @@ def describe_os_error(exc: OSError, doing: str | None = None, where: Path | None
 
 
 def claim(path: str) -> str:
-    """Create the folder ``path``, or ``path_2``, ``path_3``, ... if another run has it; returns the one created."""
+    """Create the folder ``path``, or ``path_2``, ``path_3``, ... if another run has it; returns the one created.
+    A command line that only shows the config (``--cfg``) gets the name it would claim, and nothing is created."""
     wanted = Path(path)
+    if any(flag in sys.argv for flag in SHOW_ONLY_FLAGS):
+        return str(wanted)
     try:
         wanted.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -363,12 +363,22 @@ class Tracker:
         # Each retry of a server that does not answer would be a warning line; nnexp says it once instead.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.uri = uri
+        database = sqlite_path(uri)
+        new_store = database is not None and not database.exists()
         try:
             with store_lock(uri):
-                self.client = MlflowClient(tracking_uri=uri)
-                found = self.client.get_experiment_by_name(experiment)
-                if found is None and create:
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+                try:
+                    self.client = MlflowClient(tracking_uri=uri)
+                    found = self.client.get_experiment_by_name(experiment)
+                    if found is None and create:
+                        self.experiment_id = self.client.create_experiment(
+                            experiment, artifact_location=artifact_root(uri)
+                        )
+                except Exception:
+                    if new_store:  # a store that could not be created (a full disk) is not left half-made
+                        for leftover in (database, database.with_name(database.name + ".lock")):
+                            leftover.unlink(missing_ok=True)
+                    raise
         except Exception as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"tracking store {uri} cannot be used: {reason[:300]}") from None
