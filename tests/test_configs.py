@@ -138,9 +138,7 @@ def test_the_tanh_tutorial_preset_trains_as_the_tutorials_code_does(composed, mn
     assert not initial["bias0.bias"].any() and not initial["dense0.bias"].any()
     assert np.abs(initial["dense0.weight"]).max() <= np.sqrt(6 / (784 + 10))
     assert experiment.trainer.epochs == 1 and not experiment.trainer.shuffle
-    experiment.trainer.fit(
-        experiment.network, experiment.loss, experiment.optimizer, train, np.random.default_rng(1)
-    )
+    experiment.trainer.fit(experiment.network, experiment.loss, experiment.optimizer, train, np.random.default_rng(1))
     expected = tutorial_pass(initial["dense0.weight"], raw[:-10], tiny.train_labels[:-10], batch_size=10)
     for key, param, _ in experiment.network.parameters():
         np.testing.assert_allclose(param, expected[key], rtol=1e-12, atol=1e-12, err_msg=key)
