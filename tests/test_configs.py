@@ -102,3 +102,43 @@ def test_schema_mirrors_the_constructor_signature():
 
 def test_conf_holds_only_yaml():
     assert all(path.suffix == ".yaml" for path in Path(CONF).rglob("*") if path.is_file())
+
+
+def tutorial_pass(weight: np.ndarray, x: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """The tanh/softmax tutorial's own training code, restated: one pass in file order at its learning rate 1."""
+    weight, input_bias, bias = weight.copy(), np.zeros(x.shape[1]), np.zeros(weight.shape[1])
+    for start in range(0, len(x), batch_size):
+        inputs, targets = x[start : start + batch_size], np.eye(10)[labels[start : start + batch_size]]
+        hidden = np.tanh(inputs + input_bias)
+        logits = hidden @ weight + bias
+        out = np.exp(logits - logits.max(axis=1, keepdims=True))
+        out /= out.sum(axis=1, keepdims=True)
+        grad_out = 2 * (out - targets) / len(inputs)  # the plain sum of squared differences, averaged over the batch
+        grad_logits = out * (grad_out - (grad_out * out).sum(axis=1, keepdims=True))
+        grad_hidden = grad_logits @ weight.T
+        weight -= hidden.T @ grad_logits
+        bias -= grad_logits.sum(axis=0)
+        input_bias -= (grad_hidden * (1 - hidden**2)).sum(axis=0)
+    return {"bias0.bias": input_bias, "dense0.weight": weight, "dense0.bias": bias}
+
+
+def test_the_tanh_tutorial_preset_trains_as_the_tutorials_code_does(composed, mnist_files, tiny):
+    cfg = composed(
+        "experiment=mnist_tanh_softmax_tutorial",
+        f"dataset.path={mnist_files.write_idx()}",
+        "dataset.val_size=10",
+        "trainer.batch_size=10",  # three batches of the 30 tiny training images, so their order matters
+    )
+    experiment = build(cfg, np.random.default_rng(0))
+    raw = tiny.train_images.reshape(len(tiny.train_images), -1).astype(np.float64)
+    train = experiment.data["train"]
+    np.testing.assert_array_equal(train.x, raw[:-10])  # unscaled, in file order
+    np.testing.assert_array_equal(experiment.data["val"].x, raw[-10:])  # the last images validate
+    initial = {key: param.copy() for key, param, _ in experiment.network.parameters()}
+    assert not initial["bias0.bias"].any() and not initial["dense0.bias"].any()
+    assert np.abs(initial["dense0.weight"]).max() <= np.sqrt(6 / (784 + 10))
+    assert experiment.trainer.epochs == 1 and not experiment.trainer.shuffle
+    experiment.trainer.fit(experiment.network, experiment.loss, experiment.optimizer, train, np.random.default_rng(1))
+    expected = tutorial_pass(initial["dense0.weight"], raw[:-10], tiny.train_labels[:-10], batch_size=10)
+    for key, param, _ in experiment.network.parameters():
+        np.testing.assert_allclose(param, expected[key], rtol=1e-12, atol=1e-12, err_msg=key)

@@ -10,7 +10,9 @@ from nnexp.download import convert_to_csv
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
-SLICE = ("dataset.max_train=2000", "dataset.max_test=500")
+MAX_TRAIN = 2000
+#: Raw pixels at learning rate 2.0 take longer to settle: 29% test accuracy after 10,000 images, 86% after 20,000.
+MAX_TRAIN_OF = {"mnist_tanh_softmax_tutorial": 20000}
 PRESETS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("mnist_*.yaml"))
 
 pytestmark = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not in {SHARED_MNIST}")
@@ -28,9 +30,11 @@ def test_mnist_preset_smoke_run(project, csv_dir, preset):
         data = (f"dataset.path={SHARED_MNIST}",)
     else:
         data = (f"dataset.train_path={csv_dir / 'mnist_train.csv'}", f"dataset.test_path={csv_dir / 'mnist_test.csv'}")
-    result = project.run(f"experiment={preset}", *data, *SLICE, "trainer.epochs=1", timeout=600)
+    max_train = MAX_TRAIN_OF.get(preset, MAX_TRAIN)
+    slices = (f"dataset.max_train={max_train}", "dataset.max_test=500")
+    result = project.run(f"experiment={preset}", *data, *slices, "trainer.epochs=1", timeout=600)
     assert result.returncode == 0, result.stderr
     [run] = project.runs()
     assert run.info.status == "FINISHED" and run.data.tags["dataset"] == dataset
     assert run.data.metrics["test_accuracy"] > 0.5
-    assert float(run.data.params["dataset.max_train"]) == 2000
+    assert float(run.data.params["dataset.max_train"]) == max_train

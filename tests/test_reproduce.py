@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from mlflow import MlflowClient
+
+from nnexp.reproduce import UNSTABLE_GAP, UNSTABLE_NOTE, Preset, table, unstable
 
 EASY = """\
 # @package _global_
@@ -77,3 +80,62 @@ def test_sigterm_stops_the_child_and_marks_both_runs_killed(project):
     assert process.returncode == 143
     assert stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM); MLflow run ")
     assert sorted(run.info.status for run in project.runs()) == ["KILLED", "KILLED"]
+
+
+def results(report: str) -> dict[str, str]:
+    """Each preset's result column."""
+    rows = [line for line in report.splitlines()[2:] if line.startswith("| ")]
+    return {row.split(" | ")[0].strip("| "): row.rsplit(" | ", 1)[1].rstrip(" |") for row in rows}
+
+
+def test_a_mean_pulled_below_by_one_unstable_seed_is_a_miss_naming_it():
+    presets = [Preset("tanh", 0.90, "val_accuracy", [0.9084, 0.9038, 0.7412], [4.0, 4.0, 4.0])]
+    report = table(presets, [0, 1, 2])
+    assert results(report) == {"tanh": "miss: seed 2 at 74.12% (the others 90.61%)"}
+    assert "| 85.11% | 90.84% / 90.38% / 74.12% |" in report  # the mean and every seed stay in view
+    assert report.endswith(UNSTABLE_NOTE)
+    assert not presets[0].passed
+
+
+def test_two_unstable_seeds_of_five_are_both_named():
+    presets = [Preset("tanh", 0.90, "val_accuracy", [0.9084, 0.9038, 0.7412, 0.8974, 0.8264])]
+    assert results(table(presets, [0, 1, 2, 3, 4])) == {
+        "tanh": "miss: seeds 2, 4 at 74.12%, 82.64% (the others 90.32%)"
+    }
+
+
+def test_steady_seeds_give_plain_results_and_no_note():
+    presets = [
+        Preset("steady", 0.90, "val_accuracy", [0.9024, 0.9021, 0.9034]),
+        Preset("short", 0.95, "val_accuracy", [0.9024, 0.9021, 0.9034]),
+    ]
+    report = table(presets, [0, 1, 2])
+    assert results(report) == {"steady": "pass", "short": "FAIL"}
+    assert UNSTABLE_NOTE not in report
+
+
+def test_an_unstable_seed_is_named_even_when_the_mean_passes_or_the_others_fall_short_too():
+    presets = [
+        Preset("lucky", 0.90, "val_accuracy", [0.99, 0.99, 0.85]),
+        Preset("poor", 0.90, "val_accuracy", [0.85, 0.85, 0.70]),
+    ]
+    assert results(table(presets, [3, 4, 5])) == {
+        "lucky": "pass; unstable: seed 5 at 85.00% (the others 99.00%)",
+        "poor": "FAIL; unstable: seed 5 at 70.00% (the others 85.00%)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([0.90, 0.70], []),  # two seeds: which one is off cannot be told
+        ([0.90, 0.80, 0.80], []),  # most seeds low: the preset falls short, not a seed
+        ([0.90, 0.90, 0.871], []),  # within the gap
+        ([0.90, 0.90, 0.869], [2]),
+        ([0.70, 0.90, 0.91, 0.92], [0]),
+        ([0.95, 0.90, 0.91, 0.92], []),  # a seed above the others is never unstable
+    ],
+)
+def test_unstable_seeds_are_a_minority_more_than_the_gap_below_the_median_of_the_others(values, expected):
+    assert UNSTABLE_GAP == 0.03
+    assert unstable(values) == expected
