@@ -70,9 +70,12 @@ def main() -> None:
             raise
         fail(str(exc))
     except Exception as exc:
+        from nnexp import memory
         from nnexp.cli_errors import describe_config_error
 
         message = describe_config_error(exc)
+        if message is None and memory.is_out_of_memory(exc):  # outside any phase of a run that names its own
+            message = memory.describe(exc, "running", memory.ADVICE)
         if message is None or FULL_ERRORS:
             raise
         fail(message)
