@@ -85,11 +85,11 @@ class LearningRateScheduler(Callback):
             rate = float(given)  # a Python float: a NumPy float64 rate would upcast float32 updates
         except (TypeError, ValueError):
             rate = None
-        if rate is None or not (math.isfinite(rate) and rate > 0):
+        if rate is None or not (math.isfinite(rate) and rate >= 0):  # a cosine may anneal to exactly 0
             shown = given if rate is None else rate
             raise TrainingError(
                 f"{describe(self.schedule)} gave learning rate {shown!r} at epoch {epoch}; "
-                "a rate must be finite and > 0"
+                "a rate must be finite and >= 0"
             )
         self.optimizer.learning_rate = rate
 
