@@ -252,3 +252,22 @@ def test_a_memory_error_in_a_run_phase_names_the_phase() -> None:
         "or free memory"
     )
     assert set(phases.metrics()) >= {"time_training_seconds", "time_checkpoints_seconds"}
+
+
+@pytest.mark.parametrize("error", [MemoryError(), ValueError("array is too big; `arr.size * ...`.")])
+def test_an_allocation_failure_outside_a_run_phase_is_one_line(monkeypatch, capsys, error) -> None:
+    import nnexp.__main__ as cli
+
+    def launch() -> None:
+        raise error
+
+    monkeypatch.setattr(cli, "launch", launch)
+    monkeypatch.setattr(cli, "FULL_ERRORS", False)
+    monkeypatch.setattr("sys.argv", ["nnexp", "trainer.epochs=1"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        f"error: out of memory while running: {str(error) or 'MemoryError'}; use a smaller model or "
+        "trainer.batch_size, or free memory\n"
+    )

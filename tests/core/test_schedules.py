@@ -191,7 +191,7 @@ def test_a_registered_schedule_is_named_with_its_source(restore_registries) -> N
 
 
 def test_a_numpy_rate_is_accepted_as_a_python_float_and_zero_is_allowed() -> None:
-    history, recorder, _, _ = fit_with_schedule(Fixed(np.float64(0.0)), 3)
+    _, recorder, _, _ = fit_with_schedule(Fixed(np.float64(0.0)), 3)
     assert recorder.at_steps == [0.4, 0.0, 0.0]
     assert all(type(rate) is float for rate in recorder.at_steps)
 
