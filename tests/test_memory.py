@@ -263,6 +263,10 @@ def test_an_allocation_failure_outside_a_run_phase_is_one_line(monkeypatch, caps
 
     monkeypatch.setattr(cli, "launch", launch)
     monkeypatch.setattr(cli, "FULL_ERRORS", False)
+    monkeypatch.setattr(cli, "raise_on_sigterm", lambda: None)
+    changed = ("HYDRA_FULL_ERROR", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    for variable in (*changed, *cli.HTTP_RETRIES):
+        monkeypatch.delenv(variable, raising=False)  # main() sets these; monkeypatch restores them afterwards
     monkeypatch.setattr("sys.argv", ["nnexp", "trainer.epochs=1"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
