@@ -275,6 +275,15 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("tracking.uri=/tmp/store", "MLflow's file store is retired; use a database such as sqlite:///"),
         ("dataset=circles dataset.noise=-1", "dataset.noise must be >= 0, got -1.0"),
         ("schedule=step schedule.gamma=-1", "schedule.gamma must be in (0, 1], got -1.0"),
+        ("optimizer.epsilon=inf", "optimizer.epsilon must be > 0 and finite, got inf"),
+        (  # numpy's "array is too big" before the memory check
+            "model.hidden_sizes=[10000000000]",
+            "model.hidden_sizes=[10000000000] needs about 597.0 TiB (parameters, gradients, adam state, batch buffers)",
+        ),
+        (  # an OOM kill (exit 137) before the memory check
+            "model.hidden_sizes=[100000000]",
+            "model.hidden_sizes=[100000000] needs about 6.0 TiB (parameters, gradients, adam state, batch buffers)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, named):
@@ -324,6 +333,65 @@ def test_divergence_fails_the_run_with_its_reason(project):
     [run] = project.runs()
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"].startswith("loss became")
+
+
+def test_a_model_plugin_without_a_footprint_that_cannot_be_allocated_is_one_line(project):
+    (project.root / "plugins" / "huge.py").write_text(
+        "from nnexp import MODELS\n"
+        "from nnexp.models.mlp import MLP\n\n\n"
+        "@MODELS.register('huge')\n"
+        "class Huge(MLP):\n"
+        "    def footprint(self, n_inputs, n_outputs, loss):\n"
+        "        return None\n"
+    )
+    result = project.run("model=huge", "model.hidden_sizes=[10000000000]")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: out of memory while building the network: Unable to allocate ")
+    assert result.stderr.endswith("; use a smaller model\n") and result.stderr.count("\n") == 1
+    assert project.job_dirs() == [] and project.runs() == []
+
+
+SCHEDULE_PLUGIN = """
+import numpy as np
+
+from nnexp import SCHEDULES, Schedule
+
+
+@SCHEDULES.register("my_sched")
+class MySched(Schedule):
+    def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+        if epoch < 3:
+            return base_rate
+        {at_epoch_3}
+"""
+
+
+@pytest.mark.parametrize(
+    ("at_epoch_3", "reason"),
+    [
+        (
+            "return -0.5",
+            "schedule 'my_sched' (file plugins/my_sched.py) gave learning rate -0.5 at epoch 3; "
+            "a rate must be finite and >= 0",
+        ),
+        (
+            "return np.ones((10**6, 10**7))",  # 80 TB: numpy's MemoryError, in the training phase
+            "out of memory while training: Unable to allocate 72.8 TiB for an array with shape (1000000, 10000000) "
+            "and data type float64; use a smaller model or trainer.batch_size, or free memory",
+        ),
+    ],
+    ids=["negative_rate", "memory_error"],
+)
+def test_a_failure_during_training_is_a_failed_run_with_its_reason_in_one_line(project, at_epoch_3, reason):
+    (project.root / "plugins" / "my_sched.py").write_text(SCHEDULE_PLUGIN.format(at_epoch_3=at_epoch_3))
+    result = project.run("schedule=my_sched", "trainer.epochs=5")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"error: {reason}"
+    assert "Traceback" not in result.stderr
+    [run] = project.runs()
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == reason
+    client = MlflowClient(tracking_uri=project.store_uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
 
 
 def test_sigterm_marks_the_run_killed_in_one_line(project):

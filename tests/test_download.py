@@ -203,9 +203,97 @@ def test_no_network_fails_fast_saying_where_to_put_the_files(serve, tmp_path, ca
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unusable_mirror_url_is_a_failed_mirror(serve, tmp_path, capsys):
-    assert download.main(["mnist", str(tmp_path), "--mirror", "nowhere"]) == 1
-    assert "nowhere/train-images-idx3-ubyte.gz: unknown url type" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "url",
+    ["nowhere", "file:///etc/", "ftp://127.0.0.1/mnist/", "data:,x", "http://", "javascript:alert(1)", "//host/x"],
+)
+def test_a_mirror_must_be_an_http_or_https_url(tmp_path, capsys, url):
+    assert download.main(["mnist", str(tmp_path / "mnist"), "--mirror", "http://127.0.0.1:9/", "--mirror", url]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --mirror {url}: expected an http:// or https:// URL, such as {download.MIRRORS[0]}\n"
+    )
+    assert not (tmp_path / "mnist").exists()
+
+
+@contextlib.contextmanager
+def answering(status: int, headers: dict[str, str], body: bytes = b"") -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 answering every GET with ``status``, ``headers`` (where ``{path}`` stands for the
+    path asked for) and ``body``; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value.format(path=self.path.lstrip("/")))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep the test output quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def listener() -> Iterator[tuple[int, list[str]]]:
+    """A TCP port on 127.0.0.1 that records every connection and closes it: a stand-in for an FTP server."""
+    connections: list[str] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.01)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    connection, address = server.accept()
+                    connections.append(str(address))
+                    connection.close()
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield server.getsockname()[1], connections
+        finally:
+            stop.set()
+            thread.join()
+
+
+@pytest.mark.parametrize("scheme", ["ftp", "file"])
+def test_a_redirect_is_followed_only_to_an_http_url(serve, tmp_path, capsys, scheme):
+    with listener() as (port, connections):
+        target = f"ftp://127.0.0.1:{port}/mnist.gz" if scheme == "ftp" else "file:///etc/passwd"
+        with answering(302, {"Location": target, "Content-Length": "0"}) as url:
+            assert download.main(["mnist", str(tmp_path), "--mirror", url, "--timeout", "2"]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"error: cannot download train-images-idx3-ubyte.gz ({url}train-images-idx3-ubyte.gz: ")
+    assert f"redirected to {target}; only http:// and https:// are followed" in error or (
+        f"Redirection to url '{target}' is not allowed" in error  # urllib's own refusal of file://
+    )
+    assert connections == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_to_another_http_mirror_is_followed(serve, tmp_path):
+    mirror = serve(ARCHIVES)
+    mirror.files = {f"moved/{name}": data for name, data in ARCHIVES.items()}
+    with answering(301, {"Location": mirror.url + "moved/{path}", "Content-Length": "0"}) as url:
+        assert download.main(["mnist", str(tmp_path), "--mirror", url]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(ARCHIVES)
+
+
+def test_a_download_announcing_more_than_mnist_is_refused_before_reading(serve, tmp_path, capsys):
+    with answering(200, {"Content-Length": str(download.MAX_BYTES + 1)}, b"tiny") as url:
+        assert download.main(["mnist", str(tmp_path), "--mirror", url]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"{url}train-images-idx3-ubyte.gz: {download.MAX_BYTES + 1} bytes, too large for MNIST" in error
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupting_a_download_leaves_no_file(tmp_path, monkeypatch, capsys):

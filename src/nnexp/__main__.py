@@ -90,6 +90,10 @@ def describe_error(exc: Exception) -> str | None:
         if isinstance(cause, OSError) and cause.errno is not None:
             return describe_os_error(cause, where=job_folders[-1] if job_folders else None)
         cause = cause.__cause__ or cause.__context__
+    from nnexp import memory
+
+    if memory.is_out_of_memory(exc):  # outside any phase of a run, which names what ran out itself
+        return memory.describe(exc, "running", memory.ADVICE)
     return describe_config_error(exc)
 
 

@@ -12,10 +12,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from nnexp.atomic import replacing
 from nnexp.datasets.mnist import locate_idx_files, read_idx_set, write_csv
-from nnexp.errors import DataError, NnexpError
+from nnexp.errors import ConfigError, DataError, NnexpError
+
+if TYPE_CHECKING:
+    import http.client
+    import urllib.request
 
 #: Tried in order; a mirror that served one file is tried first for the rest.
 MIRRORS = (
@@ -54,6 +59,8 @@ DEFAULT_TIMEOUT = 10.0
 #: The largest archive is 9.9 MB; a mirror sending far more is not sending MNIST.
 MAX_BYTES = 32 * 2**20
 CHUNK_BYTES = 2**16
+#: The URL schemes a mirror, and any redirect a mirror answers with, may use.
+URL_SCHEMES = ("http", "https")
 
 
 class MirrorError(Exception):
@@ -88,6 +95,8 @@ def sha256_of(path: Path) -> str:
 
 def download_mnist(directory: Path, mirrors: Sequence[str] = MIRRORS, timeout: float = DEFAULT_TIMEOUT) -> list[Path]:
     """Make sure ``directory`` holds the four archives with accepted checksums, downloading what is missing."""
+    for mirror in mirrors:
+        check_mirror(mirror)
     _make_directory(directory)
     order = list(mirrors)
     paths = []
@@ -104,6 +113,15 @@ def download_mnist(directory: Path, mirrors: Sequence[str] = MIRRORS, timeout: f
         order.remove(mirror)
         order.insert(0, mirror)
     return paths
+
+
+def check_mirror(url: str) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is an http:// or https:// URL with a host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in URL_SCHEMES or not parts.netloc:
+        raise ConfigError(f"--mirror {url}: expected an http:// or https:// URL, such as {MIRRORS[0]}")
 
 
 def _fetch_from_any(name: str, target: Path, mirrors: Sequence[str], timeout: float) -> str:
@@ -145,7 +163,10 @@ def _fetch(url: str, target: Path, accepted: Sequence[str], timeout: float) -> i
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "nnexp"})
             # A fresh opener reads the proxy settings of the environment now, not those of urllib's first call.
-            with urllib.request.build_opener().open(request, timeout=timeout) as response:
+            with _opener().open(request, timeout=timeout) as response:
+                announced = response.headers.get("Content-Length", "")
+                if announced.isdigit() and int(announced) > MAX_BYTES:
+                    raise MirrorError(f"{url}: {announced} bytes, too large for MNIST")
                 while chunk := response.read(CHUNK_BYTES):
                     size += len(chunk)
                     if size > MAX_BYTES:
@@ -161,6 +182,29 @@ def _fetch(url: str, target: Path, accepted: Sequence[str], timeout: float) -> i
         if digest.hexdigest() not in accepted:
             raise ChecksumMismatchError(url, digest.hexdigest())
     return size
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """urllib's opener, following a redirect only to an http:// or https:// URL (urllib's own follows ftp:// too)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    class HttpRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: IO[bytes],
+            code: int,
+            msg: str,
+            headers: http.client.HTTPMessage,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            if urlsplit(newurl).scheme.lower() not in URL_SCHEMES:
+                fp.close()
+                raise MirrorError(f"{req.full_url}: redirected to {newurl}; only http:// and https:// are followed")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(HttpRedirects)
 
 
 def _reason(error: object) -> str:

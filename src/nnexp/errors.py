@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 
 class NnexpError(Exception):
     """An error caused by the user's input; the CLI prints it as one line, without a traceback."""
@@ -23,6 +26,10 @@ class TrainingError(NnexpError):
     """Training cannot go on, for example because the loss became NaN."""
 
 
+class OutOfMemoryError(NnexpError):
+    """A run needs more memory than the machine has: refused before allocating, or NumPy could not allocate."""
+
+
 class ParameterError(ConfigError):
     """A constructor argument is out of range; the registry prefixes the config group to ``field``."""
 
@@ -35,10 +42,13 @@ class ParameterError(ConfigError):
         return ParameterError(f"{group}.{self.field}", self.expected, self.got)
 
 
-def require(condition: bool, field: str, expected: str, got: object) -> None:
-    """Raise :class:`ParameterError` unless ``condition`` holds."""
+def require(condition: bool, field: str, expected: str, got: object, finite: bool = True) -> None:
+    """Raise :class:`ParameterError` unless ``condition`` holds and, unless ``finite=False``, ``got`` is not a NaN
+    or infinite number: one-sided bounds such as ``epsilon > 0`` would let ``inf`` through."""
     if not condition:
         raise ParameterError(field, expected, got)
+    if finite and isinstance(got, numbers.Real) and not math.isfinite(got):
+        raise ParameterError(field, f"{expected} and finite", got)
 
 
 class Interrupted(KeyboardInterrupt):

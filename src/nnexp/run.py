@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from nnexp import __version__, checkpoint
+from nnexp import __version__, checkpoint, memory
 from nnexp.atomic import replacing
 from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
 from nnexp.core.losses import LOSSES, Loss
@@ -103,6 +103,20 @@ class Experiment:
             )
 
 
+#: What a run was doing in a phase, and what to reduce, when it runs out of memory there.
+OUT_OF_MEMORY = {
+    "setup": ("setting up", memory.ADVICE),
+    "data": ("loading the data", "use a smaller dataset, or free memory"),
+    "mlflow_setup": ("opening the tracking store", "free memory"),
+    "mlflow_logging": ("logging to MLflow", memory.ADVICE),
+    "training": ("training", memory.ADVICE),
+    "evaluation": ("evaluating", memory.ADVICE),
+    "checkpoints": ("writing a checkpoint", memory.ADVICE),
+    "model": ("saving the model", memory.ADVICE),
+    "plots": ("drawing plots", memory.ADVICE),
+}
+
+
 class Phases:
     """Wall seconds of a run's phases, each second counted once: time in a phase entered inside another (a
     checkpoint written during training) is taken out of the outer one."""
@@ -116,8 +130,10 @@ class Phases:
     def __call__(self, name: str) -> Iterator[None]:
         self._charge()
         self._open.append(name)
+        doing, advice = OUT_OF_MEMORY.get(name, (name, memory.ADVICE))
         try:
-            yield
+            with memory.running_out(doing, advice):  # the phase says what ran out, in one line
+                yield
         finally:
             self._charge()
             self._open.pop()
@@ -170,7 +186,9 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
         part: Examples(x.astype(dtype, copy=False), loss.encode(y, splits.n_classes, dtype), y)
         for part, x, y in splits.parts()
     }
-    network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    memory.check_fits(components.model, components.optimizer, loss, splits, components.trainer.batch_size, dtype)
+    with memory.running_out("building the network", "use a smaller model"):
+        network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
     return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
 
 

@@ -11,7 +11,8 @@ from nnexp.core.network import Sequential
 from nnexp.core.optimizers import SGD
 from nnexp.core.schedules import SCHEDULES, Cosine, LearningRateScheduler, Schedule, Step
 from nnexp.core.training import Callback, Examples, Trainer
-from nnexp.errors import ParameterError
+from nnexp.errors import ParameterError, TrainingError
+from nnexp.registry import registration_source
 
 BASE = 0.1
 EPOCHS = 20
@@ -150,3 +151,51 @@ def test_scheduled_rate_keeps_the_parameter_dtype(dtype: type) -> None:
     optimizer.step([("dense0.weight", param, np.array([1.0, -1.0], dtype=dtype))])
     assert param.dtype == dtype
     assert all(array.dtype == dtype for array in optimizer._arrays["dense0.weight"])
+
+
+class Fixed(Schedule):
+    """Gives ``value`` from epoch ``from_epoch`` on, and the base rate before."""
+
+    def __init__(self, value: object = -0.5, from_epoch: int = 2) -> None:
+        self.value, self.from_epoch = value, from_epoch
+
+    def rate(self, epoch: int, base_rate: float, epochs: int) -> object:
+        return self.value if epoch >= self.from_epoch else base_rate
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(-0.5, "-0.5"), (math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"), (None, "None"), ("fast", "'fast'")],
+)
+def test_a_rate_that_is_not_finite_and_positive_stops_training_naming_the_schedule(value, shown) -> None:
+    with pytest.raises(TrainingError) as error:
+        fit_with_schedule(Fixed(value, from_epoch=3), 5)
+    assert str(error.value) == (
+        f"schedule Fixed gave learning rate {shown} at epoch 3; a rate must be finite and >= 0"
+    )
+
+
+def test_a_registered_schedule_is_named_with_its_source(restore_registries) -> None:
+    class Negative(Schedule):
+        def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+            return -0.5 if epoch >= 2 else base_rate
+
+    with registration_source("file plugins/my_sched.py"):
+        SCHEDULES.register("my_sched")(Negative)
+    with pytest.raises(TrainingError) as error:
+        fit_with_schedule(SCHEDULES.build({"name": "my_sched"}), 4)
+    assert str(error.value) == (
+        "schedule 'my_sched' (file plugins/my_sched.py) gave learning rate -0.5 at epoch 2; "
+        "a rate must be finite and >= 0"
+    )
+
+
+def test_a_numpy_rate_is_accepted_as_a_python_float_and_zero_is_allowed() -> None:
+    _, recorder, _, _ = fit_with_schedule(Fixed(np.float64(0.0)), 3)
+    assert recorder.at_steps == [0.4, 0.0, 0.0]
+    assert all(type(rate) is float for rate in recorder.at_steps)
+
+
+def test_cosine_annealing_to_zero_runs_to_the_end() -> None:
+    history, _, _, _ = fit_with_schedule(Cosine(min_rate=0.0), 4)
+    assert history["learning_rate"][-1] == 0.0

@@ -194,3 +194,19 @@ def test_errors_in_the_test_file_name_it(csv_pair, tiny):
 
 def test_mnist_csv_is_registered():
     assert DATASETS.get("mnist_csv") is MnistCsv
+
+
+@pytest.mark.parametrize("line", ["0", "5,1,2", ","])
+def test_a_file_of_short_lines_reserves_no_table_for_them(tmp_path, line):
+    import tracemalloc
+
+    path = tmp_path / "short.csv"
+    path.write_text(f"{line}\n" * 400_000)  # a 785-byte row reserved per line would be 314 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"short.csv: line 1: "):
+            read_csv(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
+import struct
 import subprocess
 import sys
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ from nnexp.datasets.mnist import (
     LABEL_MAGIC,
     Scaling,
     Validation,
+    read_idx_images,
     read_idx_labels,
     stratified_indices,
 )
@@ -349,3 +354,92 @@ def test_real_mnist_splits_into_the_tutorials_50000_10000_10000():
     splits = MnistIdx(str(REAL_MNIST)).load(np.random.default_rng(0))
     assert [len(y) for _, _, y in splits.parts()] == [50000, 10000, 10000]
     assert all(x.dtype == np.float32 and x.shape[1] == 784 for _, x, _ in splits.parts())
+
+
+def gzip_of_zeros(header: bytes, zeros: int) -> bytes:
+    """``header`` and ``zeros`` zero bytes, gzipped a megabyte at a time (a few kilobytes a megabyte)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as file:
+        file.write(header)
+        block = bytes(2**20)
+        for start in range(0, zeros, len(block)):
+            file.write(block[: zeros - start])
+    return buffer.getvalue()
+
+
+def peak_bytes_of(read: Callable[[], object]) -> tuple[BaseException | None, int]:
+    """The error ``read`` raises, if any, and the most memory Python and NumPy held while it ran."""
+    tracemalloc.start()
+    try:
+        read()
+        error = None
+    except Exception as exc:
+        error = exc
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return error, peak
+
+
+@pytest.mark.parametrize(
+    ("reader", "header", "what"),
+    [
+        (read_idx_images, struct.pack(">4I", IMAGE_MAGIC, 1, 28, 28), "1 images of 28x28"),
+        (read_idx_labels, struct.pack(">2I", LABEL_MAGIC, 1), "1 labels"),
+    ],
+    ids=["images", "labels"],
+)
+def test_a_gzip_bomb_is_refused_without_being_decompressed(tmp_path, reader, header, what):
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip_of_zeros(header, 64 * 2**20))  # 64 MB of zeros in about 64 KB
+    error, peak = peak_bytes_of(lambda: reader(path))
+    assert str(error) == f"{path}: more than 65536 trailing bytes after {what}; stopped reading"
+    assert peak < 4 * 2**20
+
+
+def test_a_gzip_file_shorter_than_its_header_says_is_truncated(tmp_path):
+    path = tmp_path / "short-idx3-ubyte.gz"
+    path.write_bytes(gzip_of_zeros(struct.pack(">4I", IMAGE_MAGIC, 20, 28, 28), 784))
+    with pytest.raises(DataError) as error:
+        read_idx_images(path)
+    assert str(error.value) == (
+        f"{path}: truncated: the header promises 20 images of 28x28 (15696 bytes), found 800 bytes"
+    )
+
+
+@pytest.mark.parametrize("count", [60_000_000, 2**32 - 1])
+def test_a_header_promising_more_than_gzip_can_hold_is_refused_before_reading(tmp_path, count):
+    path = tmp_path / "liar-idx3-ubyte.gz"
+    path.write_bytes(gzip_of_zeros(struct.pack(">4I", IMAGE_MAGIC, count, 2**16, 2**16), 784))
+    compressed = path.stat().st_size
+    error, peak = peak_bytes_of(lambda: read_idx_images(path))
+    assert str(error) == (
+        f"{path}: truncated: the header promises {count} images of 65536x65536 ({16 + count * 2**32} bytes), "
+        f"more than {compressed} bytes of gzip data can hold"
+    )
+    assert peak < 2**20
+
+
+def test_a_raw_file_longer_than_its_header_says_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "long-idx1-ubyte"
+    path.write_bytes(struct.pack(">2I", LABEL_MAGIC, 3) + bytes(3 + 32 * 2**20))
+    error, peak = peak_bytes_of(lambda: read_idx_labels(path))
+    assert str(error) == f"{path}: {32 * 2**20} trailing bytes after 3 labels"
+    assert peak < 2**20
+
+
+def test_a_raw_file_shorter_than_a_huge_header_says_is_refused_without_allocating(tmp_path):
+    path = tmp_path / "short-idx3-ubyte"
+    path.write_bytes(struct.pack(">4I", IMAGE_MAGIC, 2**32 - 1, 2**32 - 1, 2**32 - 1))
+    error, peak = peak_bytes_of(lambda: read_idx_images(path))
+    promised = 16 + (2**32 - 1) ** 3
+    assert str(error) == (
+        f"{path}: truncated: the header promises {2**32 - 1} images of {2**32 - 1}x{2**32 - 1} "
+        f"({promised} bytes), found 16 bytes"
+    )
+    assert peak < 2**20
+
+
+def test_an_unreadable_path_is_one_line(tmp_path):
+    (tmp_path / "dir-idx3-ubyte.gz").mkdir()
+    with pytest.raises(DataError, match=r"dir-idx3-ubyte.gz: cannot be read: Is a directory$"):
+        read_idx_images(tmp_path / "dir-idx3-ubyte.gz")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from nnexp.core import Array
@@ -58,6 +60,7 @@ class MeanSquaredError(Loss):
     default_output_activation = "sigmoid"
 
     def __init__(self, target_low: float = 0.0, target_high: float = 1.0) -> None:
+        require(math.isfinite(target_low), "target_low", "must be finite", target_low)
         require(target_low < target_high, "target_high", f"must be > target_low ({target_low})", target_high)
         self.target_low, self.target_high = target_low, target_high
 

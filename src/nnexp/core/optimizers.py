@@ -53,6 +53,11 @@ class Optimizer:
                 self.state[slot][key] = np.zeros_like(param)
         return (np.zeros_like(param), *(self.state[slot][key] for slot in self.state_slots))
 
+    def state_copies(self) -> int:
+        """How many arrays the size of the parameters a step keeps: its step buffer, one per state slot, and the
+        decayed gradient under weight decay."""
+        return 1 + len(self.state_slots) + bool(self.weight_decay)
+
     def begin_step(self) -> None:
         """Set what every parameter's update shares in this step (a bias correction, say); :attr:`iterations`
         already counts it."""
@@ -186,6 +191,11 @@ class Adam(Optimizer):
         require(0 <= beta_2 < 1, "beta_2", "must be in [0, 1)", beta_2)
         require(epsilon > 0, "epsilon", "must be > 0", epsilon)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def state_copies(self) -> int:
+        """How many arrays the size of the parameters a step keeps: its step buffer, one per state slot, and the
+        decayed gradient under weight decay."""
+        return 1 + len(self.state_slots) + bool(self.weight_decay)
 
     def begin_step(self) -> None:
         # lr m_hat / (sqrt(v_hat) + eps), with the bias corrections m_hat = m / c1 and v_hat = v / c2 for the

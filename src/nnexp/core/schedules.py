@@ -6,7 +6,7 @@ import math
 
 from nnexp.core.optimizers import Optimizer
 from nnexp.core.training import Callback
-from nnexp.errors import require
+from nnexp.errors import TrainingError, require
 from nnexp.registry import Registry
 
 
@@ -80,5 +80,23 @@ class LearningRateScheduler(Callback):
         self.epochs = epochs
 
     def on_epoch_begin(self, epoch: int) -> None:
-        # A Python float: a NumPy float64 rate would upcast float32 updates.
-        self.optimizer.learning_rate = float(self.schedule.rate(epoch, self.base_rate, self.epochs))
+        given = self.schedule.rate(epoch, self.base_rate, self.epochs)
+        try:
+            rate = float(given)  # a Python float: a NumPy float64 rate would upcast float32 updates
+        except (TypeError, ValueError):
+            rate = None
+        if rate is None or not (math.isfinite(rate) and rate >= 0):  # a cosine may anneal to exactly 0
+            shown = given if rate is None else rate
+            raise TrainingError(
+                f"{describe(self.schedule)} gave learning rate {shown!r} at epoch {epoch}; "
+                "a rate must be finite and >= 0"
+            )
+        self.optimizer.learning_rate = rate
+
+
+def describe(schedule: Schedule) -> str:
+    """``schedule 'name' (where it was registered from)``, to name a schedule in an error."""
+    for name, cls in SCHEDULES.items():
+        if cls is type(schedule):
+            return f"schedule '{name}' ({SCHEDULES.source(name)})"
+    return f"schedule {type(schedule).__qualname__}"

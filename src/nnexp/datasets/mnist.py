@@ -6,8 +6,10 @@ Readers return raw ``uint8`` arrays; splitting happens on those, and only the pa
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import gzip
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +37,10 @@ IDX_STEMS = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 GZIP_MAGIC = b"\x1f\x8b"
+#: Deflate expands data at most about 1032 times, so a gzip file cannot hold more than this many bytes per byte.
+MAX_DEFLATE_RATIO = 1032
+#: Bytes read past what an IDX header promises, to count a short tail exactly without reading a long one.
+TRAILING_MARGIN = 2**16
 UTF8_BOM = b"\xef\xbb\xbf"
 COMMA, NEWLINE, ZERO = ord(","), ord("\n"), ord("0")
 
@@ -202,26 +208,21 @@ def locate_idx_files(directory: Path, hint: str) -> IdxFiles:
 
 def read_idx_images(path: Path) -> np.ndarray:
     """The images of an IDX3 file, ``(n, rows, cols)`` ``uint8``, a read-only view of the file's bytes."""
-    data = _read_maybe_gzipped(path)
-    _check_magic(path, data, IMAGE_MAGIC)
-    if len(data) < IMAGE_HEADER:
-        raise DataError(f"{path}: truncated: {len(data)} bytes, shorter than the {IMAGE_HEADER}-byte IDX image header")
-    n, rows, cols = (int(value) for value in np.frombuffer(data, ">u4", count=3, offset=4))
-    if rows == 0 or cols == 0:
-        raise DataError(f"{path}: IDX header gives images of {rows}x{cols} pixels")
-    _check_length(path, data, IMAGE_HEADER, n * rows * cols, f"{n} images of {rows}x{cols}")
-    return np.frombuffer(data, np.uint8, offset=IMAGE_HEADER).reshape(n, rows, cols)
+    with _open_idx(path) as file:
+        header = _read_header(path, file, IMAGE_MAGIC, IMAGE_HEADER, "image")
+        n, rows, cols = (int(value) for value in np.frombuffer(header, ">u4", count=3, offset=4))
+        if rows == 0 or cols == 0:
+            raise DataError(f"{path}: IDX header gives images of {rows}x{cols} pixels")
+        data = _read_payload(path, file, IMAGE_HEADER, n * rows * cols, f"{n} images of {rows}x{cols}")
+    return np.frombuffer(data, np.uint8).reshape(n, rows, cols)
 
 
 def read_idx_labels(path: Path) -> np.ndarray:
     """The labels of an IDX1 file, ``(n,)`` ``uint8`` in 0..9, a read-only view of the file's bytes."""
-    data = _read_maybe_gzipped(path)
-    _check_magic(path, data, LABEL_MAGIC)
-    if len(data) < LABEL_HEADER:
-        raise DataError(f"{path}: truncated: {len(data)} bytes, shorter than the {LABEL_HEADER}-byte IDX label header")
-    n = int(np.frombuffer(data, ">u4", count=1, offset=4)[0])
-    _check_length(path, data, LABEL_HEADER, n, f"{n} labels")
-    labels = np.frombuffer(data, np.uint8, offset=LABEL_HEADER)
+    with _open_idx(path) as file:
+        header = _read_header(path, file, LABEL_MAGIC, LABEL_HEADER, "label")
+        n = int(np.frombuffer(header, ">u4", count=1, offset=4)[0])
+        labels = np.frombuffer(_read_payload(path, file, LABEL_HEADER, n, f"{n} labels"), np.uint8)
     if n and labels.max() >= N_CLASSES:
         index = int(np.argmax(labels >= N_CLASSES))
         raise DataError(f"{path}: label {labels[index]} at index {index} is outside 0..{N_CLASSES - 1}")
@@ -264,17 +265,55 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot be read: {exc.strerror}") from None
 
 
-def _read_maybe_gzipped(path: Path) -> bytes:
-    """The file's content, decompressed when its name ends in ``.gz``."""
-    raw = _read_bytes(path)
-    if path.suffix != ".gz":
-        return raw
-    if not raw.startswith(GZIP_MAGIC):
-        raise DataError(f"{path}: not gzip data, although the name ends in .gz")
+@contextlib.contextmanager
+def _open_idx(path: Path) -> Iterator[BinaryIO]:
+    """The file as a stream, decompressed when its name ends in ``.gz``; read errors become :class:`DataError`."""
+    gzipped = path.suffix == ".gz"
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error):
-        raise DataError(f"{path}: corrupt or truncated gzip data; fetch the file again") from None
+        with path.open("rb") as raw:
+            if not gzipped:
+                yield raw
+                return
+            if raw.read(len(GZIP_MAGIC)) != GZIP_MAGIC:
+                raise DataError(f"{path}: not gzip data, although the name ends in .gz")
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw) as file:
+                yield file
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        if gzipped and isinstance(exc, (gzip.BadGzipFile, EOFError, zlib.error)):
+            raise DataError(f"{path}: corrupt or truncated gzip data; fetch the file again") from None
+        raise DataError(f"{path}: cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _read_header(path: Path, file: BinaryIO, magic: int, size: int, kind: str) -> bytes:
+    """The ``size``-byte IDX header of ``file``, after checking its magic number."""
+    header = file.read(size)
+    _check_magic(path, header, magic)
+    if len(header) < size:
+        raise DataError(f"{path}: truncated: {len(header)} bytes, shorter than the {size}-byte IDX {kind} header")
+    return header
+
+
+def _read_payload(path: Path, file: BinaryIO, header: int, payload: int, what: str) -> bytes:
+    """The ``payload`` bytes after the header, reading at most :data:`TRAILING_MARGIN` more to tell a file longer
+    than its header says: a small gzip file can expand to gigabytes, so it is never decompressed in full."""
+    if isinstance(file, gzip.GzipFile):
+        compressed = os.fstat(file.fileno()).st_size
+        if payload > MAX_DEFLATE_RATIO * compressed:
+            raise DataError(
+                f"{path}: truncated: the header promises {what} ({header + payload} bytes), more than "
+                f"{compressed} bytes of gzip data can hold"
+            )
+    else:
+        size = os.fstat(file.fileno()).st_size  # a raw file's length is known before reading it
+        _check_length(path, size, header, payload, what)
+    data = file.read(payload + TRAILING_MARGIN + 1)
+    if len(data) > payload + TRAILING_MARGIN:
+        raise DataError(f"{path}: more than {TRAILING_MARGIN} trailing bytes after {what}; stopped reading")
+    _check_length(path, header + len(data), header, payload, what)
+    return data
 
 
 def _check_magic(path: Path, data: bytes, expected: int) -> None:
@@ -291,11 +330,12 @@ def _check_magic(path: Path, data: bytes, expected: int) -> None:
     raise DataError(f"{path}: IDX magic 0x{magic:08x} is not an MNIST IDX magic, {wanted}{hint}")
 
 
-def _check_length(path: Path, data: bytes, header: int, payload: int, what: str) -> None:
-    actual = len(data) - header
+def _check_length(path: Path, length: int, header: int, payload: int, what: str) -> None:
+    """Check that a file of ``length`` bytes holds exactly the ``header`` and ``payload`` it promises."""
+    actual = length - header
     if actual < payload:
         raise DataError(
-            f"{path}: truncated: the header promises {what} ({header + payload} bytes), found {len(data)} bytes"
+            f"{path}: truncated: the header promises {what} ({header + payload} bytes), found {length} bytes"
         )
     if actual > payload:
         raise DataError(f"{path}: {actual - payload} trailing bytes after {what}")
@@ -325,7 +365,10 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if header_lines and first_newline < 0:
         raise DataError(f"{path}: a header line and no data rows")
     start = first_newline + 1 if header_lines else 0
-    table = np.empty((raw.count(b"\n", start, end) + 1, CSV_COLUMNS), np.uint8)
+    # A valid row takes at least two bytes a cell ("0,"): a file of short lines, which fails at its first row,
+    # must not reserve a 785-byte table row for each of its lines first.
+    rows = min(raw.count(b"\n", start, end) + 1, (end - start + 1) // (2 * CSV_COLUMNS))
+    table = np.empty((rows, CSV_COLUMNS), np.uint8)
     row = 0
     for offset, block in _line_blocks(raw, start, end):
         try:

@@ -12,7 +12,7 @@ from nnexp.core.layers import Bias, Dense, Layer
 from nnexp.core.losses import Loss
 from nnexp.core.network import Sequential
 from nnexp.errors import ParameterError, require
-from nnexp.models.base import MODELS, Model
+from nnexp.models.base import MODELS, Footprint, Model
 
 
 @MODELS.register("mlp")
@@ -62,6 +62,19 @@ class MLP(Model):
             layers.append(ACTIVATIONS.build({"name": output}))
         return Sequential(layers)
 
+    def footprint(self, n_inputs: int, n_outputs: int, loss: Loss) -> Footprint:
+        dense = list(itertools.pairwise([n_inputs, *self.hidden_sizes, n_outputs]))
+        parameters = sum(fan_in * fan_out + fan_out * self.use_bias for fan_in, fan_out in dense)
+        # Every dense layer keeps its output and, unless it is the network's first layer, its input gradient; an
+        # activation other than the identity keeps both too.
+        values = sum(fan_in + fan_out for fan_in, fan_out in dense) - n_inputs
+        values += sum(_kept(self.activation, size) for size in self.hidden_sizes)
+        values += _kept(self._output_activation(loss), n_outputs)
+        if self.input_activation:
+            parameters += n_inputs
+            values += 2 * n_inputs + _kept(self.input_activation, n_inputs)  # the offset's output, the dense input grad
+        return Footprint(parameters, values, f"hidden_sizes={self.hidden_sizes}")
+
     def check(self, loss: Loss) -> None:
         self._output_activation(loss)
 
@@ -79,3 +92,8 @@ class MLP(Model):
 
     def _dense(self, fan_in: int, fan_out: int, rng: np.random.Generator, dtype: type[np.floating]) -> Dense:
         return Dense(fan_in, fan_out, rng, self.initializer, self.use_bias, dtype)
+
+
+def _kept(activation: str, width: int) -> int:
+    """Values per batch row that an activation layer of ``width`` units keeps: its output and input gradient."""
+    return 0 if activation == "identity" else 2 * width
