@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from nnexp.run import build
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 load_builtins()
-load_file(REPO / "plugins" / "circles.py", "nnexp_local_plugins.circles")
+if "nnexp_local_plugins.circles" not in sys.modules:  # another test module of the session may have loaded it
+    load_file(REPO / "plugins" / "circles.py", "nnexp_local_plugins.circles")
 store_configs()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from nnexp.registry import config_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 load_builtins()
-load_file(REPO / "plugins" / "circles.py", "nnexp_local_plugins.circles")
+if "nnexp_local_plugins.circles" not in sys.modules:  # another test module of the session may have loaded it
+    load_file(REPO / "plugins" / "circles.py", "nnexp_local_plugins.circles")
 
 REGISTRIES = [registry for registry, _ in GROUPS] + [ACTIVATIONS, INITIALIZERS]
 FLOAT_FIELDS = [
