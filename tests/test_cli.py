@@ -157,7 +157,8 @@ def test_early_stopping_needs_a_metric_the_run_logs(project):
     assert result.stderr.strip() == (
         "error: early_stopping.monitor must be one of train_loss, train_accuracy for this run, got 'val_loss'"
     )
-    assert project.runs() == [] and project.job_dirs() == []
+    assert project.job_dirs() == []
+    assert not (project.root / "outputs").exists()  # not even a new, empty store
 
 
 def test_checkpoints_can_be_turned_off(project):

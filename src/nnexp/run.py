@@ -227,11 +227,11 @@ def run(cfg: DictConfig) -> float:
         with phases("data"):
             # Before MLflow's import, which holds 170 MB or so: reading MNIST briefly needs twice its raw images.
             experiment = prepare(components, rng)
-        with phases("mlflow_setup"):
-            tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
-        with phases("setup"):
+        with phases("setup"):  # before the store is opened: a value error creates no store
             objective = Objective.of(cfg, "val" in experiment.data)
             early_stopping = early_stopping_callback(cfg, experiment)
+        with phases("mlflow_setup"):
+            tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
     except BaseException as exc:
         if not cfg.resume:
             discard_job_dir(output_dir)  # nothing ran: leave no directory behind
