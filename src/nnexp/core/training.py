@@ -234,6 +234,10 @@ class Trainer:
             callback.on_train_end(state.history)
         return state.history
 
+    def batch_length(self, n_samples: int) -> int:
+        """Samples per batch for a training set of ``n_samples``: all of them when ``batch_size`` is None."""
+        return n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+
     def _epoch(
         self,
         network: Sequential,
@@ -246,7 +250,7 @@ class Trainer:
         """One pass over ``train``, from ``self.state.batch`` on; returns the mean loss and accuracy over it."""
         state = self.state
         n_samples = len(train)
-        size = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+        size = self.batch_length(n_samples)
         started = time.perf_counter() - state.seconds
         x, targets, labels = train.x, train.targets, train.labels
         order = rng.permutation(n_samples) if self.shuffle and size < n_samples else None
