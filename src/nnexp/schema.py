@@ -21,7 +21,7 @@ from nnexp.errors import DataError
 #: An MLflow run id.
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 #: How much of a bad value a message shows.
-SHOWN_CHARACTERS = 60
+SHOWN_CHARACTERS = 200
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
