@@ -336,24 +336,25 @@ def sync(folder: Path, uri: str | None = None) -> str:
         raise ConfigError(f"{path}: not a readable outbox: {exc}") from None
     fields = Fields(path)
     outbox = check_outbox(fields, contents, folder)
+    artifacts = [
+        (file, artifact_path)
+        for index, (local, directory) in enumerate(outbox["artifacts"])
+        for file, artifact_path in artifact_files(fields, f"artifacts[{index}]", folder / local, folder, directory)
+    ]
+    model = folder / "model"
+    has_model = (model / "MLmodel").is_file()
+    if has_model:
+        artifact_files(fields, "model", model, folder)
     store = uri or outbox["tracking_uri"]
     client = existing_store(store, f"send {path} with: nnexp sync {folder} --uri URI")
     found = find_run(client, outbox["run_id"], f"{path}: run_id {outbox['run_id']} is no run in {store}")
     recorded = found.data.tags.get("output_dir")
     if recorded is not None and Path(recorded).resolve() != folder.resolve():
         raise DataError(f"{path}: run_id {outbox['run_id']} is the run of {recorded}, not of {folder.resolve()}")
-    model = folder / "model"
-    has_model = (model / "MLmodel").is_file()
-    if has_model:
-        artifact_files(fields, "model", model, folder)
     run = TrackedRun(client, outbox["run_id"], folder)
     run._pending = [Metric(*row) for row in outbox["metrics"]]
     run._tags = dict(outbox["tags"])
-    run._artifacts = [
-        (file, artifact_path)
-        for index, (local, directory) in enumerate(outbox["artifacts"])
-        for file, artifact_path in artifact_files(fields, f"artifacts[{index}]", folder / local, folder, directory)
-    ]
+    run._artifacts = artifacts
     counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
     run.end(outbox["status"])
     from nnexp.serving import upload_model
