@@ -183,7 +183,7 @@ def check_layers(fields: Fields, layers: object) -> int:
         kind = entry.get("type")
         fields.check(kind in LAYER_KEYS, f"{field}.type", f"one of {', '.join(LAYER_KEYS)}", kind)
         fields.check(width is not None or kind != "activation", f"{field}.type", "dense or bias first", kind)
-        extra = sorted(set(entry) - set(LAYER_KEYS[kind]) - {"type", "config"})
+        extra = sorted(set(entry) - set(LAYER_KEYS[kind]) - {"type"})
         fields.check(not extra, field, f"a {kind} layer of {', '.join(LAYER_KEYS[kind])}", extra)
         sizes = [
             fields.integer(fields.get(entry, f"{field}.{key}"), f"{field}.{key}", 1, MAX_UNITS) for key in SIZES[kind]
