@@ -315,3 +315,19 @@ def test_partial_files_are_removed_at_resume_and_never_uploaded(project):
     assert sorted(path.name for path in directory.iterdir()) == ["checkpoint-e000002-b00000000.npz", "checkpoint.json"]
     uploaded = {Path(entry.path).name for entry in client.list_artifacts(run_id, "checkpoint")}
     assert uploaded == {"checkpoint-e000002-b00000000.npz", "checkpoint.json"}
+
+
+def test_restore_checks_early_stoppings_state_before_training_uses_it(tmp_path):
+    from nnexp.core.training import EarlyStopping
+
+    directory = saved(tmp_path)
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(directory)
+    stopping = EarlyStopping(trainer, network, "train_loss")
+    loaded.manifest["callbacks"] = {"early_stopping": {"best": None, "best_epoch": 1, "wait": 0}}
+    with pytest.raises(DataError, match=r"does not fit this run's network or optimizer: float\(\) argument"):
+        loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)
+    loaded.manifest["callbacks"]["early_stopping"]["best"] = 0.5
+    loaded.arrays["callback/early_stopping/best_weights.dense0.weight"] = np.zeros((3, 5), np.float32)
+    with pytest.raises(DataError, match=r"early stopping's best_weights\.dense0\.weight \(3, 5\) does not fit"):
+        loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)

@@ -135,9 +135,12 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.wait = float(state["best"]), int(state["best_epoch"]), int(state["wait"])
         prefix = "best_weights."
-        self.best_weights = {
-            key[len(prefix) :]: np.array(value) for key, value in state.items() if key.startswith(prefix)
-        }
+        best_weights = {key[len(prefix) :]: np.array(value) for key, value in state.items() if key.startswith(prefix)}
+        own = self.network.state_dict()
+        for key, value in best_weights.items():  # checked now: they are loaded only when training ends
+            if key not in own or value.shape != own[key].shape:
+                raise ValueError(f"early stopping's best_weights.{key} {value.shape} does not fit the network")
+        self.best_weights = best_weights
 
 
 def predict(network: Sequential, x: Array, batch_size: int = EVALUATION_BATCH) -> Array:
