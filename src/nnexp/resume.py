@@ -49,7 +49,7 @@ def hydra_arguments(arguments: list[str], project_dir: Path) -> list[str]:
     manifest, fields = loaded.manifest, Fields(loaded.path)
     if by_run_id and manifest["run_id"] != target:
         fields.fail("run_id", f"{target}, the run resume= names", manifest["run_id"])
-    overrides = [check_override(fields, index, item, project_dir) for index, item in enumerate(manifest["overrides"])]
+    overrides = check_overrides(fields, manifest["overrides"], project_dir)
     output_dir = run_folder(loaded, project_dir)
     return [*overrides, f"resume={folder.resolve()}", f"hydra.run.dir='{output_dir}'"]
 
@@ -68,12 +68,20 @@ def config_roots(project_dir: Path) -> tuple[set[str], set[str]]:
     return keys | groups, groups
 
 
-def check_override(fields: Fields, index: int, item: str, project_dir: Path) -> str:
-    """``item`` if it only sets a key or chooses an option of nnexp's own config, else a :class:`DataError`."""
+def check_overrides(fields: Fields, overrides: list[str], project_dir: Path) -> list[str]:
+    """``overrides`` if each only sets a key or chooses an option of nnexp's own config, else a DataError."""
+    allowed, groups = config_roots(project_dir)
+    for index, item in enumerate(overrides):
+        check_override(fields, f"overrides[{index}]", item, allowed, groups)
+    return overrides
+
+
+def check_override(fields: Fields, field: str, item: str, allowed: set[str], groups: set[str]) -> None:
+    """Raise a DataError naming ``field`` unless the override ``item`` sets a key in ``allowed`` or chooses an option
+    of one of ``groups`` by its name: nothing of Hydra's, no flag, sweep, interpolation or path."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    field = f"overrides[{index}]"
     if item.startswith("-"):
         fields.fail(field, "an override of nnexp's config, not a command-line flag", item)
     if "${" in item:
@@ -82,7 +90,6 @@ def check_override(fields: Fields, index: int, item: str, project_dir: Path) -> 
         override = OverridesParser.create().parse_override(item)
     except HydraException:
         fields.fail(field, "a Hydra override key=value", item)
-    allowed, groups = config_roots(project_dir)
     root = re.split(r"[./]", override.key_or_group, maxsplit=1)[0]
     if root not in allowed or override.package is not None:
         fields.fail(field, f"an override of nnexp's own config ({', '.join(sorted(allowed))})", item)
@@ -92,7 +99,6 @@ def check_override(fields: Fields, index: int, item: str, project_dir: Path) -> 
         value = override.value()
         if not (isinstance(value, str) and OPTION.fullmatch(value)):
             fields.fail(field, "a config group option by its name", item)
-    return item
 
 
 def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
