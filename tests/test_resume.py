@@ -168,7 +168,8 @@ def test_a_stop_before_an_epochs_first_batch_resumes_with_that_epochs_shuffle(tm
     with pytest.raises(Stopped) as stopped:
         trainer.fit(network, loss, optimizer, train, rng, callbacks=[StopAfterEpoch(trainer, 1)])
     assert (stopped.value.state.epoch, stopped.value.state.batch) == (1, 0)
-    identity = {"run_id": "r", "config": "", "overrides": [], "output_dir": str(tmp_path)}
+    config = "trainer:\n  epochs: 3\n"
+    identity = {"run_id": "0" * 32, "config": config, "overrides": [], "output_dir": str(tmp_path)}
     state = stopped.value.state
     checkpoint.save(
         tmp_path,
@@ -181,7 +182,7 @@ def test_a_stop_before_an_epochs_first_batch_resumes_with_that_epochs_shuffle(tm
         stopped=True,
     )
     network, optimizer, rng, trainer = setup()
-    resumed = checkpoint.load(tmp_path).restore(network, optimizer, rng, {})
+    resumed = checkpoint.load(tmp_path).restore(network, optimizer, rng, {}, trainer, len(train))
     trainer.fit(network, loss, optimizer, train, rng, resume=resumed)
     for key, value in expected.items():
         np.testing.assert_array_equal(network.state_dict()[key], value, err_msg=key)

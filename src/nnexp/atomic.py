@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+#: The name of :func:`replacing`'s temporary file: ``.<stem>.<8 hex digits>.partial<suffix>``.
+PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial(\.[^.]*)?")
 
 
 @contextmanager
@@ -27,3 +31,15 @@ def replacing(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def remove_partials(folder: Path) -> list[Path]:
+    """Remove the temporary files that writes into ``folder`` left when their process was killed; returns them.
+
+    Only the one process that writes into ``folder`` may call this, when it is not writing: a partial file is then
+    stale, never another writer's work in progress.
+    """
+    stale = [path for path in folder.iterdir() if PARTIAL.fullmatch(path.name) and path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -5,11 +5,17 @@ partial epoch's predictions) and ``checkpoint.json`` (epoch, batch, RNG state, m
 the run's config and id), which names its ``.npz``. Both are written atomically, the ``.npz`` first, and older
 ``.npz`` files are removed only after the manifest names the new one: whenever a process dies, the manifest and
 the file it names form the last good checkpoint. Nothing is pickled; arrays load with ``allow_pickle=False``.
+
+A checkpoint is data, never a command: :func:`load` checks every field of the manifest (types, ranges, the generator
+state) and every array header before anything is used, and :meth:`Checkpoint.restore` checks the rest against the
+run it continues.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,16 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from nnexp import __version__
-from nnexp.atomic import replacing
+from nnexp.atomic import remove_partials, replacing
 from nnexp.core.network import Sequential
-from nnexp.core.optimizers import Optimizer
-from nnexp.core.training import Callback, TrainingState
+from nnexp.core.optimizers import Optimizer, fits
+from nnexp.core.training import Callback, Trainer, TrainingState
 from nnexp.errors import DataError
+from nnexp.schema import RUN_ID, Fields, inside, load_npz
 
 MANIFEST = "checkpoint.json"
 FORMAT = 1
+#: The ``.npz`` a manifest names: a bare file name in the manifest's folder, stamped with epoch and batch.
+WEIGHTS = re.compile(r"checkpoint-e(\d+)-b(\d+)\.npz")
+#: The bit generator of ``np.random.default_rng``, which nnexp's runs use.
+BIT_GENERATOR = type(np.random.default_rng(0).bit_generator)
 
 
 @dataclass
@@ -57,9 +69,21 @@ class Checkpoint:
         )
 
     def restore(
-        self, network: Sequential, optimizer: Optimizer, rng: np.random.Generator, callbacks: Mapping[str, Callback]
+        self,
+        network: Sequential,
+        optimizer: Optimizer,
+        rng: np.random.Generator,
+        callbacks: Mapping[str, Callback],
+        trainer: Trainer,
+        n_samples: int,
     ) -> TrainingState:
-        """Put the network, optimizer, generator and callbacks back where they were; returns the training state."""
+        """Put the network, optimizer, generator and callbacks back where they were; returns the training state.
+
+        ``trainer`` and ``n_samples`` (the training set's size) say how many batches an epoch has: a checkpoint
+        taken within an epoch must lie within it.
+        """
+        self._check_progress(trainer, n_samples)
+        self._check_optimizer(network, optimizer)
         try:
             network.load_state_dict(self.section("network/"))
             optimizer.load_state_dict(self.section("optimizer/"))
@@ -67,10 +91,42 @@ class Checkpoint:
                 callback.load_state_dict(
                     {**self.manifest["callbacks"].get(name, {}), **self.section(f"callback/{name}/")}
                 )
-        except (KeyError, ValueError) as exc:
-            raise DataError(f"{self.path}: does not fit this run's network or optimizer: {exc}") from None
-        rng.bit_generator.state = self.manifest["rng_state"]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DataError(f"{self.weights}: does not fit this run's network or optimizer: {exc}") from None
+        rng.bit_generator.state = self.manifest["rng_state"]  # checked by load()
         return self.training_state()
+
+    @property
+    def weights(self) -> Path:
+        return self.path.parent / self.manifest["weights"]
+
+    def _check_progress(self, trainer: Trainer, n_samples: int) -> None:
+        batches = math.ceil(n_samples / max(1, trainer.batch_length(n_samples)))
+        batch = self.manifest["progress"]["batch"]
+        Fields(self.path).check(
+            batch < batches, "progress.batch", f"below {batches}, the batches of one epoch of this run", batch
+        )
+        predicted = self.arrays.get("progress/predicted")
+        if batch and (predicted is None or predicted.shape != (n_samples,) or predicted.dtype.kind not in "iu"):
+            found = "none" if predicted is None else f"{predicted.shape} {predicted.dtype}"
+            raise DataError(
+                f"{self.weights}: progress/predicted must be {n_samples} integer labels within an epoch, found {found}"
+            )
+
+    def _check_optimizer(self, network: Sequential, optimizer: Optimizer) -> None:
+        """Each kept optimizer array must fit the parameters it serves: one that does not would be silently
+        replaced by zeros."""
+        packed = {kind: params for kind, params, _ in network.packed_parameters()}
+        for key, array in self.section("optimizer/").items():
+            slot, _, kind = key.partition("/")
+            if key == "iterations":
+                valid = array.shape == () and array.dtype.kind in "iu" and array >= 0
+            else:
+                valid = slot in optimizer.state_slots and kind in packed and fits(array, packed[kind])
+            if not valid:
+                raise DataError(
+                    f"{self.weights}: optimizer/{key} ({array.shape} {array.dtype}) does not fit this run's optimizer"
+                )
 
 
 def save(
@@ -91,6 +147,7 @@ def save(
     checkpoint is taken between epochs.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    remove_partials(directory)  # left by a process killed while writing: one run writes here, and it is not
     arrays = {f"network/{key}": value for key, value in network.state_dict().items()}
     arrays.update({f"optimizer/{key}": value for key, value in optimizer.state_dict().items()})
     values: dict[str, dict[str, Any]] = {}
@@ -126,8 +183,15 @@ def save(
     return directory / MANIFEST
 
 
+def files(directory: Path) -> list[Path]:
+    """The files of the checkpoint in ``directory``: its manifest and the ``.npz`` it names, nothing else."""
+    manifest = directory / MANIFEST
+    return [manifest, directory / json.loads(manifest.read_text())["weights"]]
+
+
 def load(path: Path) -> Checkpoint:
-    """The checkpoint in folder ``path`` (or named by its manifest); raises DataError naming what is wrong."""
+    """The checkpoint in folder ``path`` (or named by its manifest), every field and array header checked; raises
+    DataError naming the file and what is wrong."""
     manifest_path = path / MANIFEST if path.is_dir() else path
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -135,15 +199,75 @@ def load(path: Path) -> Checkpoint:
         raise DataError(f"{manifest_path}: no checkpoint here (expected {MANIFEST})") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{manifest_path}: not a readable checkpoint manifest: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{manifest_path}: unknown checkpoint format {manifest.get('format')!r}, expected {FORMAT}")
+    check_manifest(manifest, manifest_path)
     weights = manifest_path.parent / manifest["weights"]
+    if not inside(weights, manifest_path.parent):
+        raise DataError(f"{manifest_path}: weights {manifest['weights']!r} leads out of its folder")
+    return Checkpoint(manifest_path, manifest, load_npz(weights))
+
+
+def check_manifest(manifest: object, path: Path) -> None:
+    """Check every field of a checkpoint manifest read from ``path``; raises DataError naming the first bad one."""
+    fields = Fields(path)
+    manifest = fields.mapping(manifest, "the manifest")
+    fields.check(fields.get(manifest, "format") == FORMAT, "format", str(FORMAT), manifest["format"])
+    weights = fields.string(
+        fields.get(manifest, "weights"), "weights", WEIGHTS, "a file name checkpoint-eEPOCH-bBATCH.npz"
+    )
+    fields.string(fields.get(manifest, "run_id"), "run_id", RUN_ID, "an MLflow run id (32 hex digits)")
+    fields.strings(fields.get(manifest, "overrides"), "overrides")
+    output_dir = fields.string(fields.get(manifest, "output_dir"), "output_dir")
+    fields.check(Path(output_dir).is_absolute(), "output_dir", "an absolute path", output_dir)
+    epochs = configured_epochs(fields, fields.get(manifest, "config"))
+    progress = fields.mapping(fields.get(manifest, "progress"), "progress")
+    epoch = fields.integer(fields.get(progress, "progress.epoch"), "progress.epoch", 0, epochs)
+    # An epoch's checkpoint is taken between epochs, so the last epoch's has no batch of a next one.
+    batch = fields.integer(fields.get(progress, "progress.batch"), "progress.batch", 0, 0 if epoch == epochs else None)
+    fields.number(fields.get(progress, "progress.loss_sum"), "progress.loss_sum", 0.0)
+    fields.number(fields.get(progress, "progress.seconds"), "progress.seconds", 0.0)
+    stamp = tuple(int(part) for part in WEIGHTS.fullmatch(weights).groups())  # type: ignore[union-attr]
+    fields.check(stamp == (epoch, batch), "weights", f"the file of epoch {epoch}, batch {batch}", weights)
+    history = fields.mapping(fields.get(manifest, "history"), "history")
+    for name, values in history.items():
+        valid = isinstance(values, list) and all(
+            isinstance(value, int | float) and not isinstance(value, bool) for value in values
+        )
+        fields.check(valid and len(values) == epoch, f"history.{name}", f"{epoch} numbers, one per epoch", values)
+    if epoch:
+        fields.check("train_loss" in history, "history", "an object holding train_loss", history)
+    check_generator_state(fields, fields.get(manifest, "rng_state"))
+    callbacks = fields.mapping(fields.get(manifest, "callbacks"), "callbacks")
+    for name, values in callbacks.items():
+        fields.mapping(values, f"callbacks.{name}")
+
+
+def configured_epochs(fields: Fields, config: object) -> int:
+    """``trainer.epochs`` of the run's resolved config (YAML) a manifest holds."""
     try:
-        with np.load(weights, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{weights}: cannot be read: {exc}") from None
-    return Checkpoint(manifest_path, manifest, arrays)
+        parsed = yaml.safe_load(fields.string(config, "config"))
+    except yaml.YAMLError:
+        fields.fail("config", "the run's config as YAML", config)
+    trainer = fields.mapping(parsed, "config").get("trainer")
+    epochs = fields.mapping(trainer, "config's trainer").get("epochs")
+    return fields.integer(epochs, "config's trainer.epochs", 1)
+
+
+def check_generator_state(fields: Fields, state: object) -> None:
+    """``rng_state`` must be a state of the bit generator nnexp's runs use, checked before it is ever assigned."""
+    name, limit = BIT_GENERATOR.__name__, 2**128 - 1
+    state = fields.mapping(state, "rng_state")
+    fields.check(state.get("bit_generator") == name, "rng_state.bit_generator", repr(name), state.get("bit_generator"))
+    inner = fields.mapping(fields.get(state, "rng_state.state"), "rng_state.state")
+    fields.check(set(inner) == {"state", "inc"}, "rng_state.state", "an object of state and inc", inner)
+    fields.integer(inner["state"], "rng_state.state.state", 0, limit)
+    inc = fields.integer(inner["inc"], "rng_state.state.inc", 0, limit)
+    fields.check(inc % 2 == 1, "rng_state.state.inc", f"odd, as every {name} increment is", inc)
+    fields.integer(fields.get(state, "rng_state.has_uint32"), "rng_state.has_uint32", 0, 1)
+    fields.integer(fields.get(state, "rng_state.uinteger"), "rng_state.uinteger", 0, 2**32 - 1)
+    try:
+        BIT_GENERATOR().state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        fields.fail("rng_state", f"a {name} state", f"{type(exc).__name__}: {exc}")
 
 
 class Checkpointer(Callback):

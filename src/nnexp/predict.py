@@ -204,16 +204,13 @@ def load_directory(path: Path, what: str) -> tuple[PyFuncModel, NetworkModel]:
     """Load the MLflow model in ``path``, which must be one nnexp saved; ``what`` names it in errors."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
 
-    from nnexp import serving
     from nnexp.plugins import load_plugins
+    from nnexp.serving import check_model_folder
 
     if not (path / "MLmodel").is_file():
         raise DataError(f"{what}: not an MLflow model (no MLmodel file in {path})")
-    loader = Model.load(str(path / "MLmodel")).flavors.get("python_function", {}).get("loader_module")
-    if loader != serving.__name__:
-        raise DataError(f"{what}: an MLflow model that nnexp did not save (loader_module {loader!r})")
+    check_model_folder(path, what)  # before MLflow reads it: its data path, and no code to import
     load_plugins(Path.cwd())  # a network may use an activation that a project plugin registers
     try:
         pyfunc = mlflow.pyfunc.load_model(str(path))

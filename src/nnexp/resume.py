@@ -2,16 +2,28 @@
 
 The command line is rewritten into the run's own: its overrides as they were, its output folder, and
 ``resume=<checkpoint folder>``, so Hydra composes the same config and the job continues the same MLflow run.
+
+The manifest is data, never a command: only overrides of nnexp's own config keys become Hydra's command line, the
+output folder must be the run's (as its MLflow run records it, or the folder holding the checkpoint), and the run
+must be in the store; anything else is one line naming the manifest and the field, with nothing run or written.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import yaml
 
 from nnexp import checkpoint
 from nnexp.errors import ConfigError
+from nnexp.schema import Fields
 
 ALLOWED = ("resume=", "tracking.uri=")
+#: A config group option as Hydra names it: no path, so no file outside the project's conf/ folder.
+OPTION = re.compile(r"[\w-]+(\.[\w-]+)*")
+#: Characters a path may not hold to be passed as ``hydra.run.dir``: they would be read as escapes or interpolations.
+UNQUOTABLE = ("'", "\\", "$")
 
 
 def hydra_arguments(arguments: list[str], project_dir: Path) -> list[str]:
@@ -28,12 +40,89 @@ def hydra_arguments(arguments: list[str], project_dir: Path) -> list[str]:
     target = found[-1].split("=", 1)[1]
     uri = next((item.split("=", 1)[1] for item in arguments if item.startswith("tracking.uri=")), None)
     folder = Path(target)
-    if not folder.exists():
+    by_run_id = not folder.exists()
+    if by_run_id:
         folder = checkpoint_of_run(target, uri, project_dir)
     elif folder.is_file():
         folder = folder.parent
-    manifest = checkpoint.load(folder).manifest
-    return [*manifest["overrides"], f"resume={folder.resolve()}", f"hydra.run.dir={manifest['output_dir']}"]
+    loaded = checkpoint.load(folder)
+    manifest, fields = loaded.manifest, Fields(loaded.path)
+    if by_run_id and manifest["run_id"] != target:
+        fields.fail("run_id", f"{target}, the run resume= names", manifest["run_id"])
+    overrides = check_overrides(fields, manifest["overrides"], project_dir)
+    output_dir = run_folder(loaded, project_dir)
+    return [*overrides, f"resume={folder.resolve()}", f"hydra.run.dir='{output_dir}'"]
+
+
+def config_roots(project_dir: Path) -> tuple[set[str], set[str]]:
+    """The top-level keys of nnexp's config and its config groups (a project's conf/ folders too), Hydra's not."""
+    from nnexp.config import RunConfig, config_fields
+
+    groups = {
+        name for entry in RunConfig().defaults if isinstance(entry, dict) for name in entry if name != "hydra"
+    }
+    conf = project_dir / "conf"
+    if conf.is_dir():
+        groups |= {path.name for path in conf.iterdir() if path.is_dir() and path.name != "hydra"}
+    keys = {name for name in config_fields(RunConfig) if name != "resume"}
+    return keys | groups, groups
+
+
+def check_overrides(fields: Fields, overrides: list[str], project_dir: Path) -> list[str]:
+    """``overrides`` if each only sets a key or chooses an option of nnexp's own config, else a DataError."""
+    allowed, groups = config_roots(project_dir)
+    for index, item in enumerate(overrides):
+        check_override(fields, f"overrides[{index}]", item, allowed, groups)
+    return overrides
+
+
+def check_override(fields: Fields, field: str, item: str, allowed: set[str], groups: set[str]) -> None:
+    """Raise a DataError naming ``field`` unless the override ``item`` sets a key in ``allowed`` or chooses an option
+    of one of ``groups`` by its name: nothing of Hydra's, no flag, sweep, interpolation or path."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if item.startswith("-"):
+        fields.fail(field, "an override of nnexp's config, not a command-line flag", item)
+    if "${" in item:
+        fields.fail(field, "a plain value, without an interpolation", item)
+    try:
+        override = OverridesParser.create().parse_override(item)
+    except HydraException:
+        fields.fail(field, "a Hydra override key=value", item)
+    root = re.split(r"[./]", override.key_or_group, maxsplit=1)[0]
+    if root not in allowed or override.package is not None:
+        fields.fail(field, f"an override of nnexp's own config ({', '.join(sorted(allowed))})", item)
+    if override.is_sweep_override():
+        fields.fail(field, "one value, not a sweep", item)
+    if override.key_or_group in groups and override.value() is not None:
+        value = override.value()
+        if not (isinstance(value, str) and OPTION.fullmatch(value)):
+            fields.fail(field, "a config group option by its name", item)
+
+
+def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
+    """The manifest's ``output_dir``, once the run is found in its store and the folder is the run's: the one its
+    MLflow run records, else the one that holds the checkpoint's folder."""
+    from nnexp.tracking import existing_store, find_run, resolve_uri
+
+    manifest, fields = loaded.manifest, Fields(loaded.path)
+    run_id, output_dir = manifest["run_id"], Path(manifest["output_dir"])
+    tracking = yaml.safe_load(manifest["config"]).get("tracking")
+    configured = tracking.get("uri") if isinstance(tracking, dict) else None
+    if configured is not None:
+        fields.string(configured, "config's tracking.uri")
+    store = resolve_uri(configured, project_dir)
+    client = existing_store(store, f"{loaded.path} names run {run_id}, which must be in it")
+    run = find_run(client, run_id, f"{loaded.path}: run_id {run_id} is no run in {store}")
+    recorded = run.data.tags.get("output_dir")
+    if recorded is not None and Path(recorded).resolve() != output_dir.resolve():
+        fields.fail("output_dir", f"{recorded}, the folder of run {run_id}", str(output_dir))
+    if recorded is None and output_dir.resolve() != loaded.path.parent.parent.resolve():
+        fields.fail("output_dir", f"{loaded.path.parent.parent}, the folder holding the checkpoint", str(output_dir))
+    if any(character in str(output_dir) for character in UNQUOTABLE):
+        fields.fail("output_dir", f"a folder whose path holds none of {' '.join(UNQUOTABLE)}", str(output_dir))
+    return output_dir
 
 
 def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:

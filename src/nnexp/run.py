@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__, checkpoint, memory
-from nnexp.atomic import replacing
+from nnexp.atomic import remove_partials, replacing
 from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
@@ -230,6 +230,8 @@ def run(cfg: DictConfig) -> float:
         with phases("setup"):  # before the store is opened: a value error creates no store
             objective = Objective.of(cfg, "val" in experiment.data)
             early_stopping = early_stopping_callback(cfg, experiment)
+            # Before the run is reopened: a checkpoint that does not fit this run leaves the run's status as it was.
+            state = restore_checkpoint(resumed, experiment, rng, early_stopping)
         with phases("mlflow_setup"):
             tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
     except BaseException as exc:
@@ -252,7 +254,7 @@ def run(cfg: DictConfig) -> float:
             if resumed is None:
                 tracked.log_params(run_params(cfg))
             with phases("training"):
-                history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, resumed, phases)
+                history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, state, phases)
             epochs = len(history["train_loss"])
             with phases("evaluation"):
                 test_loss, test_accuracy, predicted = evaluate(
@@ -307,16 +309,17 @@ def train(
     output_dir: Path,
     label: str,
     early_stopping: EarlyStopping | None,
-    resumed: checkpoint.Checkpoint | None,
+    state: TrainingState | None,
     phases: Phases,
 ) -> dict[str, list[float]]:
-    """Fit with checkpoints, early stopping and a graceful stop on Ctrl-C or SIGTERM; returns the history.
+    """Fit with checkpoints, early stopping and a graceful stop on Ctrl-C or SIGTERM, from ``state`` when resumed
+    (see :func:`restore_checkpoint`); returns the history.
 
     A stop request ends training at the next batch boundary with a checkpoint, and raises :class:`Interrupted`
     saying how to resume; a second one ends the process at once, and the last complete checkpoint stays.
     """
     trainer, network, optimizer = experiment.trainer, experiment.network, experiment.optimizer
-    stateful = {"early_stopping": early_stopping} if early_stopping else {}
+    stateful = stateful_callbacks(early_stopping)
     directory = output_dir / "checkpoints"
     with phases("checkpoints"):
         identity = {
@@ -352,7 +355,8 @@ def train(
 
     def log_checkpoint() -> None:
         with phases("mlflow_logging"):
-            tracked.log_artifact(directory, "checkpoint")
+            for path in checkpoint.files(directory):  # not the folder: a killed write may have left a partial file
+                tracked.log_artifact(path, "checkpoint")
 
     progress = Progress(label)
     callbacks: list[Callback] = [
@@ -363,7 +367,6 @@ def train(
     callbacks += stateful.values()
     if cfg.checkpoint.every:
         callbacks.append(checkpoint.Checkpointer(cfg.checkpoint.every, save_checkpoint))
-    state = resumed.restore(network, optimizer, rng, stateful) if resumed else None
     try:
         with stop_requests(trainer):
             history = trainer.fit(
@@ -428,6 +431,30 @@ def stop_requests(trainer: Trainer) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def stateful_callbacks(early_stopping: EarlyStopping | None) -> dict[str, Callback]:
+    """The callbacks whose state a checkpoint keeps, by the name it keeps it under."""
+    return {"early_stopping": early_stopping} if early_stopping else {}
+
+
+def restore_checkpoint(
+    resumed: checkpoint.Checkpoint | None,
+    experiment: Experiment,
+    rng: np.random.Generator,
+    early_stopping: EarlyStopping | None,
+) -> TrainingState | None:
+    """Put the network, optimizer, generator and early stopping where ``resumed`` left them; None for a new run."""
+    if resumed is None:
+        return None
+    return resumed.restore(
+        experiment.network,
+        experiment.optimizer,
+        rng,
+        stateful_callbacks(early_stopping),
+        experiment.trainer,
+        len(experiment.data["train"]),
+    )
+
+
 def early_stopping_callback(cfg: DictConfig, experiment: Experiment) -> EarlyStopping | None:
     """The configured early stopping, after checking its monitor is a metric this run logs every epoch."""
     settings = cfg.early_stopping
@@ -472,6 +499,7 @@ def load_checkpoint(cfg: DictConfig) -> checkpoint.Checkpoint | None:
             f"resume={cfg.resume}: the config no longer composes to the run's ({', '.join(changed) or 'keys differ'}); "
             "were conf/ presets or plugins changed?"
         )
+    remove_partials(loaded.path.parent)  # left by the process that wrote it, killed while writing
     return loaded
 
 

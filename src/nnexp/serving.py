@@ -12,9 +12,11 @@ array or DataFrame of feature rows and returns a DataFrame with the ``label`` (a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import logging
+import math
 import shutil
 import sys
 import tempfile
@@ -32,6 +34,7 @@ from nnexp.core.losses import Loss
 from nnexp.core.network import Sequential
 from nnexp.errors import DataError, NnexpError
 from nnexp.registry import config_parameters
+from nnexp.schema import Fields, inside, load_npz, npz_arrays, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,6 +65,13 @@ PYTHON_ENV_FILE = "python_env.yaml"
 BUILD_PACKAGES = ("pip", "setuptools", "wheel")
 #: How outputs become probabilities: ``softmax`` of logits, or outputs ``normalize``\ d to sum to one.
 PROBABILITY_RULES = ("softmax", "normalize")
+DTYPES = ("float32", "float64")
+#: The largest layer a network description may declare: far beyond any network trained here, and small enough
+#: that sizes cannot overflow when multiplied.
+MAX_UNITS = 2**24
+#: The keys of each kind of layer in a network description, and those that are sizes, in and out.
+LAYER_KEYS = {"dense": ("n_inputs", "n_outputs", "bias"), "bias": ("n_features",), "activation": ("name", "config")}
+SIZES = {"dense": ("n_inputs", "n_outputs"), "bias": ("n_features",), "activation": ()}
 
 
 @dataclass(frozen=True)
@@ -93,17 +103,56 @@ class NetworkSpec:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> NetworkSpec:
-        """Parse :meth:`to_json`'s output; raises :class:`DataError` naming ``source`` if it is not one."""
+        """Parse :meth:`to_json`'s output, every field checked; raises :class:`DataError` naming ``source`` and the
+        field if it is not one."""
         try:
-            fields = json.loads(text)
-            spec = cls(**fields)
-        except (ValueError, TypeError) as exc:
+            found = json.loads(text)
+        except ValueError as exc:
             raise DataError(f"{source}: not an nnexp network description: {exc}") from None
-        if spec.format != FORMAT:
-            raise DataError(f"{source}: network format {spec.format}; this nnexp reads format {FORMAT}")
-        if spec.probabilities not in PROBABILITY_RULES:
-            raise DataError(f"{source}: probabilities {spec.probabilities!r}, expected one of {PROBABILITY_RULES}")
+        if not isinstance(found, dict):
+            raise DataError(f"{source}: not an nnexp network description: a JSON object, found {shown(found)}")
+        fields = Fields(source)
+        if found.get("format", FORMAT) != FORMAT:
+            raise DataError(f"{source}: network format {found['format']!r}; this nnexp reads format {FORMAT}")
+        known = [item.name for item in dataclasses.fields(cls)]
+        unknown = sorted(set(found) - set(known))
+        fields.check(not unknown, "the network description", f"an object of {', '.join(known)}", unknown)
+        width = check_layers(fields, fields.get(found, "layers"))
+        fields.check(fields.get(found, "dtype") in DTYPES, "dtype", f"one of {', '.join(DTYPES)}", found["dtype"])
+        names = fields.strings(fields.get(found, "class_names"), "class_names")
+        fields.check(len(names) == width, "class_names", f"{width} names, one per output", names)
+        rule = fields.get(found, "probabilities")
+        fields.check(rule in PROBABILITY_RULES, "probabilities", f"one of {', '.join(PROBABILITY_RULES)}", rule)
+        spec = cls(**found)
+        if spec.image_shape is not None:
+            shape = spec.image_shape
+            valid = isinstance(shape, list) and len(shape) == 2
+            valid = valid and all(fields.integer(side, "image_shape", 1, MAX_UNITS) for side in shape)
+            expected = "rows and columns of the input images"
+            fields.check(valid and math.prod(shape) == spec.n_features, "image_shape", expected, shape)
+        from nnexp.datasets.mnist import Scaling
+
+        scalings = [None, *(item.value for item in Scaling)]
+        fields.check(spec.pixel_scaling in scalings, "pixel_scaling", f"one of {scalings}", spec.pixel_scaling)
         return spec
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each array :meth:`Sequential.save` writes for a network of this structure, by key."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        counts = {"dense": 0, "bias": 0}
+        for entry in self.layers:
+            kind = entry["type"]
+            if kind == "activation":
+                continue
+            name = f"{kind}{counts[kind]}"
+            counts[kind] += 1
+            if kind == "dense":
+                shapes[f"{name}.weight"] = (entry["n_inputs"], entry["n_outputs"])
+                if entry["bias"]:
+                    shapes[f"{name}.bias"] = (entry["n_outputs"],)
+            else:
+                shapes[f"{name}.bias"] = (entry["n_features"],)
+        return shapes
 
     def build(self) -> Sequential:
         """A network of this structure with zero weights; load the trained ones into it."""
@@ -121,6 +170,35 @@ class NetworkSpec:
             else:
                 raise DataError(f"unknown layer type {kind!r}")
         return Sequential(layers)
+
+
+def check_layers(fields: Fields, layers: object) -> int:
+    """Check the ``layers`` of a network description: types, sizes within :data:`MAX_UNITS`, each layer taking what
+    the one before it gives; returns the number of outputs."""
+    fields.check(isinstance(layers, list) and bool(layers), "layers", "a list of layers", layers)
+    width = None
+    for index, entry in enumerate(layers):  # type: ignore[arg-type]
+        field = f"layers[{index}]"
+        entry = fields.mapping(entry, field)
+        kind = entry.get("type")
+        fields.check(kind in LAYER_KEYS, f"{field}.type", f"one of {', '.join(LAYER_KEYS)}", kind)
+        fields.check(width is not None or kind != "activation", f"{field}.type", "dense or bias first", kind)
+        extra = sorted(set(entry) - set(LAYER_KEYS[kind]) - {"type"})
+        fields.check(not extra, field, f"a {kind} layer of {', '.join(LAYER_KEYS[kind])}", extra)
+        sizes = [
+            fields.integer(fields.get(entry, f"{field}.{key}"), f"{field}.{key}", 1, MAX_UNITS) for key in SIZES[kind]
+        ]
+        if sizes:
+            expected = f"{width}, the outputs of the layer before"
+            fields.check(width is None or sizes[0] == width, f"{field}.{SIZES[kind][0]}", expected, sizes[0])
+            width = sizes[-1]
+        if kind == "dense":
+            bias = fields.get(entry, f"{field}.bias")
+            fields.check(isinstance(bias, bool), f"{field}.bias", "true or false", bias)
+        if kind == "activation":
+            fields.string(fields.get(entry, f"{field}.name"), f"{field}.name")
+            fields.mapping(entry.get("config", {}), f"{field}.config")
+    return width  # type: ignore[return-value]
 
 
 def describe(
@@ -247,25 +325,59 @@ class NetworkModel:
 
 
 def load(data_path: str | Path) -> NetworkModel:
-    """Rebuild the network saved in ``data_path`` (the model's ``data/nnexp``); reads no pickle."""
+    """Rebuild the network saved in ``data_path`` (the model's ``data/nnexp``); reads no pickle, and nothing from
+    outside the folder. The stored arrays' shapes are checked against the description before anything is built."""
     folder = Path(data_path)
-    spec_path = folder / SPEC_FILE
+    spec_path, weights = folder / SPEC_FILE, folder / WEIGHTS_FILE
+    for path in (spec_path, weights):
+        if path.exists() and not inside(path, folder):
+            raise DataError(f"{path}: leads out of the model folder {folder}")
     try:
         text = spec_path.read_text()
     except OSError as exc:
         raise DataError(f"{spec_path}: cannot be read: {exc.strerror}") from None
     spec = NetworkSpec.from_json(text, str(spec_path))
+    stored = {key: shape for key, (shape, _) in npz_arrays(weights).items()}
+    expected = spec.weight_shapes()
+    if stored != expected:
+        wrong = sorted(key for key in stored.keys() | expected.keys() if stored.get(key) != expected.get(key))
+        raise DataError(
+            f"{weights}: arrays {', '.join(f'{key} {stored.get(key)}' for key in wrong)} do not match "
+            f"{spec_path}, which needs {', '.join(f'{key} {expected.get(key)}' for key in wrong)}"
+        )
     try:
         network = spec.build()
     except NnexpError as exc:  # e.g. an activation that a plugin registers, and the plugin is not loaded
         raise DataError(f"{spec_path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{spec_path}: malformed layer list: {type(exc).__name__}: {exc}") from None
-    try:
-        network.load(folder / WEIGHTS_FILE)  # np.load(..., allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{folder / WEIGHTS_FILE}: {exc}") from None
+    network.load_state_dict(load_npz(weights))
     return NetworkModel(network, spec)
+
+
+def check_model_folder(path: Path, what: str) -> None:
+    """Check that ``path`` holds an MLflow model nnexp saved, whose data lies inside it and which names no code to
+    import; raises :class:`DataError` naming ``what`` and the field."""
+    import yaml
+
+    meta = path / "MLmodel"
+    fields = Fields(f"{what}: {meta}" if what != str(path) else meta)
+    try:
+        found = yaml.safe_load(meta.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"{what}: {meta} cannot be read: {type(exc).__name__}") from None
+    flavors = fields.mapping(fields.mapping(found, "MLmodel").get("flavors"), "flavors")
+    pyfunc = fields.mapping(flavors.get("python_function"), "flavors.python_function")
+    loader = pyfunc.get("loader_module")
+    if loader != __name__:
+        raise DataError(f"{what}: an MLflow model that nnexp did not save (loader_module {loader!r})")
+    # MLflow puts a model's code paths first on sys.path; nnexp's models have none.
+    code = pyfunc.get("code")
+    fields.check(code is None, "flavors.python_function.code", "null: nnexp models import no code", code)
+    field = "flavors.python_function.data"
+    data = fields.string(pyfunc.get("data"), field, expected="a relative path")
+    relative = not Path(data).is_absolute() and ".." not in Path(data).parts
+    fields.check(relative and inside(path / data, path), field, "a relative path inside the model folder", data)
 
 
 def _load_pyfunc(data_path: str) -> NetworkModel:

@@ -135,9 +135,12 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.wait = float(state["best"]), int(state["best_epoch"]), int(state["wait"])
         prefix = "best_weights."
-        self.best_weights = {
-            key[len(prefix) :]: np.array(value) for key, value in state.items() if key.startswith(prefix)
-        }
+        best_weights = {key[len(prefix) :]: np.array(value) for key, value in state.items() if key.startswith(prefix)}
+        own = self.network.state_dict()
+        for key, value in best_weights.items():  # checked now: they are loaded only when training ends
+            if key not in own or value.shape != own[key].shape:
+                raise ValueError(f"early stopping's best_weights.{key} {value.shape} does not fit the network")
+        self.best_weights = best_weights
 
 
 def predict(network: Sequential, x: Array, batch_size: int = EVALUATION_BATCH) -> Array:
@@ -234,6 +237,10 @@ class Trainer:
             callback.on_train_end(state.history)
         return state.history
 
+    def batch_length(self, n_samples: int) -> int:
+        """Samples per batch for a training set of ``n_samples``: all of them when ``batch_size`` is None."""
+        return n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+
     def _epoch(
         self,
         network: Sequential,
@@ -246,7 +253,7 @@ class Trainer:
         """One pass over ``train``, from ``self.state.batch`` on; returns the mean loss and accuracy over it."""
         state = self.state
         n_samples = len(train)
-        size = n_samples if self.batch_size is None else min(self.batch_size, n_samples)
+        size = self.batch_length(n_samples)
         started = time.perf_counter() - state.seconds
         x, targets, labels = train.x, train.targets, train.labels
         order = rng.permutation(n_samples) if self.shuffle and size < n_samples else None

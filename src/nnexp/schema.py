@@ -1,0 +1,134 @@
+"""Checks of the files nnexp reads back (checkpoint manifests, outboxes, model folders): they are data, never commands.
+
+Every failed check raises :class:`DataError` in one line naming the file and the field, what was expected and what
+was found, before anything in the file is used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from nnexp.errors import DataError
+
+#: An MLflow run id.
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+#: How much of a bad value a message shows.
+SHOWN_CHARACTERS = 200
+HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def shown(value: object) -> str:
+    """``value`` for a message: its repr, shortened so the message stays one readable line."""
+    if isinstance(value, Mapping):
+        return "an object" if len(repr(value)) > SHOWN_CHARACTERS else repr(value)
+    if isinstance(value, list) and len(repr(value)) > SHOWN_CHARACTERS:
+        return f"a list of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
+
+
+class Fields:
+    """Checks of the fields of one file; a failure names the file (``source``) and the field."""
+
+    def __init__(self, source: str | Path) -> None:
+        self.source = source
+
+    def fail(self, field: str, expected: str, found: object) -> NoReturn:
+        raise DataError(f"{self.source}: {field} must be {expected}, found {shown(found)}")
+
+    def check(self, condition: bool, field: str, expected: str, found: object) -> None:
+        if not condition:
+            self.fail(field, expected, found)
+
+    def mapping(self, value: object, field: str) -> dict[str, Any]:
+        """``value``, which must be a JSON object with string keys."""
+        self.check(isinstance(value, dict) and all(isinstance(key, str) for key in value), field, "an object", value)
+        return value  # type: ignore[return-value]
+
+    def get(self, record: Mapping[str, Any], field: str) -> Any:
+        """The value of dotted ``field`` (``progress.epoch``) in ``record``, the object holding its last part."""
+        key = field.rsplit(".", 1)[-1]
+        if key not in record:
+            raise DataError(f"{self.source}: {field} is missing")
+        return record[key]
+
+    def string(self, value: object, field: str, pattern: re.Pattern[str] | None = None, expected: str = "") -> str:
+        """``value``, a string (matching ``pattern`` whole, described by ``expected``, when given)."""
+        valid = isinstance(value, str) and (pattern is None or pattern.fullmatch(value) is not None)
+        self.check(valid, field, expected or "a string", value)
+        return value  # type: ignore[return-value]
+
+    def strings(self, value: object, field: str) -> list[str]:
+        self.check(isinstance(value, list) and all(isinstance(item, str) for item in value), field, "strings", value)
+        return value  # type: ignore[return-value]
+
+    def integer(self, value: object, field: str, low: int = 0, high: int | None = None) -> int:
+        """``value``, an integer (not a bool) within ``low..high``."""
+        expected = f"an integer {low}..{high}" if high is not None else f"an integer >= {low}"
+        valid = isinstance(value, int) and not isinstance(value, bool) and low <= value
+        self.check(valid and (high is None or value <= high), field, expected, value)  # type: ignore[operator]
+        return value  # type: ignore[return-value]
+
+    def number(self, value: object, field: str, low: float | None = None, nan: bool = False) -> float:
+        """``value``, a finite number (not a bool) of at least ``low``; NaN too when ``nan``."""
+        expected = "a finite number" + (f" >= {low:g}" if low is not None else "") + (" or NaN" if nan else "")
+        valid = isinstance(value, int | float) and not isinstance(value, bool)
+        if valid and not (nan and math.isnan(value)):  # type: ignore[arg-type]
+            valid = math.isfinite(value) and (low is None or value >= low)  # type: ignore[arg-type]
+        self.check(valid, field, expected, value)
+        return float(value)  # type: ignore[arg-type]
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, symbolic links followed, is ``folder`` or lies within it."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype of each array of the ``.npz`` file ``path``, from its headers alone: nothing is allocated.
+
+    Raises :class:`DataError` for a file that is no ``.npz``, an array of Python objects, or one whose header
+    promises more data than the file holds (a truncated or crafted file).
+    """
+    found = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in HEADER_READERS:
+                        raise DataError(f"{path}: array {name}: .npy format {version} is not one nnexp writes")
+                    shape, _, dtype = HEADER_READERS[version](member)
+                    header = member.tell()
+                if dtype.hasobject:
+                    raise DataError(f"{path}: array {name} holds Python objects; nnexp saves numbers only")
+                size = math.prod(shape) * dtype.itemsize
+                if header + size > info.file_size:
+                    raise DataError(
+                        f"{path}: array {name} declares {shape} {dtype} ({size} bytes), but the file holds "
+                        f"{info.file_size - header}"
+                    )
+                found[name] = (tuple(shape), dtype)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz file: {exc}") from None
+    return found
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` file ``path``, once :func:`npz_arrays` has checked its headers; a corrupt file
+    (a flipped bit fails its CRC) raises :class:`DataError`."""
+    npz_arrays(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz file: {exc}") from None

@@ -1,0 +1,333 @@
+"""Checkpoint manifests and their ``.npz`` are data: crafted or corrupt ones are one line naming the file and field,
+before anything is used; interrupted writes leave nothing that lasts or is uploaded."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from nnexp import LOSSES, MODELS, OPTIMIZERS, Examples, Trainer, checkpoint
+from nnexp.atomic import remove_partials
+from nnexp.errors import DataError, NnexpError
+from nnexp.resume import hydra_arguments
+
+RUN_ID = "0123456789abcdef0123456789abcdef"
+CONFIG = "trainer:\n  epochs: 3\n"
+PARTIALS = (".checkpoint-e000001-b00000000.1a2b3c4d.partial.npz", ".checkpoint.0f0f0f0f.partial.json")
+
+
+def setup(hidden: int = 4):
+    rng = np.random.default_rng(1)
+    loss = LOSSES.build({"name": "cross_entropy"})
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [hidden]}).build(3, 2, loss, rng, np.float32)
+    return network, loss, OPTIMIZERS.build({"name": "adam", "learning_rate": 0.01}), rng, Trainer(3, 8, True)
+
+
+def training_set() -> Examples:
+    x = np.random.default_rng(5).standard_normal((40, 3)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(np.int64)
+    return Examples(x, LOSSES.build({"name": "cross_entropy"}).encode(labels, 2, np.float32), labels)
+
+
+def saved(folder: Path, hidden: int = 4, **identity) -> Path:
+    """A checkpoint of one epoch of three, as a run writes it, in ``folder/checkpoints``; returns that folder."""
+    network, loss, optimizer, rng, trainer = setup(hidden)
+    trainer.epochs = 1
+    trainer.fit(network, loss, optimizer, training_set(), rng)
+    fields = {"run_id": RUN_ID, "config": CONFIG, "overrides": ["seed=3"], "output_dir": str(folder.resolve())}
+    directory = folder / "checkpoints"
+    checkpoint.save(
+        directory,
+        identity={**fields, **identity},
+        network=network,
+        optimizer=optimizer,
+        rng=rng,
+        state=trainer.state,
+        callbacks={},
+    )
+    return directory
+
+
+def edit(directory: Path, change) -> None:
+    path = directory / checkpoint.MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(change(manifest)))
+
+
+def set_in(manifest: dict, dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    node = manifest
+    for key in parents:
+        node = node[key]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return manifest
+
+
+def error_of(directory: Path) -> str:
+    with pytest.raises(NnexpError) as raised:
+        checkpoint.load(directory)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("run_id", KeyError, "run_id is missing"),
+        ("run_id", "../../etc", "run_id must be an MLflow run id (32 hex digits), found '../../etc'"),
+        ("weights", "../../model.npz", "weights must be a file name checkpoint-eEPOCH-bBATCH.npz"),
+        ("weights", "checkpoint-e000002-b00000000.npz", "weights must be the file of epoch 1, batch 0"),
+        ("format", 2, "format must be 1, found 2"),
+        ("progress.epoch", 10**12, "progress.epoch must be an integer 0..3, found 1000000000000"),
+        ("progress.epoch", -1, "progress.epoch must be an integer 0..3, found -1"),
+        ("progress.batch", "0", "progress.batch must be an integer >= 0, found '0'"),
+        ("progress.loss_sum", float("nan"), "progress.loss_sum must be a finite number >= 0, found nan"),
+        ("progress.seconds", -5, "progress.seconds must be a finite number >= 0, found -5"),
+        ("history.train_loss", [0.5, 0.4], "history.train_loss must be 1 numbers, one per epoch, found [0.5, 0.4]"),
+        ("history.train_loss", ["x"], "history.train_loss must be 1 numbers, one per epoch, found ['x']"),
+        ("history", {}, "history must be an object holding train_loss, found {}"),
+        ("overrides", "seed=3", "overrides must be strings, found 'seed=3'"),
+        ("output_dir", "relative/dir", "output_dir must be an absolute path, found 'relative/dir'"),
+        ("config", "trainer: [", "config must be the run's config as YAML, found 'trainer: ['"),
+        ("config", "seed: 1\n", "config's trainer must be an object, found None"),
+        ("config", "trainer:\n  epochs: true\n", "config's trainer.epochs must be an integer >= 1, found True"),
+        ("rng_state", [1, 2], "rng_state must be an object, found [1, 2]"),
+        ("rng_state.bit_generator", "MT19937", "rng_state.bit_generator must be 'PCG64', found 'MT19937'"),
+        ("rng_state.state.state", 1.5, "rng_state.state.state must be an integer 0..3402823669209384634633746"),
+        ("rng_state.state.state", -1, "rng_state.state.state must be an integer 0..3402823669209384634633746"),
+        ("rng_state.state.inc", 2, "rng_state.state.inc must be odd, as every PCG64 increment is, found 2"),
+        ("rng_state.has_uint32", KeyError, "rng_state.has_uint32 is missing"),
+        ("rng_state.uinteger", 2**40, "rng_state.uinteger must be an integer 0..4294967295, found 1099511627776"),
+        ("callbacks", [], "callbacks must be an object, found []"),
+        ("callbacks.early_stopping", 3, "callbacks.early_stopping must be an object, found 3"),
+    ],
+)
+def test_a_crafted_manifest_field_is_named_in_one_line(tmp_path, field, value, expected):
+    directory = saved(tmp_path)
+    edit(directory, lambda manifest: set_in(manifest, field, value))
+    message = error_of(directory)
+    assert message.startswith(f"{directory / checkpoint.MANIFEST}: {expected}"), message
+
+
+def test_a_manifest_that_is_a_list_or_names_a_file_outside(tmp_path):
+    directory = saved(tmp_path)
+    manifest = directory / checkpoint.MANIFEST
+    original = manifest.read_text()
+    manifest.write_text("[1, 2]")
+    assert error_of(directory) == f"{manifest}: the manifest must be an object, found [1, 2]"
+    manifest.write_text(original)
+    weights = directory / json.loads(original)["weights"]
+    outside = tmp_path / "elsewhere.npz"
+    weights.rename(outside)
+    weights.symlink_to(outside)
+    assert error_of(directory) == f"{manifest}: weights {weights.name!r} leads out of its folder"
+
+
+def test_a_truncated_or_flipped_npz_is_one_line(tmp_path):
+    directory = saved(tmp_path, hidden=256)
+    weights = next(directory.glob("checkpoint-*.npz"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert error_of(directory).startswith(f"{weights}: not a readable .npz file: File is not a zip file")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10  # inside the largest array's data: only the CRC can tell
+    weights.write_bytes(bytes(flipped))
+    assert "Bad CRC-32" in error_of(directory)
+
+
+def test_an_npz_header_promising_more_than_the_file_holds_allocates_nothing(tmp_path):
+    directory = saved(tmp_path)
+    weights = next(directory.glob("checkpoint-*.npz"))
+    with zipfile.ZipFile(weights, "w") as archive, archive.open("network/dense0.weight.npy", "w") as member:
+        header = {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
+        np.lib.format.write_array_header_1_0(member, header)
+        member.write(b"\0" * 64)
+    assert error_of(directory) == (
+        f"{weights}: array network/dense0.weight declares (1000000000000,) float64 (8000000000000 bytes), "
+        "but the file holds 64"
+    )
+
+
+def test_an_npz_of_pickled_objects_is_refused(tmp_path):
+    directory = saved(tmp_path)
+    weights = next(directory.glob("checkpoint-*.npz"))
+    np.savez(weights, payload=np.array([{"a": 1}], dtype=object))
+    assert error_of(directory) == f"{weights}: array payload holds Python objects; nnexp saves numbers only"
+
+
+def test_restore_checks_the_batch_and_the_optimizer_against_the_run(tmp_path):
+    directory = saved(tmp_path)
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(directory)
+    loaded.manifest["progress"]["batch"] = 5  # 40 samples in batches of 8: an epoch has batches 0..4
+    with pytest.raises(DataError, match=r"progress\.batch must be below 5, the batches of one epoch of this run"):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    loaded.manifest["progress"]["batch"] = 2
+    with pytest.raises(DataError, match=r"progress/predicted must be 40 integer labels within an epoch, found none"):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    loaded.manifest["progress"]["batch"] = 0
+    key = next(key for key in loaded.arrays if key.startswith("optimizer/m/"))
+    loaded.arrays[key] = loaded.arrays[key][:-1]
+    with pytest.raises(DataError, match=rf"{key} \(\(\d+,\) float32\) does not fit this run's optimizer$"):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+
+
+def test_partial_files_are_removed_at_the_next_write_and_are_no_checkpoint_file(tmp_path):
+    directory = saved(tmp_path)
+    for name in PARTIALS:
+        (directory / name).write_bytes(b"half")
+    (directory / "notes.partial.txt").write_text("not ours")
+    assert sorted(path.name for path in remove_partials(directory)) == sorted(PARTIALS)
+    for name in PARTIALS:
+        (directory / name).write_bytes(b"half")
+    saved(tmp_path)
+    assert sorted(path.name for path in directory.iterdir()) == [
+        "checkpoint-e000001-b00000000.npz",
+        "checkpoint.json",
+        "notes.partial.txt",
+    ]
+    kept = [path.name for path in checkpoint.files(directory)]
+    assert kept == ["checkpoint.json", "checkpoint-e000001-b00000000.npz"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("+hydra.callbacks.x._target_=builtins.open", "an override of nnexp's own config"),
+        ("hydra.run.dir=/tmp/elsewhere", "an override of nnexp's own config"),
+        ("hydra/launcher=basic", "an override of nnexp's own config"),
+        ("model@hydra=mlp", "an override of nnexp's own config"),
+        ("resume=/tmp/other", "an override of nnexp's own config"),
+        ("defaults=[]", "an override of nnexp's own config"),
+        ("--experimental-rerun=/tmp/config.pickle", "an override of nnexp's config, not a command-line flag"),
+        ("-m", "an override of nnexp's config, not a command-line flag"),
+        ("seed=1,2,3", "one value, not a sweep"),
+        ("seed=range(1000)", "one value, not a sweep"),
+        ("tags.secret=${oc.env:HOME}", "a plain value, without an interpolation"),
+        ("experiment=../../../tmp/evil", "a config group option by its name"),
+        ("seed=[", "a Hydra override key=value"),
+    ],
+)
+def test_resume_refuses_manifest_overrides_that_are_not_nnexps_config(tmp_path, override, expected):
+    directory = saved(tmp_path, overrides=["seed=3", override])
+    with pytest.raises(DataError) as raised:
+        hydra_arguments([f"resume={directory}"], tmp_path)
+    assert str(raised.value).startswith(f"{directory / checkpoint.MANIFEST}: overrides[1] must be {expected}")
+
+
+def store_with_run(tmp_path: Path, output_dir: Path | None) -> tuple[str, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    tags = {} if output_dir is None else {"output_dir": str(output_dir.resolve())}
+    run = client.create_run(client.create_experiment("nnexp"), tags=tags)
+    client.set_terminated(run.info.run_id, "KILLED")
+    return uri, run.info.run_id
+
+
+def test_resume_takes_only_the_runs_own_folder_and_a_run_of_the_store(tmp_path):
+    elsewhere = tmp_path / "another_run"
+    uri, run_id = store_with_run(tmp_path, elsewhere)
+    config = f"tracking:\n  uri: {uri}\n{CONFIG}"
+    good = saved(tmp_path / "job", run_id=run_id, config=config, output_dir=str(elsewhere.resolve()))
+    arguments = hydra_arguments([f"resume={good}"], tmp_path)
+    assert arguments == ["seed=3", f"resume={good.resolve()}", f"hydra.run.dir='{elsewhere.resolve()}'"]
+
+    own = saved(tmp_path / "job", run_id=run_id, config=config)
+    with pytest.raises(DataError) as raised:
+        hydra_arguments([f"resume={own}"], tmp_path)
+    assert str(raised.value) == (
+        f"{own / checkpoint.MANIFEST}: output_dir must be {elsewhere.resolve()}, the folder of run {run_id}, "
+        f"found '{(tmp_path / 'job').resolve()}'"
+    )
+    unknown = saved(tmp_path / "job", config=config)
+    with pytest.raises(NnexpError) as raised:
+        hydra_arguments([f"resume={unknown}"], tmp_path)
+    assert str(raised.value) == f"{unknown / checkpoint.MANIFEST}: run_id {RUN_ID} is no run in {uri}"
+
+
+def test_without_a_recorded_folder_the_output_dir_is_the_one_holding_the_checkpoint(tmp_path):
+    uri, run_id = store_with_run(tmp_path, None)
+    config = f"tracking:\n  uri: {uri}\n{CONFIG}"
+    directory = saved(tmp_path / "job", run_id=run_id, config=config, output_dir="/etc")
+    with pytest.raises(DataError, match=r"output_dir must be .*/job, the folder holding the checkpoint, found '/etc'$"):
+        hydra_arguments([f"resume={directory}"], tmp_path)
+    directory = saved(tmp_path / "job", run_id=run_id, config=config)
+    assert hydra_arguments([f"resume={directory}"], tmp_path)[-1] == f"hydra.run.dir='{(tmp_path / 'job').resolve()}'"
+
+
+def finished_then_killed(project) -> tuple[MlflowClient, str, Path]:
+    """A run that wrote its last checkpoint and was then marked KILLED, as a kill after that checkpoint leaves it."""
+    result = project.run("trainer.epochs=2", "checkpoint.every=1")
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    client = MlflowClient(tracking_uri=project.store_uri)
+    client.set_terminated(run.info.run_id, "KILLED")
+    return client, run.info.run_id, Path(run.data.tags["output_dir"]) / "checkpoints"
+
+
+def test_a_crafted_manifest_runs_nothing_writes_nothing_and_leaves_the_run_as_it_was(project, tmp_path):
+    client, run_id, directory = finished_then_killed(project)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    original = (directory / checkpoint.MANIFEST).read_text()
+    crafted = [
+        "+hydra.callbacks.x._target_=builtins.open",
+        f"+hydra.callbacks.x.file={victim}",
+        "+hydra.callbacks.x.mode=w",
+    ]
+    edit(directory, lambda manifest: {**manifest, "overrides": manifest["overrides"] + crafted})
+    result = project.run(f"resume={run_id}")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        f"error: {directory / checkpoint.MANIFEST}: overrides[2] must be an override of nnexp's own config ("
+    )
+    assert result.stderr.strip().endswith("found '+hydra.callbacks.x._target_=builtins.open'")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert victim.read_text() == "keep me"
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    (directory / checkpoint.MANIFEST).write_text(original)
+    edit(directory, lambda manifest: set_in(manifest, "progress.epoch", 10**12))
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {directory / checkpoint.MANIFEST}: progress.epoch must be an integer 0..2, found 1000000000000",
+    )
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_partial_files_are_removed_at_resume_and_never_uploaded(project):
+    client, run_id, directory = finished_then_killed(project)
+    for name in PARTIALS:
+        (directory / name).write_bytes(b"half")
+    result = project.run(f"resume={run_id}")
+    assert result.returncode == 0, result.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert sorted(path.name for path in directory.iterdir()) == ["checkpoint-e000002-b00000000.npz", "checkpoint.json"]
+    uploaded = {Path(entry.path).name for entry in client.list_artifacts(run_id, "checkpoint")}
+    assert uploaded == {"checkpoint-e000002-b00000000.npz", "checkpoint.json"}
+
+
+def test_restore_checks_early_stoppings_state_before_training_uses_it(tmp_path):
+    from nnexp.core.training import EarlyStopping
+
+    directory = saved(tmp_path)
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(directory)
+    stopping = EarlyStopping(trainer, network, "train_loss")
+    loaded.manifest["callbacks"] = {"early_stopping": {"best": None, "best_epoch": 1, "wait": 0}}
+    with pytest.raises(DataError, match=r"does not fit this run's network or optimizer: float\(\) argument"):
+        loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)
+    loaded.manifest["callbacks"]["early_stopping"]["best"] = 0.5
+    loaded.arrays["callback/early_stopping/best_weights.dense0.weight"] = np.zeros((3, 5), np.float32)
+    with pytest.raises(DataError, match=r"early stopping's best_weights\.dense0\.weight \(3, 5\) does not fit"):
+        loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)

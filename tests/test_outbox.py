@@ -1,0 +1,163 @@
+"""``nnexp sync`` sends only what a valid outbox names from inside its run folder, and only to its own run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from nnexp.errors import NnexpError
+from nnexp.schema import Fields
+from nnexp.tracking import OUTBOX, artifact_files, sync
+
+RUN_ID = "0123456789abcdef0123456789abcdef"
+
+
+def outbox(folder: Path, **fields) -> Path:
+    """A valid outbox in ``folder`` for a store that does not exist, with ``fields`` replaced."""
+    (folder / "config.yaml").write_text("seed: 0\n")
+    contents = {
+        "tracking_uri": f"sqlite:///{folder / 'nowhere' / 'mlflow.db'}",
+        "run_id": RUN_ID,
+        "status": "FINISHED",
+        "metrics": [["train_loss", 0.5, 1700000000000, 1]],
+        "tags": {"resumed": "true"},
+        "artifacts": [[str(folder / "config.yaml"), None]],
+        **fields,
+    }
+    path = folder / OUTBOX
+    path.write_text(json.dumps(contents))
+    return path
+
+
+def refusal(folder: Path) -> str:
+    with pytest.raises(NnexpError) as raised:
+        sync(folder)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert (folder / OUTBOX).is_file(), "a refused outbox is kept"
+    assert not (folder / "nowhere").exists(), "no store is created"
+    return message
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"run_id": "../../etc"}, "run_id must be an MLflow run id (32 hex digits), found '../../etc'"),
+        ({"status": "RUNNING"}, "status must be one of FINISHED, FAILED, KILLED, found 'RUNNING'"),
+        ({"metrics": [["loss", float("inf"), 1, 1]]}, "metrics[0] value must be a finite number or NaN, found inf"),
+        ({"metrics": [["loss", 0.5, 1, True]]}, "metrics[0] step must be an integer >= 0, found True"),
+        ({"metrics": [["loss", 0.5]]}, "metrics[0] must be [key, value, timestamp, step], found ['loss', 0.5]"),
+        ({"metrics": {}}, "metrics must be a list of [key, value, timestamp, step], found {}"),
+        ({"tags": {"epochs": 3}}, "tags.epochs must be a string, found 3"),
+        ({"tags": {"mlflow.parentRunId": RUN_ID}}, "tags.mlflow.parentRunId must be a tag of nnexp's, not one of"),
+        ({"tags": {"output_dir": "/tmp"}}, "tags.output_dir must be "),
+        ({"artifacts": [["/etc/passwd", None]]}, "artifacts[0] must be a file inside "),
+        ({"artifacts": [["../outside.txt", None]]}, "artifacts[0] must be a file inside "),
+        ({"artifacts": [["config.yaml", "../../x"]]}, "artifacts[0] artifact path must be relative, without .., found"),
+        ({"artifacts": [["config.yaml", "/abs"]]}, "artifacts[0] artifact path must be relative, without .., found"),
+        ({"artifacts": [["gone.txt", None]]}, "artifacts[0] must be a file that exists, found"),
+        ({"artifacts": [["config.yaml"]]}, "artifacts[0] must be [path, artifact_path], found ['config.yaml']"),
+        ({"tracking_uri": None}, "tracking_uri must be a string, found None"),
+    ],
+)
+def test_a_crafted_outbox_field_is_named_and_nothing_is_sent(tmp_path, fields, expected):
+    path = outbox(tmp_path, **fields)
+    assert refusal(tmp_path).startswith(f"{path}: {expected}")
+
+
+def test_an_outbox_that_is_a_list_or_lacks_a_field(tmp_path):
+    path = tmp_path / OUTBOX
+    path.write_text("[]")
+    assert refusal(tmp_path) == f"{path}: the outbox must be an object, found []"
+    outbox(tmp_path)
+    path.write_text(json.dumps({key: value for key, value in json.loads(path.read_text()).items() if key != "run_id"}))
+    assert refusal(tmp_path) == f"{path}: run_id is missing"
+
+
+def test_symbolic_links_out_of_the_folder_are_refused(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the run's")
+    (folder / "link.txt").symlink_to(secret)
+    path = outbox(folder, artifacts=[["link.txt", None]])
+    expected = f"{path}: artifacts[0] must be a file inside {folder.resolve()}, found '{folder / 'link.txt'}'"
+    assert refusal(folder) == expected
+    plots = folder / "plots"
+    plots.mkdir()
+    (plots / "curve.png").write_bytes(b"png")
+    (plots / "stolen.txt").symlink_to(secret)
+    outbox(folder, artifacts=[[str(plots), "plots"]])
+    assert "artifacts[0] must be a folder whose files are inside" in refusal(folder)
+    (plots / "stolen.txt").unlink()
+    model = folder / "model"
+    model.mkdir()
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "weights.npz").symlink_to(secret)
+    outbox(folder, artifacts=[])
+    assert refusal(folder).startswith(f"{path}: model must be a folder whose files are inside")
+
+
+def test_a_folder_artifact_is_sent_file_by_file_without_partial_files(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "sub").mkdir(parents=True)
+    for name in ("checkpoint.json", "checkpoint-e000001-b00000000.npz", ".checkpoint.0f0f0f0f.partial.json", "sub/x"):
+        (checkpoints / name).write_text("x")
+    found = artifact_files(Fields(tmp_path / OUTBOX), "artifacts[0]", checkpoints, tmp_path, "checkpoint")
+    assert found == [
+        (str(checkpoints.resolve() / "checkpoint-e000001-b00000000.npz"), "checkpoint"),
+        (str(checkpoints.resolve() / "checkpoint.json"), "checkpoint"),
+        (str(checkpoints.resolve() / "sub" / "x"), "checkpoint/sub"),
+    ]
+
+
+def nnexp_sync(project, folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nnexp", "sync", str(folder)],
+        cwd=project.root,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_crafted_outbox_sends_nothing_to_the_run_it_names_or_to_another(project, tmp_path):
+    result = project.run("trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    client = MlflowClient(tracking_uri=project.store_uri)
+    run_id, folder = run.info.run_id, Path(run.data.tags["output_dir"])
+    before = sorted(entry.path for entry in client.list_artifacts(run_id))
+
+    path = outbox(folder, tracking_uri=project.store_uri, run_id=run_id, artifacts=[["/etc/passwd", None]])
+    synced = nnexp_sync(project, folder)
+    assert (synced.returncode, synced.stderr.strip()) == (
+        1,
+        f"error: {path}: artifacts[0] must be a file inside {folder.resolve()}, found '/etc/passwd'",
+    )
+
+    other = tmp_path / "other_run"
+    other.mkdir()
+    path = outbox(other, tracking_uri=project.store_uri, run_id=run_id, status="FAILED")
+    synced = nnexp_sync(project, other)
+    assert (synced.returncode, synced.stderr.strip()) == (
+        1,
+        f"error: {path}: run_id {run_id} is the run of {folder.resolve()}, not of {other.resolve()}",
+    )
+    path = outbox(other, tracking_uri=project.store_uri)
+    synced = nnexp_sync(project, other)
+    assert (synced.returncode, synced.stderr.strip()) == (
+        1,
+        f"error: {path}: run_id {RUN_ID} is no run in {project.store_uri}",
+    )
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED"
+    assert "resumed" not in after.data.tags
+    assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == [run.data.metrics["train_loss"]]
+    assert sorted(entry.path for entry in client.list_artifacts(run_id)) == before
