@@ -154,6 +154,22 @@ def test_runs_that_do_not_say_where_they_live_are_left_alone(tracker, tags):
     assert "failure_reason" not in run.data.tags
 
 
+def test_a_store_that_refuses_the_change_leaves_the_run_as_it_was(tracker, monkeypatch, caplog):
+    run_id = crafted(tracker, **{PID: str(ended_pid())})
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError("403 PERMISSION_DENIED: read-only user\nmore detail")
+
+    monkeypatch.setattr(tracker.client, "set_tag", refuse)
+    with caplog.at_level(logging.WARNING, "nnexp.liveness"):
+        run, ghosts = judged(tracker, run_id)
+    assert (run.info.status, ghosts) == ("RUNNING", [])
+    assert caplog.messages == [
+        f"run crafted ({run_id}): its process has ended, but it could not be marked KILLED: "
+        "403 PERMISSION_DENIED: read-only user"
+    ]
+
+
 @pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED"])
 def test_ended_runs_keep_their_status(tracker, status):
     run, ghosts = judged(tracker, crafted(tracker, status, **{PID: str(ended_pid())}))
@@ -270,6 +286,36 @@ def test_spans_read_as_people_say_them(seconds, shown):
     from nnexp.compare import span
 
     assert span(seconds) == shown
+
+
+def test_nnexp_runs_imports_no_sklearn_or_matplotlib(project):
+    """Listing runs needs MLflow only; scikit-learn and matplotlib would cost seconds."""
+    Tracker(project.store_uri, "nnexp").open_run("listed", {}).end("FINISHED")
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['nnexp', 'runs']\n"
+        "try:\n    runpy.run_module('nnexp', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'sklearn', 'matplotlib'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=project.root, env=project.env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "experiment nnexp: 1 run, newest first" and lines[-2].startswith("FINISHED ")
+    assert lines[-1] == "[]"
+
+
+def test_nnexp_runs_without_a_store_or_with_a_bad_limit_says_so_in_one_line(project):
+    missing = project.run("runs")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr.strip() == (
+        f"error: no MLflow store at {project.root / 'outputs' / 'mlflow.db'}; "
+        "run an experiment first, or name the store with --uri"
+    )
+    assert not (project.root / "outputs").exists()
+    assert project.run("runs", "--limit", "0").stderr.strip() == "error: --limit must be >= 1, got 0"
 
 
 # The real CLI, killed with SIGKILL: nothing in the process can close its run.

@@ -129,32 +129,50 @@ class Ghost:
     why: str
 
     def __str__(self) -> str:
-        return f"run {self.run.info.run_name} ({self.run.info.run_id}) marked KILLED: {self.why}"
+        return f"{describe(self.run)} marked KILLED: {self.why}"
+
+
+def describe(run: Run) -> str:
+    """``run NAME (ID)``, or ``run ID`` for a run without a name."""
+    info = run.info
+    return f"run {info.run_name} ({info.run_id})" if info.run_name else f"run {info.run_id}"
 
 
 def reap(client: MlflowClient, runs: Sequence[Run]) -> tuple[list[Run], list[Ghost]]:
     """Mark KILLED each RUNNING run among ``runs`` whose process is gone, with ``failure_reason`` and its last
-    heartbeat as end time; returns ``runs`` as they are now, and the ones marked (each also logged)."""
+    heartbeat as end time; returns ``runs`` as they are now, and the ones marked (each also logged).
+
+    A store that refuses the change (a read-only user of a server) leaves the run as it was, with a warning.
+    """
     now = time.time()
     current, ghosts = [], []
     for run in runs:
-        why = why_gone(run.data.tags, now) if run.info.status == "RUNNING" else None
-        if why is not None:
-            # Read again just before writing: a resume may have just reopened it in a live process.
-            run = client.get_run(run.info.run_id)
-            why = why_gone(run.data.tags, now) if run.info.status == "RUNNING" else None
-        if why is not None:
-            age = heartbeat_age(run.data.tags, now)
-            last_seen = now if age is None else min(now, now - age)
-            ended = max(run.info.start_time, int(last_seen * 1000))
-            client.set_tag(run.info.run_id, "failure_reason", REASON)
-            client.set_terminated(run.info.run_id, "KILLED", end_time=ended)
-            ghost = Ghost(run, why)
-            log.warning("%s", ghost)
-            ghosts.append(ghost)
-            run = client.get_run(run.info.run_id)
+        if run.info.status == "RUNNING" and why_gone(run.data.tags, now) is not None:
+            try:
+                run, ghost = mark(client, run.info.run_id, now)
+            except Exception as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                log.warning("%s: its process has ended, but it could not be marked KILLED: %s", describe(run), reason)
+                ghost = None
+            if ghost is not None:
+                log.warning("%s", ghost)
+                ghosts.append(ghost)
         current.append(run)
     return current, ghosts
+
+
+def mark(client: MlflowClient, run_id: str, now: float) -> tuple[Run, Ghost | None]:
+    """Mark run ``run_id`` KILLED if it is still RUNNING in a process that is gone; returns it as it is now."""
+    # Read again just before writing: a resume may have just reopened it in a live process.
+    run = client.get_run(run_id)
+    why = why_gone(run.data.tags, now) if run.info.status == "RUNNING" else None
+    if why is None:
+        return run, None
+    age = heartbeat_age(run.data.tags, now)
+    last_seen = now if age is None else min(now, now - age)
+    client.set_tag(run_id, "failure_reason", REASON)
+    client.set_terminated(run_id, "KILLED", end_time=max(run.info.start_time, int(last_seen * 1000)))
+    return client.get_run(run_id), Ghost(run, why)
 
 
 class Heartbeat:
