@@ -142,10 +142,11 @@ def test_elsewhere_a_run_is_gone_after_ten_minutes_without_heartbeat(tracker, wh
         {PID: "0"},
         {PID: "-1"},
         {PID: "abc"},
+        {PID: str(2**63)},
         {HOST: "elsewhere", HEARTBEAT: None},
         {HOST: "elsewhere", HEARTBEAT: "yesterday"},
     ],
-    ids=["no-tags", "no-pid", "no-host", "pid-0", "pid-negative", "pid-text", "no-heartbeat", "heartbeat-text"],
+    ids=["none", "no-pid", "no-host", "pid-0", "pid-negative", "pid-text", "pid-huge", "no-heartbeat", "bad-beat"],
 )
 def test_runs_that_do_not_say_where_they_live_are_left_alone(tracker, tags):
     """Older nnexp, other tools, or tags edited by hand: nothing says the process is gone."""

@@ -40,6 +40,8 @@ REASON = "process ended without closing the run"
 HEARTBEAT_SECONDS = 60.0
 #: A run seen from another machine is gone after this long without a heartbeat: ten missed beats.
 STALE_SECONDS = 10 * HEARTBEAT_SECONDS
+#: No system gives out pids this large; a tag that says otherwise was not written by nnexp.
+MAX_PID = 2**31
 #: How long ending a run waits for a heartbeat request in flight; the thread is a daemon and never holds the process.
 JOIN_SECONDS = 1.0
 
@@ -104,7 +106,7 @@ def why_gone(tags: Mapping[str, str], now: float | None = None) -> str | None:
     """Why the process a run's ``tags`` name has ended without closing it; None if it may be alive, or if the
     tags do not say where it lives."""
     host, pid_text = tags.get(HOST), tags.get(PID, "")
-    if not host or not pid_text.isdigit() or int(pid_text) <= 0:
+    if not host or not pid_text.isdigit() or not 0 < int(pid_text) < MAX_PID:
         return None
     pid = int(pid_text)
     space = pid_space()
