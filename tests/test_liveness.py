@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -324,28 +325,43 @@ SLOW = ("trainer.batch_size=2", "seed=3")
 PER_EPOCH = ("train_loss", "train_accuracy", "epoch_seconds", "learning_rate")
 
 
+def stored_steps(project, run_id: str) -> list[int] | None:
+    """The steps of ``train_loss`` in the store, or None while a write holds the database (a stopped process may)."""
+    database = sqlite3.connect(f"file:{project.root / 'outputs' / 'mlflow.db'}?mode=ro", uri=True, timeout=0.1)
+    try:
+        rows = database.execute(
+            "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'train_loss'", (run_id,)
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        database.close()
+    return sorted(step for (step,) in rows)
+
+
 def kill_when(project, overrides, ready) -> tuple[str, dict, list[int]]:
     """Start the CLI and SIGKILL it once ``ready(checkpoint epoch, epochs in the store)``; returns the run id, the
-    checkpoint manifest and the store's ``train_loss`` steps after the kill."""
+    checkpoint manifest and the store's ``train_loss`` steps. Each look is taken with the process stopped
+    (SIGSTOP), so that what it saw is what the kill leaves."""
     process = project.start(*overrides)
-    client = MlflowClient(tracking_uri=project.store_uri)
     deadline = time.monotonic() + 120
     try:
         while True:
             assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
             found = list((project.root / "outputs").glob("*/*/checkpoints/checkpoint.json"))
             if found:  # the run and its store exist once a checkpoint does
-                run_id = json.loads(found[0].read_text())["run_id"]
-                stored = len(client.get_metric_history(run_id, "train_loss"))
-                if ready(json.loads(found[0].read_text())["progress"]["epoch"], stored):
+                os.kill(process.pid, signal.SIGSTOP)
+                manifest = json.loads(found[0].read_text())
+                steps = stored_steps(project, manifest["run_id"])
+                if steps is not None and ready(manifest["progress"]["epoch"], len(steps)):
                     break
+                os.kill(process.pid, signal.SIGCONT)
             time.sleep(0.05)
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
-    return run_id, json.loads(found[0].read_text()), steps
+    return manifest["run_id"], manifest, steps
 
 
 def test_kill_9_then_nnexp_runs_marks_the_run_killed_with_the_reason(project):
@@ -385,17 +401,17 @@ def test_kill_9_then_compare_shows_no_running_run(project):
 
 
 @pytest.mark.parametrize(
-    ("every", "ready"),
+    ("epochs", "every", "ready"),
     [
         # Every epoch checkpointed, metrics sent every 2 s: the store is behind the checkpoint.
-        (1, lambda epoch, stored: epoch >= 3 and stored < epoch),
-        # Every 5 epochs: metrics sent after the checkpoint reach the store; the resumed run replays those epochs.
-        (5, lambda epoch, stored: epoch >= 5 and stored > epoch),
+        (40, 1, lambda epoch, stored: epoch >= 3 and stored < epoch),
+        # Every 10 epochs: metrics sent after the checkpoint reach the store; the resumed run replays those epochs.
+        # Enough epochs for a few sends: one that lands on a checkpoint's epoch leaves the store level with it.
+        (80, 10, lambda epoch, stored: epoch >= 10 and stored > epoch),
     ],
     ids=["store-behind-checkpoint", "store-ahead-of-checkpoint"],
 )
-def test_kill_9_then_resume_logs_each_epoch_exactly_once(project, every, ready):
-    epochs = 40
+def test_kill_9_then_resume_logs_each_epoch_exactly_once(project, epochs, every, ready):
     overrides = (f"trainer.epochs={epochs}", f"checkpoint.every={every}", *SLOW)
     run_id, manifest, stored = kill_when(project, overrides, ready)
     checkpointed = manifest["progress"]["epoch"]
