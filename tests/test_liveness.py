@@ -112,6 +112,19 @@ def test_a_zombie_process_has_ended(tracker):
         child.wait()
 
 
+def test_a_paused_process_is_alive(tracker):
+    """Ctrl-Z or SIGSTOP: the process will go on, and so will its run."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        tags = {PID: str(child.pid), PID_STARTED: liveness.process_started(child.pid), HEARTBEAT: ago(60)}
+        run, ghosts = judged(tracker, crafted(tracker, **tags))
+        assert (run.info.status, ghosts) == ("RUNNING", [])
+    finally:
+        child.kill()
+        child.wait()
+
+
 @pytest.mark.parametrize(
     ("where", "minutes", "killed"),
     [
@@ -375,6 +388,13 @@ def test_kill_9_then_nnexp_runs_marks_the_run_killed_with_the_reason(project):
         assert (listed.returncode, listed.stderr) == (0, "")
         assert f" {socket.gethostname()}:{process.pid} " in listed.stdout.splitlines()[-1]
         assert listed.stdout.splitlines()[-1].startswith("RUNNING ")
+        [run] = project.runs()
+        twice = project.run(f"resume={run.info.run_id}")
+        assert (twice.returncode, twice.stderr.strip()) == (
+            1,
+            f"error: run {run.info.run_id} is still RUNNING in process {process.pid} on {socket.gethostname()}; "
+            "stop that process first, or wait until it ends",
+        )
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=60)
