@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,6 +184,9 @@ def test_joblib_runs_jobs_in_parallel_processes_with_one_blas_thread_each(projec
     # Two workers share the cores instead of each using them all.
     assert all(int(run.data.tags["blas_threads"]) <= max(1, os.cpu_count() // 2) for run in children)
     assert parent.data.metrics["jobs_finished"] == 4
+    # Each run says where it lives: the parent in the launching process, the jobs in the workers.
+    assert parent.data.tags["nnexp.pid"] not in {run.data.tags["nnexp.pid"] for run in children}
+    assert {run.data.tags["nnexp.host"] for run in (parent, *children)} == {socket.gethostname()}
 
 
 def test_submitit_local_launcher(project):

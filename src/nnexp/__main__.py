@@ -22,6 +22,7 @@ COMMANDS = {
     "data": "nnexp.download",
     "reproduce": "nnexp.reproduce",
     "compare": "nnexp.compare",
+    "runs": "nnexp.runs",
     "sync": "nnexp.sync",
     "predict": "nnexp.predict",
 }

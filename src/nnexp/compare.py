@@ -1,4 +1,4 @@
-"""Tables of MLflow runs: the sweep summary and ``nnexp compare`` both build theirs here."""
+"""Tables of MLflow runs: the sweep summary, ``nnexp compare`` and ``nnexp runs`` build theirs here."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import math
 import statistics
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from nnexp.errors import NnexpError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
+
+    from nnexp.tracking import Tracker
 
 #: Params that differ between any two runs without being an experimental choice.
 BOOKKEEPING_PARAMS = ("tracking.parent_run_id", "tracking.run_name", "tracking.uri", "tracking.experiment")
@@ -240,22 +243,29 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def compare(args: argparse.Namespace) -> str:
+def open_experiment(uri: str | None, experiment: str) -> Tracker:
+    """The existing store ``uri`` names (by default the project's) and its experiment ``experiment``."""
     from nnexp.tracking import Tracker, existing_store, resolve_uri
 
-    uri = resolve_uri(args.uri, Path.cwd())
-    existing_store(uri, "run an experiment first, or name the store with --uri")
-    tracker = Tracker(uri, args.experiment, create=False)
+    store = resolve_uri(uri, Path.cwd())
+    existing_store(store, "run an experiment first, or name the store with --uri")
+    return Tracker(store, experiment, create=False)
+
+
+def compare(args: argparse.Namespace) -> str:
+    from nnexp.liveness import reap
+
+    tracker = open_experiment(args.uri, args.experiment)
     client = tracker.client
     if args.sweep:
-        parent = find_sweep(client, tracker.experiment_id, args.sweep)
-        runs = child_runs(client, parent)
+        [parent], _ = reap(client, [find_sweep(client, tracker.experiment_id, args.sweep)])
+        runs, _ = reap(client, child_runs(client, parent))
         heading = f"{parent.info.run_name} ({parent.info.run_id}): {len(runs)} runs"
     else:
-        runs = search_runs(client, [tracker.experiment_id], limit=args.limit)
+        runs, _ = reap(client, search_runs(client, [tracker.experiment_id], limit=args.limit))
         heading = f"experiment {args.experiment}: {len(runs)} newest runs"
     if not runs:
-        raise NnexpError(f"no runs to compare in {heading.rsplit(':', 1)[0]} of {uri}")
+        raise NnexpError(f"no runs to compare in {heading.rsplit(':', 1)[0]} of {tracker.uri}")
     ranking = Ranking.of(runs, args.sort)
     metrics = args.metrics or shown_metrics(runs, ranking)
     params = args.params if args.params is not None else varying_params(runs)
@@ -280,3 +290,54 @@ def find_sweep(client: MlflowClient, experiment_id: str, which: str) -> Run:
     from nnexp.tracking import find_run
 
     return find_run(client, which, f"--sweep {which}: no such run")
+
+
+def run_list(uri: str | None, experiment: str, limit: int) -> str:
+    """The newest runs of ``experiment`` (``limit`` 0: all), after marking KILLED those whose process is gone:
+    status, age, duration, where a running one lives, output folder, name and id."""
+    from nnexp.liveness import HOST, PID, reap
+
+    tracker = open_experiment(uri, experiment)
+    runs, _ = reap(tracker.client, search_runs(tracker.client, [tracker.experiment_id], limit=limit))
+    if not runs:
+        return f"experiment {experiment} of {tracker.uri} has no runs yet"
+    now = time.time()
+    rows = []
+    for run in runs:
+        info, tags = run.info, run.data.tags
+        running = info.status == "RUNNING"
+        rows.append(
+            [
+                info.status,
+                span(now - info.start_time / 1000),
+                "" if running or not info.end_time else span((info.end_time - info.start_time) / 1000),
+                f"{tags[HOST]}:{tags[PID]}" if running and HOST in tags and PID in tags else "",
+                shown_path(tags.get("output_dir") or tags.get("sweep_dir") or ""),
+                info.run_name or "",
+                info.run_id,
+            ]
+        )
+    table = Table(["status", "age", "duration", "host:pid", "folder", "run", "run_id"], rows)
+    heading = f"experiment {experiment}: {len(runs)} run{'' if len(runs) == 1 else 's'}, newest first"
+    return f"{heading}\n\n{table.text()}"
+
+
+def span(seconds: float) -> str:
+    """A duration as people say it: 42 s, 12 min, 3.5 h, 2.0 d."""
+    if seconds < 60:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies inside it."""
+    if not path:
+        return ""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path

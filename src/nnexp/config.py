@@ -122,7 +122,8 @@ def _hydra_settings() -> dict[str, Any]:
             "footer": f"model.activation: {ACTIVATIONS.available()}\n"
             f"model.initializer: {INITIALIZERS.available()}\n\n"
             "Commands: nnexp data mnist [DIR] [--csv] fetches MNIST; nnexp reproduce runs the tutorial presets;\n"
-            "nnexp compare [--sweep last] prints runs side by side; nnexp sync FOLDER sends what a tracking store\n"
+            "nnexp compare [--sweep last] prints runs side by side; nnexp runs lists runs, newest first, and marks\n"
+            "KILLED those whose process ended without closing them; nnexp sync FOLDER sends what a tracking store\n"
             "missed; python -m nnexp resume=RUN_ID continues a stopped run.\n"
             "Runs are recorded in MLflow; README.md shows how to compare them.",
         },

@@ -126,12 +126,18 @@ def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
 
 
 def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:
-    """The checkpoint folder of MLflow run ``run_id``: the one in its output folder, else its logged copy."""
-    from nnexp.tracking import existing_store, find_run, resolve_uri
+    """The checkpoint folder of MLflow run ``run_id``: the one in its output folder, else its logged copy.
+
+    A run RUNNING in a process that is gone is marked KILLED first; one that is FINISHED, or RUNNING in a live
+    process, is refused.
+    """
+    from nnexp.tracking import existing_store, find_run, resolve_uri, resumable
 
     store = resolve_uri(uri, project_dir)
     client = existing_store(store, f"resume={run_id} is no checkpoint folder either")
-    run = find_run(client, run_id, f"resume={run_id}: no such checkpoint folder, and no such run in {store}")
+    run = resumable(
+        client, find_run(client, run_id, f"resume={run_id}: no such checkpoint folder, and no such run in {store}")
+    )
     local = Path(run.data.tags.get("output_dir", "")) / "checkpoints"
     if (local / checkpoint.MANIFEST).is_file():
         return local

@@ -367,6 +367,8 @@ def train(
     callbacks += stateful.values()
     if cfg.checkpoint.every:
         callbacks.append(checkpoint.Checkpointer(cfg.checkpoint.every, save_checkpoint))
+    if state is not None:  # a process killed between flushes may have sent fewer epochs than the checkpoint holds
+        tracked.complete_history(state.history)
     try:
         with stop_requests(trainer):
             history = trainer.fit(

@@ -124,9 +124,10 @@ class Sweep:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns
         (finished, failed) job counts."""
         from nnexp import compare
+        from nnexp.liveness import reap
 
         client = self.tracker.client
-        runs = compare.child_runs(client, client.get_run(self.parent.run_id))
+        runs, _ = reap(client, compare.child_runs(client, client.get_run(self.parent.run_id)))
         finished = [run for run in runs if run.info.status == "FINISHED"]
         failed = len(runs) - len(finished)
         self.parent.log_metrics({"jobs_total": len(runs), "jobs_finished": len(finished), "jobs_failed": failed}, 0)

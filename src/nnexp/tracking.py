@@ -14,10 +14,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nnexp import liveness
 from nnexp.errors import ConfigError, DataError, Interrupted, NnexpError
 from nnexp.folders import describe_os_error
 
@@ -190,12 +191,30 @@ class TrackingStoreError(NnexpError):
     """The tracking store went away during a run and did not come back; what it missed is in an outbox file."""
 
 
+def resumable(client: MlflowClient, run: Run) -> Run:
+    """``run`` as it is after marking it KILLED if its process is gone; raises :class:`RunCreationError` if it is
+    FINISHED, or RUNNING in a process that is still alive."""
+    [run], _ = liveness.reap(client, [run])
+    run_id, status, tags = run.info.run_id, run.info.status, run.data.tags
+    if status == "FINISHED":
+        raise RunCreationError(f"run {run_id} is FINISHED; there is nothing to resume")
+    if status == "RUNNING" and liveness.PID in tags:
+        raise RunCreationError(
+            f"run {run_id} is still RUNNING in process {tags[liveness.PID]} on {tags.get(liveness.HOST)}; "
+            "stop that process first, or wait until it ends"
+        )
+    return run
+
+
 class TrackedRun:
     """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow.
 
     If the store stops answering mid-run, training goes on: metrics, tags and artifacts wait here and are sent
     when it answers again. If it is still away when the run ends, they are written with the run's final status to
     ``outbox/OUTBOX`` (the run's output folder), and ``nnexp sync FOLDER`` sends them later.
+
+    A run this process opened (:meth:`Tracker.open_run`, :meth:`Tracker.start_run`) has a heartbeat until it ends,
+    refreshed with each flush of metrics and by a daemon thread; see :mod:`nnexp.liveness`.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, outbox: Path | None = None) -> None:
@@ -205,6 +224,12 @@ class TrackedRun:
         self._artifacts: list[tuple[str, str | None]] = []
         self._last_flush = time.monotonic()
         self._away_since: float | None = None
+        self._heartbeat: liveness.Heartbeat | None = None
+        #: (metric, step) pairs the store held when a resumed run reopened: a replayed epoch does not log them again.
+        self._stored: set[tuple[str, int]] = set()
+
+    def start_heartbeat(self) -> None:
+        self._heartbeat = liveness.Heartbeat(self.client, self.run_id)
 
     @property
     def store(self) -> str:
@@ -259,21 +284,50 @@ class TrackedRun:
 
         timestamp = int(time.time() * 1000)
         self._pending += [
-            Metric(key, float(value), timestamp, step) for key, value in metrics.items() if math.isfinite(value)
+            Metric(key, float(value), timestamp, step)
+            for key, value in metrics.items()
+            if math.isfinite(value) and (key, step) not in self._stored
         ]
         waited = time.monotonic() - self._last_flush
         if waited >= (FLUSH_SECONDS if self._away_since is None else RETRY_SECONDS):
             self.flush()
 
     def flush(self) -> bool:
-        """Send the queued metrics; False if the store did not take them all (the rest stay queued)."""
+        """Send the queued metrics, with a heartbeat; False if the store did not take them all (the rest stay
+        queued)."""
+        from mlflow.entities import RunTag
+
         self._last_flush = time.monotonic()
+        beat = [RunTag(liveness.HEARTBEAT, liveness.beat())] if self._heartbeat else []
         while self._pending:
             chunk = self._pending[:MAX_METRICS_PER_BATCH]
-            if not self._send(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk)):
+            if not self._send(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk, tags=beat)):
                 return False
             del self._pending[: len(chunk)]
         return True
+
+    def complete_history(self, history: Mapping[str, Sequence[float]]) -> None:
+        """Queue the values of a resumed run's per-epoch ``history`` (step = epoch) that the store lacks, and
+        remember every step it holds, so that epochs replayed after the checkpoint are not logged twice.
+
+        A process that died between flushes sent fewer epochs than its checkpoint holds, or, with checkpoints
+        every few epochs, more.
+        """
+        try:
+            keys = set(history) | set(self.client.get_run(self.run_id).data.metrics)
+            for key in keys:
+                self._stored.update((key, metric.step) for metric in self.client.get_metric_history(self.run_id, key))
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("cannot read run %s's metrics (%s); epochs it lacks are not logged again", self.run_id, reason)
+            self._stored.clear()
+            return
+        steps: dict[int, dict[str, float]] = {}
+        for key, values in history.items():
+            for step, value in enumerate(values, start=1):
+                steps.setdefault(step, {})[key] = value
+        for step, metrics in sorted(steps.items()):
+            self.log_metrics(metrics, step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._artifacts.append((str(path.resolve()), artifact_path))
@@ -293,6 +347,9 @@ class TrackedRun:
 
         Raises :class:`TrackingStoreError` after writing the outbox if the store stays away.
         """
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if reason is not None:
             self._tags["failure_reason"] = reason
         for attempt in range(END_ATTEMPTS):
@@ -484,15 +541,26 @@ class Tracker:
         return f"see it with: mlflow ui --backend-store-uri {self.uri}"
 
     def open_run(self, run_name: str, tags: Mapping[str, Any], outbox: Path | None = None) -> TrackedRun:
-        """A new RUNNING run; whoever opens it must :meth:`TrackedRun.end` it."""
+        """A new RUNNING run of this process, with a heartbeat; whoever opens it must :meth:`TrackedRun.end` it."""
+        tags = {**{key: str(value) for key, value in tags.items()}, **liveness.process_tags()}
         try:
-            created = self.client.create_run(
-                self.experiment_id, run_name=run_name, tags={key: str(value) for key, value in tags.items()}
-            )
+            created = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         except Exception as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RunCreationError(f"tracking store {self.uri} cannot create the run: {reason[:300]}") from None
-        return TrackedRun(self.client, created.info.run_id, outbox)
+        run = TrackedRun(self.client, created.info.run_id, outbox)
+        run.start_heartbeat()
+        return run
+
+    def reopen_run(self, run_id: str, outbox: Path | None = None) -> TrackedRun:
+        """Run ``run_id`` RUNNING again, in this process; see :func:`resumable`."""
+        resumable(self.client, self.client.get_run(run_id))
+        run = TrackedRun(self.client, run_id, outbox)
+        # Where it lives now before the status: a RUNNING run with the dead process's pid would be marked again.
+        run.set_tags({**liveness.process_tags(), "resumed": "true", "failure_reason": ""})
+        self.client.update_run(run_id, status="RUNNING")
+        run.start_heartbeat()
+        return run
 
     def record_failure(self, run_name: str, tags: Mapping[str, Any], reason: str, params: Mapping[str, Any]) -> str:
         """A run that failed before it could start, kept so a sweep shows every job; returns its id."""
@@ -509,15 +577,7 @@ class Tracker:
 
         With ``resume``, that existing run is reopened (RUNNING again) instead of a new one created.
         """
-        if resume is None:
-            run = self.open_run(run_name, tags, outbox)
-        else:
-            status = self.client.get_run(resume).info.status
-            if status == "FINISHED":
-                raise RunCreationError(f"run {resume} is FINISHED; there is nothing to resume")
-            self.client.update_run(resume, status="RUNNING")
-            run = TrackedRun(self.client, resume, outbox)
-            run.set_tags({"resumed": "true", "failure_reason": ""})
+        run = self.open_run(run_name, tags, outbox) if resume is None else self.reopen_run(resume, outbox)
         try:
             yield run
         except BaseException as exc:
