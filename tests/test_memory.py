@@ -3,6 +3,7 @@ errors when a run cannot fit or runs out."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -266,7 +267,10 @@ def test_an_allocation_failure_outside_a_run_phase_is_one_line(monkeypatch, caps
     monkeypatch.setattr(cli, "raise_on_sigterm", lambda: None)
     changed = ("HYDRA_FULL_ERROR", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
     for variable in (*changed, *cli.HTTP_RETRIES):
-        monkeypatch.delenv(variable, raising=False)  # main() sets these; monkeypatch restores them afterwards
+        # main() sets these: recorded by setenv, so that monkeypatch removes them again afterwards
+        monkeypatch.setenv(variable, "")
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
     monkeypatch.setattr("sys.argv", ["nnexp", "trainer.epochs=1"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
