@@ -143,7 +143,7 @@ def configure(cfg: DictConfig) -> Components:
     check_known_keys(cfg)
     Objective.of(cfg)
     try:
-        trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle)
+        trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.engine.value)
     except ParameterError as exc:
         raise exc.within("trainer") from None
     components = Components(
@@ -168,6 +168,7 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
         for part, x, y in splits.parts()
     }
     network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    components.trainer.select_engine(network, loss, components.optimizer)
     return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
 
 
@@ -223,6 +224,7 @@ def run(cfg: DictConfig) -> float:
         tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
     with phases("data"):
         tags["dataset_digest"] = experiment.splits.digest()
+    tags["engine"] = experiment.trainer.engine_used
     try:
         with (
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests

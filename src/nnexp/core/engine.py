@@ -57,9 +57,9 @@ def _code(registry: Registry[Any], component: object) -> tuple[int | None, str]:
     cls = type(component)
     name = next((name for name, registered in registry.items() if registered is cls), None)
     if name is None:
-        return None, f"{registry.kind} {cls.__qualname__}"
-    builtin = cls.__module__.startswith("nnexp.core.")
-    return KERNEL_CODES[registry.kind].get(name) if builtin else None, f"{registry.kind} {name} from {registry.source(name)}"
+        return None, f"{registry.kind} {cls.__name__}"
+    code = KERNEL_CODES[registry.kind].get(name) if cls.__module__.startswith("nnexp.core.") else None
+    return code, f"{registry.kind} {name} from {registry.source(name)}"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def plan(network: Sequential, loss: Loss, optimizer: Optimizer) -> Plan | str:
             )
             continue
         if not isinstance(layer, Activation):
-            return f"layer {type(layer).__qualname__} has no kernel"
+            return f"layer {type(layer).__name__} has no kernel"
         code, name = _code(ACTIVATIONS, layer)
         if code is None:
             return f"{name} has no kernel"

@@ -19,7 +19,9 @@ from nnexp.core.engine import (
     ACTIVATION,
     BIAS_AT,
     DENSE,
+    KIND,
     MSE,
+    N_IN,
     N_OUT,
     RELU,
     RMSPROP,
@@ -28,8 +30,6 @@ from nnexp.core.engine import (
     SOFTMAX,
     TANH,
     WEIGHT_AT,
-    KIND,
-    N_IN,
 )
 
 JIT = {"cache": True, "error_model": "numpy"}

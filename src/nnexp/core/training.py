@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from nnexp.core import Array
-from nnexp.core.losses import Loss
 from nnexp.core.engine import ENGINES, CompiledSteps, select
+from nnexp.core.losses import Loss
 from nnexp.core.metrics import accuracy
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer
