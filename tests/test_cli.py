@@ -206,7 +206,7 @@ try:
     runpy.run_module("nnexp", run_name="__main__", alter_sys=True)
 except SystemExit:
     pass
-heavy = sorted({name.split(".")[0] for name in sys.modules} & {"mlflow", "sklearn", "matplotlib"})
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"mlflow", "sklearn", "matplotlib", "numba"})
 print(json.dumps(heavy), file=sys.stderr)
 """
 
@@ -219,10 +219,11 @@ print(json.dumps(heavy), file=sys.stderr)
         (("dataset=nope",), "error: dataset=nope is not an option"),
         (("trainer.epochs=-1",), "error: trainer.epochs must be >= 1, got -1"),
         (("optimizer.lr=0.1",), "error: optimizer.lr is not a known key"),
+        (("trainer.engine=fast",), "error: trainer.engine expects one of auto, numpy, compiled, got 'fast'"),
     ],
 )
 def test_help_and_config_errors_import_no_mlflow_sklearn_or_matplotlib(project, arguments, shown):
-    """They cost seconds to import, and neither the help nor a rejected config needs them."""
+    """They (and numba) cost seconds to import, and neither the help nor a rejected config needs them."""
     import json
     import subprocess
     import sys

@@ -37,7 +37,7 @@ def builtins(kind: str) -> list[str]:
 @pytest.mark.parametrize(("kind", "name"), [(kind, name) for kind in REGISTRIES for name in builtins(kind)])
 def test_every_builtin_has_a_kernel_or_is_declared_numpy_only(kind: str, name: str) -> None:
     assert name in engine.KERNEL_CODES[kind] or name in engine.NUMPY_ONLY[kind], (
-        f"built-in {kind} {name} has no kernel: add one in nnexp.core.kernels, or list it in engine.NUMPY_ONLY"
+        f"built-in {kind} {name} has no kernel: add one to nnexp.core.compiled.kernels or to engine.NUMPY_ONLY"
     )
 
 
@@ -217,8 +217,8 @@ def test_an_unregistered_optimizer_subclass_has_no_kernel() -> None:
 
 def test_without_numba_auto_trains_with_numpy_and_says_why(monkeypatch, caplog) -> None:
     monkeypatch.setitem(sys.modules, "numba", None)
-    monkeypatch.delitem(sys.modules, "nnexp.core.kernels", raising=False)
-    monkeypatch.delattr("nnexp.core.kernels", raising=False)
+    monkeypatch.delitem(sys.modules, "nnexp.core.compiled.kernels", raising=False)
+    monkeypatch.delattr("nnexp.core.compiled.kernels", raising=False)
     network, loss, optimizer, data, rng = setup("relu", "cross_entropy", "adam", True, np.float64)
     trainer = Trainer(1, 8, engine="auto")
     with caplog.at_level(logging.INFO, logger="nnexp.core.engine"):

@@ -1,9 +1,9 @@
 """The trainer's engine: the NumPy layers (the reference, and the path for plugins) or compiled kernels.
 
-``compiled`` runs the built-in MLP's batches with the Numba kernels of :mod:`nnexp.core.kernels`, imported only
-here and only when asked for, since importing Numba takes about a second. Small batches run many steps per
-kernel call; large ones keep NumPy's BLAS products and take the optimizer's step as one compiled pass per
-parameter array.
+``compiled`` runs the built-in MLP's batches with the Numba kernels of :mod:`nnexp.core.compiled.kernels`,
+imported only here and only when asked for, since importing Numba takes about a second. Small batches run many
+steps per kernel call; large ones keep NumPy's BLAS products and take the optimizer's step as one compiled pass
+per parameter array.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "numpy", "compiled")
 
-# Codes the kernels dispatch on; nnexp.core.kernels imports them from here.
+# Codes the kernels dispatch on; nnexp.core.compiled.kernels imports them from here.
 DENSE, BIAS = 0, 1
 IDENTITY, SIGMOID, TANH, RELU, SOFTMAX = 0, 1, 2, 3, 4
 MSE, CROSS_ENTROPY = 0, 1
@@ -118,9 +118,9 @@ def _offset(view: Array, flat: Array) -> int:
 
 
 def _load_kernels() -> ModuleType | str:
-    """:mod:`nnexp.core.kernels`, or why it cannot be imported (no Numba for this platform, say)."""
+    """:mod:`nnexp.core.compiled.kernels`, or why it cannot be imported (no Numba for this platform, say)."""
     try:
-        from nnexp.core import kernels
+        from nnexp.core.compiled import kernels
     except ImportError as exc:
         return f"numba cannot be imported ({exc})"
     return kernels
