@@ -51,6 +51,7 @@ def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(project, signum
     reference = project.run(*RUN, "hydra.run.dir=outputs/reference")
     assert reference.returncode == 0, reference.stderr
     [finished] = project.runs()
+    assert finished.data.tags["engine"] == "compiled", "trainer.engine=auto trains the built-in MLP compiled"
 
     process, stderr = interrupt(project, signum)
     assert process.returncode == 128 + signum

@@ -47,8 +47,9 @@ KERNEL_CODES: dict[str, dict[str, int]] = {
 #: Built-in components left to the NumPy path on purpose, by kind; a built-in in neither table fails the tests.
 NUMPY_ONLY: dict[str, frozenset[str]] = {"activation": frozenset(), "loss": frozenset(), "optimizer": frozenset()}
 
-#: Batches of at most this many multiply-adds (rows times the weights) run many steps per kernel call; larger
-#: ones are worth BLAS's products. Measured: the kernel's loops beat NumPy's per-call cost up to about here.
+#: Batches of at most this many multiply-adds (rows times weights) run many steps per kernel call; larger ones
+#: are worth BLAS's products. Measured per batch, one thread, float32, Adam: 2-64-64-2 at 32 rows (139,264)
+#: 39 us in the kernel against 44 us with BLAS; at 64 rows (278,528) 75 us against 62 us.
 LOOP_MAX_WORK = 1 << 18
 
 
