@@ -288,18 +288,19 @@ def train_batches(
             _activation_backward(delta, outputs[s + 1], rows, n_out, stages[s, ACTIVATION])
             if b >= 0:
                 for j in range(n_out):
-                    bias_grads[b + j] = zero
-                for r in range(rows):
+                    bias_grads[b + j] = delta[0, j]
+                for r in range(1, rows):
                     for j in range(n_out):
                         bias_grads[b + j] += delta[r, j]
             if stages[s, KIND] == DENSE:
                 at = stages[s, WEIGHT_AT]
                 w = weights[at : at + n_in * n_out].reshape((n_in, n_out))
                 gw = weight_grads[at : at + n_in * n_out].reshape((n_in, n_out))
-                for i in range(n_in):
+                for i in range(n_in):  # the first row's products are the sums' first terms: one pass fewer
+                    value_in = source[0, i]
                     for j in range(n_out):
-                        gw[i, j] = zero
-                for r in range(rows):
+                        gw[i, j] = value_in * delta[0, j]
+                for r in range(1, rows):
                     for i in range(n_in):
                         value_in = source[r, i]
                         for j in range(n_out):
