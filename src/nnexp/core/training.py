@@ -280,7 +280,7 @@ class Trainer:
         predicted = state.predicted
         compiled = self._selected[3] if self._selected else None
         if compiled is not None:
-            self._compiled_epoch(compiled, x, targets, order, size, epoch, started)
+            self._compiled_epoch(compiled, x, targets, order, size, predicted, epoch, started)
             state.seconds = time.perf_counter() - started
             return state.loss_sum / n_samples, accuracy(labels, predicted)
         for batch, start in enumerate(range(state.batch * size, n_samples, size), start=state.batch + 1):
@@ -304,18 +304,18 @@ class Trainer:
         targets: Array,
         order: np.ndarray | None,
         size: int,
+        predicted: np.ndarray,
         epoch: int,
         started: float,
     ) -> None:
         """The rest of the epoch by the kernels, in calls of about :data:`COMPILED_CALL_SECONDS` each."""
         state = self.state
-        assert state.predicted is not None
         while state.batch * size < len(x):
             self._stop_if_requested(epoch, started)
             called = time.perf_counter()
             count = self._call_batches
             done, state.loss_sum, batch_loss = compiled.run(
-                x, targets, order, state.batch, count, size, state.predicted, state.loss_sum
+                x, targets, order, state.batch, count, size, predicted, state.loss_sum
             )
             state.batch += done
             _check_finite(batch_loss, epoch, state.batch + 1)
