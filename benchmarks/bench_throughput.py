@@ -42,16 +42,21 @@ def untrained(seed: int) -> tuple[Sequential, Loss, np.random.Generator]:
     return network, loss, rng
 
 
-def nnexp_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple[float, float]:
+def nnexp_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int, engine: str = "numpy") -> tuple[float, float]:
     """Seconds of one training epoch through nnexp's Trainer, and the test accuracy after it."""
     network, loss, rng = untrained(seed)
     train = Examples(data["x_train"], loss.encode(data["y_train"], 10, np.float32), data["y_train"])
     test = Examples(data["x_test"], loss.encode(data["y_test"], 10, np.float32), data["y_test"])
-    trainer = Trainer(1, BATCH)
+    trainer = Trainer(1, BATCH, engine=engine)
     started = time.perf_counter()
     trainer.fit(network, loss, OPTIMIZERS.build({"name": optimizer, "learning_rate": RATES[optimizer]}), train, rng)
     seconds = time.perf_counter() - started
     return seconds, evaluate(network, loss, test)[1]
+
+
+def compiled_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple[float, float]:
+    """The same epoch with ``trainer.engine=compiled``."""
+    return nnexp_epoch(data, optimizer, seed, engine="compiled")
 
 
 def torch_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tuple[float, float]:
@@ -143,6 +148,7 @@ def alternate(
 def main() -> None:
     parser = mnist_parser(__doc__)
     parser.add_argument("--pairs", type=int, default=5, help="pairs per optimizer and contender (default 5)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even where it is installed")
     args, conditions, threads = parse(parser)
     progress("loading MNIST ...")
     splits = DATASETS.build({"name": "mnist_idx", "path": args.mnist_dir, "val_size": 0}).load(np.random.default_rng(0))
@@ -153,18 +159,23 @@ def main() -> None:
         "y_test": splits.y_test,
     }
     try:
+        if args.no_torch:
+            raise ImportError("--no-torch")
         import torch
 
         torch.set_num_threads(args.threads)
         contenders: dict[str, Epoch] = {"pytorch": torch_epoch}
         note = f"PyTorch {torch.__version__} with `torch.set_num_threads({args.threads})`"
     except ImportError:
-        contenders, note = {}, "PyTorch rows skipped: torch is not installed (pip install torch==2.13.0)"
+        contenders, note = {}, "PyTorch rows skipped: torch is not installed (pip install torch==2.13.0) or --no-torch"
+    contenders["nnexp compiled"] = compiled_epoch
     flops = 6 * (784 * HIDDEN + HIDDEN + HIDDEN * 10 + 10) * len(data["x_train"])
     rows, kept_others, discarded = [], [], 0
     with threads:
         peak = matmul_peak(BATCH, 784, HIDDEN, repeat=50)
         progress(f"matrix-product peak at {BATCH}x784 @ 784x{HIDDEN}: {peak:.0f} GFLOP/s")
+        # Outside the timed part: the compiled engine's kernels load from Numba's cache (or compile, the first time).
+        compiled_epoch({key: value[: 2 * BATCH] for key, value in data.items()}, "adam", 0)
         for optimizer in RATES:
             others = dict(contenders)
             if optimizer == "adam":

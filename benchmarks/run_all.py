@@ -51,6 +51,12 @@ SCRIPTS = (
     Script(
         "bench_per_sample.py", "Per-sample SGD (goal 2)", quick={"--pairs": "1", "--epochs": "20", "--retries": "0"}
     ),
+    Script(
+        "bench_engine.py",
+        "The compiled engine (issue 13)",
+        takes_mnist=False,
+        quick={"--pairs": "1", "--process-pairs": "1", "--preset-pairs": "0", "--retries": "0"},
+    ),
     Script("bench_overhead.py", "Runner overhead and memory (goals 5 and 6)", quick={"--repeat": "1", "--runs": "1"}),
     Script("bench_scaling.py", "Scaling (goal 7)", quick={"--repeat": "1", "--steps": "500", "--retries": "0"}),
     Script("bench_sweep.py", "Sweeps (goal 8)", takes_mnist=False, quick={"--repeat": "1", "--epochs": "20"}),

@@ -17,6 +17,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One Numba cache for every test process and the CLI runs they start, kept between sessions: the compiled
+# engine's kernels take tens of seconds to compile, and a second or so to load from the cache.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".pytest_cache" / "numba"))
+
 
 @dataclass
 class Project:

@@ -55,6 +55,7 @@ def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project)
     assert params["model.hidden_sizes"] == "[64, 64]"
     assert params["trainer.epochs"] == "3"
     assert params["trainer.dtype"] == "float32"
+    assert (params["trainer.engine"], run.data.tags["engine"]) == ("auto", "compiled")
     client = MlflowClient(tracking_uri=project.store_uri)
     for metric in ("train_loss", "train_accuracy", "epoch_seconds"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3]
@@ -186,6 +187,41 @@ def test_user_plugin_from_the_project_folder(project):
     assert run.data.tags["source.dataset"] == "file plugins/circles.py"
 
 
+LEAKY = """
+import numpy as np
+
+from nnexp import ACTIVATIONS
+from nnexp.core.activations import Activation
+
+
+@ACTIVATIONS.register("leaky")
+class Leaky(Activation):
+    def forward(self, x):
+        self._x = x
+        return np.where(x > 0, x, 0.1 * x)
+
+    def backward(self, grad_out, input_grad=True):
+        return np.where(self._x > 0, grad_out, 0.1 * grad_out)
+"""
+
+
+def test_a_plugin_activation_trains_with_numpy_and_refuses_the_compiled_engine(project):
+    (project.root / "plugins" / "leaky.py").write_text(LEAKY)
+    result = project.run("model.activation=leaky", "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    assert "engine: numpy (activation leaky from file plugins/leaky.py has no kernel)" in result.stdout + result.stderr
+    [run] = project.runs()
+    assert (run.data.params["trainer.engine"], run.data.tags["engine"]) == ("auto", "numpy")
+
+    refused = project.run("model.activation=leaky", "trainer.engine=compiled", "trainer.epochs=1")
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        "error: trainer.engine=compiled cannot train this run: activation leaky from file plugins/leaky.py has no "
+        "kernel; use trainer.engine=auto",
+    )
+    assert len(project.runs()) == 1, "a refused config records no run"
+
+
 def test_help_lists_every_group_and_option(project):
     result = project.run("--help")
     assert result.returncode == 0
@@ -207,7 +243,7 @@ try:
     runpy.run_module("nnexp", run_name="__main__", alter_sys=True)
 except SystemExit:
     pass
-heavy = sorted({name.split(".")[0] for name in sys.modules} & {"mlflow", "sklearn", "matplotlib"})
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"mlflow", "sklearn", "matplotlib", "numba"})
 print(json.dumps(heavy), file=sys.stderr)
 """
 
@@ -220,10 +256,11 @@ print(json.dumps(heavy), file=sys.stderr)
         (("dataset=nope",), "error: dataset=nope is not an option"),
         (("trainer.epochs=-1",), "error: trainer.epochs must be >= 1, got -1"),
         (("optimizer.lr=0.1",), "error: optimizer.lr is not a known key"),
+        (("trainer.engine=fast",), "error: trainer.engine expects one of auto, numpy, compiled, got 'fast'"),
     ],
 )
 def test_help_and_config_errors_import_no_mlflow_sklearn_or_matplotlib(project, arguments, shown):
-    """They cost seconds to import, and neither the help nor a rejected config needs them."""
+    """They (and numba) cost seconds to import, and neither the help nor a rejected config needs them."""
     import json
     import subprocess
     import sys

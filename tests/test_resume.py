@@ -13,7 +13,14 @@ from mlflow import MlflowClient
 from nnexp import LOSSES, MODELS, OPTIMIZERS, Callback, Examples, Trainer, checkpoint
 from nnexp.core.training import Stopped
 
-RUN = ("trainer.epochs=25", "trainer.batch_size=1", "seed=3", "optimizer.learning_rate=0.003")
+# 14,000 training points: per-sample epochs long enough that a signal lands inside one, with the compiled engine.
+RUN = (
+    "trainer.epochs=25",
+    "trainer.batch_size=1",
+    "seed=3",
+    "optimizer.learning_rate=0.003",
+    "dataset.n_samples=20000",
+)
 
 
 def weights(path) -> dict[str, np.ndarray]:
@@ -51,6 +58,7 @@ def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(project, signum
     reference = project.run(*RUN, "hydra.run.dir=outputs/reference")
     assert reference.returncode == 0, reference.stderr
     [finished] = project.runs()
+    assert finished.data.tags["engine"] == "compiled", "trainer.engine=auto trains the built-in MLP compiled"
 
     process, stderr = interrupt(project, signum)
     assert process.returncode == 128 + signum

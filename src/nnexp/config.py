@@ -42,12 +42,21 @@ class Dtype(enum.Enum):
     float64 = "float64"
 
 
+class Engine(enum.Enum):
+    auto = "auto"
+    numpy = "numpy"
+    compiled = "compiled"
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 50
     batch_size: int | None = 32
     shuffle: bool = True
     dtype: Dtype = Dtype.float32
+    #: numpy: the layers' own code; compiled: Numba kernels for the built-in MLP; auto: compiled when every
+    #: component has a kernel, else numpy (saying why in one line).
+    engine: Engine = Engine.auto
 
 
 class Direction(enum.Enum):

@@ -162,7 +162,7 @@ def configure(cfg: DictConfig) -> Components:
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     Objective.of(cfg)
     try:
-        trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle)
+        trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.engine.value)
     except ParameterError as exc:
         raise exc.within("trainer") from None
     components = Components(
@@ -189,6 +189,7 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     memory.check_fits(components.model, components.optimizer, loss, splits, components.trainer.batch_size, dtype)
     with memory.running_out("building the network", "use a smaller model"):
         network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    components.trainer.select_engine(network, loss, components.optimizer)
     return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
 
 
@@ -246,6 +247,7 @@ def run(cfg: DictConfig) -> float:
         tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
     with phases("data"):
         tags["dataset_digest"] = experiment.splits.digest()
+    tags["engine"] = experiment.trainer.engine_used
     try:
         with (
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests

@@ -41,10 +41,18 @@ class Optimizer:
         for key, param, grad in params_and_grads:
             if self.weight_decay and key.rsplit(".", 1)[-1] == "weight":
                 grad = self._decay(key, param, grad)
-            arrays = self._arrays.get(key)
-            if arrays is None or not fits(arrays[0], param):
-                arrays = self._arrays[key] = self._allocate(key, param)
-            elementwise(self._apply, (param, grad, *arrays))
+            elementwise(self._apply, (param, grad, *self._arrays_for(key, param)))
+
+    def state_arrays(self, key: str, param: Array) -> tuple[Array, ...]:
+        """The state arrays of ``key`` (one per slot), as :meth:`step` updates them; a compiled engine updates
+        these same arrays in place, so checkpoints see no difference."""
+        return self._arrays_for(key, param)[1:]
+
+    def _arrays_for(self, key: str, param: Array) -> tuple[Array, ...]:
+        arrays = self._arrays.get(key)
+        if arrays is None or not fits(arrays[0], param):
+            arrays = self._arrays[key] = self._allocate(key, param)
+        return arrays
 
     def _allocate(self, key: str, param: Array) -> tuple[Array, ...]:
         """The step buffer of ``key`` and its state arrays, zeros where no state was loaded."""

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from nnexp.core import Array
+from nnexp.core.engine import ENGINES, CompiledSteps, select
 from nnexp.core.losses import Loss
 from nnexp.core.metrics import accuracy
 from nnexp.core.network import Sequential
@@ -18,6 +19,8 @@ from nnexp.core.optimizers import Optimizer
 from nnexp.errors import TrainingError, require
 
 EVALUATION_BATCH = 4096
+#: A compiled call trains this long at most, so that a stop request is honoured within about this time.
+COMPILED_CALL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -165,10 +168,13 @@ class Trainer:
     """Minibatch gradient descent: ``batch_size=1`` is per-sample SGD, ``None`` the full batch.
 
     A callback may set :attr:`stop_training` to end training after the current epoch (early stopping);
-    :meth:`request_stop` ends it at the next batch boundary by raising :class:`Stopped`.
+    :meth:`request_stop` ends it at the next batch boundary by raising :class:`Stopped`. ``engine`` is
+    ``numpy`` (the layers' own code), ``compiled`` (kernels for the built-in MLP) or ``auto`` (compiled when
+    every component has a kernel); see :mod:`nnexp.core.engine`.
     """
 
-    def __init__(self, epochs: int, batch_size: int | None, shuffle: bool = True) -> None:
+    def __init__(self, epochs: int, batch_size: int | None, shuffle: bool = True, engine: str = "numpy") -> None:
+        require(engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}", engine)
         require(epochs >= 1, "epochs", "must be >= 1", epochs)
         require(
             batch_size is None or batch_size >= 1,
@@ -181,7 +187,22 @@ class Trainer:
         self.shuffle = shuffle
         self.stop_training = False
         self.state = TrainingState()
+        self.engine = engine
         self._stop_request: tuple[str, int] | None = None
+        self._selected: tuple[Sequential, Loss, Optimizer, CompiledSteps | None] | None = None
+        self._call_batches = 1
+
+    def select_engine(self, network: Sequential, loss: Loss, optimizer: Optimizer) -> str:
+        """Choose the engine that trains ``network`` with ``loss`` and ``optimizer``; returns ``numpy`` or
+        ``compiled``. :meth:`fit` calls it when nobody did; calling it first raises a config error sooner."""
+        if self._selected is None or self._selected[:3] != (network, loss, optimizer):
+            self._selected = (network, loss, optimizer, select(self.engine, network, loss, optimizer))
+        return self.engine_used
+
+    @property
+    def engine_used(self) -> str:
+        """The engine :meth:`select_engine` chose: ``numpy`` or ``compiled``."""
+        return "numpy" if self._selected is None or self._selected[3] is None else "compiled"
 
     def request_stop(self, reason: str, exit_code: int) -> None:
         """Stop at the next batch boundary; safe to call from a signal handler."""
@@ -206,6 +227,7 @@ class Trainer:
         """
         self.state = state = resume or TrainingState()
         self.stop_training = False
+        self.select_engine(network, loss, optimizer)
         for callback in callbacks:
             callback.on_train_begin(self.epochs, len(train))
         while state.epoch < self.epochs and not self.stop_training:
@@ -263,20 +285,17 @@ class Trainer:
         if state.predicted is None:
             state.predicted = np.empty(n_samples, dtype=np.intp)
         predicted = state.predicted
+        compiled = self._selected[3] if self._selected else None
+        if compiled is not None:
+            self._compiled_epoch(compiled, x, targets, order, size, predicted, epoch, started)
+            state.seconds = time.perf_counter() - started
+            return state.loss_sum / n_samples, accuracy(labels, predicted)
         for batch, start in enumerate(range(state.batch * size, n_samples, size), start=state.batch + 1):
-            if self._stop_request is not None:
-                reason, exit_code = self._stop_request
-                self._stop_request = None
-                state.seconds = time.perf_counter() - started
-                raise Stopped(f"{reason} in epoch {epoch}, after {batch - 1} of its batches", state, exit_code)
+            self._stop_if_requested(epoch, started)
             stop = start + size
             outputs = network.forward(x[start:stop] if order is None else x[order[start:stop]])
             batch_loss, grad = loss.value_and_gradient(targets[start:stop], outputs)
-            if not math.isfinite(batch_loss):
-                raise TrainingError(
-                    f"loss became {'NaN' if math.isnan(batch_loss) else 'infinite'} at epoch {epoch}, batch {batch}; "
-                    "try a smaller optimizer.learning_rate"
-                )
+            _check_finite(batch_loss, epoch, batch)
             outputs.argmax(axis=1, out=predicted[start:stop])
             network.backward(grad)
             optimizer.step(network.packed_parameters())
@@ -284,3 +303,47 @@ class Trainer:
             state.batch = batch
         state.seconds = time.perf_counter() - started
         return state.loss_sum / n_samples, accuracy(labels, predicted)
+
+    def _compiled_epoch(
+        self,
+        compiled: CompiledSteps,
+        x: Array,
+        targets: Array,
+        order: np.ndarray | None,
+        size: int,
+        predicted: np.ndarray,
+        epoch: int,
+        started: float,
+    ) -> None:
+        """The rest of the epoch by the kernels, in calls of about :data:`COMPILED_CALL_SECONDS` each."""
+        state = self.state
+        while state.batch * size < len(x):
+            self._stop_if_requested(epoch, started)
+            called = time.perf_counter()
+            count = self._call_batches
+            done, state.loss_sum, batch_loss = compiled.run(
+                x, targets, order, state.batch, count, size, predicted, state.loss_sum
+            )
+            state.batch += done
+            _check_finite(batch_loss, epoch, state.batch + 1)
+            seconds = time.perf_counter() - called
+            if done == count:  # a call cut short by the epoch's end says nothing about the pace
+                self._call_batches = max(1, min(4 * count, int(count * COMPILED_CALL_SECONDS / max(seconds, 1e-6))))
+
+    def _stop_if_requested(self, epoch: int, started: float) -> None:
+        """Raise :class:`Stopped` if :meth:`request_stop` was called, with the state after the last batch."""
+        if self._stop_request is None:
+            return
+        reason, exit_code = self._stop_request
+        self._stop_request = None
+        self.state.seconds = time.perf_counter() - started
+        raise Stopped(f"{reason} in epoch {epoch}, after {self.state.batch} of its batches", self.state, exit_code)
+
+
+def _check_finite(batch_loss: float, epoch: int, batch: int) -> None:
+    """Raise :class:`TrainingError` if ``batch_loss``, the loss of ``batch`` (numbered from 1), is not finite."""
+    if not math.isfinite(batch_loss):
+        raise TrainingError(
+            f"loss became {'NaN' if math.isnan(batch_loss) else 'infinite'} at epoch {epoch}, batch {batch}; "
+            "try a smaller optimizer.learning_rate"
+        )

@@ -1,0 +1,319 @@
+"""Numba kernels for the built-in MLP: the same formulas as the NumPy reference, in the same order, compiled.
+
+Imported only by :mod:`nnexp.core.engine` when a run asks for the compiled path: importing Numba costs about a
+second. Each kernel works on the network's packed parameters (every weight in one flat array, every bias in
+another; see :meth:`~nnexp.core.network.Sequential.packed_parameters`) and on the optimizer's own state arrays,
+so checkpoints see no difference. Constants are made in the arrays' dtype: a float64 literal would turn float32
+arithmetic into float64 and stop the loops from vectorising. ``error_model="numpy"`` lets loops that divide
+vectorise too (a division by zero gives inf or NaN, as in NumPy, instead of raising).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from nnexp.core.engine import (
+    ACTIVATION,
+    BIAS_AT,
+    DENSE,
+    KIND,
+    MSE,
+    N_IN,
+    N_OUT,
+    RELU,
+    RMSPROP,
+    SGD,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+    WEIGHT_AT,
+)
+
+JIT = {"cache": True, "error_model": "numpy"}
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum(a * b)``, reassociated so that it vectorises into partial sums, as BLAS's dot products do."""
+    total = a[0] * 0
+    for k in range(a.size):
+        total += a[k] * b[k]
+    return total
+
+
+@njit(**JIT)
+def _activate(out: np.ndarray, rows: int, width: int, code: int) -> None:
+    """Apply activation ``code`` to ``out[:rows, :width]`` in place, as the activation classes' ``forward``."""
+    one = out.dtype.type(1)
+    half = out.dtype.type(0.5)
+    zero = out.dtype.type(0)
+    if code == SIGMOID:
+        for r in range(rows):
+            for j in range(width):
+                out[r, j] = (np.tanh(out[r, j] * half) + one) * half
+    elif code == TANH:
+        for r in range(rows):
+            for j in range(width):
+                out[r, j] = np.tanh(out[r, j])
+    elif code == RELU:
+        for r in range(rows):
+            for j in range(width):
+                out[r, j] = max(out[r, j], zero)
+    elif code == SOFTMAX:
+        for r in range(rows):
+            top = out[r, 0]
+            for j in range(1, width):
+                top = max(top, out[r, j])
+            total = zero
+            for j in range(width):
+                out[r, j] = np.exp(out[r, j] - top)
+                total += out[r, j]
+            for j in range(width):
+                out[r, j] /= total
+
+
+@njit(**JIT)
+def _activation_backward(grad: np.ndarray, out: np.ndarray, rows: int, width: int, code: int) -> None:
+    """Turn ``grad`` (with respect to an activation's output ``out``) into the gradient of its input, in place."""
+    one = out.dtype.type(1)
+    zero = out.dtype.type(0)
+    if code == SIGMOID:
+        for r in range(rows):
+            for j in range(width):
+                grad[r, j] = (one - out[r, j]) * out[r, j] * grad[r, j]
+    elif code == TANH:
+        for r in range(rows):
+            for j in range(width):
+                grad[r, j] = (one - out[r, j] * out[r, j]) * grad[r, j]
+    elif code == RELU:
+        for r in range(rows):
+            for j in range(width):
+                grad[r, j] = grad[r, j] * (one if out[r, j] > zero else zero)
+    elif code == SOFTMAX:
+        for r in range(rows):
+            dot = zero
+            for j in range(width):
+                dot += grad[r, j] * out[r, j]
+            for j in range(width):
+                grad[r, j] = out[r, j] * (grad[r, j] - dot)
+
+
+@njit(**JIT)
+def _loss(out: np.ndarray, targets: np.ndarray, grad: np.ndarray, rows: int, width: int, code: int) -> float:
+    """The batch-mean loss of ``out`` against ``targets`` (float64), its gradient written into ``grad``; as
+    ``value_and_gradient`` of the loss classes."""
+    zero = out.dtype.type(0)
+    count = out.dtype.type(rows)
+    total = zero
+    if code == MSE:
+        for r in range(rows):
+            for j in range(width):
+                diff = out[r, j] - targets[r, j]
+                total += diff * diff
+                grad[r, j] = diff / count if rows > 1 else diff
+        return 0.5 * float(total) / rows
+    for r in range(rows):
+        top = out[r, 0]
+        for j in range(1, width):
+            top = max(top, out[r, j])
+        norm = zero
+        for j in range(width):
+            norm += np.exp(out[r, j] - top)
+        log_norm = np.log(norm)
+        for j in range(width):
+            log_probability = out[r, j] - top - log_norm
+            total += targets[r, j] * log_probability
+            grad[r, j] = (np.exp(log_probability) - targets[r, j]) / count
+    return float(-total / count)
+
+
+@njit(**JIT)
+def _update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    decay: bool,
+    code: int,
+    hyper: np.ndarray,
+    hyper64: np.ndarray,
+    iteration: int,
+) -> None:
+    """One optimizer step on a flat parameter array, one pass over it; as ``Optimizer.step`` with ``update``.
+
+    ``hyper`` holds the rule's constants in the parameter's dtype: ``[learning_rate, momentum, nesterov,
+    weight_decay]`` for SGD, ``[learning_rate, 1 - rho, epsilon, weight_decay]`` for RMSprop, ``[1 - beta_1,
+    1 - beta_2, weight_decay]`` for Adam, whose ``hyper64`` holds ``[learning_rate, beta_1, beta_2, epsilon]`` for
+    the bias corrections of step ``iteration``, computed in float64 as ``Adam.begin_step`` does.
+    """
+    zero = param.dtype.type(0)
+    if code == SGD:
+        rate, momentum, nesterov, weight_decay = hyper[0], hyper[1], hyper[2] != zero, hyper[3]
+        for i in range(param.size):
+            g = param[i] * weight_decay + grad[i] if decay else grad[i]
+            step = g * rate
+            if momentum != zero:
+                first[i] = first[i] * momentum + step
+                step = step + momentum * first[i] if nesterov else first[i]
+            param[i] -= step
+    elif code == RMSPROP:
+        rate, one_minus_rho, epsilon, weight_decay = hyper[0], hyper[1], hyper[2], hyper[3]
+        for i in range(param.size):
+            g = param[i] * weight_decay + grad[i] if decay else grad[i]
+            first[i] += (g * g - first[i]) * one_minus_rho
+            param[i] -= g / (np.sqrt(first[i]) + epsilon) * rate
+    else:
+        one_minus_beta_1, one_minus_beta_2, weight_decay = hyper[0], hyper[1], hyper[2]
+        t = float(iteration)
+        c1, c2 = 1 - hyper64[1] ** t, 1 - hyper64[2] ** t
+        scale = param.dtype.type(hyper64[0] * math.sqrt(c2) / c1)
+        epsilon = param.dtype.type(hyper64[3] * math.sqrt(c2))
+        for i in range(param.size):
+            g = param[i] * weight_decay + grad[i] if decay else grad[i]
+            first[i] += (g - first[i]) * one_minus_beta_1
+            second[i] += (g * g - second[i]) * one_minus_beta_2
+            param[i] -= first[i] / (np.sqrt(second[i]) + epsilon) * scale
+
+
+@njit(**JIT)
+def update_parameters(
+    weights: np.ndarray,
+    weight_grads: np.ndarray,
+    weight_first: np.ndarray,
+    weight_second: np.ndarray,
+    biases: np.ndarray,
+    bias_grads: np.ndarray,
+    bias_first: np.ndarray,
+    bias_second: np.ndarray,
+    code: int,
+    hyper: np.ndarray,
+    hyper64: np.ndarray,
+    iteration: int,
+) -> None:
+    """One optimizer step on the packed weights (decayed) and biases (not decayed)."""
+    _update(weights, weight_grads, weight_first, weight_second, True, code, hyper, hyper64, iteration)
+    _update(biases, bias_grads, bias_first, bias_second, False, code, hyper, hyper64, iteration)
+
+
+@njit(**JIT)
+def train_batches(
+    x: np.ndarray,
+    targets: np.ndarray,
+    order: np.ndarray,
+    first_batch: int,
+    n_batches: int,
+    size: int,
+    stages: np.ndarray,
+    weights: np.ndarray,
+    weight_grads: np.ndarray,
+    weight_first: np.ndarray,
+    weight_second: np.ndarray,
+    biases: np.ndarray,
+    bias_grads: np.ndarray,
+    bias_first: np.ndarray,
+    bias_second: np.ndarray,
+    loss_code: int,
+    optimizer_code: int,
+    hyper: np.ndarray,
+    hyper64: np.ndarray,
+    iteration: int,
+    predicted: np.ndarray,
+    loss_sum: float,
+) -> tuple[int, float, float]:
+    """Train on up to ``n_batches`` batches of ``size`` rows from batch ``first_batch`` on, as ``Trainer._epoch``.
+
+    Row ``k`` of the epoch is ``x[order[k]]`` with target ``targets[k]`` (already in the epoch's order). Each
+    batch's output is a forward pass through ``stages`` (one row per Dense or Bias layer and the activation after
+    it), its loss adds ``loss * rows`` to ``loss_sum`` and its predicted labels go to ``predicted``, then the
+    backward pass fills the gradients and the optimizer takes step ``iteration + 1``, ``+ 2``, ...  Returns
+    ``(batches done, loss_sum, loss)``: a loss that is not finite ends the call before its batch's update.
+    """
+    n_samples = x.shape[0]
+    n_stages = stages.shape[0]
+    width = x.shape[1]
+    for s in range(n_stages):
+        width = max(width, stages[s, N_OUT])
+    # outputs[s + 1] is stage s's output after its activation; outputs[0] the gathered batch.
+    outputs = np.empty((n_stages + 1, size, width), x.dtype)
+    delta = np.empty((size, width), x.dtype)
+    delta_in = np.empty((size, width), x.dtype)
+    zero = x.dtype.type(0)
+    done = 0
+    for batch in range(first_batch, first_batch + n_batches):
+        start = batch * size
+        if start >= n_samples:
+            break
+        rows = min(size, n_samples - start)
+        for r in range(rows):
+            outputs[0, r, : x.shape[1]] = x[order[start + r]]
+        for s in range(n_stages):
+            source, out = outputs[s], outputs[s + 1]
+            n_in, n_out = stages[s, N_IN], stages[s, N_OUT]
+            b = stages[s, BIAS_AT]
+            if stages[s, KIND] == DENSE:
+                w = weights[stages[s, WEIGHT_AT] : stages[s, WEIGHT_AT] + n_in * n_out].reshape((n_in, n_out))
+                for r in range(rows):
+                    for j in range(n_out):
+                        out[r, j] = zero
+                    for i in range(n_in):  # along the rows of w: contiguous, so the inner loop vectorises
+                        value = source[r, i]
+                        for j in range(n_out):
+                            out[r, j] += value * w[i, j]
+                    if b >= 0:
+                        for j in range(n_out):
+                            out[r, j] += biases[b + j]
+            else:
+                for r in range(rows):
+                    for j in range(n_out):
+                        out[r, j] = source[r, j] + biases[b + j]
+            _activate(out, rows, n_out, stages[s, ACTIVATION])
+        n_classes = stages[n_stages - 1, N_OUT]
+        final = outputs[n_stages]
+        value = _loss(final, targets[start : start + rows], delta, rows, n_classes, loss_code)
+        if not math.isfinite(value):
+            return done, loss_sum, value
+        for r in range(rows):
+            best = 0
+            for j in range(1, n_classes):
+                if final[r, j] > final[r, best]:
+                    best = j
+            predicted[start + r] = best
+        for s in range(n_stages - 1, -1, -1):
+            source = outputs[s]
+            n_in, n_out = stages[s, N_IN], stages[s, N_OUT]
+            b = stages[s, BIAS_AT]
+            _activation_backward(delta, outputs[s + 1], rows, n_out, stages[s, ACTIVATION])
+            if b >= 0:
+                for j in range(n_out):
+                    bias_grads[b + j] = delta[0, j]
+                for r in range(1, rows):
+                    for j in range(n_out):
+                        bias_grads[b + j] += delta[r, j]
+            if stages[s, KIND] == DENSE:
+                at = stages[s, WEIGHT_AT]
+                w = weights[at : at + n_in * n_out].reshape((n_in, n_out))
+                gw = weight_grads[at : at + n_in * n_out].reshape((n_in, n_out))
+                for i in range(n_in):  # the first row's products are the sums' first terms: one pass fewer
+                    value_in = source[0, i]
+                    for j in range(n_out):
+                        gw[i, j] = value_in * delta[0, j]
+                for r in range(1, rows):
+                    for i in range(n_in):
+                        value_in = source[r, i]
+                        for j in range(n_out):
+                            gw[i, j] += value_in * delta[r, j]
+                if s > 0:
+                    for r in range(rows):
+                        for i in range(n_in):
+                            delta_in[r, i] = _dot(delta[r, :n_out], w[i])
+                    delta, delta_in = delta_in, delta
+            # A Bias stage passes its gradient through unchanged.
+        iteration += 1
+        _update(weights, weight_grads, weight_first, weight_second, True, optimizer_code, hyper, hyper64, iteration)
+        _update(biases, bias_grads, bias_first, bias_second, False, optimizer_code, hyper, hyper64, iteration)
+        loss_sum += value * rows
+        done += 1
+    return done, loss_sum, 0.0

@@ -1,0 +1,232 @@
+"""The trainer's engine: the NumPy layers (the reference, and the path for plugins) or compiled kernels.
+
+``compiled`` runs the built-in MLP's batches with the Numba kernels of :mod:`nnexp.core.compiled.kernels`,
+imported only here and only when asked for, since importing Numba takes about a second. Small batches run many
+steps per kernel call; large ones keep NumPy's BLAS products and take the optimizer's step as one compiled pass
+per parameter array.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from nnexp.core import Array
+from nnexp.core.activations import ACTIVATIONS, Activation
+from nnexp.core.layers import Bias, Dense
+from nnexp.core.losses import LOSSES, Loss
+from nnexp.core.network import Sequential
+from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.errors import ConfigError
+from nnexp.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "numpy", "compiled")
+
+# Codes the kernels dispatch on; nnexp.core.compiled.kernels imports them from here.
+DENSE, BIAS = 0, 1
+IDENTITY, SIGMOID, TANH, RELU, SOFTMAX = 0, 1, 2, 3, 4
+MSE, CROSS_ENTROPY = 0, 1
+SGD, RMSPROP, ADAM = 0, 1, 2
+#: Columns of a row of a plan's ``stages``: Dense or Bias, sizes, where its parameters start in the packed
+#: arrays (-1: none), and the activation after it.
+KIND, N_IN, N_OUT, WEIGHT_AT, BIAS_AT, ACTIVATION = range(6)
+
+#: The built-in components the kernels implement, by registered name.
+KERNEL_CODES: dict[str, dict[str, int]] = {
+    "activation": {"identity": IDENTITY, "sigmoid": SIGMOID, "tanh": TANH, "relu": RELU, "softmax": SOFTMAX},
+    "loss": {"mse": MSE, "cross_entropy": CROSS_ENTROPY},
+    "optimizer": {"sgd": SGD, "rmsprop": RMSPROP, "adam": ADAM},
+}
+#: Built-in components left to the NumPy path on purpose, by kind; a built-in in neither table fails the tests.
+NUMPY_ONLY: dict[str, frozenset[str]] = {"activation": frozenset(), "loss": frozenset(), "optimizer": frozenset()}
+
+#: Batches of at most this many multiply-adds (rows times weights) run many steps per kernel call; larger ones
+#: are worth BLAS's products. Measured per batch, one thread, float32, Adam: 2-64-64-2 at 32 rows (139,264)
+#: 39 us in the kernel against 44 us with BLAS; at 64 rows (278,528) 75 us against 62 us.
+LOOP_MAX_WORK = 1 << 18
+
+
+def _code(registry: Registry[Any], component: object) -> tuple[int | None, str]:
+    """The kernel code of ``component`` (``None`` if it has none) and how to name it in a message."""
+    cls = type(component)
+    name = next((name for name, registered in registry.items() if registered is cls), None)
+    if name is None:
+        return None, f"{registry.kind} {cls.__name__}"
+    code = KERNEL_CODES[registry.kind].get(name) if cls.__module__.startswith("nnexp.core.") else None
+    return code, f"{registry.kind} {name} from {registry.source(name)}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the kernels need to know about a network, loss and optimizer they support."""
+
+    stages: np.ndarray  # one row per Dense or Bias layer, columns KIND ... ACTIVATION
+    loss: int
+    optimizer: int
+
+
+def plan(network: Sequential, loss: Loss, optimizer: Optimizer) -> Plan | str:
+    """The kernels' plan for training ``network``, or why they cannot train it."""
+    loss_code, loss_name = _code(LOSSES, loss)
+    if loss_code is None:
+        return f"{loss_name} has no kernel"
+    optimizer_code, optimizer_name = _code(OPTIMIZERS, optimizer)
+    if optimizer_code is None:
+        return f"{optimizer_name} has no kernel"
+    flat = {kind: params for kind, params, _ in network.packed_parameters()}
+    stages: list[list[int]] = []
+    for layer in network.layers:
+        if type(layer) in (Dense, Bias):
+            bias = layer.params.get("bias")
+            weight = layer.params.get("weight")
+            n_in, n_out = weight.shape if weight is not None else (bias.size, bias.size)
+            stages.append(
+                [
+                    DENSE if weight is not None else BIAS,
+                    n_in,
+                    n_out,
+                    -1 if weight is None else _offset(weight, flat["weight"]),
+                    -1 if bias is None else _offset(bias, flat["bias"]),
+                    IDENTITY,
+                ]
+            )
+            continue
+        if not isinstance(layer, Activation):
+            return f"layer {type(layer).__name__} has no kernel"
+        code, name = _code(ACTIVATIONS, layer)
+        if code is None:
+            return f"{name} has no kernel"
+        if code == IDENTITY:
+            continue
+        if not stages or stages[-1][-1] != IDENTITY:
+            return f"{name} does not follow a dense or bias layer"
+        stages[-1][-1] = code
+    if not stages:
+        return "the network has no dense layer"
+    return Plan(np.array(stages, dtype=np.int64), loss_code, optimizer_code)
+
+
+def _offset(view: Array, flat: Array) -> int:
+    """Where ``view``, a layer's parameter, starts in ``flat``, the packed array it is a view of."""
+    return (view.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // flat.itemsize
+
+
+def _load_kernels() -> ModuleType | str:
+    """:mod:`nnexp.core.compiled.kernels`, or why it cannot be imported (no Numba for this platform, say)."""
+    try:
+        from nnexp.core.compiled import kernels
+    except ImportError as exc:
+        return f"numba cannot be imported ({exc})"
+    return kernels
+
+
+def select(requested: str, network: Sequential, loss: Loss, optimizer: Optimizer) -> CompiledSteps | None:
+    """The compiled steps for ``trainer.engine=requested``, or ``None`` for the NumPy path.
+
+    ``auto`` falls back to NumPy in one logged line when a component has no kernel; ``compiled`` raises
+    :class:`ConfigError` instead.
+    """
+    if requested == "numpy":
+        return None
+    found = plan(network, loss, optimizer)
+    kernels = _load_kernels() if isinstance(found, Plan) else found
+    if isinstance(kernels, ModuleType) and isinstance(found, Plan):
+        return CompiledSteps(found, network, loss, optimizer, kernels)
+    if requested == "compiled":
+        raise ConfigError(f"trainer.engine=compiled cannot train this run: {kernels}; use trainer.engine=auto")
+    log.info("engine: numpy (%s)", kernels)
+    return None
+
+
+class CompiledSteps:
+    """Training steps of a network that :func:`plan` accepts, by the kernels, in place on its arrays."""
+
+    def __init__(
+        self, plan: Plan, network: Sequential, loss: Loss, optimizer: Optimizer, kernels: ModuleType
+    ) -> None:
+        self.plan, self.network, self.loss, self.optimizer, self.kernels = plan, network, loss, optimizer, kernels
+        self.dtype = network.dtype
+        empty = np.empty(0, self.dtype)
+        flat = {kind: (params, grads) for kind, params, grads in network.packed_parameters()}
+        self._packed = [(kind, *flat.get(kind, (empty, empty))) for kind in ("weight", "bias")]
+        self._identity = np.empty(0, np.int64)
+        dense = plan.stages[plan.stages[:, KIND] == DENSE]
+        self._weights_per_row = int((dense[:, N_IN] * dense[:, N_OUT]).sum())
+
+    def loops(self, size: int) -> bool:
+        """Whether batches of ``size`` rows run inside the kernel rather than with BLAS products."""
+        return size * self._weights_per_row <= LOOP_MAX_WORK
+
+    def run(
+        self,
+        x: Array,
+        targets: Array,
+        order: np.ndarray | None,
+        first_batch: int,
+        n_batches: int,
+        size: int,
+        predicted: np.ndarray,
+        loss_sum: float,
+    ) -> tuple[int, float, float]:
+        """Train on up to ``n_batches`` batches from ``first_batch`` on, as ``Trainer._epoch`` would.
+
+        Returns ``(batches done, loss_sum, loss)``: a ``loss`` that is not finite stopped the call before its
+        batch's update, with ``loss_sum`` and ``predicted`` holding the batches before it.
+        """
+        hyper, hyper64 = self._hyperparameters()
+        state = self._state()
+        iteration = self.optimizer.iterations
+        if self.loops(size):
+            if order is None:
+                if self._identity.size != x.shape[0]:
+                    self._identity = np.arange(x.shape[0], dtype=np.int64)
+                order = self._identity
+            done, loss_sum, value = self.kernels.train_batches(
+                np.ascontiguousarray(x), np.ascontiguousarray(targets), order, first_batch, n_batches, size,
+                self.plan.stages, *state, self.plan.loss, self.plan.optimizer, hyper, hyper64, iteration,
+                predicted, loss_sum,
+            )  # fmt: skip
+            self.optimizer.iterations += done
+            return done, loss_sum, value
+        done, value = 0, 0.0
+        n_samples = x.shape[0]
+        for start in range(first_batch * size, min(n_samples, (first_batch + n_batches) * size), size):
+            stop = start + size
+            outputs = self.network.forward(x[start:stop] if order is None else x[order[start:stop]])
+            value, grad = self.loss.value_and_gradient(targets[start:stop], outputs)
+            if not math.isfinite(value):
+                break
+            outputs.argmax(axis=1, out=predicted[start:stop])
+            self.network.backward(grad)
+            self.optimizer.iterations += 1
+            self.kernels.update_parameters(*state, self.plan.optimizer, hyper, hyper64, self.optimizer.iterations)
+            loss_sum += value * outputs.shape[0]
+            done += 1
+        return done, loss_sum, value
+
+    def _state(self) -> list[Array]:
+        """Weights, their gradients and two state arrays, then the same for biases: the optimizer's own arrays."""
+        arrays = []
+        for kind, params, grads in self._packed:
+            state = self.optimizer.state_arrays(kind, params) if params.size else ()
+            arrays += [params, grads, *state, *[np.empty(0, self.dtype)] * (2 - len(state))]
+        return arrays
+
+    def _hyperparameters(self) -> tuple[Array, Array]:
+        """The optimizer's constants, as :func:`kernels._update` reads them, from its current learning rate."""
+        opt: Any = self.optimizer
+        rate, decay = float(opt.learning_rate), opt.weight_decay
+        if self.plan.optimizer == SGD:
+            values, wide = [rate, opt.momentum, float(opt.nesterov), decay], [rate]
+        elif self.plan.optimizer == RMSPROP:
+            values, wide = [rate, 1 - opt.rho, opt.epsilon, decay], [rate]
+        else:
+            values, wide = [1 - opt.beta_1, 1 - opt.beta_2, decay], [rate, opt.beta_1, opt.beta_2, opt.epsilon]
+        return np.array(values, self.dtype), np.array(wide, np.float64)

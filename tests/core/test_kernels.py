@@ -1,0 +1,228 @@
+"""The compiled engine against the NumPy reference: same weights, optimizer state, losses and predictions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+
+from nnexp.core import engine
+from nnexp.core.activations import ACTIVATIONS, Activation
+from nnexp.core.losses import LOSSES
+from nnexp.core.network import Sequential
+from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.core.training import Callback, Examples, Stopped, Trainer, predict
+from nnexp.errors import ConfigError, TrainingError
+from nnexp.models.mlp import MLP
+from nnexp.registry import Registry
+
+REGISTRIES: dict[str, Registry] = {"activation": ACTIVATIONS, "loss": LOSSES, "optimizer": OPTIMIZERS}
+OPTIMIZER_SETTINGS = {
+    "sgd": {"learning_rate": 0.05},
+    "momentum": {"name": "sgd", "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 0.01},
+    "nesterov": {"name": "sgd", "learning_rate": 0.01, "momentum": 0.9, "nesterov": True},
+    "rmsprop": {"learning_rate": 0.01, "weight_decay": 0.001},
+    "adam": {"learning_rate": 0.01},
+}
+TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def builtins(kind: str) -> list[str]:
+    registry = REGISTRIES[kind]
+    return [name for name in registry.names() if registry.source(name).startswith("nnexp.")]
+
+
+@pytest.mark.parametrize(("kind", "name"), [(kind, name) for kind in REGISTRIES for name in builtins(kind)])
+def test_every_builtin_has_a_kernel_or_is_declared_numpy_only(kind: str, name: str) -> None:
+    assert name in engine.KERNEL_CODES[kind] or name in engine.NUMPY_ONLY[kind], (
+        f"built-in {kind} {name} has no kernel: add one to nnexp.core.compiled.kernels or to engine.NUMPY_ONLY"
+    )
+
+
+def test_every_optimizer_with_a_kernel_is_compared() -> None:
+    compared = {settings.get("name", name) for name, settings in OPTIMIZER_SETTINGS.items()}
+    assert compared == set(engine.KERNEL_CODES["optimizer"])
+
+
+def setup(
+    activation: str, loss_name: str, optimizer: str, use_bias: bool, dtype: type[np.floating], seed: int = 0
+) -> tuple[Sequential, object, Optimizer, Examples, np.random.Generator]:
+    """A two-hidden-layer MLP using ``activation`` everywhere it may, and data of 40 rows, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    loss = LOSSES.build({"name": loss_name})
+    model = MLP(
+        [6, 5],
+        activation,
+        output_activation=activation if loss_name == "mse" else None,
+        use_bias=use_bias,
+        input_activation=activation if use_bias else None,
+    )
+    network = model.build(4, 3, loss, rng, dtype)
+    x = rng.normal(size=(40, 4)).astype(dtype)
+    labels = rng.integers(0, 3, 40)
+    settings = {"name": optimizer, **OPTIMIZER_SETTINGS[optimizer]}
+    return network, loss, OPTIMIZERS.build(settings), Examples(x, loss.encode(labels, 3, dtype), labels), rng
+
+
+def assert_close(reference: np.ndarray, compiled: np.ndarray, tolerance: float, what: str) -> None:
+    scale = max(float(np.max(np.abs(reference), initial=0.0)), 1e-30)
+    assert np.max(np.abs(reference - compiled), initial=0.0) <= tolerance * scale, what
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZER_SETTINGS))
+@pytest.mark.parametrize("loss", [name for name in builtins("loss") if name in engine.KERNEL_CODES["loss"]])
+@pytest.mark.parametrize("activation", [n for n in builtins("activation") if n in engine.KERNEL_CODES["activation"]])
+def test_compiled_steps_match_the_numpy_reference(
+    activation, loss, optimizer, use_bias, dtype, batch_size, monkeypatch
+) -> None:
+    if batch_size == 64:  # large batches take BLAS's products: test that path on these small networks too
+        monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0)
+    runs = {}
+    for name in ("numpy", "compiled"):
+        network, loss_fn, optimizer_obj, data, rng = setup(activation, loss, optimizer, use_bias, dtype)
+        trainer = Trainer(3, batch_size, engine=name)
+        history = trainer.fit(network, loss_fn, optimizer_obj, data, rng)
+        assert trainer.engine_used == name
+        runs[name] = (network, optimizer_obj, history, predict(network, data.x))
+    (net_a, opt_a, hist_a, out_a), (net_b, opt_b, hist_b, out_b) = runs["numpy"], runs["compiled"]
+    tolerance = TOLERANCE[dtype]
+    for key, param in net_a.state_dict().items():
+        assert_close(param, net_b.state_dict()[key], tolerance, key)
+    state_a, state_b = opt_a.state_dict(), opt_b.state_dict()
+    assert state_a.keys() == state_b.keys() and int(state_a["iterations"]) == int(state_b["iterations"])
+    for key in state_a:
+        assert_close(state_a[key], state_b[key], tolerance, key)
+    for key in ("train_loss", "train_accuracy", "learning_rate"):
+        assert_close(np.array(hist_a[key]), np.array(hist_b[key]), tolerance, key)
+    assert_close(out_a, out_b, tolerance, "predictions")
+
+
+def test_a_stopped_compiled_fit_resumes_to_the_same_weights_bit_for_bit(monkeypatch) -> None:
+    def fresh():
+        network, loss, optimizer, data, rng = setup("tanh", "cross_entropy", "adam", True, np.float64, seed=3)
+        return network, loss, optimizer, data, rng, Trainer(3, 2, engine="compiled")
+
+    network, loss, optimizer, data, rng, trainer = fresh()
+    whole = trainer.fit(network, loss, optimizer, data, rng)
+
+    network_b, loss_b, optimizer_b, data_b, rng_b, trainer_b = fresh()
+    run = engine.CompiledSteps.run
+    calls = []
+
+    def run_then_stop(self, *args):
+        calls.append(1)
+        if len(calls) == 4:  # inside epoch 2: calls of 1 batch, then 4, then the rest of epoch 1, then epoch 2
+            trainer_b.request_stop("interrupted (test)", 130)
+        return run(self, *args)
+
+    monkeypatch.setattr(engine.CompiledSteps, "run", run_then_stop)
+    with pytest.raises(Stopped) as stopped:
+        trainer_b.fit(network_b, loss_b, optimizer_b, data_b, rng_b)
+    monkeypatch.setattr(engine.CompiledSteps, "run", run)
+    state = stopped.value.state
+    assert state.epoch >= 1 and 0 < state.batch < 20, "stopped inside an epoch, at a batch boundary"
+    assert str(stopped.value) == f"interrupted (test) in epoch {state.epoch + 1}, after {state.batch} of its batches"
+
+    network_c, loss_c, optimizer_c, data_c, rng_c, trainer_c = fresh()
+    network_c.load_state_dict({key: value.copy() for key, value in network_b.state_dict().items()})
+    optimizer_c.load_state_dict(optimizer_b.state_dict())
+    rng_c.bit_generator.state = state.rng_state
+    resumed = trainer_c.fit(network_c, loss_c, optimizer_c, data_c, rng_c, resume=state)
+    for key, param in network.state_dict().items():
+        np.testing.assert_array_equal(network_c.state_dict()[key], param, err_msg=key)
+    for key, value in optimizer.state_dict().items():
+        np.testing.assert_array_equal(optimizer_c.state_dict()[key], value, err_msg=key)
+    del whole["epoch_seconds"], resumed["epoch_seconds"]
+    assert resumed == whole
+
+
+class Halve(Callback):
+    """A schedule's effect: the learning rate halves at every epoch."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        self.optimizer.learning_rate = 0.1 / 2**epoch
+
+
+def test_compiled_steps_take_the_learning_rate_of_each_epoch() -> None:
+    weights = []
+    for name in ("numpy", "compiled"):
+        network, loss, optimizer, data, rng = setup("sigmoid", "mse", "nesterov", True, np.float64)
+        history = Trainer(3, 1, engine=name).fit(network, loss, optimizer, data, rng, callbacks=[Halve(optimizer)])
+        assert history["learning_rate"] == [0.05, 0.025, 0.0125]
+        weights.append(network.state_dict()["dense2.weight"])
+    assert_close(weights[0], weights[1], 1e-12, "dense2.weight")
+
+
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_a_loss_that_stops_being_finite_fails_as_on_the_numpy_path(batch_size, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0 if batch_size == 64 else engine.LOOP_MAX_WORK)
+    messages = []
+    for name in ("numpy", "compiled"):
+        network, loss, _, data, rng = setup("relu", "cross_entropy", "sgd", True, np.float64)
+        optimizer = OPTIMIZERS.build({"name": "sgd", "learning_rate": 1e300})
+        with pytest.raises(TrainingError) as error:
+            Trainer(5, batch_size, engine=name).fit(network, loss, optimizer, data, rng)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("loss became ") and messages[0].endswith("try a smaller optimizer.learning_rate")
+
+
+@pytest.fixture
+def leaky(restore_registries) -> None:
+    @ACTIVATIONS.register("leaky")
+    class Leaky(Activation):
+        def forward(self, x):
+            self._x = x
+            return np.where(x > 0, x, 0.1 * x)
+
+        def backward(self, grad_out, input_grad=True):
+            return np.where(self._x > 0, grad_out, 0.1 * grad_out)
+
+
+def test_auto_falls_back_to_numpy_for_a_plugin_activation_in_one_line(leaky, caplog) -> None:
+    network, loss, optimizer, data, rng = setup("leaky", "cross_entropy", "adam", True, np.float64)
+    trainer = Trainer(2, 4, engine="auto")
+    with caplog.at_level(logging.INFO, logger="nnexp.core.engine"):
+        trainer.fit(network, loss, optimizer, data, rng)
+    assert trainer.engine_used == "numpy"
+    source = ACTIVATIONS.source("leaky")
+    assert caplog.messages == [f"engine: numpy (activation leaky from {source} has no kernel)"]
+
+
+def test_compiled_with_a_plugin_activation_is_a_one_line_config_error(leaky) -> None:
+    network, loss, optimizer, _, _ = setup("leaky", "mse", "sgd", False, np.float32)
+    with pytest.raises(ConfigError) as error:
+        Trainer(1, 1, engine="compiled").select_engine(network, loss, optimizer)
+    assert str(error.value) == (
+        f"trainer.engine=compiled cannot train this run: activation leaky from {ACTIVATIONS.source('leaky')} "
+        "has no kernel; use trainer.engine=auto"
+    )
+
+
+def test_an_unregistered_optimizer_subclass_has_no_kernel() -> None:
+    class Mine(type(OPTIMIZERS.build({"name": "sgd"}))):
+        """A subclass may change the rule: the kernel's copy of the parent's would be wrong."""
+
+    network, loss, _, _, _ = setup("relu", "cross_entropy", "sgd", True, np.float64)
+    assert engine.plan(network, loss, Mine()) == "optimizer Mine has no kernel"
+
+
+def test_without_numba_auto_trains_with_numpy_and_says_why(monkeypatch, caplog) -> None:
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.delitem(sys.modules, "nnexp.core.compiled.kernels", raising=False)
+    monkeypatch.delattr("nnexp.core.compiled.kernels", raising=False)
+    network, loss, optimizer, data, rng = setup("relu", "cross_entropy", "adam", True, np.float64)
+    trainer = Trainer(1, 8, engine="auto")
+    with caplog.at_level(logging.INFO, logger="nnexp.core.engine"):
+        trainer.fit(network, loss, optimizer, data, rng)
+    assert trainer.engine_used == "numpy"
+    [message] = caplog.messages
+    assert message.startswith("engine: numpy (numba cannot be imported (")
