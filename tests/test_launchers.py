@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SLURM_LAUNCHER = "hydra_plugins.nnexp_slurm.SlurmLauncher"  # Hydra's submitit SLURM launcher, checkpointing
 QUICK = ("trainer.epochs=2", "dataset.n_samples=200")
 
 #: sbatch: keeps a copy of the script, prints a job id, and leaves the tasks to a detached runner, as SLURM

@@ -70,6 +70,8 @@ KillWait=10
 SchedulerParameters=sched_interval=5
 $node State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# Up to 8 jobs per core, for tests that need many jobs at once on a small machine.
+PartitionName=shared Nodes=$host MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 CONF
     export SLURM_CONF=$dir/slurm.conf
     "$sbin/slurmctld" -f "$SLURM_CONF"
