@@ -135,7 +135,8 @@ def test_a_cancelled_job_is_a_killed_child_counted_by_the_summary(project, slurm
     )
     _, parent, children = sweep_runs(pg_server)
     assert [run.info.status for run in children] == ["FINISHED", "KILLED"]
-    assert children[1].data.tags["failure_reason"].startswith("interrupted (SIGTERM); checkpoint in ")
+    reason = children[1].data.tags["failure_reason"]
+    assert reason.startswith("interrupted (SIGTERM) in epoch ") and "; checkpoint in " in reason, reason
     assert parent.info.status == "FINISHED"
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (1, 1)
 
@@ -204,7 +205,7 @@ def test_a_job_three_times_longer_than_its_time_limit_finishes_through_requeues(
     requeues = log.count("Caught signal SIGUSR2")
     timings["requeues"] = requeues
     assert requeues >= 2, log[-3000:]
-    assert log.count("interrupted (SIGUSR2); checkpoint in ") == requeues
+    assert log.count("stopped: interrupted (SIGUSR2) in epoch ") == requeues
 
     with np.load(job_dir / "model.npz") as resumed, np.load(tmp_path / "reference" / "model.npz") as uninterrupted:
         assert resumed.files == uninterrupted.files
