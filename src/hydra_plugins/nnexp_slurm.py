@@ -55,6 +55,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             if warned:
                 from submitit.core.utils import UncompletedJobError
 
+                log.warning("job %s stopped: %s; requeueing it to resume", job_num, exc)
                 try:
                     requeue(WARNING, None)  # exits the process once the job is requeued
                 except UncompletedJobError as refused:  # requeued max_num_timeout times already
@@ -72,7 +73,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         folder = self.job_dir(sweep_overrides, job_num) / "checkpoints"
         overrides = [item for item in sweep_overrides if not item.startswith("resume=")]
         if (folder / MANIFEST).is_file():
-            overrides.append(f"resume='{folder}'")
+            overrides.append(f"resume='{folder.absolute()}'")
         return super().checkpoint(overrides, job_dir_key, job_num, job_id, singleton_state)
 
     def job_dir(self, sweep_overrides: Sequence[str], job_num: int) -> Path:

@@ -175,7 +175,7 @@ def test_a_job_three_times_longer_than_its_time_limit_finishes_through_requeues(
     project, slurm, pg_server, tmp_path, timings
 ):
     """SLURM's time limit is at least a minute; this training needs about three on one core."""
-    training = ("trainer.epochs=60", "trainer.batch_size=1", "dataset.n_samples=20000", "seed=7")
+    training = ("trainer.epochs=90", "trainer.batch_size=1", "dataset.n_samples=20000", "seed=7")
     # The same training without SLURM, uninterrupted, on the other core meanwhile.
     reference = subprocess.Popen(
         [sys.executable, "-m", "nnexp", *training, f"hydra.run.dir={tmp_path / 'reference'}"],
@@ -186,32 +186,40 @@ def test_a_job_three_times_longer_than_its_time_limit_finishes_through_requeues(
         text=True,
     )
     started = time.monotonic()
-    limits = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40", "hydra.launcher.max_num_timeout=12")
+    limits = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40", "hydra.launcher.max_num_timeout=20")
     sweep = start_sweep(project, slurm, pg_server, *limits, *training)
     _, stderr = wait_for(sweep, timeout=600)
     timings["time-limited job (s)"] = time.monotonic() - started
     assert sweep.returncode == 0, stderr[-3000:]
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
+    timings["the same training, uninterrupted (s)"] = reference_seconds(tmp_path / "reference")
 
     client, parent, [child] = sweep_runs(pg_server)
     assert (parent.info.status, child.info.status) == ("FINISHED", "FINISHED")
     assert child.data.tags["resumed"] == "true" and child.data.tags["failure_reason"] == ""
     for name in EPOCH_METRICS:  # every epoch logged once, across all the job's attempts
-        assert [m.step for m in client.get_metric_history(child.info.run_id, name)] == list(range(1, 61)), name
+        assert [m.step for m in client.get_metric_history(child.info.run_id, name)] == list(range(1, 91)), name
 
     job_dir = Path(child.data.tags["output_dir"])
     assert job_dir == Path(parent.data.tags["sweep_dir"]) / "0"
-    log = "".join(path.read_text() for path in (Path(parent.data.tags["sweep_dir"]) / ".submitit").rglob("*_log.*"))
+    [log_file] = (Path(parent.data.tags["sweep_dir"]) / ".submitit").rglob("*_log.err")  # every attempt's stderr
+    log = log_file.read_text()
     requeues = log.count("Caught signal SIGUSR2")
     timings["requeues"] = requeues
     assert requeues >= 2, log[-3000:]
-    assert log.count("stopped: interrupted (SIGUSR2) in epoch ") == requeues
+    assert log.count("stopped: interrupted (SIGUSR2) in epoch ") == requeues, "each stopped with a checkpoint"
 
     with np.load(job_dir / "model.npz") as resumed, np.load(tmp_path / "reference" / "model.npz") as uninterrupted:
         assert resumed.files == uninterrupted.files
         for key in resumed.files:
             assert np.array_equal(resumed[key], uninterrupted[key]), key
     assert "model.npz" in stored_artifacts(pg_server, child)
+
+
+def reference_seconds(folder: Path) -> float:
+    """How long the uninterrupted run trained, from its log line ``... in 12.3 s; run ...``."""
+    [line] = [line for line in (folder / "nnexp.log").read_text().splitlines() if "test_accuracy=" in line]
+    return float(line.split(" in ")[1].split(" s;")[0])
 
 
 def test_sixteen_jobs_log_at_once_into_the_postgres_server(project, slurm, pg_server, timings):
