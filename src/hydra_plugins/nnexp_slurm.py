@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import open_dict
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 from nnexp.errors import Interrupted
 
@@ -64,6 +66,12 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             log.error("error: job %s stopped: %s", job_num, exc)
             return JobReturn(overrides=list(sweep_overrides), status=JobStatus.COMPLETED, _return_value=math.nan)
 
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        # submitit's jobs share one watcher, a class attribute; this process launches SLURM jobs only through here.
+        if not isinstance(SlurmJob.watcher, QueueWatcher):
+            SlurmJob.watcher = QueueWatcher(delay_s=SlurmJob.watcher._delay_s)
+        return super().launch(job_overrides, initial_job_idx)
+
     def checkpoint(
         self, sweep_overrides: Sequence[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: Any
     ) -> Any:
@@ -82,3 +90,23 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         with open_dict(config.hydra.job):
             config.hydra.job.num = job_num
         return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+
+
+class QueueWatcher(SlurmInfoWatcher):
+    """submitit's job watcher, which asks ``sacct``; where accounting is disabled (no slurmdbd) it asks ``squeue``
+    too, and a job that has left the queue is done: submitit then reads its result, or says it ended without one
+    (killed on its node) instead of waiting for it forever."""
+
+    def update(self) -> None:
+        self._output = b""
+        super().update()
+        waiting = self._registered - self._finished
+        if self._output or not waiting:
+            return
+        try:
+            queued = set(subprocess.check_output(["squeue", "--noheader", "--array", "--format=%i"], text=True).split())
+        except (OSError, subprocess.CalledProcessError):
+            return
+        for job_id in waiting - queued:
+            self._info_dict[job_id] = {"State": "NOT_IN_QUEUE"}
+            self._finished.add(job_id)
