@@ -95,7 +95,12 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
 class QueueWatcher(SlurmInfoWatcher):
     """submitit's job watcher, which asks ``sacct``; where accounting is disabled (no slurmdbd) it asks ``squeue``
     too, and a job that has left the queue is done: submitit then reads its result, or says it ended without one
-    (killed on its node) instead of waiting for it forever."""
+    (killed on its node) instead of waiting for it forever. A job counts as gone once two polls in a row missed it,
+    so that one caught between two states (a requeue) is not taken for gone."""
+
+    def __init__(self, delay_s: int = 60) -> None:
+        super().__init__(delay_s)
+        self._missed: set[str] = set()
 
     def update(self) -> None:
         self._output = b""
@@ -107,6 +112,8 @@ class QueueWatcher(SlurmInfoWatcher):
             queued = set(subprocess.check_output(["squeue", "--noheader", "--array", "--format=%i"], text=True).split())
         except (OSError, subprocess.CalledProcessError):
             return
-        for job_id in waiting - queued:
+        missed = waiting - queued
+        for job_id in missed & self._missed:
             self._info_dict[job_id] = {"State": "NOT_IN_QUEUE"}
             self._finished.add(job_id)
+        self._missed = missed
