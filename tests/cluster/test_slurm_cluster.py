@@ -205,7 +205,7 @@ def test_a_job_three_times_longer_than_its_time_limit_finishes_through_requeues(
         text=True,
     )
     started = time.monotonic()
-    limits = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40", "hydra.launcher.max_num_timeout=20")
+    limits = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=20", "hydra.launcher.max_num_timeout=20")
     sweep = start_sweep(project, slurm, pg_server, *limits, *training)
     _, stderr = wait_for(sweep, timeout=600)
     timings["time-limited job (s)"] = time.monotonic() - started
