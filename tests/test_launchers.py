@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SLURM_LAUNCHER = "hydra_plugins.nnexp_slurm.SlurmLauncher"  # Hydra's submitit SLURM launcher, checkpointing
 QUICK = ("trainer.epochs=2", "dataset.n_samples=200")
 
 #: sbatch: keeps a copy of the script, prints a job id, and leaves the tasks to a detached runner, as SLURM
@@ -112,6 +112,7 @@ def test_slurm_preset_composes_onto_submitits_slurm_launcher(project, monkeypatc
     assert launcher["_target_"] == SLURM_LAUNCHER
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["cpus_per_task"]) == (1, 1, 2)
     assert (launcher["mem_gb"], launcher["timeout_min"], launcher["array_parallelism"]) == (4, 60, 32)
+    assert (launcher["signal_delay_s"], launcher["max_num_timeout"]) == (120, 5)  # requeued after time limits
     # Unset, partition and account stay out of the sbatch script and the cluster's defaults apply.
     assert launcher["partition"] is None and launcher["account"] is None
     assert launcher["setup"] == [
