@@ -160,6 +160,7 @@ def configure(cfg: DictConfig) -> Components:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0", cfg.checkpoint.every)
     Objective.of(cfg)
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.engine.value)
