@@ -150,5 +150,5 @@ def test_a_negative_checkpoint_interval_is_refused(composed):
     from nnexp.errors import ParameterError
     from nnexp.run import configure
 
-    with pytest.raises(ParameterError, match="checkpoint.every must be >= 0, got -1"):
+    with pytest.raises(ParameterError, match=r"checkpoint\.every must be >= 0, got -1"):
         configure(composed("checkpoint.every=-1"))

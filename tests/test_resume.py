@@ -200,5 +200,5 @@ def test_an_empty_resume_value_is_refused(tmp_path):
     from nnexp.errors import ConfigError
     from nnexp.resume import hydra_arguments
 
-    with pytest.raises(ConfigError, match="^resume= needs a run id or a checkpoint folder$"):
+    with pytest.raises(ConfigError, match=r"^resume= needs a run id or a checkpoint folder$"):
         hydra_arguments(["resume="], tmp_path)

@@ -79,3 +79,46 @@ def test_sweeps_started_together_keep_their_own_folders(project):
         for sweep in sweeps
     ]
     assert sorted(seeds) == [[1, 11], [2, 12]]
+
+
+def test_a_run_folder_is_used_by_one_process_at_a_time(tmp_path):
+    from nnexp.folders import FolderRefused, _held, use_run_folder
+
+    folder = tmp_path / "run"
+    use_run_folder(folder, resuming=True)
+    try:
+        with pytest.raises(FolderRefused, match="is in use by another nnexp process"):
+            use_run_folder(folder, resuming=True)  # a second open file description: refused like another process
+    finally:
+        _held.pop().close()
+
+
+def test_a_folder_that_holds_a_run_is_refused_unless_resuming(tmp_path):
+    from nnexp.folders import FolderRefused, _held, use_run_folder
+
+    folder = tmp_path / "fixed"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "model.npz").write_bytes(b"weights")
+    with pytest.raises(FolderRefused, match=r"fixed already holds a run \(\.hydra, model\.npz\); choose another"):
+        use_run_folder(folder, resuming=False)
+    use_run_folder(folder, resuming=True)
+    _held.pop().close()
+    (folder / "model.npz").unlink()  # what a run that failed at setup leaves is no run
+    use_run_folder(folder, resuming=False)
+    _held.pop().close()
+
+
+def test_a_failed_run_removes_the_folders_it_created_and_no_more(tmp_path, monkeypatch):
+    from nnexp.folders import _held, discard_job_dir, use_run_folder
+
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    outside = tmp_path / "elsewhere"
+    (outside / "x").mkdir(parents=True)
+    (outside / "x" / "kept").write_text("the user's")
+    folder = outside / "x" / "a" / "b" / "c"
+    use_run_folder(folder, resuming=False)
+    _held.pop().close()
+    (folder / ".hydra").mkdir()
+    discard_job_dir(folder)
+    assert sorted(path.name for path in (outside / "x").iterdir()) == ["kept"]

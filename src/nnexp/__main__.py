@@ -13,9 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from nnexp.errors import NnexpError, raise_on_sigterm
+from nnexp.errors import NnexpError, StartRefused, raise_on_sigterm
 from nnexp.folders import describe_os_error, discard_unused_folders, job_folders
-from nnexp.sweep import SweepStartError
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
@@ -66,7 +65,7 @@ def main() -> None:
         # Shutting down, the interpreter would garbage-collect all that MLflow and matplotlib imported, in several
         # full passes over millions of objects (half a second or more); the process's end frees them anyway.
         gc.freeze()
-    except SweepStartError as exc:
+    except StartRefused as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, StartRefused
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -31,8 +31,8 @@ PARENT_OVERRIDE = "tracking.parent_run_id"
 MAX_RUN_NAME = 250
 
 
-class SweepStartError(BaseException):
-    """A sweep that cannot start. A BaseException: Hydra turns a callback's Exception into a mere warning."""
+class SweepStartError(StartRefused):
+    """A sweep that cannot start."""
 
 
 class SweepCallback(Callback):
