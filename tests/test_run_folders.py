@@ -122,3 +122,17 @@ def test_a_failed_run_removes_the_folders_it_created_and_no_more(tmp_path, monke
     (folder / ".hydra").mkdir()
     discard_job_dir(folder)
     assert sorted(path.name for path in (outside / "x").iterdir()) == ["kept"]
+
+
+def test_a_fixed_folder_that_holds_a_run_is_refused_and_left_as_it_was(project):
+    assert project.run(*QUICK, "hydra.run.dir=fixed", "seed=1").returncode == 0
+    folder = project.root / "fixed"
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    for overrides in (("seed=2",), ("optimizer.learning_rate=-1",)):
+        result = project.run(*QUICK, "hydra.run.dir=fixed", *overrides)
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert errors and errors[0].startswith("error: hydra.run.dir=fixed already holds a run ("), result.stderr
+        assert "Traceback" not in result.stderr
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+    assert len(project.runs()) == 1
