@@ -288,3 +288,39 @@ def compare(project, *arguments):
         text=True,
         timeout=120,
     )
+
+
+def open_parent(project):
+    from nnexp.tracking import Tracker
+
+    return Tracker(project.store_uri, "nnexp").open_run("parent", {})
+
+
+def test_a_parent_run_that_does_not_exist_or_has_ended_is_refused_before_any_run(project, tmp_path):
+    from nnexp.errors import ConfigError
+    from nnexp.tracking import check_parent
+
+    with pytest.raises(ConfigError, match=r"no MLflow store at .*tracking.parent_run_id=deadbeef names a run"):
+        check_parent(f"sqlite:///{tmp_path / 'none.db'}", "deadbeef", resuming=False)
+    parent = open_parent(project)
+    check_parent(project.store_uri, parent.run_id, resuming=False)
+    with pytest.raises(ConfigError, match=r"^tracking.parent_run_id=deadbeef: no such run in sqlite:///"):
+        check_parent(project.store_uri, "deadbeef", resuming=False)
+    parent.end("FINISHED")
+    with pytest.raises(ConfigError, match="the run is FINISHED; a parent must be RUNNING"):
+        check_parent(project.store_uri, parent.run_id, resuming=False)
+    check_parent(project.store_uri, parent.run_id, resuming=True)  # a resumed job keeps the parent it had
+
+
+def test_a_refused_resume_of_a_child_records_no_new_run(project):
+    parent = open_parent(project)
+    child = project.run("experiment=moons_deep_sigmoid", *QUICK, f"tracking.parent_run_id={parent.run_id}")
+    assert child.returncode == 0, child.stderr
+    (run,) = [run for run in project.runs() if run.info.run_id != parent.run_id]
+    MlflowClient(tracking_uri=project.store_uri).set_terminated(run.info.run_id, "KILLED")
+    preset = project.root / "conf" / "experiment" / "moons_deep_sigmoid.yaml"
+    preset.write_text(preset.read_text().replace("learning_rate: 0.01", "learning_rate: 0.02"))
+    result = project.run(f"resume={run.info.run_id}")
+    assert result.returncode == 1 and "no longer composes" in result.stderr, result.stderr
+    parent.end("FINISHED")
+    assert len(project.runs()) == 2

@@ -167,6 +167,19 @@ def find_run(client: MlflowClient, run_id: str, missing: str) -> Run:
         raise ConfigError(missing) from None
 
 
+def check_parent(uri: str, run_id: str, resuming: bool) -> None:
+    """Refuse ``tracking.parent_run_id=run_id`` unless it is a run of store ``uri`` and, for a new run, still RUNNING
+    (a sweep's and ``nnexp reproduce``'s parent is, while its jobs run); a resumed job keeps the parent it had."""
+    client = existing_store(uri, f"tracking.parent_run_id={run_id} names a run that must be in it")
+    parent = find_run(client, run_id, f"tracking.parent_run_id={run_id}: no such run in {uri}")
+    status = parent.info.status
+    if not resuming and status != "RUNNING":
+        raise ConfigError(
+            f"tracking.parent_run_id={run_id}: the run is {status}; a parent must be RUNNING, as a sweep's is while "
+            "its jobs run"
+        )
+
+
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive lock beside a SQLite store while it is opened and its experiment created.
