@@ -136,10 +136,13 @@ def test_bad_sweep_value_found_while_expanding_leaves_nothing(project):
     result = project.run("-m", "model=two_layer,nonexistent", *QUICK)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: model=nonexistent is not an option")
-    assert [run for run in project.runs() if run.info.lifecycle_stage == "active"] == []
-    assert not (project.root / "outputs" / "multirun").exists() or not any(
-        (project.root / "outputs" / "multirun").iterdir()
-    )
+    assert not (project.root / "outputs").exists()  # nor the store the sweep created for its parent run
+
+
+def test_bad_sweep_value_in_a_project_with_runs_leaves_its_store(project):
+    assert project.run(*QUICK).returncode == 0
+    assert project.run("-m", "optimizer.learning_rate=0.01,-1,abc", *QUICK).returncode == 1
+    assert [run.data.tags.get("nnexp_command") for run in project.runs()] == [None]
 
 
 def test_unreachable_tracking_server_stops_a_sweep_before_any_job(project):

@@ -119,6 +119,7 @@ class Sweep:
             from nnexp.folders import discard_dir
 
             discard_dir(self.directory, {"multirun.yaml", "summary"})  # what Hydra wrote before its first job
+            self.tracker.discard_new_store()
 
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -561,6 +562,8 @@ class Tracker:
         self.uri = uri
         database = sqlite_path(uri)
         new_store = database is not None and not database.exists()
+        #: Whether this tracker created its SQLite store, which :meth:`discard_new_store` may then remove.
+        self.created_store = new_store
         try:
             with store_lock(uri):
                 try:
@@ -586,6 +589,25 @@ class Tracker:
             self.experiment_id = found.experiment_id
         elif not create:
             raise ConfigError(f"tracking store {uri} has no experiment named {experiment!r}")
+
+    def discard_new_store(self) -> None:
+        """Remove the SQLite store this tracker created, with its lock and artifacts, if it holds no run but deleted
+        ones; then its folder, if left empty inside the folder nnexp runs in (``outputs``)."""
+        from mlflow.entities import ViewType
+
+        from nnexp.folders import discard_dir
+
+        database = sqlite_path(self.uri)
+        if not self.created_store or database is None:
+            return
+        experiments = [experiment.experiment_id for experiment in self.client.search_experiments(ViewType.ALL)]
+        if self.client.search_runs(experiments, run_view_type=ViewType.ACTIVE_ONLY, max_results=1):
+            return  # another process uses the store too
+        shutil.rmtree(database.parent / "mlartifacts", ignore_errors=True)
+        for leftover in (database, database.with_name(database.name + ".lock")):
+            leftover.unlink(missing_ok=True)
+        if Path.cwd().resolve() in database.resolve().parents[1:]:
+            discard_dir(database.parent, set())
 
     def where_to_see(self, run_id: str) -> str:
         """How to look at a run: a server's page for it, or the ``mlflow ui`` command for a database store."""
