@@ -100,11 +100,13 @@ def describe_error(exc: Exception) -> str | None:
 def launch() -> None:
     import hydra
 
+    from nnexp.cli_errors import check_override_keys
     from nnexp.config import store_configs
     from nnexp.plugins import load_plugins
     from nnexp.resume import hydra_arguments
 
     sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
+    check_override_keys(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
     conf = Path.cwd() / "conf"
@@ -166,8 +168,9 @@ def task(cfg: DictConfig) -> float:
         return run(cfg)
     except Exception as exc:
         if hydra.mode == RunMode.RUN:
-            if isinstance(exc, NnexpError) and not FULL_ERRORS:
-                fail(str(exc))  # re-raised, Hydra would print a second line naming the overrides
+            message = None if FULL_ERRORS else describe_error(exc)
+            if message is not None:
+                fail(message)  # re-raised, Hydra would print a second line naming the overrides
             raise
         logging.getLogger("nnexp").error(
             "error: job %s failed: %s", hydra.job.num, exc, exc_info=not isinstance(exc, NnexpError)
