@@ -106,6 +106,10 @@ def test_a_folder_that_holds_a_run_is_refused_unless_resuming(tmp_path):
     (folder / "model.npz").unlink()  # what a run that failed at setup leaves is no run
     use_run_folder(folder, resuming=False)
     _held.pop().close()
+    (folder / ".hydra").rmdir()
+    (folder / "checkpoints").mkdir()  # a run killed while training, with hydra.output_subdir=null
+    with pytest.raises(FolderRefused, match=r"already holds a run \(checkpoints\)"):
+        use_run_folder(folder, resuming=False)
 
 
 def test_a_failed_run_removes_the_folders_it_created_and_no_more(tmp_path, monkeypatch):

@@ -34,7 +34,8 @@ created_folders: set[Path] = set()
 FOLDER_LOCK = ".nnexp.lock"
 #: What a run that failed at setup leaves in its folder: Hydra's config copy and log, and the lock.
 WRITTEN_AT_SETUP = {".hydra", "nnexp.log", FOLDER_LOCK}
-#: What only a run that got going writes: a folder holding one of these, and more than setup leaves, holds a run.
+#: What only a run that got going writes (with hydra.output_subdir=null, no .hydra): a folder holding one of these,
+#: and more than setup leaves, holds a run.
 RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
 #: The locks this process holds, open until it exits.
 _held: list[IO[str]] = []
@@ -109,7 +110,8 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
         return
     created_folders.update(path.resolve() for path in missing[1:])
     entries = {entry.name for entry in folder.iterdir()}
-    if not resuming and entries & RUN_MARKERS and entries - WRITTEN_AT_SETUP:
+    holds_run = bool(entries & RUN_MARKERS) or (folder / "checkpoints").is_dir()
+    if not resuming and holds_run and entries - WRITTEN_AT_SETUP:
         raise FolderRefused(
             f"hydra.run.dir={folder} already holds a run ({', '.join(sorted(entries - {FOLDER_LOCK}))}); "
             "choose another folder, or resume it with resume=<id>"
