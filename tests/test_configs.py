@@ -144,3 +144,11 @@ def test_the_tanh_tutorial_preset_trains_as_the_tutorials_code_does(composed, mn
     expected = tutorial_pass(initial["dense0.weight"], raw[:-10], tiny.train_labels[:-10], batch_size=10)
     for key, param, _ in experiment.network.parameters():
         np.testing.assert_allclose(param, expected[key], rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_a_negative_checkpoint_interval_is_refused(composed):
+    from nnexp.errors import ParameterError
+    from nnexp.run import configure
+
+    with pytest.raises(ParameterError, match=r"checkpoint\.every must be >= 0, got -1"):
+        configure(composed("checkpoint.every=-1"))

@@ -152,3 +152,19 @@ def test_a_store_whose_folder_is_a_file_is_one_line(project):
     (project.root / "taken").write_text("")
     line = one_line_error(project.run(*QUICK, "tracking.uri=sqlite:///taken/mlflow.db"), "taken")
     assert "a file stands where a folder is expected" in line
+
+
+def test_a_store_that_cannot_be_written_is_one_line_naming_the_database_s_reason(project):
+    assert project.run(*QUICK).returncode == 0
+    database = project.root / "outputs" / "mlflow.db"
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    if subprocess.run(["mount", "--bind", str(database), str(database)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(database)], check=True, capture_output=True)
+        result = project.run(*QUICK)
+    finally:
+        subprocess.run(["umount", "-l", str(database)], check=False)
+    line = one_line_error(result, str(database), "cannot create the run: attempt to write a readonly database")
+    assert result.stderr.strip() == line, result.stderr

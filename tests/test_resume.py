@@ -194,3 +194,11 @@ def test_a_stop_before_an_epochs_first_batch_resumes_with_that_epochs_shuffle(tm
     trainer.fit(network, loss, optimizer, train, rng, resume=resumed)
     for key, value in expected.items():
         np.testing.assert_array_equal(network.state_dict()[key], value, err_msg=key)
+
+
+def test_an_empty_resume_value_is_refused(tmp_path):
+    from nnexp.errors import ConfigError
+    from nnexp.resume import hydra_arguments
+
+    with pytest.raises(ConfigError, match=r"^resume= needs a run id or a checkpoint folder$"):
+        hydra_arguments(["resume="], tmp_path)

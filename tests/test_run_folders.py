@@ -79,3 +79,64 @@ def test_sweeps_started_together_keep_their_own_folders(project):
         for sweep in sweeps
     ]
     assert sorted(seeds) == [[1, 11], [2, 12]]
+
+
+def test_a_run_folder_is_used_by_one_process_at_a_time(tmp_path):
+    from nnexp.folders import FolderRefused, _held, use_run_folder
+
+    folder = tmp_path / "run"
+    use_run_folder(folder, resuming=True)
+    try:
+        with pytest.raises(FolderRefused, match="is in use by another nnexp process"):
+            use_run_folder(folder, resuming=True)  # a second open file description: refused like another process
+    finally:
+        _held.pop().close()
+
+
+def test_a_folder_that_holds_a_run_is_refused_unless_resuming(tmp_path):
+    from nnexp.folders import FolderRefused, _held, use_run_folder
+
+    folder = tmp_path / "fixed"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "model.npz").write_bytes(b"weights")
+    with pytest.raises(FolderRefused, match=r"fixed already holds a run \(\.hydra, model\.npz\); choose another"):
+        use_run_folder(folder, resuming=False)
+    use_run_folder(folder, resuming=True)
+    _held.pop().close()
+    (folder / "model.npz").unlink()  # what a run that failed at setup leaves is no run
+    use_run_folder(folder, resuming=False)
+    _held.pop().close()
+    (folder / ".hydra").rmdir()
+    (folder / "checkpoints").mkdir()  # a run killed while training, with hydra.output_subdir=null
+    with pytest.raises(FolderRefused, match=r"already holds a run \(checkpoints\)"):
+        use_run_folder(folder, resuming=False)
+
+
+def test_a_failed_run_removes_the_folders_it_created_and_no_more(tmp_path, monkeypatch):
+    from nnexp.folders import _held, discard_job_dir, use_run_folder
+
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    outside = tmp_path / "elsewhere"
+    (outside / "x").mkdir(parents=True)
+    (outside / "x" / "kept").write_text("the user's")
+    folder = outside / "x" / "a" / "b" / "c"
+    use_run_folder(folder, resuming=False)
+    _held.pop().close()
+    (folder / ".hydra").mkdir()
+    discard_job_dir(folder)
+    assert sorted(path.name for path in (outside / "x").iterdir()) == ["kept"]
+
+
+def test_a_fixed_folder_that_holds_a_run_is_refused_and_left_as_it_was(project):
+    assert project.run(*QUICK, "hydra.run.dir=fixed", "seed=1").returncode == 0
+    folder = project.root / "fixed"
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    for overrides in (("seed=2",), ("optimizer.learning_rate=-1",)):
+        result = project.run(*QUICK, "hydra.run.dir=fixed", *overrides)
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert errors and errors[0].startswith("error: hydra.run.dir=fixed already holds a run ("), result.stderr
+        assert "Traceback" not in result.stderr
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+    assert len(project.runs()) == 1

@@ -136,10 +136,13 @@ def test_bad_sweep_value_found_while_expanding_leaves_nothing(project):
     result = project.run("-m", "model=two_layer,nonexistent", *QUICK)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: model=nonexistent is not an option")
-    assert [run for run in project.runs() if run.info.lifecycle_stage == "active"] == []
-    assert not (project.root / "outputs" / "multirun").exists() or not any(
-        (project.root / "outputs" / "multirun").iterdir()
-    )
+    assert not (project.root / "outputs").exists()  # nor the store the sweep created for its parent run
+
+
+def test_bad_sweep_value_in_a_project_with_runs_leaves_its_store(project):
+    assert project.run(*QUICK).returncode == 0
+    assert project.run("-m", "optimizer.learning_rate=0.01,-1,abc", *QUICK).returncode == 1
+    assert [run.data.tags.get("nnexp_command") for run in project.runs()] == [None]
 
 
 def test_unreachable_tracking_server_stops_a_sweep_before_any_job(project):
@@ -288,3 +291,39 @@ def compare(project, *arguments):
         text=True,
         timeout=120,
     )
+
+
+def open_parent(project):
+    from nnexp.tracking import Tracker
+
+    return Tracker(project.store_uri, "nnexp").open_run("parent", {})
+
+
+def test_a_parent_run_that_does_not_exist_or_has_ended_is_refused_before_any_run(project, tmp_path):
+    from nnexp.errors import ConfigError
+    from nnexp.tracking import check_parent
+
+    with pytest.raises(ConfigError, match=r"no MLflow store at .*tracking.parent_run_id=deadbeef names a run"):
+        check_parent(f"sqlite:///{tmp_path / 'none.db'}", "deadbeef", resuming=False)
+    parent = open_parent(project)
+    check_parent(project.store_uri, parent.run_id, resuming=False)
+    with pytest.raises(ConfigError, match=r"^tracking.parent_run_id=deadbeef: no such run in sqlite:///"):
+        check_parent(project.store_uri, "deadbeef", resuming=False)
+    parent.end("FINISHED")
+    with pytest.raises(ConfigError, match="the run is FINISHED; a parent must be RUNNING"):
+        check_parent(project.store_uri, parent.run_id, resuming=False)
+    check_parent(project.store_uri, parent.run_id, resuming=True)  # a resumed job keeps the parent it had
+
+
+def test_a_refused_resume_of_a_child_records_no_new_run(project):
+    parent = open_parent(project)
+    child = project.run("experiment=moons_deep_sigmoid", *QUICK, f"tracking.parent_run_id={parent.run_id}")
+    assert child.returncode == 0, child.stderr
+    (run,) = [run for run in project.runs() if run.info.run_id != parent.run_id]
+    MlflowClient(tracking_uri=project.store_uri).set_terminated(run.info.run_id, "KILLED")
+    preset = project.root / "conf" / "experiment" / "moons_deep_sigmoid.yaml"
+    preset.write_text(preset.read_text().replace("learning_rate: 0.01", "learning_rate: 0.02"))
+    result = project.run(f"resume={run.info.run_id}")
+    assert result.returncode == 1 and "no longer composes" in result.stderr, result.stderr
+    parent.end("FINISHED")
+    assert len(project.runs()) == 2

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from nnexp.errors import NnexpError, raise_on_sigterm
+from nnexp.errors import NnexpError, StartRefused, raise_on_sigterm
 from nnexp.folders import describe_os_error, discard_unused_folders, job_folders
-from nnexp.sweep import SweepStartError
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
@@ -66,7 +65,7 @@ def main() -> None:
         # Shutting down, the interpreter would garbage-collect all that MLflow and matplotlib imported, in several
         # full passes over millions of objects (half a second or more); the process's end frees them anyway.
         gc.freeze()
-    except SweepStartError as exc:
+    except StartRefused as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:
         print(f"error: {exc or 'interrupted'}", file=sys.stderr)
@@ -101,11 +100,13 @@ def describe_error(exc: Exception) -> str | None:
 def launch() -> None:
     import hydra
 
+    from nnexp.cli_errors import check_override_keys
     from nnexp.config import store_configs
     from nnexp.plugins import load_plugins
     from nnexp.resume import hydra_arguments
 
     sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
+    check_override_keys(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
     conf = Path.cwd() / "conf"
@@ -167,8 +168,9 @@ def task(cfg: DictConfig) -> float:
         return run(cfg)
     except Exception as exc:
         if hydra.mode == RunMode.RUN:
-            if isinstance(exc, NnexpError) and not FULL_ERRORS:
-                fail(str(exc))  # re-raised, Hydra would print a second line naming the overrides
+            message = None if FULL_ERRORS else describe_error(exc)
+            if message is not None:
+                fail(message)  # re-raised, Hydra would print a second line naming the overrides
             raise
         logging.getLogger("nnexp").error(
             "error: job %s failed: %s", hydra.job.num, exc, exc_info=not isinstance(exc, NnexpError)

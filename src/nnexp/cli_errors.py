@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import enum
+import re
 import types
 import typing
 from typing import Any
 
 from nnexp.config import config_fields, unknown_key_message
+from nnexp.errors import ConfigError
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
 OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
 
+#: An override without a key (``=5``, ``+=x``), which Hydra takes for a config group's and fails on with a traceback.
+_NO_KEY = re.compile(r"[+~]*=")
+
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_override_keys(arguments: list[str]) -> None:
+    """Raise a ConfigError for a command-line override that names no key, such as ``=5``."""
+    for item in arguments:
+        if _NO_KEY.match(item):
+            raise ConfigError(f"cannot parse override '{item}': no key before '='; write key=value, such as seed=5")
 
 
 def describe_type(annotation: Any) -> str:

@@ -30,6 +30,11 @@ class OutOfMemoryError(NnexpError):
     """A run needs more memory than the machine has: refused before allocating, or NumPy could not allocate."""
 
 
+class StartRefused(BaseException):
+    """A user's error found by a Hydra callback before a run or sweep starts; a BaseException, since Hydra turns a
+    callback's Exception into a mere warning. ``__main__`` prints it as one line."""
+
+
 class ParameterError(ConfigError):
     """A constructor argument is out of range; the registry prefixes the config group to ``field``."""
 

@@ -13,15 +13,32 @@ import errno
 import shutil
 import sys
 from pathlib import Path
+from typing import IO
 
 from omegaconf import OmegaConf
 
-from nnexp.errors import ConfigError
+from nnexp.errors import ConfigError, StartRefused
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a run folder there is not guarded against a second process
+    fcntl = None
 
 RESOLVER = "nnexp.claim"
 
 #: The run folders of this process, so that a run that fails before writing anything of its own leaves none.
 job_folders: list[Path] = []
+#: Folders above a run folder that this process created, so that a failed run removes them again, and no others.
+created_folders: set[Path] = set()
+#: The file in a run folder that the process using the folder holds locked while it lives.
+FOLDER_LOCK = ".nnexp.lock"
+#: What a run that failed at setup leaves in its folder: Hydra's config copy and log, and the lock.
+WRITTEN_AT_SETUP = {".hydra", "nnexp.log", FOLDER_LOCK}
+#: What only a run that got going writes (with hydra.output_subdir=null, no .hydra): a folder holding one of these,
+#: and more than setup leaves, holds a run.
+RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
+#: The locks this process holds, open until it exits.
+_held: list[IO[str]] = []
 #: Hydra's flags that show the config instead of running it: a folder is then named but not created.
 SHOW_ONLY_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 
@@ -79,19 +96,52 @@ def register_resolver() -> None:
         OmegaConf.register_new_resolver(RESOLVER, claim, use_cache=True)
 
 
+class FolderRefused(StartRefused):
+    """A run folder that is in use or already holds a run."""
+
+
+def use_run_folder(folder: Path, resuming: bool) -> None:
+    """Create ``folder`` and lock it for this process; refuse, in one line, a folder another process is using or,
+    unless ``resuming``, one that already holds a run. A folder that cannot be created is left for Hydra to report."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    created_folders.update(path.resolve() for path in missing[1:])
+    entries = {entry.name for entry in folder.iterdir()}
+    holds_run = bool(entries & RUN_MARKERS) or (folder / "checkpoints").is_dir()
+    if not resuming and holds_run and entries - WRITTEN_AT_SETUP:
+        raise FolderRefused(
+            f"hydra.run.dir={folder} already holds a run ({', '.join(sorted(entries - {FOLDER_LOCK}))}); "
+            "choose another folder, or resume it with resume=<id>"
+        )
+    if fcntl is None:
+        return
+    # Held open, and so locked, until the process exits.
+    lock = open(folder / FOLDER_LOCK, "w")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise FolderRefused(f"run folder {folder} is in use by another nnexp process; wait until it ends") from None
+    _held.append(lock)
+
+
 def discard_job_dir(output_dir: Path) -> None:
     """Remove a job directory that holds only what Hydra wrote before the job failed, so no stray output remains."""
-    discard_dir(output_dir, {".hydra", "nnexp.log"})
+    discard_dir(output_dir, WRITTEN_AT_SETUP)
 
 
 def discard_dir(directory: Path, written_before_work: set[str]) -> None:
-    """Remove ``directory`` if it holds nothing but ``written_before_work``, and then each parent (a date folder,
-    ``outputs``) that is left empty, up to the folder nnexp runs in."""
+    """Remove ``directory`` if it holds nothing but ``written_before_work``, and then each parent that is left empty
+    and is either inside the folder nnexp runs in (a date folder, ``outputs``) or was created by this process."""
     if directory.is_dir() and {entry.name for entry in directory.iterdir()} <= written_before_work:
         shutil.rmtree(directory)
         top = Path.cwd().resolve()
         for parent in directory.resolve().parents:
-            if parent == top or top not in parent.parents or any(parent.iterdir()):
+            ours = parent in created_folders or top in parent.parents
+            if parent == top or not ours or any(parent.iterdir()):
                 break
             parent.rmdir()
 

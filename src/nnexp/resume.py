@@ -38,6 +38,8 @@ def hydra_arguments(arguments: list[str], project_dir: Path) -> list[str]:
             f"resume continues a run with its own config; remove {' '.join(others)} (only tracking.uri= may be given)"
         )
     target = found[-1].split("=", 1)[1]
+    if not target:
+        raise ConfigError("resume= needs a run id or a checkpoint folder")
     uri = next((item.split("=", 1)[1] for item in arguments if item.startswith("tracking.uri=")), None)
     folder = Path(target)
     by_run_id = not folder.exists()

@@ -35,7 +35,7 @@ from nnexp.folders import describe_os_error, discard_job_dir
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.sweep import PARENT_OVERRIDE
-from nnexp.tracking import RunCreationError, TrackedRun, Tracker, flatten, git_state, resolve_uri
+from nnexp.tracking import RunCreationError, TrackedRun, Tracker, check_parent, flatten, git_state, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def configure(cfg: DictConfig) -> Components:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0", cfg.checkpoint.every)
     Objective.of(cfg)
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.engine.value)
@@ -234,11 +235,15 @@ def run(cfg: DictConfig) -> float:
             # Before the run is reopened: a checkpoint that does not fit this run leaves the run's status as it was.
             state = restore_checkpoint(resumed, experiment, rng, early_stopping)
         with phases("mlflow_setup"):
-            tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
+            uri = resolve_uri(cfg.tracking.uri, project_dir)
+            if cfg.tracking.parent_run_id:
+                check_parent(uri, cfg.tracking.parent_run_id, resuming=bool(cfg.resume))
+            tracker = Tracker(uri, cfg.tracking.experiment)
     except BaseException as exc:
         if not cfg.resume:
             discard_job_dir(output_dir)  # nothing ran: leave no directory behind
-        if cfg.tracking.parent_run_id and isinstance(exc, Exception):
+        # A resumed job's run exists already: its failure to start again is no new run.
+        if cfg.tracking.parent_run_id and not cfg.resume and isinstance(exc, Exception):
             record_failed_job(cfg, label, project_dir, exc)
         raise
     with phases("setup"):
@@ -534,8 +539,13 @@ def record_failed_job(cfg: DictConfig, label: str, project_dir: Path, exc: Excep
     reason = str(exc) if isinstance(exc, NnexpError) else f"{type(exc).__name__}: {exc}"
     tags = {"mlflow.parentRunId": cfg.tracking.parent_run_id, "overrides": " ".join(job_overrides()) or "(none)"}
     tags.update(job_tags())
+    uri = resolve_uri(cfg.tracking.uri, project_dir)
     try:
-        tracker = Tracker(resolve_uri(cfg.tracking.uri, project_dir), cfg.tracking.experiment)
+        check_parent(uri, cfg.tracking.parent_run_id, resuming=False)
+    except NnexpError:
+        return  # no child of a run that cannot be its parent; the job's own error says why it failed
+    try:
+        tracker = Tracker(uri, cfg.tracking.experiment)
         tracker.record_failure(label, tags, reason, run_params(cfg))
     except NnexpError as store_error:
         log.warning("could not record the failed job in MLflow: %s", store_error)

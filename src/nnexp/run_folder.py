@@ -1,5 +1,6 @@
-"""A Hydra callback that notes a run's folder before Hydra writes into it, so that a run failing before it wrote
-anything of its own (a full disk, a bad value) leaves no folder behind."""
+"""A Hydra callback that takes a run's folder before Hydra writes into it: it is noted, so that a run failing before
+it wrote anything of its own (a full disk, a bad value) leaves no folder behind, and locked, so that no other process
+writes into it, and a folder that holds another run is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.folders import job_folders
+from nnexp.folders import job_folders, use_run_folder
 
 
 class RunFolderCallback(Callback):
@@ -19,4 +20,5 @@ class RunFolderCallback(Callback):
         except Exception:  # Hydra resolves it again to create the folder, and reports the error then
             return
         if folder:
+            use_run_folder(Path(folder), resuming=bool(OmegaConf.select(config, "resume")))
             job_folders.append(Path(folder))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, StartRefused
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -31,8 +31,8 @@ PARENT_OVERRIDE = "tracking.parent_run_id"
 MAX_RUN_NAME = 250
 
 
-class SweepStartError(BaseException):
-    """A sweep that cannot start. A BaseException: Hydra turns a callback's Exception into a mere warning."""
+class SweepStartError(StartRefused):
+    """A sweep that cannot start."""
 
 
 class SweepCallback(Callback):
@@ -119,6 +119,7 @@ class Sweep:
             from nnexp.folders import discard_dir
 
             discard_dir(self.directory, {"multirun.yaml", "summary"})  # what Hydra wrote before its first job
+            self.tracker.discard_new_store()
 
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -64,6 +65,16 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or ``None`` for any other store."""
     prefix = "sqlite:///"
     return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+
+
+def is_sqlite_database(path: Path) -> bool:
+    """Whether ``path`` is missing or empty (SQLite makes a new database of it), or starts as SQLite's files do."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(16)
+    except OSError:  # missing: a new store; unreadable: MLflow says why when it opens it
+        return True
+    return header in (b"", b"SQLite format 3\x00")
 
 
 def artifact_root(uri: str) -> str | None:
@@ -131,6 +142,8 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             database.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"tracking store {uri}: {describe_os_error(exc, 'create the folder')}") from None
+        if not is_sqlite_database(database):
+            raise ConfigError(f"tracking store {uri}: {database} is not an SQLite database")
     if scheme not in ("http", "https"):
         return
     try:
@@ -167,6 +180,34 @@ def find_run(client: MlflowClient, run_id: str, missing: str) -> Run:
         raise ConfigError(missing) from None
 
 
+def store_error_reason(exc: BaseException) -> str:
+    """The first line of the database's own error behind ``exc`` (``attempt to write a readonly database``), which
+    MLflow and SQLAlchemy wrap in messages of their own; else of ``exc``."""
+    reason: BaseException = exc
+    cause: BaseException | None = exc
+    while cause is not None:
+        driver = getattr(cause, "orig", None)  # SQLAlchemy's DBAPIError keeps the driver's error here
+        if isinstance(driver, BaseException):
+            reason = driver
+        elif type(cause).__module__ == "sqlite3":
+            reason = cause
+        cause = cause.__cause__ or cause.__context__
+    return (str(reason).strip().splitlines() or [type(reason).__name__])[0]
+
+
+def check_parent(uri: str, run_id: str, resuming: bool) -> None:
+    """Refuse ``tracking.parent_run_id=run_id`` unless it is a run of store ``uri`` and, for a new run, still RUNNING
+    (a sweep's and ``nnexp reproduce``'s parent is, while its jobs run); a resumed job keeps the parent it had."""
+    client = existing_store(uri, f"tracking.parent_run_id={run_id} names a run that must be in it")
+    parent = find_run(client, run_id, f"tracking.parent_run_id={run_id}: no such run in {uri}")
+    status = parent.info.status
+    if not resuming and status != "RUNNING":
+        raise ConfigError(
+            f"tracking.parent_run_id={run_id}: the run is {status}; a parent must be RUNNING, as a sweep's is while "
+            "its jobs run"
+        )
+
+
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Hold an exclusive lock beside a SQLite store while it is opened and its experiment created.
@@ -178,9 +219,16 @@ def store_lock(uri: str) -> Iterator[None]:
     if database is None or fcntl is None:
         yield
         return
-    with open(database.with_name(database.name + ".lock"), "w") as lock:
+    path = database.with_name(database.name + ".lock")
+    created = not path.exists()
+    with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        try:
+            yield
+        except BaseException:
+            if created:  # a store that could not be opened leaves no lock file beside it (or beside a user's file)
+                path.unlink(missing_ok=True)
+            raise
 
 
 class RunCreationError(ConfigError):
@@ -241,7 +289,7 @@ class TrackedRun:
             request()
         except Exception as exc:
             if self._away_since is None:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                reason = store_error_reason(exc)[:200]
                 log.warning(
                     "tracking store %s does not answer (%s); training goes on, and what it misses is "
                     "kept and sent when it answers again",
@@ -318,7 +366,7 @@ class TrackedRun:
             for key in keys:
                 self._stored.update((key, metric.step) for metric in self.client.get_metric_history(self.run_id, key))
         except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            reason = store_error_reason(exc)[:200]
             log.warning("cannot read run %s's metrics (%s); epochs it lacks are not logged again", self.run_id, reason)
             self._stored.clear()
             return
@@ -509,9 +557,13 @@ class Tracker:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         # Each retry of a server that does not answer would be a warning line; nnexp says it once instead.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        # MLflow logs a database error with two tracebacks before raising it; nnexp reports it, in one line.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = uri
         database = sqlite_path(uri)
         new_store = database is not None and not database.exists()
+        #: Whether this tracker created its SQLite store, which :meth:`discard_new_store` may then remove.
+        self.created_store = new_store
         try:
             with store_lock(uri):
                 try:
@@ -521,18 +573,41 @@ class Tracker:
                         self.experiment_id = self.client.create_experiment(
                             experiment, artifact_location=artifact_root(uri)
                         )
-                except Exception:
-                    if new_store:  # a store that could not be created (a full disk) is not left half-made
-                        for leftover in (database, database.with_name(database.name + ".lock")):
-                            leftover.unlink(missing_ok=True)
+                except BaseException:
+                    # A store that could not be created (a full disk, SIGTERM while creating it) is not left half-made.
+                    if new_store:
+                        database.unlink(missing_ok=True)
                     raise
         except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"tracking store {uri} cannot be used: {reason[:300]}") from None
+            raise ConfigError(f"tracking store {uri} cannot be used: {store_error_reason(exc)[:300]}") from None
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise ConfigError(
+                f"tracking.experiment={experiment!r} is deleted in {uri}; restore it with mlflow experiments restore, "
+                "or choose another name"
+            )
         if found is not None:
             self.experiment_id = found.experiment_id
         elif not create:
             raise ConfigError(f"tracking store {uri} has no experiment named {experiment!r}")
+
+    def discard_new_store(self) -> None:
+        """Remove the SQLite store this tracker created, with its lock and artifacts, if it holds no run but deleted
+        ones; then its folder, if left empty inside the folder nnexp runs in (``outputs``)."""
+        from mlflow.entities import ViewType
+
+        from nnexp.folders import discard_dir
+
+        database = sqlite_path(self.uri)
+        if not self.created_store or database is None:
+            return
+        experiments = [experiment.experiment_id for experiment in self.client.search_experiments(ViewType.ALL)]
+        if self.client.search_runs(experiments, run_view_type=ViewType.ACTIVE_ONLY, max_results=1):
+            return  # another process uses the store too
+        shutil.rmtree(database.parent / "mlartifacts", ignore_errors=True)
+        for leftover in (database, database.with_name(database.name + ".lock")):
+            leftover.unlink(missing_ok=True)
+        if Path.cwd().resolve() in database.resolve().parents[1:]:
+            discard_dir(database.parent, set())
 
     def where_to_see(self, run_id: str) -> str:
         """How to look at a run: a server's page for it, or the ``mlflow ui`` command for a database store."""
@@ -546,7 +621,7 @@ class Tracker:
         try:
             created = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = store_error_reason(exc)
             raise RunCreationError(f"tracking store {self.uri} cannot create the run: {reason[:300]}") from None
         run = TrackedRun(self.client, created.info.run_id, outbox)
         run.start_heartbeat()

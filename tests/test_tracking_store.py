@@ -1,0 +1,57 @@
+"""The tracking store: stores that cannot be used are one line naming the store and why, and leave nothing behind."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import mlflow
+import pytest
+import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
+
+from nnexp.errors import ConfigError
+from nnexp.tracking import Tracker, check_store, existing_store, store_error_reason
+
+
+def test_a_store_interrupted_while_being_created_is_not_left_half_made(tmp_path, monkeypatch):
+    database = tmp_path / "mlflow.db"
+
+    def interrupted(tracking_uri: str) -> None:
+        database.write_bytes(b"SQLite format 3\0half a store")
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(mlflow, "MlflowClient", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Tracker(f"sqlite:///{database}", "nnexp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_no_database_is_one_line_and_gets_no_lock_beside_it(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_text("my notes\n")
+    uri = f"sqlite:///{junk}"
+    for use in (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, "")):
+        with pytest.raises(ConfigError, match=r"junk\.db is not an SQLite database$"):
+            use(uri)
+    assert list(tmp_path.iterdir()) == [junk] and junk.read_text() == "my notes\n"
+
+
+def test_a_store_error_is_described_by_the_database_s_own_reason():
+    driver = sqlite3.OperationalError("attempt to write a readonly database")
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT ...", {}, driver)
+        except sqlalchemy.exc.OperationalError as wrapped:
+            raise MlflowException("(raised as a result of Query-invoked autoflush; consider ...)") from wrapped
+    except MlflowException as exc:
+        assert store_error_reason(exc) == "attempt to write a readonly database"
+    assert store_error_reason(ValueError("plain\nsecond line")) == "plain"
+
+
+def test_a_deleted_experiment_is_named_with_how_to_restore_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "old")
+    tracker.client.delete_experiment(tracker.experiment_id)
+    deleted = r"^tracking\.experiment='old' is deleted in sqlite:///.*; restore it with mlflow experiments restore"
+    with pytest.raises(ConfigError, match=deleted):
+        Tracker(uri, "old")
