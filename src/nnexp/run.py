@@ -350,7 +350,7 @@ def train(
                 )
             except OSError as exc:
                 if not warned:
-                    log.warning("warning: checkpoint not written: %s", describe_os_error(exc, "write"))
+                    log.warning("warning: checkpoint not written: %s", describe_os_error(exc, "write", directory))
                 warned = True
                 return False
         return True
