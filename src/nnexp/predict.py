@@ -342,9 +342,16 @@ def read_csv(path: Path) -> np.ndarray:
             raise DataError(f"{path}: a header row and no data rows")
     body = "\n".join(line for _, line in numbered)
     try:
-        return np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, dtype=np.float64, comments=None)
+        rows = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, dtype=np.float64, comments=None)
     except ValueError:
         raise DataError(f"{path}: {_first_bad_row(numbered)}") from None
+    bad = np.argwhere(~np.isfinite(rows))
+    if len(bad):  # nan, inf, or a number too large for a float such as 1e400
+        row, column = bad[0]
+        number, line = numbered[row]
+        cell = line.split(",")[column].strip()
+        raise DataError(f"{path}: line {number}: column {column + 1} is {cell}, not a finite number")
+    return rows
 
 
 def _all_numbers(line: str) -> bool:
