@@ -231,6 +231,17 @@ def test_csv_cells_that_are_not_finite_numbers_are_named_by_line_and_column(mode
         assert_error(in_process(points, f"input={huge}"), f"{huge}: line 1: column 1 is 1e400, not a finite number")
 
 
+def test_an_image_of_too_many_pixels_is_one_line(models, tmp_path, in_process, monkeypatch):
+    """Pillow refuses an image of over twice MAX_IMAGE_PIXELS (a decompression bomb); lowered to keep the file small."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (100, 100)).save(bomb)
+    result = in_process(f"model={models['digits']}", f"input={bomb}")
+    assert_error(result, f"{bomb}: too large for an image of one digit: Image size (10000 pixels) exceeds limit")
+
+
 def test_bad_models_and_command_lines(models, tmp_path, in_process):
     csv = tmp_path / "points.csv"
     csv.write_text("1,2\n")

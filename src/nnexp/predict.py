@@ -298,6 +298,8 @@ def read_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
             image.load()
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image that Pillow can read") from None
+    except Image.DecompressionBombError as exc:  # Pillow's guard against a small file of billions of pixels
+        raise DataError(f"{path}: too large for an image of one digit: {str(exc).split(',')[0]}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read as an image: {exc}") from None
     pixels = _ink(image)
