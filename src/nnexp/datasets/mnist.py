@@ -193,17 +193,33 @@ def locate_idx_files(directory: Path, hint: str) -> IdxFiles:
     found: dict[str, Path] = {}
     missing = []
     for role, stem in IDX_STEMS.items():
-        path = next((directory / name for name in idx_candidates(stem) if (directory / name).is_file()), None)
-        if path is None:
+        present = [directory / name for name in idx_candidates(stem) if (directory / name).is_file()]
+        if not present:
             missing.append(f"{stem}[.gz]")
-        else:
-            found[role] = path
+            continue
+        for other in present[1:]:
+            if not _same_idx_data(present[0], other):
+                raise DataError(
+                    f"{directory}: {present[0].name} and {other.name} hold different data; remove the one not to use"
+                )
+        found[role] = present[0]
     if missing:
         raise DataError(
             f"{directory}: MNIST files missing: {', '.join(missing)} "
             f"(the spelling train-images.idx3-ubyte is accepted too); {hint}"
         )
     return IdxFiles(**found)
+
+
+def _same_idx_data(first: Path, second: Path, block: int = 2**20) -> bool:
+    """Whether two IDX files, each gzipped or not, hold the same bytes; compared a block at a time."""
+    with _open_idx(first) as one, _open_idx(second) as two:
+        while True:
+            left, right = one.read(block), two.read(block)
+            if left != right:
+                return False
+            if not left:
+                return True
 
 
 def read_idx_images(path: Path) -> np.ndarray:
