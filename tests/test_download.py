@@ -328,12 +328,14 @@ def test_an_unwritable_directory_is_one_line(serve, tmp_path, monkeypatch, capsy
         (["cifar"], "invalid choice: 'cifar'"),
         (["mnist", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
         (["mnist", "--timeout", "soon"], "argument --timeout: expected a number of seconds, got 'soon'"),
+        (["mnist", "--bogus"], "nnexp data: unrecognized arguments: --bogus (see nnexp data --help)"),
     ],
 )
 def test_usage_errors_exit_2(argv, complaint, capsys):
     assert download.main(argv) == 2
     error = capsys.readouterr().err
-    assert error.startswith("usage: nnexp data") and complaint in error
+    [line] = error.splitlines()
+    assert line.startswith("error: nnexp data") and line.endswith("--help)") and complaint in line, error
 
 
 def test_default_directory_follows_the_environment(monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from nnexp.arguments import ArgumentParser
 from nnexp.atomic import replacing
 from nnexp.datasets.mnist import locate_idx_files, read_idx_set, write_csv
 from nnexp.errors import ConfigError, DataError, NnexpError
@@ -242,9 +243,9 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> ArgumentParser:
     """The ``nnexp data`` command line."""
-    commands = argparse.ArgumentParser(prog="nnexp data", description="Download data sets that nnexp trains on.")
+    commands = ArgumentParser(prog="nnexp data", description="Download data sets that nnexp trains on.")
     datasets = commands.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     mnist = datasets.add_parser(
         "mnist",

@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
     try:
         request = parse(argv)
     except UsageError as exc:
-        print(f"error: {exc} (see nnexp predict --help)", file=sys.stderr)
+        print(f"error: nnexp predict: {exc} (see nnexp predict --help)", file=sys.stderr)
         return 2
     try:
         lines = predict(request)

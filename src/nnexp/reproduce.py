@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nnexp.arguments import ArgumentParser
 from nnexp.errors import NnexpError
 from nnexp.tracking import Tracker, resolve_uri
 
@@ -173,7 +174,7 @@ def _integers(text: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnexp reproduce",
         description="Run every tutorial preset of conf/experiment/ for several seeds and compare with the "
         "published figures; each run is a child of one MLflow parent run.",
