@@ -340,6 +340,41 @@ def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, name
     assert all(run.info.status != "RUNNING" for run in project.runs())
 
 
+BAD_DATA = """
+import numpy as np
+
+from nnexp import DATASETS, Dataset, Splits
+
+
+@DATASETS.register("bad_data")
+class BadData(Dataset):
+    def __init__(self, fault: str = "feature") -> None:
+        self.fault = fault
+
+    def load(self, rng):
+        x, y = rng.normal(size=(40, 2)), np.arange(40) % 2
+        if self.fault == "feature":
+            x[5, 1] = np.nan
+        else:
+            y[3] = 7
+        return Splits(x[:30], y[:30], x[30:], y[30:], n_classes=int(y.max()) + 1, class_names=("a", "b"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        ("feature", "dataset bad_data: train split: feature 1 of sample 5 is nan, not a finite number"),
+        ("label", "dataset bad_data: 2 class names for n_classes=8"),
+    ],
+)
+def test_a_plugin_dataset_unfit_to_train_on_is_one_line_before_any_run(project, fault, named):
+    (project.root / "plugins" / "bad_data.py").write_text(BAD_DATA)
+    result = project.run("dataset=bad_data", f"dataset.fault={fault}", *QUICK)
+    assert (result.returncode, result.stderr) == (1, f"error: {named}\n")
+    assert project.job_dirs() == [] and not (project.root / "outputs" / "mlflow.db").exists()
+
+
 def test_experiment_outside_a_project_says_where_presets_live(project, tmp_path):
     empty = tmp_path / "elsewhere"
     empty.mkdir()

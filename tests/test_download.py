@@ -328,12 +328,14 @@ def test_an_unwritable_directory_is_one_line(serve, tmp_path, monkeypatch, capsy
         (["cifar"], "invalid choice: 'cifar'"),
         (["mnist", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
         (["mnist", "--timeout", "soon"], "argument --timeout: expected a number of seconds, got 'soon'"),
+        (["mnist", "--bogus"], "nnexp data: unrecognized arguments: --bogus (see nnexp data --help)"),
     ],
 )
 def test_usage_errors_exit_2(argv, complaint, capsys):
     assert download.main(argv) == 2
     error = capsys.readouterr().err
-    assert error.startswith("usage: nnexp data") and complaint in error
+    [line] = error.splitlines()
+    assert line.startswith("error: nnexp data") and line.endswith("--help)") and complaint in line, error
 
 
 def test_default_directory_follows_the_environment(monkeypatch, tmp_path):
@@ -364,3 +366,20 @@ def test_every_file_has_checksums_and_every_mirror_is_a_base_url():
     assert set(download.CHECKSUMS) == set(download.FILES)
     assert all(len(digest) == 64 for digests in download.CHECKSUMS.values() for digest in digests)
     assert all(mirror.endswith("/") for mirror in download.MIRRORS)
+
+
+@pytest.mark.parametrize("fault", ["checksum", "404", "refused"])
+def test_a_failed_download_removes_the_folders_it_created_and_left_empty(serve, tmp_path, fault):
+    bad = {"checksum": {name: data[::-1] for name, data in ARCHIVES.items()}, "404": {}}
+    url = closed_port_url() if fault == "refused" else serve(bad[fault]).url
+    assert download.main(["mnist", str(tmp_path / "new" / "mnist"), "--mirror", url]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_keeps_a_folder_that_was_there_or_holds_files(serve, tmp_path):
+    (tmp_path / "existing").mkdir()
+    partly = {"train-images-idx3-ubyte.gz": ARCHIVES["train-images-idx3-ubyte.gz"]}
+    assert download.main(["mnist", str(tmp_path / "existing"), "--mirror", serve({}).url]) == 1
+    assert download.main(["mnist", str(tmp_path / "new"), "--mirror", serve(partly).url]) == 1
+    assert (tmp_path / "existing").is_dir() and list((tmp_path / "existing").iterdir()) == []
+    assert [path.name for path in (tmp_path / "new").iterdir()] == ["train-images-idx3-ubyte.gz"]

@@ -168,3 +168,19 @@ def test_a_store_that_cannot_be_written_is_one_line_naming_the_database_s_reason
         subprocess.run(["umount", "-l", str(database)], check=False)
     line = one_line_error(result, str(database), "cannot create the run: attempt to write a readonly database")
     assert result.stderr.strip() == line, result.stderr
+
+
+def test_a_checkpoint_on_a_full_disk_is_a_warning_naming_its_folder(project):
+    """A write on a full disk raises an OSError with no file name: the warning names the checkpoint folder."""
+    (project.root / "plugins" / "full_disk.py").write_text(
+        "import errno, os\n"
+        "import nnexp.checkpoint\n"
+        "def save(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "nnexp.checkpoint.save = save\n"
+    )
+    result = project.run("trainer.epochs=2", "hydra.run.dir=outputs/full")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in (result.stdout + result.stderr).splitlines() if "checkpoint not written" in line]
+    assert str(Path("outputs", "full", "checkpoints")) in line, line
+    assert "No space left on device" in line

@@ -70,6 +70,19 @@ def test_import_error_names_the_file(in_tmp):
         load_folder(in_tmp / "plugins")
 
 
+def test_a_plugin_that_exits_at_import_is_an_error_naming_the_file(in_tmp):
+    write(in_tmp / "plugins", "quits.py", "import sys\nsys.exit(0)\n")
+    with pytest.raises(PluginError, match=r"^plugins/quits.py: exits while being imported \(SystemExit\(0\)\)"):
+        load_folder(in_tmp / "plugins")
+    assert "nnexp_local_plugins.quits" not in sys.modules
+
+
+def test_an_interrupt_at_import_names_the_file(in_tmp):
+    write(in_tmp / "plugins", "stops.py", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt, match=r"^interrupted while importing plugins/stops.py$"):
+        load_folder(in_tmp / "plugins")
+
+
 def test_duplicate_name_names_both_sources(in_tmp):
     write(in_tmp / "plugins", "moons_again.py", SPIRALS.replace('"spirals"', '"moons"'))
     with pytest.raises(PluginError) as raised:

@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,30 @@ def test_bad_files_give_one_line_naming_the_file_and_what_was_expected(models, t
     small = tmp_path / "small-idx3-ubyte"
     small.write_bytes(idx_bytes(np.zeros((2, 20, 20), np.uint8)))
     assert_error(in_process(digits, f"input={small}"), str(small), "20x20", "takes 28x28")
+
+
+def test_csv_cells_that_are_not_finite_numbers_are_named_by_line_and_column(models, tmp_path, in_process):
+    points = f"model={models['points']}"
+    for text, line in [("nan,0.1\n", "line 1: column 1 is nan"), ("x,y\n1,2\n3,inf\n", "line 3: column 2 is inf")]:
+        path = tmp_path / "bad.csv"
+        path.write_text(text)
+        assert_error(in_process(points, f"input={path}"), f"{path}: {line}, not a finite number")
+    huge = tmp_path / "huge.csv"
+    huge.write_text("1e400,2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy RuntimeWarning on the way either
+        assert_error(in_process(points, f"input={huge}"), f"{huge}: line 1: column 1 is 1e400, not a finite number")
+
+
+def test_an_image_of_too_many_pixels_is_one_line(models, tmp_path, in_process, monkeypatch):
+    """Pillow refuses an image of over twice MAX_IMAGE_PIXELS (a decompression bomb); lowered to keep the file small."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (100, 100)).save(bomb)
+    result = in_process(f"model={models['digits']}", f"input={bomb}")
+    assert_error(result, f"{bomb}: too large for an image of one digit: Image size (10000 pixels) exceeds limit")
 
 
 def test_bad_models_and_command_lines(models, tmp_path, in_process):

@@ -139,3 +139,20 @@ def test_an_unstable_seed_is_named_even_when_the_mean_passes_or_the_others_fall_
 def test_unstable_seeds_are_a_minority_more_than_the_gap_below_the_median_of_the_others(values, expected):
     assert UNSTABLE_GAP == 0.03
     assert unstable(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["optimizer.learning_rate=-1"], "error: quadrants: optimizer.learning_rate must be > 0, got -1.0"),
+        (["--seeds", "0,-1"], "error: quadrants: seed must be >= 0, got -1"),
+        (["--markdown", "/proc/table.md"], "error: --markdown /proc/table.md: cannot write /proc/table.md: "),
+        (["--markdown", "."], "error: --markdown .: cannot write .: Is a directory"),
+    ],
+)
+def test_bad_values_stop_before_the_store_or_any_run_is_touched(project, args, line):
+    result = reproduce(project, "--only", "quadrants", *args)
+    assert result.returncode == 1 and result.stdout == ""
+    [error] = result.stderr.splitlines()
+    assert error.startswith(line), error
+    assert not (project.root / "outputs").exists()

@@ -92,6 +92,19 @@ def test_loaded_model_predicts_nnexps_probabilities_and_labels(case, tmp_path):
         np.testing.assert_allclose(frame.iloc[:, 1:].to_numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_loaded_model_refuses_rows_that_are_not_finite(tmp_path):
+    import mlflow.pyfunc
+
+    network, loss = trained_like("cross_entropy")
+    save_model(tmp_path / "model", network, describe(network, loss, ["a", "b", "c", "d"]), inputs())
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    x = inputs()
+    x[2, 1] = np.nan
+    for given in (x, pd.DataFrame(x)):
+        with pytest.raises(DataError, match=r"^row 2, column 1: nan is not a finite number$"):
+            model.predict(given)
+
+
 def test_cross_entropy_probabilities_are_the_softmax_of_the_logits(tmp_path):
     network, loss = trained_like("cross_entropy")
     save_model(tmp_path / "model", network, describe(network, loss, list("abcd")), inputs())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nnexp.arguments import ArgumentParser
 from nnexp.config import GROUPS, Direction, default_direction
 from nnexp.errors import NnexpError
 
@@ -218,7 +219,7 @@ def _names(text: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnexp compare",
         description="Print MLflow runs side by side: an experiment's latest runs, or the children of one sweep.",
     )

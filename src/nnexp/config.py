@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import inspect
@@ -241,16 +242,12 @@ def help_text(config_dir: Path | None, overrides: list[str], resolve: bool) -> s
     whole ConfigStore for each: over a second. ``None`` when the template asks for more than the app's groups and
     config (``$FLAGS_HELP``, ``$HYDRA_CONFIG_GROUPS``): only Hydra's help knows those.
     """
-    from hydra import compose, initialize, initialize_config_dir
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
-    if config_dir is None:
-        context = initialize(version_base="1.3", config_path=None, job_name=PRIMARY)
-    else:
-        context = initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=PRIMARY)
-    with context:
+    with composing(config_dir):
         cfg = compose(config_name=PRIMARY, overrides=overrides, return_hydra_config=True)
         groups = app_groups(GlobalHydra.instance().config_loader().get_sources())
         template = string.Template(cfg.hydra.help.template)
@@ -262,6 +259,16 @@ def help_text(config_dir: Path | None, overrides: list[str], resolve: bool) -> s
             return template.substitute(APP_CONFIG_GROUPS=listing, CONFIG=OmegaConf.to_yaml(cfg, resolve=resolve))
         except KeyError:
             return None
+
+
+def composing(config_dir: Path | None) -> contextlib.AbstractContextManager[Any]:
+    """Hydra initialised, as ``nnexp`` is, on the presets of ``config_dir`` (``None``: the stored configs only), so
+    that ``hydra.compose`` composes configs in this process."""
+    from hydra import initialize, initialize_config_dir
+
+    if config_dir is None:
+        return initialize(version_base="1.3", config_path=None, job_name=PRIMARY)
+    return initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=PRIMARY)
 
 
 def app_groups(sources: list[Any], parent: str = "") -> dict[str, list[str]]:

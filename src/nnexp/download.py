@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from nnexp.arguments import ArgumentParser
 from nnexp.atomic import replacing
 from nnexp.datasets.mnist import locate_idx_files, read_idx_set, write_csv
 from nnexp.errors import ConfigError, DataError, NnexpError
@@ -97,21 +98,25 @@ def download_mnist(directory: Path, mirrors: Sequence[str] = MIRRORS, timeout: f
     """Make sure ``directory`` holds the four archives with accepted checksums, downloading what is missing."""
     for mirror in mirrors:
         check_mirror(mirror)
-    _make_directory(directory)
+    created = _make_directory(directory)
     order = list(mirrors)
     paths = []
-    for name in FILES:
-        target = directory / name
-        paths.append(target)
-        if target.is_file():
-            present = sha256_of(target)
-            if present in CHECKSUMS[name]:
-                _progress(f"{name}: already present, checksum ok")
-                continue
-            _progress(f"{name}: present with SHA-256 {present}, not MNIST's; downloading it again")
-        mirror = _fetch_from_any(name, target, order, timeout)
-        order.remove(mirror)
-        order.insert(0, mirror)
+    try:
+        for name in FILES:
+            target = directory / name
+            paths.append(target)
+            if target.is_file():
+                present = sha256_of(target)
+                if present in CHECKSUMS[name]:
+                    _progress(f"{name}: already present, checksum ok")
+                    continue
+                _progress(f"{name}: present with SHA-256 {present}, not MNIST's; downloading it again")
+            mirror = _fetch_from_any(name, target, order, timeout)
+            order.remove(mirror)
+            order.insert(0, mirror)
+    except BaseException:
+        _remove_empty(created)
+        raise
     return paths
 
 
@@ -231,20 +236,35 @@ def convert_to_csv(idx_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def _make_directory(directory: Path) -> None:
+def _make_directory(directory: Path) -> list[Path]:
+    """Create ``directory`` and any missing parents; returns the folders created, deepest first."""
+    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty(missing)
         raise DataError(f"{directory}: cannot create the directory: {exc.strerror}") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders``, deepest first, that a failed download created and left empty; stop at one that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (another process wrote there), or not ours to remove
+            return
 
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> ArgumentParser:
     """The ``nnexp data`` command line."""
-    commands = argparse.ArgumentParser(prog="nnexp data", description="Download data sets that nnexp trains on.")
+    commands = ArgumentParser(prog="nnexp data", description="Download data sets that nnexp trains on.")
     datasets = commands.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     mnist = datasets.add_parser(
         "mnist",

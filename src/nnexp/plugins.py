@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import pkgutil
 import sys
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -43,13 +45,8 @@ def load_entry_points() -> None:
         source = f"entry point '{entry.name}' ({entry.value}){dist}"
         if entry.value in sys.modules:
             continue
-        with registration_source(source):
-            try:
-                entry.load()
-            except PluginError as exc:
-                raise PluginError(f"{source}: {exc}") from None
-            except Exception as exc:
-                raise PluginError(f"{source}: {type(exc).__name__}: {exc}") from None
+        with registration_source(source), importing(source):
+            entry.load()
 
 
 def load_folder(folder: Path) -> None:
@@ -74,16 +71,28 @@ def load_file(path: Path, module_name: str) -> None:
     sys.modules[module_name] = module
     with registration_source(f"file {shown}"):
         try:
-            spec.loader.exec_module(module)
-        except SyntaxError as exc:
+            with importing(shown):
+                spec.loader.exec_module(module)
+        except BaseException:
             del sys.modules[module_name]
-            raise PluginError(f"{shown}: SyntaxError at line {exc.lineno}: {exc.msg}") from None
-        except PluginError as exc:
-            del sys.modules[module_name]
-            raise PluginError(f"{shown}: {exc}") from None
-        except Exception as exc:
-            del sys.modules[module_name]
-            raise PluginError(f"{shown}: {type(exc).__name__}: {exc}") from None
+            raise
+
+
+@contextlib.contextmanager
+def importing(source: str) -> Iterator[None]:
+    """Anything a plugin's import raises becomes one line naming ``source``; an interrupt stays an interrupt."""
+    try:
+        yield
+    except SyntaxError as exc:
+        raise PluginError(f"{source}: SyntaxError at line {exc.lineno}: {exc.msg}") from None
+    except PluginError as exc:
+        raise PluginError(f"{source}: {exc}") from None
+    except SystemExit as exc:  # not the process's to end: a bare sys.exit(0) would end nnexp silently, exit 0
+        raise PluginError(f"{source}: exits while being imported (SystemExit({exc.code!r})); remove the exit") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted while importing {source}") from None
+    except Exception as exc:
+        raise PluginError(f"{source}: {type(exc).__name__}: {exc}") from None
 
 
 def _display(path: Path) -> str:

@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
     try:
         request = parse(argv)
     except UsageError as exc:
-        print(f"error: {exc} (see nnexp predict --help)", file=sys.stderr)
+        print(f"error: nnexp predict: {exc} (see nnexp predict --help)", file=sys.stderr)
         return 2
     try:
         lines = predict(request)
@@ -298,6 +298,8 @@ def read_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
             image.load()
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image that Pillow can read") from None
+    except Image.DecompressionBombError as exc:  # Pillow's guard against a small file of billions of pixels
+        raise DataError(f"{path}: too large for an image of one digit: {str(exc).split(',')[0]}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read as an image: {exc}") from None
     pixels = _ink(image)
@@ -342,9 +344,16 @@ def read_csv(path: Path) -> np.ndarray:
             raise DataError(f"{path}: a header row and no data rows")
     body = "\n".join(line for _, line in numbered)
     try:
-        return np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, dtype=np.float64, comments=None)
+        rows = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, dtype=np.float64, comments=None)
     except ValueError:
         raise DataError(f"{path}: {_first_bad_row(numbered)}") from None
+    bad = np.argwhere(~np.isfinite(rows))
+    if len(bad):  # nan, inf, or a number too large for a float such as 1e400
+        row, column = bad[0]
+        number, line = numbered[row]
+        cell = line.split(",")[column].strip()
+        raise DataError(f"{path}: line {number}: column {column + 1} is {cell}, not a finite number")
+    return rows
 
 
 def _all_numbers(line: str) -> bool:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nnexp.arguments import ArgumentParser
 from nnexp.errors import NnexpError
+from nnexp.folders import describe_os_error
 from nnexp.tracking import Tracker, resolve_uri
 
 #: A preset reproduces its tutorial when the mean over seeds is at most this far below the published figure.
@@ -118,12 +120,43 @@ def nnexp_command(preset: str, *arguments: str) -> list[str]:
     return [sys.executable, "-m", "nnexp", f"experiment={preset}", *arguments]
 
 
-def check_overrides(presets: list[Preset], overrides: list[str]) -> None:
-    """Compose every preset with ``overrides`` first, so a mistake stops before any run is created."""
-    for preset in presets:
-        result = subprocess.run(nnexp_command(preset.name, *overrides, "--cfg", "job"), capture_output=True, text=True)
-        if result.returncode != 0:
-            raise NnexpError(f"{preset.name}: {last_error(result.stderr)}")
+def check_configs(presets: list[Preset], seeds: list[int], overrides: list[str]) -> None:
+    """Compose every preset for every seed with ``overrides`` and construct its plugins, as each run will first, so
+    that a mistake stops before the store or any run is touched."""
+    from hydra import compose
+
+    from nnexp.cli_errors import describe_config_error
+    from nnexp.config import PRIMARY, composing, store_configs
+    from nnexp.plugins import load_plugins
+    from nnexp.run import configure
+
+    load_plugins(Path.cwd())
+    store_configs()
+    conf = Path.cwd() / "conf"
+    with composing(conf if conf.is_dir() else None):
+        for preset in presets:
+            for seed in seeds:
+                try:
+                    configure(compose(PRIMARY, [f"experiment={preset.name}", f"seed={seed}", *overrides]))
+                except Exception as exc:
+                    message = str(exc) if isinstance(exc, NnexpError) else describe_config_error(exc)
+                    reason = message or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise NnexpError(f"{preset.name}: {reason}") from None
+
+
+def check_writable(path: Path) -> None:
+    """Raise :class:`NnexpError` unless ``path`` can be written, by opening it to append (and removing it again when
+    it is new): permissions alone do not tell, for root or in a folder such as /proc."""
+    if not path.parent.is_dir():
+        raise NnexpError(f"--markdown {path}: folder {path.parent} does not exist")
+    existed = path.exists()
+    try:
+        with path.open("a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise NnexpError(f"--markdown {path}: {describe_os_error(exc, 'write')}") from None
 
 
 def last_error(stderr: str) -> str:
@@ -173,7 +206,7 @@ def _integers(text: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnexp reproduce",
         description="Run every tutorial preset of conf/experiment/ for several seeds and compare with the "
         "published figures; each run is a child of one MLflow parent run.",
@@ -188,10 +221,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run, e.g. trainer.dtype=float64")
     args = parser.parse_args(argv)
     try:
-        if args.markdown and not args.markdown.parent.is_dir():
-            raise NnexpError(f"--markdown {args.markdown}: folder {args.markdown.parent} does not exist")
+        if args.markdown:
+            check_writable(args.markdown)
         presets = find_presets(Path.cwd() / "conf", args.only)
-        check_overrides(presets, args.overrides)
+        check_configs(presets, args.seeds, args.overrides)
         uri = resolve_uri(tracking_option(args.overrides, "uri"), Path.cwd())
         tracker = Tracker(uri, tracking_option(args.overrides, "experiment") or "nnexp")
         tags = {"nnexp_command": "reproduce", "seeds": args.seeds, "overrides": " ".join(args.overrides) or "(none)"}

@@ -29,7 +29,7 @@ from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
-from nnexp.datasets.base import DATASETS, Dataset, Splits
+from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, require
 from nnexp.folders import describe_os_error, discard_job_dir
 from nnexp.models.base import MODELS, Model
@@ -181,7 +181,7 @@ def configure(cfg: DictConfig) -> Components:
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     """Load the data and build the network it fits; raises NnexpError on bad data."""
-    splits = components.dataset.load(rng)
+    splits = checked_splits(components.dataset, components.dataset.load(rng))
     loss, dtype = components.loss, components.dtype
     data = {
         part: Examples(x.astype(dtype, copy=False), loss.encode(y, splits.n_classes, dtype), y)
@@ -355,7 +355,7 @@ def train(
                 )
             except OSError as exc:
                 if not warned:
-                    log.warning("warning: checkpoint not written: %s", describe_os_error(exc, "write"))
+                    log.warning("warning: checkpoint not written: %s", describe_os_error(exc, "write", directory))
                 warned = True
                 return False
         return True

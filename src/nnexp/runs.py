@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from nnexp.arguments import ArgumentParser
 from nnexp.errors import NnexpError
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnexp runs",
         description="List MLflow runs newest first: status, age, duration, host:pid of running ones, output folder, "
         "name and id. A RUNNING run whose process has ended is marked KILLED first, and said so on stderr.",

@@ -307,7 +307,12 @@ class NetworkModel:
         rows = np.asarray(x.to_numpy() if hasattr(x, "to_numpy") else x)
         if rows.ndim != 2 or rows.shape[1] != self.spec.n_features:
             raise DataError(f"expected rows of {self.spec.n_features} features, got an input of shape {rows.shape}")
-        outputs = predict(self.network, rows.astype(self.network.dtype))
+        rows = rows.astype(self.network.dtype)
+        bad = np.argwhere(~np.isfinite(rows))
+        if len(bad):  # the network would answer NaN for the row, and argmax would call that class 0
+            row, column = bad[0]
+            raise DataError(f"row {row}, column {column}: {rows[row, column]} is not a finite number")
+        outputs = predict(self.network, rows)
         return probabilities(outputs, self.spec.probabilities)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:

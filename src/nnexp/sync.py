@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from nnexp.arguments import ArgumentParser
 from nnexp.errors import NnexpError
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnexp sync",
         description="Send the metrics, tags, artifacts and final status a run kept in FOLDER/mlflow_outbox.json "
         "because its tracking store did not answer, once the store is back.",

@@ -443,3 +443,36 @@ def test_an_unreadable_path_is_one_line(tmp_path):
     (tmp_path / "dir-idx3-ubyte.gz").mkdir()
     with pytest.raises(DataError, match=r"dir-idx3-ubyte.gz: cannot be read: Is a directory$"):
         read_idx_images(tmp_path / "dir-idx3-ubyte.gz")
+
+
+def test_raw_and_gzipped_files_side_by_side_must_hold_the_same_data(mnist_files, tiny):
+    directory = mnist_files.write_idx(gz=True)
+    mnist_files.write_idx(gz=False)  # the same data unpacked beside it, as `gunzip -k` leaves it: fine
+    assert load(directory, val_size=0).x_train.shape == (40, 784)
+    labels = tiny.train_labels.copy()
+    labels[0] = (labels[0] + 1) % 10
+    mnist_files.write_idx(gz=False, train_labels=mnist_files.idx_bytes(labels, LABEL_MAGIC))
+    message = load_error(directory, val_size=0)
+    assert message == (
+        f"{directory}: train-labels-idx1-ubyte.gz and train-labels-idx1-ubyte hold different data; "
+        "remove the one not to use"
+    )
+
+
+def test_a_gzip_file_shorter_than_its_header_promises_is_refused_before_decompressing(tmp_path, monkeypatch):
+    """The gzip trailer records the uncompressed size: a bomb-like promise stops without inflating the data."""
+    path = tmp_path / "promise-idx3-ubyte.gz"
+    noise = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes()  # too much for the ratio bound
+    path.write_bytes(gzip.compress(struct.pack(">4I", IMAGE_MAGIC, 100, 28, 28) + noise, mtime=0))
+    sizes = []
+    read = gzip.GzipFile.read
+
+    def recording(self, size=-1):
+        sizes.append(size)
+        return read(self, size)
+
+    monkeypatch.setattr(gzip.GzipFile, "read", recording)
+    promise = r"truncated: the header promises 100 images of 28x28 \(78416 bytes\), found 1016 bytes$"
+    with pytest.raises(DataError, match=promise):
+        read_idx_images(path)
+    assert max(sizes) <= 16, sizes

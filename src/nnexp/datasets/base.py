@@ -24,12 +24,28 @@ class Splits:
     y_val: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise :class:`DataError` unless training can use every split: 2-D real, finite features, as many integer
+        labels in ``0..n_classes-1`` as rows, and one class name per class."""
+        if self.class_names is not None and len(self.class_names) != self.n_classes:
+            raise DataError(f"{len(self.class_names)} class names for n_classes={self.n_classes}")
         for part, x, y in self.parts():
+            if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+                kinds = f"{type(x).__name__} and {type(y).__name__}"
+                raise DataError(f"{part} split: x and y must be NumPy arrays, got {kinds}")
             if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise DataError(f"{part} split: expected x (n, features) and y (n,), got {x.shape} and {y.shape}")
+            if not np.issubdtype(y.dtype, np.integer):
+                raise DataError(f"{part} split: labels must be integers, got {y.dtype}")
             if y.size and (y.min() < 0 or y.max() >= self.n_classes):
                 raise DataError(f"{part} split: labels must lie in [0, {self.n_classes}), got {y.min()}..{y.max()}")
+            if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+                raise DataError(f"{part} split: features must be real numbers, got {x.dtype}")
+            bad = np.argwhere(~np.isfinite(x))
+            if len(bad):  # training on it would end in "loss became NaN", which blames the learning rate
+                row, column = bad[0]
+                value = x[row, column]
+                raise DataError(f"{part} split: feature {column} of sample {row} is {value}, not a finite number")
 
     @property
     def n_features(self) -> int:
@@ -64,6 +80,18 @@ class Dataset:
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", Dataset)
+
+
+def checked_splits(dataset: Dataset, splits: object) -> Splits:
+    """What ``dataset.load`` returned, once :meth:`Splits.check` finds it fit to train on; errors name the dataset."""
+    name = next((name for name, cls in DATASETS.items() if type(dataset) is cls), type(dataset).__name__)
+    if not isinstance(splits, Splits):
+        raise DataError(f"dataset {name}: load() returned {type(splits).__name__}, not Splits")
+    try:
+        splits.check()
+    except DataError as exc:
+        raise DataError(f"dataset {name}: {exc}") from None
+    return splits
 
 
 def check_fraction(field: str, value: float, allow_zero: bool) -> None:

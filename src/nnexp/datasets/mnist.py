@@ -193,17 +193,33 @@ def locate_idx_files(directory: Path, hint: str) -> IdxFiles:
     found: dict[str, Path] = {}
     missing = []
     for role, stem in IDX_STEMS.items():
-        path = next((directory / name for name in idx_candidates(stem) if (directory / name).is_file()), None)
-        if path is None:
+        present = [directory / name for name in idx_candidates(stem) if (directory / name).is_file()]
+        if not present:
             missing.append(f"{stem}[.gz]")
-        else:
-            found[role] = path
+            continue
+        for other in present[1:]:
+            if not _same_idx_data(present[0], other):
+                raise DataError(
+                    f"{directory}: {present[0].name} and {other.name} hold different data; remove the one not to use"
+                )
+        found[role] = present[0]
     if missing:
         raise DataError(
             f"{directory}: MNIST files missing: {', '.join(missing)} "
             f"(the spelling train-images.idx3-ubyte is accepted too); {hint}"
         )
     return IdxFiles(**found)
+
+
+def _same_idx_data(first: Path, second: Path, block: int = 2**20) -> bool:
+    """Whether two IDX files, each gzipped or not, hold the same bytes; compared a block at a time."""
+    with _open_idx(first) as one, _open_idx(second) as two:
+        while True:
+            left, right = one.read(block), two.read(block)
+            if left != right:
+                return False
+            if not left:
+                return True
 
 
 def read_idx_images(path: Path) -> np.ndarray:
@@ -306,6 +322,10 @@ def _read_payload(path: Path, file: BinaryIO, header: int, payload: int, what: s
                 f"{path}: truncated: the header promises {what} ({header + payload} bytes), more than "
                 f"{compressed} bytes of gzip data can hold"
             )
+        recorded = _gzip_size(file)
+        if recorded is not None and recorded < header + payload < 2**32:
+            # Deflate can still expand to a gigabyte or more: refuse on the gzip trailer, before decompressing.
+            _check_length(path, recorded, header, payload, what)
     else:
         size = os.fstat(file.fileno()).st_size  # a raw file's length is known before reading it
         _check_length(path, size, header, payload, what)
@@ -314,6 +334,23 @@ def _read_payload(path: Path, file: BinaryIO, header: int, payload: int, what: s
         raise DataError(f"{path}: more than {TRAILING_MARGIN} trailing bytes after {what}; stopped reading")
     _check_length(path, header + len(data), header, payload, what)
     return data
+
+
+def _gzip_size(file: gzip.GzipFile) -> int | None:
+    """The uncompressed size a gzip file's trailer records (modulo 2**32, of its last member), or ``None`` when the
+    file is too short to hold one; read without moving ``file``'s position."""
+    raw = file.fileobj
+    if raw is None:
+        return None
+    position = raw.tell()
+    raw.seek(0, os.SEEK_END)
+    if raw.tell() < 18:  # a gzip header (10 bytes) and trailer (8)
+        raw.seek(position)
+        return None
+    raw.seek(-4, os.SEEK_END)
+    size = int.from_bytes(raw.read(4), "little")
+    raw.seek(position)
+    return size
 
 
 def _check_magic(path: Path, data: bytes, expected: int) -> None:

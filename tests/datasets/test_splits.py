@@ -1,0 +1,50 @@
+"""What every dataset's splits must be before a run builds anything: checked once, named by dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnexp.datasets.base import Dataset, Splits, checked_splits
+from nnexp.datasets.quadrants import Quadrants
+from nnexp.errors import DataError
+
+
+class Unregistered(Dataset):
+    pass
+
+
+def splits(**changes) -> Splits:
+    x, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    fields = {"x_train": x, "y_train": y, "x_test": x.copy(), "y_test": y.copy(), "n_classes": 2} | changes
+    return Splits(**fields)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"x_train": np.array([[0.0, np.nan]] * 4)}, "train split: feature 1 of sample 0 is nan, not a finite number"),
+        ({"x_test": np.array([[0.0, 1.0]] * 3 + [[np.inf, 0]])}, "test split: feature 0 of sample 3 is inf, not a"),
+        ({"y_train": np.array([0, 1, 7, 1]), "class_names": ("a", "b")}, "labels must lie in [0, 2), got 0..7"),
+        ({"n_classes": 8, "class_names": ("a", "b")}, "2 class names for n_classes=8"),
+        ({"y_test": np.array([0.0, 1.0, 0.0, 1.0])}, "test split: labels must be integers, got float64"),
+        ({"y_train": np.array([0, 1, 0])}, "train split: expected x (n, features) and y (n,), got (4, 2) and (3,)"),
+        ({"x_train": np.zeros(4)}, "train split: expected x (n, features) and y (n,), got (4,) and (4,)"),
+        ({"x_train": np.array([["a", "b"]] * 4)}, "train split: features must be real numbers, got <U1"),
+        ({"y_train": [0, 1, 0, 1]}, "train split: x and y must be NumPy arrays, got ndarray and list"),
+    ],
+)
+def test_splits_unfit_to_train_on_are_one_line_naming_the_dataset(changes, message):
+    with pytest.raises(DataError) as caught:
+        checked_splits(Quadrants(), splits(**changes))
+    assert str(caught.value).startswith("dataset quadrants: ") and message in str(caught.value), caught.value
+
+
+def test_a_load_that_returns_no_splits_and_an_unregistered_class_are_named():
+    with pytest.raises(DataError, match=r"^dataset Unregistered: load\(\) returned tuple, not Splits$"):
+        checked_splits(Unregistered(), (np.zeros((2, 2)), np.zeros(2)))
+
+
+def test_good_splits_pass_unchanged():
+    good = splits(x_train=np.zeros((4, 2), np.uint8), class_names=("a", "b"))
+    assert checked_splits(Quadrants(), good) is good
