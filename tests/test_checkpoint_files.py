@@ -95,6 +95,7 @@ def error_of(directory: Path) -> str:
         ("history.train_loss", [0.5, 0.4], "history.train_loss must be 1 numbers, one per epoch, found [0.5, 0.4]"),
         ("history.train_loss", ["x"], "history.train_loss must be 1 numbers, one per epoch, found ['x']"),
         ("history", {}, "history must be an object holding train_loss, found {}"),
+        ("history.evil", [1.0], "history must be metrics of train_loss, train_accuracy, epoch_seconds"),
         ("overrides", "seed=3", "overrides must be strings, found 'seed=3'"),
         ("output_dir", "relative/dir", "output_dir must be an absolute path, found 'relative/dir'"),
         ("config", "trainer: [", "config must be the run's config as YAML, found 'trainer: ['"),

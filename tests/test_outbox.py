@@ -150,6 +150,13 @@ def test_a_crafted_outbox_sends_nothing_to_the_run_it_names_or_to_another(projec
         1,
         f"error: {path}: run_id {run_id} is the run of {folder.resolve()}, not of {other.resolve()}",
     )
+    path = outbox(folder, tracking_uri=project.store_uri, run_id=run_id, status="KILLED", artifacts=[])
+    synced = nnexp_sync(project, folder)  # a stale outbox of its own folder: the run was closed since
+    assert (synced.returncode, synced.stderr.strip()) == (
+        1,
+        f"error: {path}: run {run_id} is already FINISHED, closed since this outbox was written; nothing to send "
+        "(remove the outbox)",
+    )
     path = outbox(other, tracking_uri=project.store_uri)
     synced = nnexp_sync(project, other)
     assert (synced.returncode, synced.stderr.strip()) == (

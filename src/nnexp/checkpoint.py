@@ -29,7 +29,7 @@ from nnexp import __version__
 from nnexp.atomic import remove_partials, replacing
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer, fits
-from nnexp.core.training import Callback, Trainer, TrainingState
+from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
 from nnexp.errors import DataError
 from nnexp.schema import RUN_ID, Fields, inside, load_npz
 
@@ -232,6 +232,7 @@ def check_manifest(manifest: object, path: Path) -> None:
         valid = isinstance(values, list) and all(
             isinstance(value, int | float) and not isinstance(value, bool) for value in values
         )
+        fields.check(name in EPOCH_METRICS, "history", f"metrics of {', '.join(EPOCH_METRICS)}", name)
         fields.check(valid and len(values) == epoch, f"history.{name}", f"{epoch} numbers, one per epoch", values)
     if epoch:
         fields.check("train_loss" in history, "history", "an object holding train_loss", history)

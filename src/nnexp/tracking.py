@@ -465,6 +465,13 @@ def sync(folder: Path, uri: str | None = None) -> str:
     recorded = found.data.tags.get("output_dir")
     if recorded is not None and Path(recorded).resolve() != folder.resolve():
         raise DataError(f"{path}: run_id {outbox['run_id']} is the run of {recorded}, not of {folder.resolve()}")
+    status = found.info.status
+    # Only a run left open, or marked KILLED because its process died, still waits for what its outbox holds.
+    if status != "RUNNING" and not (status == "KILLED" and found.data.tags.get("failure_reason") == liveness.REASON):
+        raise DataError(
+            f"{path}: run {outbox['run_id']} is already {status}, closed since this outbox was written; "
+            "nothing to send (remove the outbox)"
+        )
     run = TrackedRun(client, outbox["run_id"], folder)
     run._pending = [Metric(*row) for row in outbox["metrics"]]
     run._tags = dict(outbox["tags"])

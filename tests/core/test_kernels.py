@@ -226,3 +226,15 @@ def test_without_numba_auto_trains_with_numpy_and_says_why(monkeypatch, caplog) 
     assert trainer.engine_used == "numpy"
     [message] = caplog.messages
     assert message.startswith("engine: numpy (numba cannot be imported (")
+
+
+def test_a_user_who_may_not_write_the_package_gets_a_numba_cache_of_their_own(monkeypatch, tmp_path):
+    from nnexp.core import engine
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")  # recorded, so that monkeypatch removes what the function sets
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(engine.os, "access", lambda path, mode: False)
+    engine._cache_where_writable()
+    assert engine.os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "nnexp" / "numba")

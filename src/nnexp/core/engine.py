@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -120,11 +122,24 @@ def _offset(view: Array, flat: Array) -> int:
 
 def _load_kernels() -> ModuleType | str:
     """:mod:`nnexp.core.compiled.kernels`, or why it cannot be imported (no Numba for this platform, say)."""
+    _cache_where_writable()
     try:
         from nnexp.core.compiled import kernels
     except ImportError as exc:
         return f"numba cannot be imported ({exc})"
+    except RuntimeError as exc:  # Numba found no folder to keep its compiled kernels in
+        return f"numba cannot compile here ({exc})"
     return kernels
+
+
+def _cache_where_writable() -> None:
+    """Numba keeps compiled kernels beside their module; a user who may not write the installed package gets a
+    cache folder of their own instead (``$XDG_CACHE_HOME/nnexp/numba``), unless ``NUMBA_CACHE_DIR`` says where."""
+    package = Path(__file__).parent / "compiled"
+    if "NUMBA_CACHE_DIR" in os.environ or os.access(package, os.W_OK):
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnexp" / "numba"
+    os.environ["NUMBA_CACHE_DIR"] = str(cache)
 
 
 def select(requested: str, network: Sequential, loss: Loss, optimizer: Optimizer) -> CompiledSteps | None:

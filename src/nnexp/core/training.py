@@ -35,6 +35,10 @@ class Examples:
         return self.x.shape[0]
 
 
+#: The metrics :meth:`Trainer.fit` records for every epoch (the validation ones with a validation split).
+EPOCH_METRICS = ("train_loss", "train_accuracy", "epoch_seconds", "learning_rate", "val_loss", "val_accuracy")
+
+
 @dataclass
 class TrainingState:
     """Where training stands, so it can go on exactly where it stopped.
