@@ -48,6 +48,7 @@ def refusal(folder: Path) -> str:
     ("fields", "expected"),
     [
         ({"run_id": "../../etc"}, "run_id must be an MLflow run id (32 hex digits), found '../../etc'"),
+        ({"metrics": [["../../x", 1.0, 0, 1]]}, "metrics[0] key must be a metric name of letters, digits and _-. :/"),
         ({"status": "RUNNING"}, "status must be one of FINISHED, FAILED, KILLED, found 'RUNNING'"),
         ({"metrics": [["loss", float("inf"), 1, 1]]}, "metrics[0] value must be a finite number or NaN, found inf"),
         ({"metrics": [["loss", 0.5, 1, True]]}, "metrics[0] step must be an integer >= 0, found True"),

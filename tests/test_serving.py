@@ -100,9 +100,12 @@ def test_the_loaded_model_refuses_rows_that_are_not_finite(tmp_path):
     model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
     x = inputs()
     x[2, 1] = np.nan
-    for given in (x, pd.DataFrame(x)):
-        with pytest.raises(DataError, match=r"^row 2, column 1: nan is not a finite number$"):
+    for given in (x, pd.DataFrame(x)):  # counted from 1, as people count rows and columns
+        with pytest.raises(DataError, match=r"^row 3, column 2: nan is not a finite number$"):
             model.predict(given)
+    x[2, 1] = 1e300  # finite, but not in the model's float32
+    with pytest.raises(DataError, match=r"^row 3, column 2: 1e\+300 is too large for float32$"):
+        model.predict(x)
 
 
 def test_cross_entropy_probabilities_are_the_softmax_of_the_logits(tmp_path):

@@ -124,7 +124,10 @@ def main(argv: list[str]) -> int:
 def predict(request: Request) -> list[str]:
     """The output lines for ``request``; raises :class:`NnexpError` on any bad input."""
     if not request.input.is_file():
-        problem = "is a directory, not a file" if request.input.is_dir() else "no such file"
+        if request.input.is_dir():
+            problem = "is a directory, not a file"
+        else:
+            problem = "is not a regular file" if request.input.exists() else "no such file"
         raise DataError(f"{request.input}: {problem}")
     import mlflow  # noqa: F401 - before quiet(): importing MLflow sets its logger's level
 

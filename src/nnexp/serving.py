@@ -307,11 +307,14 @@ class NetworkModel:
         rows = np.asarray(x.to_numpy() if hasattr(x, "to_numpy") else x)
         if rows.ndim != 2 or rows.shape[1] != self.spec.n_features:
             raise DataError(f"expected rows of {self.spec.n_features} features, got an input of shape {rows.shape}")
-        rows = rows.astype(self.network.dtype)
+        wide = rows.astype(np.float64)  # checked before the cast: 1e300 is finite, but not as float32
+        with np.errstate(over="ignore"):
+            rows = wide.astype(self.network.dtype)
         bad = np.argwhere(~np.isfinite(rows))
         if len(bad):  # the network would answer NaN for the row, and argmax would call that class 0
             row, column = bad[0]
-            raise DataError(f"row {row}, column {column}: {rows[row, column]} is not a finite number")
+            kind = "not a finite number" if not np.isfinite(wide[row, column]) else f"too large for {rows.dtype}"
+            raise DataError(f"row {row + 1}, column {column + 1}: {wide[row, column]} is {kind}")
         outputs = predict(self.network, rows)
         return probabilities(outputs, self.spec.probabilities)
 

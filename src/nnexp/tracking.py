@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -431,6 +432,16 @@ class TrackedRun:
         return folder / OUTBOX
 
 
+def metric_name(key: object) -> bool:
+    """Whether MLflow takes ``key`` as a metric name: its characters, and no ``..`` or absolute path."""
+    return (
+        isinstance(key, str)
+        and bool(re.fullmatch(r"[\w.\- :/]+", key))
+        and not key.startswith("/")
+        and ".." not in key.split("/")
+    )
+
+
 def sync(folder: Path, uri: str | None = None) -> str:
     """Send the outbox a run left in ``folder`` to its store (or ``uri``); returns what was sent.
 
@@ -501,6 +512,7 @@ def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, An
         field = f"metrics[{index}]"
         fields.check(isinstance(row, list) and len(row) == 4, field, "[key, value, timestamp, step]", row)
         fields.string(row[0], f"{field} key")
+        fields.check(metric_name(row[0]), f"{field} key", "a metric name of letters, digits and _-. :/", row[0])
         fields.number(row[1], f"{field} value", nan=True)
         fields.integer(row[2], f"{field} timestamp")
         fields.integer(row[3], f"{field} step")
