@@ -139,6 +139,13 @@ def test_bad_sweep_value_found_while_expanding_leaves_nothing(project):
     assert not (project.root / "outputs").exists()  # nor the store the sweep created for its parent run
 
 
+def test_a_sweep_that_expands_to_no_jobs_is_an_error_and_leaves_nothing(project):
+    result = project.run("-m", "trainer.epochs=range(1,0)")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the sweep has no jobs")
+    assert not (project.root / "outputs").exists()
+
+
 def test_bad_sweep_value_in_a_project_with_runs_leaves_its_store(project):
     assert project.run(*QUICK).returncode == 0
     assert project.run("-m", "optimizer.learning_rate=0.01,-1,abc", *QUICK).returncode == 1

@@ -95,7 +95,10 @@ class Sweep:
             self.parent.end("FAILED", f"sweep summary failed: {exc}")
             return f"the sweep's summary failed: {exc}"
         total = finished + failed
-        if total and not finished:
+        if not total:  # e.g. trainer.epochs=range(1,0): the sweep expanded to nothing, and leaves nothing
+            self.abandon(NnexpError("the sweep has no jobs"))
+            return "the sweep has no jobs: its values expand to none (check ranges such as range(1,0))"
+        if not finished:
             self.parent.end("FAILED", f"all {total} jobs failed")
         else:
             self.parent.end("FINISHED")
