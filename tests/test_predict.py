@@ -307,3 +307,11 @@ def test_a_trained_run_can_be_asked_for_predictions(project):
     lines = result.stdout.splitlines()
     assert [line.split(" ")[0] for line in lines] == ["0:", "1:"]
     assert all(line.split(" ")[1] in ("0", "1") for line in lines)
+
+
+def test_an_input_too_large_to_classify_at_once_is_refused_naming_the_memory(models, tmp_path, in_process, monkeypatch):
+    monkeypatch.setattr("nnexp.memory.available_bytes", lambda: 100)
+    points = tmp_path / "points.csv"
+    points.write_text("\n".join(",".join(str(v) for v in row) for row in POINTS) + "\n")
+    result = in_process(f"model={models['points']}", f"input={points}")
+    assert_error(result, f"{points}: 4 rows need about", "is available; split the file")

@@ -134,6 +134,7 @@ def predict(request: Request) -> list[str]:
     with quiet("mlflow", "alembic"):
         pyfunc, model = load_model(request)
         x = read_input(request.input, model.spec, request.scale)
+        check_fits(request.input, x, len(model.spec.class_names))
         frame = pyfunc.predict(x)
     names = model.spec.class_names
     lines = []
@@ -144,6 +145,24 @@ def predict(request: Request) -> list[str]:
             line += "  " + " ".join(f"{name}={chance:.3f}" for name, chance in zip(names, chances, strict=True))
         lines.append(line)
     return lines
+
+
+#: Bytes one input row costs while it is classified, per feature or class: float64 copies of the row (the input,
+#: its float cast, the network's layers in the worst case) and the table of probabilities and its lines.
+BYTES_PER_VALUE = 8 * 4
+
+
+def check_fits(path: Path, x: np.ndarray, n_classes: int) -> None:
+    """Refuse, in one line, an input whose rows cannot all be classified at once in the memory available."""
+    from nnexp.memory import available_bytes, format_bytes
+
+    available = available_bytes()
+    needed = len(x) * (x.shape[1] + n_classes) * BYTES_PER_VALUE
+    if available is not None and needed > available:
+        raise DataError(
+            f"{path}: {len(x)} rows need about {format_bytes(needed)} to classify at once and "
+            f"{format_bytes(available)} is available; split the file"
+        )
 
 
 def load_model(request: Request) -> tuple[PyFuncModel, NetworkModel]:
