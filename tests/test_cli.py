@@ -294,6 +294,7 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
     [
         ("optimizer=sgdd", "optimizer=sgdd is not an option; available: adam, momentum, rmsprop, sgd"),
         ("optimizer.lr=0.1", "optimizer.lr is not a known key"),
+        ("~trainer", "trainer is part of every run's config and cannot be removed"),
         ("foo=1", "foo is not a known key"),
         ("optimizer.learning_rate=-1", "optimizer.learning_rate must be > 0, got -1.0"),
         ("optimizer.learning_rate=abc", "optimizer.learning_rate expects a number, got 'abc'"),

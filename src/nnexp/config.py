@@ -217,7 +217,10 @@ def config_fields(schema: Any) -> list[str]:
 
 
 def unknown_key_message(key: str, schema: Any) -> str:
-    """``key is not a known key; valid keys here: ...``, listing the fields of ``schema``."""
+    """``key is not a known key; valid keys here: ...``, listing the fields of ``schema``; a field of the schema
+    is missing only because an override removed it (``~trainer``)."""
+    if key.rpartition(".")[2] in config_fields(schema):
+        return f"{key} is part of every run's config and cannot be removed; set its fields instead"
     valid = ", ".join(name for name in config_fields(schema) if name != "name")
     return f"{key} is not a known key; " + (f"valid keys here: {valid}" if valid else "check its spelling")
 
