@@ -20,6 +20,23 @@ import numpy as np
 
 from nnexp.core import Array
 from nnexp.core.activations import ACTIVATIONS, Activation
+from nnexp.core.compiled.codes import (
+    ADAM,
+    BIAS,
+    CROSS_ENTROPY,
+    DENSE,
+    IDENTITY,
+    KIND,
+    MSE,
+    N_IN,
+    N_OUT,
+    RELU,
+    RMSPROP,
+    SGD,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+)
 from nnexp.core.layers import Bias, Dense
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.network import Sequential
@@ -30,15 +47,6 @@ from nnexp.registry import Registry
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "numpy", "compiled")
-
-# Codes the kernels dispatch on; nnexp.core.compiled.kernels imports them from here.
-DENSE, BIAS = 0, 1
-IDENTITY, SIGMOID, TANH, RELU, SOFTMAX = 0, 1, 2, 3, 4
-MSE, CROSS_ENTROPY = 0, 1
-SGD, RMSPROP, ADAM = 0, 1, 2
-#: Columns of a row of a plan's ``stages``: Dense or Bias, sizes, where its parameters start in the packed
-#: arrays (-1: none), and the activation after it.
-KIND, N_IN, N_OUT, WEIGHT_AT, BIAS_AT, ACTIVATION = range(6)
 
 #: The built-in components the kernels implement, by registered name.
 KERNEL_CODES: dict[str, dict[str, int]] = {

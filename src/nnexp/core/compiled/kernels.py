@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
-from nnexp.core.engine import (
+from nnexp.core.compiled.codes import (
     ACTIVATION,
     BIAS_AT,
     DENSE,
