@@ -166,7 +166,7 @@ def import_seconds(module: str, runs: int) -> list[float]:
 
 
 def default_mnist() -> Path | None:
-    from nnexp.download import default_mnist_dir
+    from nnexp.datasets.mnist import default_mnist_dir
 
     return next((folder for folder in (SHARED_MNIST, default_mnist_dir()) if folder.is_dir()), None)
 

@@ -11,8 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from nnexp.errors import NnexpError
+from nnexp.outbox import artifact_files, sync
 from nnexp.schema import Fields
-from nnexp.tracking import OUTBOX, artifact_files, sync
+from nnexp.tracking import OUTBOX
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 

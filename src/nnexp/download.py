@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import IO, TYPE_CHECKING
 
 from nnexp.arguments import ArgumentParser
 from nnexp.atomic import replacing
-from nnexp.datasets.mnist import locate_idx_files, read_idx_set, write_csv
+from nnexp.datasets.mnist import CSV_FILES, default_mnist_dir, locate_idx_files, read_idx_set, write_csv
 from nnexp.errors import ConfigError, DataError, NnexpError
 
 if TYPE_CHECKING:
@@ -55,7 +54,6 @@ CHECKSUMS: dict[str, tuple[str, ...]] = {
         "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b",
     ),
 }
-CSV_FILES = ("mnist_train.csv", "mnist_test.csv")
 DEFAULT_TIMEOUT = 10.0
 #: The largest archive is 9.9 MB; a mirror sending far more is not sending MNIST.
 MAX_BYTES = 32 * 2**20
@@ -74,15 +72,6 @@ class ChecksumMismatchError(MirrorError):
     def __init__(self, url: str, actual: str) -> None:
         super().__init__(f"{url}: SHA-256 {actual} is not MNIST's")
         self.url, self.actual = url, actual
-
-
-def default_mnist_dir() -> Path:
-    """``$NNEXP_CACHE/mnist``, else ``$XDG_CACHE_HOME/nnexp/mnist``, else ``~/.cache/nnexp/mnist``."""
-    if os.environ.get("NNEXP_CACHE"):
-        return Path(os.environ["NNEXP_CACHE"]).expanduser() / "mnist"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "nnexp" / "mnist"
-    return Path.home() / ".cache" / "nnexp" / "mnist"
 
 
 def sha256_of(path: Path) -> str:

@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("folder", type=Path, help="the run's output folder, as the run's error message names it")
     parser.add_argument("--uri", help="send to this tracking URI instead of the one the run used")
     args = parser.parse_args(argv)
-    from nnexp.tracking import sync
+    from nnexp.outbox import sync
 
     try:
         print(sync(args.folder, args.uri))

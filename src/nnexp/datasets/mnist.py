@@ -523,3 +523,16 @@ def write_csv(file: BinaryIO, images: np.ndarray, labels: np.ndarray, block_rows
         text[:, -1] = LAST_CELL_TEXT[rows[:, -1]]
         flat = text.ravel()
         file.write(flat[flat != 0].tobytes())
+
+
+#: The tutorial's CSV files, as ``nnexp data mnist --csv`` writes them into the cache.
+CSV_FILES = ("mnist_train.csv", "mnist_test.csv")
+
+
+def default_mnist_dir() -> Path:
+    """``$NNEXP_CACHE/mnist``, else ``$XDG_CACHE_HOME/nnexp/mnist``, else ``~/.cache/nnexp/mnist``."""
+    if os.environ.get("NNEXP_CACHE"):
+        return Path(os.environ["NNEXP_CACHE"]).expanduser() / "mnist"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "nnexp" / "mnist"
+    return Path.home() / ".cache" / "nnexp" / "mnist"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnexp.datasets.base import DATASETS
-from nnexp.datasets.mnist import MnistDataset, RawMnist, Scaling, Validation, read_csv
-from nnexp.download import CSV_FILES, default_mnist_dir
+from nnexp.datasets.mnist import CSV_FILES, MnistDataset, RawMnist, Scaling, Validation, default_mnist_dir, read_csv
 from nnexp.errors import DataError
 
 

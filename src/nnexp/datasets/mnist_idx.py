@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnexp.datasets.base import DATASETS
-from nnexp.datasets.mnist import MnistDataset, RawMnist, Scaling, Validation, locate_idx_files, read_idx_set
-from nnexp.download import default_mnist_dir
+from nnexp.datasets.mnist import (
+    MnistDataset,
+    RawMnist,
+    Scaling,
+    Validation,
+    default_mnist_dir,
+    locate_idx_files,
+    read_idx_set,
+)
 
 
 @DATASETS.register("mnist_idx")

@@ -1,0 +1,148 @@
+"""The outbox: what a tracking store missed while it was away, kept in a run's folder, checked as data and sent
+by ``nnexp sync`` once the store answers again."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nnexp import liveness
+from nnexp.errors import ConfigError, DataError
+from nnexp.tracking import OUTBOX, OUTBOX_STATUSES, TrackedRun, existing_store, find_run
+
+if TYPE_CHECKING:
+    from nnexp.schema import Fields
+
+
+def metric_name(key: object) -> bool:
+    """Whether MLflow takes ``key`` as a metric name: its characters, and no ``..`` or absolute path."""
+    return (
+        isinstance(key, str)
+        and bool(re.fullmatch(r"[\w.\- :/]+", key))
+        and not key.startswith("/")
+        and ".." not in key.split("/")
+    )
+
+
+def sync(folder: Path, uri: str | None = None) -> str:
+    """Send the outbox a run left in ``folder`` to its store (or ``uri``); returns what was sent.
+
+    The outbox is data: every field is checked, artifacts are sent only from inside ``folder`` and only to the run
+    it names, which must be in the store and, if it records its folder, be this folder's; otherwise nothing is sent.
+    """
+    from mlflow.entities import Metric
+
+    from nnexp.schema import Fields
+
+    path = folder / OUTBOX
+    try:
+        contents = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no outbox here; nothing to send") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable outbox: {exc}") from None
+    fields = Fields(path)
+    outbox = check_outbox(fields, contents, folder)
+    artifacts = [
+        (file, artifact_path)
+        for index, (local, directory) in enumerate(outbox["artifacts"])
+        for file, artifact_path in artifact_files(fields, f"artifacts[{index}]", folder / local, folder, directory)
+    ]
+    model = folder / "model"
+    has_model = (model / "MLmodel").is_file()
+    if has_model:
+        artifact_files(fields, "model", model, folder)
+    store = uri or outbox["tracking_uri"]
+    client = existing_store(store, f"send {path} with: nnexp sync {folder} --uri URI")
+    found = find_run(client, outbox["run_id"], f"{path}: run_id {outbox['run_id']} is no run in {store}")
+    recorded = found.data.tags.get("output_dir")
+    if recorded is not None and Path(recorded).resolve() != folder.resolve():
+        raise DataError(f"{path}: run_id {outbox['run_id']} is the run of {recorded}, not of {folder.resolve()}")
+    status = found.info.status
+    # Only a run left open, or marked KILLED because its process died, still waits for what its outbox holds.
+    if status != "RUNNING" and not (status == "KILLED" and found.data.tags.get("failure_reason") == liveness.REASON):
+        raise DataError(
+            f"{path}: run {outbox['run_id']} is already {status}, closed since this outbox was written; "
+            "nothing to send (remove the outbox)"
+        )
+    run = TrackedRun(client, outbox["run_id"], folder)
+    run._pending = [Metric(*row) for row in outbox["metrics"]]
+    run._tags = dict(outbox["tags"])
+    run._artifacts = artifacts
+    counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
+    run.end(outbox["status"])
+    from nnexp.serving import upload_model
+
+    if has_model and not run.client.get_run(run.run_id).outputs.model_outputs:
+        upload_model(run.client, run.run_id, model)
+    path.unlink()
+    return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}"
+
+
+def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, Any]:
+    """``contents`` of an outbox in ``folder``, once every field is checked; raises DataError naming the field."""
+    from nnexp.schema import RUN_ID
+
+    outbox = fields.mapping(contents, "the outbox")
+    fields.string(fields.get(outbox, "tracking_uri"), "tracking_uri")
+    fields.string(fields.get(outbox, "run_id"), "run_id", RUN_ID, "an MLflow run id (32 hex digits)")
+    status = fields.get(outbox, "status")
+    fields.check(status in OUTBOX_STATUSES, "status", f"one of {', '.join(OUTBOX_STATUSES)}", status)
+    metrics = fields.get(outbox, "metrics")
+    fields.check(isinstance(metrics, list), "metrics", "a list of [key, value, timestamp, step]", metrics)
+    for index, row in enumerate(metrics):
+        field = f"metrics[{index}]"
+        fields.check(isinstance(row, list) and len(row) == 4, field, "[key, value, timestamp, step]", row)
+        fields.string(row[0], f"{field} key")
+        fields.check(metric_name(row[0]), f"{field} key", "a metric name of letters, digits and _-. :/", row[0])
+        fields.number(row[1], f"{field} value", nan=True)
+        fields.integer(row[2], f"{field} timestamp")
+        fields.integer(row[3], f"{field} step")
+    tags = fields.mapping(fields.get(outbox, "tags"), "tags")
+    for key, value in tags.items():
+        fields.string(value, f"tags.{key}")
+        # A run's system tags and its folder are set when it is created; an outbox only adds to the run.
+        fields.check(not key.startswith("mlflow."), f"tags.{key}", "a tag of nnexp's, not one of MLflow's own", key)
+        if key == "output_dir":
+            fields.check(Path(value).resolve() == folder.resolve(), "tags.output_dir", str(folder.resolve()), value)
+    artifacts = fields.get(outbox, "artifacts")
+    fields.check(isinstance(artifacts, list), "artifacts", "a list of [path, artifact_path]", artifacts)
+    for index, entry in enumerate(artifacts):
+        field = f"artifacts[{index}]"
+        valid = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+        fields.check(valid and (entry[1] is None or isinstance(entry[1], str)), field, "[path, artifact_path]", entry)
+    return outbox
+
+
+def artifact_files(
+    fields: Fields, field: str, local: Path, folder: Path, artifact_path: str | None = None
+) -> list[tuple[str, str | None]]:
+    """The files to upload for the artifact ``local`` (a file, or a folder's files) logged under ``artifact_path``,
+    as ``(file, artifact folder)`` pairs; every one must lie inside ``folder``, symbolic links followed.
+
+    Temporary files of writes that were interrupted are left out.
+    """
+    from nnexp.atomic import PARTIAL
+    from nnexp.schema import inside
+
+    if not inside(local, folder):
+        fields.fail(field, f"a file inside {folder.resolve()}", str(local))
+    if not local.exists():
+        fields.fail(field, "a file that exists", str(local))
+    if artifact_path is not None:
+        parts = artifact_path.replace("\\", "/").split("/")
+        relative = not artifact_path.startswith("/") and ".." not in parts
+        fields.check(relative, f"{field} artifact path", "relative, without ..", artifact_path)
+    if not local.is_dir():
+        return [(str(local.resolve()), artifact_path)]
+    found = []
+    for entry in sorted(local.rglob("*")):
+        if not inside(entry, folder):
+            fields.fail(field, f"a folder whose files are inside {folder.resolve()}", str(entry))
+        if entry.is_file() and not PARTIAL.fullmatch(entry.name):
+            parent = entry.parent.relative_to(local).as_posix()
+            where = "/".join(part for part in (artifact_path, parent) if part and part != ".") or None
+            found.append((str(entry.resolve()), where))
+    return found
