@@ -68,7 +68,9 @@ def test_sigterm_stops_the_child_and_marks_both_runs_killed(project):
     import signal
     import time
 
+    # Enough epochs that the child is still training when the signal comes, however slow the machine.
     command = [sys.executable, "-m", "nnexp", "reproduce", "--only", "moons_deep_sigmoid", "--seeds", "0"]
+    command.append("trainer.epochs=1000000")
     process = subprocess.Popen(
         command, cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -77,7 +79,7 @@ def test_sigterm_stops_the_child_and_marks_both_runs_killed(project):
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143
+    assert process.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1].startswith("error: terminated (SIGTERM); MLflow run ")
     assert sorted(run.info.status for run in project.runs()) == ["KILLED", "KILLED"]
 

@@ -181,7 +181,11 @@ def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[st
     except BaseException:
         # Ctrl-C reaches the child too; SIGTERM must be passed on. Either way it marks its own run KILLED.
         child.terminate()
-        child.wait(timeout=60)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a wedged child must not turn the stop into another error
+            child.kill()
+            child.wait()
         raise
     preset.seconds.append(time.perf_counter() - started)
     found = RUN_ID.search(stdout)

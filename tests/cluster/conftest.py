@@ -202,8 +202,17 @@ def timings() -> dict[str, float]:
     return TIMINGS
 
 
+CLUSTER_SECONDS: list[float] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid.startswith("tests/cluster/"):
+        CLUSTER_SECONDS.append(report.duration)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if TIMINGS:
         terminalreporter.write_sep("-", "cluster timings")
         for name, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{name}: {seconds:.1f}")
+        terminalreporter.write_line(f"cluster tests in all, with set-up (s): {sum(CLUSTER_SECONDS):.1f}")
