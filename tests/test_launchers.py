@@ -181,3 +181,56 @@ def test_ray_preset_without_the_extra_says_how_to_install_it(project):
         'error: hydra/launcher=ray needs an optional extra: pip install -e ".[ray]"',
     )
     assert project.runs() == [] and project.job_dirs() == []
+
+
+class FakeJobEnvironment:
+    """submitit's job environment: its SIGUSR2 handler requeues, its SIGTERM handler ignores the signal."""
+
+    def __init__(self) -> None:
+        self.requeued: list[int] = []
+
+    def checkpoint_and_try_requeue(self, signum: int, frame: object = None) -> None:
+        self.requeued.append(signum)
+
+    def bypass(self, signum: int, frame: object = None) -> None:
+        pass
+
+
+@pytest.fixture
+def submitit_handlers():
+    import signal
+
+    environment = FakeJobEnvironment()
+    previous = signal.signal(signal.SIGTERM, environment.bypass)
+    yield environment
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_slurms_warning_during_training_is_nnexps_graceful_stop(submitit_handlers):
+    import signal
+
+    from hydra_plugins.nnexp_slurm import relay_warning
+
+    stops: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stops.append(signum))
+    warned: list[int] = []
+    relay_warning(submitit_handlers.checkpoint_and_try_requeue, warned)(signal.SIGUSR2, None)
+    assert stops == [signal.SIGUSR2] and warned == [signal.SIGUSR2] and submitit_handlers.requeued == []
+
+
+def test_slurms_warning_before_training_stops_training_once_it_starts(submitit_handlers):
+    """Requeued at once, a job without a checkpoint would start over in a second MLflow run."""
+    import signal
+    import time
+
+    from hydra_plugins.nnexp_slurm import relay_warning
+
+    warned: list[int] = []
+    relay_warning(submitit_handlers.checkpoint_and_try_requeue, warned)(signal.SIGUSR2, None)
+    time.sleep(0.2)
+    stops: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stops.append(signum))  # training starts
+    deadline = time.monotonic() + 10
+    while not stops and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stops == [signal.SIGUSR2] and warned == [signal.SIGUSR2] and submitit_handlers.requeued == []

@@ -16,7 +16,9 @@ import logging
 import math
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +42,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     ) -> JobReturn:
         requeue = signal.getsignal(WARNING)  # submitit's: checkpoint(), scontrol requeue, exit
         warned: list[int] = []
-
-        def warn(signum: int, frame: object) -> None:
-            stop = signal.getsignal(signal.SIGTERM)
-            if not callable(stop) or getattr(stop, "__self__", None) is getattr(requeue, "__self__", requeue):
-                requeue(signum, frame)  # not training: requeue at once, from the last checkpoint if there is one
-                return
-            warned.append(signum)
-            stop(signum, frame)  # nnexp's graceful stop: training ends at the next batch with a checkpoint
-
         if callable(requeue):
-            signal.signal(WARNING, warn)
+            signal.signal(WARNING, relay_warning(requeue, warned))
         try:
             return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         except Interrupted as exc:
@@ -90,6 +83,37 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         with open_dict(config.hydra.job):
             config.hydra.job.num = job_num
         return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+
+
+def relay_warning(requeue: Callable[[int, Any], None], warned: list[int]) -> Callable[[int, Any], None]:
+    """The job's SIGUSR2 handler: SLURM's warning becomes nnexp's graceful stop, which ends training at the next
+    batch with a checkpoint. A warning outside training waits for training to start and stops it then, so that the
+    job's MLflow run has a checkpoint to be resumed from instead of a requeued job starting a second run; a job
+    warned after training simply finishes."""
+
+    def warn(signum: int, frame: Any) -> None:
+        warned.append(signum)
+        stop = training_stop(requeue)
+        if stop is not None:
+            stop(signum, frame)
+            return
+        threading.Thread(target=stop_once_training, args=(requeue, signum), name="slurm-warning", daemon=True).start()
+
+    return warn
+
+
+def training_stop(requeue: Callable[[int, Any], None]) -> Callable[[int, Any], None] | None:
+    """nnexp's graceful stop when training is under way: then it, not submitit, handles SIGTERM."""
+    stop = signal.getsignal(signal.SIGTERM)
+    if not callable(stop) or getattr(stop, "__self__", None) is getattr(requeue, "__self__", requeue):
+        return None
+    return stop
+
+
+def stop_once_training(requeue: Callable[[int, Any], None], signum: int) -> None:
+    while (stop := training_stop(requeue)) is None:
+        time.sleep(0.05)
+    stop(signum, None)
 
 
 class QueueWatcher(SlurmInfoWatcher):
