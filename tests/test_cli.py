@@ -452,7 +452,7 @@ class MySched(Schedule):
         (
             "return -0.5",
             "schedule 'my_sched' (file plugins/my_sched.py) gave learning rate -0.5 at epoch 3; "
-            "a rate must be finite and >= 0",
+            "a rate must be finite and > 0",
         ),
         (
             "return np.ones((10**6, 10**7))",  # 80 TB: numpy's MemoryError, in the training phase

@@ -26,7 +26,7 @@ def rates(schedule: Schedule, base_rate: float = BASE, epochs: int = EPOCHS) -> 
 def test_schedule_starts_at_the_base_rate_and_stays_finite(name: str) -> None:
     values = rates(SCHEDULES.build({"name": name}))
     assert values[0] == BASE  # the defaults have no warm-up
-    assert all(math.isfinite(value) and value >= 0 for value in values)
+    assert all(math.isfinite(value) and value > 0 for value in values)
     assert any(value > 0 for value in values[1:])
 
 
@@ -51,19 +51,27 @@ def test_step_matches_hand_values() -> None:
 
 
 def test_cosine_matches_hand_values() -> None:
-    # 0.1 * 0.5 * (1 + cos(pi * (e - 1) / 4)) for e = 1..5: cos is 1, 1/sqrt(2), 0, -1/sqrt(2), -1.
-    expected = [0.1, 0.08535533905932738, 0.05, 0.014644660940672627, 0.0]
-    assert rates(Cosine(), 0.1, 5) == pytest.approx(expected, rel=1e-12, abs=1e-17)
+    # 0.1 * 0.5 * (1 + cos(pi * (e - 1) / 4)) for e = 1..4: cos is 1, 1/sqrt(2), 0, -1/sqrt(2).
+    expected = [0.1, 0.08535533905932738, 0.05, 0.014644660940672627]
+    assert rates(Cosine(), 0.1, 4) == pytest.approx(expected, rel=1e-12)
 
 
-def test_cosine_ends_at_min_rate() -> None:
+def test_cosine_follows_pytorchs_cosine_annealing_over_the_run() -> None:
+    # torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs, eta_min) stepped once per epoch, written out.
+    epochs, base, low = 7, 0.3, 0.01
+    expected = [low + (base - low) * (1 + math.cos(math.pi * t / epochs)) / 2 for t in range(epochs)]
+    assert rates(Cosine(min_rate=low), base, epochs) == pytest.approx(expected, rel=1e-15)
+
+
+def test_cosine_with_the_default_min_rate_still_learns_in_the_last_epoch() -> None:
     values = rates(Cosine(min_rate=0.01), 0.1, 5)
-    assert values[0] == 0.1 and values[2] == pytest.approx(0.055) and values[-1] == pytest.approx(0.01)
+    assert values[0] == 0.1 and values[-1] > 0.01
+    assert rates(Cosine(), 0.1, 5)[-1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 5)), rel=1e-15)
 
 
 def test_cosine_warm_up_rises_linearly_then_anneals() -> None:
-    # Two warm-up epochs at 0.3 * 1/3 and 0.3 * 2/3, then a cosine over epochs 3..4 from 0.3 to 0.
-    assert rates(Cosine(warmup_epochs=2), 0.3, 4) == pytest.approx([0.1, 0.2, 0.3, 0.0], abs=1e-15)
+    # Two warm-up epochs at 0.3 * 1/3 and 0.3 * 2/3, then a cosine over epochs 3..4 from 0.3: 0.3, 0.15.
+    assert rates(Cosine(warmup_epochs=2), 0.3, 4) == pytest.approx([0.1, 0.2, 0.3, 0.15], abs=1e-15)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +137,7 @@ def test_scheduler_starts_from_the_base_rate_again_when_fit_twice() -> None:
     again = Examples(np.ones((2, 2)), np.eye(2), np.array([0, 1]))
     network = Sequential([Dense(2, 2, np.random.default_rng(1), dtype=np.float64)])
     Trainer(2, batch_size=None).fit(network, loss, optimizer, again, np.random.default_rng(1), callbacks=[scheduler])
-    assert recorder.at_steps == pytest.approx([0.4, 0.2, 0.0, 0.4, 0.0], abs=1e-15)
+    assert recorder.at_steps == pytest.approx([0.4, 0.3, 0.1, 0.4, 0.2], rel=1e-15)
 
 
 def test_without_a_scheduler_the_configured_rate_is_logged() -> None:
@@ -145,7 +153,9 @@ def test_without_a_scheduler_the_configured_rate_is_logged() -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_scheduled_rate_keeps_the_parameter_dtype(dtype: type) -> None:
     optimizer = SGD(learning_rate=0.1)
-    LearningRateScheduler(optimizer, Cosine()).on_epoch_begin(2)
+    scheduler = LearningRateScheduler(optimizer, Cosine())
+    scheduler.on_train_begin(3, 2)
+    scheduler.on_epoch_begin(2)
     assert type(optimizer.learning_rate) is float  # a NumPy float64 would upcast float32 updates
     param = np.array([1.0, -1.0], dtype=dtype)
     optimizer.step([("dense0.weight", param, np.array([1.0, -1.0], dtype=dtype))])
@@ -165,13 +175,21 @@ class Fixed(Schedule):
 
 @pytest.mark.parametrize(
     ("value", "shown"),
-    [(-0.5, "-0.5"), (math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"), (None, "None"), ("fast", "'fast'")],
+    [
+        (0.0, "0.0"),
+        (-0.5, "-0.5"),
+        (math.nan, "nan"),
+        (math.inf, "inf"),
+        (-math.inf, "-inf"),
+        (None, "None"),
+        ("fast", "'fast'"),
+    ],
 )
 def test_a_rate_that_is_not_finite_and_positive_stops_training_naming_the_schedule(value, shown) -> None:
     with pytest.raises(TrainingError) as error:
         fit_with_schedule(Fixed(value, from_epoch=3), 5)
     assert str(error.value) == (
-        f"schedule Fixed gave learning rate {shown} at epoch 3; a rate must be finite and >= 0"
+        f"schedule Fixed gave learning rate {shown} at epoch 3; a rate must be finite and > 0"
     )
 
 
@@ -186,16 +204,16 @@ def test_a_registered_schedule_is_named_with_its_source(restore_registries) -> N
         fit_with_schedule(SCHEDULES.build({"name": "my_sched"}), 4)
     assert str(error.value) == (
         "schedule 'my_sched' (file plugins/my_sched.py) gave learning rate -0.5 at epoch 2; "
-        "a rate must be finite and >= 0"
+        "a rate must be finite and > 0"
     )
 
 
-def test_a_numpy_rate_is_accepted_as_a_python_float_and_zero_is_allowed() -> None:
-    _, recorder, _, _ = fit_with_schedule(Fixed(np.float64(0.0)), 3)
-    assert recorder.at_steps == [0.4, 0.0, 0.0]
+def test_a_numpy_rate_is_accepted_as_a_python_float() -> None:
+    _, recorder, _, _ = fit_with_schedule(Fixed(np.float64(0.25)), 3)
+    assert recorder.at_steps == [0.4, 0.25, 0.25]
     assert all(type(rate) is float for rate in recorder.at_steps)
 
 
-def test_cosine_annealing_to_zero_runs_to_the_end() -> None:
+def test_cosine_towards_zero_runs_to_the_end_learning() -> None:
     history, _, _, _ = fit_with_schedule(Cosine(min_rate=0.0), 4)
-    assert history["learning_rate"][-1] == 0.0
+    assert history["learning_rate"][-1] == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 3 / 4)), rel=1e-15)

@@ -130,7 +130,13 @@ def scaled_ratio(numerator: Array, second_moment: Array, epsilon: float, scale: 
 
 @OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional (Nesterov) momentum, as in Keras."""
+    """Stochastic gradient descent with optional (Nesterov) momentum, as in Keras.
+
+    The learning rate is folded into the velocity (``v = momentum v + lr g``; the step is ``v``, or ``momentum v +
+    lr g`` with Nesterov), as Keras does: equal to ``torch.optim.SGD``, which scales ``v`` by the rate at each step,
+    only while the rate is constant. ``weight_decay`` is coupled L2: ``weight_decay * param`` is added to the
+    gradient of weights (not biases) before the rule.
+    """
 
     def __init__(
         self,
@@ -161,7 +167,11 @@ class SGD(Optimizer):
 
 @OPTIMIZERS.register("rmsprop")
 class RMSprop(Optimizer):
-    """Divides each step by a running root mean square of recent gradients (Keras defaults)."""
+    """Divides each step by a running root mean square of recent gradients.
+
+    Keras's defaults (``rho`` 0.9, ``epsilon`` 1e-7), with epsilon added as PyTorch adds it, outside the square
+    root: ``lr g / (sqrt(mean_square) + epsilon)``. ``weight_decay`` is coupled L2 on weights, as in :class:`SGD`.
+    """
 
     state_slots = ("mean_square",)
 
@@ -182,7 +192,11 @@ class RMSprop(Optimizer):
 
 @OPTIMIZERS.register("adam")
 class Adam(Optimizer):
-    """Adaptive moment estimation (Kingma and Ba, 2015), with Keras's defaults."""
+    """Adaptive moment estimation (Kingma and Ba, 2015), with Keras's defaults (``epsilon`` 1e-7).
+
+    Epsilon is added as in the paper's Algorithm 1 and PyTorch, to the bias-corrected root: ``lr m_hat /
+    (sqrt(v_hat) + epsilon)``. ``weight_decay`` is coupled L2 on weights, as in :class:`SGD` (not AdamW).
+    """
 
     state_slots = ("m", "v")
 

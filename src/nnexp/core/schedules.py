@@ -44,7 +44,8 @@ class Step(Schedule):
 
 @SCHEDULES.register("cosine")
 class Cosine(Schedule):
-    """Half a cosine from the configured rate down to ``min_rate`` at the last epoch.
+    """Half a cosine from the configured rate towards ``min_rate``, PyTorch's ``CosineAnnealingLR`` with
+    ``T_max`` = the cosine's epochs: the last epoch is one step before ``min_rate``, so it still learns.
 
     With ``warmup_epochs`` = w, epochs 1..w rise linearly to the configured rate (``base * epoch / (w + 1)``)
     and the cosine spans epochs w + 1 to the last.
@@ -58,10 +59,7 @@ class Cosine(Schedule):
     def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
         if epoch <= self.warmup_epochs:
             return base_rate * epoch / (self.warmup_epochs + 1)
-        span = epochs - self.warmup_epochs - 1
-        if span <= 0:
-            return base_rate
-        progress = (epoch - self.warmup_epochs - 1) / span
+        progress = (epoch - self.warmup_epochs - 1) / (epochs - self.warmup_epochs)
         return self.min_rate + (base_rate - self.min_rate) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -85,11 +83,11 @@ class LearningRateScheduler(Callback):
             rate = float(given)  # a Python float: a NumPy float64 rate would upcast float32 updates
         except (TypeError, ValueError):
             rate = None
-        if rate is None or not (math.isfinite(rate) and rate >= 0):  # a cosine may anneal to exactly 0
+        if rate is None or not (math.isfinite(rate) and rate > 0):
             shown = given if rate is None else rate
             raise TrainingError(
                 f"{describe(self.schedule)} gave learning rate {shown!r} at epoch {epoch}; "
-                "a rate must be finite and >= 0"
+                "a rate must be finite and > 0"
             )
         self.optimizer.learning_rate = rate
 
