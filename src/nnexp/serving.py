@@ -4,9 +4,9 @@ The model directory holds the weights as ``.npz`` (the format of :meth:`Sequenti
 ``allow_pickle=False``) and the layer structure as JSON; this module is the pyfunc ``loader_module`` that rebuilds
 the network from them. MLflow's other route, ``python_model=``, would cloudpickle a ``PythonModel`` instance.
 
-Load a logged model with ``mlflow.pyfunc.load_model("runs:/<run id>/model")``: its ``predict`` takes a float64
-array or DataFrame of feature rows and returns a DataFrame with the ``label`` (a class name) and one
-``probability_<class name>`` column per class.
+Load a logged model with ``mlflow.pyfunc.load_model("runs:/<run id>/model")``: its ``predict`` takes feature rows
+(an array of any numeric dtype, a list of rows or a DataFrame) and returns a DataFrame with the ``label`` (a class
+name) and one ``probability_<class name>`` column per class.
 """
 
 from __future__ import annotations
@@ -304,10 +304,15 @@ class NetworkModel:
         """``(n, n_classes)`` float64 probabilities of feature rows ``x`` (an array or a DataFrame)."""
         from nnexp.core.training import predict
 
-        rows = np.asarray(x.to_numpy() if hasattr(x, "to_numpy") else x)
+        expected = f"rows of {self.spec.n_features} numbers (an array, a list of rows or a DataFrame)"
+        try:
+            rows = np.asarray(x.to_numpy() if hasattr(x, "to_numpy") else x)
+            wide = rows.astype(np.float64)  # checked before the cast: 1e300 is finite, but not as float32
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"expected {expected}, got a {type(x).__name__} that is not: {exc}") from None
         if rows.ndim != 2 or rows.shape[1] != self.spec.n_features:
-            raise DataError(f"expected rows of {self.spec.n_features} features, got an input of shape {rows.shape}")
-        wide = rows.astype(np.float64)  # checked before the cast: 1e300 is finite, but not as float32
+            one_row = " (one row is [[...]])" if rows.shape == (self.spec.n_features,) else ""
+            raise DataError(f"expected {expected}, got an input of shape {rows.shape}{one_row}")
         with np.errstate(over="ignore"):
             rows = wide.astype(self.network.dtype)
         bad = np.argwhere(~np.isfinite(rows))
@@ -403,12 +408,14 @@ def pip_requirements() -> list[str]:
 
 
 def signature(spec: NetworkSpec) -> ModelSignature:
-    """Input: a float64 tensor of feature rows; output: the label and one probability column per class."""
+    """The output: the label and one probability column per class. No input schema: MLflow would hold inputs to
+    its exact dtype (a float64 tensor refuses float32, integers and lists), where the model converts whatever holds
+    numbers itself and names a row that does not; the saved input example shows the rows' shape."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
     outputs = [ColSpec("string", "label"), *(ColSpec("double", f"probability_{name}") for name in spec.class_names)]
-    return ModelSignature(Schema([TensorSpec(np.dtype(np.float64), (-1, spec.n_features))]), Schema(outputs))
+    return ModelSignature(None, Schema(outputs))
 
 
 def save_model(path: str | Path, network: Sequential, spec: NetworkSpec, example: np.ndarray) -> None:
