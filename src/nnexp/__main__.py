@@ -24,6 +24,7 @@ COMMANDS = {
     "runs": "nnexp.runs",
     "sync": "nnexp.sync",
     "predict": "nnexp.predict",
+    "check": "nnexp.check",
 }
 
 #: How MLflow's client retries a tracking server that does not answer: a few seconds per request, not minutes.
