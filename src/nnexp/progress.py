@@ -1,13 +1,16 @@
-"""Terminal progress: a tqdm bar on a terminal, a few plain lines otherwise."""
+"""Terminal progress: a tqdm bar on a terminal, plain lines otherwise (a log file, a job's output)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 from nnexp.core.training import Callback
 
 PLAIN_LINES = 10
+#: Off a terminal, a line at least this often, so that a long run never looks stuck.
+PLAIN_SECONDS = 10.0
 
 
 class Progress(Callback):
@@ -20,6 +23,8 @@ class Progress(Callback):
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
         self.epochs, self.n_samples = epochs, n_samples
         self._first_rate: float | None = None
+        self._last_line = time.monotonic()
+        self._unshown: str | None = None  # the last epoch's line, when it was not printed
         if self.stream.isatty():
             from tqdm import tqdm
 
@@ -41,9 +46,21 @@ class Progress(Callback):
             self._bar.update(1)
             if epoch == self.epochs:
                 self._bar.close()
-        elif epoch % max(1, self.epochs // PLAIN_LINES) == 0 or epoch == self.epochs:
+        else:
             details = " ".join(f"{key}={value}" for key, value in shown.items())
-            print(f"{self.label} epoch {epoch}/{self.epochs} {details}", file=self.stream, flush=True)
+            self._unshown = f"{self.label} epoch {epoch}/{self.epochs} {details}"
+            every = max(1, self.epochs // PLAIN_LINES)
+            if epoch % every == 0 or epoch == self.epochs or time.monotonic() - self._last_line >= PLAIN_SECONDS:
+                self._print_unshown()
+
+    def on_train_end(self, history: dict[str, list[float]]) -> None:
+        self._print_unshown()  # where early stopping ended the run
+
+    def _print_unshown(self) -> None:
+        if self._unshown is not None:
+            print(self._unshown, file=self.stream, flush=True)
+            self._unshown = None
+            self._last_line = time.monotonic()
 
     def close(self) -> None:
         if self._bar is not None:

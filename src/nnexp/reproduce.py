@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ UNSTABLE_NOTE = (
     "the other seeds' mean reaches the published figure."
 )
 RUN_ID = re.compile(r"; run ([0-9a-f]{32});")
+PROGRESS = re.compile(r"\S+ epoch \d+/\d+ ")
 
 
 @dataclass
@@ -175,9 +177,12 @@ def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[st
         *overrides,
     )
     started = time.perf_counter()
+    print(f"{preset.name} seed={seed}: training", file=sys.stderr, flush=True)
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        stdout, stderr = child.communicate()
+        stderr = "".join(echo_progress(child.stderr))
+        stdout = child.stdout.read()
+        child.wait()
     except BaseException:
         # Ctrl-C reaches the child too; SIGTERM must be passed on. Either way it marks its own run KILLED.
         child.terminate()
@@ -194,6 +199,14 @@ def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[st
     metrics = tracker.client.get_run(found.group(1)).data.metrics
     preset.obtained.append(metrics[preset.metric])
     print(f"{preset.name} seed={seed}: {preset.metric}={metrics[preset.metric]:.4f}", file=sys.stderr, flush=True)
+
+
+def echo_progress(lines: Iterable[str]) -> Iterator[str]:
+    """The child's stderr lines, passing its progress lines (``<run name> epoch 10/1000 ...``) on as they come."""
+    for line in lines:
+        if PROGRESS.match(line):
+            print(line, end="", file=sys.stderr, flush=True)
+        yield line
 
 
 def tracking_option(overrides: list[str], key: str) -> str | None:
