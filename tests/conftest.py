@@ -58,12 +58,17 @@ class Project:
         return {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "HYDRA_"))}
 
     def runs(self) -> list:
-        """Every MLflow run in the project's store, newest first."""
+        """Every MLflow run in the project's store, newest first; none, and no store made, while there is none."""
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=self.store_uri)
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        return client.search_runs(experiments, order_by=["attributes.start_time DESC"]) if experiments else []
+        from nnexp.tracking import store_lock
+
+        if not (self.root / "outputs" / "mlflow.db").exists():
+            return []
+        with store_lock(self.store_uri):  # a CLI process may be creating the store: both would run its migrations
+            client = MlflowClient(tracking_uri=self.store_uri)
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            return client.search_runs(experiments, order_by=["attributes.start_time DESC"]) if experiments else []
 
     def job_dirs(self) -> list[Path]:
         outputs = self.root / "outputs"
