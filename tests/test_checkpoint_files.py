@@ -332,3 +332,42 @@ def test_restore_checks_early_stoppings_state_before_training_uses_it(tmp_path):
     loaded.arrays["callback/early_stopping/best_weights.dense0.weight"] = np.zeros((3, 5), np.float32)
     with pytest.raises(DataError, match=r"early stopping's best_weights\.dense0\.weight \(3, 5\) does not fit"):
         loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def checkpointed_epochs(monkeypatch, epochs: int, trained: int, seconds_each: float, **options) -> list[int]:
+    from nnexp import checkpoint
+
+    clock = Clock()
+    monkeypatch.setattr(checkpoint.time, "monotonic", clock)
+    saved: list[int] = []
+    epoch = 0
+    checkpointer = checkpoint.Checkpointer(lambda: saved.append(epoch), **options)
+    checkpointer.on_train_begin(epochs, 10)
+    for epoch in range(1, trained + 1):
+        clock.now += seconds_each
+        checkpointer.on_epoch_end(epoch, {})
+    checkpointer.on_train_end({"train_loss": [0.0] * trained})
+    return saved
+
+
+def test_by_default_a_checkpoint_comes_every_thirty_seconds_and_after_the_last_epoch(monkeypatch):
+    # 10,000 epochs of 4 ms: one checkpoint every 7,500 epochs, not one per epoch.
+    assert checkpointed_epochs(monkeypatch, 10_000, 10_000, 0.004) == [7500, 10_000]
+    assert checkpointed_epochs(monkeypatch, 5, 5, 40.0) == [1, 2, 3, 4, 5]  # slow epochs: each one
+
+
+def test_checkpoint_every_n_epochs_and_after_the_last(monkeypatch):
+    assert checkpointed_epochs(monkeypatch, 7, 7, 100.0, every=3) == [3, 6, 7]
+
+
+def test_a_run_ended_by_early_stopping_checkpoints_its_last_epoch(monkeypatch):
+    assert checkpointed_epochs(monkeypatch, 500, 39, 0.01) == [39]
+    assert checkpointed_epochs(monkeypatch, 500, 9, 0.01, every=3) == [3, 6, 9]  # already written: not twice

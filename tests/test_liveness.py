@@ -380,7 +380,7 @@ def kill_when(project, overrides, ready) -> tuple[str, dict, list[int]]:
 
 
 def test_kill_9_then_nnexp_runs_marks_the_run_killed_with_the_reason(project):
-    process = project.start("trainer.epochs=100000", *SLOW)
+    process = project.start("trainer.epochs=100000", "checkpoint.every=1", *SLOW)
     try:
         deadline = time.monotonic() + 120
         while not list((project.root / "outputs").glob("*/*/checkpoints/checkpoint.json")):
@@ -414,7 +414,7 @@ def test_kill_9_then_nnexp_runs_marks_the_run_killed_with_the_reason(project):
 
 
 def test_kill_9_then_compare_shows_no_running_run(project):
-    kill_when(project, ("trainer.epochs=100000", *SLOW), lambda epoch, stored: epoch >= 2)
+    kill_when(project, ("trainer.epochs=100000", "checkpoint.every=1", *SLOW), lambda epoch, stored: epoch >= 2)
     compared = project.run("compare")
     assert compared.returncode == 0, compared.stderr
     assert "marked KILLED: process" in compared.stderr

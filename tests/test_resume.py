@@ -20,6 +20,7 @@ RUN = (
     "seed=3",
     "optimizer.learning_rate=0.003",
     "dataset.n_samples=20000",
+    "checkpoint.every=1",  # the tests stop it once a few epochs are checkpointed
 )
 
 

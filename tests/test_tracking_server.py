@@ -174,7 +174,7 @@ def test_a_server_that_goes_away_mid_run_loses_nothing(project, tmp_path):
     server, process = start_server(root)
     port = int(server.uri.rsplit(":", 1)[1])
     run = subprocess.Popen(
-        [sys.executable, "-m", "nnexp", "trainer.epochs=12", "trainer.batch_size=1"],
+        [sys.executable, "-m", "nnexp", "trainer.epochs=12", "trainer.batch_size=1", "checkpoint.every=1"],
         cwd=project.root,
         env={**project.env(), "MLFLOW_TRACKING_URI": server.uri},
         stdout=subprocess.PIPE,

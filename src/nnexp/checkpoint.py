@@ -272,15 +272,29 @@ def check_generator_state(fields: Fields, state: object) -> None:
 
 
 class Checkpointer(Callback):
-    """Writes a checkpoint every ``every`` epochs and after the last one."""
+    """Writes a checkpoint after the last epoch trained and, before it, every ``every`` epochs or, without
+    ``every``, at the first epoch end ``seconds`` after the previous checkpoint: by time, a run of many short epochs
+    spends its time training rather than writing checkpoints."""
 
-    def __init__(self, every: int, save: Callable[[], None]) -> None:
-        self.every, self.save = every, save
-        self.epochs = 1
+    def __init__(self, save: Callable[[], object], every: int | None = None, seconds: float = 30.0) -> None:
+        self.save, self.every, self.seconds = save, every, seconds
+        self.epochs, self.saved_epoch = 1, 0
+        self.last = time.monotonic()
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
         self.epochs = epochs
+        self.last = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if epoch % self.every == 0 or epoch == self.epochs:
-            self.save()
+        due = epoch % self.every == 0 if self.every else time.monotonic() - self.last >= self.seconds
+        if due or epoch == self.epochs:
+            self._save(epoch)
+
+    def on_train_end(self, history: dict[str, list[float]]) -> None:
+        trained = len(history.get("train_loss", []))
+        if trained and trained != self.saved_epoch:  # early stopping ended the run before its last epoch
+            self._save(trained)
+
+    def _save(self, epoch: int) -> None:
+        self.save()
+        self.saved_epoch, self.last = epoch, time.monotonic()

@@ -85,8 +85,10 @@ class ObjectiveConfig:
 
 @dataclass
 class CheckpointConfig:
-    #: Write a checkpoint every this many epochs, and after the last; 0 writes one only when training is stopped.
-    every: int = 1
+    #: Write a checkpoint at the first epoch end this many seconds after the last one, and after the last epoch.
+    seconds: float = 30.0
+    #: Or every this many epochs instead (and after the last); 0 writes one only when training is stopped.
+    every: int | None = None
 
 
 @dataclass

@@ -160,7 +160,9 @@ def configure(cfg: DictConfig) -> Components:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
-    require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0", cfg.checkpoint.every)
+    every = cfg.checkpoint.every
+    require(every is None or every >= 0, "checkpoint.every", "must be >= 0", every)
+    require(cfg.checkpoint.seconds > 0, "checkpoint.seconds", "must be > 0", cfg.checkpoint.seconds)
     Objective.of(cfg)
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.engine.value)
@@ -372,8 +374,8 @@ def train(
         MetricLogger(tracked, phases),
     ]
     callbacks += stateful.values()
-    if cfg.checkpoint.every:
-        callbacks.append(checkpoint.Checkpointer(cfg.checkpoint.every, save_checkpoint))
+    if cfg.checkpoint.every != 0:
+        callbacks.append(checkpoint.Checkpointer(save_checkpoint, cfg.checkpoint.every, cfg.checkpoint.seconds))
     if state is not None:  # a process killed between flushes may have sent fewer epochs than the checkpoint holds
         tracked.complete_history(state.history)
     try:

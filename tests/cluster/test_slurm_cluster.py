@@ -128,7 +128,9 @@ def running_tasks(slurm) -> list[tuple[str, str]]:
 
 def test_a_cancelled_job_is_a_killed_child_counted_by_the_summary(project, slurm, pg_server):
     # Job 1 trains long enough to be cancelled while it trains; the others are quick.
-    sweep = start_sweep(project, slurm, pg_server, "trainer.epochs=3,400", "dataset.n_samples=300")
+    sweep = start_sweep(
+        project, slurm, pg_server, "trainer.epochs=3,400", "dataset.n_samples=300", "checkpoint.every=1"
+    )
     job_dirs = project.root / "outputs" / "multirun"
     wait_until(lambda: list(job_dirs.glob("*/*/1/checkpoints/*.json")), sweep, 300, "job 1 did not start training")
     [(array, _)] = [(array, task) for array, task in running_tasks(slurm) if task == "1"]
@@ -158,7 +160,8 @@ def job_process(slurm, job: str) -> int:
 
 
 def test_a_job_killed_on_the_node_ends_the_sweep_instead_of_hanging_it(project, slurm, pg_server):
-    sweep = start_sweep(project, slurm, pg_server, "trainer.epochs=400", "dataset.n_samples=300", "seed=1")
+    quick = ("trainer.epochs=400", "dataset.n_samples=300", "seed=1", "checkpoint.every=1")
+    sweep = start_sweep(project, slurm, pg_server, *quick)
     job_dirs = project.root / "outputs" / "multirun"
     try:
         started = lambda: list(job_dirs.glob("*/*/0/checkpoints/*.json"))  # noqa: E731
