@@ -16,10 +16,21 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: The real MNIST files (the four gzipped IDX files of the original distribution) for the tests that need them:
+#: ``$MNIST_DIR``, as the benchmarks take it, else a ``shared/data/mnist`` folder beside the repository.
+REAL_MNIST = Path(os.environ.get("MNIST_DIR") or REPO.parent / "shared" / "data" / "mnist")
 
 # One Numba cache for every test process and the CLI runs they start, kept between sessions: the compiled
 # engine's kernels take tens of seconds to compile, and a second or so to load from the cache.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".pytest_cache" / "numba"))
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> Path:
+    """The real MNIST folder; the test skips, saying where it looked, when it is not there."""
+    if not REAL_MNIST.is_dir():
+        pytest.skip(f"the real MNIST files are not in {REAL_MNIST}; set MNIST_DIR to a folder that holds them")
+    return REAL_MNIST
 
 
 @dataclass

@@ -20,8 +20,6 @@ from nnexp import download
 from nnexp.atomic import replacing
 from nnexp.datasets.mnist import read_csv
 
-SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-
 
 def idx_gz(array: np.ndarray, magic: int) -> bytes:
     header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
@@ -356,10 +354,9 @@ def test_the_download_goes_to_the_default_directory(serve, monkeypatch, tmp_path
     assert sorted(path.name for path in (tmp_path / "mnist").iterdir()) == sorted(ARCHIVES)
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not in {SHARED_MNIST}")
 @pytest.mark.parametrize("name", download.FILES)
-def test_the_embedded_checksums_accept_the_real_files(name):
-    assert download.sha256_of(SHARED_MNIST / name) in download.CHECKSUMS[name]
+def test_the_embedded_checksums_accept_the_real_files(real_mnist, name):
+    assert download.sha256_of(real_mnist / name) in download.CHECKSUMS[name]
 
 
 def test_every_file_has_checksums_and_every_mirror_is_a_base_url():

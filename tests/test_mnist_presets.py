@@ -9,25 +9,21 @@ import pytest
 from nnexp.download import convert_to_csv
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 MAX_TRAIN = 2000
 #: Raw pixels at learning rate 2.0 take longer to settle: 29% test accuracy after 10,000 images, 86% after 20,000.
 MAX_TRAIN_OF = {"mnist_tanh_softmax_tutorial": 20000}
 PRESETS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("mnist_*.yaml"))
 
-pytestmark = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not in {SHARED_MNIST}")
-
-
 @pytest.fixture(scope="module")
-def csv_dir(tmp_path_factory) -> Path:
-    return convert_to_csv(SHARED_MNIST, tmp_path_factory.mktemp("mnist_csv"))[0].parent
+def csv_dir(real_mnist, tmp_path_factory) -> Path:
+    return convert_to_csv(real_mnist, tmp_path_factory.mktemp("mnist_csv"))[0].parent
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_mnist_preset_smoke_run(project, csv_dir, preset):
+def test_mnist_preset_smoke_run(project, real_mnist, csv_dir, preset):
     dataset = "mnist_csv" if "csv" in preset else "mnist_idx"
     if dataset == "mnist_idx":
-        data = (f"dataset.path={SHARED_MNIST}",)
+        data = (f"dataset.path={real_mnist}",)
     else:
         data = (f"dataset.train_path={csv_dir / 'mnist_train.csv'}", f"dataset.test_path={csv_dir / 'mnist_test.csv'}")
     max_train = MAX_TRAIN_OF.get(preset, MAX_TRAIN)
