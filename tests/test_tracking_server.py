@@ -127,6 +127,7 @@ def test_sweep_records_parent_children_metrics_and_artifacts_on_the_server(proje
     # The run's line names its page on the server, and MLflow's own "View run" lines stay out of the way.
     for child in children:
         page = f"see it at {server.uri}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}"
+        page += "?workflowType=machine_learning"  # else MLflow 3 opens the GenAI view
         assert page in result.stdout
     assert "View run" not in result.stdout
     for run in [parent, *children]:  # proxied by the server into its --artifacts-destination

@@ -55,3 +55,12 @@ def test_a_deleted_experiment_is_named_with_how_to_restore_it(tmp_path):
     deleted = r"^tracking\.experiment='old' is deleted in sqlite:///.*; restore it with mlflow experiments restore"
     with pytest.raises(ConfigError, match=deleted):
         Tracker(uri, "old")
+
+
+def test_ui_addresses_open_mlflows_model_training_view():
+    from nnexp.tracking import ui_url
+
+    assert ui_url("http://127.0.0.1:5000/", "3") == "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    assert ui_url("http://mlflow:5000", "3", "ab12") == (
+        "http://mlflow:5000/#/experiments/3/runs/ab12?workflowType=machine_learning"
+    )

@@ -25,6 +25,7 @@ COMMANDS = {
     "sync": "nnexp.sync",
     "predict": "nnexp.predict",
     "check": "nnexp.check",
+    "ui": "nnexp.ui",
 }
 
 #: How MLflow's client retries a tracking server that does not answer: a few seconds per request, not minutes.

@@ -60,6 +60,17 @@ def resolve_uri(configured: str | None, project_dir: Path) -> str:
     return f"sqlite:///{(project_dir / DEFAULT_STORE).resolve()}"
 
 
+#: Where ``nnexp ui`` (``mlflow ui``) serves a local store by default.
+UI_ADDRESS = "http://127.0.0.1:5000"
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A page of MLflow's UI at ``base``, in its Model training view: MLflow 3 opens an experiment in its GenAI view
+    (traces, an empty overview) unless the address asks for ``workflowType=machine_learning``."""
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}{f'/runs/{run_id}' if run_id else ''}?workflowType=machine_learning"
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or ``None`` for any other store."""
     prefix = "sqlite:///"
@@ -495,10 +506,11 @@ class Tracker:
             discard_dir(database.parent, set())
 
     def where_to_see(self, run_id: str) -> str:
-        """How to look at a run: a server's page for it, or the ``mlflow ui`` command for a database store."""
+        """How to look at a run: a server's page for it, or ``nnexp ui`` and the page it will serve."""
         if urllib.parse.urlparse(self.uri).scheme in ("http", "https"):
-            return f"see it at {self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-        return f"see it with: mlflow ui --backend-store-uri {self.uri}"
+            return f"see it at {ui_url(self.uri, self.experiment_id, run_id)}"
+        command = "nnexp ui" if self.uri == resolve_uri(None, Path.cwd()) else f"nnexp ui --uri {self.uri}"
+        return f"see it with: {command}, then {ui_url(UI_ADDRESS, self.experiment_id, run_id)}"
 
     def open_run(self, run_name: str, tags: Mapping[str, Any], outbox: Path | None = None) -> TrackedRun:
         """A new RUNNING run of this process, with a heartbeat; whoever opens it must :meth:`TrackedRun.end` it."""

@@ -1,0 +1,45 @@
+"""``nnexp ui``: MLflow's UI on the store nnexp uses, with the address of the experiment's runs table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.parse
+
+from nnexp.arguments import ArgumentParser
+from nnexp.errors import NnexpError
+
+
+def main(argv: list[str]) -> int:
+    parser = ArgumentParser(
+        prog="nnexp ui",
+        description="Start `mlflow ui` on the store nnexp logs to and print the address of the experiment's runs "
+        "table in the Model training view (MLflow 3 would open its GenAI view). Against a tracking server, print "
+        "its address only. Ctrl-C stops the UI.",
+    )
+    parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else ./outputs/mlflow.db)")
+    parser.add_argument("--experiment", default="nnexp", help="MLflow experiment (default: nnexp)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    args = parser.parse_args(argv)
+    from nnexp.compare import open_experiment
+    from nnexp.tracking import ui_url
+
+    try:
+        if not 0 < args.port < 65536:
+            raise NnexpError(f"--port must be in 1..65535, got {args.port}")
+        tracker = open_experiment(args.uri, args.experiment)
+    except NnexpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if urllib.parse.urlparse(tracker.uri).scheme in ("http", "https"):
+        print(f"{tracker.uri} is a tracking server: open {ui_url(tracker.uri, tracker.experiment_id)}")
+        return 0
+    shown = "127.0.0.1" if args.host == "0.0.0.0" else args.host
+    print(f"open {ui_url(f'http://{shown}:{args.port}', tracker.experiment_id)} (Ctrl-C stops the UI)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri]
+    command += ["--host", args.host, "--port", str(args.port)]
+    try:
+        return subprocess.run(command).returncode
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,58 @@
+"""``nnexp ui``: MLflow's UI on the project's store, and the addresses nnexp prints, in the Model training view."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+VIEW = "?workflowType=machine_learning"
+
+
+def test_a_runs_last_line_and_nnexp_ui_give_the_model_training_view(project):
+    trained = project.run("trainer.epochs=1")
+    assert trained.returncode == 0, trained.stderr
+    [run] = project.runs()
+    page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{VIEW}"
+    assert trained.stdout.strip().splitlines()[-1].endswith(f"; see it with: nnexp ui, then {page}")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "nnexp", "ui", "--port", str(port)],
+        cwd=project.root,
+        env=project.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # mlflow ui starts workers of its own
+    )
+    try:
+        first = ui.stdout.readline().strip()
+        assert first == (
+            f"open http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}{VIEW} (Ctrl-C stops the UI)"
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < deadline
+                time.sleep(0.5)
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
+
+
+def test_nnexp_ui_without_a_store_says_so_and_makes_none(project):
+    result = project.run("ui")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: no MLflow store at ")
+    assert not (project.root / "outputs").exists()
