@@ -47,12 +47,16 @@ def test_sweep_is_a_parent_run_with_one_named_child_per_job_and_a_summary(projec
     assert sweep_dir.is_dir() and sweep_dir.is_relative_to(project.root / "outputs" / "multirun")
 
     assert [run.data.tags["job_num"] for run in children] == ["0", "1", "2", "3"]
+    # Named by the swept values alone, which MLflow's run list shows whole; the overrides stay in a tag.
     assert [run.info.run_name for run in children] == [
-        "model=two_layer optimizer.learning_rate=0.1 " + " ".join(QUICK),
-        "model=two_layer optimizer.learning_rate=0.01 " + " ".join(QUICK),
-        "model=deep_sigmoid optimizer.learning_rate=0.1 " + " ".join(QUICK),
-        "model=deep_sigmoid optimizer.learning_rate=0.01 " + " ".join(QUICK),
+        "model=two_layer learning_rate=0.1",
+        "model=two_layer learning_rate=0.01",
+        "model=deep_sigmoid learning_rate=0.1",
+        "model=deep_sigmoid learning_rate=0.01",
     ]
+    assert children[1].data.tags["overrides"] == " ".join(
+        ["model=two_layer", "optimizer.learning_rate=0.01", *QUICK]
+    )
     for child in children:
         assert child.info.status == "FINISHED"
         # The parent is named in the job's own config, not inherited through MLFLOW_RUN_ID.
@@ -334,3 +338,21 @@ def test_a_refused_resume_of_a_child_records_no_new_run(project):
     assert result.returncode == 1 and "no longer composes" in result.stderr, result.stderr
     parent.end("FINISHED")
     assert len(project.runs()) == 2
+
+
+def test_swept_keys_come_from_value_lists_ranges_choices_and_the_sweepers_search_space():
+    from nnexp.sweep import short_keys, swept_keys
+
+    overrides = ["dataset=moons", "model=a,b", "seed=range(3)", "+x.y=choice(1,2)", "trainer.epochs=5"]
+    assert swept_keys(overrides, {"optimizer.learning_rate": "interval(0.001, 1)"}) == [
+        "model",
+        "seed",
+        "x.y",
+        "optimizer.learning_rate",
+    ]
+    assert short_keys(["model.activation", "optimizer.learning_rate", "a.rate", "b.rate"]) == {
+        "model.activation": "activation",
+        "optimizer.learning_rate": "learning_rate",
+        "a.rate": "a.rate",
+        "b.rate": "b.rate",
+    }

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from nnexp.errors import NnexpError, StartRefused
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
     from mlflow.entities import Run
 
     from nnexp.compare import Configuration, Ranking
@@ -57,6 +58,8 @@ class Sweep:
     tracker: Tracker
     parent: TrackedRun
     directory: Path
+    #: The keys the sweep varies, in command-line order: they name its children.
+    swept: list[str]
 
     @classmethod
     def start(cls, config: DictConfig) -> Sweep:
@@ -85,7 +88,7 @@ class Sweep:
         with read_write(config.hydra.overrides.task):
             config.hydra.overrides.task.append(f"{PARENT_OVERRIDE}='{parent.run_id}'")
         log.info("sweep: MLflow parent run %s in %s", parent.run_id, tracker.uri)
-        return cls(tracker, parent, directory)
+        return cls(tracker, parent, directory, swept_keys(overrides, config.hydra.sweeper.get("params")))
 
     def finish(self) -> str | None:
         """Summarise the children on the parent and end it; returns what went wrong, if any job failed."""
@@ -132,6 +135,8 @@ class Sweep:
 
         client = self.tracker.client
         runs, _ = reap(client, compare.child_runs(client, client.get_run(self.parent.run_id)))
+        if name_by_swept_values(client, runs, self.swept):
+            runs = compare.child_runs(client, client.get_run(self.parent.run_id))
         finished = [run for run in runs if run.info.status == "FINISHED"]
         failed = len(runs) - len(finished)
         self.parent.log_metrics({"jobs_total": len(runs), "jobs_finished": len(finished), "jobs_failed": failed}, 0)
@@ -182,6 +187,37 @@ class Sweep:
         self.parent.set_tags(
             {"best_run_id": best.info.run_id, "best_run_name": best.info.run_name, "objective": ranking.metric}
         )
+
+
+def swept_keys(overrides: list[str], search_space: Any) -> list[str]:
+    """The keys that take several values: comma lists, ranges and choices on the command line, and a sweeper's own
+    search space (``hydra.sweeper.params``, as Optuna's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    keys = [override.key_or_group for override in parsed if override.is_sweep_override()]
+    return keys + [str(key) for key in (search_space or {}) if str(key) not in keys]
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each key by its last part (``optimizer.learning_rate`` -> ``learning_rate``), whole where two would clash."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)}
+
+
+def name_by_swept_values(client: MlflowClient, runs: list[Run], swept: list[str]) -> int:
+    """Rename each child by its swept values alone (``learning_rate=0.01 model=deep_sigmoid``), which MLflow's run
+    list shows whole, where the full overrides (kept in the ``overrides`` tag) start with what every child shares.
+    Returns how many were renamed."""
+    names = short_keys(swept)
+    renamed = 0
+    for run in runs:
+        values = [(names[key], run.data.tags.get(key, run.data.params.get(key))) for key in swept]
+        name = " ".join(f"{key}={value}" for key, value in values if value is not None)
+        if name and name != run.info.run_name:
+            client.set_tag(run.info.run_id, "mlflow.runName", name[:MAX_RUN_NAME])
+            renamed += 1
+    return renamed
 
 
 def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Ranking, path: Path) -> None:
