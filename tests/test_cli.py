@@ -530,3 +530,13 @@ def test_git_state_names_the_commit_and_whether_the_tree_is_dirty(tmp_path):
     assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "false"}
     (tmp_path / "a.txt").write_text("two")
     assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "true"}
+
+
+def test_a_run_is_named_by_its_preset_and_the_overrides_given(project):
+    result = project.run("experiment=quadrants", "trainer.epochs=3", "optimizer.learning_rate=0.5", "+tags.note=x")
+    assert result.returncode == 0, result.stderr
+    assert project.run("trainer.epochs=1", f"tracking.uri={project.store_uri}").returncode == 0
+    assert [run.info.run_name for run in project.runs()] == [
+        "epochs=1",  # where it is recorded does not name it
+        "quadrants epochs=3 learning_rate=0.5",
+    ]

@@ -60,7 +60,8 @@ def test_sweep_is_a_parent_run_with_one_named_child_per_job_and_a_summary(projec
     for child in children:
         assert child.info.status == "FINISHED"
         # The parent is named in the job's own config, not inherited through MLFLOW_RUN_ID.
-        assert child.data.params["tracking.parent_run_id"] == parent.info.run_id
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert not any(key.startswith("tracking.") or key == "resume" for key in child.data.params)
         assert (
             len(MlflowClient(tracking_uri=project.store_uri).get_metric_history(child.info.run_id, "train_loss")) == 2
         )

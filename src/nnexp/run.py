@@ -34,7 +34,7 @@ from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, r
 from nnexp.folders import describe_os_error, discard_job_dir
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
-from nnexp.sweep import PARENT_OVERRIDE
+from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
 from nnexp.tracking import RunCreationError, TrackedRun, Tracker, check_parent, flatten, git_state, resolve_uri
 
 log = logging.getLogger(__name__)
@@ -525,15 +525,30 @@ def job_overrides() -> list[str]:
     return [item for item in HydraConfig.get().overrides.task if not item.startswith(f"{PARENT_OVERRIDE}=")]
 
 
+#: Overrides that say where and how a run is recorded, not what it trains: they do not name it.
+UNNAMING = ("experiment=", "tracking.", "hydra.", "hydra/", "resume=", "tags.")
+
+
 def run_label(cfg: DictConfig) -> str:
-    """In a sweep the job's overrides; else ``tracking.run_name``, the preset, or the group choices."""
+    """In a sweep the job's overrides (the sweep renames its children at the end); else ``tracking.run_name``, or
+    the preset and the overrides given, keys shortened (``quadrants seed=3``), or the group choices."""
     hydra = HydraConfig.get()
     if hydra.mode == RunMode.MULTIRUN:  # tracking.run_name then names the sweep's parent run
         return " ".join(job_overrides()) or f"job {hydra.job.num}"
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     choices = job_choices()
-    return choices.get("experiment") or "-".join(str(choices[registry.kind]) for registry, _ in GROUPS)
+    given: list[tuple[str, str]] = []
+    for item in job_overrides():
+        key, equals, value = item.lstrip("+~").partition("=")
+        if equals and not f"{key}=".startswith(UNNAMING):
+            given.append((key, value))
+    names = short_keys([key for key, _ in given])
+    parts = [choices["experiment"]] if choices.get("experiment") else []
+    parts += [f"{names[key]}={value}" for key, value in given]
+    if parts:
+        return " ".join(parts)[:MAX_RUN_NAME]
+    return "-".join(str(choices[registry.kind]) for registry, _ in GROUPS)
 
 
 def record_failed_job(cfg: DictConfig, label: str, project_dir: Path, exc: Exception) -> None:
@@ -568,9 +583,12 @@ def job_tags() -> dict[str, Any]:
 
 
 def run_params(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as dotted MLflow params; ``tags`` go to the run's tags instead."""
+    """The resolved config as dotted MLflow params; ``tags`` go to the run's tags instead, and where the run is
+    recorded (``tracking.*``: its store, experiment, name and parent) and ``resume`` are the run's own record, not
+    settings to compare runs by."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    container.pop("tags", None)
+    for bookkeeping in ("tags", "tracking", "resume"):
+        container.pop(bookkeeping, None)
     return flatten(container)
 
 
