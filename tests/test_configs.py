@@ -185,17 +185,37 @@ DEEP = "# @package _global_\ntags:\n  a: " + "[" * 5000 + "]" * 5000 + "\n"
         ),
         ("model:\n  sizes: [1,\n", "not valid YAML: expected the node content, but found '<stream end>' (line 3)"),
         ("a: 1\n  b: 2\n", "not valid YAML: mapping values are not allowed here (line 2)"),
+        ("# @package _global_\nseed: 1\nseed: 2\n", "not valid YAML: found duplicate key seed (line 3)"),
+        ("# @package _global_\nseed: abc\n", "seed expects an integer, got 'abc'"),
         ("", "expected the header line '# @package _global_' that every experiment preset starts with"),
         ("trainer: {epochs: 3}\n", "expected the header line '# @package _global_' that every experiment preset"),
         (DEEP, "nested 5002 levels deep; Hydra composes presets nested fewer than 100"),
     ],
-    ids=["unknown-key", "wrong-type", "broken-yaml", "bad-indent", "empty", "no-header", "5000-deep"],
+    ids=["unknown-key", "wrong-type", "not-yaml", "indent", "duplicate", "bad-seed", "empty", "no-header", "deep"],
 )
 def test_a_broken_experiment_preset_is_one_line_naming_its_file(user_conf, text, expected):
     (user_conf / "experiment" / "mine.yaml").write_text(text)
     with pytest.raises(Exception) as caught:  # Hydra's, OmegaConf's or YAML's error, or a RecursionError
         compose("nnexp", overrides=["experiment=mine"])
     assert describe_preset_error(caught.value, user_conf).startswith(f"conf/experiment/mine.yaml: {expected}")
+
+
+def test_a_model_preset_over_its_plugin_is_named_with_an_unknown_key(user_conf):
+    (user_conf / "model" / "mine.yaml").write_text("defaults: [mlp, _self_]\nhidden_sizez: [8]\n")
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose("nnexp", overrides=["model=mine"])
+    assert describe_preset_error(caught.value, user_conf).startswith(
+        "conf/model/mine.yaml: model.hidden_sizez is not a known key; valid keys here: hidden_sizes, "
+    )
+
+
+def test_a_preset_that_is_not_utf8_text_is_named(user_conf):
+    (user_conf / "experiment" / "mine.yaml").write_bytes(b"# @package _global_\nseed: \xff\n")
+    with pytest.raises(UnicodeDecodeError) as caught:
+        compose("nnexp", overrides=["experiment=mine"])
+    assert describe_preset_error(caught.value, user_conf) == (
+        "conf/experiment/mine.yaml: not valid YAML: not UTF-8 text (invalid start byte at byte 26)"
+    )
 
 
 def test_a_deep_preset_is_named_only_when_it_is_the_one_too_deep(user_conf):

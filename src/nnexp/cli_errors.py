@@ -112,6 +112,8 @@ def describe_preset_error(exc: BaseException, config_dir: Path | None) -> str | 
             return yaml_problem(cause)
         if isinstance(cause, RecursionError) and config_dir is not None:
             return deepest_preset(config_dir)
+        if isinstance(cause, UnicodeDecodeError) and config_dir is not None:
+            return undecodable_preset(config_dir)
         match = _IN_CONFIG.match(str(cause)) if isinstance(cause, ConfigCompositionException) else None
         if match and config_dir is not None and (config_dir / f"{match[1]}.yaml").is_file():
             return f"{shown_path(config_dir / f'{match[1]}.yaml')}: {merge_problem(match[1], cause.__context__)}"
@@ -165,6 +167,18 @@ def deepest_preset(config_dir: Path) -> str | None:
         return None
     depth = depths[path]
     return f"{shown_path(path)}: nested {depth} levels deep; Hydra composes presets nested fewer than {DEEP_PRESET}"
+
+
+def undecodable_preset(config_dir: Path) -> str | None:
+    """The preset under ``config_dir`` that is not UTF-8 text, the cause of a UnicodeDecodeError while composing."""
+    for path in sorted(config_dir.rglob("*.yaml")):
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            return f"{shown_path(path)}: not valid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        except OSError:
+            continue
+    return None
 
 
 def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
