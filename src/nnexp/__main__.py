@@ -83,15 +83,13 @@ def main() -> None:
 def describe_error(exc: Exception) -> str | None:
     """One line for a user's error: nnexp's own, a file that cannot be written, or a configuration error; ``None``
     for anything else, which keeps its traceback. OmegaConf and Hydra wrap what they call, so look at the causes."""
-    from nnexp.cli_errors import describe_config_error, describe_preset_error
+    from nnexp.cli_errors import causes, describe_config_error, describe_preset_error
 
-    cause: BaseException | None = exc
-    while cause is not None:
+    for cause in causes(exc):
         if isinstance(cause, NnexpError):
             return str(cause)
         if isinstance(cause, OSError) and cause.errno is not None:
             return describe_os_error(cause, where=job_folders[-1] if job_folders else None)
-        cause = cause.__cause__ or cause.__context__
     from nnexp import memory
 
     if memory.is_out_of_memory(exc):  # outside any phase of a run, which names what ran out itself
