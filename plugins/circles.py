@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnexp import DATASETS, Dataset, Splits, holdout_splits, require
+from nnexp import DATASETS, Dataset, Splits, check_random_state, holdout_splits, require
 
 
 @DATASETS.register("circles")
@@ -23,6 +23,7 @@ class Circles(Dataset):
         require(noise >= 0, "noise", "must be >= 0", noise)
         require(0 < factor < 1, "factor", "must be in (0, 1)", factor)
         require(0 < test_size < 1, "test_size", "must be in (0, 1)", test_size)
+        check_random_state("random_state", random_state)
         self.n_samples = n_samples
         self.noise = noise
         self.factor = factor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -321,6 +322,7 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("dataset=circles dataset.noise=-1", "dataset.noise must be >= 0, got -1.0"),
         ("schedule=step schedule.gamma=-1", "schedule.gamma must be in (0, 1], got -1.0"),
         ("optimizer.epsilon=inf", "optimizer.epsilon must be > 0 and finite, got inf"),
+        ("dataset.random_state=-1", "dataset.random_state must be in [0, 4294967295] or null, got -1"),
         (  # numpy's "array is too big" before the memory check
             "model.hidden_sizes=[10000000000]",
             "model.hidden_sizes=[10000000000] needs about 597.0 TiB (parameters, gradients, adam state, batch buffers)",
@@ -374,6 +376,76 @@ def test_a_plugin_dataset_unfit_to_train_on_is_one_line_before_any_run(project, 
     result = project.run("dataset=bad_data", f"dataset.fault={fault}", *QUICK)
     assert (result.returncode, result.stderr) == (1, f"error: {named}\n")
     assert project.job_dirs() == [] and not (project.root / "outputs" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("preset", "text", "override", "named"),
+    [
+        (
+            "model/mine.yaml",
+            "name: mlp\nhidden_sizez: [8]\n",
+            "model=mine",
+            "conf/model/mine.yaml: model.hidden_sizez is not a known key; valid keys here: hidden_sizes, activation, ",
+        ),
+        (
+            "experiment/broken.yaml",
+            "model:\n  hidden_sizes: [1,\n",
+            "experiment=broken",
+            "conf/experiment/broken.yaml: not valid YAML: expected the node content, but found '<stream end>' (line 3)",
+        ),
+        (
+            "experiment/deep.yaml",
+            "# @package _global_\ntags:\n  a: " + "[" * 5000 + "]" * 5000 + "\n",
+            "experiment=deep",
+            "conf/experiment/deep.yaml: nested 5002 levels deep; Hydra composes presets nested fewer than 100",
+        ),
+    ],
+    ids=["unknown-key", "not-yaml", "too-deep"],
+)
+def test_a_mistake_in_a_user_preset_is_one_line_naming_the_file(project, preset, text, override, named):
+    (project.root / "conf" / preset).write_text(text)
+    result = project.run(override, *QUICK)
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {named}"), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert not (project.root / "outputs").exists()
+
+
+def test_an_in_memory_store_is_refused_before_anything_is_written(project):
+    before = sorted(project.root.iterdir())
+    result = project.run("tracking.uri=sqlite:///:memory:", *QUICK)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: tracking store sqlite:///:memory: is an in-memory database that ends with the process; give a file, "
+        "e.g. sqlite:///outputs/mlflow.db\n",
+    )
+    assert sorted(project.root.iterdir()) == before  # no outputs/, :memory:.lock or mlartifacts/
+
+
+SLOW_DATA = """
+import time
+from pathlib import Path
+
+from nnexp import DATASETS, Dataset
+
+
+@DATASETS.register("slow_data")
+class SlowData(Dataset):
+    def load(self, rng):
+        Path("loading").touch()
+        time.sleep(60)
+"""
+
+
+def test_ctrl_c_during_start_up_says_interrupted_in_one_line(project):
+    (project.root / "plugins" / "slow_data.py").write_text(SLOW_DATA)
+    process = project.start("dataset=slow_data", *QUICK)
+    deadline = time.monotonic() + 60
+    while not (project.root / "loading").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stderr) == (128 + signal.SIGINT, "error: interrupted (SIGINT)\n")
+    assert not (project.root / "outputs").exists()
 
 
 def test_experiment_outside_a_project_says_where_presets_live(project, tmp_path):

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from nnexp import compare
+from nnexp.arguments import ArgumentParser, add_limit, limit
 from nnexp.compare import Ranking, Table, configurations, configurations_table, runs_table, varying_params
 
 
@@ -62,3 +64,21 @@ def test_configurations_average_over_seeds_and_ignore_failed_runs():
     assert groups[1].mean == pytest.approx(0.85) and groups[1].std == pytest.approx(0.0707107)
     assert configurations_table(groups, ["model", "seed"], ranking).rows[1] == ["a", "0.8500 ± 0.0707", "2"]
     assert configurations(runs, ["model"], ranking) == []  # no seeds swept: nothing to average
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_compare_refuses_a_limit_below_one_as_runs_does(tmp_path, monkeypatch, capsys, value):
+    monkeypatch.chdir(tmp_path)
+    assert compare.main(["--limit", value]) == 1
+    assert capsys.readouterr().err == f"error: --limit must be >= 1, got {value}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_all_lists_every_run_and_excludes_limit(capsys):
+    parser = ArgumentParser(prog="nnexp compare")
+    add_limit(parser, "runs")
+    assert limit(parser.parse_args(["--all"])) == 0
+    assert limit(parser.parse_args(["--limit", "3"])) == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--all", "--limit", "3"])
+    assert "not allowed with argument" in capsys.readouterr().err

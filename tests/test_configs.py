@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,9 +15,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
+from nnexp.cli_errors import check_plugin_nodes, describe_preset_error
 from nnexp.config import GROUPS, schema_for, store_configs
+from nnexp.errors import ConfigError
 from nnexp.plugins import load_builtins, load_file
-from nnexp.run import build
+from nnexp.run import build, configure
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -152,3 +156,92 @@ def test_a_negative_checkpoint_interval_is_refused(composed):
 
     with pytest.raises(ParameterError, match=r"checkpoint\.every must be >= 0, got -1"):
         configure(composed("checkpoint.every=-1"))
+
+
+@pytest.fixture
+def user_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project's own ``conf/`` (the shipped presets), the working directory its parent, Hydra initialised on it."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        yield conf
+
+
+DEEP = "# @package _global_\ntags:\n  a: " + "[" * 5000 + "]" * 5000 + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "# @package _global_\nmodel: {hidden_sizes: [4], bogus_key: 3}\n",
+            "model.bogus_key is not a known key; valid keys here: hidden_sizes, activation, ",
+        ),
+        (
+            "# @package _global_\nmodel: {hidden_sizes: abc}\n",
+            "model.hidden_sizes expects a list of integers, like [64, 32], got 'abc'",
+        ),
+        ("model:\n  sizes: [1,\n", "not valid YAML: expected the node content, but found '<stream end>' (line 3)"),
+        ("a: 1\n  b: 2\n", "not valid YAML: mapping values are not allowed here (line 2)"),
+        ("# @package _global_\nseed: 1\nseed: 2\n", "not valid YAML: found duplicate key seed (line 3)"),
+        ("# @package _global_\nseed: abc\n", "seed expects an integer, got 'abc'"),
+        ("", "expected the header line '# @package _global_' that every experiment preset starts with"),
+        ("trainer: {epochs: 3}\n", "expected the header line '# @package _global_' that every experiment preset"),
+        (DEEP, "nested 5002 levels deep; Hydra composes presets nested fewer than 100"),
+    ],
+    ids=["unknown-key", "wrong-type", "not-yaml", "indent", "duplicate", "bad-seed", "empty", "no-header", "deep"],
+)
+def test_a_broken_experiment_preset_is_one_line_naming_its_file(user_conf, text, expected):
+    (user_conf / "experiment" / "mine.yaml").write_text(text)
+    with pytest.raises(Exception) as caught:  # Hydra's, OmegaConf's or YAML's error, or a RecursionError
+        compose("nnexp", overrides=["experiment=mine"])
+    assert describe_preset_error(caught.value, user_conf).startswith(f"conf/experiment/mine.yaml: {expected}")
+
+
+def test_a_model_preset_over_its_plugin_is_named_with_an_unknown_key(user_conf):
+    (user_conf / "model" / "mine.yaml").write_text("defaults: [mlp, _self_]\nhidden_sizez: [8]\n")
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose("nnexp", overrides=["model=mine"])
+    assert describe_preset_error(caught.value, user_conf).startswith(
+        "conf/model/mine.yaml: model.hidden_sizez is not a known key; valid keys here: hidden_sizes, "
+    )
+
+
+def test_a_preset_that_is_not_utf8_text_is_named(user_conf):
+    (user_conf / "experiment" / "mine.yaml").write_bytes(b"# @package _global_\nseed: \xff\n")
+    with pytest.raises(UnicodeDecodeError) as caught:
+        compose("nnexp", overrides=["experiment=mine"])
+    assert describe_preset_error(caught.value, user_conf) == (
+        "conf/experiment/mine.yaml: not valid YAML: not UTF-8 text (invalid start byte at byte 26)"
+    )
+
+
+def test_a_deep_preset_is_named_only_when_it_is_the_one_too_deep(user_conf):
+    (user_conf / "experiment" / "mine.yaml").write_text("# @package _global_\ntags:\n  a: [[[[1]]]]\n")
+    assert describe_preset_error(RecursionError(), user_conf) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: mlp\nhidden_sizez: [8]\n", "model.hidden_sizez is not a known key; valid keys here: hidden_sizes, "),
+        ("name: mlp\nhidden_sizes: abc\n", "model.hidden_sizes expects a list of integers, like [64, 32], got 'abc'"),
+        ("hidden_sizes: [8]\n", "model.name must name a registered model (mlp), got None"),
+    ],
+)
+def test_a_preset_without_its_plugin_defaults_is_checked_against_the_plugin(user_conf, text, expected):
+    preset = user_conf / "model" / "mine.yaml"
+    preset.write_text(text)
+    cfg = compose("nnexp", overrides=["model=mine"])
+    with pytest.raises(ConfigError) as caught:
+        check_plugin_nodes(cfg, {"model": preset})
+    assert str(caught.value).startswith(f"conf/model/mine.yaml: {expected}")
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        configure(cfg)  # outside a Hydra job no preset file is known, but the key is still named
+
+
+def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
+    (user_conf / "model" / "mine.yaml").write_text("name: mlp\nhidden_sizes: [8]\n")
+    assert configure(compose("nnexp", overrides=["model=mine"])).model.hidden_sizes == [8]

@@ -213,6 +213,20 @@ def test_a_mirror_must_be_an_http_or_https_url(tmp_path, capsys, url):
     assert not (tmp_path / "mnist").exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://host:99999/", "Port out of range 0-65535"),
+        ("http://host:abc/", "Port could not be cast to integer value as 'abc'"),
+    ],
+)
+def test_a_mirror_that_is_no_url_is_named_with_the_reason(tmp_path, capsys, url, reason):
+    assert download.main(["mnist", str(tmp_path / "mnist"), "--mirror", url]) == 1
+    assert capsys.readouterr().err == f"error: --mirror {url}: not a valid URL ({reason})\n"
+    assert not (tmp_path / "mnist").exists()
+
+
 @contextlib.contextmanager
 def answering(status: int, headers: dict[str, str], body: bytes = b"") -> Iterator[str]:
     """An HTTP server on 127.0.0.1 answering every GET with ``status``, ``headers`` (where ``{path}`` stands for the

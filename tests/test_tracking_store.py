@@ -36,6 +36,18 @@ def test_a_file_that_is_no_database_is_one_line_and_gets_no_lock_beside_it(tmp_p
     assert list(tmp_path.iterdir()) == [junk] and junk.read_text() == "my notes\n"
 
 
+@pytest.mark.parametrize("uri", ["sqlite:///:memory:", "sqlite://", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_store_is_refused_before_anything_is_written(tmp_path, monkeypatch, uri):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        Tracker(uri, "nnexp")
+    assert str(caught.value) == (
+        f"tracking store {uri} is an in-memory database that ends with the process; give a file, "
+        "e.g. sqlite:///outputs/mlflow.db"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_store_error_is_described_by_the_database_s_own_reason():
     driver = sqlite3.OperationalError("attempt to write a readonly database")
     try:

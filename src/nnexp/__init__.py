@@ -11,7 +11,7 @@ from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, Schedule
 from nnexp.core.training import Callback, Examples, Trainer
-from nnexp.datasets.base import DATASETS, Dataset, Splits, holdout_splits
+from nnexp.datasets.base import DATASETS, Dataset, Splits, check_random_state, holdout_splits
 from nnexp.errors import ConfigError, DataError, NnexpError, ParameterError, PluginError, require
 from nnexp.folders import register_resolver
 from nnexp.models.base import MODELS, Model
@@ -58,6 +58,7 @@ __all__ = [
     "Splits",
     "Trainer",
     "__version__",
+    "check_random_state",
     "holdout_splits",
     "require",
 ]

@@ -70,7 +70,8 @@ def main() -> None:
     except StartRefused as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        # A bare KeyboardInterrupt (Ctrl-C) has no message; Interrupted (SIGTERM, a stop during training) has one.
+        print(f"error: {str(exc) or 'interrupted (SIGINT)'}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))
     except Exception as exc:
         discard_unused_folders()
@@ -83,20 +84,24 @@ def main() -> None:
 def describe_error(exc: Exception) -> str | None:
     """One line for a user's error: nnexp's own, a file that cannot be written, or a configuration error; ``None``
     for anything else, which keeps its traceback. OmegaConf and Hydra wrap what they call, so look at the causes."""
-    from nnexp.cli_errors import describe_config_error
+    from nnexp.cli_errors import causes, describe_config_error, describe_preset_error
 
-    cause: BaseException | None = exc
-    while cause is not None:
+    for cause in causes(exc):
         if isinstance(cause, NnexpError):
             return str(cause)
         if isinstance(cause, OSError) and cause.errno is not None:
             return describe_os_error(cause, where=job_folders[-1] if job_folders else None)
-        cause = cause.__cause__ or cause.__context__
     from nnexp import memory
 
     if memory.is_out_of_memory(exc):  # outside any phase of a run, which names what ran out itself
         return memory.describe(exc, "running", memory.ADVICE)
-    return describe_config_error(exc)
+    return describe_preset_error(exc, config_dir()) or describe_config_error(exc)
+
+
+def config_dir() -> Path | None:
+    """The project's ``conf/`` of YAML presets, where Hydra looks for them; ``None`` when there is none."""
+    conf = Path.cwd() / "conf"
+    return conf if conf.is_dir() else None
 
 
 def launch() -> None:
@@ -111,14 +116,13 @@ def launch() -> None:
     check_override_keys(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
-    conf = Path.cwd() / "conf"
-    config_dir = conf if conf.is_dir() else None
-    if quick_help(sys.argv[1:], config_dir):
+    presets = config_dir()
+    if quick_help(sys.argv[1:], presets):
         return
     from nnexp import sweep
 
     try:
-        hydra.main(version_base="1.3", config_path=str(config_dir) if config_dir else None, config_name="nnexp")(task)()
+        hydra.main(version_base="1.3", config_path=str(presets) if presets else None, config_name="nnexp")(task)()
     except BaseException as exc:
         if sweep.abandon(exc) and launcher_error(exc):
             # e.g. sbatch refusing the job array: one line, as for any other error (HYDRA_FULL_ERROR=1 shows all)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+from nnexp.errors import NnexpError
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """An :class:`argparse.ArgumentParser` whose errors read ``error: <prog>: <message> (see <prog> --help)``
@@ -12,3 +14,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def add_limit(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--limit N`` (the N newest ``what``, 20 by default) or ``--all``, as every command listing runs offers them."""
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--limit", type=int, default=20, metavar="N", help=f"the N newest {what} (default: 20)")
+    shown.add_argument("--all", action="store_true", help=f"all {what}")
+
+
+def limit(args: argparse.Namespace) -> int:
+    """The ``--limit`` :func:`add_limit` added, once checked; 0 (no limit) for ``--all``."""
+    if args.limit < 1:
+        raise NnexpError(f"--limit must be >= 1, got {args.limit}")
+    return 0 if args.all else args.limit

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import enum
+import os
 import re
 import types
 import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from nnexp.config import config_fields, unknown_key_message
+from omegaconf import DictConfig, OmegaConf
+
+from nnexp.config import GROUPS, config_fields, schema_for, unknown_key_message
 from nnexp.errors import ConfigError
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
@@ -16,6 +21,12 @@ OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
 
 #: An override without a key (``=5``, ``+=x``), which Hydra takes for a config group's and fails on with a traceback.
 _NO_KEY = re.compile(r"[+~]*=")
+
+#: Hydra's prefix to an error merging one config: ``In 'experiment/unk': ConfigKeyError raised while composing``.
+_IN_CONFIG = re.compile(r"In '([^']+)': \w+ raised while composing config")
+
+#: Real presets nest a few levels; composing one nested about 150 deep exhausts Python's stack.
+DEEP_PRESET = 100
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -74,3 +85,118 @@ def describe_config_error(exc: BaseException) -> str | None:
     if expected is not None and cause.value is not None:
         return f"{key} expects {describe_type(expected)}, got {cause.value!r}"
     return f"{key}: {str(cause.msg).splitlines()[0]}"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when inside it, as the user would type it; else absolute."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def describe_preset_error(exc: BaseException, config_dir: Path | None) -> str | None:
+    """One line naming the YAML preset that ``exc``, raised while composing, comes from, and what is wrong with it;
+    ``None`` when ``exc`` is no such error."""
+    import yaml
+    from hydra.errors import ConfigCompositionException
+
+    for cause in causes(exc):
+        if isinstance(cause, yaml.YAMLError):
+            return yaml_problem(cause)
+        if isinstance(cause, RecursionError) and config_dir is not None:
+            return deepest_preset(config_dir)
+        if isinstance(cause, UnicodeDecodeError) and config_dir is not None:
+            return undecodable_preset(config_dir)
+        match = _IN_CONFIG.match(str(cause)) if isinstance(cause, ConfigCompositionException) else None
+        if match and config_dir is not None and (config_dir / f"{match[1]}.yaml").is_file():
+            return f"{shown_path(config_dir / f'{match[1]}.yaml')}: {merge_problem(match[1], cause.__context__)}"
+    return None
+
+
+def yaml_problem(exc: BaseException) -> str | None:
+    """``FILE: not valid YAML: <the parser's reason> (line N)`` for a YAML error that names its file."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None or not mark.name or mark.name.startswith("<"):
+        return None
+    reason = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    return f"{shown_path(mark.name)}: not valid YAML: {reason} (line {mark.line + 1})"
+
+
+def merge_problem(config_path: str, exc: BaseException | None) -> str:
+    """What is wrong with the preset ``config_path`` (``experiment/unk``), given the error merging it raised."""
+    from omegaconf.errors import ConfigKeyError
+
+    group = config_path.partition("/")[0]
+    if isinstance(exc, ConfigKeyError) and exc.full_key == group:
+        # Without the header Hydra puts the preset's keys under its group's name, which the primary config lacks.
+        return f"expected the header line '# @package _global_' that every {group} preset starts with"
+    described = describe_config_error(exc) if exc is not None else None
+    return described or (str(exc).splitlines() or ["cannot be composed"])[0]
+
+
+def preset_depth(path: Path) -> int:
+    """How deeply the YAML in ``path`` nests lists and mappings, read without recursion; 0 if it is not YAML."""
+    import yaml
+
+    depth = deepest = 0
+    try:
+        with path.open(encoding="utf-8") as file:
+            for event in yaml.parse(file):
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    deepest = max(deepest, depth)
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return 0
+    return deepest
+
+
+def deepest_preset(config_dir: Path) -> str | None:
+    """The preset under ``config_dir`` nested too deeply to compose, the cause of a RecursionError while composing."""
+    depths = {path: preset_depth(path) for path in sorted(config_dir.rglob("*.yaml"))}
+    path = max(depths, key=depths.__getitem__, default=None)
+    if path is None or depths[path] < DEEP_PRESET:
+        return None
+    depth = depths[path]
+    return f"{shown_path(path)}: nested {depth} levels deep; Hydra composes presets nested fewer than {DEEP_PRESET}"
+
+
+def undecodable_preset(config_dir: Path) -> str | None:
+    """The preset under ``config_dir`` that is not UTF-8 text, the cause of a UnicodeDecodeError while composing."""
+    for path in sorted(config_dir.rglob("*.yaml")):
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            return f"{shown_path(path)}: not valid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        except OSError:
+            continue
+    return None
+
+
+def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
+    """Check each group's node that a YAML preset wrote without ``defaults: [plugin, _self_]``, and so without the
+    plugin's types, against its plugin's signature; errors name the preset, given in ``presets`` by group."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for registry, _ in GROUPS:
+        node = cfg.get(registry.kind)
+        if not isinstance(node, DictConfig) or config_fields(OmegaConf.get_type(node)):
+            continue
+        where = f"{shown_path(presets[registry.kind])}: " if registry.kind in presets else ""
+        name = node.get("name")
+        if name not in registry:
+            expected = f"must name a registered {registry.kind} ({registry.available()})"
+            raise ConfigError(f"{where}{registry.kind}.name {expected}, got {name!r}")
+        typed = OmegaConf.create({registry.kind: OmegaConf.structured(schema_for(registry.get(name), name))})
+        try:
+            typed.merge_with({registry.kind: node})
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{where}{describe_config_error(exc) or str(exc).splitlines()[0]}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nnexp.arguments import ArgumentParser
+from nnexp.arguments import ArgumentParser, add_limit, limit
 from nnexp.config import GROUPS, Direction, default_direction
 from nnexp.errors import NnexpError
 
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
         "--metrics", type=_names, metavar="NAME,...", help=f"final metrics (default: {','.join(DEFAULT_METRICS)})"
     )
     parser.add_argument("--sort", metavar="METRIC", help="rank by this metric (default: the runs' objective)")
-    parser.add_argument("--limit", type=int, default=20, help="at most this many runs without --sweep (default: 20)")
+    add_limit(parser, "runs of the experiment (without --sweep)")
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = parser.parse_args(argv)
     try:
@@ -256,6 +256,7 @@ def open_experiment(uri: str | None, experiment: str) -> Tracker:
 def compare(args: argparse.Namespace) -> str:
     from nnexp.liveness import reap
 
+    newest = limit(args)
     tracker = open_experiment(args.uri, args.experiment)
     client = tracker.client
     if args.sweep:
@@ -263,7 +264,7 @@ def compare(args: argparse.Namespace) -> str:
         runs, _ = reap(client, child_runs(client, parent))
         heading = f"{parent.info.run_name} ({parent.info.run_id}): {len(runs)} runs"
     else:
-        runs, _ = reap(client, search_runs(client, [tracker.experiment_id], limit=args.limit))
+        runs, _ = reap(client, search_runs(client, [tracker.experiment_id], limit=newest))
         heading = f"experiment {args.experiment}: {len(runs)} newest runs"
     if not runs:
         raise NnexpError(f"no runs to compare in {heading.rsplit(':', 1)[0]} of {tracker.uri}")

@@ -113,7 +113,11 @@ def check_mirror(url: str) -> None:
     """Raise :class:`ConfigError` unless ``url`` is an http:// or https:// URL with a host."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed on access: a port that is not a number in 0..65535 raises
+    except ValueError as exc:
+        raise ConfigError(f"--mirror {url}: not a valid URL ({exc})") from None
     if parts.scheme.lower() not in URL_SCHEMES or not parts.netloc:
         raise ConfigError(f"--mirror {url}: expected an http:// or https:// URL, such as {MIRRORS[0]}")
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__, checkpoint, memory
 from nnexp.atomic import remove_partials, replacing
+from nnexp.cli_errors import check_plugin_nodes
 from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
@@ -159,6 +160,7 @@ def configure(cfg: DictConfig) -> Components:
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
+    check_plugin_nodes(cfg, preset_files())
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     every = cfg.checkpoint.every
     require(every is None or every >= 0, "checkpoint.every", "must be >= 0", every)
@@ -512,6 +514,21 @@ def load_checkpoint(cfg: DictConfig) -> checkpoint.Checkpoint | None:
         )
     remove_partials(loaded.path.parent)  # left by the process that wrote it, killed while writing
     return loaded
+
+
+def preset_files() -> dict[str, Path]:
+    """The YAML file of each config group's chosen preset, by group; none outside a Hydra job."""
+    if not HydraConfig.initialized():
+        return {}
+    runtime = HydraConfig.get().runtime
+    folders = [Path(source.path) for source in runtime.config_sources if source.schema == "file"]
+    found = {}
+    for group, choice in runtime.choices.items():
+        files = [folder / group / f"{choice}.yaml" for folder in folders] if choice else []
+        file = next((file for file in files if file.is_file()), None)
+        if file is not None:
+            found[group] = file
+    return found
 
 
 def job_choices() -> dict[str, Any]:

@@ -142,6 +142,11 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             "use a database such as sqlite:///path/to/mlflow.db, or a tracking server's http(s):// URL"
         )
     database = sqlite_path(uri)
+    if scheme == "sqlite" and (database is None or database.name == ":memory:" or "mode=memory" in uri):
+        raise ConfigError(
+            f"tracking store {uri} is an in-memory database that ends with the process; give a file, "
+            "e.g. sqlite:///outputs/mlflow.db"
+        )
     if database is not None:
         if database.is_dir():
             raise ConfigError(

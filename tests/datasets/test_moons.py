@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nnexp.datasets.base import DATASETS
+from nnexp.datasets.base import DATASETS, holdout_splits
 from nnexp.datasets.moons import Moons
 from nnexp.errors import ParameterError
 
@@ -93,6 +93,20 @@ def test_out_of_range_test_size_is_rejected(test_size: float) -> None:
 def test_other_out_of_range_fields_are_rejected(fields: dict, field: str) -> None:
     with pytest.raises(ParameterError, match=rf"^dataset\.{field} must"):
         DATASETS.build({"name": "moons", **fields})
+
+
+@pytest.mark.parametrize("field", ["random_state", "split_random_state"])
+@pytest.mark.parametrize("seed", [-1, 2**32, 99999999999])
+def test_a_random_state_scikit_learn_refuses_is_named(field: str, seed: int) -> None:
+    with pytest.raises(ParameterError) as caught:
+        DATASETS.build({"name": "moons", field: seed})
+    assert str(caught.value) == f"dataset.{field} must be in [0, 4294967295] or null, got {seed}"
+
+
+def test_holdout_splits_refuses_a_random_state_scikit_learn_refuses() -> None:
+    x, y = np.zeros((10, 2)), np.arange(10) % 2
+    with pytest.raises(ParameterError, match=r"^random_state must be in \[0, 4294967295\] or null, got -1$"):
+        holdout_splits(x, y, 0.3, 0.0, -1, np.random.default_rng(0))
 
 
 def test_moons_is_registered() -> None:

@@ -100,6 +100,16 @@ def check_fraction(field: str, value: float, allow_zero: bool) -> None:
     require(ok, field, f"must be in {'[' if allow_zero else '('}0, 1)", value)
 
 
+#: The seeds scikit-learn accepts as a ``random_state``.
+MAX_RANDOM_STATE = 2**32 - 1
+
+
+def check_random_state(field: str, value: int | None) -> None:
+    """Require a seed scikit-learn accepts, ``0 <= value < 2**32``, or ``None`` (drawn from the run's seed)."""
+    ok = value is None or 0 <= value <= MAX_RANDOM_STATE
+    require(ok, field, f"must be in [0, {MAX_RANDOM_STATE}] or null", value)
+
+
 def holdout_splits(
     x: np.ndarray,
     y: np.ndarray,
@@ -117,6 +127,8 @@ def holdout_splits(
     different points, and the published accuracies are measured on theirs.
     """
     from sklearn.model_selection import train_test_split
+
+    check_random_state("random_state", random_state)
 
     def split(features: np.ndarray, labels: np.ndarray, size: float) -> list[np.ndarray]:
         state = random_state if random_state is not None else int(rng.integers(2**31))
