@@ -82,3 +82,16 @@ def test_compare_all_lists_every_run_and_excludes_limit(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--all", "--limit", "3"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_table_too_wide_for_the_terminal_cuts_its_widest_cells_but_not_run_ids():
+    from nnexp.compare import Table
+
+    run_id = "a" * 32
+    table = Table(["run", "overrides", "run_id"], [["moons " * 10, "x=" + "1" * 80, run_id], ["b", "y=2", "c" * 32]])
+    fitted = table.text(width=70)
+    assert max(len(line) for line in fitted.splitlines()) <= 70
+    assert run_id in fitted and "c" * 32 in fitted
+    assert "…" in fitted.splitlines()[2]
+    assert table.text() == table.text(width=1000)  # a wide terminal, or --wide: as it was
+    assert len(table.text().splitlines()[2]) > 150

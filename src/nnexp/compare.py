@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -140,14 +141,48 @@ class Table:
         writer.writerows(self.rows)
         return buffer.getvalue()
 
-    def text(self) -> str:
+    def text(self, width: int | None = None) -> str:
+        """Aligned columns; with ``width``, the widest cells are cut short (…) until every line fits, all but the
+        run ids, which people copy."""
         widths = [max(len(cell) for cell in column) for column in zip(self.columns, *self.rows, strict=True)]
+        if width is not None:
+            widths = fitted(widths, width, [column == "run_id" for column in self.columns])
         lines = [self.columns, ["-" * width for width in widths], *self.rows]
-        aligned = ("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
+        aligned = (
+            "  ".join(cut(cell, width).ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines
+        )
         return "\n".join(line.rstrip() for line in aligned)
 
-    def render(self, form: str) -> str:
-        return {"markdown": self.markdown, "csv": self.csv, "text": self.text}[form]()
+    def render(self, form: str, width: int | None = None) -> str:
+        return self.text(width) if form == "text" else {"markdown": self.markdown, "csv": self.csv}[form]()
+
+
+#: The narrowest a column is cut to when a table must fit the terminal.
+NARROWEST = 8
+
+
+def fitted(widths: list[int], total: int, whole: list[bool]) -> list[int]:
+    """Column widths that fit ``total`` characters with two spaces between columns, narrowing the widest column
+    first; columns marked ``whole``, and any column at :data:`NARROWEST`, keep their width."""
+    widths = list(widths)
+    excess = sum(widths) + 2 * (len(widths) - 1) - total
+    while excess > 0:
+        narrowable = [i for i, width in enumerate(widths) if not whole[i] and width > NARROWEST]
+        if not narrowable:
+            break
+        widest = max(narrowable, key=widths.__getitem__)
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def cut(cell: str, width: int) -> str:
+    return cell if len(cell) <= width else cell[: width - 1] + "…"
+
+
+def terminal_width(wide: bool) -> int | None:
+    """The terminal's width to fit tables into; none when told ``--wide`` or when the output is not a terminal."""
+    return None if wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
 
 
 def runs_table(runs: Sequence[Run], params: Sequence[str], metrics: Sequence[str], ranking: Ranking | None) -> Table:
@@ -235,6 +270,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sort", metavar="METRIC", help="rank by this metric (default: the runs' objective)")
     add_limit(parser, "runs of the experiment (without --sweep)")
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
+    parser.add_argument("--wide", action="store_true", help="do not cut text columns to the terminal's width")
     args = parser.parse_args(argv)
     try:
         print(compare(args))
@@ -279,7 +315,9 @@ def compare(args: argparse.Namespace) -> str:
         if missing:
             raise NnexpError(f"{option}: no run has the metric {', '.join(missing)}")
     table = runs_table(runs, params, metrics, ranking if args.sweep or args.sort else None)
-    return f"{heading}\n\n{table.render(args.format)}" if args.format != "csv" else table.csv()
+    if args.format == "csv":
+        return table.csv()
+    return f"{heading}\n\n{table.render(args.format, terminal_width(args.wide))}"
 
 
 def find_sweep(client: MlflowClient, experiment_id: str, which: str) -> Run:
@@ -294,7 +332,7 @@ def find_sweep(client: MlflowClient, experiment_id: str, which: str) -> Run:
     return find_run(client, which, f"--sweep {which}: no such run")
 
 
-def run_list(uri: str | None, experiment: str, limit: int) -> str:
+def run_list(uri: str | None, experiment: str, limit: int, width: int | None = None) -> str:
     """The newest runs of ``experiment`` (``limit`` 0: all), after marking KILLED those whose process is gone:
     status, age, duration, where a running one lives, output folder, name and id."""
     from nnexp.liveness import HOST, PID, reap
@@ -321,7 +359,7 @@ def run_list(uri: str | None, experiment: str, limit: int) -> str:
         )
     table = Table(["status", "age", "duration", "host:pid", "folder", "run", "run_id"], rows)
     heading = f"experiment {experiment}: {len(runs)} run{'' if len(runs) == 1 else 's'}, newest first"
-    return f"{heading}\n\n{table.text()}"
+    return f"{heading}\n\n{table.text(width)}"
 
 
 def span(seconds: float) -> str:
