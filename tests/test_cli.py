@@ -46,7 +46,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project):
     result = project.run(*QUICK)
     assert result.returncode == 0, result.stderr
-    assert "test_accuracy=" in result.stdout and "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert "test_accuracy=" in result.stdout and "; see it with: nnexp ui, then http://127.0.0.1:5000/" in result.stdout
     assert "warning" not in (result.stdout + result.stderr).lower()
     [run] = project.runs()
     assert run.info.status == "FINISHED"

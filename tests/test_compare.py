@@ -95,3 +95,11 @@ def test_a_table_too_wide_for_the_terminal_cuts_its_widest_cells_but_not_run_ids
     assert "…" in fitted.splitlines()[2]
     assert table.text() == table.text(width=1000)  # a wide terminal, or --wide: as it was
     assert len(table.text().splitlines()[2]) > 150
+
+
+def test_a_job_that_failed_before_its_config_was_composed_shows_its_overrides():
+    composed = fake_run("a", params={"optimizer.learning_rate": "0.1", "seed": "1"}, tags={"model": "two_layer"})
+    failed = fake_run("b", "FAILED", tags={"overrides": "model=nonexistent +tags.note=x optimizer.learning_rate=0.2"})
+    assert compare.settings(failed) == {"model": "nonexistent", "optimizer.learning_rate": "0.2"}  # not a tag
+    assert compare.settings(composed) == {"optimizer.learning_rate": "0.1", "seed": "1", "model": "two_layer"}
+    assert varying_params([composed, failed]) == ["model", "optimizer.learning_rate", "seed"]

@@ -131,6 +131,8 @@ def test_failed_jobs_are_isolated_and_counted(project):
     assert children[1].data.tags["failure_reason"] == "optimizer.learning_rate must be > 0, got -1.0"
     assert children[2].data.tags["failure_reason"].startswith("loss became NaN at epoch 1")
     assert children[1].data.params["optimizer.learning_rate"] == "-1.0"
+    assert [run.info.run_name for run in children] == ["learning_rate=0.1", "learning_rate=-1.0", "learning_rate=1e+30"]
+    assert "learning_rate" in result.stdout.split("ranked by")[1].splitlines()[1]  # the table keeps the swept column
     assert parent.info.status == "FINISHED"
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (1, 2)
     # The failed job before training leaves no job directory, the others keep theirs.

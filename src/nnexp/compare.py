@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnexp.arguments import ArgumentParser, add_limit, limit
-from nnexp.config import GROUPS, Direction, default_direction
+from nnexp.config import GROUPS, RECORD_KEYS, Direction, default_direction
 from nnexp.errors import NnexpError
 
 if TYPE_CHECKING:
@@ -88,9 +88,15 @@ def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: 
 
 
 def settings(run: Run) -> dict[str, str]:
-    """A run's params, plus the config group choices it recorded as tags (``model: deep_sigmoid``)."""
+    """A run's params, plus the config group choices it recorded as tags (``model: deep_sigmoid``); a job that
+    failed before its config was composed has only its overrides (tag ``overrides``), which then stand in."""
+    given = {}
+    for item in run.data.tags.get("overrides", "").split():
+        key, equals, value = item.lstrip("+~").partition("=")
+        if equals and not f"{key}=".startswith(RECORD_KEYS):
+            given[key] = value
     choices = {key: run.data.tags[key] for key in CHOICE_TAGS if key in run.data.tags}
-    return {**run.data.params, **choices}
+    return {**given, **run.data.params, **choices}
 
 
 def varying_params(runs: Sequence[Run]) -> list[str]:

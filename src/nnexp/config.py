@@ -70,6 +70,10 @@ def default_direction(metric: str) -> Direction:
     return Direction.minimize if metric.endswith("loss") else Direction.maximize
 
 
+#: Overrides that say where and how a run is recorded, not what it trains (its store, name and parent, Hydra's
+#: settings, free-form tags, the run it resumes): they neither name a run nor tell runs apart.
+RECORD_KEYS = ("tracking.", "hydra.", "hydra/", "tags.", "resume=")
+
 #: The final metrics every run has; ``objective.metric`` names one of them.
 FINAL_METRICS = tuple(f"{part}_{kind}" for part in ("train", "val", "test") for kind in ("accuracy", "loss"))
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from nnexp import __version__, checkpoint, memory
 from nnexp.atomic import remove_partials, replacing
 from nnexp.cli_errors import check_plugin_nodes
-from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
+from nnexp.config import FINAL_METRICS, GROUPS, RECORD_KEYS, Direction, check_known_keys, default_direction
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
@@ -542,10 +542,6 @@ def job_overrides() -> list[str]:
     return [item for item in HydraConfig.get().overrides.task if not item.startswith(f"{PARENT_OVERRIDE}=")]
 
 
-#: Overrides that say where and how a run is recorded, not what it trains: they do not name it.
-UNNAMING = ("experiment=", "tracking.", "hydra.", "hydra/", "resume=", "tags.")
-
-
 def run_label(cfg: DictConfig) -> str:
     """In a sweep the job's overrides (the sweep renames its children at the end); else ``tracking.run_name``, or
     the preset and the overrides given, keys shortened (``quadrants seed=3``), or the group choices."""
@@ -558,7 +554,7 @@ def run_label(cfg: DictConfig) -> str:
     given: list[tuple[str, str]] = []
     for item in job_overrides():
         key, equals, value = item.lstrip("+~").partition("=")
-        if equals and not f"{key}=".startswith(UNNAMING):
+        if equals and key != "experiment" and not f"{key}=".startswith(RECORD_KEYS):
             given.append((key, value))
     names = short_keys([key for key, _ in given])
     parts = [choices["experiment"]] if choices.get("experiment") else []

@@ -143,7 +143,9 @@ class Sweep:
         if not runs:
             return 0, 0
         ranking = compare.Ranking.of(runs)
-        params = compare.varying_params([run for run in runs if run.data.params])
+        # Every swept key keeps its column, even when failed jobs leave fewer runs to differ.
+        params = [key for key in self.swept if any(key in compare.settings(run) for run in runs)]
+        params += [key for key in compare.varying_params(runs) if key not in params]
         table = compare.runs_table(runs, params, compare.shown_metrics(runs, ranking), ranking)
         groups = compare.configurations(runs, params, ranking)
         summary = self.directory / "summary"
@@ -212,7 +214,9 @@ def name_by_swept_values(client: MlflowClient, runs: list[Run], swept: list[str]
     names = short_keys(swept)
     renamed = 0
     for run in runs:
-        values = [(names[key], run.data.tags.get(key, run.data.params.get(key))) for key in swept]
+        from nnexp.compare import settings
+
+        values = [(names[key], settings(run).get(key)) for key in swept]
         name = " ".join(f"{key}={value}" for key, value in values if value is not None)
         if name and name != run.info.run_name:
             client.set_tag(run.info.run_id, "mlflow.runName", name[:MAX_RUN_NAME])
