@@ -79,6 +79,8 @@ def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project)
         "adam",
     )
     assert tags["source.dataset"] == "nnexp.datasets.moons"
+    assert tags["source.activation"] == "nnexp.core.activations"
+    assert tags["source.initializer"] == "nnexp.core.initializers"
     assert len(project.job_dirs()) == 1
     phases = {key: value for key, value in run.data.metrics.items() if key.startswith("time_")}
     assert set(phases) == {f"time_{name}_seconds" for name in PHASES}
@@ -213,6 +215,7 @@ def test_a_plugin_activation_trains_with_numpy_and_refuses_the_compiled_engine(p
     assert "engine: numpy (activation leaky from file plugins/leaky.py has no kernel)" in result.stdout + result.stderr
     [run] = project.runs()
     assert (run.data.params["trainer.engine"], run.data.tags["engine"]) == ("auto", "numpy")
+    assert run.data.tags["source.activation"] == "file plugins/leaky.py"
 
     refused = project.run("model.activation=leaky", "trainer.engine=compiled", "trainer.epochs=1")
     assert (refused.returncode, refused.stderr.strip()) == (
@@ -600,6 +603,13 @@ def test_git_state_names_the_commit_and_whether_the_tree_is_dirty(tmp_path):
     subprocess.run([*git, "commit", "-qm", "one"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "false"}
+    (tmp_path / "notes.txt").write_text("an untracked file elsewhere changes no run")
+    assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "false"}
+    for folder in ("plugins", "conf/model"):  # an untracked plugin or preset does
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "mine.py").write_text("")
+        assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "true"}
+        (tmp_path / folder / "mine.py").unlink()
     (tmp_path / "a.txt").write_text("two")
     assert git_state(tmp_path) == {"git_commit": head, "git_dirty": "true"}
 

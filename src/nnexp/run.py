@@ -24,6 +24,8 @@ from nnexp import __version__, checkpoint, memory
 from nnexp.atomic import remove_partials, replacing
 from nnexp.cli_errors import check_plugin_nodes
 from nnexp.config import FINAL_METRICS, GROUPS, RECORD_KEYS, Direction, check_known_keys, default_direction
+from nnexp.core.activations import ACTIVATIONS
+from nnexp.core.initializers import INITIALIZERS
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
@@ -605,11 +607,24 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
     return flatten(container)
 
 
+#: The model fields that name a plugin of their own, recorded as ``source.<field>`` tags.
+MODEL_PLUGIN_FIELDS = (
+    ("activation", ACTIVATIONS),
+    ("output_activation", ACTIVATIONS),
+    ("input_activation", ACTIVATIONS),
+    ("initializer", INITIALIZERS),
+)
+
+
 def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output_dir: Path) -> dict[str, Any]:
     """Hydra's group choices (so presets show), plugin sources, versions, git state and the preset's own tags."""
     tags: dict[str, Any] = {key: value for key, value in choices.items() if value is not None}
     for registry, _ in GROUPS:
         tags[f"source.{registry.kind}"] = registry.source(cfg[registry.kind].name)
+    for field, registry in MODEL_PLUGIN_FIELDS:  # a model's activations and initializer are plugins too
+        name = cfg.model.get(field)
+        if isinstance(name, str) and name in registry:
+            tags[f"source.{field}"] = registry.source(name)
     tags.update(git_state(project_dir))
     tags.update({"nnexp_version": __version__, "output_dir": str(output_dir.resolve())})
     tags["overrides"] = " ".join(job_overrides()) or "(none)"

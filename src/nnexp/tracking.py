@@ -106,27 +106,21 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_state(project_dir: Path) -> dict[str, str]:
-    """The project's commit and whether its work tree has changes; empty outside a git checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=project_dir,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
+    """The project's commit and whether its work tree has changes: to tracked files, or new files in ``plugins/`` and
+    ``conf/``, which change what runs as much; empty outside a git checkout."""
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(
+            ["git", *arguments], cwd=project_dir, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=project_dir,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        new = git("ls-files", "--others", "--exclude-standard", "--", "plugins", "conf")
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"git_commit": commit, "git_dirty": str(bool(status.strip())).lower()}
+    return {"git_commit": commit, "git_dirty": str(bool(changed or new)).lower()}
 
 
 def check_store(uri: str, timeout: float = 5.0) -> None:
