@@ -159,7 +159,8 @@ def test_early_stopping_needs_a_metric_the_run_logs(project):
     result = project.run("early_stopping.patience=3")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: early_stopping.monitor must be one of train_loss, train_accuracy for this run, got 'val_loss'"
+        "error: early_stopping.monitor must be one of train_loss, train_accuracy for this run, got 'val_loss'; "
+        "this run has no validation split: add one (dataset.val_size=0.2) or monitor a training metric"
     )
     assert project.job_dirs() == []
     assert not (project.root / "outputs").exists()  # not even a new, empty store
@@ -326,6 +327,12 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("schedule=step schedule.gamma=-1", "schedule.gamma must be in (0, 1], got -1.0"),
         ("optimizer.epsilon=inf", "optimizer.epsilon must be > 0 and finite, got inf"),
         ("dataset.random_state=-1", "dataset.random_state must be in [0, 4294967295] or null, got -1"),
+        # Hints that name the fix for the usual slips:
+        ("model.hidden_sizes=32,16", "for a list write 'model.hidden_sizes=[32,16]' (quoted for the shell)"),
+        ("+experiment=quadrants", "experiment is a config group with a choice already: write experiment=quadrants"),
+        ("++model=two_layer", "model is a config group with a choice already: write model=two_layer, without + or ++"),
+        ("tags.note=x", "tags.note is not a known key; to add the tag, write +tags.note=..."),
+        ("model.activation.alpha=0.1", "model.activation names an activation (identity, relu, sigmoid, softmax, tanh)"),
         (  # numpy's "array is too big" before the memory check
             "model.hidden_sizes=[10000000000]",
             "model.hidden_sizes=[10000000000] needs about 597.0 TiB (parameters, gradients, adam state, batch buffers)",

@@ -25,6 +25,14 @@ _NO_KEY = re.compile(r"[+~]*=")
 #: Hydra's prefix to an error merging one config: ``In 'experiment/unk': ConfigKeyError raised while composing``.
 _IN_CONFIG = re.compile(r"In '([^']+)': \w+ raised while composing config")
 
+#: Hydra's refusal of ``key=a,b`` in a single run, and of ``+group=option`` / ``++group=option`` for a group
+#: that has a choice already.
+_AMBIGUOUS = re.compile(r"Ambiguous value for argument '([^'=]+)=([^']*)'")
+_ADDED_GROUP = re.compile(
+    r"Multiple values for [\w/]+\. To override a value use 'override ([\w/]+): ([^']*)'"
+    r"|force-add of config groups is not supported: '\+\+([\w/]+)=([^']*)'"
+)
+
 #: Real presets nest a few levels; composing one nested about 150 deep exhausts Python's stack.
 DEEP_PRESET = 100
 
@@ -73,6 +81,9 @@ def describe_config_error(exc: BaseException) -> str | None:
         return f"{exc}; to see a sweep's settings, drop -m (e.g. --cfg hydra -p hydra.launcher)"
     if isinstance(exc, OverrideParseException):
         return f"cannot parse override '{exc.override}': {exc.message.splitlines()[0]}"
+    hint = override_hint(str(exc))
+    if hint is not None:
+        return hint
     cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
     if not isinstance(cause, OmegaConfBaseException) or not getattr(cause, "full_key", None):
         return None
@@ -82,9 +93,35 @@ def describe_config_error(exc: BaseException) -> str | None:
             return "experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
         return unknown_key_message(key, cause.object_type)
     expected = fields.get(str(cause.key))
+    if isinstance(cause.value, Mapping) and str(cause.key).endswith(("activation", "initializer")):
+        from nnexp.core.activations import ACTIVATIONS
+        from nnexp.core.initializers import INITIALIZERS
+
+        registry = INITIALIZERS if str(cause.key).endswith("initializer") else ACTIVATIONS
+        return (
+            f"{key} names an {registry.kind} ({', '.join(registry.names())}) and takes no settings; for other "
+            f"constants register a variant under its own name (plugins/README.md)"
+        )
     if expected is not None and cause.value is not None:
         return f"{key} expects {describe_type(expected)}, got {cause.value!r}"
     return f"{key}: {str(cause.msg).splitlines()[0]}"
+
+
+def override_hint(message: str) -> str | None:
+    """The fix for an override Hydra refuses with a message of several lines: a comma list outside a sweep, or a
+    config group's choice added with ``+`` or ``++``."""
+    ambiguous = _AMBIGUOUS.search(message)
+    if ambiguous:
+        key, value = ambiguous.groups()
+        return (
+            f"{key}={value} is ambiguous: for a list write '{key}=[{value}]' (quoted for the shell), to sweep over "
+            f"the values add -m, for a string quote it: {key}=\"'{value}'\""
+        )
+    added = _ADDED_GROUP.search(message)
+    if added:
+        group, option = (added.group(1), added.group(2)) if added.group(1) else (added.group(3), added.group(4))
+        return f"{group} is a config group with a choice already: write {group}={option}, without + or ++"
+    return None
 
 
 def shown_path(path: str | Path) -> str:

@@ -227,6 +227,8 @@ def unknown_key_message(key: str, schema: Any) -> str:
     is missing only because an override removed it (``~trainer``)."""
     if key.rpartition(".")[2] in config_fields(schema):
         return f"{key} is part of every run's config and cannot be removed; set its fields instead"
+    if key.startswith("tags."):  # free-form: a tag is added, as Hydra adds any key that is not in the config
+        return f"{key} is not a known key; to add the tag, write +{key}=..."
     valid = ", ".join(name for name in config_fields(schema) if name != "name")
     return f"{key} is not a known key; " + (f"valid keys here: {valid}" if valid else "check its spelling")
 

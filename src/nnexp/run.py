@@ -477,8 +477,11 @@ def early_stopping_callback(cfg: DictConfig, experiment: Experiment) -> EarlySto
         return None
     logged = ["train_loss", "train_accuracy", *(["val_loss", "val_accuracy"] if "val" in experiment.data else [])]
     if settings.monitor not in logged:
+        fix = ""
+        if settings.monitor.startswith("val_") and "val" not in experiment.data:
+            fix = "; this run has no validation split: add one (dataset.val_size=0.2) or monitor a training metric"
         raise ConfigError(
-            f"early_stopping.monitor must be one of {', '.join(logged)} for this run, got {settings.monitor!r}"
+            f"early_stopping.monitor must be one of {', '.join(logged)} for this run, got {settings.monitor!r}{fix}"
         )
     direction = settings.direction or default_direction(settings.monitor)
     try:
@@ -541,7 +544,8 @@ def job_choices() -> dict[str, Any]:
 
 def job_overrides() -> list[str]:
     """The job's command-line overrides, without the parent run id a sweep adds."""
-    return [item for item in HydraConfig.get().overrides.task if not item.startswith(f"{PARENT_OVERRIDE}=")]
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as given: ${...} unresolved
+    return [item for item in typed if not item.startswith(f"{PARENT_OVERRIDE}=")]
 
 
 def run_label(cfg: DictConfig) -> str:
