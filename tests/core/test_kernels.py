@@ -71,7 +71,7 @@ def assert_close(reference: np.ndarray, compiled: np.ndarray, tolerance: float, 
     assert np.max(np.abs(reference - compiled), initial=0.0) <= tolerance * scale, what
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
+@pytest.mark.parametrize("batch_size", [1, 7, 12, 64])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("optimizer", list(OPTIMIZER_SETTINGS))
@@ -80,7 +80,10 @@ def assert_close(reference: np.ndarray, compiled: np.ndarray, tolerance: float, 
 def test_compiled_steps_match_the_numpy_reference(
     activation, loss, optimizer, use_bias, dtype, batch_size, monkeypatch
 ) -> None:
-    if batch_size == 64:  # large batches take BLAS's products: test that path on these small networks too
+    # In the kernel 1 and 7 rows take loops, 12 BLAS's products (the last batch of 4 loops again); 64 rows, as
+    # large batches do, take NumPy's products in Python: test that path on these small networks too.
+    assert engine.BLAS_ROWS == 8
+    if batch_size == 64:
         monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0)
     runs = {}
     for name in ("numpy", "compiled"):
@@ -161,7 +164,7 @@ def test_compiled_steps_take_the_learning_rate_of_each_epoch() -> None:
     assert_close(weights[0], weights[1], 1e-12, "dense2.weight")
 
 
-@pytest.mark.parametrize("batch_size", [1, 64])
+@pytest.mark.parametrize("batch_size", [1, 12, 64])
 def test_a_loss_that_stops_being_finite_fails_as_on_the_numpy_path(batch_size, monkeypatch) -> None:
     monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0 if batch_size == 64 else engine.LOOP_MAX_WORK)
     messages = []

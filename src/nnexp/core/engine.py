@@ -1,9 +1,10 @@
 """The trainer's engine: the NumPy layers (the reference, and the path for plugins) or compiled kernels.
 
 ``compiled`` runs the built-in MLP's batches with the Numba kernels of :mod:`nnexp.core.compiled.kernels`,
-imported only here and only when asked for, since importing Numba takes about a second. Small batches run many
-steps per kernel call; large ones keep NumPy's BLAS products and take the optimizer's step as one compiled pass
-per parameter array.
+imported only here and only when asked for, since importing Numba takes about a second. Small batches on narrow
+layers run many steps per kernel call (a whole epoch, or as much as fits in a tenth of a second), with loops for a
+few rows and BLAS's products from about eight; large ones keep NumPy's products and take the optimizer's step as
+one compiled pass per parameter array.
 """
 
 from __future__ import annotations
@@ -57,10 +58,14 @@ KERNEL_CODES: dict[str, dict[str, int]] = {
 #: Built-in components left to the NumPy path on purpose, by kind; a built-in in neither table fails the tests.
 NUMPY_ONLY: dict[str, frozenset[str]] = {"activation": frozenset(), "loss": frozenset(), "optimizer": frozenset()}
 
-#: Batches of at most this many multiply-adds (rows times weights) run many steps per kernel call; larger ones
-#: are worth BLAS's products. Measured per batch, one thread, float32, Adam: 2-64-64-2 at 32 rows (139,264)
-#: 39 us in the kernel against 44 us with BLAS; at 64 rows (278,528) 75 us against 62 us.
-LOOP_MAX_WORK = 1 << 18
+#: Batches of at most this many multiply-adds (rows times weights) run many steps per kernel call, so that
+#: Python is not paid per batch; larger ones are worth NumPy's products, whose BLAS may use every core.
+#: Measured per batch, float32, Adam, on a busy 2-core machine: 2-64-64-2 at 64 rows (278,528) 72-92 us in the
+#: kernel against 120-149 us with NumPy's products and a compiled update.
+LOOP_MAX_WORK = 1 << 19
+#: Inside the kernel, batches of at least this many rows take BLAS's products, smaller ones loops: on 2-64-64-2,
+#: float32, 17.7 against 9.8 us per batch at 8 rows, 36.9 against 19.8 at 32; loops win at 2 and 4 rows.
+BLAS_ROWS = 8
 
 
 def _code(registry: Registry[Any], component: object) -> tuple[int | None, str]:
@@ -213,7 +218,7 @@ class CompiledSteps:
                 order = self._identity
             done, loss_sum, value = self.kernels.train_batches(
                 np.ascontiguousarray(x), np.ascontiguousarray(targets), order, first_batch, n_batches, size,
-                self.plan.stages, *state, self.plan.loss, self.plan.optimizer, hyper, hyper64, iteration,
+                BLAS_ROWS, self.plan.stages, *state, self.plan.loss, self.plan.optimizer, hyper, hyper64, iteration,
                 predicted, loss_sum,
             )  # fmt: skip
             self.optimizer.iterations += done
