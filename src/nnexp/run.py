@@ -23,6 +23,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from nnexp import __version__, checkpoint, memory
 from nnexp.atomic import remove_partials, replacing
 from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
+from nnexp.core.engine import warm_up
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
@@ -225,6 +226,7 @@ def run(cfg: DictConfig) -> float:
         with phases("setup"):
             components = configure(cfg)
             resumed = load_checkpoint(cfg)
+            warm_up(cfg.trainer.engine.value)
         rng = np.random.default_rng(cfg.seed)
         with phases("data"):
             # Before MLflow's import, which holds 170 MB or so: reading MNIST briefly needs twice its raw images.

@@ -241,3 +241,16 @@ def test_a_user_who_may_not_write_the_package_gets_a_numba_cache_of_their_own(mo
     monkeypatch.setattr(engine.os, "access", lambda path, mode: False)
     engine._cache_where_writable()
     assert engine.os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "nnexp" / "numba")
+
+
+def test_warm_up_imports_the_kernels_in_one_background_thread_unless_the_engine_is_numpy(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "_warming_up", None)
+    engine.warm_up("numpy")
+    assert engine._warming_up is None
+    engine.warm_up("auto")
+    thread = engine._warming_up
+    assert thread is not None and thread.name == "nnexp-kernels"
+    thread.join(timeout=120)
+    assert not thread.is_alive() and "nnexp.core.compiled.kernels" in sys.modules
+    engine.warm_up("compiled")
+    assert engine._warming_up is thread, "once per process"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -143,6 +144,33 @@ def _load_kernels() -> ModuleType | str:
     except RuntimeError as exc:  # Numba found no folder to keep its compiled kernels in
         return f"numba cannot compile here ({exc})"
     return kernels
+
+
+_warming_up: threading.Thread | None = None
+
+
+def warm_up(requested: str) -> None:
+    """Import Numba and set up its compiler in a background thread if ``trainer.engine=requested`` may compile.
+
+    The half second or more this takes then overlaps the run's data loading and MLflow's start-up instead of
+    adding to them; :func:`select` and the first kernel call wait for whatever is left. Once per process.
+    """
+    global _warming_up
+    if requested == "numpy" or _warming_up is not None:
+        return
+    _warming_up = threading.Thread(target=_import_and_set_up, name="nnexp-kernels")
+    _warming_up.start()
+
+
+def _import_and_set_up() -> None:
+    """Import the kernels and initialise Numba's CPU target, as the first kernel call would."""
+    kernels = _load_kernels()
+    if isinstance(kernels, str):
+        return  # select() tries again and says why
+    from numba.core.compiler_lock import global_compiler_lock
+
+    with global_compiler_lock:  # what every compilation holds: the main thread may be calling a kernel already
+        kernels.train_batches.targetctx.refresh()
 
 
 def _cache_where_writable() -> None:
