@@ -286,10 +286,15 @@ def train_batches(
     width = x.shape[1]
     for s in range(n_stages):
         width = max(width, stages[s, N_OUT])
-    # Row s + 1 holds stage s's output after its activation, row 0 the gathered batch; each is used as a
-    # contiguous (rows, units) array, as BLAS wants it.
-    values = np.empty((n_stages + 1, size * width), x.dtype)
-    deltas = np.empty((2, size * width), x.dtype)
+    # values[s + 1] is stage s's output after its activation, values[0] the gathered batch, grads[s] the loss's
+    # gradient with respect to values[s]: each a contiguous (size, units) array, as BLAS wants it, made once per
+    # call, so that a batch takes its first rows at the cost of a slice.
+    flat = np.empty((2, n_stages + 1, size * width), x.dtype)
+    values = [flat[0, 0, : size * x.shape[1]].reshape((size, x.shape[1]))]
+    grads = [flat[1, 0, : size * x.shape[1]].reshape((size, x.shape[1]))]
+    for s in range(n_stages):
+        values.append(flat[0, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
+        grads.append(flat[1, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
     n_classes = stages[n_stages - 1, N_OUT]
     done = 0
     for batch in range(first_batch, first_batch + n_batches):
@@ -298,13 +303,12 @@ def train_batches(
             break
         rows = min(size, n_samples - start)
         blas = rows >= blas_rows
-        gathered = values[0, : rows * x.shape[1]].reshape((rows, x.shape[1]))
+        gathered = values[0]
         for r in range(rows):
             gathered[r] = x[order[start + r]]
         for s in range(n_stages):
             n_in, n_out = stages[s, N_IN], stages[s, N_OUT]
-            source = values[s, : rows * n_in].reshape((rows, n_in))
-            out = values[s + 1, : rows * n_out].reshape((rows, n_out))
+            source, out = values[s][:rows], values[s + 1][:rows]
             b = stages[s, BIAS_AT]
             if stages[s, KIND] == DENSE:
                 at = stages[s, WEIGHT_AT]
@@ -318,9 +322,8 @@ def train_batches(
                     for j in range(n_out):
                         out[r, j] = source[r, j] + biases[b + j]
             _activate(out, rows, n_out, stages[s, ACTIVATION])
-        final = values[n_stages, : rows * n_classes].reshape((rows, n_classes))
-        delta = deltas[0, : rows * n_classes].reshape((rows, n_classes))
-        value = _loss(final, targets[start : start + rows], delta, rows, n_classes, loss_code)
+        final = values[n_stages][:rows]
+        value = _loss(final, targets[start : start + rows], grads[n_stages][:rows], rows, n_classes, loss_code)
         if not math.isfinite(value):
             return done, loss_sum, value
         for r in range(rows):
@@ -329,32 +332,30 @@ def train_batches(
                 if final[r, j] > final[r, best]:
                     best = j
             predicted[start + r] = best
-        current = 0
         for s in range(n_stages - 1, -1, -1):
             n_in, n_out = stages[s, N_IN], stages[s, N_OUT]
-            delta = deltas[current, : rows * n_out].reshape((rows, n_out))
+            delta = grads[s + 1][:rows]
             b = stages[s, BIAS_AT]
-            _activation_backward(
-                delta, values[s + 1, : rows * n_out].reshape((rows, n_out)), rows, n_out, stages[s, ACTIVATION]
-            )
+            _activation_backward(delta, values[s + 1][:rows], rows, n_out, stages[s, ACTIVATION])
             if b >= 0:
                 for j in range(n_out):
                     bias_grads[b + j] = delta[0, j]
                 for r in range(1, rows):
                     for j in range(n_out):
                         bias_grads[b + j] += delta[r, j]
-            if stages[s, KIND] == DENSE:  # a Bias stage passes its gradient through unchanged
+            if stages[s, KIND] == DENSE:
                 at = stages[s, WEIGHT_AT]
                 _dense_backward(
-                    values[s, : rows * n_in].reshape((rows, n_in)),
+                    values[s][:rows],
                     delta,
                     weights[at : at + n_in * n_out].reshape((n_in, n_out)),
                     weight_grads[at : at + n_in * n_out].reshape((n_in, n_out)),
-                    deltas[1 - current, : rows * n_in].reshape((rows, n_in)),
+                    grads[s][:rows],
                     s > 0,
                     blas,
                 )
-                current = 1 - current
+            elif s > 0:  # a Bias stage passes its gradient through unchanged
+                grads[s][:rows] = delta
         iteration += 1
         _update(weights, weight_grads, weight_first, weight_second, True, optimizer_code, hyper, hyper64, iteration)
         _update(biases, bias_grads, bias_first, bias_second, False, optimizer_code, hyper, hyper64, iteration)
