@@ -198,7 +198,7 @@ def update_parameters(
     _update(biases, bias_grads, bias_first, bias_second, False, code, hyper, hyper64, iteration)
 
 
-@njit(**JIT)
+@njit(**JIT, inline="always")
 def _dense_forward(source: np.ndarray, w: np.ndarray, out: np.ndarray, blas: bool) -> None:
     """``out = source @ w``: BLAS's product, or loops that beat it on a few rows."""
     if blas:
@@ -214,7 +214,7 @@ def _dense_forward(source: np.ndarray, w: np.ndarray, out: np.ndarray, blas: boo
                 out[r, j] += value * w[i, j]
 
 
-@njit(**JIT)
+@njit(**JIT, inline="always")
 def _dense_backward(
     source: np.ndarray,
     delta: np.ndarray,
