@@ -3,9 +3,11 @@
 Imported only by :mod:`nnexp.core.engine` when a run asks for the compiled path: importing Numba costs about a
 second. Each kernel works on the network's packed parameters (every weight in one flat array, every bias in
 another; see :meth:`~nnexp.core.network.Sequential.packed_parameters`) and on the optimizer's own state arrays,
-so checkpoints see no difference. Constants are made in the arrays' dtype: a float64 literal would turn float32
-arithmetic into float64 and stop the loops from vectorising. ``error_model="numpy"`` lets loops that divide
-vectorise too (a division by zero gives inf or NaN, as in NumPy, instead of raising).
+so checkpoints see no difference. Batches of a few rows multiply with loops, larger ones with BLAS's products
+(Numba's ``np.dot``, through SciPy's BLAS), as the NumPy layers do. Constants are made in the arrays' dtype: a
+float64 literal would turn float32 arithmetic into float64 and stop the loops from vectorising.
+``error_model="numpy"`` lets loops that divide vectorise too (a division by zero gives inf or NaN, as in NumPy,
+instead of raising).
 """
 
 from __future__ import annotations
