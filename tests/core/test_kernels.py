@@ -154,11 +154,13 @@ class Halve(Callback):
         self.optimizer.learning_rate = 0.1 / 2**epoch
 
 
-def test_compiled_steps_take_the_learning_rate_of_each_epoch() -> None:
+@pytest.mark.parametrize("batch_size", [1, 12])
+def test_compiled_steps_take_the_learning_rate_of_each_epoch(batch_size) -> None:
     weights = []
     for name in ("numpy", "compiled"):
         network, loss, optimizer, data, rng = setup("sigmoid", "mse", "nesterov", True, np.float64)
-        history = Trainer(3, 1, engine=name).fit(network, loss, optimizer, data, rng, callbacks=[Halve(optimizer)])
+        trainer = Trainer(3, batch_size, engine=name)
+        history = trainer.fit(network, loss, optimizer, data, rng, callbacks=[Halve(optimizer)])
         assert history["learning_rate"] == [0.05, 0.025, 0.0125]
         weights.append(network.state_dict()["dense2.weight"])
     assert_close(weights[0], weights[1], 1e-12, "dense2.weight")
