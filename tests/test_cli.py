@@ -282,6 +282,24 @@ def test_help_and_config_errors_import_no_mlflow_sklearn_or_matplotlib(project, 
     assert json.loads(result.stderr.splitlines()[-1]) == []
 
 
+def test_a_run_with_the_numpy_engine_never_imports_numba(project):
+    """The compiled engine's kernels load in the background only when the engine may use them."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, "trainer.engine=numpy", "trainer.epochs=1"],
+        cwd=project.root,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "epoch 1/1" in result.stderr
+    assert json.loads(result.stderr.splitlines()[-1]) == ["matplotlib", "mlflow", "sklearn"]
+
+
 def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
     result = project.run("schedule=step", "schedule.step_size=1", "schedule.gamma=0.5", "trainer.epochs=3")
     assert result.returncode == 0, result.stderr

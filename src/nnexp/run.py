@@ -25,6 +25,7 @@ from nnexp.atomic import remove_partials, replacing
 from nnexp.cli_errors import check_plugin_nodes
 from nnexp.config import FINAL_METRICS, GROUPS, RECORD_KEYS, Direction, check_known_keys, default_direction
 from nnexp.core.activations import ACTIVATIONS
+from nnexp.core.engine import warm_up
 from nnexp.core.initializers import INITIALIZERS
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
@@ -231,6 +232,7 @@ def run(cfg: DictConfig) -> float:
         with phases("setup"):
             components = configure(cfg)
             resumed = load_checkpoint(cfg)
+            warm_up(cfg.trainer.engine.value)
         rng = np.random.default_rng(cfg.seed)
         with phases("data"):
             # Before MLflow's import, which holds 170 MB or so: reading MNIST briefly needs twice its raw images.

@@ -71,7 +71,7 @@ def assert_close(reference: np.ndarray, compiled: np.ndarray, tolerance: float, 
     assert np.max(np.abs(reference - compiled), initial=0.0) <= tolerance * scale, what
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
+@pytest.mark.parametrize("batch_size", [1, 7, 12, 64])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("optimizer", list(OPTIMIZER_SETTINGS))
@@ -80,7 +80,10 @@ def assert_close(reference: np.ndarray, compiled: np.ndarray, tolerance: float, 
 def test_compiled_steps_match_the_numpy_reference(
     activation, loss, optimizer, use_bias, dtype, batch_size, monkeypatch
 ) -> None:
-    if batch_size == 64:  # large batches take BLAS's products: test that path on these small networks too
+    # In the kernel 1 and 7 rows take loops, 12 BLAS's products (the last batch of 4 loops again); 64 rows, as
+    # large batches do, take NumPy's products in Python: test that path on these small networks too.
+    assert engine.BLAS_ROWS == 8
+    if batch_size == 64:
         monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0)
     runs = {}
     for name in ("numpy", "compiled"):
@@ -151,17 +154,19 @@ class Halve(Callback):
         self.optimizer.learning_rate = 0.1 / 2**epoch
 
 
-def test_compiled_steps_take_the_learning_rate_of_each_epoch() -> None:
+@pytest.mark.parametrize("batch_size", [1, 12])
+def test_compiled_steps_take_the_learning_rate_of_each_epoch(batch_size) -> None:
     weights = []
     for name in ("numpy", "compiled"):
         network, loss, optimizer, data, rng = setup("sigmoid", "mse", "nesterov", True, np.float64)
-        history = Trainer(3, 1, engine=name).fit(network, loss, optimizer, data, rng, callbacks=[Halve(optimizer)])
+        trainer = Trainer(3, batch_size, engine=name)
+        history = trainer.fit(network, loss, optimizer, data, rng, callbacks=[Halve(optimizer)])
         assert history["learning_rate"] == [0.05, 0.025, 0.0125]
         weights.append(network.state_dict()["dense2.weight"])
     assert_close(weights[0], weights[1], 1e-12, "dense2.weight")
 
 
-@pytest.mark.parametrize("batch_size", [1, 64])
+@pytest.mark.parametrize("batch_size", [1, 12, 64])
 def test_a_loss_that_stops_being_finite_fails_as_on_the_numpy_path(batch_size, monkeypatch) -> None:
     monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0 if batch_size == 64 else engine.LOOP_MAX_WORK)
     messages = []
@@ -238,3 +243,16 @@ def test_a_user_who_may_not_write_the_package_gets_a_numba_cache_of_their_own(mo
     monkeypatch.setattr(engine.os, "access", lambda path, mode: False)
     engine._cache_where_writable()
     assert engine.os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "nnexp" / "numba")
+
+
+def test_warm_up_imports_the_kernels_in_one_background_thread_unless_the_engine_is_numpy(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "_warming_up", None)
+    engine.warm_up("numpy")
+    assert engine._warming_up is None
+    engine.warm_up("auto")
+    thread = engine._warming_up
+    assert thread is not None and thread.name == "nnexp-kernels"
+    thread.join(timeout=120)
+    assert not thread.is_alive() and "nnexp.core.compiled.kernels" in sys.modules
+    engine.warm_up("compiled")
+    assert engine._warming_up is thread, "once per process"

@@ -1,9 +1,10 @@
 """The trainer's engine: the NumPy layers (the reference, and the path for plugins) or compiled kernels.
 
 ``compiled`` runs the built-in MLP's batches with the Numba kernels of :mod:`nnexp.core.compiled.kernels`,
-imported only here and only when asked for, since importing Numba takes about a second. Small batches run many
-steps per kernel call; large ones keep NumPy's BLAS products and take the optimizer's step as one compiled pass
-per parameter array.
+imported only here and only when asked for, since importing Numba takes about a second. Small batches on narrow
+layers run many steps per kernel call (a whole epoch, or as much as fits in a tenth of a second), with loops for a
+few rows and BLAS's products from about eight; large ones keep NumPy's products and take the optimizer's step as
+one compiled pass per parameter array.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -57,10 +59,14 @@ KERNEL_CODES: dict[str, dict[str, int]] = {
 #: Built-in components left to the NumPy path on purpose, by kind; a built-in in neither table fails the tests.
 NUMPY_ONLY: dict[str, frozenset[str]] = {"activation": frozenset(), "loss": frozenset(), "optimizer": frozenset()}
 
-#: Batches of at most this many multiply-adds (rows times weights) run many steps per kernel call; larger ones
-#: are worth BLAS's products. Measured per batch, one thread, float32, Adam: 2-64-64-2 at 32 rows (139,264)
-#: 39 us in the kernel against 44 us with BLAS; at 64 rows (278,528) 75 us against 62 us.
-LOOP_MAX_WORK = 1 << 18
+#: Batches of at most this many multiply-adds (rows times weights) run many steps per kernel call, so that
+#: Python is not paid per batch; larger ones are worth NumPy's products, whose BLAS may use every core.
+#: Measured per batch, float32, Adam, on a busy 2-core machine: 2-64-64-2 at 64 rows (278,528) 72-92 us in the
+#: kernel against 120-149 us with NumPy's products and a compiled update.
+LOOP_MAX_WORK = 1 << 19
+#: Inside the kernel, batches of at least this many rows take BLAS's products, smaller ones loops: on 2-64-64-2,
+#: float32, 17.7 against 9.8 us per batch at 8 rows, 36.9 against 19.8 at 32; loops win at 2 and 4 rows.
+BLAS_ROWS = 8
 
 
 def _code(registry: Registry[Any], component: object) -> tuple[int | None, str]:
@@ -140,6 +146,33 @@ def _load_kernels() -> ModuleType | str:
     return kernels
 
 
+_warming_up: threading.Thread | None = None
+
+
+def warm_up(requested: str) -> None:
+    """Import Numba and set up its compiler in a background thread if ``trainer.engine=requested`` may compile.
+
+    The half second or more this takes then overlaps the run's data loading and MLflow's start-up instead of
+    adding to them; :func:`select` and the first kernel call wait for whatever is left. Once per process.
+    """
+    global _warming_up
+    if requested == "numpy" or _warming_up is not None:
+        return
+    _warming_up = threading.Thread(target=_import_and_set_up, name="nnexp-kernels")
+    _warming_up.start()
+
+
+def _import_and_set_up() -> None:
+    """Import the kernels and initialise Numba's CPU target, as the first kernel call would."""
+    kernels = _load_kernels()
+    if isinstance(kernels, str):
+        return  # select() tries again and says why
+    from numba.core.compiler_lock import global_compiler_lock
+
+    with global_compiler_lock:  # what every compilation holds: the main thread may be calling a kernel already
+        kernels.train_batches.targetctx.refresh()
+
+
 def _cache_where_writable() -> None:
     """Numba keeps compiled kernels beside their module; a user who may not write the installed package gets a
     cache folder of their own instead (``$XDG_CACHE_HOME/nnexp/numba``), unless ``NUMBA_CACHE_DIR`` says where."""
@@ -213,7 +246,7 @@ class CompiledSteps:
                 order = self._identity
             done, loss_sum, value = self.kernels.train_batches(
                 np.ascontiguousarray(x), np.ascontiguousarray(targets), order, first_batch, n_batches, size,
-                self.plan.stages, *state, self.plan.loss, self.plan.optimizer, hyper, hyper64, iteration,
+                BLAS_ROWS, self.plan.stages, *state, self.plan.loss, self.plan.optimizer, hyper, hyper64, iteration,
                 predicted, loss_sum,
             )  # fmt: skip
             self.optimizer.iterations += done

@@ -3,9 +3,11 @@
 Imported only by :mod:`nnexp.core.engine` when a run asks for the compiled path: importing Numba costs about a
 second. Each kernel works on the network's packed parameters (every weight in one flat array, every bias in
 another; see :meth:`~nnexp.core.network.Sequential.packed_parameters`) and on the optimizer's own state arrays,
-so checkpoints see no difference. Constants are made in the arrays' dtype: a float64 literal would turn float32
-arithmetic into float64 and stop the loops from vectorising. ``error_model="numpy"`` lets loops that divide
-vectorise too (a division by zero gives inf or NaN, as in NumPy, instead of raising).
+so checkpoints see no difference. Batches of a few rows multiply with loops, larger ones with BLAS's products
+(Numba's ``np.dot``, through SciPy's BLAS), as the NumPy layers do. Constants are made in the arrays' dtype: a
+float64 literal would turn float32 arithmetic into float64 and stop the loops from vectorising.
+``error_model="numpy"`` lets loops that divide vectorise too (a division by zero gives inf or NaN, as in NumPy,
+instead of raising).
 """
 
 from __future__ import annotations
@@ -198,6 +200,54 @@ def update_parameters(
     _update(biases, bias_grads, bias_first, bias_second, False, code, hyper, hyper64, iteration)
 
 
+@njit(**JIT, inline="always")
+def _dense_forward(source: np.ndarray, w: np.ndarray, out: np.ndarray, blas: bool) -> None:
+    """``out = source @ w``: BLAS's product, or loops that beat it on a few rows."""
+    if blas:
+        np.dot(source, w, out)
+        return
+    zero = out.dtype.type(0)
+    for r in range(source.shape[0]):
+        for j in range(w.shape[1]):
+            out[r, j] = zero
+        for i in range(w.shape[0]):  # along the rows of w: contiguous, so the inner loop vectorises
+            value = source[r, i]
+            for j in range(w.shape[1]):
+                out[r, j] += value * w[i, j]
+
+
+@njit(**JIT, inline="always")
+def _dense_backward(
+    source: np.ndarray,
+    delta: np.ndarray,
+    w: np.ndarray,
+    gw: np.ndarray,
+    delta_in: np.ndarray,
+    input_grad: bool,
+    blas: bool,
+) -> None:
+    """``gw = source.T @ delta`` and, with ``input_grad``, ``delta_in = delta @ w.T``, as ``Dense.backward``."""
+    if blas:
+        np.dot(source.T, delta, gw)
+        if input_grad:
+            np.dot(delta, w.T, delta_in)
+        return
+    rows, n_in, n_out = source.shape[0], w.shape[0], w.shape[1]
+    for i in range(n_in):  # the first row's products are the sums' first terms: one pass fewer
+        value_in = source[0, i]
+        for j in range(n_out):
+            gw[i, j] = value_in * delta[0, j]
+    for r in range(1, rows):
+        for i in range(n_in):
+            value_in = source[r, i]
+            for j in range(n_out):
+                gw[i, j] += value_in * delta[r, j]
+    if input_grad:
+        for r in range(rows):
+            for i in range(n_in):
+                delta_in[r, i] = _dot(delta[r], w[i])
+
+
 @njit(**JIT)
 def train_batches(
     x: np.ndarray,
@@ -206,6 +256,7 @@ def train_batches(
     first_batch: int,
     n_batches: int,
     size: int,
+    blas_rows: int,
     stages: np.ndarray,
     weights: np.ndarray,
     weight_grads: np.ndarray,
@@ -228,41 +279,44 @@ def train_batches(
     Row ``k`` of the epoch is ``x[order[k]]`` with target ``targets[k]`` (already in the epoch's order). Each
     batch's output is a forward pass through ``stages`` (one row per Dense or Bias layer and the activation after
     it), its loss adds ``loss * rows`` to ``loss_sum`` and its predicted labels go to ``predicted``, then the
-    backward pass fills the gradients and the optimizer takes step ``iteration + 1``, ``+ 2``, ...  Returns
-    ``(batches done, loss_sum, loss)``: a loss that is not finite ends the call before its batch's update.
+    backward pass fills the gradients and the optimizer takes step ``iteration + 1``, ``+ 2``, ...  Batches of at
+    least ``blas_rows`` rows take BLAS's matrix products, smaller ones loops. Returns ``(batches done, loss_sum,
+    loss)``: a loss that is not finite ends the call before its batch's update.
     """
     n_samples = x.shape[0]
     n_stages = stages.shape[0]
     width = x.shape[1]
     for s in range(n_stages):
         width = max(width, stages[s, N_OUT])
-    # outputs[s + 1] is stage s's output after its activation; outputs[0] the gathered batch.
-    outputs = np.empty((n_stages + 1, size, width), x.dtype)
-    delta = np.empty((size, width), x.dtype)
-    delta_in = np.empty((size, width), x.dtype)
-    zero = x.dtype.type(0)
+    # values[s + 1] is stage s's output after its activation, values[0] the gathered batch, grads[s] the loss's
+    # gradient with respect to values[s]: each a contiguous (size, units) array, as BLAS wants it, made once per
+    # call, so that a batch takes its first rows at the cost of a slice.
+    flat = np.empty((2, n_stages + 1, size * width), x.dtype)
+    values = [flat[0, 0, : size * x.shape[1]].reshape((size, x.shape[1]))]
+    grads = [flat[1, 0, : size * x.shape[1]].reshape((size, x.shape[1]))]
+    for s in range(n_stages):
+        values.append(flat[0, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
+        grads.append(flat[1, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
+    n_classes = stages[n_stages - 1, N_OUT]
     done = 0
     for batch in range(first_batch, first_batch + n_batches):
         start = batch * size
         if start >= n_samples:
             break
         rows = min(size, n_samples - start)
+        blas = rows >= blas_rows
+        gathered = values[0]
         for r in range(rows):
-            outputs[0, r, : x.shape[1]] = x[order[start + r]]
+            gathered[r] = x[order[start + r]]
         for s in range(n_stages):
-            source, out = outputs[s], outputs[s + 1]
             n_in, n_out = stages[s, N_IN], stages[s, N_OUT]
+            source, out = values[s][:rows], values[s + 1][:rows]
             b = stages[s, BIAS_AT]
             if stages[s, KIND] == DENSE:
-                w = weights[stages[s, WEIGHT_AT] : stages[s, WEIGHT_AT] + n_in * n_out].reshape((n_in, n_out))
-                for r in range(rows):
-                    for j in range(n_out):
-                        out[r, j] = zero
-                    for i in range(n_in):  # along the rows of w: contiguous, so the inner loop vectorises
-                        value = source[r, i]
-                        for j in range(n_out):
-                            out[r, j] += value * w[i, j]
-                    if b >= 0:
+                at = stages[s, WEIGHT_AT]
+                _dense_forward(source, weights[at : at + n_in * n_out].reshape((n_in, n_out)), out, blas)
+                if b >= 0:
+                    for r in range(rows):
                         for j in range(n_out):
                             out[r, j] += biases[b + j]
             else:
@@ -270,9 +324,8 @@ def train_batches(
                     for j in range(n_out):
                         out[r, j] = source[r, j] + biases[b + j]
             _activate(out, rows, n_out, stages[s, ACTIVATION])
-        n_classes = stages[n_stages - 1, N_OUT]
-        final = outputs[n_stages]
-        value = _loss(final, targets[start : start + rows], delta, rows, n_classes, loss_code)
+        final = values[n_stages][:rows]
+        value = _loss(final, targets[start : start + rows], grads[n_stages][:rows], rows, n_classes, loss_code)
         if not math.isfinite(value):
             return done, loss_sum, value
         for r in range(rows):
@@ -282,10 +335,10 @@ def train_batches(
                     best = j
             predicted[start + r] = best
         for s in range(n_stages - 1, -1, -1):
-            source = outputs[s]
             n_in, n_out = stages[s, N_IN], stages[s, N_OUT]
+            delta = grads[s + 1][:rows]
             b = stages[s, BIAS_AT]
-            _activation_backward(delta, outputs[s + 1], rows, n_out, stages[s, ACTIVATION])
+            _activation_backward(delta, values[s + 1][:rows], rows, n_out, stages[s, ACTIVATION])
             if b >= 0:
                 for j in range(n_out):
                     bias_grads[b + j] = delta[0, j]
@@ -294,23 +347,17 @@ def train_batches(
                         bias_grads[b + j] += delta[r, j]
             if stages[s, KIND] == DENSE:
                 at = stages[s, WEIGHT_AT]
-                w = weights[at : at + n_in * n_out].reshape((n_in, n_out))
-                gw = weight_grads[at : at + n_in * n_out].reshape((n_in, n_out))
-                for i in range(n_in):  # the first row's products are the sums' first terms: one pass fewer
-                    value_in = source[0, i]
-                    for j in range(n_out):
-                        gw[i, j] = value_in * delta[0, j]
-                for r in range(1, rows):
-                    for i in range(n_in):
-                        value_in = source[r, i]
-                        for j in range(n_out):
-                            gw[i, j] += value_in * delta[r, j]
-                if s > 0:
-                    for r in range(rows):
-                        for i in range(n_in):
-                            delta_in[r, i] = _dot(delta[r, :n_out], w[i])
-                    delta, delta_in = delta_in, delta
-            # A Bias stage passes its gradient through unchanged.
+                _dense_backward(
+                    values[s][:rows],
+                    delta,
+                    weights[at : at + n_in * n_out].reshape((n_in, n_out)),
+                    weight_grads[at : at + n_in * n_out].reshape((n_in, n_out)),
+                    grads[s][:rows],
+                    s > 0,
+                    blas,
+                )
+            elif s > 0:  # a Bias stage passes its gradient through unchanged
+                grads[s][:rows] = delta
         iteration += 1
         _update(weights, weight_grads, weight_first, weight_second, True, optimizer_code, hyper, hyper64, iteration)
         _update(biases, bias_grads, bias_first, bias_second, False, optimizer_code, hyper, hyper64, iteration)
