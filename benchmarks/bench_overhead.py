@@ -5,7 +5,7 @@ Runs the real CLI in a scratch project with its own MLflow store: the default ru
 preset (``experiment=mnist_keras_mlp``, 5 epochs) on MNIST_DIR, alternating, ``--repeat`` times each after one
 untimed run of each (which creates the store and warms the disk cache). Each run records the wall seconds of its
 phases as ``time_*_seconds`` metrics; they are read back from the store, and the rest of the command's wall time
-is start-up (until the run begins: its end time minus ``time_run_seconds``) and exit (from the moment the run
+is start-up (until the run begins: its end time minus ``time/run_seconds``) and exit (from the moment the run
 logged them). Peak resident memory is the child's own (``wait4``). Also times ``--help`` and two config
 errors ``--runs`` times each. Prints a Markdown section. MNIST_DIR defaults to /work/shared/data/mnist or nnexp's
 MNIST cache, whichever exists; without either the MNIST rows are skipped. Not part of CI.
@@ -118,7 +118,7 @@ def read_phases(run: Run, store: str, stdout: str) -> None:
     run.phases = {
         key[len("time_") : -len("_seconds")]: value for key, value in metrics.items() if key.startswith("time_")
     }
-    run.logged = client.get_metric_history(found.group(1), "time_run_seconds")[-1].timestamp / 1000
+    run.logged = client.get_metric_history(found.group(1), "time/run_seconds")[-1].timestamp / 1000
 
 
 def stats(values: list[float], digits: int = 2) -> str:

@@ -141,3 +141,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_importing_plots_does_not_import_matplotlib():
     code = "import nnexp.plots, sys; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_comparison_labels_are_whole_and_wrapped(tmp_path):
+    from nnexp.plots import LABEL_WIDTH, plot_comparison, wrapped_labels
+
+    common = "model=deep_sigmoid activation=sigmoid hidden_sizes=[25,50,25]"
+    labels = [f"{common} learning_rate={rate}" for rate in ("0.01", "0.001")]
+    wrapped = wrapped_labels(labels)
+    assert [label.replace("\n", " ") for label in wrapped] == labels  # nothing cut
+    assert all(len(line) <= LABEL_WIDTH for label in wrapped for line in label.splitlines())
+    assert wrapped[0] != wrapped[1]
+    assert plot_comparison(labels, [0.9, 0.8], None, "test_accuracy", tmp_path / "c.png").stat().st_size > 0

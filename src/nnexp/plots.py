@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,8 @@ MARKER_LIMIT = 50
 LOG_SCALE_DECADES = 2.0
 MIN_MARGIN = 1.0
 COMPARISON_LIMIT = 40
-LABEL_LIMIT = 60
+#: Characters per line of a bar's label in a sweep's comparison; longer labels wrap onto more lines.
+LABEL_WIDTH = 45
 
 
 def _pyplot() -> ModuleType:
@@ -221,6 +223,12 @@ def plot_decision_boundary(
     return Path(path)
 
 
+def wrapped_labels(labels: Sequence[str]) -> list[str]:
+    """Whole labels, wrapped at :data:`LABEL_WIDTH`: two configurations may differ only at their ends (``lr=0.01``
+    against ``lr=0.001``), which a cut label would hide."""
+    return [textwrap.fill(label, LABEL_WIDTH, break_on_hyphens=False, break_long_words=True) for label in labels]
+
+
 def plot_comparison(
     labels: Sequence[str], values: Sequence[float], errors: Sequence[float] | None, metric: str, path: Path
 ) -> Path:
@@ -228,11 +236,13 @@ def plot_comparison(
     if len(labels) != len(values) or (errors is not None and len(errors) != len(values)):
         raise ValueError(f"got {len(labels)} labels for {len(values)} values")
     shown = min(len(values), COMPARISON_LIMIT)
-    height = 1.5 + 0.3 * shown
-    with _figure(path, figsize=(9, height)) as (_, ax):
+    wrapped = wrapped_labels(labels[:shown])
+    lines = max((label.count("\n") + 1 for label in wrapped), default=1)
+    height = 1.5 + (0.15 + 0.15 * lines) * shown
+    with _figure(path, figsize=(10, height)) as (_, ax):
         positions = np.arange(shown)[::-1]
         ax.barh(positions, values[:shown], xerr=None if errors is None else errors[:shown], color="tab:blue", capsize=3)
-        ax.set_yticks(positions, [label[:LABEL_LIMIT] for label in labels[:shown]], fontsize=8)
+        ax.set_yticks(positions, wrapped, fontsize=8)
         finite = [value for value in values[:shown] if np.isfinite(value)]
         if finite and min(finite) > 0:
             spread = max(finite) - min(finite)

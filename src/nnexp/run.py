@@ -39,7 +39,16 @@ from nnexp.folders import describe_os_error, discard_job_dir
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
-from nnexp.tracking import RunCreationError, TrackedRun, Tracker, check_parent, flatten, git_state, resolve_uri
+from nnexp.tracking import (
+    RunCreationError,
+    TrackedRun,
+    Tracker,
+    check_parent,
+    flatten,
+    git_state,
+    mlflow_metrics,
+    resolve_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +158,10 @@ class Phases:
         self._since = now
 
     def metrics(self) -> dict[str, float]:
-        """``time_<phase>_seconds`` of every phase so far, and ``time_run_seconds`` since the run started."""
+        """``time/<phase>_seconds`` of every phase so far, and ``time/run_seconds`` since the run started."""
         self._charge()
-        found = {f"time_{name}_seconds": seconds for name, seconds in self.seconds.items()}
-        found["time_run_seconds"] = time.perf_counter() - self.started
+        found = {f"time/{name}_seconds": seconds for name, seconds in self.seconds.items()}
+        found["time/run_seconds"] = time.perf_counter() - self.started
         return found
 
 
@@ -214,7 +223,7 @@ class MetricLogger(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         with self.phases("mlflow_logging"):
-            self.run.log_metrics(logs, step=epoch)
+            self.run.log_metrics(mlflow_metrics(logs), step=epoch)
 
 
 def run(cfg: DictConfig) -> float:

@@ -230,7 +230,8 @@ def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Rank
     from nnexp.compare import metric_value
 
     if groups:
-        labels = [", ".join(f"{key}={value}" for key, value in group.params.items()) or "all" for group in groups]
+        names = short_keys(list(groups[0].params))
+        labels = [" ".join(f"{names[key]}={value}" for key, value in group.params.items()) or "all" for group in groups]
         plots.plot_comparison(labels, [g.mean for g in groups], [g.std for g in groups], ranking.metric, path)
         return
     scored = [(value, run) for run in finished if (value := metric_value(run, ranking.metric)) is not None]

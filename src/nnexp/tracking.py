@@ -64,6 +64,16 @@ def resolve_uri(configured: str | None, project_dir: Path) -> str:
 UI_ADDRESS = "http://127.0.0.1:5000"
 
 
+#: Per-epoch diagnostics under prefixes, which MLflow's UI charts in sections of their own, after the model's
+#: metrics (``train_*``, ``val_*``, ``test_*``) instead of before them.
+MLFLOW_METRIC_NAMES = {"epoch_seconds": "time/epoch_seconds", "learning_rate": "optimizer/learning_rate"}
+
+
+def mlflow_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """Training's per-epoch values under the names they are logged with in MLflow."""
+    return {MLFLOW_METRIC_NAMES.get(key, key): value for key, value in values.items()}
+
+
 def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
     """A page of MLflow's UI at ``base``, in its Model training view: MLflow 3 opens an experiment in its GenAI view
     (traces, an empty overview) unless the address asks for ``workflowType=machine_learning``."""
@@ -370,6 +380,7 @@ class TrackedRun:
         A process that died between flushes sent fewer epochs than its checkpoint holds, or, with checkpoints
         every few epochs, more.
         """
+        history = {MLFLOW_METRIC_NAMES.get(key, key): values for key, values in history.items()}
         try:
             keys = set(history) | set(self.client.get_run(self.run_id).data.metrics)
             for key in keys:
