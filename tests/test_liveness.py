@@ -277,7 +277,7 @@ def test_a_sweep_summary_counts_a_ghost_child_as_killed(tracker, tmp_path, capsy
     finished = crafted(tracker, "FINISHED", **child_tags)
     tracker.client.log_metric(finished, "test_accuracy", 0.9, step=1)
     ghost = crafted(tracker, **child_tags, **{PID: str(ended_pid())})
-    assert Sweep(tracker, parent, tmp_path).summarise() == (1, 1)
+    assert Sweep(tracker, parent, tmp_path, []).summarise() == (1, 1)
     parent.end("FINISHED")
     assert tracker.client.get_run(ghost).info.status == "KILLED"
     assert "KILLED" in capsys.readouterr().out
