@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
+
 QUICK = ("trainer.epochs=3",)
 #: The phases every finished run records as ``time_<phase>_seconds``.
 PHASES = (
@@ -321,6 +323,21 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("dataset=circles dataset.noise=-1", "dataset.noise must be >= 0, got -1.0"),
         ("schedule=step schedule.gamma=-1", "schedule.gamma must be in (0, 1], got -1.0"),
         ("optimizer.epsilon=inf", "optimizer.epsilon must be > 0 and finite, got inf"),
+        pytest.param(  # Hydra looked the key up as a file: "File name too long", naming a path inside Hydra
+            f"+tags.{'k' * 300}=v",
+            f"error: +tags.{'k' * 34}…: an MLflow tag key holds at most 250 characters, found 300",
+            id="tag-key-of-300",
+        ),
+        pytest.param(
+            f"+{'m' * 300}=3",
+            f"error: +{'m' * 39}…: name too long for a file name (300 > 255 bytes)",
+            id="key-of-300",
+        ),
+        pytest.param(  # an MLflow server would cut the value short
+            f"+tags.a={'v' * 8001}",
+            "error: tags.a: an MLflow tag value holds at most 8000 characters, found 8001",
+            id="tag-value-of-8001",
+        ),
         (  # numpy's "array is too big" before the memory check
             "model.hidden_sizes=[10000000000]",
             "model.hidden_sizes=[10000000000] needs about 597.0 TiB (parameters, gradients, adam state, batch buffers)",
@@ -339,6 +356,12 @@ def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, name
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert project.job_dirs() == []
     assert all(run.info.status != "RUNNING" for run in project.runs())
+
+
+def test_the_tag_limits_are_mlflows():
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH
+
+    assert (MAX_TAG_KEY, MAX_TAG_VALUE) == (MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH)
 
 
 BAD_DATA = """

@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Any
 
-from nnexp.config import config_fields, unknown_key_message
+from nnexp.config import abbreviated, check_tag_key, config_fields, unknown_key_message
 from nnexp.errors import ConfigError
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
@@ -17,14 +17,30 @@ OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
 #: An override without a key (``=5``, ``+=x``), which Hydra takes for a config group's and fails on with a traceback.
 _NO_KEY = re.compile(r"[+~]*=")
 
+#: The longest file name (in bytes) of Linux's and macOS's file systems.
+NAME_MAX = 255
+
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def check_override_keys(arguments: list[str]) -> None:
-    """Raise a ConfigError for a command-line override that names no key, such as ``=5``."""
+    """Raise a ConfigError for a command-line override that names no key, such as ``=5``, or a key that Hydra
+    would look up as a file with a name too long for one (a long ``tags.<key>`` is checked against MLflow's limit)."""
     for item in arguments:
         if _NO_KEY.match(item):
             raise ConfigError(f"cannot parse override '{item}': no key before '='; write key=value, such as seed=5")
+        if item.startswith("-") or "=" not in item:
+            continue
+        option = item.split("=", 1)[0]
+        key = option.lstrip("+~").split("@", 1)[0]
+        if key.startswith("tags."):
+            check_tag_key(key.removeprefix("tags."), option)
+        for part in key.split("/"):
+            if len(part.encode()) > NAME_MAX:
+                raise ConfigError(
+                    f"{abbreviated(option)}: name too long for a file name ({len(part.encode())} > {NAME_MAX} bytes), "
+                    "and Hydra looks config keys up as files; use a shorter key"
+                )
 
 
 def describe_type(annotation: Any) -> str:

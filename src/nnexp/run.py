@@ -22,7 +22,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from nnexp import __version__, checkpoint, memory
 from nnexp.atomic import remove_partials, replacing
-from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, default_direction
+from nnexp.config import FINAL_METRICS, GROUPS, Direction, check_known_keys, check_tags, default_direction
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
@@ -159,6 +159,7 @@ def configure(cfg: DictConfig) -> Components:
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
+    check_tags(OmegaConf.to_container(cfg.tags, resolve=True))  # type: ignore[arg-type]
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     require(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0", cfg.checkpoint.every)
     Objective.of(cfg)
