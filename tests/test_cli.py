@@ -323,6 +323,18 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("dataset=circles dataset.noise=-1", "dataset.noise must be >= 0, got -1.0"),
         ("schedule=step schedule.gamma=-1", "schedule.gamma must be in (0, 1], got -1.0"),
         ("optimizer.epsilon=inf", "optimizer.epsilon must be > 0 and finite, got inf"),
+        (  # Hydra's argparse usage block before, here and below
+            "seed=1 --cfg job trainer.epochs=2",
+            "error: trainer.epochs=2: overrides come together, not on both sides of a flag; "
+            "write python -m nnexp seed=1 trainer.epochs=2 --cfg job",
+        ),
+        (
+            "trainer.epochs=2 -m seed=1,2",
+            "error: seed=1,2: overrides come together, not on both sides of a flag; "
+            "write python -m nnexp trainer.epochs=2 seed=1,2 -m",
+        ),
+        ("seed=1 --bogus", "error: --bogus is not an option of python -m nnexp (see python -m nnexp --help)"),
+        ("--cfg jobs", "error: argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all') (see"),
         pytest.param(  # Hydra looked the key up as a file: "File name too long", naming a path inside Hydra
             f"+tags.{'k' * 300}=v",
             f"error: +tags.{'k' * 34}…: an MLflow tag key holds at most 250 characters, found 300",

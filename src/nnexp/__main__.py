@@ -100,11 +100,12 @@ def describe_error(exc: Exception) -> str | None:
 def launch() -> None:
     import hydra
 
-    from nnexp.cli_errors import check_override_keys
+    from nnexp.cli_errors import check_command_line, check_override_keys
     from nnexp.config import store_configs
     from nnexp.plugins import load_plugins
     from nnexp.resume import hydra_arguments
 
+    check_command_line(sys.argv[1:])
     sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
     check_override_keys(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries

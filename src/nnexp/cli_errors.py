@@ -6,7 +6,7 @@ import enum
 import re
 import types
 import typing
-from typing import Any
+from typing import Any, NoReturn
 
 from nnexp.config import abbreviated, check_tag_key, config_fields, unknown_key_message
 from nnexp.errors import ConfigError
@@ -41,6 +41,31 @@ def check_override_keys(arguments: list[str]) -> None:
                     f"{abbreviated(option)}: name too long for a file name ({len(part.encode())} > {NAME_MAX} bytes), "
                     "and Hydra looks config keys up as files; use a shorter key"
                 )
+
+
+def check_command_line(arguments: list[str]) -> None:
+    """Raise a ConfigError for a command line that Hydra's parser would refuse with a usage block: an unknown flag,
+    a flag's bad value, or overrides on both sides of a flag (Hydra takes the overrides as one group)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def refuse(message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see python -m nnexp --help)")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    parsed, unknown = parser.parse_known_args(arguments)
+    flags = [item for item in unknown if item.startswith("-")]
+    if flags:
+        refuse(f"{flags[0]} is not an option of python -m nnexp")
+    if unknown:
+        rest = list(arguments)
+        for item in [*parsed.overrides, *unknown]:
+            rest.remove(item)
+        together = " ".join([*parsed.overrides, *unknown, *rest])
+        raise ConfigError(
+            f"{unknown[0]}: overrides come together, not on both sides of a flag; write python -m nnexp {together}"
+        )
 
 
 def describe_type(annotation: Any) -> str:
