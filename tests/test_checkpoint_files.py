@@ -21,8 +21,8 @@ CONFIG = "trainer:\n  epochs: 3\n"
 PARTIALS = (".checkpoint-e000001-b00000000.1a2b3c4d.partial.npz", ".checkpoint.0f0f0f0f.partial.json")
 
 
-def setup(hidden: int = 4):
-    rng = np.random.default_rng(1)
+def setup(hidden: int = 4, seed: int = 1):
+    rng = np.random.default_rng(seed)
     loss = LOSSES.build({"name": "cross_entropy"})
     network = MODELS.build({"name": "mlp", "hidden_sizes": [hidden]}).build(3, 2, loss, rng, np.float32)
     return network, loss, OPTIMIZERS.build({"name": "adam", "learning_rate": 0.01}), rng, Trainer(3, 8, True)
@@ -34,9 +34,9 @@ def training_set() -> Examples:
     return Examples(x, LOSSES.build({"name": "cross_entropy"}).encode(labels, 2, np.float32), labels)
 
 
-def saved(folder: Path, hidden: int = 4, **identity) -> Path:
+def saved(folder: Path, hidden: int = 4, seed: int = 1, **identity) -> Path:
     """A checkpoint of one epoch of three, as a run writes it, in ``folder/checkpoints``; returns that folder."""
-    network, loss, optimizer, rng, trainer = setup(hidden)
+    network, loss, optimizer, rng, trainer = setup(hidden, seed)
     trainer.epochs = 1
     trainer.fit(network, loss, optimizer, training_set(), rng)
     fields = {"run_id": RUN_ID, "config": CONFIG, "overrides": ["seed=3"], "output_dir": str(folder.resolve())}
@@ -86,7 +86,10 @@ def error_of(directory: Path) -> str:
         ("run_id", "../../etc", "run_id must be an MLflow run id (32 hex digits), found '../../etc'"),
         ("weights", "../../model.npz", "weights must be a file name checkpoint-eEPOCH-bBATCH.npz"),
         ("weights", "checkpoint-e000002-b00000000.npz", "weights must be the file of epoch 1, batch 0"),
-        ("format", 2, "format must be 1, found 2"),
+        ("format", 3, "format must be 1 or 2, found 3"),
+        ("format", True, "format must be 1 or 2, found True"),
+        ("weights_sha256", KeyError, "weights_sha256 is missing"),
+        ("weights_sha256", "abc", "weights_sha256 must be a SHA-256 (64 hex digits), found 'abc'"),
         ("progress.epoch", 10**12, "progress.epoch must be an integer 0..3, found 1000000000000"),
         ("progress.epoch", -1, "progress.epoch must be an integer 0..3, found -1"),
         ("progress.batch", "0", "progress.batch must be an integer >= 0, found '0'"),
@@ -131,6 +134,23 @@ def test_a_manifest_that_is_a_list_or_names_a_file_outside(tmp_path):
     weights.rename(outside)
     weights.symlink_to(outside)
     assert error_of(directory) == f"{manifest}: weights {weights.name!r} leads out of its folder"
+
+
+def test_another_runs_npz_of_the_same_shapes_copied_over_the_checkpoint_is_refused(tmp_path):
+    directory = saved(tmp_path / "own")
+    foreign = next(saved(tmp_path / "other", seed=2).glob("checkpoint-*.npz"))
+    weights = directory / foreign.name
+    weights.write_bytes(foreign.read_bytes())
+    assert error_of(directory) == (
+        f"{weights}: was not written by run {RUN_ID}'s checkpoint (its SHA-256 differs from the one checkpoint.json "
+        "records); another file was copied over it"
+    )
+
+
+def test_a_format_1_manifest_without_a_digest_is_still_read(tmp_path):
+    directory = saved(tmp_path)
+    edit(directory, lambda manifest: {**set_in(manifest, "weights_sha256", KeyError), "format": 1})
+    assert checkpoint.load(directory).manifest["format"] == 1
 
 
 def test_a_truncated_or_flipped_npz_is_one_line(tmp_path):
@@ -304,6 +324,23 @@ def test_a_crafted_manifest_runs_nothing_writes_nothing_and_leaves_the_run_as_it
         f"error: {directory / checkpoint.MANIFEST}: progress.epoch must be an integer 0..2, found 1000000000000",
     )
     assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_resume_refuses_another_runs_weights_copied_over_its_checkpoint(project):
+    client, run_id, directory = finished_then_killed(project)
+    result = project.run("trainer.epochs=2", "checkpoint.every=1", "seed=7")
+    assert result.returncode == 0, result.stderr
+    other = next(run for run in project.runs() if run.info.run_id != run_id)
+    weights = next(directory.glob("checkpoint-*.npz"))
+    weights.write_bytes((Path(other.data.tags["output_dir"]) / "checkpoints" / weights.name).read_bytes())
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: was not written by run {run_id}'s checkpoint (its SHA-256 differs from the one "
+        "checkpoint.json records); another file was copied over it",
+    )
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2
 
 
 def test_partial_files_are_removed_at_resume_and_never_uploaded(project):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
+
 QUICK = ("trainer.epochs=3",)
 #: The phases every finished run records as ``time_<phase>_seconds``.
 PHASES = (
@@ -355,6 +357,33 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("++model=two_layer", "model is a config group with a choice already: write model=two_layer, without + or ++"),
         ("tags.note=x", "tags.note is not a known key; to add the tag, write +tags.note=..."),
         ("model.activation.alpha=0.1", "model.activation names an activation (identity, relu, sigmoid, softmax, tanh)"),
+        (  # Hydra's argparse usage block before, here and below
+            "seed=1 --cfg job trainer.epochs=2",
+            "error: trainer.epochs=2: overrides come together, not on both sides of a flag; "
+            "write python -m nnexp seed=1 trainer.epochs=2 --cfg job",
+        ),
+        (
+            "trainer.epochs=2 -m seed=1,2",
+            "error: seed=1,2: overrides come together, not on both sides of a flag; "
+            "write python -m nnexp trainer.epochs=2 seed=1,2 -m",
+        ),
+        ("seed=1 --bogus", "error: --bogus is not an option of python -m nnexp (see python -m nnexp --help)"),
+        ("--cfg jobs", "error: argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all') (see"),
+        pytest.param(  # Hydra looked the key up as a file: "File name too long", naming a path inside Hydra
+            f"+tags.{'k' * 300}=v",
+            f"error: +tags.{'k' * 34}…: an MLflow tag key holds at most 250 characters, found 300",
+            id="tag-key-of-300",
+        ),
+        pytest.param(
+            f"+{'m' * 300}=3",
+            f"error: +{'m' * 39}…: name too long for a file name (300 > 255 bytes)",
+            id="key-of-300",
+        ),
+        pytest.param(  # an MLflow server would cut the value short
+            f"+tags.a={'v' * 8001}",
+            "error: tags.a: an MLflow tag value holds at most 8000 characters, found 8001",
+            id="tag-value-of-8001",
+        ),
         (  # numpy's "array is too big" before the memory check
             "model.hidden_sizes=[10000000000]",
             "model.hidden_sizes=[10000000000] needs about 597.0 TiB (parameters, gradients, adam state, batch buffers)",
@@ -373,6 +402,12 @@ def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, name
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert project.job_dirs() == []
     assert all(run.info.status != "RUNNING" for run in project.runs())
+
+
+def test_the_tag_limits_are_mlflows():
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH
+
+    assert (MAX_TAG_KEY, MAX_TAG_VALUE) == (MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH)
 
 
 BAD_DATA = """

@@ -334,6 +334,32 @@ def test_nnexp_runs_without_a_store_or_with_a_bad_limit_says_so_in_one_line(proj
     assert project.run("runs", "--limit", "0").stderr.strip() == "error: --limit must be >= 1, got 0"
 
 
+def test_a_store_uri_naming_a_folder_says_so_for_every_command_that_reads_a_store(tmp_path):
+    """runs, compare, sync, predict run= and resume= share this check ("no MLflow store" before)."""
+    from nnexp.errors import ConfigError
+    from nnexp.tracking import existing_store
+
+    uri = f"sqlite:///{tmp_path}"
+    with pytest.raises(ConfigError) as raised:
+        existing_store(uri, "run an experiment first")
+    assert str(raised.value) == (
+        f"tracking store {uri}: {tmp_path} is a folder, expected an SQLite database file such as {tmp_path}/mlflow.db"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nnexp_runs_with_a_folder_for_its_store_names_the_folder(project):
+    folder = project.root / "store"
+    folder.mkdir()
+    result = project.run("runs", "--uri", f"sqlite:///{folder}")
+    assert (result.returncode, result.stdout, result.stderr.strip()) == (
+        1,
+        "",
+        f"error: tracking store sqlite:///{folder}: {folder} is a folder, expected an SQLite database file such as "
+        f"{folder}/mlflow.db",
+    )
+
+
 # The real CLI, killed with SIGKILL: nothing in the process can close its run.
 # Epochs long enough to be caught between a checkpoint and a send of metrics: the compiled engine is too quick.
 SLOW = ("trainer.batch_size=2", "trainer.engine=numpy", "seed=3")

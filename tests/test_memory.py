@@ -264,7 +264,7 @@ def test_an_allocation_failure_outside_a_run_phase_is_one_line(monkeypatch, caps
 
     monkeypatch.setattr(cli, "launch", launch)
     monkeypatch.setattr(cli, "FULL_ERRORS", False)
-    monkeypatch.setattr(cli, "raise_on_sigterm", lambda: None)
+    monkeypatch.setattr(cli, "raise_on_stop_signals", lambda: None)
     changed = ("HYDRA_FULL_ERROR", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
     for variable in (*changed, *cli.HTTP_RETRIES):
         # main() sets these: recorded by setenv, so that monkeypatch removes them again afterwards

@@ -202,6 +202,14 @@ def test_bad_files_give_one_line_naming_the_file_and_what_was_expected(models, t
     words = tmp_path / "words.csv"
     words.write_text("1,2\n3,four\n")
     assert_error(in_process(points, f"input={words}"), f"{words}: line 2, column 2: 'four' is not a number")
+    hexadecimal = tmp_path / "hex.csv"  # taken for a header before: "a header row and no data rows"
+    hexadecimal.write_text("1,0x10\n")
+    assert_error(in_process(points, f"input={hexadecimal}"), f"{hexadecimal}: line 1, column 2: '0x10' is not a number")
+    odd = tmp_path / "odd_header.csv"
+    odd.write_text("x,#\n1,2\n")
+    assert_error(
+        in_process(points, f"input={odd}"), f"{odd}: line 1, column 2: '#' is neither a number nor a column name"
+    )
     image = tmp_path / "digit.png"
     from PIL import Image
 

@@ -13,6 +13,10 @@ import time
 
 import pytest
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from nnexp.errors import ConfigError
+from nnexp.sweep import check_plugin_settings
 
 QUICK = ("trainer.epochs=2", "dataset.n_samples=200")
 
@@ -151,6 +155,38 @@ def test_a_sweep_that_expands_to_no_jobs_is_an_error_and_leaves_nothing(project)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: the sweep has no jobs")
     assert not (project.root / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [  # optuna's "No trials are completed yet" after creating the parent run before
+        (("hparams_search=moons_optuna", "hydra.sweeper.n_trials=-1"), "hydra.sweeper.n_trials must be >= 1, got -1"),
+        # a FileNotFoundError naming no option, after creating the parent run, before
+        (("seed=1,2", "hydra.sweep.dir=/proc/x"), "hydra.sweep.dir: cannot create /proc/x: No such file or directory"),
+    ],
+)
+def test_a_sweep_setting_hydras_plugins_fail_on_is_one_line_naming_it(project, arguments, expected):
+    result = project.run("-m", *arguments, *QUICK)
+    assert (result.returncode, result.stderr.strip().splitlines()) == (1, [f"error: {expected}"])
+    assert not (project.root / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("group", "option", "setting", "value", "expected"),
+    [
+        ("sweeper", "optuna", "n_trials", 0, "hydra.sweeper.n_trials must be >= 1, got 0"),
+        ("sweeper", "optuna", "n_jobs", 0, "hydra.sweeper.n_jobs must be >= 1, got 0"),  # ZeroDivisionError before
+        ("sweeper", "basic", "max_batch_size", 0, "hydra.sweeper.max_batch_size must be >= 1 or null, got 0"),
+        ("launcher", "joblib", "n_jobs", 0, "hydra.launcher.n_jobs must be >= 1, or negative (all cores but"),
+    ],
+)
+def test_sweeper_and_launcher_settings_are_checked_before_the_sweep(group, option, setting, value, expected):
+    config = OmegaConf.create({"hydra": {"runtime": {"choices": {f"hydra/{group}": option}}, group: {setting: value}}})
+    with pytest.raises(ConfigError) as raised:
+        check_plugin_settings(config)
+    assert str(raised.value).startswith(expected)
+    config.hydra[group][setting] = -1 if option == "joblib" else None if setting == "max_batch_size" else 1
+    check_plugin_settings(config)
 
 
 def test_bad_sweep_value_in_a_project_with_runs_leaves_its_store(project):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from nnexp.errors import NnexpError, StartRefused, raise_on_sigterm
+from nnexp.errors import NnexpError, StartRefused, raise_on_stop_signals
 from nnexp.folders import describe_os_error, discard_unused_folders, job_folders
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
@@ -48,7 +48,7 @@ def main() -> None:
 
         print(f"nnexp {__version__}")
         return
-    raise_on_sigterm()
+    raise_on_stop_signals()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # nnexp prints its own one-line summary; MLflow would add two "View run" lines per run against a server.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -107,11 +107,12 @@ def config_dir() -> Path | None:
 def launch() -> None:
     import hydra
 
-    from nnexp.cli_errors import check_override_keys
+    from nnexp.cli_errors import check_command_line, check_override_keys
     from nnexp.config import store_configs
     from nnexp.plugins import load_plugins
     from nnexp.resume import hydra_arguments
 
+    check_command_line(sys.argv[1:])
     sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
     check_override_keys(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries

@@ -2,13 +2,15 @@
 
 A checkpoint folder holds ``checkpoint-eEEEEE-bBBBBBBB.npz`` (weights, optimizer state, callback arrays, the
 partial epoch's predictions) and ``checkpoint.json`` (epoch, batch, RNG state, metric history, callback values,
-the run's config and id), which names its ``.npz``. Both are written atomically, the ``.npz`` first, and older
-``.npz`` files are removed only after the manifest names the new one: whenever a process dies, the manifest and
-the file it names form the last good checkpoint. Nothing is pickled; arrays load with ``allow_pickle=False``.
+the run's config and id), which names its ``.npz`` and records its SHA-256. Both are written atomically, the ``.npz``
+first, and older ``.npz`` files are removed only after the manifest names the new one: whenever a process dies, the
+manifest and the file it names form the last good checkpoint. Nothing is pickled; arrays load with
+``allow_pickle=False``.
 
 A checkpoint is data, never a command: :func:`load` checks every field of the manifest (types, ranges, the generator
 state) and every array header before anything is used, and :meth:`Checkpoint.restore` checks the rest against the
-run it continues.
+run it continues. The digest ties the ``.npz`` to the manifest: another run's file copied over it is refused, even
+when its arrays have the same shapes.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer, fits
 from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
 from nnexp.errors import DataError
-from nnexp.schema import RUN_ID, Fields, inside, load_npz
+from nnexp.schema import RUN_ID, Fields, inside, load_npz, sha256_of
 
 MANIFEST = "checkpoint.json"
-FORMAT = 1
+#: Format 2 records the SHA-256 of the ``.npz``; format 1, written by earlier versions of nnexp, did not, and its
+#: checkpoints are still resumed, with the checks of the arrays' shapes alone.
+FORMAT = 2
+FORMATS = (1, 2)
+SHA256 = re.compile(r"[0-9a-f]{64}")
 #: The ``.npz`` a manifest names: a bare file name in the manifest's folder, stamped with epoch and batch.
 WEIGHTS = re.compile(r"checkpoint-e(\d+)-b(\d+)\.npz")
 #: The bit generator of ``np.random.default_rng``, which nnexp's runs use.
@@ -165,6 +171,7 @@ def save(
     manifest = {
         "format": FORMAT,
         "weights": weights,
+        "weights_sha256": sha256_of(directory / weights),
         **identity,
         "nnexp_version": __version__,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -203,17 +210,26 @@ def load(path: Path) -> Checkpoint:
     weights = manifest_path.parent / manifest["weights"]
     if not inside(weights, manifest_path.parent):
         raise DataError(f"{manifest_path}: weights {manifest['weights']!r} leads out of its folder")
-    return Checkpoint(manifest_path, manifest, load_npz(weights))
+    arrays = load_npz(weights)
+    if "weights_sha256" in manifest and sha256_of(weights) != manifest["weights_sha256"]:
+        raise DataError(
+            f"{weights}: was not written by run {manifest['run_id']}'s checkpoint (its SHA-256 differs from the one "
+            f"{manifest_path.name} records); another file was copied over it"
+        )
+    return Checkpoint(manifest_path, manifest, arrays)
 
 
 def check_manifest(manifest: object, path: Path) -> None:
     """Check every field of a checkpoint manifest read from ``path``; raises DataError naming the first bad one."""
     fields = Fields(path)
     manifest = fields.mapping(manifest, "the manifest")
-    fields.check(fields.get(manifest, "format") == FORMAT, "format", str(FORMAT), manifest["format"])
+    version = fields.get(manifest, "format")
+    fields.check(type(version) is int and version in FORMATS, "format", " or ".join(map(str, FORMATS)), version)
     weights = fields.string(
         fields.get(manifest, "weights"), "weights", WEIGHTS, "a file name checkpoint-eEPOCH-bBATCH.npz"
     )
+    if version >= 2 or "weights_sha256" in manifest:
+        fields.string(fields.get(manifest, "weights_sha256"), "weights_sha256", SHA256, "a SHA-256 (64 hex digits)")
     fields.string(fields.get(manifest, "run_id"), "run_id", RUN_ID, "an MLflow run id (32 hex digits)")
     fields.strings(fields.get(manifest, "overrides"), "overrides")
     output_dir = fields.string(fields.get(manifest, "output_dir"), "output_dir")

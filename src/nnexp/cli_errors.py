@@ -9,11 +9,11 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.config import GROUPS, config_fields, schema_for, unknown_key_message
+from nnexp.config import GROUPS, abbreviated, check_tag_key, config_fields, schema_for, unknown_key_message
 from nnexp.errors import ConfigError
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
@@ -36,14 +36,55 @@ _ADDED_GROUP = re.compile(
 #: Real presets nest a few levels; composing one nested about 150 deep exhausts Python's stack.
 DEEP_PRESET = 100
 
+#: The longest file name (in bytes) of Linux's and macOS's file systems.
+NAME_MAX = 255
+
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def check_override_keys(arguments: list[str]) -> None:
-    """Raise a ConfigError for a command-line override that names no key, such as ``=5``."""
+    """Raise a ConfigError for a command-line override that names no key, such as ``=5``, or a key that Hydra
+    would look up as a file with a name too long for one (a long ``tags.<key>`` is checked against MLflow's limit)."""
     for item in arguments:
         if _NO_KEY.match(item):
             raise ConfigError(f"cannot parse override '{item}': no key before '='; write key=value, such as seed=5")
+        if item.startswith("-") or "=" not in item:
+            continue
+        option = item.split("=", 1)[0]
+        key = option.lstrip("+~").split("@", 1)[0]
+        if key.startswith("tags."):
+            check_tag_key(key.removeprefix("tags."), option)
+        for part in key.split("/"):
+            if len(part.encode()) > NAME_MAX:
+                raise ConfigError(
+                    f"{abbreviated(option)}: name too long for a file name ({len(part.encode())} > {NAME_MAX} bytes), "
+                    "and Hydra looks config keys up as files; use a shorter key"
+                )
+
+
+def check_command_line(arguments: list[str]) -> None:
+    """Raise a ConfigError for a command line that Hydra's parser would refuse with a usage block: an unknown flag,
+    a flag's bad value, or overrides on both sides of a flag (Hydra takes the overrides as one group)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def refuse(message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see python -m nnexp --help)")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    parsed, unknown = parser.parse_known_args(arguments)
+    flags = [item for item in unknown if item.startswith("-")]
+    if flags:
+        refuse(f"{flags[0]} is not an option of python -m nnexp")
+    if unknown:
+        rest = list(arguments)
+        for item in [*parsed.overrides, *unknown]:
+            rest.remove(item)
+        together = " ".join([*parsed.overrides, *unknown, *rest])
+        raise ConfigError(
+            f"{unknown[0]}: overrides come together, not on both sides of a flag; write python -m nnexp {together}"
+        )
 
 
 def describe_type(annotation: Any) -> str:

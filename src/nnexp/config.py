@@ -233,6 +233,36 @@ def unknown_key_message(key: str, schema: Any) -> str:
     return f"{key} is not a known key; " + (f"valid keys here: {valid}" if valid else "check its spelling")
 
 
+#: MLflow's limits on a tag (``mlflow.utils.validation``): a longer key is refused, a longer value cut short.
+MAX_TAG_KEY, MAX_TAG_VALUE = 250, 8000
+#: How much of a long option name a message shows.
+SHOWN_NAME = 40
+
+
+def abbreviated(name: str) -> str:
+    """``name``, cut to its first characters when too long to read in a one-line message."""
+    return name if len(name) <= SHOWN_NAME else f"{name[:SHOWN_NAME]}…"
+
+
+def check_tag_key(key: str, option: str) -> None:
+    """Raise a ConfigError naming ``option`` for a tag key longer than MLflow accepts."""
+    if len(key) > MAX_TAG_KEY:
+        raise ConfigError(
+            f"{abbreviated(option)}: an MLflow tag key holds at most {MAX_TAG_KEY} characters, found {len(key)}"
+        )
+
+
+def check_tags(tags: dict[str, Any]) -> None:
+    """Raise a ConfigError naming ``tags.<key>`` for a tag that MLflow would refuse or cut short."""
+    for key, value in tags.items():
+        check_tag_key(str(key), f"tags.{key}")
+        if len(str(value)) > MAX_TAG_VALUE:
+            raise ConfigError(
+                f"{abbreviated(f'tags.{key}')}: an MLflow tag value holds at most {MAX_TAG_VALUE} characters, "
+                f"found {len(str(value))}"
+            )
+
+
 def check_known_keys(cfg: DictConfig, path: str = "") -> None:
     """Reject keys a schema does not declare: Hydra's ``+key=value`` adds them even to typed nodes."""
     schema = OmegaConf.get_type(cfg)

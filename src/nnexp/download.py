@@ -17,6 +17,7 @@ from nnexp.arguments import ArgumentParser
 from nnexp.atomic import replacing
 from nnexp.datasets.mnist import CSV_FILES, default_mnist_dir, locate_idx_files, read_idx_set, write_csv
 from nnexp.errors import ConfigError, DataError, NnexpError
+from nnexp.schema import sha256_of
 
 if TYPE_CHECKING:
     import http.client
@@ -72,15 +73,6 @@ class ChecksumMismatchError(MirrorError):
     def __init__(self, url: str, actual: str) -> None:
         super().__init__(f"{url}: SHA-256 {actual} is not MNIST's")
         self.url, self.actual = url, actual
-
-
-def sha256_of(path: Path) -> str:
-    """The hex SHA-256 digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_mnist(directory: Path, mirrors: Sequence[str] = MIRRORS, timeout: float = DEFAULT_TIMEOUT) -> list[Path]:

@@ -64,11 +64,15 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
-def raise_on_sigterm() -> None:
-    """Make SIGTERM (a scheduler's or ``timeout``'s stop) end a run like Ctrl-C, so it is not left RUNNING."""
+def raise_on_stop_signals() -> None:
+    """Make SIGTERM (a scheduler's or ``timeout``'s stop) end a run like Ctrl-C, so it is not left RUNNING, and
+    SIGINT raise KeyboardInterrupt even in a process a shell started in the background."""
     import signal
 
     def terminate(signum: int, frame: object) -> None:
         raise Interrupted("terminated (SIGTERM)", 128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+    # A shell starts a background job with SIGINT ignored, and Python then leaves it ignored: ``kill -INT`` would
+    # do nothing, and ``nnexp reproduce`` would leave its child training.
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nnexp.datasets.csv_header import is_header
 from nnexp.errors import DataError, NnexpError
 
 if TYPE_CHECKING:
@@ -351,7 +352,7 @@ def _ink(image: Image) -> np.ndarray:
 
 
 def read_csv(path: Path) -> np.ndarray:
-    """Rows of comma-separated numbers as ``(n, columns)`` float64; a first row that is not all numbers is a header."""
+    """Rows of comma-separated numbers as ``(n, columns)`` float64, below a header row of column names if any."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -360,7 +361,7 @@ def read_csv(path: Path) -> np.ndarray:
     numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
     if not numbered:
         raise DataError(f"{path}: empty file, expected rows of comma-separated numbers")
-    if not _all_numbers(numbered[0][1]):
+    if is_header(path, numbered[0][0], numbered[0][1].split(",")):
         numbered = numbered[1:]
         if not numbered:
             raise DataError(f"{path}: a header row and no data rows")
@@ -376,14 +377,6 @@ def read_csv(path: Path) -> np.ndarray:
         cell = line.split(",")[column].strip()
         raise DataError(f"{path}: line {number}: column {column + 1} is {cell}, not a finite number")
     return rows
-
-
-def _all_numbers(line: str) -> bool:
-    try:
-        [float(cell) for cell in line.split(",")]
-    except ValueError:
-        return False
-    return True
 
 
 def _first_bad_row(numbered: list[tuple[int, str]]) -> str:

@@ -23,7 +23,15 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from nnexp import __version__, checkpoint, memory
 from nnexp.atomic import remove_partials, replacing
 from nnexp.cli_errors import check_plugin_nodes
-from nnexp.config import FINAL_METRICS, GROUPS, RECORD_KEYS, Direction, check_known_keys, default_direction
+from nnexp.config import (
+    FINAL_METRICS,
+    GROUPS,
+    RECORD_KEYS,
+    Direction,
+    check_known_keys,
+    check_tags,
+    default_direction,
+)
 from nnexp.core.activations import ACTIVATIONS
 from nnexp.core.engine import warm_up
 from nnexp.core.initializers import INITIALIZERS
@@ -173,6 +181,7 @@ def configure(cfg: DictConfig) -> Components:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
     check_known_keys(cfg)
     check_plugin_nodes(cfg, preset_files())
+    check_tags(OmegaConf.to_container(cfg.tags, resolve=True))  # type: ignore[arg-type]
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     every = cfg.checkpoint.every
     require(every is None or every >= 0, "checkpoint.every", "must be >= 0", every)

@@ -6,6 +6,7 @@ was found, before anything in the file is used.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import zipfile
@@ -90,6 +91,15 @@ class Fields:
 def inside(path: Path, folder: Path) -> bool:
     """Whether ``path``, symbolic links followed, is ``folder`` or lies within it."""
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from nnexp.errors import NnexpError, StartRefused
+from nnexp.config import check_tags
+from nnexp.errors import ConfigError, NnexpError, StartRefused, require
+from nnexp.folders import discard_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,6 +33,15 @@ log = logging.getLogger(__name__)
 
 PARENT_OVERRIDE = "tracking.parent_run_id"
 MAX_RUN_NAME = 250
+#: Settings of Hydra's sweepers and launchers that their plugins accept and then fail on mid-sweep, with a message
+#: that names no option (optuna's "No trials are completed yet", an AssertionError, a ZeroDivisionError):
+#: (group, option, setting, what it must be, the check).
+PLUGIN_SETTINGS: tuple[tuple[str, str, str, str, Callable[[Any], bool]], ...] = (
+    ("sweeper", "optuna", "n_trials", "must be >= 1", lambda value: value >= 1),
+    ("sweeper", "optuna", "n_jobs", "must be >= 1", lambda value: value >= 1),
+    ("sweeper", "basic", "max_batch_size", "must be >= 1 or null", lambda value: value is None or value >= 1),
+    ("launcher", "joblib", "n_jobs", "must be >= 1, or negative (all cores but |n_jobs| - 1)", lambda value: value),
+)
 
 
 class SweepStartError(StartRefused):
@@ -67,24 +79,33 @@ class Sweep:
         from nnexp.tracking import Tracker, git_state, resolve_uri
 
         project_dir = Path.cwd()  # Hydra changes no directory in the launching process
-        tracker = Tracker(resolve_uri(config.tracking.uri, project_dir), config.tracking.experiment)
         overrides = list(config.hydra.overrides.task)
         if any(item.startswith(f"{PARENT_OVERRIDE}=") for item in overrides):
             raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
+        check_plugin_settings(config)
+        user_tags = OmegaConf.to_container(config.tags, resolve=True)
+        check_tags(user_tags)  # type: ignore[arg-type]
         directory = Path(config.hydra.sweep.dir).resolve()
-        choices = config.hydra.runtime.choices
-        tags = {
-            "nnexp_command": "sweep",
-            "sweep_overrides": " ".join(overrides) or "(none)",
-            "sweep_dir": str(directory),
-            "sweeper": choices.get("hydra/sweeper"),
-            "launcher": choices.get("hydra/launcher"),
-            "nnexp_version": __version__,
-            **git_state(project_dir),
-            **OmegaConf.to_container(config.tags, resolve=True),
-        }
-        name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
-        parent = tracker.open_run(name, tags)
+        created = create_sweep_folder(directory)  # before the store: a folder that cannot be made leaves no store
+        try:
+            tracker = Tracker(resolve_uri(config.tracking.uri, project_dir), config.tracking.experiment)
+            choices = config.hydra.runtime.choices
+            tags = {
+                "nnexp_command": "sweep",
+                "sweep_overrides": " ".join(overrides) or "(none)",
+                "sweep_dir": str(directory),
+                "sweeper": choices.get("hydra/sweeper"),
+                "launcher": choices.get("hydra/launcher"),
+                "nnexp_version": __version__,
+                **git_state(project_dir),
+                **user_tags,  # type: ignore[dict-item]
+            }
+            name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
+            parent = tracker.open_run(name, tags)
+        except BaseException:
+            for folder in created:
+                discard_dir(folder, set())
+            raise
         with read_write(config.hydra.overrides.task):
             config.hydra.overrides.task.append(f"{PARENT_OVERRIDE}='{parent.run_id}'")
         log.info("sweep: MLflow parent run %s in %s", parent.run_id, tracker.uri)
@@ -122,8 +143,6 @@ class Sweep:
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
         if finished == failed == 0 and not interrupted:
             self.tracker.client.delete_run(self.parent.run_id)
-            from nnexp.folders import discard_dir
-
             discard_dir(self.directory, {"multirun.yaml", "summary"})  # what Hydra wrote before its first job
             self.tracker.discard_new_store()
 
@@ -222,6 +241,29 @@ def name_by_swept_values(client: MlflowClient, runs: list[Run], swept: list[str]
             client.set_tag(run.info.run_id, "mlflow.runName", name[:MAX_RUN_NAME])
             renamed += 1
     return renamed
+
+
+def check_plugin_settings(config: DictConfig) -> None:
+    """Raise a ParameterError naming ``hydra.<group>.<setting>`` for a value in :data:`PLUGIN_SETTINGS` that the
+    chosen sweeper or launcher cannot work with."""
+    choices = config.hydra.runtime.choices
+    for group, option, key, expected, valid in PLUGIN_SETTINGS:
+        if choices.get(f"hydra/{group}") == option and key in config.hydra[group]:  # absent in other versions
+            value = config.hydra[group][key]
+            require(valid(value), f"hydra.{group}.{key}", expected, value)
+
+
+def create_sweep_folder(directory: Path) -> list[Path]:
+    """Create ``hydra.sweep.dir`` before the parent run (Hydra would only once the sweep has begun, and fail naming
+    no option); returns the folders created, innermost first."""
+    from nnexp.folders import describe_os_error
+
+    missing = [path for path in (directory, *directory.parents) if not path.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"hydra.sweep.dir: {describe_os_error(exc, 'create')}") from None
+    return missing
 
 
 def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Ranking, path: Path) -> None:

@@ -179,11 +179,11 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
 
 def existing_store(uri: str, hint: str) -> MlflowClient:
     """A client for a store that must already exist: a missing SQLite file is an error (``hint`` says what to
-    do), not a new empty store."""
+    do), not a new empty store; a folder in its place is named as one by :func:`check_store`."""
     from mlflow import MlflowClient
 
     database = sqlite_path(uri)
-    if database is not None and not database.is_file():
+    if database is not None and not database.is_file() and not database.is_dir():
         raise ConfigError(f"no MLflow store at {database}; {hint}")
     check_store(uri)
     return MlflowClient(tracking_uri=uri)

@@ -210,3 +210,30 @@ def test_a_file_of_short_lines_reserves_no_table_for_them(tmp_path, line):
     finally:
         tracemalloc.stop()
     assert peak < 40 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("first", "problem"),
+    [  # each row was taken for a header before, and the file read without it
+        ("-1", "line 1: column 1 is '-1', not a whole number"),
+        ("5.0", "line 1: column 1 is '5.0', not a whole number"),
+        (" 5", "line 1: column 1 is ' 5', not a whole number"),
+    ],
+)
+def test_a_first_row_holding_a_number_is_data_not_a_header(mnist_files, tiny, first, problem):
+    cells = rows(tiny)
+    cells[0][0] = first
+    path = mnist_files.write_csv("train.csv", text_of(cells))
+    assert csv_error(path) == f"{path}: {problem}"
+
+
+def test_a_first_row_with_a_hex_pixel_is_data_not_a_header(mnist_files, tiny):
+    cells = rows(tiny)
+    cells[0][1] = "0x10"
+    path = mnist_files.write_csv("train.csv", text_of(cells))
+    assert csv_error(path) == f"{path}: line 1: column 2 is '0x10', not a whole number"
+
+
+def test_a_first_row_of_neither_numbers_nor_column_names_is_named(mnist_files, tiny):
+    path = mnist_files.write_csv("train.csv", HEADER.replace("label,", "label,#,", 1) + text_of(rows(tiny)))
+    assert csv_error(path) == f"{path}: line 1, column 2: '#' is neither a number nor a column name"

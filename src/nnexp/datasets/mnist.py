@@ -19,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from nnexp.datasets.base import Dataset, Splits
+from nnexp.datasets.csv_header import is_header
 from nnexp.errors import DataError, require
 
 N_CLASSES = 10
@@ -382,9 +383,9 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(n, 784)`` and labels ``(n,)``, both ``uint8``, of a CSV file of ``label,p0,...,p783`` lines.
 
     This is the format of the "Make Your Own Neural Network" tutorial: no quoting, whole numbers only.
-    A first row whose label cell is not a number is a header and is skipped. ``\\r\\n`` line endings, a missing
-    final newline and blank lines at the end are accepted. The parse is vectorised, a block of lines at a time; a
-    bad file is reported with the line number of its first bad row.
+    A first row of column names is a header and is skipped (see :mod:`nnexp.datasets.csv_header`). ``\\r\\n``
+    line endings, a missing final newline and blank lines at the end are accepted. The parse is vectorised, a block
+    of lines at a time; a bad file is reported with the line number of its first bad row.
     """
     raw = _read_bytes(path)
     if raw.startswith(UTF8_BOM):
@@ -397,8 +398,8 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not end:
         raise DataError(f"{path}: empty file, expected lines of label,pixel_1,...,pixel_{N_PIXELS}")
     first_newline = raw.find(b"\n", 0, end)
-    label_cell = raw[: first_newline if first_newline >= 0 else end].split(b",", 1)[0]
-    header_lines = 1 if label_cell and not label_cell.isdigit() else 0
+    first_row = raw[: first_newline if first_newline >= 0 else end].decode("utf-8", "replace").split(",")
+    header_lines = 1 if is_header(path, 1, first_row) else 0
     if header_lines and first_newline < 0:
         raise DataError(f"{path}: a header line and no data rows")
     start = first_newline + 1 if header_lines else 0
