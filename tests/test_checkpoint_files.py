@@ -94,7 +94,8 @@ def error_of(directory: Path) -> str:
         ("progress.epoch", -1, "progress.epoch must be an integer 0..3, found -1"),
         ("progress.batch", "0", "progress.batch must be an integer >= 0, found '0'"),
         ("progress.loss_sum", float("nan"), "progress.loss_sum must be a finite number >= 0, found nan"),
-        ("progress.seconds", -5, "progress.seconds must be a finite number >= 0, found -5"),
+        ("progress.seconds", -5, "progress.seconds must be a finite number >= 0 and <= 3.1536e+07, found -5"),
+        ("progress.seconds", 1e308, "progress.seconds must be a finite number >= 0 and <= 3.1536e+07, found 1e+308"),
         ("history.train_loss", [0.5, 0.4], "history.train_loss must be 1 numbers, one per epoch, found [0.5, 0.4]"),
         ("history.train_loss", ["x"], "history.train_loss must be 1 numbers, one per epoch, found ['x']"),
         ("history", {}, "history must be an object holding train_loss, found {}"),
@@ -199,6 +200,15 @@ def test_restore_checks_the_batch_and_the_optimizer_against_the_run(tmp_path):
     key = next(key for key in loaded.arrays if key.startswith("optimizer/m/"))
     loaded.arrays[key] = loaded.arrays[key][:-1]
     with pytest.raises(DataError, match=rf"{key} \(\(\d+,\) float32\) does not fit this run's optimizer$"):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+
+
+def test_restore_refuses_weights_that_are_not_finite(tmp_path):
+    """Resumed, they would end the run FAILED with "loss became NaN ...; try a smaller learning rate"."""
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    loaded.arrays["network/dense0.weight"] = loaded.arrays["network/dense0.weight"] * np.nan
+    with pytest.raises(DataError, match=r"network/dense0\.weight holds NaN or infinity, which no checkpoint of"):
         loaded.restore(network, optimizer, rng, {}, trainer, 40)
 
 

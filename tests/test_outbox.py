@@ -170,3 +170,18 @@ def test_a_crafted_outbox_sends_nothing_to_the_run_it_names_or_to_another(projec
     assert "resumed" not in after.data.tags
     assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == [run.data.metrics["train_loss"]]
     assert sorted(entry.path for entry in client.list_artifacts(run_id)) == before
+
+
+def test_files_nested_thousands_deep_are_one_line_naming_the_file(tmp_path):
+    from nnexp import checkpoint
+    from nnexp.serving import NetworkSpec
+
+    deep = "[" * 200_000 + "]" * 200_000  # Python's JSON parser recurses, and would raise RecursionError
+    (tmp_path / "mlflow_outbox.json").write_text(deep)
+    (tmp_path / "checkpoint.json").write_text(deep)
+    with pytest.raises(NnexpError, match=r"mlflow_outbox.json: not a readable outbox: maximum recursion depth"):
+        sync(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(NnexpError, match=r"checkpoint.json: not a readable checkpoint manifest: maximum recursion"):
+        checkpoint.load(tmp_path)
+    with pytest.raises(NnexpError, match=r"^network.json: not an nnexp network description: maximum recursion"):
+        NetworkSpec.from_json(deep, "network.json")

@@ -310,6 +310,9 @@ def test_spec_round_trips_through_json_and_rejects_other_formats():
         NetworkSpec.from_json(json.dumps(newer), "some/network.json")
     with pytest.raises(DataError, match=r"^some/network\.json: not an nnexp network description"):
         NetworkSpec.from_json("[1, 2]", "some/network.json")
+    twice = json.loads(spec.to_json()) | {"class_names": ["a", "b", "a", "d"]}  # predict would print "a" for two
+    with pytest.raises(DataError, match=r"class_names must be different names, one per class, found \['a', 'b', 'a'"):
+        NetworkSpec.from_json(json.dumps(twice), "some/network.json")
 
 
 def test_a_layer_nnexp_cannot_rebuild_is_named():

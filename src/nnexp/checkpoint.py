@@ -90,6 +90,11 @@ class Checkpoint:
         """
         self._check_progress(trainer, n_samples)
         self._check_optimizer(network, optimizer)
+        for prefix in ("network/", "optimizer/"):  # training stops at the first non-finite loss, before saving
+            for key, value in self.section(prefix).items():
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    found = f"{self.weights}: {prefix}{key} holds NaN or infinity"
+                    raise DataError(f"{found}, which no checkpoint of nnexp's does")
         try:
             network.load_state_dict(self.section("network/"))
             optimizer.load_state_dict(self.section("optimizer/"))
@@ -196,6 +201,9 @@ def files(directory: Path) -> list[Path]:
     return [manifest, directory / json.loads(manifest.read_text())["weights"]]
 
 
+#: The training time of an epoch in progress a manifest may claim: a year. It is logged as that epoch's time.
+EPOCH_SECONDS_AT_MOST = 365 * 24 * 3600.0
+
 def load(path: Path) -> Checkpoint:
     """The checkpoint in folder ``path`` (or named by its manifest), every field and array header checked; raises
     DataError naming the file and what is wrong."""
@@ -204,7 +212,7 @@ def load(path: Path) -> Checkpoint:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError:
         raise DataError(f"{manifest_path}: no checkpoint here (expected {MANIFEST})") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         raise DataError(f"{manifest_path}: not a readable checkpoint manifest: {exc}") from None
     check_manifest(manifest, manifest_path)
     weights = manifest_path.parent / manifest["weights"]
@@ -240,7 +248,7 @@ def check_manifest(manifest: object, path: Path) -> None:
     # An epoch's checkpoint is taken between epochs, so the last epoch's has no batch of a next one.
     batch = fields.integer(fields.get(progress, "progress.batch"), "progress.batch", 0, 0 if epoch == epochs else None)
     fields.number(fields.get(progress, "progress.loss_sum"), "progress.loss_sum", 0.0)
-    fields.number(fields.get(progress, "progress.seconds"), "progress.seconds", 0.0)
+    fields.number(fields.get(progress, "progress.seconds"), "progress.seconds", 0.0, high=EPOCH_SECONDS_AT_MOST)
     stamp = tuple(int(part) for part in WEIGHTS.fullmatch(weights).groups())  # type: ignore[union-attr]
     fields.check(stamp == (epoch, batch), "weights", f"the file of epoch {epoch}, batch {batch}", weights)
     history = fields.mapping(fields.get(manifest, "history"), "history")

@@ -41,7 +41,7 @@ def sync(folder: Path, uri: str | None = None) -> str:
         contents = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no outbox here; nothing to send") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         raise ConfigError(f"{path}: not a readable outbox: {exc}") from None
     fields = Fields(path)
     outbox = check_outbox(fields, contents, folder)

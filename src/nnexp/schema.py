@@ -78,12 +78,16 @@ class Fields:
         self.check(valid and (high is None or value <= high), field, expected, value)  # type: ignore[operator]
         return value  # type: ignore[return-value]
 
-    def number(self, value: object, field: str, low: float | None = None, nan: bool = False) -> float:
-        """``value``, a finite number (not a bool) of at least ``low``; NaN too when ``nan``."""
-        expected = "a finite number" + (f" >= {low:g}" if low is not None else "") + (" or NaN" if nan else "")
+    def number(
+        self, value: object, field: str, low: float | None = None, nan: bool = False, high: float | None = None
+    ) -> float:
+        """``value``, a finite number (not a bool) of at least ``low`` and at most ``high``; NaN too when ``nan``."""
+        expected = "a finite number" + (f" >= {low:g}" if low is not None else "")
+        expected += (f" and <= {high:g}" if high is not None else "") + (" or NaN" if nan else "")
         valid = isinstance(value, int | float) and not isinstance(value, bool)
         if valid and not (nan and math.isnan(value)):  # type: ignore[arg-type]
             valid = math.isfinite(value) and (low is None or value >= low)  # type: ignore[arg-type]
+            valid = valid and (high is None or value <= high)  # type: ignore[operator]
         self.check(valid, field, expected, value)
         return float(value)  # type: ignore[arg-type]
 

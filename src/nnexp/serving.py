@@ -107,7 +107,7 @@ class NetworkSpec:
         field if it is not one."""
         try:
             found = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
             raise DataError(f"{source}: not an nnexp network description: {exc}") from None
         if not isinstance(found, dict):
             raise DataError(f"{source}: not an nnexp network description: a JSON object, found {shown(found)}")
@@ -121,6 +121,7 @@ class NetworkSpec:
         fields.check(fields.get(found, "dtype") in DTYPES, "dtype", f"one of {', '.join(DTYPES)}", found["dtype"])
         names = fields.strings(fields.get(found, "class_names"), "class_names")
         fields.check(len(names) == width, "class_names", f"{width} names, one per output", names)
+        fields.check(len(set(names)) == len(names), "class_names", "different names, one per class", names)
         rule = fields.get(found, "probabilities")
         fields.check(rule in PROBABILITY_RULES, "probabilities", f"one of {', '.join(PROBABILITY_RULES)}", rule)
         spec = cls(**found)
@@ -377,7 +378,7 @@ def check_model_folder(path: Path, what: str) -> None:
     fields = Fields(f"{what}: {meta}" if what != str(path) else meta)
     try:
         found = yaml.safe_load(meta.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise DataError(f"{what}: {meta} cannot be read: {type(exc).__name__}") from None
     flavors = fields.mapping(fields.mapping(found, "MLmodel").get("flavors"), "flavors")
     pyfunc = fields.mapping(flavors.get("python_function"), "flavors.python_function")
