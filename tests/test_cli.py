@@ -356,6 +356,10 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("+experiment=quadrants", "experiment is a config group with a choice already: write experiment=quadrants"),
         ("++model=two_layer", "model is a config group with a choice already: write model=two_layer, without + or ++"),
         ("tags.note=x", "tags.note is not a known key; to add the tag, write +tags.note=..."),
+        # A tag nnexp records itself: the run list and resume read output_dir, comparisons the group choices.
+        ("+tags.output_dir=/elsewhere", "tags.output_dir: nnexp records the tag output_dir itself; give yours another"),
+        ("+tags.dataset=quadrants", "tags.dataset: nnexp records the tag dataset itself; give yours another name"),
+        ("+tags.source.model=x", "tags.source: nnexp records the tag source itself; give yours another name"),
         ("model.activation.alpha=0.1", "model.activation names an activation (identity, relu, sigmoid, softmax, tanh)"),
         (  # Hydra's argparse usage block before, here and below
             "seed=1 --cfg job trainer.epochs=2",

@@ -252,10 +252,43 @@ def check_tag_key(key: str, option: str) -> None:
         )
 
 
+#: The tags nnexp records itself, which a user's tag must not overwrite: ``nnexp runs`` and ``resume=`` read
+#: ``output_dir``, comparisons read the group choices, and so on.
+OWN_TAGS = frozenset(
+    {
+        *(registry.kind for registry, _ in GROUPS),
+        "experiment",
+        "objective",
+        "objective_direction",
+        "dataset_digest",
+        "engine",
+        "job_num",
+        "blas_threads",
+        "git_commit",
+        "git_dirty",
+        "nnexp_version",
+        "output_dir",
+        "overrides",
+        "failure_reason",
+        "resumed",
+        "nnexp_command",
+        "sweep_overrides",
+        "sweep_dir",
+        "sweeper",
+        "launcher",
+        "seeds",
+    }
+)
+OWN_TAG_PREFIXES = ("source.", "nnexp.", "mlflow.")
+
+
 def check_tags(tags: dict[str, Any]) -> None:
-    """Raise a ConfigError naming ``tags.<key>`` for a tag that MLflow would refuse or cut short."""
+    """Raise a ConfigError naming ``tags.<key>`` for a tag that MLflow would refuse or cut short, or that nnexp
+    records itself."""
     for key, value in tags.items():
         check_tag_key(str(key), f"tags.{key}")
+        if str(key) in OWN_TAGS or str(key).startswith(OWN_TAG_PREFIXES) or str(key) in ("source", "nnexp", "mlflow"):
+            raise ConfigError(f"tags.{key}: nnexp records the tag {key} itself; give yours another name")
         if len(str(value)) > MAX_TAG_VALUE:
             raise ConfigError(
                 f"{abbreviated(f'tags.{key}')}: an MLflow tag value holds at most {MAX_TAG_VALUE} characters, "
