@@ -237,3 +237,14 @@ def test_a_first_row_with_a_hex_pixel_is_data_not_a_header(mnist_files, tiny):
 def test_a_first_row_of_neither_numbers_nor_column_names_is_named(mnist_files, tiny):
     path = mnist_files.write_csv("train.csv", HEADER.replace("label,", "label,#,", 1) + text_of(rows(tiny)))
     assert csv_error(path) == f"{path}: line 1, column 2: '#' is neither a number nor a column name"
+
+
+def test_a_device_or_pipe_is_refused_before_it_is_read(tmp_path):
+    """/dev/zero has no end: read whole, it filled the memory until the kernel killed the run (exit 137)."""
+    import os
+
+    with pytest.raises(DataError, match=r"^/dev/zero: is not a regular file; give a file of comma-separated rows$"):
+        read_csv(Path("/dev/zero"))
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(DataError, match=r"pipe\.csv: is not a regular file"):
+        read_csv(tmp_path / "pipe.csv")

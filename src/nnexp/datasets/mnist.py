@@ -274,6 +274,8 @@ def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np
 
 
 def _read_bytes(path: Path) -> bytes:
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero would be read until memory ran out
+        raise DataError(f"{path}: is not a regular file; give a file of comma-separated rows")
     try:
         return path.read_bytes()
     except FileNotFoundError:
