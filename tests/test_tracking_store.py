@@ -76,3 +76,23 @@ def test_ui_addresses_open_mlflows_model_training_view():
     assert ui_url("http://mlflow:5000", "3", "ab12") == (
         "http://mlflow:5000/#/experiments/3/runs/ab12?workflowType=machine_learning"
     )
+
+
+def test_a_store_another_mlflow_migrated_is_one_line_for_the_commands_that_read_it(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # creates the store
+    with sqlite3.connect(tmp_path / "mlflow.db") as database:
+        database.execute("update alembic_version set version_num = 'ffffffffffff'")
+    for command in (["runs"], ["compare"]):  # a new process: MLflow checks a store's schema once per process
+        result = subprocess.run(
+            [sys.executable, "-m", "nnexp", *command, "--uri", uri], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"error: tracking store {uri} cannot be used: Detected out-of-date database")
+        assert result.stderr.count("\n") == 1

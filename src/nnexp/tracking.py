@@ -186,7 +186,13 @@ def existing_store(uri: str, hint: str) -> MlflowClient:
     if database is not None and not database.is_file() and not database.is_dir():
         raise ConfigError(f"no MLflow store at {database}; {hint}")
     check_store(uri)
-    return MlflowClient(tracking_uri=uri)
+    try:  # a SQLite store's schema is checked as it opens: another MLflow may have migrated it
+        client = MlflowClient(tracking_uri=uri)
+        if database is not None:
+            client.search_experiments(max_results=1)
+    except Exception as exc:
+        raise ConfigError(f"tracking store {uri} cannot be used: {store_error_reason(exc)[:300]}") from None
+    return client
 
 
 def find_run(client: MlflowClient, run_id: str, missing: str) -> Run:
