@@ -140,3 +140,15 @@ def test_a_fixed_folder_that_holds_a_run_is_refused_and_left_as_it_was(project):
         assert "Traceback" not in result.stderr
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
     assert len(project.runs()) == 1
+
+
+@pytest.mark.parametrize("folder", ["''", "."])
+def test_the_folder_nnexp_runs_from_is_no_run_folder(project, folder):
+    before = sorted(path.name for path in project.root.iterdir())
+    result = project.run(f"hydra.run.dir={folder}", *QUICK)
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "error: hydra.run.dir='.' is the folder nnexp runs from; a run needs a folder of its own, such as outputs/NAME",
+    )
+    assert sorted(path.name for path in project.root.iterdir()) == before  # no config.yaml, checkpoints, .hydra
+    assert project.runs() == []

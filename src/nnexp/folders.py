@@ -103,6 +103,11 @@ class FolderRefused(StartRefused):
 def use_run_folder(folder: Path, resuming: bool) -> None:
     """Create ``folder`` and lock it for this process; refuse, in one line, a folder another process is using or,
     unless ``resuming``, one that already holds a run. A folder that cannot be created is left for Hydra to report."""
+    if folder.resolve() == Path.cwd().resolve():  # hydra.run.dir='' or .: the project's own files beside the run's
+        raise FolderRefused(
+            f"hydra.run.dir={str(folder)!r} is the folder nnexp runs from; a run needs a folder of its own, "
+            "such as outputs/NAME"
+        )
     missing = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)

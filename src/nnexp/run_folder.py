@@ -19,6 +19,6 @@ class RunFolderCallback(Callback):
             folder = OmegaConf.select(config, "hydra.run.dir")
         except Exception:  # Hydra resolves it again to create the folder, and reports the error then
             return
-        if folder:
+        if folder is not None:  # '' too: Hydra then writes into the folder nnexp runs from, which is refused
             use_run_folder(Path(folder), resuming=bool(OmegaConf.select(config, "resume")))
             job_folders.append(Path(folder))
