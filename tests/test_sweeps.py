@@ -163,6 +163,12 @@ def test_a_sweep_that_expands_to_no_jobs_is_an_error_and_leaves_nothing(project)
         (("hparams_search=moons_optuna", "hydra.sweeper.n_trials=-1"), "hydra.sweeper.n_trials must be >= 1, got -1"),
         # a FileNotFoundError naming no option, after creating the parent run, before
         (("seed=1,2", "hydra.sweep.dir=/proc/x"), "hydra.sweep.dir: cannot create /proc/x: No such file or directory"),
+        # both jobs FINISHED in one folder before, the first run's record pointing at the second's files
+        (
+            ("seed=1,2", "hydra.sweep.subdir=same"),
+            "hydra.sweep.subdir='same' names one folder for every job of the sweep; include ${hydra.job.num} "
+            "(the default is ${hydra.job.num})",
+        ),
     ],
 )
 def test_a_sweep_setting_hydras_plugins_fail_on_is_one_line_naming_it(project, arguments, expected):

@@ -83,6 +83,7 @@ class Sweep:
         if any(item.startswith(f"{PARENT_OVERRIDE}=") for item in overrides):
             raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
         check_plugin_settings(config)
+        check_subdir(config)
         user_tags = OmegaConf.to_container(config.tags, resolve=True)
         check_tags(user_tags)  # type: ignore[arg-type]
         directory = Path(config.hydra.sweep.dir).resolve()
@@ -251,6 +252,17 @@ def check_plugin_settings(config: DictConfig) -> None:
         if choices.get(f"hydra/{group}") == option and key in config.hydra[group]:  # absent in other versions
             value = config.hydra[group][key]
             require(valid(value), f"hydra.{group}.{key}", expected, value)
+
+
+def check_subdir(config: DictConfig) -> None:
+    """Refuse a ``hydra.sweep.subdir`` without an interpolation (``${hydra.job.num}``): every job would write into
+    one folder, and each run's record would point at the last job's files."""
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if isinstance(subdir, str) and "${" not in subdir:
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir!r} names one folder for every job of the sweep; "
+            "include ${hydra.job.num} (the default is ${hydra.job.num})"
+        )
 
 
 def create_sweep_folder(directory: Path) -> list[Path]:
