@@ -356,6 +356,9 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("+experiment=quadrants", "experiment is a config group with a choice already: write experiment=quadrants"),
         ("++model=two_layer", "model is a config group with a choice already: write model=two_layer, without + or ++"),
         ("tags.note=x", "tags.note is not a known key; to add the tag, write +tags.note=..."),
+        # Hydra's own files outside the run's folder, where every run overwrote them
+        ("hydra.output_subdir=../../escaped", "hydra.output_subdir=../../escaped: must be a folder inside the run's"),
+        ("hydra.job.name=../../evil", "hydra.job.name='../../evil': names the run's log file, <name>.log; write a"),
         # A tag nnexp records itself: the run list and resume read output_dir, comparisons the group choices.
         ("+tags.output_dir=/elsewhere", "tags.output_dir: nnexp records the tag output_dir itself; give yours another"),
         ("+tags.dataset=quadrants", "tags.dataset: nnexp records the tag dataset itself; give yours another name"),

@@ -100,6 +100,17 @@ class FolderRefused(StartRefused):
     """A run folder that is in use or already holds a run."""
 
 
+def check_hydra_paths(output_subdir: str | None, job_name: str | None) -> None:
+    """Refuse Hydra settings that would write a run's files outside its folder: ``hydra.output_subdir`` (its
+    ``.hydra`` copies of the config) and ``hydra.job.name`` (its ``<name>.log``)."""
+    if output_subdir is not None and (Path(output_subdir).is_absolute() or ".." in Path(output_subdir).parts):
+        raise FolderRefused(
+            f"hydra.output_subdir={output_subdir}: must be a folder inside the run's folder, such as .hydra"
+        )
+    if job_name is not None and ("/" in job_name or job_name in ("", ".", "..")):
+        raise FolderRefused(f"hydra.job.name={job_name!r}: names the run's log file, <name>.log; write a plain name")
+
+
 def use_run_folder(folder: Path, resuming: bool) -> None:
     """Create ``folder`` and lock it for this process; refuse, in one line, a folder another process is using or,
     unless ``resuming``, one that already holds a run. A folder that cannot be created is left for Hydra to report."""

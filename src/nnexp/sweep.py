@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from nnexp.config import check_tags
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
-from nnexp.folders import discard_dir
+from nnexp.folders import check_hydra_paths, discard_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -84,6 +84,7 @@ class Sweep:
             raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
         check_plugin_settings(config)
         check_subdir(config)
+        check_hydra_paths(config.hydra.output_subdir, config.hydra.job.name)
         user_tags = OmegaConf.to_container(config.tags, resolve=True)
         check_tags(user_tags)  # type: ignore[arg-type]
         directory = Path(config.hydra.sweep.dir).resolve()
