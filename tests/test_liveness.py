@@ -479,3 +479,17 @@ def test_kill_9_then_resume_logs_each_epoch_exactly_once(project, epochs, every,
             range(1, epochs + 1)
         ), key
     assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [epochs]
+
+
+@pytest.mark.parametrize("status", ["KILLED", "RUNNING"])
+def test_a_deleted_run_is_not_resumed_and_says_how_to_restore_it(tracker, status):
+    """MLflow refuses to reopen it (a traceback before), and a dead RUNNING one could not be marked KILLED."""
+    from nnexp.tracking import RunCreationError
+
+    run_id = crafted(tracker, status=status, **{liveness.PID: str(ended_pid())})
+    tracker.client.delete_run(run_id)
+    with pytest.raises(RunCreationError) as refused, tracker.start_run("x", {}, resume=run_id):
+        pass
+    restore = f"mlflow runs restore --run-id {run_id}"
+    assert str(refused.value) == f"run {run_id} is deleted; restore it first with: {restore}"
+    assert tracker.client.get_run(run_id).info.status == status

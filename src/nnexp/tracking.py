@@ -266,7 +266,11 @@ class TrackingStoreError(NnexpError):
 
 def resumable(client: MlflowClient, run: Run) -> Run:
     """``run`` as it is after marking it KILLED if its process is gone; raises :class:`RunCreationError` if it is
-    FINISHED, or RUNNING in a process that is still alive."""
+    FINISHED, deleted, or RUNNING in a process that is still alive."""
+    if run.info.lifecycle_stage == "deleted":  # MLflow refuses to change a deleted run
+        raise RunCreationError(
+            f"run {run.info.run_id} is deleted; restore it first with: mlflow runs restore --run-id {run.info.run_id}"
+        )
     [run], _ = liveness.reap(client, [run])
     run_id, status, tags = run.info.run_id, run.info.status, run.data.tags
     if status == "FINISHED":
