@@ -203,3 +203,18 @@ def test_an_empty_resume_value_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match=r"^resume= needs a run id or a checkpoint folder$"):
         hydra_arguments(["resume="], tmp_path)
+
+
+def test_a_folder_where_the_checkpoint_manifest_belongs_is_refused_before_training(tmp_path):
+    """Resumed from MLflow's copy, the run trained to its end, then could keep no checkpoint and ended FAILED."""
+    from nnexp.errors import ConfigError
+    from nnexp.resume import checkpoint_of_run
+    from nnexp.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    run = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(tmp_path / "run")})
+    tracker.client.set_terminated(run.info.run_id, "KILLED")
+    (tmp_path / "run" / "checkpoints" / checkpoint.MANIFEST).mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"checkpoint\.json: not a file, where the run writes its checkpoint"):
+        checkpoint_of_run(run.info.run_id, uri, tmp_path)

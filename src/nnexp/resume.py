@@ -141,8 +141,11 @@ def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:
         client, find_run(client, run_id, f"resume={run_id}: no such checkpoint folder, and no such run in {store}")
     )
     local = Path(run.data.tags.get("output_dir", "")) / "checkpoints"
-    if (local / checkpoint.MANIFEST).is_file():
+    manifest = local / checkpoint.MANIFEST
+    if manifest.is_file():
         return local
+    if manifest.exists():  # the resumed run could write no checkpoint there, and would end FAILED after training
+        raise ConfigError(f"{manifest}: not a file, where the run writes its checkpoint manifest; remove it first")
     paths = {entry.path for entry in client.list_artifacts(run_id)}
     if "checkpoint" not in paths:
         raise ConfigError(f"resume={run_id}: the run has no checkpoint, neither in {local} nor in MLflow")
