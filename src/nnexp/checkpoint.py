@@ -1,11 +1,11 @@
 """Checkpoints: everything training needs to go on exactly where it stopped, in ``.npz`` plus a JSON manifest.
 
-A checkpoint folder holds ``checkpoint-eEEEEE-bBBBBBBB.npz`` (weights, optimizer state, callback arrays, the
-partial epoch's predictions) and ``checkpoint.json`` (epoch, batch, RNG state, metric history, callback values,
-the run's config and id), which names its ``.npz`` and records its SHA-256. Both are written atomically, the ``.npz``
-first, and older ``.npz`` files are removed only after the manifest names the new one: whenever a process dies, the
-manifest and the file it names form the last good checkpoint. Nothing is pickled; arrays load with
-``allow_pickle=False``.
+A checkpoint folder holds ``checkpoint-eEEEEEE-bBBBBBBB.npz`` (weights, optimizer state, callback arrays, the
+partial epoch's predictions, the per-epoch metric history) and ``checkpoint.json`` (epoch, batch, RNG state, the
+history's metric names, callback values, the run's config and id), which names its ``.npz`` and records its
+SHA-256. Both are written atomically, the ``.npz`` first, and older ``.npz`` files are removed only after the
+manifest names the new one: whenever a process dies, the manifest and the file it names form the last good
+checkpoint. Nothing is pickled; arrays load with ``allow_pickle=False``.
 
 A checkpoint is data, never a command: :func:`load` checks every field of the manifest (types, ranges, the generator
 state) and every array header before anything is used, and :meth:`Checkpoint.restore` checks the rest against the
@@ -36,8 +36,9 @@ from nnexp.errors import DataError
 from nnexp.schema import RUN_ID, Fields, inside, load_npz, sha256_of
 
 MANIFEST = "checkpoint.json"
-#: Format 2 records the SHA-256 of the ``.npz``; format 1, written by earlier versions of nnexp, did not, and its
-#: checkpoints are still resumed, with the checks of the arrays' shapes alone.
+#: Format 2 records the SHA-256 of the ``.npz`` and keeps the metric history in it; format 1, written by earlier
+#: versions of nnexp, kept the history in the manifest and no digest, and its checkpoints are still resumed, with
+#: the checks of the arrays' shapes alone.
 FORMAT = 2
 FORMATS = (1, 2)
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -170,6 +171,8 @@ def save(
                 values.setdefault(name, {})[key] = value
     if state.batch:
         arrays["progress/predicted"] = state.predicted
+    # In the .npz, not the manifest: as JSON, a 10,000-epoch history took longer to write than the epochs to train.
+    arrays.update({f"history/{name}": np.asarray(values, np.float64) for name, values in state.history.items()})
     weights = f"checkpoint-e{state.epoch:06d}-b{state.batch:08d}.npz"
     with replacing(directory / weights) as file:
         np.savez(file, **arrays)
@@ -184,7 +187,7 @@ def save(
         # Stopped within an epoch, the state it began with, so that resuming replays its shuffle: the shuffle is
         # drawn before the first batch, so even a stop before that batch has moved the generator on.
         "rng_state": state.rng_state if stopped else rng.bit_generator.state,
-        "history": state.history,
+        "history": sorted(state.history),  # the metrics' names; their values are the .npz's history/<name>
         "callbacks": values,
     }
     with replacing(directory / MANIFEST, "w") as file:
@@ -203,6 +206,7 @@ def files(directory: Path) -> list[Path]:
 
 #: The training time of an epoch in progress a manifest may claim: a year. It is logged as that epoch's time.
 EPOCH_SECONDS_AT_MOST = 365 * 24 * 3600.0
+
 
 def load(path: Path) -> Checkpoint:
     """The checkpoint in folder ``path`` (or named by its manifest), every field and array header checked; raises
@@ -224,7 +228,27 @@ def load(path: Path) -> Checkpoint:
             f"{weights}: was not written by run {manifest['run_id']}'s checkpoint (its SHA-256 differs from the one "
             f"{manifest_path.name} records); another file was copied over it"
         )
+    if manifest["format"] >= 2:
+        manifest["history"] = history_of(arrays, manifest["history"], manifest["progress"]["epoch"], weights)
     return Checkpoint(manifest_path, manifest, arrays)
+
+
+def history_of(arrays: dict[str, np.ndarray], names: list[str], epoch: int, weights: Path) -> dict[str, list[float]]:
+    """The per-epoch metrics ``names`` of a format 2 checkpoint, taken out of its ``.npz`` ``arrays``: one float64
+    vector of ``epoch`` values each, and no other ``history/`` array."""
+    found = {key.removeprefix("history/") for key in arrays if key.startswith("history/")}
+    if found != set(names):
+        raise DataError(f"{weights}: history arrays {sorted(found)} do not match the manifest's {sorted(names)}")
+    history = {}
+    for name in names:
+        values = arrays.pop(f"history/{name}")
+        if values.dtype != np.float64 or values.shape != (epoch,):
+            raise DataError(
+                f"{weights}: history/{name} must be {epoch} float64 values, one per epoch, found {values.shape} "
+                f"{values.dtype}"
+            )
+        history[name] = values.tolist()
+    return history
 
 
 def check_manifest(manifest: object, path: Path) -> None:
@@ -251,15 +275,20 @@ def check_manifest(manifest: object, path: Path) -> None:
     fields.number(fields.get(progress, "progress.seconds"), "progress.seconds", 0.0, high=EPOCH_SECONDS_AT_MOST)
     stamp = tuple(int(part) for part in WEIGHTS.fullmatch(weights).groups())  # type: ignore[union-attr]
     fields.check(stamp == (epoch, batch), "weights", f"the file of epoch {epoch}, batch {batch}", weights)
-    history = fields.mapping(fields.get(manifest, "history"), "history")
-    for name, values in history.items():
-        valid = isinstance(values, list) and all(
-            isinstance(value, int | float) and not isinstance(value, bool) for value in values
-        )
+    if version >= 2:
+        names = fields.strings(fields.get(manifest, "history"), "history")
+    else:  # format 1 kept the values in the manifest
+        history = fields.mapping(fields.get(manifest, "history"), "history")
+        for name, values in history.items():
+            valid = isinstance(values, list) and all(
+                isinstance(value, int | float) and not isinstance(value, bool) for value in values
+            )
+            fields.check(valid and len(values) == epoch, f"history.{name}", f"{epoch} numbers, one per epoch", values)
+        names = list(history)
+    for name in names:
         fields.check(name in EPOCH_METRICS, "history", f"metrics of {', '.join(EPOCH_METRICS)}", name)
-        fields.check(valid and len(values) == epoch, f"history.{name}", f"{epoch} numbers, one per epoch", values)
     if epoch:
-        fields.check("train_loss" in history, "history", "an object holding train_loss", history)
+        fields.check("train_loss" in names, "history", "metrics holding train_loss", names)
     check_generator_state(fields, fields.get(manifest, "rng_state"))
     callbacks = fields.mapping(fields.get(manifest, "callbacks"), "callbacks")
     for name, values in callbacks.items():
