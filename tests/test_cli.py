@@ -531,6 +531,11 @@ def test_experiment_outside_a_project_says_where_presets_live(project, tmp_path)
     assert result.stderr.strip() == (
         "error: experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
     )
+    result = project.run("model=two_layer")
+    assert result.stderr.strip() == (
+        "error: model=two_layer is not an option; available: mlp (presets are read from conf/model/ of the folder "
+        "you run nnexp from, and there is none here)"
+    )
 
 
 def test_unreachable_tracking_server_fails_before_training(project):

@@ -116,8 +116,11 @@ def describe_config_error(exc: BaseException) -> str | None:
         group, option = exc.missing_cfg_file.rsplit("/", 1)
         if exc.options is None and exc.missing_cfg_file in OPTIONAL_PLUGINS:
             return f"{group}={option} needs an optional extra: {OPTIONAL_PLUGINS[exc.missing_cfg_file]}"
-        available = ", ".join(exc.options or []) or f"none (presets live in conf/{group}/)"
-        return f"{group}={option} is not an option; available: {available}"
+        available = ", ".join(exc.options or []) or "none"
+        where = f"presets are read from conf/{group}/ of the folder you run nnexp from"
+        if not (Path.cwd() / "conf" / group).is_dir():
+            where += ", and there is none here"
+        return f"{group}={option} is not an option; available: {available} ({where})"
     if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
         return f"{exc}; to see a sweep's settings, drop -m (e.g. --cfg hydra -p hydra.launcher)"
     if isinstance(exc, OverrideParseException):

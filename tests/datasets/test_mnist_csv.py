@@ -80,7 +80,8 @@ def test_paths_default_to_the_files_the_data_command_writes(tmp_path, monkeypatc
     assert cfg.train_path is None and cfg.test_path is None
     assert cfg.val_size == 10000 and cfg.scaling == Scaling.unit and cfg.validation == Validation.last
     monkeypatch.setenv("NNEXP_CACHE", str(tmp_path))
-    with pytest.raises(DataError, match=rf"^{tmp_path}/mnist/mnist_train\.csv: no such file; write it with `nnexp"):
+    with pytest.raises(DataError, match=rf"^{tmp_path}/mnist/mnist_train\.csv: no such file; write it with `nnexp.*"
+                       r"or give your files with dataset.train_path=\.\.\. dataset.test_path=\.\.\."):
         MnistCsv().read()
 
 

@@ -34,10 +34,11 @@ class MnistCsv(MnistDataset):
         cache = default_mnist_dir()
         train = Path(self.train_path).expanduser() if self.train_path else cache / CSV_FILES[0]
         test = Path(self.test_path).expanduser() if self.test_path else cache / CSV_FILES[1]
-        for given, path in ((self.train_path, train), (self.test_path, test)):
+        for key, given, path in (("train_path", self.train_path, train), ("test_path", self.test_path, test)):
             if given is None and not path.is_file():
                 raise DataError(
-                    f"{path}: no such file; write it with `nnexp data mnist --csv`, or set the dataset's paths"
+                    f"{path}: no such file; write it with `nnexp data mnist --csv`, or give your files with "
+                    f"dataset.train_path=... dataset.test_path=... (dataset.{key} is not set)"
                 )
         train_images, train_labels = read_csv(train)
         test_images, test_labels = read_csv(test)
