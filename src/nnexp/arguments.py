@@ -16,6 +16,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """``--uri`` and ``--experiment``, which every command reading runs takes."""
+    parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else ./outputs/mlflow.db)")
+    parser.add_argument("--experiment", default="nnexp", help="MLflow experiment (default: nnexp)")
+
+
 def add_limit(parser: argparse.ArgumentParser, what: str) -> None:
     """``--limit N`` (the N newest ``what``, 20 by default) or ``--all``, as every command listing runs offers them."""
     shown = parser.add_mutually_exclusive_group()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nnexp.arguments import ArgumentParser, add_limit, limit
+from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
 from nnexp.config import GROUPS, RECORD_KEYS, Direction, default_direction
 from nnexp.errors import NnexpError
 
@@ -264,8 +264,7 @@ def main(argv: list[str]) -> int:
         prog="nnexp compare",
         description="Print MLflow runs side by side: an experiment's latest runs, or the children of one sweep.",
     )
-    parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else ./outputs/mlflow.db)")
-    parser.add_argument("--experiment", default="nnexp", help="MLflow experiment (default: nnexp)")
+    add_store_options(parser)
     parser.add_argument(
         "--sweep", metavar="RUN_ID|last", help="the children of this sweep's parent run; 'last' is the newest sweep"
     )

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import urllib.parse
 
-from nnexp.arguments import ArgumentParser
+from nnexp.arguments import ArgumentParser, add_store_options
 from nnexp.errors import NnexpError
 
 
@@ -17,8 +17,7 @@ def main(argv: list[str]) -> int:
         "table in the Model training view (MLflow 3 would open its GenAI view). Against a tracking server, print "
         "its address only. Ctrl-C stops the UI.",
     )
-    parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else ./outputs/mlflow.db)")
-    parser.add_argument("--experiment", default="nnexp", help="MLflow experiment (default: nnexp)")
+    add_store_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     args = parser.parse_args(argv)
