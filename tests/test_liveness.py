@@ -455,8 +455,9 @@ def test_kill_9_then_compare_shows_no_running_run(project):
         # Every epoch checkpointed, metrics sent every 2 s: the store is behind the checkpoint.
         (40, 1, lambda epoch, stored: epoch >= 3 and stored < epoch),
         # Every 10 epochs: metrics sent after the checkpoint reach the store; the resumed run replays those epochs.
-        # Enough epochs for a few sends: one that lands on a checkpoint's epoch leaves the store level with it.
-        (80, 10, lambda epoch, stored: epoch >= 10 and stored > epoch),
+        # Enough epochs for several sends, even on a busy machine: one that lands on a checkpoint's epoch leaves the
+        # store level with it.
+        (150, 10, lambda epoch, stored: epoch >= 10 and stored > epoch),
     ],
     ids=["store-behind-checkpoint", "store-ahead-of-checkpoint"],
 )

@@ -105,7 +105,8 @@ class Sweep:
             name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
             parent = tracker.open_run(name, tags)
         except BaseException:
-            for folder in created:
+            # The folder claimed by ${nnexp.claim:...} exists already, so it is not among those created here.
+            for folder in (directory, *created):
                 discard_dir(folder, set())
             raise
         with read_write(config.hydra.overrides.task):
