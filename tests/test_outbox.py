@@ -52,7 +52,13 @@ def refusal(folder: Path) -> str:
         ({"metrics": [["../../x", 1.0, 0, 1]]}, "metrics[0] key must be a metric name of letters, digits and _-. :/"),
         ({"status": "RUNNING"}, "status must be one of FINISHED, FAILED, KILLED, found 'RUNNING'"),
         ({"metrics": [["loss", float("inf"), 1, 1]]}, "metrics[0] value must be a finite number or NaN, found inf"),
-        ({"metrics": [["loss", 0.5, 1, True]]}, "metrics[0] step must be an integer >= 0, found True"),
+        ({"metrics": [["loss", 0.5, 1, True]]}, "metrics[0] step must be an integer 0..9223372036854775807, found"),
+        # MLflow refused these, and nnexp sync took the refusal for a store that does not answer, again and again:
+        ({"metrics": [["loss", 0.5, 1, 2**63]]}, "metrics[0] step must be an integer 0..9223372036854775807"),
+        ({"metrics": [["l" * 251, 0.5, 1, 1]]}, "metrics[0] key must be at most 250 characters"),
+        ({"tags": {"a\nb": "x"}}, "tags.'a\\nb' must be a tag key of letters, digits and _-. :/"),
+        ({"tags": {"k" * 300: "x"}}, f"tags.{'k' * 40}… must be at most 250 characters, found 300"),
+        ({"tags": {"note": "v" * 8001}}, "tags.note must be at most 8000 characters, found 8001"),
         ({"metrics": [["loss", 0.5]]}, "metrics[0] must be [key, value, timestamp, step], found ['loss', 0.5]"),
         ({"metrics": {}}, "metrics must be a list of [key, value, timestamp, step], found {}"),
         ({"tags": {"epochs": 3}}, "tags.epochs must be a string, found 3"),
@@ -185,3 +191,19 @@ def test_files_nested_thousands_deep_are_one_line_naming_the_file(tmp_path):
         checkpoint.load(tmp_path)
     with pytest.raises(NnexpError, match=r"^network.json: not an nnexp network description: maximum recursion"):
         NetworkSpec.from_json(deep, "network.json")
+
+
+def test_an_outbox_for_a_run_deleted_in_mlflow_says_so(tmp_path):
+    """MLflow refused every request for it, which nnexp sync reported as a store that does not answer."""
+    from nnexp.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.client.delete_run(run_id)
+    path = outbox(tmp_path, tracking_uri=uri, run_id=run_id)
+    with pytest.raises(NnexpError) as refused:
+        sync(tmp_path)
+    restore = f"mlflow runs restore --run-id {run_id}"
+    assert str(refused.value) == f"{path}: run {run_id} is deleted in {uri}; restore it first with: {restore}"
+    assert path.is_file()

@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnexp import liveness
+from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
 from nnexp.errors import ConfigError, DataError
 from nnexp.tracking import OUTBOX, OUTBOX_STATUSES, TrackedRun, existing_store, find_run
 
 if TYPE_CHECKING:
     from nnexp.schema import Fields
+
+#: The largest step or timestamp MLflow's stores hold.
+INT64_MAX = 2**63 - 1
 
 
 def metric_name(key: object) -> bool:
@@ -60,6 +64,11 @@ def sync(folder: Path, uri: str | None = None) -> str:
     recorded = found.data.tags.get("output_dir")
     if recorded is not None and Path(recorded).resolve() != folder.resolve():
         raise DataError(f"{path}: run_id {outbox['run_id']} is the run of {recorded}, not of {folder.resolve()}")
+    if found.info.lifecycle_stage == "deleted":  # MLflow refuses to log to it, which read as a store not answering
+        raise DataError(
+            f"{path}: run {outbox['run_id']} is deleted in {store}; restore it first with: "
+            f"mlflow runs restore --run-id {outbox['run_id']}"
+        )
     status = found.info.status
     # Only a run left open, or marked KILLED because its process died, still waits for what its outbox holds.
     if status != "RUNNING" and not (status == "KILLED" and found.data.tags.get("failure_reason") == liveness.REASON):
@@ -97,12 +106,17 @@ def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, An
         fields.check(isinstance(row, list) and len(row) == 4, field, "[key, value, timestamp, step]", row)
         fields.string(row[0], f"{field} key")
         fields.check(metric_name(row[0]), f"{field} key", "a metric name of letters, digits and _-. :/", row[0])
+        fields.check(len(row[0]) <= MAX_TAG_KEY, f"{field} key", f"at most {MAX_TAG_KEY} characters", row[0])
         fields.number(row[1], f"{field} value", nan=True)
-        fields.integer(row[2], f"{field} timestamp")
-        fields.integer(row[3], f"{field} step")
+        # What MLflow's stores hold (64-bit integers); a value past them was refused, which read as no answer.
+        fields.integer(row[2], f"{field} timestamp", 0, INT64_MAX)
+        fields.integer(row[3], f"{field} step", 0, INT64_MAX)
     tags = fields.mapping(fields.get(outbox, "tags"), "tags")
     for key, value in tags.items():
+        fields.check(metric_name(key), f"tags.{key!r}", "a tag key of letters, digits and _-. :/", key)
+        fields.check(len(key) <= MAX_TAG_KEY, f"tags.{key[:40]}…", f"at most {MAX_TAG_KEY} characters", len(key))
         fields.string(value, f"tags.{key}")
+        fields.check(len(value) <= MAX_TAG_VALUE, f"tags.{key}", f"at most {MAX_TAG_VALUE} characters", len(value))
         # A run's system tags and its folder are set when it is created; an outbox only adds to the run.
         fields.check(not key.startswith("mlflow."), f"tags.{key}", "a tag of nnexp's, not one of MLflow's own", key)
         if key == "output_dir":
