@@ -439,3 +439,24 @@ def test_a_store_that_does_not_answer_leaves_the_model_saved_and_the_run_going(t
         client.log_batch = original
     assert "(it does not answer)" in caplog.text
     run.end("FINISHED")
+
+
+def test_a_resumed_run_logging_its_model_again_keeps_one(tmp_path):
+    """A run killed after logging its model and then resumed logged a second READY model named "model"."""
+    import mlflow.pyfunc
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from nnexp.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    network, loss = trained_like("cross_entropy")
+    spec = describe(network, loss, list("abcd"))
+    with tracker.start_run("serving", {}) as run:
+        first = log_model(run, network, spec, inputs(), step=1)
+        second = log_model(run, network, spec, inputs(), step=1)
+    client = tracker.client
+    found = client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run.run_id}'")
+    assert [model.model_id for model in found] == [second] and first != second
+    with _use_tracking_uri(uri):
+        assert mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model").metadata.model_id == second

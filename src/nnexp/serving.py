@@ -534,6 +534,10 @@ def upload_model(client: MlflowClient, run_id: str, directory: Path, step: int =
     from mlflow.models import Model
 
     source = client.get_run(run_id)
+    for output in source.outputs.model_outputs if source.outputs else []:
+        # Logged by an earlier attempt of this run, killed after logging it and now resumed: one model stays.
+        if client.get_logged_model(output.model_id).name == MODEL_NAME:
+            client.delete_logged_model(output.model_id)
     model = client.create_logged_model(
         source.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=dict(source.data.params)
     )
