@@ -96,3 +96,15 @@ def test_a_store_another_mlflow_migrated_is_one_line_for_the_commands_that_read_
         assert result.returncode == 1
         assert result.stderr.startswith(f"error: tracking store {uri} cannot be used: Detected out-of-date database")
         assert result.stderr.count("\n") == 1
+
+
+def test_a_file_where_the_stores_artifacts_belong_is_one_line_before_any_run(tmp_path):
+    """The run's artifacts then failed one by one, in warnings alternating with the metrics that got through."""
+    from nnexp.errors import ConfigError
+    from nnexp.tracking import check_store
+
+    (tmp_path / "mlartifacts").write_text("x")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ConfigError, match=r"mlartifacts is a file, where the store keeps its runs' artifacts"):
+        check_store(uri)
+    assert not (tmp_path / "mlflow.db").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -163,6 +164,11 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             raise ConfigError(f"tracking store {uri}: {describe_os_error(exc, 'create the folder')}") from None
         if not is_sqlite_database(database):
             raise ConfigError(f"tracking store {uri}: {database} is not an SQLite database")
+        artifacts = database.parent / "mlartifacts"  # where artifact_root puts a SQLite store's artifacts
+        if artifacts.exists() and not artifacts.is_dir():
+            raise ConfigError(
+                f"tracking store {uri}: {artifacts} is a file, where the store keeps its runs' artifacts; move it"
+            )
     if scheme not in ("http", "https"):
         return
     try:
@@ -203,6 +209,21 @@ def find_run(client: MlflowClient, run_id: str, missing: str) -> Run:
         return client.get_run(run_id)
     except MlflowException:
         raise ConfigError(missing) from None
+
+
+#: Errors of the disk under a store nnexp writes to itself (a SQLite file, a local artifact folder), as opposed to a
+#: server that does not answer: waiting does not mend them, the user must.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EISDIR})
+
+
+def disk_error(exc: BaseException) -> str | None:
+    """The OS's words for a disk error behind ``exc`` (``No space left on device``), if that is what it is."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+            return f"{cause.strerror}: {cause.filename}" if cause.filename else str(cause.strerror)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def store_error_reason(exc: BaseException) -> str:
@@ -301,6 +322,8 @@ class TrackedRun:
         self._artifacts: list[tuple[str, str | None]] = []
         self._last_flush = time.monotonic()
         self._away_since: float | None = None
+        #: The last failed request failed on the store's own disk (full, or a file where a folder belongs).
+        self._disk_error: str | None = None
         self._heartbeat: liveness.Heartbeat | None = None
         #: (metric, step) pairs the store held when a resumed run reopened: a replayed epoch does not log them again.
         self._stored: set[tuple[str, int]] = set()
@@ -317,18 +340,21 @@ class TrackedRun:
         try:
             request()
         except Exception as exc:
+            self._disk_error = disk_error(exc)
             if self._away_since is None:
                 reason = store_error_reason(exc)[:200]
+                trouble = "cannot write what it is sent" if self._disk_error else "does not answer"
                 log.warning(
-                    "tracking store %s does not answer (%s); training goes on, and what it misses is "
-                    "kept and sent when it answers again",
+                    "tracking store %s %s (%s); training goes on, and what it misses is kept and sent when it "
+                    "takes it again",
                     self.store,
+                    trouble,
                     reason,
                 )
             self._away_since = time.monotonic()
             return False
         if self._away_since is not None:
-            log.warning("tracking store %s answers again; sending what it missed", self.store)
+            log.warning("tracking store %s takes requests again; sending what it missed", self.store)
             self._away_since = None
         return True
 
@@ -436,8 +462,9 @@ class TrackedRun:
             delivered = self.flush() and self._send_tags() and self._send_artifacts()
             if delivered and self._send(functools.partial(self.client.set_terminated, self.run_id, status)):
                 return
+        trouble = f"cannot write ({self._disk_error})" if self._disk_error else "stopped answering"
         raise TrackingStoreError(
-            f"tracking store {self.store} stopped answering; run {self.run_id}'s last metrics, tags, artifacts and "
+            f"tracking store {self.store} {trouble}; run {self.run_id}'s last metrics, tags, artifacts and "
             f"status {status} are kept in {self.write_outbox(status)}; send them with: nnexp sync {self.outbox}"
         )
 
