@@ -94,7 +94,10 @@ def test_a_projects_plugins_are_checked_and_a_wrong_one_fails_by_name(project):
             ["--kinds", "layer"],
             "error: --kinds: unknown kind 'layer'; expected some of activation, loss, model, optimizer",
         ),
-        (["--only", "nothing"], "error: --only nothing: no registered activation/loss/model/optimizer has that name"),
+        (
+            ["--only", "relu, nothing,relu", "--kinds", "activation"],  # spaces and repeats are forgiven, not typos
+            "error: --only: no registered activation named nothing; registered: identity, relu, sigmoid, softmax, tanh",
+        ),
     ],
 )
 def test_bad_options_are_one_line(tmp_path, monkeypatch, capsys, argv, message):

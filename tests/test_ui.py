@@ -56,3 +56,14 @@ def test_nnexp_ui_without_a_store_says_so_and_makes_none(project):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: no MLflow store at ")
     assert not (project.root / "outputs").exists()
+
+
+def test_nnexp_ui_on_a_port_in_use_says_so_before_giving_an_address(project):
+    """mlflow ui logged "Address already in use" and exited 0, after nnexp had printed where to open it."""
+    assert project.run("trainer.epochs=1").returncode == 0
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = project.run("ui", "--port", str(port))
+    assert (result.returncode, result.stdout) == (1, "")
+    refused = f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"
+    assert result.stderr.strip() == refused

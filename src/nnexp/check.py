@@ -133,7 +133,9 @@ def main(argv: list[str]) -> int:
         metavar="KIND,...",
         help=f"what to check (default: {','.join(KINDS)})",
     )
-    parser.add_argument("--only", type=lambda text: text.split(","), default=[], metavar="NAME,...")
+    parser.add_argument(
+        "--only", type=lambda text: [name.strip() for name in text.split(",")], default=[], metavar="NAME,..."
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights (default: 0)")
     args = parser.parse_args(argv)
     try:
@@ -143,12 +145,18 @@ def main(argv: list[str]) -> int:
         from nnexp.plugins import load_plugins
 
         load_plugins(Path.cwd())
+        chosen = [registry for kind, registry in registries().items() if kind in args.kinds]
+        registered = {name for registry in chosen for name in registry.names()}
+        missing = [name for name in dict.fromkeys(args.only) if name not in registered]
+        if missing:
+            raise NnexpError(
+                f"--only: no registered {'/'.join(args.kinds)} named {', '.join(missing)}; "
+                f"registered: {', '.join(sorted(registered))}"
+            )
         results = []
         for result in check_all(args.kinds, args.only, args.seed):
             print(result.line(), flush=True)
             results.append(result)
-        if not results:
-            raise NnexpError(f"--only {','.join(args.only)}: no registered {'/'.join(args.kinds)} has that name")
     except NnexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import urllib.parse
 
 from nnexp.arguments import ArgumentParser, add_store_options
 from nnexp.errors import NnexpError
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse an address the UI cannot listen on (a port in use, a host that is none of this machine's) before
+    printing where to open it: ``mlflow ui`` would say so in its log and still exit 0."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = str(exc.strerror or exc).split(" (while attempting")[0]  # create_server appends the address
+        raise NnexpError(f"--host {host} --port {port}: cannot listen there ({reason})") from None
 
 
 def main(argv: list[str]) -> int:
@@ -28,6 +40,8 @@ def main(argv: list[str]) -> int:
         if not 0 < args.port < 65536:
             raise NnexpError(f"--port must be in 1..65535, got {args.port}")
         tracker = open_experiment(args.uri, args.experiment)
+        if urllib.parse.urlparse(tracker.uri).scheme not in ("http", "https"):
+            check_address(args.host, args.port)
     except NnexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
