@@ -33,7 +33,7 @@ from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer, fits
 from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
 from nnexp.errors import DataError
-from nnexp.schema import RUN_ID, Fields, inside, load_npz, sha256_of
+from nnexp.schema import RUN_ID, Fields, inside, load_npz, parse_json, sha256_of
 
 MANIFEST = "checkpoint.json"
 #: Format 2 records the SHA-256 of the ``.npz`` and keeps the metric history in it; format 1, written by earlier
@@ -213,10 +213,10 @@ def load(path: Path) -> Checkpoint:
     DataError naming the file and what is wrong."""
     manifest_path = path / MANIFEST if path.is_dir() else path
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = parse_json(manifest_path.read_text())
     except FileNotFoundError:
         raise DataError(f"{manifest_path}: no checkpoint here (expected {MANIFEST})") from None
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+    except (OSError, ValueError) as exc:
         raise DataError(f"{manifest_path}: not a readable checkpoint manifest: {exc}") from None
     check_manifest(manifest, manifest_path)
     weights = manifest_path.parent / manifest["weights"]

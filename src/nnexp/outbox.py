@@ -3,7 +3,6 @@ by ``nnexp sync`` once the store answers again."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,14 +37,14 @@ def sync(folder: Path, uri: str | None = None) -> str:
     """
     from mlflow.entities import Metric
 
-    from nnexp.schema import Fields
+    from nnexp.schema import Fields, parse_json
 
     path = folder / OUTBOX
     try:
-        contents = json.loads(path.read_text())
+        contents = parse_json(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no outbox here; nothing to send") from None
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable outbox: {exc}") from None
     fields = Fields(path)
     outbox = check_outbox(fields, contents, folder)

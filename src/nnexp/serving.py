@@ -34,7 +34,7 @@ from nnexp.core.losses import Loss
 from nnexp.core.network import Sequential
 from nnexp.errors import DataError, NnexpError
 from nnexp.registry import config_parameters
-from nnexp.schema import Fields, inside, load_npz, npz_arrays, shown
+from nnexp.schema import Fields, inside, load_npz, npz_arrays, parse_json, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,8 +106,8 @@ class NetworkSpec:
         """Parse :meth:`to_json`'s output, every field checked; raises :class:`DataError` naming ``source`` and the
         field if it is not one."""
         try:
-            found = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+            found = parse_json(text)
+        except ValueError as exc:
             raise DataError(f"{source}: not an nnexp network description: {exc}") from None
         if not isinstance(found, dict):
             raise DataError(f"{source}: not an nnexp network description: a JSON object, found {shown(found)}")
