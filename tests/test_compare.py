@@ -103,3 +103,33 @@ def test_a_job_that_failed_before_its_config_was_composed_shows_its_overrides():
     assert compare.settings(failed) == {"model": "nonexistent", "optimizer.learning_rate": "0.2"}  # not a tag
     assert compare.settings(composed) == {"optimizer.learning_rate": "0.1", "seed": "1", "model": "two_layer"}
     assert varying_params([composed, failed]) == ["model", "optimizer.learning_rate", "seed"]
+
+
+def test_a_sweeps_view_shows_its_children_with_the_swept_settings_and_metrics_best_first():
+    """MLflow's run list shows no params or metrics by default; the view a sweep's address names selects them."""
+    import json
+
+    view = json.loads(
+        compare.sweep_view(
+            "ab12",
+            ["model", "optimizer.learning_rate"],
+            ["test_loss", "test_accuracy"],
+            Ranking("test_loss", maximize=False),
+        )
+    )
+    assert view == {
+        "searchFilter": "tags.mlflow.parentRunId = 'ab12'",
+        "orderByKey": "metrics.`test_loss`",
+        "orderByAsc": True,
+        # A group's choice is recorded as a tag, its fields as params.
+        "selectedColumns": [
+            "tags.`model`",
+            "params.`optimizer.learning_rate`",
+            "metrics.`test_loss`",
+            "metrics.`test_accuracy`",
+        ],
+    }
+    assert (
+        json.loads(compare.sweep_view("ab12", [], ["val_accuracy"], Ranking("val_accuracy", True)))["orderByAsc"]
+        is False
+    )

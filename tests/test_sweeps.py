@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import socket
@@ -92,6 +93,24 @@ def test_sweep_is_a_parent_run_with_one_named_child_per_job_and_a_summary(projec
     # The same table, in the terminal.
     assert f"sweep {parent.info.run_id}: 4 finished, 0 failed; ranked by test_accuracy" in result.stdout
     assert best.info.run_id in result.stdout
+    # The table is the parent's description in MLflow's UI too, and the last line opens the children in the runs
+    # table with the swept settings and the objective as columns, best first: MLflow 3.17 shows none by default.
+    description = parent.data.tags["mlflow.note.content"]
+    assert description.startswith("Ranked by `test_accuracy`, highest first.\n\n| run | status | model |")
+    assert description.index(best.info.run_id) < min(
+        description.index(run.info.run_id) for run in children if run is not best
+    )
+    experiment = MlflowClient(tracking_uri=project.store_uri).get_experiment(parent.info.experiment_id)
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{parent.info.run_id}"])
+    assert view["searchFilter"] == f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`test_accuracy`", False)
+    swept = ["tags.`model`", "params.`optimizer.learning_rate`", "metrics.`test_accuracy`"]
+    assert view["selectedColumns"][:3] == swept
+    page = (
+        f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs"
+        f"?viewStateShareKey={parent.info.run_id}&workflowType=machine_learning"
+    )
+    assert result.stdout.strip().splitlines()[-1] == f"sweep {parent.info.run_id}: see it with: nnexp ui, then {page}"
 
 
 def test_seeds_are_summarised_as_mean_and_std_per_configuration(project):
@@ -401,3 +420,21 @@ def test_swept_keys_come_from_value_lists_ranges_choices_and_the_sweepers_search
         "a.rate": "a.rate",
         "b.rate": "b.rate",
     }
+
+
+def test_a_sweeps_description_keeps_the_best_rows_that_fit_in_a_tag():
+    from nnexp.compare import Ranking, Table
+    from nnexp.sweep import description
+
+    table = Table(["run", "test_loss"], [[f"lr={index}", f"0.{index}"] for index in range(1, 5)])
+    ranking = Ranking("test_loss", maximize=False)
+    whole = description(table, ranking)
+    assert whole == (
+        "Ranked by `test_loss`, lowest first.\n\n| run | test_loss |\n|---|---|\n"
+        "| lr=1 | 0.1 |\n| lr=2 | 0.2 |\n| lr=3 | 0.3 |\n| lr=4 | 0.4 |"
+    )
+    # One character short: the note about the rows left out takes the room of more than one row.
+    assert description(table, ranking, limit=len(whole) - 1) == (
+        "Ranked by `test_loss`, lowest first.\n\n| run | test_loss |\n|---|---|\n| lr=1 | 0.1 |"
+        "\n\n3 more in `summary/children.md`."
+    )

@@ -76,6 +76,30 @@ def test_ui_addresses_open_mlflows_model_training_view():
     assert ui_url("http://mlflow:5000", "3", "ab12") == (
         "http://mlflow:5000/#/experiments/3/runs/ab12?workflowType=machine_learning"
     )
+    # A saved view applies on the runs table's own page only: /#/experiments/3 redirects there without it.
+    assert ui_url("http://mlflow:5000", "3", view="cd34") == (
+        "http://mlflow:5000/#/experiments/3/runs?viewStateShareKey=cd34&workflowType=machine_learning"
+    )
+
+
+def test_a_saved_view_is_an_experiment_tag_where_mlflows_ui_looks_for_it(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    assert not tracker.saved_view("ab12")
+    assert tracker.save_view("ab12", '{"orderByKey": "metrics.`test_loss`"}')
+    assert tracker.saved_view("ab12")
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert tags["mlflow.sharedViewState.ab12"] == '{"orderByKey": "metrics.`test_loss`"}'
+
+
+def test_a_view_the_store_refuses_is_a_warning_not_a_failure(tmp_path, monkeypatch, caplog):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+
+    def refused(*args: object) -> None:
+        raise MlflowException("attempt to write a readonly database")
+
+    monkeypatch.setattr(tracker.client, "set_experiment_tag", refused)
+    assert not tracker.save_view("ab12", "{}")
+    assert "the runs table's view was not saved: attempt to write a readonly database" in caplog.text
 
 
 def test_a_store_another_mlflow_migrated_is_one_line_for_the_commands_that_read_it(tmp_path):

@@ -67,3 +67,38 @@ def test_nnexp_ui_on_a_port_in_use_says_so_before_giving_an_address(project):
     assert (result.returncode, result.stdout) == (1, "")
     refused = f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"
     assert result.stderr.strip() == refused
+
+
+def test_nnexp_ui_sweep_opens_the_sweeps_children_in_its_saved_view(project):
+    result = project.run("-m", "optimizer.learning_rate=0.1,0.01", "trainer.epochs=1", "dataset.n_samples=100")
+    assert result.returncode == 0, result.stderr
+    [parent] = [run for run in project.runs() if run.data.tags.get("nnexp_command") == "sweep"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "nnexp", "ui", "--sweep", "last", "--port", str(port)],
+        cwd=project.root,
+        env=project.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        first = ui.stdout.readline().strip()
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
+    page = f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs"
+    view = f"?viewStateShareKey={parent.info.run_id}&workflowType=machine_learning"
+    assert first == f"open {page}{view} (Ctrl-C stops the UI)"
+
+    # A run that is no sweep (here a child of one) has no such view.
+    child = next(run for run in project.runs() if run.info.run_id != parent.info.run_id)
+    refused = project.run("ui", "--sweep", child.info.run_id)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr.strip() == (
+        f"error: --sweep {child.info.run_id}: experiment 'nnexp' has no view of run {child.info.run_id}'s children "
+        "(a sweep saves one when it ends)"
+    )

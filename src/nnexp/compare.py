@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import shutil
 import statistics
@@ -113,6 +114,24 @@ def shown_metrics(runs: Sequence[Run], ranking: Ranking) -> list[str]:
     """The ranking metric first, then the usual final metrics, those that some of ``runs`` have."""
     candidates = [ranking.metric, *(name for name in DEFAULT_METRICS if name != ranking.metric)]
     return [name for name in candidates if any(name in run.data.metrics for run in runs)] or [ranking.metric]
+
+
+def sweep_view(parent_run_id: str, params: Sequence[str], metrics: Sequence[str], ranking: Ranking) -> str:
+    """MLflow UI's view of a sweep's runs table (the JSON its "Share" button saves): the children alone, ``params``
+    (a group's choice is a tag) and ``metrics`` as columns, best first by ``ranking``."""
+
+    def column(kind: str, key: str) -> str:
+        return f"{kind}.`{key}`"
+
+    columns = [column("tags" if key in CHOICE_TAGS else "params", key) for key in params]
+    columns += [column("metrics", name) for name in metrics]
+    view = {
+        "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        "orderByKey": column("metrics", ranking.metric),
+        "orderByAsc": not ranking.maximize,
+        "selectedColumns": columns,
+    }
+    return json.dumps(view)
 
 
 def metric_value(run: Run, metric: str) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +26,16 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from nnexp.compare import Configuration, Ranking
+    from nnexp.compare import Configuration, Ranking, Table
     from nnexp.tracking import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 
 PARENT_OVERRIDE = "tracking.parent_run_id"
 MAX_RUN_NAME = 250
+#: The run tag MLflow's UI shows as a run's description (Markdown), and the longest value MLflow keeps in a tag.
+DESCRIPTION_TAG = "mlflow.note.content"
+MAX_DESCRIPTION = 8000
 #: Settings of Hydra's sweepers and launchers that their plugins accept and then fail on mid-sweep, with a message
 #: that names no option (optuna's "No trials are completed yet", an AssertionError, a ZeroDivisionError):
 #: (group, option, setting, what it must be, the check).
@@ -168,7 +171,8 @@ class Sweep:
         # Every swept key keeps its column, even when failed jobs leave fewer runs to differ.
         params = [key for key in self.swept if any(key in compare.settings(run) for run in runs)]
         params += [key for key in compare.varying_params(runs) if key not in params]
-        table = compare.runs_table(runs, params, compare.shown_metrics(runs, ranking), ranking)
+        metrics = compare.shown_metrics(runs, ranking)
+        table = compare.runs_table(runs, params, metrics, ranking)
         groups = compare.configurations(runs, params, ranking)
         summary = self.directory / "summary"
         summary.mkdir(parents=True, exist_ok=True)
@@ -180,12 +184,16 @@ class Sweep:
             (summary / "configurations.md").write_text(grouped.markdown() + "\n")
         plot_summary(finished, groups, ranking, summary / "comparison.png")
         self.log_best(runs, params, ranking, groups)
+        self.parent.set_tags({DESCRIPTION_TAG: description(table, ranking)})
         self.parent.log_artifact(summary, "summary")
+        view = compare.sweep_view(self.parent.run_id, params, metrics, ranking)
+        saved = self.tracker.save_view(self.parent.run_id, view)
         print(f"\nsweep {self.parent.run_id}: {len(finished)} finished, {failed} failed; ranked by {ranking.metric}")
         print(table.text())
         if groups:
             print(f"\nmean ± std over seeds\n{grouped.text()}")
         print(f"summary: {summary}")
+        print(f"sweep {self.parent.run_id}: {self.tracker.where_to_see(view=self.parent.run_id if saved else None)}")
         return len(finished), failed
 
     def log_best(self, runs: list[Run], params: list[str], ranking: Ranking, groups: list[Configuration]) -> None:
@@ -211,6 +219,19 @@ class Sweep:
         self.parent.set_tags(
             {"best_run_id": best.info.run_id, "best_run_name": best.info.run_name, "objective": ranking.metric}
         )
+
+
+def description(table: Table, ranking: Ranking, limit: int = MAX_DESCRIPTION) -> str:
+    """The parent run's description in MLflow's UI: the children's table in Markdown, best first, with as many
+    rows as fit in a tag."""
+    heading = f"Ranked by `{ranking.metric}`, {'highest' if ranking.maximize else 'lowest'} first."
+    for shown in range(len(table.rows), -1, -1):
+        left = len(table.rows) - shown
+        more = f"\n\n{left} more in `summary/children.md`." if left else ""
+        text = f"{heading}\n\n{replace(table, rows=table.rows[:shown]).markdown()}{more}"
+        if len(text) <= limit:
+            return text
+    return heading[:limit]
 
 
 def swept_keys(overrides: list[str], search_space: Any) -> list[str]:

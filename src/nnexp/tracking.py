@@ -75,11 +75,20 @@ def mlflow_metrics(values: Mapping[str, float]) -> dict[str, float]:
     return {MLFLOW_METRIC_NAMES.get(key, key): value for key, value in values.items()}
 
 
-def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+#: The experiment tags where MLflow's UI looks up the view of a runs table that an address names with
+#: ``viewStateShareKey`` (its columns, filter and order); the UI's own "Share" button saves views there too.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None, view: str | None = None) -> str:
     """A page of MLflow's UI at ``base``, in its Model training view: MLflow 3 opens an experiment in its GenAI view
-    (traces, an empty overview) unless the address asks for ``workflowType=machine_learning``."""
+    (traces, an empty overview) unless the address asks for ``workflowType=machine_learning``. ``view`` names a
+    saved view of the runs table (:meth:`Tracker.save_view`), which MLflow applies on the table's own page only."""
     page = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
-    return f"{page}{f'/runs/{run_id}' if run_id else ''}?workflowType=machine_learning"
+    if run_id or view:
+        page += f"/runs/{run_id}" if run_id else "/runs"
+    query = {"viewStateShareKey": view} if view else {}
+    return f"{page}?{urllib.parse.urlencode({**query, 'workflowType': 'machine_learning'})}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -552,12 +561,27 @@ class Tracker:
         if Path.cwd().resolve() in database.resolve().parents[1:]:
             discard_dir(database.parent, set())
 
-    def where_to_see(self, run_id: str) -> str:
-        """How to look at a run: a server's page for it, or ``nnexp ui`` and the page it will serve."""
+    def where_to_see(self, run_id: str | None = None, view: str | None = None) -> str:
+        """How to look at a run (or the runs table in a saved ``view``): a server's page for it, or ``nnexp ui``
+        and the page it will serve."""
         if urllib.parse.urlparse(self.uri).scheme in ("http", "https"):
-            return f"see it at {ui_url(self.uri, self.experiment_id, run_id)}"
+            return f"see it at {ui_url(self.uri, self.experiment_id, run_id, view)}"
         command = "nnexp ui" if self.uri == resolve_uri(None, Path.cwd()) else f"nnexp ui --uri {self.uri}"
-        return f"see it with: {command}, then {ui_url(UI_ADDRESS, self.experiment_id, run_id)}"
+        return f"see it with: {command}, then {ui_url(UI_ADDRESS, self.experiment_id, run_id, view)}"
+
+    def save_view(self, key: str, view: str) -> bool:
+        """Save ``view`` (MLflow UI's JSON view state) for the address ``ui_url(..., view=key)``; whether it was."""
+        try:
+            self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG_PREFIX}{key}", view)
+        except Exception as exc:  # a view is a convenience: the runs are recorded without it
+            log.warning("the runs table's view was not saved: %s", store_error_reason(exc))
+            return False
+        return True
+
+    def saved_view(self, key: str) -> bool:
+        """Whether the experiment holds the view ``key``."""
+        tags = self.client.get_experiment(self.experiment_id).tags
+        return f"{VIEW_TAG_PREFIX}{key}" in tags
 
     def open_run(self, run_name: str, tags: Mapping[str, Any], outbox: Path | None = None) -> TrackedRun:
         """A new RUNNING run of this process, with a heartbeat; whoever opens it must :meth:`TrackedRun.end` it."""

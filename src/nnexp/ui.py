@@ -32,24 +32,39 @@ def main(argv: list[str]) -> int:
     add_store_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    parser.add_argument(
+        "--sweep",
+        metavar="RUN_ID|last",
+        help="open the runs table on this sweep's children, its objective and swept params as columns, best first; "
+        "'last' is the newest sweep",
+    )
     args = parser.parse_args(argv)
-    from nnexp.compare import open_experiment
+    from nnexp.compare import find_sweep, open_experiment
     from nnexp.tracking import ui_url
 
     try:
         if not 0 < args.port < 65536:
             raise NnexpError(f"--port must be in 1..65535, got {args.port}")
         tracker = open_experiment(args.uri, args.experiment)
+        view = None
+        if args.sweep:
+            view = find_sweep(tracker.client, tracker.experiment_id, args.sweep).info.run_id
+            if not tracker.saved_view(view):
+                raise NnexpError(
+                    f"--sweep {args.sweep}: experiment '{args.experiment}' has no view of run {view}'s children "
+                    "(a sweep saves one when it ends)"
+                )
         if urllib.parse.urlparse(tracker.uri).scheme not in ("http", "https"):
             check_address(args.host, args.port)
     except NnexpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if urllib.parse.urlparse(tracker.uri).scheme in ("http", "https"):
-        print(f"{tracker.uri} is a tracking server: open {ui_url(tracker.uri, tracker.experiment_id)}")
+        print(f"{tracker.uri} is a tracking server: open {ui_url(tracker.uri, tracker.experiment_id, view=view)}")
         return 0
     shown = "127.0.0.1" if args.host == "0.0.0.0" else args.host
-    print(f"open {ui_url(f'http://{shown}:{args.port}', tracker.experiment_id)} (Ctrl-C stops the UI)", flush=True)
+    page = ui_url(f"http://{shown}:{args.port}", tracker.experiment_id, view=view)
+    print(f"open {page} (Ctrl-C stops the UI)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri]
     command += ["--host", args.host, "--port", str(args.port)]
     try:
