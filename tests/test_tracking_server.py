@@ -130,6 +130,11 @@ def test_sweep_records_parent_children_metrics_and_artifacts_on_the_server(proje
         page += "?workflowType=machine_learning"  # else MLflow 3 opens the GenAI view
         assert page in result.stdout
     assert "View run" not in result.stdout
+    # The sweep's view of its children is saved on the server, and its last line opens it there.
+    assert f"mlflow.sharedViewState.{parent.info.run_id}" in client.get_experiment(experiment.experiment_id).tags
+    view = f"runs?viewStateShareKey={parent.info.run_id}&workflowType=machine_learning"
+    last = f"sweep {parent.info.run_id}: see it at {server.uri}/#/experiments/{experiment.experiment_id}/{view}"
+    assert result.stdout.strip().splitlines()[-1] == last
     for run in [parent, *children]:  # proxied by the server into its --artifacts-destination
         scheme, _, location = run.info.artifact_uri.partition(":")
         assert scheme == "mlflow-artifacts", run.info.artifact_uri
