@@ -88,7 +88,8 @@ def test_nnexp_ui_sweep_opens_the_sweeps_children_in_its_saved_view(project):
     try:
         first = ui.stdout.readline().strip()
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
+        # SIGKILL: `mlflow ui`, still starting, outlives a SIGTERM and goes on to start its workers.
+        os.killpg(ui.pid, signal.SIGKILL)
         ui.wait(timeout=60)
     page = f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs"
     view = f"?viewStateShareKey={parent.info.run_id}&workflowType=machine_learning"
