@@ -33,13 +33,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     args = parser.parse_args(argv)
-    from nnexp.compare import open_experiment
+    from nnexp.compare import open_experiment, reap_store
     from nnexp.tracking import ui_url
 
     try:
         if not 0 < args.port < 65536:
             raise NnexpError(f"--port must be in 1..65535, got {args.port}")
         tracker = open_experiment(args.uri, args.experiment)
+        reap_store(tracker.client)
         if urllib.parse.urlparse(tracker.uri).scheme not in ("http", "https"):
             check_address(args.host, args.port)
     except NnexpError as exc:
