@@ -112,6 +112,32 @@ def error_of(directory: Path) -> str:
         ("rng_state.uinteger", 2**40, "rng_state.uinteger must be an integer 0..4294967295, found 1099511627776"),
         ("callbacks", [], "callbacks must be an object, found []"),
         ("callbacks.early_stopping", 3, "callbacks.early_stopping must be an object, found 3"),
+        (
+            "callbacks.early_stopping",
+            {"best": 0.5, "best_epoch": -1, "wait": 0},
+            "callbacks.early_stopping.best_epoch must be an integer 0..1, found -1",
+        ),
+        (
+            "callbacks.early_stopping",
+            {"best": 0.5, "best_epoch": 7, "wait": 0},
+            "callbacks.early_stopping.best_epoch must be an integer 0..1, found 7",
+        ),
+        (
+            "callbacks.early_stopping",
+            {"best": 0.5, "best_epoch": 1, "wait": -3},
+            "callbacks.early_stopping.wait must be an integer 0..1, found -3",
+        ),
+        (
+            "callbacks.early_stopping",
+            {"best": float("nan"), "best_epoch": 1, "wait": 0},
+            "callbacks.early_stopping.best must be a finite number, found nan",
+        ),
+        (
+            "callbacks.early_stopping",
+            {"best": 0.5, "best_epoch": 0, "wait": 1},
+            "callbacks.early_stopping.best must be infinity, as no epoch was best yet, found 0.5",
+        ),
+        ("callbacks.early_stopping", {"best": 0.5, "wait": 0}, "callbacks.early_stopping.best_epoch is missing"),
     ],
 )
 def test_a_crafted_manifest_field_is_named_in_one_line(tmp_path, field, value, expected):
@@ -147,6 +173,39 @@ def test_the_history_arrays_must_match_the_manifest_and_the_epochs(tmp_path, cha
     directory = saved(tmp_path)
     weights = rewritten(directory, change)
     assert error_of(directory).startswith(f"{weights}: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "expected"),
+    [
+        ("train_loss", np.nan, "history/train_loss[epoch 1] must be a finite number, found nan"),
+        ("train_loss", np.inf, "history/train_loss[epoch 1] must be a finite number, found inf"),
+        ("train_accuracy", 1.5, "history/train_accuracy[epoch 1] must be a finite number >= 0 and <= 1, found 1.5"),
+        ("train_accuracy", -0.25, "history/train_accuracy[epoch 1] must be a finite number >= 0 and <= 1, found"),
+        ("epoch_seconds", -3.0, "history/epoch_seconds[epoch 1] must be a finite number >= 0 and <= 3.1536e+07"),
+        ("learning_rate", 0.0, "history/learning_rate[epoch 1] must be a rate > 0, found 0.0"),
+        ("learning_rate", -np.inf, "history/learning_rate[epoch 1] must be a finite number >= 0, found -inf"),
+    ],
+)
+def test_history_values_must_be_finite_and_within_their_metrics_range(tmp_path, metric, value, expected):
+    """Resumed, they were logged to MLflow as the run's record and read by early stopping."""
+    directory = saved(tmp_path)
+    weights = rewritten(directory, lambda arrays: arrays | {f"history/{metric}": np.array([value])})
+    assert error_of(directory).startswith(f"{weights}: {expected}")
+
+
+def test_a_format_1_history_is_checked_the_same_way(tmp_path):
+    directory = saved(tmp_path)
+    history = checkpoint.load(directory).training_state().history
+    rewritten(directory, lambda arrays: {k: v for k, v in arrays.items() if not k.startswith("history/")})
+    history["train_loss"] = [float("inf")]
+    edit(
+        directory,
+        lambda manifest: {**set_in(manifest, "weights_sha256", KeyError), "format": 1, "history": history},
+    )
+    assert error_of(directory) == (
+        f"{directory / checkpoint.MANIFEST}: history.train_loss[epoch 1] must be a finite number, found inf"
+    )
 
 
 def test_the_history_is_kept_in_the_npz_and_read_back_as_floats(tmp_path):
@@ -254,6 +313,35 @@ def test_restore_refuses_weights_that_are_not_finite(tmp_path):
     loaded.arrays["network/dense0.weight"] = loaded.arrays["network/dense0.weight"] * np.nan
     with pytest.raises(DataError, match=r"network/dense0\.weight holds NaN or infinity, which no checkpoint of"):
         loaded.restore(network, optimizer, rng, {}, trainer, 40)
+
+
+@pytest.mark.parametrize(
+    ("key", "dtype"),
+    [
+        ("network/dense0.weight", np.int64),
+        ("network/dense1.bias", np.float16),
+        ("network/dense0.weight", np.float64),
+        ("optimizer/m/weight", np.float16),
+        ("callback/early_stopping/best_weights.dense0.weight", np.int64),
+    ],
+)
+def test_restore_refuses_arrays_of_another_dtype_than_the_runs(tmp_path, key, dtype):
+    """Loading copied them into the float32 network silently: int64 weights truncated, float16 ones rounded."""
+    from nnexp.core.training import EarlyStopping
+
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    stopping = EarlyStopping(trainer, network, "train_loss")
+    loaded.manifest["callbacks"] = {"early_stopping": {"best": 0.5, "best_epoch": 1, "wait": 0}}
+    loaded.arrays["callback/early_stopping/best_weights.dense0.weight"] = loaded.arrays["network/dense0.weight"]
+    if key.startswith("optimizer/"):
+        key = next(name for name in loaded.arrays if name.startswith("optimizer/m/"))
+    loaded.arrays[key] = loaded.arrays[key].astype(dtype)
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)
+    assert str(raised.value) == (
+        f"{loaded.weights}: {key} is {np.dtype(dtype)}, but this run's trainer.dtype is float32"
+    )
 
 
 def test_partial_files_are_removed_at_the_next_write_and_are_no_checkpoint_file(tmp_path):
@@ -392,6 +480,29 @@ def test_resume_refuses_another_runs_weights_copied_over_its_checkpoint(project)
         1,
         f"error: {weights}: was not written by run {run_id}'s checkpoint (its SHA-256 differs from the one "
         "checkpoint.json records); another file was copied over it",
+    )
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2
+
+
+def test_resume_refuses_weights_of_another_dtype_and_a_history_that_is_not_finite(project):
+    """Both were resumed silently: int64 weights cast into the float32 network, an inf loss logged as the record."""
+    client, run_id, directory = finished_then_killed(project)
+    original = {path: path.read_bytes() for path in directory.iterdir()}
+    key = "network/dense0.weight"
+    weights = rewritten(directory, lambda arrays: arrays | {key: arrays[key].astype(np.int64)})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: network/dense0.weight is int64, but this run's trainer.dtype is float32",
+    )
+    for path, data in original.items():
+        path.write_bytes(data)
+    rewritten(directory, lambda arrays: arrays | {"history/train_loss": np.array([0.7, np.inf])})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: history/train_loss[epoch 2] must be a finite number, found inf",
     )
     assert client.get_run(run_id).info.status == "KILLED"
     assert len(client.get_metric_history(run_id, "train_loss")) == 2

@@ -430,11 +430,12 @@ class BadData(Dataset):
 
     def load(self, rng):
         x, y = rng.normal(size=(40, 2)), np.arange(40) % 2
+        names = ("a\\nb", "c") if self.fault == "newline" else ("a", "b")
         if self.fault == "feature":
             x[5, 1] = np.nan
-        else:
+        elif self.fault == "label":
             y[3] = 7
-        return Splits(x[:30], y[:30], x[30:], y[30:], n_classes=int(y.max()) + 1, class_names=("a", "b"))
+        return Splits(x[:30], y[:30], x[30:], y[30:], n_classes=int(y.max()) + 1, class_names=names)
 """
 
 
@@ -443,6 +444,11 @@ class BadData(Dataset):
     [
         ("feature", "dataset bad_data: train split: feature 1 of sample 5 is nan, not a finite number"),
         ("label", "dataset bad_data: 2 class names for n_classes=8"),
+        # It split nnexp predict's output line in two.
+        (
+            "newline",
+            "dataset bad_data: class name 'a\\nb' must be a string without control characters (such as a newline)",
+        ),
     ],
 )
 def test_a_plugin_dataset_unfit_to_train_on_is_one_line_before_any_run(project, fault, named):

@@ -494,3 +494,129 @@ def test_a_deleted_run_is_not_resumed_and_says_how_to_restore_it(tracker, status
     restore = f"mlflow runs restore --run-id {run_id}"
     assert str(refused.value) == f"run {run_id} is deleted; restore it first with: {restore}"
     assert tracker.client.get_run(run_id).info.status == status
+
+
+def test_predict_run_marks_a_ghost_killed_and_says_it_ended_before_logging_a_model(tracker, tmp_path, caplog):
+    """It left the run RUNNING and said it "was trained before nnexp logged one"."""
+    from nnexp.errors import NnexpError
+    from nnexp.predict import download_run_model
+
+    bare = crafted(tracker, **{PID: str(ended_pid())})
+    kept = crafted(tracker, **{PID: str(ended_pid()), "output_dir": str(tmp_path)})
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint.json").write_text("{}")
+    missing = "has no logged MLflow model 'model': it ended before logging one"
+    with caplog.at_level(logging.WARNING, "nnexp.liveness"):
+        for run_id, advice in ((bare, ""), (kept, f"; continue it with: python -m nnexp resume={kept}")):
+            with pytest.raises(NnexpError) as raised:
+                download_run_model(run_id, tracker.uri, tmp_path / "download")
+            assert str(raised.value) == f"run {run_id} in {tracker.uri} is KILLED ({REASON}) and {missing}{advice}"
+            assert tracker.client.get_run(run_id).info.status == "KILLED"
+    assert [message.split(" marked KILLED")[0] for message in caplog.messages] == [
+        f"run crafted ({bare})",
+        f"run crafted ({kept})",
+    ]
+
+
+def test_a_run_without_a_model_is_described_as_it_is(tracker, tmp_path):
+    from nnexp.tracking import without_model
+
+    alive = tracker.client.get_run(crafted(tracker))
+    assert without_model(tracker.client, alive, "model") == (
+        f"is still RUNNING in process {os.getpid()} on {socket.gethostname()} and has no logged MLflow model 'model' "
+        "yet; ask again once it has finished"
+    )
+    copy = tmp_path / "model"
+    copy.mkdir()
+    (copy / "MLmodel").write_text("flavors: {}\n")
+    finished = tracker.client.get_run(crafted(tracker, "FINISHED", output_dir=str(tmp_path)))
+    assert without_model(tracker.client, finished, "model") == (
+        f"is FINISHED and has no logged MLflow model 'model'; its saved copy: nnexp predict model={copy}"
+    )
+    failed = crafted(tracker, "FAILED", failure_reason="loss became NaN at epoch 3, batch 1\nsecond line")
+    tracker.client.log_artifact(failed, str(copy / "MLmodel"), "checkpoint")
+    assert without_model(tracker.client, tracker.client.get_run(failed), "model") == (
+        "is FAILED (loss became NaN at epoch 3, batch 1) and has no logged MLflow model 'model': it ended before "
+        f"logging one; continue it with: python -m nnexp resume={failed}"
+    )
+
+
+def test_nnexp_ui_marks_the_ghosts_of_every_experiment_killed(tmp_path, monkeypatch):
+    """``nnexp ui`` showed them RUNNING for ever."""
+    from nnexp import ui
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    own, other = Tracker(uri, "nnexp"), Tracker(uri, "other")
+    ghosts = [crafted(own, **{PID: str(ended_pid())}), crafted(other, **{PID: str(ended_pid())})]
+    alive = crafted(own)
+    started = []
+
+    def mlflow_ui(command: list[str]) -> subprocess.CompletedProcess[str]:
+        started.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(ui.subprocess, "run", mlflow_ui)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert ui.main(["--uri", uri, "--port", str(port)]) == 0 and started
+    assert [own.client.get_run(run_id).info.status for run_id in ghosts] == ["KILLED", "KILLED"]
+    assert own.client.get_run(alive).info.status == "RUNNING"
+
+
+def sync_outbox(folder: Path, uri: str, run_id: str) -> None:
+    """An outbox in ``folder``, as a run whose store was away when it finished leaves it."""
+    (folder / "config.yaml").write_text("seed: 0\n")
+    contents = {
+        "tracking_uri": uri,
+        "run_id": run_id,
+        "status": "FINISHED",
+        "metrics": [["train_loss", 0.5, 1700000000000, 1]],
+        "tags": {},
+        "artifacts": [[str(folder / "config.yaml"), None]],
+    }
+    (folder / "mlflow_outbox.json").write_text(json.dumps(contents))
+
+
+def test_nnexp_sync_marks_its_ghost_and_sends_the_outbox_status_in_place_of_the_guess(tracker, tmp_path):
+    """``nnexp sync`` left a ghost RUNNING when it refused its outbox, and kept the reap's failure_reason on a run
+    whose outbox then said FINISHED."""
+    from nnexp.errors import NnexpError
+    from nnexp.outbox import sync
+
+    own, elsewhere = tmp_path / "own", tmp_path / "elsewhere"
+    own.mkdir()
+    elsewhere.mkdir()
+    refused = crafted(tracker, **{PID: str(ended_pid()), "output_dir": str(elsewhere)})
+    sync_outbox(own, tracker.uri, refused)
+    with pytest.raises(NnexpError, match="is the run of"):
+        sync(own)
+    run = tracker.client.get_run(refused)
+    assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", REASON)
+
+    sent = crafted(tracker, **{PID: str(ended_pid()), "output_dir": str(own)})
+    sync_outbox(own, tracker.uri, sent)
+    assert sync(own).endswith("status FINISHED")
+    run = tracker.client.get_run(sent)
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    assert [metric.value for metric in tracker.client.get_metric_history(sent, "train_loss")] == [0.5]
+
+
+def test_through_the_cli_predict_run_of_a_ghost_says_it_was_killed(tracker, tmp_path):
+    run_id = crafted(tracker, **{PID: str(ended_pid())})
+    (tmp_path / "points.csv").write_text("1,2\n")
+    command = ["predict", f"run={run_id}", f"input={tmp_path / 'points.csv'}", f"tracking.uri={tracker.uri}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "nnexp", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [
+        f"run crafted ({run_id}) marked KILLED: process {tracker.client.get_run(run_id).data.tags[PID]} on "
+        f"{socket.gethostname()} has ended",
+        f"error: run {run_id} in {tracker.uri} is KILLED ({REASON}) and has no logged MLflow model 'model': it ended "
+        "before logging one",
+    ]

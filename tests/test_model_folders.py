@@ -106,6 +106,11 @@ def test_an_mlmodel_that_is_no_mapping_or_no_yaml(model, capsys):
         (lambda spec: spec.update(dtype="object"), "dtype must be one of float32, float64, found 'object'"),
         (lambda spec: spec.update(layers=[]), "layers must be a list of layers, found []"),
         (lambda spec: spec.update(extra=1), "the network description must be an object of layers, dtype"),
+        (
+            lambda spec: spec.update(class_names=["left\n1: right (p=1.000)", "right"]),
+            "class_names[0] must be a name without control characters, found 'left\\n1: right (p=1.000)'",
+        ),
+        (lambda spec: spec.update(class_names=["left", "\x1b[2J"]), "class_names[1] must be a name without control"),
     ],
 )
 def test_a_crafted_network_description_is_named_in_one_line(model, capsys, change, expected):
@@ -136,6 +141,57 @@ def test_weights_are_read_only_from_inside_the_model_folder(model, tmp_path, cap
     np.savez(weights, **{"dense0.weight": np.array([{"a": 1}], dtype=object)})
     assert predict(model, capsys) == (
         f"error: {weights}: array dense0.weight holds Python objects; nnexp saves numbers only"
+    )
+
+
+def rewrite_weights(model: Path, change) -> Path:
+    weights = model / "data" / "nnexp" / "weights.npz"
+    with np.load(weights) as data:
+        arrays = dict(data)
+    np.savez(weights, **change(arrays))
+    return weights
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda a: a | {"dense0.weight": a["dense0.weight"] * np.nan}, "dense0.weight holds NaN or infinity, which no"),
+        (lambda a: a | {"dense1.bias": np.full_like(a["dense1.bias"], np.inf)}, "dense1.bias holds NaN or infinity"),
+        (lambda a: a | {"dense0.weight": a["dense0.weight"].astype(np.int64)}, "dense0.weight is int64, but network"),
+        (lambda a: a | {"dense0.bias": a["dense0.bias"].astype(np.float64)}, "dense0.bias is float64, but network"),
+    ],
+)
+def test_weights_must_be_finite_and_of_the_models_dtype(model, capsys, change, expected):
+    """``nnexp predict`` printed ``p=nan`` for NaN weights, and predicted from int64 ones cast to float32, exit 0."""
+    weights = rewrite_weights(model, change)
+    assert predict(model, capsys).startswith(f"error: {weights}: {expected}")
+
+
+def test_mlflows_own_loader_refuses_them_with_the_same_line(model):
+    """``mlflow.pyfunc.load_model`` goes through the same loader, so through the same check."""
+    import mlflow.pyfunc
+
+    from nnexp.errors import DataError
+
+    weights = rewrite_weights(model, lambda a: a | {"dense0.weight": a["dense0.weight"].astype(np.int64)})
+    with pytest.raises(DataError) as raised:
+        mlflow.pyfunc.load_model(str(model))
+    assert str(raised.value) == f"{weights}: dense0.weight is int64, but network.json's dtype is float32"
+
+
+def test_through_the_cli_nan_weights_are_one_line_and_no_prediction(tmp_path):
+    model = saved(tmp_path / "model")
+    weights = rewrite_weights(model, lambda a: a | {"dense0.weight": a["dense0.weight"] * np.nan})
+    (tmp_path / "points.csv").write_text(POINTS)
+    result = subprocess.run(
+        [sys.executable, "-m", "nnexp", "predict", f"model={model}", f"input={tmp_path / 'points.csv'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.strip() == (
+        f"error: {weights}: dense0.weight holds NaN or infinity, which no model of nnexp's does"
     )
 
 

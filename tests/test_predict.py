@@ -299,7 +299,8 @@ def test_unknown_runs_runs_without_a_model_and_missing_stores(store, tmp_path, i
     path.write_text("1,2\n")
     uri = f"tracking.uri=sqlite:///{project / 'outputs' / 'mlflow.db'}"
     assert_error(in_process("run=0123456789abcdef", f"input={path}", uri), "run 0123456789abcdef not found in")
-    assert_error(cli(f"run={bare_id}", f"input={path}", cwd=project), f"run {bare_id}", "has no MLflow model 'model'")
+    missing = "is FINISHED and has no logged MLflow model 'model'"
+    assert_error(cli(f"run={bare_id}", f"input={path}", cwd=project), f"run {bare_id}", missing)
     assert_error(in_process(f"run={bare_id}", f"input={path}"), "no MLflow store at", "tracking.uri=")
     assert not (tmp_path / "outputs").exists()
 

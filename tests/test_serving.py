@@ -460,3 +460,25 @@ def test_a_resumed_run_logging_its_model_again_keeps_one(tmp_path):
     assert [model.model_id for model in found] == [second] and first != second
     with _use_tracking_uri(uri):
         assert mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model").metadata.model_id == second
+
+
+def test_a_run_resumed_twice_keeps_its_newest_model_and_predict_finds_it(tmp_path):
+    """The run still lists the model its first resume deleted: the second resume then failed to log its model
+    (and had deleted the first resume's), and ``nnexp predict run=`` ended in an MlflowException traceback."""
+    from nnexp.predict import download_run_model
+    from nnexp.serving import logged_models
+    from nnexp.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    network, loss = trained_like("cross_entropy")
+    spec = describe(network, loss, list("abcd"))
+    with tracker.start_run("serving", {}) as run:
+        ids = [log_model(run, network, spec, inputs(), step=1) for _ in range(3)]
+    assert None not in ids
+    client = tracker.client
+    assert [model.model_id for model in logged_models(client, client.get_run(run.run_id))] == [ids[-1]]
+    found = client.search_logged_models([tracker.experiment_id], filter_string=f"source_run_id = '{run.run_id}'")
+    assert [model.model_id for model in found] == [ids[-1]]
+    folder = download_run_model(run.run_id, uri, tmp_path / "download")
+    assert load(folder / "data" / "nnexp").spec == spec

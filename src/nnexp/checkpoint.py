@@ -33,7 +33,7 @@ from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer, fits
 from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
 from nnexp.errors import DataError
-from nnexp.schema import RUN_ID, Fields, inside, load_npz, parse_json, sha256_of
+from nnexp.schema import RUN_ID, Fields, check_weights, inside, load_npz, parse_json, sha256_of
 
 MANIFEST = "checkpoint.json"
 #: Format 2 records the SHA-256 of the ``.npz`` and keeps the metric history in it; format 1, written by earlier
@@ -90,12 +90,15 @@ class Checkpoint:
         taken within an epoch must lie within it.
         """
         self._check_progress(trainer, n_samples)
+        # Besides the step count, the network's weights, the optimizer's state and what callbacks keep (early
+        # stopping's best weights) are all arrays of the run's dtype.
+        weights = {
+            key: value
+            for key, value in self.arrays.items()
+            if key.startswith(("network/", "optimizer/", "callback/")) and key != "optimizer/iterations"
+        }
+        check_weights(self.weights, weights, network.dtype, "this run's trainer.dtype", "checkpoint")
         self._check_optimizer(network, optimizer)
-        for prefix in ("network/", "optimizer/"):  # training stops at the first non-finite loss, before saving
-            for key, value in self.section(prefix).items():
-                if value.dtype.kind == "f" and not np.isfinite(value).all():
-                    found = f"{self.weights}: {prefix}{key} holds NaN or infinity"
-                    raise DataError(f"{found}, which no checkpoint of nnexp's does")
         try:
             network.load_state_dict(self.section("network/"))
             optimizer.load_state_dict(self.section("optimizer/"))
@@ -230,7 +233,31 @@ def load(path: Path) -> Checkpoint:
         )
     if manifest["format"] >= 2:
         manifest["history"] = history_of(arrays, manifest["history"], manifest["progress"]["epoch"], weights)
+        check_history(Fields(weights), manifest["history"], "history/{}")
+    else:
+        check_history(Fields(manifest_path), manifest["history"], "history.{}")
     return Checkpoint(manifest_path, manifest, arrays)
+
+
+#: The range of each per-epoch metric's values, which must be finite: (at least, at most).
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "train_accuracy": (0.0, 1.0),
+    "val_accuracy": (0.0, 1.0),
+    "epoch_seconds": (0.0, EPOCH_SECONDS_AT_MOST),
+    "learning_rate": (0.0, None),
+}
+
+
+def check_history(fields: Fields, history: Mapping[str, list[float]], name: str) -> None:
+    """Every value of the per-epoch ``history`` must be finite and within its metric's range: resumed, it is logged
+    to MLflow as the run's record and read by early stopping. ``name`` formats a metric's name as its field."""
+    for metric, values in history.items():
+        low, high = METRIC_RANGES.get(metric, (None, None))
+        for epoch, value in enumerate(values, 1):
+            field = f"{name.format(metric)}[epoch {epoch}]"
+            fields.number(value, field, low, high=high)
+            # A schedule's rate is checked to be > 0 every epoch, so none of nnexp's runs trained at 0.
+            fields.check(metric != "learning_rate" or value > 0, field, "a rate > 0", value)
 
 
 def history_of(arrays: dict[str, np.ndarray], names: list[str], epoch: int, weights: Path) -> dict[str, list[float]]:
@@ -293,6 +320,21 @@ def check_manifest(manifest: object, path: Path) -> None:
     callbacks = fields.mapping(fields.get(manifest, "callbacks"), "callbacks")
     for name, values in callbacks.items():
         fields.mapping(values, f"callbacks.{name}")
+    if "early_stopping" in callbacks:
+        check_early_stopping(fields, callbacks["early_stopping"], epoch)
+
+
+def check_early_stopping(fields: Fields, state: dict[str, Any], epoch: int) -> None:
+    """Early stopping's kept values after ``epoch`` epochs: its best epoch and the epochs waited since lie within
+    them, and its best value is the best epoch's (finite), or infinity before any epoch was best."""
+    field = "callbacks.early_stopping"
+    best_epoch = fields.integer(fields.get(state, f"{field}.best_epoch"), f"{field}.best_epoch", 0, epoch)
+    fields.integer(fields.get(state, f"{field}.wait"), f"{field}.wait", 0, epoch)
+    best = fields.get(state, f"{field}.best")
+    if best_epoch:
+        fields.number(best, f"{field}.best")
+    else:
+        fields.check(best in (math.inf, -math.inf), f"{field}.best", "infinity, as no epoch was best yet", best)
 
 
 def configured_epochs(fields: Fields, config: object) -> int:

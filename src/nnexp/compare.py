@@ -88,6 +88,23 @@ def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: 
             return found
 
 
+def reap_store(client: MlflowClient) -> None:
+    """Mark KILLED each RUNNING run of every experiment in the store whose process is gone (see
+    :func:`nnexp.liveness.reap`), for a command that shows them all, such as ``nnexp ui``."""
+    from nnexp.liveness import reap
+
+    experiment_ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_experiments(page_token=token)
+        experiment_ids += [experiment.experiment_id for experiment in page]
+        token = page.token
+        if not token:
+            break
+    if experiment_ids:
+        reap(client, search_runs(client, experiment_ids, "attributes.status = 'RUNNING'"))
+
+
 def settings(run: Run) -> dict[str, str]:
     """A run's params, plus the config group choices it recorded as tags (``model: deep_sigmoid``); a job that
     failed before its config was composed has only its overrides (tag ``overrides``), which then stand in."""

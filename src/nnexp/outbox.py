@@ -60,6 +60,8 @@ def sync(folder: Path, uri: str | None = None) -> str:
     store = uri or outbox["tracking_uri"]
     client = existing_store(store, f"send {path} with: nnexp sync {folder} --uri URI")
     found = find_run(client, outbox["run_id"], f"{path}: run_id {outbox['run_id']} is no run in {store}")
+    if found.info.lifecycle_stage != "deleted":  # MLflow refuses to change a deleted run
+        [found], _ = liveness.reap(client, [found])
     recorded = found.data.tags.get("output_dir")
     if recorded is not None and Path(recorded).resolve() != folder.resolve():
         raise DataError(f"{path}: run_id {outbox['run_id']} is the run of {recorded}, not of {folder.resolve()}")
@@ -81,9 +83,12 @@ def sync(folder: Path, uri: str | None = None) -> str:
     run._artifacts = artifacts
     counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
     run.end(outbox["status"])
-    from nnexp.serving import upload_model
+    if found.data.tags.get("failure_reason") == liveness.REASON and "failure_reason" not in outbox["tags"]:
+        # The run was closed after all, and its outbox says how: the reap's guess is no longer its record.
+        client.delete_tag(run.run_id, "failure_reason")
+    from nnexp.serving import logged_models, upload_model
 
-    if has_model and not run.client.get_run(run.run_id).outputs.model_outputs:
+    if has_model and not logged_models(run.client, run.client.get_run(run.run_id)):
         upload_model(run.client, run.run_id, model)
     path.unlink()
     return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}"

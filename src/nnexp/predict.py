@@ -198,20 +198,17 @@ def download_run_model(run_id: str, uri: str, destination: Path) -> Path:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from nnexp.serving import MODEL_NAME
-    from nnexp.tracking import existing_store, find_run
+    from nnexp.liveness import reap
+    from nnexp.serving import MODEL_NAME, logged_models
+    from nnexp.tracking import existing_store, find_run, without_model
 
     client = existing_store(uri, "name the run's store with tracking.uri=...")
-    run = find_run(client, run_id, f"run {run_id} not found in {uri}")
+    [run], _ = reap(client, [find_run(client, run_id, f"run {run_id} not found in {uri}")])
     # Not download_artifacts("runs:/<id>/model"): MLflow resolves the run's logged model through the global
     # tracking URI, not the one passed, and would open (and create) ./mlflow.db.
-    outputs = run.outputs.model_outputs if run.outputs else []
-    models = [client.get_logged_model(output.model_id) for output in outputs]
-    logged = [model for model in models if model.name == MODEL_NAME]
+    logged = logged_models(client, run)
     if not logged:
-        raise NnexpError(
-            f"run {run_id} in {uri} has no MLflow model '{MODEL_NAME}'; it was trained before nnexp logged one"
-        )
+        raise NnexpError(f"run {run_id} in {uri} {without_model(client, run, MODEL_NAME)}")
     model = logged[-1]
     if str(model.status) != "READY":
         raise NnexpError(f"run {run_id}: its model {model.model_id} is {model.status}, not READY")

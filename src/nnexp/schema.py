@@ -93,6 +93,23 @@ class Fields:
         return float(value)  # type: ignore[arg-type]
 
 
+def printable(name: object) -> bool:
+    """Whether ``name`` is a string without control characters or line separators: a class name is printed inside
+    one line of output (``nnexp predict``), which a newline in it would split."""
+    return isinstance(name, str) and name.isprintable()
+
+
+def check_weights(path: Path, arrays: Mapping[str, np.ndarray], dtype: np.dtype, whose: str, kind: str) -> None:
+    """Each of ``arrays`` (read from ``path``) must be finite numbers of ``dtype``, which ``whose`` names; raises
+    :class:`DataError` naming the file and the array. Loading would cast int64 or float16 weights silently, and NaN
+    weights predict nothing (training stops at the first non-finite loss, before any ``kind`` is saved)."""
+    for key, array in arrays.items():
+        if array.dtype != dtype:
+            raise DataError(f"{path}: {key} is {array.dtype}, but {whose} is {dtype}")
+        if not np.isfinite(array).all():
+            raise DataError(f"{path}: {key} holds NaN or infinity, which no {kind} of nnexp's does")
+
+
 def parse_json(text: str) -> object:
     """``json.loads``, with JSON nested too deep for Python's recursive parser (a crafted file) raised as the
     ValueError any other malformed JSON raises, so that a reader's one ``except ValueError`` covers both."""

@@ -34,11 +34,12 @@ from nnexp.core.losses import Loss
 from nnexp.core.network import Sequential
 from nnexp.errors import DataError, NnexpError
 from nnexp.registry import config_parameters
-from nnexp.schema import Fields, inside, load_npz, npz_arrays, parse_json, shown
+from nnexp.schema import Fields, check_weights, inside, load_npz, npz_arrays, parse_json, printable, shown
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModel, Run
     from mlflow.models.signature import ModelSignature
 
     from nnexp.datasets.base import Dataset
@@ -122,6 +123,8 @@ class NetworkSpec:
         names = fields.strings(fields.get(found, "class_names"), "class_names")
         fields.check(len(names) == width, "class_names", f"{width} names, one per output", names)
         fields.check(len(set(names)) == len(names), "class_names", "different names, one per class", names)
+        for index, name in enumerate(names):
+            fields.check(printable(name), f"class_names[{index}]", "a name without control characters", name)
         rule = fields.get(found, "probabilities")
         fields.check(rule in PROBABILITY_RULES, "probabilities", f"one of {', '.join(PROBABILITY_RULES)}", rule)
         spec = cls(**found)
@@ -365,7 +368,9 @@ def load(data_path: str | Path) -> NetworkModel:
         raise DataError(f"{spec_path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{spec_path}: malformed layer list: {type(exc).__name__}: {exc}") from None
-    network.load_state_dict(load_npz(weights))
+    arrays = load_npz(weights)
+    check_weights(weights, arrays, network.dtype, f"{spec_path.name}'s dtype", "model")
+    network.load_state_dict(arrays)
     return NetworkModel(network, spec)
 
 
@@ -534,10 +539,9 @@ def upload_model(client: MlflowClient, run_id: str, directory: Path, step: int =
     from mlflow.models import Model
 
     source = client.get_run(run_id)
-    for output in source.outputs.model_outputs if source.outputs else []:
+    for earlier in logged_models(client, source):
         # Logged by an earlier attempt of this run, killed after logging it and now resumed: one model stays.
-        if client.get_logged_model(output.model_id).name == MODEL_NAME:
-            client.delete_logged_model(output.model_id)
+        client.delete_logged_model(earlier.model_id)
     model = client.create_logged_model(
         source.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=dict(source.data.params)
     )
@@ -555,6 +559,24 @@ def upload_model(client: MlflowClient, run_id: str, directory: Path, step: int =
         raise
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
+
+
+def logged_models(client: MlflowClient, run: Run) -> list[LoggedModel]:
+    """The models named ``model`` that ``run`` logged and that still exist: a resumed run deletes its earlier
+    attempt's, which the run still lists among its outputs."""
+    from mlflow.exceptions import MlflowException
+
+    found = []
+    for output in run.outputs.model_outputs if run.outputs else []:
+        try:
+            model = client.get_logged_model(output.model_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            continue
+        if model.name == MODEL_NAME:
+            found.append(model)
+    return found
 
 
 def _link_metrics(client: MlflowClient, run_id: str, model_id: str, metrics: Mapping[str, float], step: int) -> None:

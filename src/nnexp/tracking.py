@@ -313,6 +313,27 @@ def resumable(client: MlflowClient, run: Run) -> Run:
     return run
 
 
+def without_model(client: MlflowClient, run: Run, name: str) -> str:
+    """What is true of ``run``, which logged no model ``name``: its status, why it has none, and what to do."""
+    from nnexp.checkpoint import MANIFEST
+
+    info, tags = run.info, run.data.tags
+    missing = f"has no logged MLflow model '{name}'"
+    if info.status == "RUNNING":
+        where = f" in process {tags[liveness.PID]} on {tags.get(liveness.HOST)}" if liveness.PID in tags else ""
+        return f"is still RUNNING{where} and {missing} yet; ask again once it has finished"
+    folder = Path(tags["output_dir"]) if tags.get("output_dir") else None
+    if info.status == "FINISHED":
+        kept = folder / name if folder is not None and (folder / name / "MLmodel").is_file() else None
+        return f"is FINISHED and {missing}" + (f"; its saved copy: nnexp predict model={kept}" if kept else "")
+    reason = (tags.get("failure_reason", "").strip().splitlines() or [""])[0][:200]
+    found = f"is {info.status}" + (f" ({reason})" if reason else "") + f" and {missing}: it ended before logging one"
+    local = folder is not None and (folder / "checkpoints" / MANIFEST).is_file()
+    if local or "checkpoint" in {entry.path for entry in client.list_artifacts(info.run_id)}:
+        found += f"; continue it with: python -m nnexp resume={info.run_id}"
+    return found
+
+
 class TrackedRun:
     """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow.
 

@@ -39,13 +39,14 @@ def main(argv: list[str]) -> int:
         "'last' is the newest sweep",
     )
     args = parser.parse_args(argv)
-    from nnexp.compare import find_sweep, open_experiment
+    from nnexp.compare import find_sweep, open_experiment, reap_store
     from nnexp.tracking import ui_url
 
     try:
         if not 0 < args.port < 65536:
             raise NnexpError(f"--port must be in 1..65535, got {args.port}")
         tracker = open_experiment(args.uri, args.experiment)
+        reap_store(tracker.client)
         view = None
         if args.sweep:
             view = find_sweep(tracker.client, tracker.experiment_id, args.sweep).info.run_id

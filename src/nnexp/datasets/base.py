@@ -9,6 +9,7 @@ import numpy as np
 
 from nnexp.errors import DataError, require
 from nnexp.registry import Registry
+from nnexp.schema import printable
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class Splits:
         labels in ``0..n_classes-1`` as rows, and one class name per class."""
         if self.class_names is not None and len(self.class_names) != self.n_classes:
             raise DataError(f"{len(self.class_names)} class names for n_classes={self.n_classes}")
+        for name in self.class_names or ():
+            if not printable(name):
+                raise DataError(f"class name {name!r} must be a string without control characters (such as a newline)")
         for part, x, y in self.parts():
             if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
                 kinds = f"{type(x).__name__} and {type(y).__name__}"
