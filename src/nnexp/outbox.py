@@ -3,6 +3,7 @@ by ``nnexp sync`` once the store answers again."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,11 +81,12 @@ def sync(folder: Path, uri: str | None = None) -> str:
     run._tags = dict(outbox["tags"])
     run._artifacts = artifacts
     counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
-    run.end(outbox["status"])
-    from nnexp.serving import upload_model
+    from nnexp.serving import has_ready_model, upload_model
 
-    if has_model and not run.client.get_run(run.run_id).outputs.model_outputs:
-        upload_model(run.client, run.run_id, model)
+    if has_model and not has_ready_model(client, run.run_id):  # never logged, or its upload failed
+        run.hold_model(model, functools.partial(upload_model, client, run.run_id, model))
+        counts += ", the model"
+    run.end(outbox["status"])
     path.unlink()
     return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}"
 
