@@ -514,7 +514,7 @@ def log_saved_model(run: TrackedRun, directory: Path, step: int = 0, kept: bool 
     to ``nnexp sync`` (see :meth:`TrackedRun.hold_model`).
     """
     if not run.flush():  # the final metrics go first, so that they can be linked to the model
-        reason = "it does not answer"
+        reason = f"it cannot write ({run.disk_error})" if run.disk_error else "it does not answer"
     else:
         try:
             return upload_model(run.client, run.run_id, directory, step)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnexp import liveness
-from nnexp.errors import ConfigError, Interrupted, NnexpError
+from nnexp.errors import ConfigError, Interrupted, NnexpError, interruption
 from nnexp.folders import describe_os_error
 
 try:
@@ -338,6 +338,11 @@ class TrackedRun:
         #: A model the store did not take, where it is kept, and how to log it when the store takes requests again.
         self._model: tuple[Path, Callable[[], object]] | None = None
 
+    @property
+    def disk_error(self) -> str | None:
+        """Why the store's disk refused the last request that failed (``database or disk is full: …``), if it did."""
+        return self._disk_error
+
     def start_heartbeat(self) -> None:
         self._heartbeat = liveness.Heartbeat(self.client, self.run_id)
 
@@ -494,8 +499,8 @@ class TrackedRun:
         except OSError as exc:  # the run's folder is on the store's full disk too
             raise TrackingStoreError(
                 f"tracking store {self.store} {trouble}, and the outbox cannot be kept either "
-                f"({describe_os_error(exc, 'write')}); run {self.run_id} stays RUNNING (nnexp runs marks it KILLED "
-                f"once this process ends) without its {model}last metrics, tags and artifacts"
+                f"({describe_os_error(exc, 'write', self.outbox)}); run {self.run_id} stays RUNNING (nnexp runs "
+                f"marks it KILLED once this process ends) without its {model}last metrics, tags and artifacts"
             ) from None
         raise TrackingStoreError(
             f"tracking store {self.store} {trouble}; run {self.run_id}'s {model}last metrics, tags, artifacts and "
@@ -634,14 +639,14 @@ class Tracker:
         try:
             yield run
         except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            reason = str(exc) or ("interrupted (SIGINT)" if interrupted else type(exc).__name__)
+            stop = interruption(exc)
+            reason = str(stop or exc) or ("interrupted (SIGINT)" if stop else type(exc).__name__)
             try:
-                run.end("KILLED" if interrupted else "FAILED", reason)
+                run.end("FAILED" if stop is None else "KILLED", reason)
             except TrackingStoreError as lost:  # the original error matters more; say where the rest went
                 log.warning("%s", lost)
-            if interrupted:
-                code = getattr(exc, "exit_code", 128 + signal.SIGINT)
+            if stop is not None:
+                code = getattr(stop, "exit_code", 128 + signal.SIGINT)
                 raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", code) from None
             raise
         run.end("FINISHED")
