@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -526,6 +529,38 @@ def test_ctrl_c_during_start_up_says_interrupted_in_one_line(project):
     _, stderr = process.communicate(timeout=60)
     assert (process.returncode, stderr) == (128 + signal.SIGINT, "error: interrupted (SIGINT)\n")
     assert not (project.root / "outputs").exists()
+
+
+#: A real SIGINT, sent by the process to itself as Python imports ``nnexp.core.network`` for the package: a Ctrl-C
+#: in the half second the imports take, at a moment a test can name.
+CTRL_C_AT_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "nnexp.core.network":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("command", [["-m", "nnexp", *QUICK], ["-c", "import nnexp"]])
+def test_ctrl_c_while_nnexp_is_imported_is_one_line_for_the_command_only(project, tmp_path, command):
+    """``python -m nnexp`` says ``interrupted`` (a traceback before); a program importing nnexp keeps its
+    KeyboardInterrupt."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CTRL_C_AT_IMPORT)
+    env = project.env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, *command], cwd=project.root, env=env, capture_output=True, text=True)
+    if command[0] == "-m":
+        assert (result.returncode, result.stdout, result.stderr) == (130, "", "error: interrupted (SIGINT)\n")
+        assert not (project.root / "outputs").exists()
+    else:
+        assert result.returncode != 0 and result.stderr.rstrip().endswith("KeyboardInterrupt"), result.stderr
 
 
 def test_experiment_outside_a_project_says_where_presets_live(project, tmp_path):

@@ -5,15 +5,24 @@ The disk faults use a small tmpfs, which only root may mount; elsewhere those te
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import sqlalchemy.exc
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from nnexp import tracking
+from nnexp.outbox import sync
+from nnexp.tracking import OUTBOX, Tracker, TrackingStoreError, disk_error
 
 QUICK = ("trainer.epochs=2",)
 
@@ -184,3 +193,83 @@ def test_a_checkpoint_on_a_full_disk_is_a_warning_naming_its_folder(project):
     (line,) = [line for line in (result.stdout + result.stderr).splitlines() if "checkpoint not written" in line]
     assert str(Path("outputs", "full", "checkpoints")) in line, line
     assert "No space left on device" in line
+
+
+def sqlite_full_error() -> Exception:
+    """SQLite's own error for a write that finds no room, raised by a real database that cannot grow, and wrapped by
+    SQLAlchemy and MLflow as a store on a full disk raises it."""
+    connection = sqlite3.connect(":memory:")
+    connection.execute("PRAGMA max_page_count=2")
+    try:
+        connection.execute("CREATE TABLE t (x)")
+        connection.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 100)
+    except sqlite3.OperationalError as driver:
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT ...", {}, driver) from driver
+        except sqlalchemy.exc.OperationalError as wrapped:
+            try:
+                raise MlflowException("(raised as a result of Query-invoked autoflush)") from wrapped
+            except MlflowException as exc:
+                return exc
+    raise AssertionError("the database grew past its page limit")
+
+
+def test_sqlite_s_full_disk_is_a_disk_error_naming_the_database():
+    """SQLite raises no OSError on a full disk; its store read as one that stopped answering."""
+    database = Path("/data/outputs/mlflow.db")
+    assert disk_error(sqlite_full_error(), database) == f"database or disk is full: {database}"
+    assert disk_error(MlflowException("no such table: runs")) is None
+
+
+def test_a_store_full_at_the_end_of_a_run_keeps_the_model_for_nnexp_sync(tmp_path, monkeypatch):
+    """The run is not closed FINISHED with no model (nor with a FAILED one): the outbox holds the status and the
+    model folder, the message says the disk is full, and nnexp sync logs the model once there is room."""
+    from nnexp import LOSSES, MODELS
+    from nnexp.serving import describe, has_ready_model, log_saved_model, save_model
+
+    database = tmp_path / "outputs" / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    folder = tmp_path / "run"
+    loss = LOSSES.build({"name": "cross_entropy"})
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [4]}).build(2, 2, loss, np.random.default_rng(0), np.float32)
+    save_model(folder / "model", network, describe(network, loss, ["left", "right"]), np.zeros((3, 2)))
+    tracker = Tracker(uri, "nnexp")
+    run = tracker.open_run("full", {"output_dir": str(folder)}, outbox=folder)
+    run.log_metrics({"test_accuracy": 0.5}, step=2)
+
+    def full(*args, **kwargs):
+        raise sqlite_full_error()
+
+    for request in ("log_batch", "set_terminated", "create_logged_model", "log_artifact", "log_artifacts"):
+        monkeypatch.setattr(tracker.client, request, full)
+    monkeypatch.setattr(tracking, "END_PAUSE_SECONDS", 0.0)
+    assert log_saved_model(run, folder / "model", 2) is None
+    with pytest.raises(TrackingStoreError) as raised:
+        run.end("FINISHED")
+    message = str(raised.value)
+    assert f"cannot write (database or disk is full: {database})" in message
+    assert f"model (saved in {folder / 'model'})" in message and message.endswith(f"nnexp sync {folder}")
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run.run_id).info.status == "RUNNING"  # not FINISHED without its model
+    assert json.loads((folder / OUTBOX).read_text())["status"] == "FINISHED"
+
+    assert "the model" in sync(folder)  # there is room again
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert has_ready_model(client, run.run_id)
+
+
+def test_an_outbox_that_cannot_be_written_either_says_what_is_lost(tmp_path, monkeypatch):
+    """The run's folder on the store's full disk: no traceback, and the line says the run stays RUNNING."""
+    database = tmp_path / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{database}", "nnexp")
+    folder = tmp_path / "run"
+    folder.write_text("a file where the run's folder goes, so that no outbox can be written")
+    run = tracker.open_run("full", {}, outbox=folder)
+    run.log_metrics({"train_loss": 0.5}, step=1)
+    monkeypatch.setattr(tracker.client, "log_batch", lambda *args, **kwargs: (_ for _ in ()).throw(sqlite_full_error()))
+    monkeypatch.setattr(tracking, "END_PAUSE_SECONDS", 0.0)
+    with pytest.raises(TrackingStoreError) as raised:
+        run.end("FINISHED")
+    message = str(raised.value)
+    assert f"cannot write (database or disk is full: {database}), and the outbox cannot be kept either" in message
+    assert f"run {run.run_id} stays RUNNING" in message

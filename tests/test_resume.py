@@ -218,3 +218,50 @@ def test_a_folder_where_the_checkpoint_manifest_belongs_is_refused_before_traini
     (tmp_path / "run" / "checkpoints" / checkpoint.MANIFEST).mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"checkpoint\.json: not a file, where the run writes its checkpoint"):
         checkpoint_of_run(run.info.run_id, uri, tmp_path)
+
+
+#: Two epochs of a model large enough (9 MB of weights) that keeping and logging it takes a while after training.
+BIG_MODEL = ("trainer.epochs=2", "model.hidden_sizes=[1500,1500]", "checkpoint.every=1")
+
+
+def signal_while_the_model_is_logged(project, signum: int, times: int):
+    """Start a run and send ``signum`` ``times`` once training is over and its model is being kept and logged."""
+    process = project.start(*BIG_MODEL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((project.root / "outputs").glob("*/*/model.npz")):
+        time.sleep(0.01)
+    for _ in range(times):
+        process.send_signal(signum)
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    return process, stderr.strip().splitlines()
+
+
+def test_ctrl_c_after_training_ends_the_run_once_its_model_is_kept(project):
+    """A stop asked for after training loses nothing trained: the run is FINISHED with its model, and says so."""
+    process, lines = signal_while_the_model_is_logged(project, signal.SIGINT, 1)
+    [run] = project.runs()
+    assert process.returncode == 130
+    assert lines[-1].startswith(
+        f"error: interrupted (SIGINT) after training; the model is kept and MLflow run {run.info.run_id} is FINISHED"
+    )
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
+    assert run.info.status == "FINISHED"
+    client = MlflowClient(tracking_uri=project.store_uri)
+    [output] = client.get_run(run.info.run_id).outputs.model_outputs
+    assert client.get_logged_model(output.model_id).status == "READY"
+
+
+def test_a_second_sigterm_after_training_says_how_to_resume_and_resume_finishes_the_run(project):
+    process, lines = signal_while_the_model_is_logged(project, signal.SIGTERM, 2)
+    [run] = project.runs()
+    run_id = run.info.run_id
+    assert process.returncode == 143
+    [line] = [line for line in lines if line.startswith("error:")]
+    assert line.startswith("error: interrupted again (SIGTERM); the last complete checkpoint is in ")
+    assert line.endswith(f"resume with: python -m nnexp resume={run_id}; MLflow run {run_id} is marked KILLED")
+    assert run.info.status == "KILLED"
+    resumed = project.run(f"resume={run_id}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert MlflowClient(tracking_uri=project.store_uri).get_run(run_id).info.status == "FINISHED"

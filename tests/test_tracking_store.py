@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
-from nnexp.errors import ConfigError
+from nnexp.errors import ConfigError, Interrupted
 from nnexp.tracking import Tracker, check_store, existing_store, store_error_reason
 
 
@@ -132,3 +132,17 @@ def test_a_file_where_the_stores_artifacts_belong_is_one_line_before_any_run(tmp
     with pytest.raises(ConfigError, match=r"mlartifacts is a file, where the store keeps its runs' artifacts"):
         check_store(uri)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_stop_python_wrapped_in_another_error_still_kills_the_run(tmp_path):
+    """Python 3.11 wraps a Ctrl-C that lands in a class's ``__set_name__`` (an import after training) in a
+    RuntimeError; the run was FAILED with that error and a traceback."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    with pytest.raises(Interrupted) as raised, tracker.start_run("wrapped", {}) as run:
+        try:
+            raise Interrupted("interrupted again (SIGTERM)", 143)
+        except Interrupted as stop:
+            raise RuntimeError("Error calling __set_name__ on 'PydanticDescriptorProxy' instance") from stop
+    assert raised.value.exit_code == 143
+    assert str(raised.value) == f"interrupted again (SIGTERM); MLflow run {run.run_id} is marked KILLED"
+    assert tracker.client.get_run(run.run_id).info.status == "KILLED"

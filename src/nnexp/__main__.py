@@ -10,11 +10,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
-from nnexp.errors import NnexpError, StartRefused, raise_on_stop_signals
+from nnexp.errors import NnexpError, StartRefused, interruption, raise_on_stop_signals
 from nnexp.folders import describe_os_error, discard_unused_folders, job_folders
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
@@ -43,6 +45,16 @@ FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def main() -> None:
+    try:
+        command()
+    except KeyboardInterrupt as exc:
+        # A bare KeyboardInterrupt (Ctrl-C) has no message; Interrupted (SIGTERM, a stop during training) has one.
+        print(f"error: {str(exc) or 'interrupted (SIGINT)'}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))
+
+
+def command() -> None:
+    """What ``main`` does: a sub-command, or Hydra's run or sweep; every error but a Ctrl-C ends here."""
     if sys.argv[1:] == ["--version"]:
         from nnexp import __version__
 
@@ -69,12 +81,11 @@ def main() -> None:
         gc.freeze()
     except StartRefused as exc:
         fail(str(exc))
-    except KeyboardInterrupt as exc:
-        # A bare KeyboardInterrupt (Ctrl-C) has no message; Interrupted (SIGTERM, a stop during training) has one.
-        print(f"error: {str(exc) or 'interrupted (SIGINT)'}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))
     except Exception as exc:
         discard_unused_folders()
+        stop = interruption(exc)
+        if stop is not None:  # wrapped by Python, as one in an import can be
+            raise stop from None
         message = describe_error(exc)
         if message is None or FULL_ERRORS:
             raise

@@ -64,6 +64,17 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+def interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM ``exc`` is, or was raised from: Python wraps one that lands in a class's
+    ``__set_name__`` (while a module is imported) in a RuntimeError; None if there is none."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        cause = cause.__cause__
+    return None
+
+
 def raise_on_stop_signals() -> None:
     """Make SIGTERM (a scheduler's or ``timeout``'s stop) end a run like Ctrl-C, so it is not left RUNNING, and
     SIGINT raise KeyboardInterrupt even in a process a shell started in the background."""

@@ -3,6 +3,7 @@ by ``nnexp sync`` once the store answers again."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,14 +83,15 @@ def sync(folder: Path, uri: str | None = None) -> str:
     run._tags = dict(outbox["tags"])
     run._artifacts = artifacts
     counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
+    from nnexp.serving import has_ready_model, upload_model
+
+    if has_model and not has_ready_model(client, run.run_id):  # never logged, or its upload failed
+        run.hold_model(model, functools.partial(upload_model, client, run.run_id, model))
+        counts += ", the model"
     run.end(outbox["status"])
     if found.data.tags.get("failure_reason") == liveness.REASON and "failure_reason" not in outbox["tags"]:
         # The run was closed after all, and its outbox says how: the reap's guess is no longer its record.
         client.delete_tag(run.run_id, "failure_reason")
-    from nnexp.serving import logged_models, upload_model
-
-    if has_model and not logged_models(run.client, run.client.get_run(run.run_id)):
-        upload_model(run.client, run.run_id, model)
     path.unlink()
     return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}"
 

@@ -279,11 +279,14 @@ def run(cfg: DictConfig) -> float:
     with phases("data"):
         tags["dataset_digest"] = experiment.splits.digest()
     tags["engine"] = experiment.trainer.engine_used
+    stops = StopRequests(experiment.trainer, output_dir / "checkpoints")
     try:
         with (
+            stops,  # around the run's end too: a stop while it is closed would leave it RUNNING
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests
             tracker.start_run(label, tags, resumed.run_id if resumed else None, outbox=output_dir) as tracked,
         ):
+            stops.run_id = tracked.run_id
             if resumed is None:
                 tracked.log_params(run_params(cfg))
             with phases("training"):
@@ -305,8 +308,8 @@ def run(cfg: DictConfig) -> float:
                 from nnexp.serving import log_saved_model
 
                 log_saved_model(tracked, model_dir, epochs)
-            with phases("plots"):
-                plotted = write_plots(output_dir / "plots", experiment, history, matrix)
+            with phases("plots"):  # a stop asked for after training ends the run once its model is kept
+                plotted = stops.request is None and write_plots(output_dir / "plots", experiment, history, matrix)
             if plotted:
                 tracked.log_artifact(output_dir / "plots", "plots")
             run_id = tracked.run_id
@@ -331,6 +334,10 @@ def run(cfg: DictConfig) -> float:
         run_id,
         tracker.where_to_see(run_id),
     )
+    if stops.request is not None:  # asked for after the last batch: nothing is lost but the plots
+        reason, code = stops.request
+        kept = f"the model is kept and MLflow run {run_id} is FINISHED{'' if plotted else ', without plots'}"
+        raise Interrupted(f"{reason} after training; {kept}", code)
     return float(finals[objective.metric])
 
 
@@ -345,11 +352,11 @@ def train(
     state: TrainingState | None,
     phases: Phases,
 ) -> dict[str, list[float]]:
-    """Fit with checkpoints, early stopping and a graceful stop on Ctrl-C or SIGTERM, from ``state`` when resumed
-    (see :func:`restore_checkpoint`); returns the history.
+    """Fit with checkpoints and early stopping, from ``state`` when resumed (see :func:`restore_checkpoint`);
+    returns the history.
 
-    A stop request ends training at the next batch boundary with a checkpoint, and raises :class:`Interrupted`
-    saying how to resume; a second one ends the process at once, and the last complete checkpoint stays.
+    A stop request (see :class:`StopRequests`) ends training at the next batch boundary with a checkpoint, and
+    raises :class:`Interrupted` saying how to resume.
     """
     trainer, network, optimizer = experiment.trainer, experiment.network, experiment.optimizer
     stateful = stateful_callbacks(early_stopping)
@@ -403,24 +410,21 @@ def train(
     if state is not None:  # a process killed between flushes may have sent fewer epochs than the checkpoint holds
         tracked.complete_history(state.history)
     try:
-        with stop_requests(trainer):
-            history = trainer.fit(
-                network,
-                experiment.loss,
-                optimizer,
-                experiment.data["train"],
-                rng,
-                validation=experiment.data.get("val"),
-                callbacks=callbacks,
-                resume=state,
-            )
+        history = trainer.fit(
+            network,
+            experiment.loss,
+            optimizer,
+            experiment.data["train"],
+            rng,
+            validation=experiment.data.get("val"),
+            callbacks=callbacks,
+            resume=state,
+        )
     except Stopped as stop:
         kept = "checkpoint" if save_checkpoint(stop.state) else "the checkpoint could not be written; the last one"
         log_checkpoint()
-        raise Interrupted(
-            f"{stop}; {kept} in {directory}; resume with: python -m nnexp resume={tracked.run_id}",
-            stop.exit_code,
-        ) from None
+        resume = resume_command(tracked.run_id)
+        raise Interrupted(f"{stop}; {kept} in {directory}; resume with: {resume}", stop.exit_code) from None
     finally:
         progress.close()
     if directory.is_dir():
@@ -442,28 +446,44 @@ def train(
     return history
 
 
-@contextlib.contextmanager
-def stop_requests(trainer: Trainer) -> Iterator[None]:
-    """Turn the first Ctrl-C or SIGTERM into a stop at the next batch boundary; a second one stops at once."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
-        yield
-        return
-    requested = False
+class StopRequests:
+    """Ctrl-C and SIGTERM while a run is open. The first asks training to stop at the next batch boundary, or, once
+    trained, the run to end as soon as its model is kept, plots left out; a second one stops at once."""
 
-    def request(signum: int, frame: object) -> None:
-        nonlocal requested
-        name = signal.Signals(signum).name
-        if requested:
-            raise Interrupted(f"interrupted again ({name}); the last complete checkpoint is kept", 128 + signum)
-        requested = True
-        trainer.request_stop(f"interrupted ({name})", 128 + signum)
+    def __init__(self, trainer: Trainer, checkpoints: Path) -> None:
+        self.trainer, self.checkpoints = trainer, checkpoints
+        #: The run's id, once it is open: what a second stop says to resume.
+        self.run_id: str | None = None
+        #: The first request's reason and exit code.
+        self.request: tuple[str, int] | None = None
+        self._previous: dict[int, Any] = {}
 
-    previous = {signum: signal.signal(signum, request) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.request is not None:
+            raise Interrupted(f"interrupted again ({name}); {self.what_is_kept()}", 128 + signum)
+        self.request = (f"interrupted ({name})", 128 + signum)
+        self.trainer.request_stop(*self.request)
+
+    def what_is_kept(self) -> str:
+        """The last complete checkpoint and how to resume from it, or that there is none."""
+        manifest = self.checkpoints / checkpoint.MANIFEST
+        if self.run_id is None or not manifest.is_file():
+            return "no checkpoint was written; the run cannot be resumed"
+        return f"the last complete checkpoint is in {self.checkpoints}; resume with: {resume_command(self.run_id)}"
+
+
+def resume_command(run_id: str) -> str:
+    return f"python -m nnexp resume={run_id}"
 
 
 def stateful_callbacks(early_stopping: EarlyStopping | None) -> dict[str, Callback]:
@@ -716,5 +736,5 @@ def write_plots(folder: Path, experiment: Experiment, history: dict[str, list[fl
 
             plots.plot_decision_boundary(predict_labels, x, y, splits.names(), folder / "decision_boundary.png")
     except OSError as exc:
-        log.warning("warning: plots not written: %s", describe_os_error(exc, "write"))
+        log.warning("warning: plots not written: %s", describe_os_error(exc, "write", folder))
     return folder.is_dir() and any(folder.iterdir())

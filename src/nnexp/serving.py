@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import logging
@@ -513,19 +514,32 @@ def log_model(
 def log_saved_model(run: TrackedRun, directory: Path, step: int = 0, kept: bool = True) -> str | None:
     """Log the model saved in ``directory`` as the run's model ``model``; returns the model's id.
 
-    If the tracking store does not answer, training's results are not thrown away: a warning says so (and, when
-    ``kept``, where the model stays) and None is returned, and :func:`upload_model` can log the copy later.
+    If the tracking store does not answer, training's results are not thrown away: a warning says so and None is
+    returned; when ``kept`` (``directory`` stays), the run holds the model and tries again as it ends, or leaves it
+    to ``nnexp sync`` (see :meth:`TrackedRun.hold_model`).
     """
     if not run.flush():  # the final metrics go first, so that they can be linked to the model
-        reason = "it does not answer"
+        reason = f"it cannot write ({run.disk_error})" if run.disk_error else "it does not answer"
     else:
         try:
             return upload_model(run.client, run.run_id, directory, step)
         except Exception as exc:  # as for metrics and artifacts, a store that fails does not fail the run
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    where = f"; it is saved in {directory}" if kept else ""
+            from nnexp.tracking import store_error_reason
+
+            reason = store_error_reason(exc)[:200]
+    where = ""
+    if kept:
+        run.hold_model(directory, functools.partial(upload_model, run.client, run.run_id, directory, step))
+        where = f"; it is saved in {directory}, and logged when the store takes it"
     log.warning("run %s: its model could not be logged to %s (%s)%s", run.run_id, run.store, reason, where)
     return None
+
+
+def has_ready_model(client: MlflowClient, run_id: str) -> bool:
+    """Whether run ``run_id`` logged a model that is READY; one whose upload failed is FAILED."""
+    from mlflow.entities import LoggedModelStatus
+
+    return any(model.status == LoggedModelStatus.READY for model in logged_models(client, client.get_run(run_id)))
 
 
 def upload_model(client: MlflowClient, run_id: str, directory: Path, step: int = 0) -> str:

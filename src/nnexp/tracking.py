@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnexp import liveness
-from nnexp.errors import ConfigError, Interrupted, NnexpError
+from nnexp.errors import ConfigError, Interrupted, NnexpError, interruption
 from nnexp.folders import describe_os_error
 
 try:
@@ -225,12 +225,20 @@ def find_run(client: MlflowClient, run_id: str, missing: str) -> Run:
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EISDIR})
 
 
-def disk_error(exc: BaseException) -> str | None:
-    """The OS's words for a disk error behind ``exc`` (``No space left on device``), if that is what it is."""
+#: SQLite's result code for a write that found no room: its disk is full (it raises no OSError, but its own error).
+SQLITE_FULL = 13
+
+
+def disk_error(exc: BaseException, database: Path | None = None) -> str | None:
+    """The OS's words for a disk error behind ``exc`` (``No space left on device``), or SQLite's for a database on
+    a full disk (``database or disk is full``, naming ``database``), if that is what it is."""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
             return f"{cause.strerror}: {cause.filename}" if cause.filename else str(cause.strerror)
+        for error in (cause, getattr(cause, "orig", None)):  # SQLAlchemy keeps the driver's error as ``orig``
+            if getattr(error, "sqlite_errorcode", None) == SQLITE_FULL:
+                return f"{error}: {database}" if database else str(error)
         cause = cause.__cause__ or cause.__context__
     return None
 
@@ -357,6 +365,13 @@ class TrackedRun:
         self._heartbeat: liveness.Heartbeat | None = None
         #: (metric, step) pairs the store held when a resumed run reopened: a replayed epoch does not log them again.
         self._stored: set[tuple[str, int]] = set()
+        #: A model the store did not take, where it is kept, and how to log it when the store takes requests again.
+        self._model: tuple[Path, Callable[[], object]] | None = None
+
+    @property
+    def disk_error(self) -> str | None:
+        """Why the store's disk refused the last request that failed (``database or disk is full: …``), if it did."""
+        return self._disk_error
 
     def start_heartbeat(self) -> None:
         self._heartbeat = liveness.Heartbeat(self.client, self.run_id)
@@ -370,7 +385,7 @@ class TrackedRun:
         try:
             request()
         except Exception as exc:
-            self._disk_error = disk_error(exc)
+            self._disk_error = disk_error(exc, sqlite_path(self.store))
             if self._away_since is None:
                 reason = store_error_reason(exc)[:200]
                 trouble = "cannot write what it is sent" if self._disk_error else "does not answer"
@@ -476,8 +491,23 @@ class TrackedRun:
             self._artifacts.pop(0)
         return True
 
+    def hold_model(self, directory: Path, upload: Callable[[], object]) -> None:
+        """Keep the model saved in ``directory`` for the run's end, which calls ``upload`` before it sets the status:
+        a run is never closed FINISHED without the model it logs. If the store stays away, the outbox says so and
+        ``nnexp sync`` logs the model."""
+        self._model = (directory, upload)
+
+    def _send_model(self) -> bool:
+        if self._model is None:
+            return True
+        if not self._send(self._model[1]):
+            return False
+        self._model = None
+        return True
+
     def end(self, status: str, reason: str | None = None) -> None:
-        """Send everything queued and set the final status; ``reason`` becomes the ``failure_reason`` tag.
+        """Send everything queued (a held model too) and set the final status; ``reason`` becomes the
+        ``failure_reason`` tag.
 
         Raises :class:`TrackingStoreError` after writing the outbox if the store stays away.
         """
@@ -489,13 +519,22 @@ class TrackedRun:
         for attempt in range(END_ATTEMPTS):
             if attempt:
                 time.sleep(END_PAUSE_SECONDS)
-            delivered = self.flush() and self._send_tags() and self._send_artifacts()
+            delivered = self.flush() and self._send_tags() and self._send_artifacts() and self._send_model()
             if delivered and self._send(functools.partial(self.client.set_terminated, self.run_id, status)):
                 return
         trouble = f"cannot write ({self._disk_error})" if self._disk_error else "stopped answering"
+        model = f"model (saved in {self._model[0]}), " if self._model else ""
+        try:
+            outbox = self.write_outbox(status)
+        except OSError as exc:  # the run's folder is on the store's full disk too
+            raise TrackingStoreError(
+                f"tracking store {self.store} {trouble}, and the outbox cannot be kept either "
+                f"({describe_os_error(exc, 'write', self.outbox)}); run {self.run_id} stays RUNNING (nnexp runs "
+                f"marks it KILLED once this process ends) without its {model}last metrics, tags and artifacts"
+            ) from None
         raise TrackingStoreError(
-            f"tracking store {self.store} {trouble}; run {self.run_id}'s last metrics, tags, artifacts and "
-            f"status {status} are kept in {self.write_outbox(status)}; send them with: nnexp sync {self.outbox}"
+            f"tracking store {self.store} {trouble}; run {self.run_id}'s {model}last metrics, tags, artifacts and "
+            f"status {status} are kept in {outbox}; send them with: nnexp sync {self.outbox}"
         )
 
     def write_outbox(self, status: str) -> Path:
@@ -645,14 +684,14 @@ class Tracker:
         try:
             yield run
         except BaseException as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            reason = str(exc) or ("interrupted (SIGINT)" if interrupted else type(exc).__name__)
+            stop = interruption(exc)
+            reason = str(stop or exc) or ("interrupted (SIGINT)" if stop else type(exc).__name__)
             try:
-                run.end("KILLED" if interrupted else "FAILED", reason)
+                run.end("FAILED" if stop is None else "KILLED", reason)
             except TrackingStoreError as lost:  # the original error matters more; say where the rest went
                 log.warning("%s", lost)
-            if interrupted:
-                code = getattr(exc, "exit_code", 128 + signal.SIGINT)
+            if stop is not None:
+                code = getattr(stop, "exit_code", 128 + signal.SIGINT)
                 raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", code) from None
             raise
         run.end("FINISHED")
