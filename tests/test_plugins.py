@@ -185,18 +185,19 @@ def test_one_with_a_default_is_registered(in_tmp):
 
 
 @pytest.mark.parametrize(
-    ("parameters", "shown"),
-    [("size: int = 0.5", "size: int = 0.5"), ("sizes: list[int] = ['a']", "sizes: list[int] = ['a']")],
+    ("parameters", "fix"),
+    [
+        ("size: int = 0.5", "change the default or the annotation"),
+        ("sizes: list[int] = ['a']", "change the default or the annotation"),
+        ("rate: float = None", "write rate: float | None = None"),
+    ],
 )
-def test_a_default_of_another_type_than_its_annotation_names_the_plugin(in_tmp, parameters, shown):
+def test_a_default_of_another_type_than_its_annotation_names_the_plugin(in_tmp, parameters, fix):
     write_mine(in_tmp, parameters)
     load_folder(in_tmp / "plugins")
     with pytest.raises(PluginError) as raised:
         store_configs()
-    assert str(raised.value) == (
-        f"plugins/mine.py: Mine({shown}): the default is not of the annotated type; "
-        "change the default or the annotation"
-    )
+    assert str(raised.value) == f"plugins/mine.py: Mine({parameters}): the default is not of the annotated type; {fix}"
 
 
 def test_the_cli_says_what_to_write_in_one_line_and_writes_nothing(project):

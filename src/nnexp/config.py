@@ -224,10 +224,10 @@ def unfit_default(registry: Registry[Any], name: str, cls: type, exc: Validation
     source = registry.source(name).removeprefix("file ")
     parameter = str(exc.full_key).split("[", 1)[0]  # an item of a list default reports sizes[0]
     annotation, default = next((a, d) for key, a, d in config_parameters(cls) if key == parameter)
-    return (
-        f"{source}: {cls.__qualname__}({parameter}: {inspect.formatannotation(annotation)} = {default!r}): the "
-        "default is not of the annotated type; change the default or the annotation"
-    )
+    shown = inspect.formatannotation(annotation)
+    fix = f"write {parameter}: {shown} | None = None" if default is None else "change the default or the annotation"
+    unfit = f"{cls.__qualname__}({parameter}: {shown} = {default!r})"
+    return f"{source}: {unfit}: the default is not of the annotated type; {fix}"
 
 
 def config_fields(schema: Any) -> list[str]:
