@@ -15,6 +15,7 @@ from nnexp.errors import ParameterError, PluginError
 T = TypeVar("T")
 
 _SCALARS = (int, float, bool, str)
+CONFIG_TYPES = "int, float, bool, str, an Enum, list[...] of those, or ... | None"
 
 
 def _supported(annotation: Any) -> bool:
@@ -50,9 +51,6 @@ def config_parameters(cls: type) -> list[tuple[str, Any, Any]]:
             raise PluginError(_annotation_hint(cls, parameter, annotation))
         found.append((parameter.name, annotation, parameter.default))
     return found
-
-
-CONFIG_TYPES = "int, float, bool, str, an Enum, list[...] of those, or ... | None"
 
 
 def _annotation_hint(cls: type, parameter: inspect.Parameter, annotation: Any) -> str:
