@@ -50,10 +50,11 @@ class Ascent(SGD):
         np.multiply(grad, -self.learning_rate, out=step)
 
 
-@ACTIVATIONS.register("needs_a_slope")
-class NeedsASlope(Activation):
-    def __init__(self, slope: float) -> None:
-        self.slope = slope
+@LOSSES.register("needs_a_scale")
+class NeedsAScale(MeanSquaredError):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
 """
 
 
@@ -69,7 +70,7 @@ def test_every_built_in_passes(tmp_path, monkeypatch, capsys):
 
 def test_a_projects_plugins_are_checked_and_a_wrong_one_fails_by_name(project):
     (project.root / "plugins" / "mine.py").write_text(WRONG_AND_RIGHT)
-    result = project.run("check", "--only", "tanh_missing_a_square,softsign,halved_mse,ascent,needs_a_slope")
+    result = project.run("check", "--only", "tanh_missing_a_square,softsign,halved_mse,ascent,needs_a_scale")
     assert result.returncode == 1
     lines = {line.split(" (")[0]: line for line in result.stdout.splitlines()}
     source = "(file plugins/mine.py)"
@@ -78,8 +79,8 @@ def test_a_projects_plugins_are_checked_and_a_wrong_one_fails_by_name(project):
     assert lines["pass  activation softsign"].startswith(f"pass  activation softsign {source}: worst relative error")
     assert lines["FAIL  loss halved_mse"].startswith("FAIL  loss halved_mse")
     assert lines["FAIL  optimizer ascent"].startswith("FAIL  optimizer ascent")
-    assert lines["skip  activation needs_a_slope"].startswith(
-        f"skip  activation needs_a_slope {source}: cannot be built from its defaults"
+    assert lines["skip  loss needs_a_scale"].startswith(
+        f"skip  loss needs_a_scale {source}: cannot be built from its defaults"
     )
     assert result.stdout.splitlines()[-1] == "5 checked: 1 passed, 3 failed, 1 skipped"
     assert result.stderr.strip() == (

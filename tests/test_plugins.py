@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from nnexp import DATASETS, LOSSES
+from nnexp import ACTIVATIONS, DATASETS, LOSSES
+from nnexp.config import store_configs
 from nnexp.errors import PluginError
 from nnexp.plugins import load_folder
+
+REPO = Path(__file__).resolve().parents[1]
 
 SPIRALS = """
 import numpy as np
@@ -112,9 +117,97 @@ def test_bad_constructor_is_rejected_at_registration(in_tmp):
                 self.scale = scale
         """,
     )
-    with pytest.raises(PluginError, match=r"Untyped.__init__ parameter 'scale': annotation None is not a config type"):
+    with pytest.raises(PluginError) as raised:
         load_folder(in_tmp / "plugins")
+    assert str(raised.value) == "plugins/untyped.py: Untyped(scale) needs a type annotation, e.g. scale: float = 1.0"
     assert "untyped" not in LOSSES
+
+
+PLUGIN = """
+from enum import Enum
+
+from nnexp import {registry}, {base}
+
+
+class Shape(Enum):
+    round = "round"
+
+
+@{registry}.register("mine")
+class Mine({base}):
+    def __init__(self, {parameters}) -> None:
+        self.kept = locals()
+"""
+
+
+def write_mine(folder: Path, parameters: str, registry: str = "DATASETS", base: str = "Dataset") -> None:
+    """``plugins/mine.py``: a plugin ``mine`` of ``registry`` whose constructor takes ``parameters``."""
+    write(folder / "plugins", "mine.py", PLUGIN.format(registry=registry, base=base, parameters=parameters))
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ("alpha", "Mine(alpha) needs a type annotation, e.g. alpha: float; config types are int, float, bool, str, "
+         "an Enum, list[...] of those, or ... | None"),
+        ("size=3", "Mine(size) needs a type annotation, e.g. size: int = 3"),
+        ("label=None", "Mine(label) needs a type annotation, e.g. label: float | None = None"),
+        ("sizes=(32, 16)", "Mine(sizes) needs a type annotation, e.g. sizes: list[int] = [32, 16]"),
+        ("shape=Shape.round", "Mine(shape) needs a type annotation, e.g. shape: Shape = Shape.round"),
+        ("sizes: tuple[int, int] = (32, 16)", "Mine(sizes: tuple[int, int]) is not a config type; use int, float, "
+         "bool, str, an Enum, list[...] of those, or ... | None, e.g. sizes: list[int] = [32, 16]"),
+    ],
+)
+def test_a_parameter_without_a_config_type_says_what_to_write(in_tmp, parameters, expected):
+    write_mine(in_tmp, parameters)
+    with pytest.raises(PluginError) as raised:
+        load_folder(in_tmp / "plugins")
+    assert str(raised.value) == f"plugins/mine.py: {expected}"
+    assert "mine" not in DATASETS
+
+
+@pytest.mark.parametrize(("registry", "base"), [("ACTIVATIONS", "Activation"), ("INITIALIZERS", "Initializer")])
+def test_an_activation_or_initializer_parameter_needs_a_default(in_tmp, registry, base):
+    write_mine(in_tmp, "alpha: float", registry, base)
+    with pytest.raises(PluginError) as raised:
+        load_folder(in_tmp / "plugins")
+    kind = base.lower()
+    assert str(raised.value) == (
+        f"plugins/mine.py: Mine(alpha) needs a default: {kind}s are chosen by name alone and take no settings; "
+        "write alpha: float = <value>, or register one variant per value under its own name"
+    )
+
+
+def test_one_with_a_default_is_registered(in_tmp):
+    write_mine(in_tmp, "alpha: float = 0.1", "ACTIVATIONS", "Activation")
+    load_folder(in_tmp / "plugins")
+    assert ACTIVATIONS.build({"name": "mine"}).kept["alpha"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("parameters", "fix"),
+    [
+        ("size: int = 0.5", "change the default or the annotation"),
+        ("sizes: list[int] = ['a']", "change the default or the annotation"),
+        ("rate: float = None", "write rate: float | None = None"),
+    ],
+)
+def test_a_default_of_another_type_than_its_annotation_names_the_plugin(in_tmp, parameters, fix):
+    write_mine(in_tmp, parameters)
+    load_folder(in_tmp / "plugins")
+    with pytest.raises(PluginError) as raised:
+        store_configs()
+    assert str(raised.value) == f"plugins/mine.py: Mine({parameters}): the default is not of the annotated type; {fix}"
+
+
+def test_the_cli_says_what_to_write_in_one_line_and_writes_nothing(project):
+    write(project.root / "plugins", "spirals.py", SPIRALS.replace("turns: float = 1.5", "turns=1.5"))
+    result = project.run("trainer.epochs=1")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "error: plugins/spirals.py: Spirals(turns) needs a type annotation, e.g. turns: float = 1.5",
+    )
+    assert not (project.root / "outputs").exists()
 
 
 def test_entry_point_plugin_from_an_installed_distribution(tmp_path):
@@ -164,3 +257,17 @@ def test_broken_entry_point_names_the_distribution(tmp_path):
         "error: entry point 'broken' (nnexp_broken) from nnexp-broken 0.2: "
         "ModuleNotFoundError: No module named 'not_a_module_anywhere'"
     )
+
+
+def test_the_shipped_example_plugins_keep_to_the_projects_lint():
+    """ruff's config leaves plugins/ to the user whose files they are; the examples nnexp ships there are linted
+    here, by name, with the project's rules (a file named on the command line is linted whatever ``include`` says)."""
+    if importlib.util.find_spec("ruff") is None or shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs ruff (pip install -e '.[test]') and a git checkout, to tell the shipped plugins apart")
+    listed = subprocess.run(["git", "ls-files", "plugins/*.py"], cwd=REPO, capture_output=True, text=True, check=True)
+    shipped = listed.stdout.split()
+    assert "plugins/circles.py" in shipped
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", *shipped], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -11,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from nnexp import LOSSES, MODELS, OPTIMIZERS, Callback, Examples, Trainer, checkpoint
+from nnexp.checkpoint import Checkpoint
 from nnexp.core.training import Stopped
 
 # 14,000 training points: per-sample epochs long enough that a signal lands inside one, with the compiled engine.
@@ -83,6 +85,12 @@ def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(project, signum
     target = killed.info.run_id if by_run_id else str(output_dir / "checkpoints")
     resumed = project.run(f"resume={target}")
     assert resumed.returncode == 0, resumed.stderr
+    epoch, batches = re.search(r"in epoch (\d+), after (\d+) of its batches", line).groups()
+    where = f"in epoch {epoch} of 25, after {batches} of its batches"
+    if batches == "0":
+        where = f"at the start of epoch {epoch} of 25"
+    manifest = (output_dir / "checkpoints" / "checkpoint.json").relative_to(project.root)
+    assert f"resuming run {killed.info.run_id} {where} ({manifest})" in resumed.stderr.splitlines()
     assert f"run {killed.info.run_id};" in resumed.stdout + resumed.stderr
 
     continued = client.get_run(killed.info.run_id)
@@ -99,6 +107,23 @@ def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(project, signum
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     assert histories(project, killed.info.run_id) == histories(project, finished.info.run_id)
+
+
+@pytest.mark.parametrize(
+    ("epoch", "batch", "where"),
+    [
+        (11, 0, "at the start of epoch 12 of 20"),
+        (411, 654, "in epoch 412 of 500, after 654 of its batches"),
+        (20, 0, "after its last epoch (20), to evaluate and log it"),
+    ],
+)
+def test_a_resumed_run_says_where_it_picks_up_and_from_which_file(tmp_path, epoch, batch, where):
+    epochs = 500 if batch else 20
+    manifest = tmp_path / "outputs" / "run" / "checkpoints" / "checkpoint.json"
+    loaded = Checkpoint(manifest, {"run_id": "ab" * 16, "progress": {"epoch": epoch, "batch": batch}}, {})
+    expected = f"resuming run {'ab' * 16} {where} (outputs/run/checkpoints/checkpoint.json)"
+    assert loaded.resuming(epochs, tmp_path) == expected
+    assert loaded.resuming(epochs, tmp_path / "elsewhere").endswith(f"({manifest})"), "outside cwd: the whole path"
 
 
 def test_a_second_ctrl_c_exits_at_once_and_keeps_the_last_good_checkpoint(project):

@@ -115,6 +115,21 @@ class Checkpoint:
     def weights(self) -> Path:
         return self.path.parent / self.manifest["weights"]
 
+    def resuming(self, epochs: int, cwd: Path) -> str:
+        """The line a resumed run starts with: where in its ``epochs`` training picks up, and from which file (relative
+        to ``cwd`` when inside it), in the words the interruption used."""
+        progress = self.manifest["progress"]
+        epoch, batch = progress["epoch"] + 1, progress["batch"]
+        if epoch > epochs:
+            where = f"after its last epoch ({epochs}), to evaluate and log it"
+        elif batch:
+            where = f"in epoch {epoch} of {epochs}, after {batch} of its batches"
+        else:
+            where = f"at the start of epoch {epoch} of {epochs}"
+        path = self.path.resolve()
+        shown = path.relative_to(cwd.resolve()) if path.is_relative_to(cwd.resolve()) else path
+        return f"resuming run {self.run_id} {where} ({shown})"
+
     def _check_progress(self, trainer: Trainer, n_samples: int) -> None:
         batches = math.ceil(n_samples / max(1, trainer.batch_length(n_samples)))
         batch = self.manifest["progress"]["batch"]

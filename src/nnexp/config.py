@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
 from nnexp.core.activations import ACTIVATIONS
 from nnexp.core.initializers import INITIALIZERS
@@ -22,7 +23,7 @@ from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
-from nnexp.errors import ConfigError
+from nnexp.errors import ConfigError, PluginError
 from nnexp.folders import RESOLVER
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
@@ -211,8 +212,22 @@ def store_configs() -> None:
     store = ConfigStore.instance()
     for registry, _ in GROUPS:
         for name, cls in registry.items():
-            store.store(group=registry.kind, name=name, node=schema_for(cls, name), provider="nnexp")
+            try:
+                store.store(group=registry.kind, name=name, node=schema_for(cls, name), provider="nnexp")
+            except ValidationError as exc:
+                raise PluginError(unfit_default(registry, name, cls, exc)) from None
     store.store(name=PRIMARY, node=RunConfig, provider="nnexp")
+
+
+def unfit_default(registry: Registry[Any], name: str, cls: type, exc: ValidationError) -> str:
+    """One line naming the plugin's file, class and the parameter whose default OmegaConf cannot give its type."""
+    source = registry.source(name).removeprefix("file ")
+    parameter = str(exc.full_key).split("[", 1)[0]  # an item of a list default reports sizes[0]
+    annotation, default = next((a, d) for key, a, d in config_parameters(cls) if key == parameter)
+    shown = inspect.formatannotation(annotation)
+    fix = f"write {parameter}: {shown} | None = None" if default is None else "change the default or the annotation"
+    unfit = f"{cls.__qualname__}({parameter}: {shown} = {default!r})"
+    return f"{source}: {unfit}: the default is not of the annotated type; {fix}"
 
 
 def config_fields(schema: Any) -> list[str]:

@@ -15,6 +15,7 @@ from nnexp.errors import ParameterError, PluginError
 T = TypeVar("T")
 
 _SCALARS = (int, float, bool, str)
+CONFIG_TYPES = "int, float, bool, str, an Enum, list[...] of those, or ... | None"
 
 
 def _supported(annotation: Any) -> bool:
@@ -47,19 +48,46 @@ def config_parameters(cls: type) -> list[tuple[str, Any, Any]]:
             raise PluginError(f"{where}: 'name' is reserved for the plugin's registered name")
         annotation = hints.get(parameter.name)
         if annotation is None or not _supported(annotation):
-            raise PluginError(
-                f"{where}: annotation {annotation!r} is not a config type "
-                "(int, float, bool, str, an Enum, list[...] of those, or Optional[...])"
-            )
+            raise PluginError(_annotation_hint(cls, parameter, annotation))
         found.append((parameter.name, annotation, parameter.default))
     return found
+
+
+def _annotation_hint(cls: type, parameter: inspect.Parameter, annotation: Any) -> str:
+    """What to write for a constructor parameter that lacks a config type, with an example its default suggests."""
+    example = _example(parameter)
+    if annotation is None:
+        if example is None:
+            example = f"{parameter.name}: float; config types are {CONFIG_TYPES}"
+        return f"{cls.__qualname__}({parameter.name}) needs a type annotation, e.g. {example}"
+    shown = inspect.formatannotation(annotation)
+    instead = f", e.g. {example}" if example else ""
+    return f"{cls.__qualname__}({parameter.name}: {shown}) is not a config type; use {CONFIG_TYPES}{instead}"
+
+
+def _example(parameter: inspect.Parameter) -> str | None:
+    """``name: type = default`` for a parameter whose default tells a config type; None when it tells none."""
+    name, default = parameter.name, parameter.default
+    if default is None:
+        return f"{name}: float | None = None"
+    if isinstance(default, enum.Enum):
+        return f"{name}: {type(default).__name__} = {type(default).__name__}.{default.name}"
+    if type(default) in _SCALARS:
+        return f"{name}: {type(default).__name__} = {default!r}"
+    if isinstance(default, list | tuple) and default and len({type(item) for item in default}) == 1:
+        kind = type(default[0])
+        if kind in _SCALARS:
+            return f"{name}: list[{kind.__name__}] = {list(default)!r}"
+    return None
 
 
 class Registry(Generic[T]):
     """Maps plugin names of one kind (a Hydra config group, or activations and initializers) to classes."""
 
-    def __init__(self, kind: str, base: type[T]) -> None:
-        self.kind, self.base = kind, base
+    def __init__(self, kind: str, base: type[T], *, by_name_only: bool = False) -> None:
+        """``by_name_only``: a plugin is chosen by its name alone (``model.activation=relu``), never given settings,
+        so each constructor parameter needs a default."""
+        self.kind, self.base, self.by_name_only = kind, base, by_name_only
         self._classes: dict[str, type[T]] = {}
         self._sources: dict[str, str] = {}
 
@@ -77,7 +105,13 @@ class Registry(Generic[T]):
                     f"{self.kind} '{name}' is already registered by {self._sources[name]} "
                     f"({first.__module__}.{first.__qualname__}); pass override=True to replace it"
                 )
-            config_parameters(cls)
+            for parameter, annotation, default in config_parameters(cls):
+                if self.by_name_only and default is inspect.Parameter.empty:
+                    raise PluginError(
+                        f"{cls.__qualname__}({parameter}) needs a default: {self.kind}s are chosen by name alone and "
+                        f"take no settings; write {parameter}: {inspect.formatannotation(annotation)} = <value>, or "
+                        "register one variant per value under its own name"
+                    )
             self._classes[name] = cls
             self._sources[name] = _current_source or cls.__module__
             return cls

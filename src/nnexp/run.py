@@ -8,6 +8,7 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -289,6 +290,8 @@ def run(cfg: DictConfig) -> float:
             stops.run_id = tracked.run_id
             if resumed is None:
                 tracked.log_params(run_params(cfg))
+            else:
+                print(resumed.resuming(experiment.trainer.epochs, project_dir), file=sys.stderr, flush=True)
             with phases("training"):
                 history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, state, phases)
             epochs = len(history["train_loss"])

@@ -21,7 +21,7 @@ class Activation(Layer):
         return self.buffer("grad_in", grad_out.shape, grad_out.dtype)
 
 
-ACTIVATIONS: Registry[Activation] = Registry("activation", Activation)
+ACTIVATIONS: Registry[Activation] = Registry("activation", Activation, by_name_only=True)
 
 # As 0-d float32 arrays these constants cost a ufunc half of what a Python float does (which NumPy converts on
 # every call), and they never widen a float32 array.

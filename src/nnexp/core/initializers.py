@@ -15,7 +15,7 @@ class Initializer:
         raise NotImplementedError
 
 
-INITIALIZERS: Registry[Initializer] = Registry("initializer", Initializer)
+INITIALIZERS: Registry[Initializer] = Registry("initializer", Initializer, by_name_only=True)
 
 
 def _uniform(limit: float, shape: tuple[int, int], rng: np.random.Generator) -> Array:
