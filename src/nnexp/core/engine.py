@@ -9,6 +9,7 @@ one compiled pass per parameter array.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -158,6 +159,11 @@ def warm_up(requested: str) -> None:
     global _warming_up
     if requested == "numpy" or _warming_up is not None:
         return
+    with contextlib.suppress(ImportError):  # without SciPy, select() says why the kernels cannot be used
+        # Numba's matrix products call SciPy's BLAS. Imported here first, in this thread: while the run loads
+        # its data, scikit-learn imports SciPy too, and two threads importing the same modules in another order
+        # can meet in Python's import locks (a _DeadlockError in one of them).
+        import scipy.linalg.cython_blas  # noqa: F401
     _warming_up = threading.Thread(target=_import_and_set_up, name="nnexp-kernels")
     _warming_up.start()
 
