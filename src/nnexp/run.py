@@ -32,7 +32,7 @@ from nnexp.config import (
     check_tags,
     default_direction,
 )
-from nnexp.core.activations import ACTIVATIONS
+from nnexp.core.activations import ACTIVATIONS, Activation
 from nnexp.core.engine import warm_up
 from nnexp.core.initializers import INITIALIZERS
 from nnexp.core.losses import LOSSES, Loss
@@ -42,9 +42,10 @@ from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
-from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, require
+from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, PluginError, require
 from nnexp.folders import describe_os_error, discard_job_dir
 from nnexp.models.base import MODELS, Model
+from nnexp.plugins import blame, plugin_label
 from nnexp.progress import Progress
 from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
 from nnexp.tracking import (
@@ -155,6 +156,11 @@ class Phases:
         try:
             with memory.running_out(doing, advice):  # the phase says what ran out, in one line
                 yield
+        except Exception as exc:
+            blamed = None if isinstance(exc, NnexpError) else blame(exc)
+            if blamed is None:
+                raise
+            raise blamed from exc  # a user's plugin failed: one line naming it; HYDRA_FULL_ERROR=1 shows where
         finally:
             self._charge()
             self._open.pop()
@@ -215,8 +221,22 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     memory.check_fits(components.model, components.optimizer, loss, splits, components.trainer.batch_size, dtype)
     with memory.running_out("building the network", "use a smaller model"):
         network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    check_activation_shapes(network, data["train"].x[:2])
     components.trainer.select_engine(network, loss, components.optimizer)
     return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
+
+
+def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
+    """Pass a few rows through ``network`` and refuse an activation whose output is not shaped like its input,
+    which the next layer would meet as a bare NumPy error naming no plugin."""
+    for layer in network.layers:
+        out = layer.forward(x)
+        if isinstance(layer, Activation) and np.shape(out) != x.shape:
+            raise PluginError(
+                f"{plugin_label(ACTIVATIONS, type(layer))} returned shape {np.shape(out)} for an input of shape "
+                f"{x.shape}; an activation's output must be shaped like its input"
+            )
+        x = out
 
 
 def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
