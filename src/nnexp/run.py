@@ -49,6 +49,7 @@ from nnexp.plugins import blame, plugin_label
 from nnexp.progress import Progress
 from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
 from nnexp.tracking import (
+    MAX_PARAM_LENGTH,
     RunCreationError,
     TrackedRun,
     Tracker,
@@ -207,7 +208,24 @@ def configure(cfg: DictConfig) -> Components:
         dtype=np.dtype(cfg.trainer.dtype.value).type,
     )
     components.model.check(components.loss)
+    warmup = getattr(components.schedule, "warmup_epochs", 0)
+    if warmup and warmup >= trainer.epochs:  # the rate would still be rising when training ends
+        raise ConfigError(
+            f"schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs={warmup} with epochs={trainer.epochs}; "
+            "the warm-up would end after training, short of optimizer.learning_rate"
+        )
+    check_param_lengths(run_params(cfg))
     return components
+
+
+def check_param_lengths(params: dict[str, Any]) -> None:
+    """Refuse a value MLflow would cut to :data:`MAX_PARAM_LENGTH` characters: the record would not be the run's."""
+    for key, value in params.items():
+        if len(str(value)) > MAX_PARAM_LENGTH:
+            raise ConfigError(
+                f"{key}: an MLflow param holds at most {MAX_PARAM_LENGTH} characters, this value has "
+                f"{len(str(value))}; the run's record would be cut short"
+            )
 
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:
