@@ -9,6 +9,7 @@ import inspect
 import string
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,16 @@ def default_direction(metric: str) -> Direction:
 #: Overrides that say where and how a run is recorded, not what it trains (its store, name and parent, Hydra's
 #: settings, free-form tags, the run it resumes): they neither name a run nor tell runs apart.
 RECORD_KEYS = ("tracking.", "tracking=", "hydra.", "hydra=", "hydra/", "tags.", "tags=", "resume=")
+
+
+def setting_overrides(overrides: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``(key, value)`` of each override that says what a run trains: none of :data:`RECORD_KEYS`."""
+    found = []
+    for item in overrides:
+        key, equals, value = item.lstrip("+~").partition("=")
+        if equals and not f"{key}=".startswith(RECORD_KEYS):
+            found.append((key, value))
+    return found
 
 #: The final metrics every run has; ``objective.metric`` names one of them.
 FINAL_METRICS = tuple(f"{part}_{kind}" for part in ("train", "val", "test") for kind in ("accuracy", "loss"))

@@ -26,11 +26,11 @@ from nnexp.cli_errors import check_plugin_nodes
 from nnexp.config import (
     FINAL_METRICS,
     GROUPS,
-    RECORD_KEYS,
     Direction,
     check_known_keys,
     check_tags,
     default_direction,
+    setting_overrides,
 )
 from nnexp.core.activations import ACTIVATIONS, Activation
 from nnexp.core.engine import warm_up
@@ -211,8 +211,8 @@ def configure(cfg: DictConfig) -> Components:
     warmup = getattr(components.schedule, "warmup_epochs", 0)
     if warmup and warmup >= trainer.epochs:  # the rate would still be rising when training ends
         raise ConfigError(
-            f"schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs={warmup} with epochs={trainer.epochs}; "
-            "the warm-up would end after training, short of optimizer.learning_rate"
+            f"schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs={warmup} with "
+            f"epochs={trainer.epochs}; the warm-up would end after training, short of optimizer.learning_rate"
         )
     check_param_lengths(run_params(cfg))
     return components
@@ -615,11 +615,7 @@ def run_label(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     choices = job_choices()
-    given: list[tuple[str, str]] = []
-    for item in job_overrides():
-        key, equals, value = item.lstrip("+~").partition("=")
-        if equals and key != "experiment" and not f"{key}=".startswith(RECORD_KEYS):
-            given.append((key, value))
+    given = [(key, value) for key, value in setting_overrides(job_overrides()) if key != "experiment"]
     names = short_keys([key for key, _ in given])
     parts = [choices["experiment"]] if choices.get("experiment") else []
     parts += [f"{names[key]}={value}" for key, value in given]
