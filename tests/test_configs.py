@@ -257,7 +257,7 @@ def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
             "schedule=cosine schedule.warmup_epochs=1000 trainer.epochs=2",
             "schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs=1000 with epochs=2;",
         ),
-        ("schedule=cosine schedule.warmup_epochs=2 trainer.epochs=2", "schedule.warmup_epochs must be < trainer.epochs"),
+        ("schedule=cosine schedule.warmup_epochs=2 trainer.epochs=2", "schedule.warmup_epochs must be < trainer"),
         (  # MLflow kept the first 6000 characters of the param and the run FINISHED
             "model.hidden_sizes=[" + ",".join(["1"] * 2100) + "]",
             "model.hidden_sizes: an MLflow param holds at most 6000 characters, this value has 6300;",
