@@ -15,8 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from nnexp.cli_errors import check_plugin_nodes, describe_preset_error
-from nnexp.config import GROUPS, schema_for, store_configs
+from nnexp.cli_errors import check_plugin_nodes, check_preset_names, describe_preset_error
+from nnexp.config import GROUPS, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
 from nnexp.plugins import load_builtins, load_file
 from nnexp.run import build, configure
@@ -245,3 +245,65 @@ def test_a_preset_without_its_plugin_defaults_is_checked_against_the_plugin(user
 def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
     (user_conf / "model" / "mine.yaml").write_text("name: mlp\nhidden_sizes: [8]\n")
     assert configure(compose("nnexp", overrides=["model=mine"])).model.hidden_sizes == [8]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("+tags.x=null", "tags.x must be a string, number or bool, got None"),
+        ("+tags={a:{b:1}}", "tags.a must be a string, number or bool, got {'b': 1}"),
+        ("+tags.x=[1,2]", "tags.x must be a string, number or bool, got [1, 2]"),
+        (  # the rate would reach 2e-6 of the configured one, and the run FINISH as if it had trained
+            "schedule=cosine schedule.warmup_epochs=1000 trainer.epochs=2",
+            "schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs=1000 with epochs=2;",
+        ),
+        ("schedule=cosine schedule.warmup_epochs=2 trainer.epochs=2", "schedule.warmup_epochs must be < trainer"),
+        (  # MLflow kept the first 6000 characters of the param and the run FINISHED
+            "model.hidden_sizes=[" + ",".join(["1"] * 2100) + "]",
+            "model.hidden_sizes: an MLflow param holds at most 6000 characters, this value has 6300;",
+        ),
+    ],
+)
+def test_a_value_the_record_would_get_wrong_is_refused(composed, override, expected):
+    with pytest.raises(ConfigError) as caught:
+        configure(composed(*override.split()))
+    assert str(caught.value).startswith(expected)
+
+
+def test_scalar_tags_and_a_warm_up_shorter_than_training_are_accepted(composed):
+    configure(composed("+tags.a=1", "+tags.b=true", "+tags.c=x", "schedule=cosine", "schedule.warmup_epochs=1"))
+
+
+def test_the_param_limit_is_mlflows():
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from nnexp.tracking import MAX_PARAM_LENGTH
+
+    assert MAX_PARAM_LENGTH == MAX_PARAM_VAL_LENGTH
+
+
+def test_tags_and_tracking_overrides_never_name_a_run():
+    overrides = ["+tags={a:{b:1}}", "+tags.x=1", "tracking={uri:x}", "tracking.run_name=n", "seed=3", "+model.x=1"]
+    assert setting_overrides(overrides) == [("seed", "3"), ("model.x", "1")]
+
+
+@pytest.mark.parametrize(
+    ("preset", "text"),
+    [("model/mlp.yaml", "name: mlp\nhidden_sizes: [3]\n"), ("dataset/quadrants.yaml", "name: moons\nn_samples: 50\n")],
+)
+def test_a_preset_named_like_a_plugin_is_refused_naming_the_file(tmp_path, monkeypatch, preset, text):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "conf" / preset
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    group, plugin = preset.removesuffix(".yaml").split("/")
+    with pytest.raises(ConfigError) as caught:
+        check_preset_names(tmp_path / "conf")
+    assert str(caught.value) == (
+        f"conf/{preset}: a preset may not reuse the name of the {group} plugin '{plugin}'; "
+        f"rename it (e.g. my_{plugin}.yaml) and start it with 'defaults: [{plugin}, _self_]'"
+    )
+
+
+def test_the_shipped_presets_reuse_no_plugin_name():
+    check_preset_names(CONF)

@@ -118,7 +118,7 @@ def config_dir() -> Path | None:
 def launch() -> None:
     import hydra
 
-    from nnexp.cli_errors import check_command_line, check_override_keys
+    from nnexp.cli_errors import check_command_line, check_override_keys, check_preset_names
     from nnexp.config import store_configs
     from nnexp.plugins import load_plugins
     from nnexp.resume import hydra_arguments
@@ -129,6 +129,7 @@ def launch() -> None:
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
     presets = config_dir()
+    check_preset_names(presets)
     if quick_help(sys.argv[1:], presets):
         return
     from nnexp import sweep

@@ -281,3 +281,18 @@ def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
             typed.merge_with({registry.kind: node})
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{where}{describe_config_error(exc) or str(exc).splitlines()[0]}") from None
+
+
+def check_preset_names(config_dir: Path | None) -> None:
+    """Refuse a YAML preset named like a plugin of its group (``conf/model/mlp.yaml``): Hydra would merge it onto
+    the plugin's node with a deprecation warning, and it would hide the plugin or build another one."""
+    if config_dir is None:
+        return
+    for registry, _ in GROUPS:
+        for name in registry.names():
+            preset = config_dir / registry.kind / f"{name}.yaml"
+            if preset.is_file():
+                raise ConfigError(
+                    f"{shown_path(preset)}: a preset may not reuse the name of the {registry.kind} plugin '{name}'; "
+                    f"rename it (e.g. my_{name}.yaml) and start it with 'defaults: [{name}, _self_]'"
+                )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
-from nnexp.config import GROUPS, RECORD_KEYS, Direction, default_direction
+from nnexp.config import GROUPS, Direction, default_direction, setting_overrides
 from nnexp.errors import NnexpError
 
 if TYPE_CHECKING:
@@ -108,11 +108,7 @@ def reap_store(client: MlflowClient) -> None:
 def settings(run: Run) -> dict[str, str]:
     """A run's params, plus the config group choices it recorded as tags (``model: deep_sigmoid``); a job that
     failed before its config was composed has only its overrides (tag ``overrides``), which then stand in."""
-    given = {}
-    for item in run.data.tags.get("overrides", "").split():
-        key, equals, value = item.lstrip("+~").partition("=")
-        if equals and not f"{key}=".startswith(RECORD_KEYS):
-            given[key] = value
+    given = dict(setting_overrides(run.data.tags.get("overrides", "").split()))
     choices = {key: run.data.tags[key] for key in CHOICE_TAGS if key in run.data.tags}
     return {**given, **run.data.params, **choices}
 

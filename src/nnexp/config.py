@@ -9,6 +9,7 @@ import inspect
 import string
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,17 @@ def default_direction(metric: str) -> Direction:
 
 #: Overrides that say where and how a run is recorded, not what it trains (its store, name and parent, Hydra's
 #: settings, free-form tags, the run it resumes): they neither name a run nor tell runs apart.
-RECORD_KEYS = ("tracking.", "hydra.", "hydra/", "tags.", "resume=")
+RECORD_KEYS = ("tracking.", "tracking=", "hydra.", "hydra=", "hydra/", "tags.", "tags=", "resume=")
+
+
+def setting_overrides(overrides: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``(key, value)`` of each override that says what a run trains: none of :data:`RECORD_KEYS`."""
+    found = []
+    for item in overrides:
+        key, equals, value = item.lstrip("+~").partition("=")
+        if equals and not f"{key}=".startswith(RECORD_KEYS):
+            found.append((key, value))
+    return found
 
 #: The final metrics every run has; ``objective.metric`` names one of them.
 FINAL_METRICS = tuple(f"{part}_{kind}" for part in ("train", "val", "test") for kind in ("accuracy", "loss"))
@@ -304,6 +315,8 @@ def check_tags(tags: dict[str, Any]) -> None:
         check_tag_key(str(key), f"tags.{key}")
         if str(key) in OWN_TAGS or str(key).startswith(OWN_TAG_PREFIXES) or str(key) in ("source", "nnexp", "mlflow"):
             raise ConfigError(f"tags.{key}: nnexp records the tag {key} itself; give yours another name")
+        if value is None or not isinstance(value, (str, int, float)):  # a bool is an int
+            raise ConfigError(f"tags.{key} must be a string, number or bool, got {value!r}")
         if len(str(value)) > MAX_TAG_VALUE:
             raise ConfigError(
                 f"{abbreviated(f'tags.{key}')}: an MLflow tag value holds at most {MAX_TAG_VALUE} characters, "

@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import os
 import pkgutil
 import sys
+import traceback
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from nnexp.errors import PluginError
-from nnexp.registry import registration_source
+from nnexp.registry import REGISTRIES, Registry, registration_source
 
 ENTRY_POINT_GROUP = "nnexp.plugins"
 PATH_VARIABLE = "NNEXP_PLUGIN_PATH"
@@ -101,3 +103,43 @@ def _display(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+
+def plugin_label(registry: Registry, cls: type) -> str:
+    """``activation narrow (plugins/narrow.py)``: the kind, name and source of ``cls``, or its class name when
+    ``registry`` does not hold it."""
+    name = next((name for name, registered in registry.items() if registered is cls), None)
+    if name is None:
+        return f"{registry.kind} class {cls.__module__}.{cls.__qualname__}"
+    return f"{registry.kind} {name} ({registry.source(name).removeprefix('file ')})"
+
+
+def blame(exc: BaseException) -> PluginError | None:
+    """A one-line error naming the user's plugin whose code raised ``exc`` (the innermost of its frames); None when
+    no frame of ``exc``'s traceback is a user's plugin: an error of nnexp itself, which keeps its traceback."""
+    classes: dict[str, list[tuple[Registry, type]]] = {}
+    for registry in REGISTRIES:
+        for _, cls in registry.items():
+            if is_builtin(cls):
+                continue
+            try:
+                file = inspect.getsourcefile(cls)
+            except TypeError:  # defined where no file holds it, as in an interactive session
+                continue
+            if file is not None:
+                classes.setdefault(os.path.realpath(file), []).append((registry, cls))
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        found = classes.get(os.path.realpath(frame.f_code.co_filename))
+        if found:
+            qualname = frame.f_code.co_qualname
+            registry, cls = next(((r, c) for r, c in found if qualname.startswith(f"{c.__qualname__}.")), found[0])
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+            return PluginError(f"{plugin_label(registry, cls)} raised {said}")
+    return None
+
+
+def is_builtin(cls: type) -> bool:
+    """Whether ``cls`` is one of nnexp's own plugins."""
+    return cls.__module__.partition(".")[0] == "nnexp"

@@ -17,6 +17,9 @@ T = TypeVar("T")
 _SCALARS = (int, float, bool, str)
 CONFIG_TYPES = "int, float, bool, str, an Enum, list[...] of those, or ... | None"
 
+#: Every registry, so that an error can be traced back to the plugin whose code raised it.
+REGISTRIES: list[Registry[Any]] = []
+
 
 def _supported(annotation: Any) -> bool:
     """Whether OmegaConf can type-check a field of this annotation."""
@@ -90,6 +93,7 @@ class Registry(Generic[T]):
         self.kind, self.base, self.by_name_only = kind, base, by_name_only
         self._classes: dict[str, type[T]] = {}
         self._sources: dict[str, str] = {}
+        REGISTRIES.append(self)
 
     def register(self, name: str, *, override: bool = False) -> Callable[[type[T]], type[T]]:
         """Class decorator adding ``cls`` under ``name``; ``override=True`` replaces an existing entry on purpose."""

@@ -27,13 +27,13 @@ from nnexp.cli_errors import check_plugin_nodes
 from nnexp.config import (
     FINAL_METRICS,
     GROUPS,
-    RECORD_KEYS,
     Direction,
     check_known_keys,
     check_tags,
     default_direction,
+    setting_overrides,
 )
-from nnexp.core.activations import ACTIVATIONS
+from nnexp.core.activations import ACTIVATIONS, Activation
 from nnexp.core.engine import warm_up
 from nnexp.core.initializers import INITIALIZERS
 from nnexp.core.losses import LOSSES, Loss
@@ -43,12 +43,14 @@ from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
-from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, require
+from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, PluginError, require
 from nnexp.folders import describe_os_error, discard_job_dir
 from nnexp.models.base import MODELS, Model
+from nnexp.plugins import blame, plugin_label
 from nnexp.progress import Progress
 from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
 from nnexp.tracking import (
+    MAX_PARAM_LENGTH,
     RunCreationError,
     TrackedRun,
     Tracker,
@@ -156,6 +158,11 @@ class Phases:
         try:
             with memory.running_out(doing, advice):  # the phase says what ran out, in one line
                 yield
+        except Exception as exc:
+            blamed = None if isinstance(exc, NnexpError) else blame(exc)
+            if blamed is None:
+                raise
+            raise blamed from exc  # a user's plugin failed: one line naming it; HYDRA_FULL_ERROR=1 shows where
         finally:
             self._charge()
             self._open.pop()
@@ -202,7 +209,24 @@ def configure(cfg: DictConfig) -> Components:
         dtype=np.dtype(cfg.trainer.dtype.value).type,
     )
     components.model.check(components.loss)
+    warmup = getattr(components.schedule, "warmup_epochs", 0)
+    if warmup and warmup >= trainer.epochs:  # the rate would still be rising when training ends
+        raise ConfigError(
+            f"schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs={warmup} with "
+            f"epochs={trainer.epochs}; the warm-up would end after training, short of optimizer.learning_rate"
+        )
+    check_param_lengths(run_params(cfg))
     return components
+
+
+def check_param_lengths(params: dict[str, Any]) -> None:
+    """Refuse a value MLflow would cut to :data:`MAX_PARAM_LENGTH` characters: the record would not be the run's."""
+    for key, value in params.items():
+        if len(str(value)) > MAX_PARAM_LENGTH:
+            raise ConfigError(
+                f"{key}: an MLflow param holds at most {MAX_PARAM_LENGTH} characters, this value has "
+                f"{len(str(value))}; the run's record would be cut short"
+            )
 
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:
@@ -216,8 +240,22 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     memory.check_fits(components.model, components.optimizer, loss, splits, components.trainer.batch_size, dtype)
     with memory.running_out("building the network", "use a smaller model"):
         network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    check_activation_shapes(network, data["train"].x[:2])
     components.trainer.select_engine(network, loss, components.optimizer)
     return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
+
+
+def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
+    """Pass a few rows through ``network`` and refuse an activation whose output is not shaped like its input,
+    which the next layer would meet as a bare NumPy error naming no plugin."""
+    for layer in network.layers:
+        out = layer.forward(x)
+        if isinstance(layer, Activation) and np.shape(out) != x.shape:
+            raise PluginError(
+                f"{plugin_label(ACTIVATIONS, type(layer))} returned shape {np.shape(out)} for an input of shape "
+                f"{x.shape}; an activation's output must be shaped like its input"
+            )
+        x = out
 
 
 def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
@@ -600,11 +638,7 @@ def run_label(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     choices = job_choices()
-    given: list[tuple[str, str]] = []
-    for item in job_overrides():
-        key, equals, value = item.lstrip("+~").partition("=")
-        if equals and key != "experiment" and not f"{key}=".startswith(RECORD_KEYS):
-            given.append((key, value))
+    given = [(key, value) for key, value in setting_overrides(job_overrides()) if key != "experiment"]
     names = short_keys([key for key, _ in given])
     parts = [choices["experiment"]] if choices.get("experiment") else []
     parts += [f"{names[key]}={value}" for key, value in given]

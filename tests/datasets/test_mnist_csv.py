@@ -249,3 +249,18 @@ def test_a_device_or_pipe_is_refused_before_it_is_read(tmp_path):
     os.mkfifo(tmp_path / "pipe.csv")
     with pytest.raises(DataError, match=r"pipe\.csv: is not a regular file"):
         read_csv(tmp_path / "pipe.csv")
+
+
+@pytest.mark.parametrize("spelling", ["same path", "another spelling", "a link"])
+def test_the_training_file_as_test_file_is_refused(mnist_files, spelling):
+    train, _ = mnist_files.write_csv_pair()
+    test = {"same path": train, "another spelling": train.parent / "." / train.name}.get(spelling)
+    if test is None:
+        test = train.parent / "link.csv"
+        test.symlink_to(train)
+    with pytest.raises(DataError) as caught:
+        load(train, test, val_size=10)
+    assert str(caught.value) == (
+        f"dataset.train_path and dataset.test_path are the same file ({train.resolve()}); "
+        "test on data the network is not trained on"
+    )

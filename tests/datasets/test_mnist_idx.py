@@ -476,3 +476,16 @@ def test_a_gzip_file_shorter_than_its_header_promises_is_refused_before_decompre
     with pytest.raises(DataError, match=promise):
         read_idx_images(path)
     assert max(sizes) <= 16, sizes
+
+
+def test_test_files_that_are_links_to_the_training_files_are_refused(mnist_files):
+    folder = mnist_files.write_idx()
+    test_images = mnist_files.idx_path("test_images")
+    test_images.unlink()
+    test_images.symlink_to(mnist_files.idx_path("train_images"))
+    with pytest.raises(DataError) as caught:
+        MnistIdx(str(folder), val_size=10).load(np.random.default_rng(0))
+    assert str(caught.value) == (
+        f"{folder}: the training and test images are the same file ({mnist_files.idx_path('train_images')}); "
+        "test on data the network is not trained on"
+    )

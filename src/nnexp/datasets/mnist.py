@@ -209,7 +209,16 @@ def locate_idx_files(directory: Path, hint: str) -> IdxFiles:
             f"{directory}: MNIST files missing: {', '.join(missing)} "
             f"(the spelling train-images.idx3-ubyte is accepted too); {hint}"
         )
+    for kind in ("images", "labels"):
+        check_distinct(found[f"train_{kind}"], found[f"test_{kind}"], f"{directory}: the training and test {kind}")
     return IdxFiles(**found)
+
+
+def check_distinct(train: Path, test: Path, what: str) -> None:
+    """Refuse test data read from the training file (a link or the same path twice): its metrics would measure
+    what the network memorised, not how it generalises. ``what`` names the two in the message."""
+    if train.is_file() and test.is_file() and os.path.samefile(train, test):
+        raise DataError(f"{what} are the same file ({train.resolve()}); test on data the network is not trained on")
 
 
 def _same_idx_data(first: Path, second: Path, block: int = 2**20) -> bool:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnexp.datasets.base import DATASETS
-from nnexp.datasets.mnist import CSV_FILES, MnistDataset, RawMnist, Scaling, Validation, default_mnist_dir, read_csv
+from nnexp.datasets.mnist import (
+    CSV_FILES,
+    MnistDataset,
+    RawMnist,
+    Scaling,
+    Validation,
+    check_distinct,
+    default_mnist_dir,
+    read_csv,
+)
 from nnexp.errors import DataError
 
 
@@ -40,6 +49,7 @@ class MnistCsv(MnistDataset):
                     f"{path}: no such file; write it with `nnexp data mnist --csv`, or give your files with "
                     f"dataset.train_path=... dataset.test_path=... (dataset.{key} is not set)"
                 )
+        check_distinct(train, test, "dataset.train_path and dataset.test_path")
         train_images, train_labels = read_csv(train)
         test_images, test_labels = read_csv(test)
         return RawMnist(train_images, train_labels, test_images, test_labels, str(train))

@@ -1,0 +1,156 @@
+"""An exception escaping a user's plugin is one line naming the plugin and its file; nnexp's own keep a traceback."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnexp import DATASETS, LOSSES, MODELS, SCHEDULES
+from nnexp.errors import PluginError
+from nnexp.plugins import blame, load_builtins, load_folder
+from nnexp.run import check_activation_shapes
+
+load_builtins()
+
+PLUGINS = {
+    "dsload.py": """
+        import numpy as np
+        from nnexp import DATASETS, Dataset, Splits
+
+
+        @DATASETS.register("bad_load")
+        class BadLoad(Dataset):
+            def load(self, rng: np.random.Generator) -> Splits:
+                raise RuntimeError("remote data unavailable")
+    """,
+    "narrow.py": """
+        from nnexp import ACTIVATIONS, Activation
+
+
+        @ACTIVATIONS.register("narrow")
+        class Narrow(Activation):
+            def forward(self, x):
+                return x[:, :1]
+
+            def backward(self, grad_out, input_grad=True):
+                return grad_out
+    """,
+    "schedules.py": """
+        from nnexp import SCHEDULES, Schedule
+
+
+        @SCHEDULES.register("halving")
+        class Halving(Schedule):
+            def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+                return base_rate / 2**epoch
+
+
+        @SCHEDULES.register("zero_div")
+        class ZeroDiv(Schedule):
+            def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+                return base_rate / max(0, 2 - epoch)
+    """,
+}
+
+
+def write_plugins(root: Path) -> None:
+    (root / "plugins").mkdir(exist_ok=True)
+    for name, source in PLUGINS.items():
+        (root / "plugins" / name).write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch, restore_registries):
+    monkeypatch.chdir(tmp_path)
+    write_plugins(tmp_path)
+    load_folder(tmp_path / "plugins")
+
+
+def raised(call) -> BaseException:
+    with pytest.raises(Exception) as caught:
+        call()
+    return caught.value
+
+
+def test_an_exception_from_a_plugin_s_code_names_the_plugin_and_its_file(plugins):
+    exc = raised(lambda: DATASETS.build({"name": "bad_load"}).load(np.random.default_rng(0)))
+    assert str(blame(exc)) == "dataset bad_load (plugins/dsload.py) raised RuntimeError: remote data unavailable"
+
+
+def test_of_two_plugins_in_one_file_the_one_whose_code_raised_is_named(plugins):
+    exc = raised(lambda: SCHEDULES.build({"name": "zero_div"}).rate(2, 0.1, 5))
+    reason = "float division by zero"
+    assert str(blame(exc)) == f"schedule zero_div (plugins/schedules.py) raised ZeroDivisionError: {reason}"
+
+
+def test_an_error_of_nnexp_s_own_code_is_not_blamed_on_a_plugin(plugins):
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [4]}).build(
+        3, 2, LOSSES.build({"name": "cross_entropy"}), np.random.default_rng(0), np.float64
+    )
+    exc = raised(lambda: network.forward(np.zeros((2, 5))))
+    assert isinstance(exc, ValueError) and blame(exc) is None
+
+
+def test_an_activation_whose_output_is_not_shaped_like_its_input_is_refused_naming_it(plugins):
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [4], "activation": "narrow"}).build(
+        3, 2, LOSSES.build({"name": "cross_entropy"}), np.random.default_rng(0), np.float64
+    )
+    with pytest.raises(PluginError) as caught:
+        check_activation_shapes(network, np.zeros((2, 3)))
+    assert str(caught.value) == (
+        "activation narrow (plugins/narrow.py) returned shape (2, 1) for an input of shape (2, 4); "
+        "an activation's output must be shaped like its input"
+    )
+
+
+def test_the_built_in_activations_keep_their_input_s_shape():
+    for activation in ("identity", "relu", "sigmoid", "tanh"):
+        network = MODELS.build({"name": "mlp", "hidden_sizes": [4], "activation": activation}).build(
+            3, 2, LOSSES.build({"name": "cross_entropy"}), np.random.default_rng(0), np.float64
+        )
+        check_activation_shapes(network, np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["dataset=bad_load"],
+            "error: dataset bad_load (plugins/dsload.py) raised RuntimeError: remote data unavailable\n",
+        ),
+        (  # a bare "ValueError: shapes (4,1) and (64,64) not aligned" traceback from the next layer, run FAILED
+            ["model.activation=narrow", "trainer.engine=numpy"],
+            "error: activation narrow (plugins/narrow.py) returned shape (2, 1) for an input of shape (2, 64); "
+            "an activation's output must be shaped like its input\n",
+        ),
+    ],
+)
+def test_a_plugin_failing_before_training_is_one_line_and_leaves_nothing(project, overrides, message):
+    write_plugins(project.root)
+    result = project.run(*overrides, "trainer.epochs=1")
+    assert (result.returncode, result.stderr) == (1, message)
+    assert project.job_dirs() == [] and project.runs() == []
+
+
+def test_a_plugin_failing_during_training_fails_the_run_naming_it(project):
+    write_plugins(project.root)
+    result = project.run("schedule=zero_div", "dataset=quadrants", "trainer.epochs=3")
+    reason = "schedule zero_div (plugins/schedules.py) raised ZeroDivisionError: float division by zero"
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.endswith(f"error: {reason}\n") and result.stderr.count("error:") == 1
+    [run] = project.runs()
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == reason
+
+
+def test_a_preset_named_like_a_plugin_is_one_line_without_hydra_s_warning(project):
+    (project.root / "conf" / "model" / "mlp.yaml").write_text("name: mlp\nhidden_sizes: [3]\n")
+    result = project.run("model=mlp", "trainer.epochs=1")
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: conf/model/mlp.yaml: a preset may not reuse the name of the model plugin 'mlp'; "
+        "rename it (e.g. my_mlp.yaml) and start it with 'defaults: [mlp, _self_]'\n",
+    )
+    assert project.job_dirs() == [] and project.runs() == []
