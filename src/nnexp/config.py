@@ -143,12 +143,16 @@ def _hydra_settings() -> dict[str, Any]:
             "missed; python -m nnexp resume=RUN_ID continues a stopped run.\n"
             "Runs are recorded in MLflow; README.md shows how to compare them.",
         },
-        # The terminal shows bare messages; the job's log file keeps Hydra's timestamps.
-        "job_logging": {
-            "formatters": {"bare": {"format": "%(message)s"}},
-            "handlers": {"console": {"formatter": "bare"}},
-        },
     }
+
+
+#: Hydra's default job logging, but the terminal shows bare messages; the job's log file keeps Hydra's timestamps.
+#: An option of its own, so that ``hydra/job_logging=disabled`` (or any other) replaces it whole.
+JOB_LOGGING = {
+    "defaults": ["default", "_self_"],
+    "formatters": {"bare": {"format": "%(message)s"}},
+    "handlers": {"console": {"formatter": "bare"}},
+}
 
 
 @dataclass
@@ -161,6 +165,7 @@ class RunConfig:
             # an optional entry would silently ignore a misspelt preset name.
             {"experiment": None},
             {"hparams_search": None},
+            {"override hydra/job_logging": PRIMARY},
         ]
     )
     dataset: Any = MISSING
@@ -212,7 +217,15 @@ def store_configs() -> None:
     for registry, _ in GROUPS:
         for name, cls in registry.items():
             store.store(group=registry.kind, name=name, node=schema_for(cls, name), provider="nnexp")
+    store.store(group="hydra/job_logging", name=PRIMARY, node=JOB_LOGGING, provider="nnexp")
     store.store(name=PRIMARY, node=RunConfig, provider="nnexp")
+
+
+def group_options(group: str, config_dir: Path | None) -> list[str]:
+    """The options of config group ``group``: its registered plugins and the YAML presets in ``config_dir/group``."""
+    registered = next((registry.names() for registry, _ in GROUPS if registry.kind == group), [])
+    presets = [path.stem for path in (config_dir / group).glob("*.yaml")] if config_dir is not None else []
+    return sorted({*registered, *presets})
 
 
 def config_fields(schema: Any) -> list[str]:

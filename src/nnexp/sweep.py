@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from nnexp.config import check_tags
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
-from nnexp.folders import check_hydra_paths, discard_dir
+from nnexp.folders import FOLDER_LOCK, WRITTEN_AT_SETUP, check_hydra_paths, discard_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -146,7 +146,10 @@ class Sweep:
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
         if finished == failed == 0 and not interrupted:
             self.tracker.client.delete_run(self.parent.run_id)
-            discard_dir(self.directory, {"multirun.yaml", "summary"})  # what Hydra wrote before its first job
+            # What Hydra wrote before its first job: a job folder too, when Hydra failed to set up the job's logging.
+            for job in self.directory.iterdir() if self.directory.is_dir() else ():
+                discard_dir(job, WRITTEN_AT_SETUP)
+            discard_dir(self.directory, {"multirun.yaml", "summary", FOLDER_LOCK})
             self.tracker.discard_new_store()
 
     def summarise(self) -> tuple[int, int]:
