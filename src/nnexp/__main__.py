@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from nnexp.errors import NnexpError, StartRefused, raise_on_stop_signals
-from nnexp.folders import describe_os_error, discard_unused_folders, job_folders
+from nnexp.folders import describe_os_error, discard_unused_folders, job_folders, normalised_folders
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
@@ -113,7 +113,7 @@ def launch() -> None:
     from nnexp.resume import hydra_arguments
 
     check_command_line(sys.argv[1:])
-    sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
+    sys.argv[1:] = normalised_folders(hydra_arguments(sys.argv[1:], Path.cwd()))
     check_override_keys(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()

@@ -10,12 +10,13 @@ once per run, and once per sweep.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import IO
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from nnexp.errors import ConfigError, StartRefused
 
@@ -100,15 +101,46 @@ class FolderRefused(StartRefused):
     """A run folder that is in use or already holds a run."""
 
 
-def check_hydra_paths(output_subdir: str | None, job_name: str | None) -> None:
+#: Where Hydra's default job logging writes the job's log file: inside the job's folder.
+JOB_FOLDER = "${hydra.runtime.output_dir}/"
+
+
+def check_hydra_paths(config: DictConfig) -> None:
     """Refuse Hydra settings that would write a run's files outside its folder: ``hydra.output_subdir`` (its
-    ``.hydra`` copies of the config) and ``hydra.job.name`` (its ``<name>.log``)."""
+    ``.hydra`` copies of the config), ``hydra.job.name`` (its ``<name>.log``) and a file that a log handler of
+    ``hydra.job_logging`` writes."""
+    output_subdir = OmegaConf.select(config, "hydra.output_subdir")
+    job_name = OmegaConf.select(config, "hydra.job.name")
     if output_subdir is not None and (Path(output_subdir).is_absolute() or ".." in Path(output_subdir).parts):
         raise FolderRefused(
             f"hydra.output_subdir={output_subdir}: must be a folder inside the run's folder, such as .hydra"
         )
     if job_name is not None and ("/" in job_name or job_name in ("", ".", "..")):
         raise FolderRefused(f"hydra.job.name={job_name!r}: names the run's log file, <name>.log; write a plain name")
+    handlers = OmegaConf.select(config, "hydra.job_logging.handlers")
+    for name, handler in (OmegaConf.to_container(handlers) if isinstance(handlers, DictConfig) else {}).items():
+        filename = handler.get("filename") if isinstance(handler, dict) else None
+        if filename is not None and not (str(filename).startswith(JOB_FOLDER) and ".." not in Path(filename).parts):
+            raise FolderRefused(
+                f"hydra.job_logging.handlers.{name}.filename={filename}: a run's log files go inside its folder; "
+                f"write {JOB_FOLDER}NAME.log"
+            )
+
+
+#: The settings that name a run's or a sweep's folder.
+FOLDER_SETTINGS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def normalised_folders(arguments: list[str]) -> list[str]:
+    """``arguments`` with ``a/..`` taken out of the folders they give ``hydra.run.dir`` and ``hydra.sweep.dir``:
+    Hydra would create ``a`` and leave it behind, empty. Quoted values and interpolations are left as they are."""
+    normalised = []
+    for item in arguments:
+        key, _, value = item.partition("=")
+        if key.lstrip("+") in FOLDER_SETTINGS and value and not any(character in value for character in "'\"$\\"):
+            item = f"{key}={os.path.normpath(value)}"
+        normalised.append(item)
+    return normalised
 
 
 def use_run_folder(folder: Path, resuming: bool) -> None:
@@ -126,12 +158,35 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
         return
     created_folders.update(path.resolve() for path in missing[1:])
     entries = {entry.name for entry in folder.iterdir()}
-    holds_run = bool(entries & RUN_MARKERS) or (folder / "checkpoints").is_dir()
-    if not resuming and holds_run and entries - WRITTEN_AT_SETUP:
+    if not resuming and holds_run(folder):
         raise FolderRefused(
             f"hydra.run.dir={folder} already holds a run ({', '.join(sorted(entries - {FOLDER_LOCK}))}); "
             "choose another folder, or resume it with resume=<id>"
         )
+    lock_folder(folder, "run folder")
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's files, more than what a run that failed at setup leaves."""
+    entries = {entry.name for entry in folder.iterdir()}
+    return bool(entries & RUN_MARKERS or (folder / "checkpoints").is_dir()) and bool(entries - WRITTEN_AT_SETUP)
+
+
+def use_sweep_folder(folder: Path) -> None:
+    """Lock the existing ``folder`` for this sweep; refuse, in one line, one that another process is using or that
+    holds an earlier sweep's jobs, whose folders (0, 1, ...) this sweep's jobs would share."""
+    jobs = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and holds_run(entry))
+    if jobs or (folder / "multirun.yaml").exists():
+        shown = f" (jobs {', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''})" if jobs else ""
+        raise FolderRefused(
+            f"hydra.sweep.dir={folder} already holds a sweep{shown}; choose another folder, or leave hydra.sweep.dir "
+            "unset for a new one each time"
+        )
+    lock_folder(folder, "sweep folder")
+
+
+def lock_folder(folder: Path, kind: str) -> None:
+    """Lock ``folder`` for this process until it exits; refuse it, in one line, if another process holds it."""
     if fcntl is None:
         return
     # Held open, and so locked, until the process exits.
@@ -140,7 +195,7 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise FolderRefused(f"run folder {folder} is in use by another nnexp process; wait until it ends") from None
+        raise FolderRefused(f"{kind} {folder} is in use by another nnexp process; wait until it ends") from None
     _held.append(lock)
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from nnexp.config import check_tags
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
-from nnexp.folders import FOLDER_LOCK, WRITTEN_AT_SETUP, check_hydra_paths, discard_dir
+from nnexp.folders import FOLDER_LOCK, WRITTEN_AT_SETUP, check_hydra_paths, discard_dir, use_sweep_folder
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -84,12 +84,13 @@ class Sweep:
             raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
         check_plugin_settings(config)
         check_subdir(config)
-        check_hydra_paths(config.hydra.output_subdir, config.hydra.job.name)
+        check_hydra_paths(config)
         user_tags = OmegaConf.to_container(config.tags, resolve=True)
         check_tags(user_tags)  # type: ignore[arg-type]
         directory = Path(config.hydra.sweep.dir).resolve()
         created = create_sweep_folder(directory)  # before the store: a folder that cannot be made leaves no store
         try:
+            use_sweep_folder(directory)
             tracker = Tracker(resolve_uri(config.tracking.uri, project_dir), config.tracking.experiment)
             choices = config.hydra.runtime.choices
             tags = {
@@ -107,7 +108,7 @@ class Sweep:
         except BaseException:
             # The folder claimed by ${nnexp.claim:...} exists already, so it is not among those created here.
             for folder in (directory, *created):
-                discard_dir(folder, set())
+                discard_dir(folder, {FOLDER_LOCK})
             raise
         with read_write(config.hydra.overrides.task):
             config.hydra.overrides.task.append(f"{PARENT_OVERRIDE}='{parent.run_id}'")
