@@ -113,9 +113,9 @@ def launch() -> None:
     from nnexp.resume import hydra_arguments
 
     check_command_line(sys.argv[1:])
+    load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries
     sys.argv[1:] = normalised_folders(hydra_arguments(sys.argv[1:], Path.cwd()))
     check_override_keys(sys.argv[1:])
-    load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
     presets = config_dir()
     if quick_help(sys.argv[1:], presets):

@@ -39,6 +39,9 @@ _LOGGING_PART = re.compile(r"Unable to configure (?:(root) logger|(handler|forma
 #: Hydra's error for a preset whose defaults list names a config that does not exist.
 _MISSING_DEFAULT = re.compile(r"In '([^']+)': Could not load '([^']+)'")
 
+#: Hydra's refusal of ``~key`` for a key the config does not have.
+_NOT_DELETED = re.compile(r"Could not delete from config\. '([^']+)' does not exist")
+
 #: Hydra's refusal of ``key=a,b`` in a single run, and of ``+group=option`` / ``++group=option`` for a group
 #: that has a choice already.
 _AMBIGUOUS = re.compile(r"Ambiguous value for argument '([^'=]+)=([^']*)'")
@@ -200,8 +203,8 @@ def describe_logging_error(exc: BaseException) -> str | None:
 
 
 def override_hint(message: str) -> str | None:
-    """The fix for an override Hydra refuses with a message of several lines: a comma list outside a sweep, or a
-    config group's choice added with ``+`` or ``++``."""
+    """The fix for an override Hydra refuses with a message of several lines: a comma list outside a sweep, a
+    config group's choice added with ``+`` or ``++``, or a key removed with ``~`` that the config does not have."""
     ambiguous = _AMBIGUOUS.search(message)
     if ambiguous:
         key, value = ambiguous.groups()
@@ -209,6 +212,9 @@ def override_hint(message: str) -> str | None:
             f"{key}={value} is ambiguous: for a list write '{key}=[{value}]' (quoted for the shell), to sweep over "
             f"the values add -m, for a string quote it: {key}=\"'{value}'\""
         )
+    not_deleted = _NOT_DELETED.search(message)
+    if not_deleted:
+        return f"~{not_deleted[1]}: the config has no {not_deleted[1]} to remove; check its spelling"
     added = _ADDED_GROUP.search(message)
     if added:
         group, option = (added.group(1), added.group(2)) if added.group(1) else (added.group(3), added.group(4))
