@@ -10,14 +10,16 @@ once per run, and once per sweep.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nnexp import liveness
 from nnexp.errors import ConfigError, StartRefused
 
 try:
@@ -38,6 +40,8 @@ WRITTEN_AT_SETUP = {".hydra", "nnexp.log", FOLDER_LOCK}
 #: What only a run that got going writes (with hydra.output_subdir=null, no .hydra): a folder holding one of these,
 #: and more than setup leaves, holds a run.
 RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
+#: The key of a folder's lock record saying that the folder's MLflow run was opened.
+OPENED = "run_opened"
 #: The locks this process holds, open until it exits.
 _held: list[IO[str]] = []
 #: Hydra's flags that show the config instead of running it: a folder is then named but not created.
@@ -190,13 +194,70 @@ def lock_folder(folder: Path, kind: str) -> None:
     if fcntl is None:
         return
     # Held open, and so locked, until the process exits.
-    lock = open(folder / FOLDER_LOCK, "w")  # noqa: SIM115
+    lock = open(folder / FOLDER_LOCK, "a")  # noqa: SIM115  (not "w": the record of a process holding it stays)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
         raise FolderRefused(f"{kind} {folder} is in use by another nnexp process; wait until it ends") from None
+    # Who holds the folder, so that a later command can tell the folder of a process killed during setup.
+    record(lock, liveness.where_this_process_lives())
     _held.append(lock)
+
+
+def record(lock: IO[str], contents: dict[str, Any]) -> None:
+    """Replace what the lock file ``lock`` records."""
+    lock.truncate(0)
+    lock.write(json.dumps(contents))
+    lock.flush()
+
+
+def note_run_opened(folder: Path) -> None:
+    """Note in ``folder``'s lock that its MLflow run is being opened: from now on the folder belongs to a record, and
+    :func:`discard_orphan_folders` keeps it, whatever it holds."""
+    for lock in _held:
+        if Path(lock.name).resolve().parent == folder.resolve():
+            record(lock, {**liveness.where_this_process_lives(), OPENED: True})
+
+
+#: Where nnexp's default ``hydra.run.dir`` and ``hydra.sweep.dir`` put run and sweep folders, below the project.
+DEFAULT_LAYOUT = ("outputs/*/.nnexp.lock", "outputs/*/*/.nnexp.lock", "outputs/multirun/*/*/.nnexp.lock")
+
+
+def discard_orphan_folders(project_dir: Path) -> list[tuple[Path, str]]:
+    """Remove the run folders under ``project_dir/outputs`` that hold nothing but setup's leftovers of a process that
+    is gone (killed before its MLflow run was opened); returns each removed folder and why its process is gone.
+
+    A folder is removed only when its lock records a process on this machine that has ended, is not locked, and
+    never opened a run: a folder that belongs to a record, or to a live process, is never touched.
+    """
+    removed = []
+    for lock_path in sorted({path for pattern in DEFAULT_LAYOUT for path in project_dir.glob(pattern)}):
+        folder = lock_path.parent
+        try:
+            record = json.loads(lock_path.read_text())
+            leftovers = {entry.name for entry in folder.iterdir()} <= WRITTEN_AT_SETUP
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get(OPENED) or not leftovers:
+            continue
+        why = liveness.why_gone({key: str(value) for key, value in record.items()})
+        if why is not None and not locked(lock_path):
+            discard_dir(folder, WRITTEN_AT_SETUP)
+            removed.append((folder, why))
+    return removed
+
+
+def locked(lock_path: Path) -> bool:
+    """Whether a process holds the lock ``lock_path``."""
+    if fcntl is None:
+        return False
+    with open(lock_path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def discard_job_dir(output_dir: Path) -> None:

@@ -43,7 +43,7 @@ from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, require
-from nnexp.folders import describe_os_error, discard_job_dir
+from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
 from nnexp.models.base import MODELS, Model
 from nnexp.progress import Progress
 from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
@@ -279,6 +279,7 @@ def run(cfg: DictConfig) -> float:
     with phases("data"):
         tags["dataset_digest"] = experiment.splits.digest()
     tags["engine"] = experiment.trainer.engine_used
+    note_run_opened(output_dir)
     try:
         with (
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests

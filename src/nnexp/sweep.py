@@ -20,7 +20,14 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from nnexp.config import check_tags
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
-from nnexp.folders import FOLDER_LOCK, WRITTEN_AT_SETUP, check_hydra_paths, discard_dir, use_sweep_folder
+from nnexp.folders import (
+    FOLDER_LOCK,
+    WRITTEN_AT_SETUP,
+    check_hydra_paths,
+    discard_dir,
+    note_run_opened,
+    use_sweep_folder,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -104,6 +111,7 @@ class Sweep:
                 **user_tags,  # type: ignore[dict-item]
             }
             name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
+            note_run_opened(directory)
             parent = tracker.open_run(name, tags)
         except BaseException:
             # The folder claimed by ${nnexp.claim:...} exists already, so it is not among those created here.
