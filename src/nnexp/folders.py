@@ -221,7 +221,7 @@ def note_run_opened(folder: Path) -> None:
 
 
 #: Where nnexp's default ``hydra.run.dir`` and ``hydra.sweep.dir`` put run and sweep folders, below the project.
-DEFAULT_LAYOUT = ("outputs/*/.nnexp.lock", "outputs/*/*/.nnexp.lock", "outputs/multirun/*/*/.nnexp.lock")
+DEFAULT_LAYOUT = tuple(f"outputs/{folders}/{FOLDER_LOCK}" for folders in ("*", "*/*", "multirun/*/*"))
 
 
 def discard_orphan_folders(project_dir: Path) -> list[tuple[Path, str]]:
