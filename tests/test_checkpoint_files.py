@@ -378,6 +378,8 @@ def test_partial_files_are_removed_at_the_next_write_and_are_no_checkpoint_file(
         ("tags.secret=${oc.env:HOME}", "a plain value, without an interpolation"),
         ("experiment=../../../tmp/evil", "a config group option by its name"),
         ("seed=[", "a Hydra override key=value"),
+        ("~trainer", "an override that sets a value, not one that removes a part of every run's config"),
+        ("model=nonexistent", "an option of model ("),
     ],
 )
 def test_resume_refuses_manifest_overrides_that_are_not_nnexps_config(tmp_path, override, expected):

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from nnexp.cli_errors import check_plugin_nodes, check_preset_names, describe_preset_error
+from nnexp.cli_errors import check_plugin_nodes, check_preset_names, describe_config_error, describe_preset_error
 from nnexp.config import GROUPS, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
 from nnexp.plugins import load_builtins, load_file
@@ -307,3 +307,67 @@ def test_a_preset_named_like_a_plugin_is_refused_naming_the_file(tmp_path, monke
 
 def test_the_shipped_presets_reuse_no_plugin_name():
     check_preset_names(CONF)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"experiment/x.yaml": "# @package _global_\ndefaults:\n  - /experiment/x\n"},
+            "conf/experiment/x.yaml: its defaults list leads back to itself (experiment/x -> experiment/x)",
+        ),
+        ({"dataset/x.yaml": "defaults: [x, _self_]\n"}, "conf/dataset/x.yaml: its defaults list leads back to itself"),
+        (
+            {
+                "experiment/a.yaml": "# @package _global_\ndefaults:\n  - /experiment/b\n",
+                "experiment/b.yaml": "# @package _global_\ndefaults:\n  - /experiment/a\n",
+            },
+            "conf/experiment/a.yaml: its defaults list leads back to itself "
+            "(experiment/a -> experiment/b -> experiment/a)",
+        ),
+    ],
+    ids=["experiment-self", "dataset-self", "two-presets"],
+)
+def test_a_preset_whose_defaults_lead_back_to_itself_is_named(user_conf, files, expected):
+    for name, text in files.items():
+        (user_conf / name).parent.mkdir(exist_ok=True)
+        (user_conf / name).write_text(text)
+    group, option = next(iter(files)).removesuffix(".yaml").split("/")
+    with pytest.raises(RecursionError) as caught:
+        compose("nnexp", overrides=[f"{group}={option}"])
+    assert describe_preset_error(caught.value, user_conf).startswith(expected)
+
+
+def test_a_preset_naming_a_missing_default_names_the_preset_and_the_entry(user_conf):
+    (user_conf / "model" / "mine.yaml").write_text("defaults:\n  - nonexistent\n  - _self_\n")
+    with pytest.raises(Exception) as caught:
+        compose("nnexp", overrides=["model=mine"])
+    message = describe_config_error(caught.value)
+    assert message.startswith("conf/model/mine.yaml: its defaults name model/nonexistent, which does not exist; ")
+    assert "mlp" in message.split("model options: ")[1]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("tags=[1,2]", "tags is a mapping of tag names to values, not a list or a value; add a tag with +tags.NAME="),
+        ("tags=5", "tags is a mapping of tag names to values"),
+        ("~tags.nope", "~tags.nope: the config has no tags.nope to remove; check its spelling"),
+    ],
+)
+def test_tags_that_are_no_mapping_and_removing_a_missing_key_are_one_line(user_conf, override, expected):
+    with pytest.raises(Exception) as caught:
+        compose("nnexp", overrides=[override])
+    assert describe_config_error(caught.value).startswith(expected)
+
+
+def test_hydra_logging_settings_python_refuses_name_the_setting():
+    """As ``logging.config.dictConfig`` raises them; configuring this process's logging would undo pytest's."""
+    for part, cause, expected in [
+        ("root logger", "Unknown level: 'BOGUS'", "hydra.hydra_logging.root: Unknown level: 'BOGUS'"),
+        ("handler 'file'", "Cannot resolve 'x.Y'", "hydra.hydra_logging.handlers.file: Cannot resolve 'x.Y'"),
+    ]:
+        try:
+            raise ValueError(f"Unable to configure {part}") from ValueError(cause)
+        except ValueError as exc:
+            assert describe_config_error(exc) == expected

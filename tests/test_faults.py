@@ -273,3 +273,52 @@ def test_an_outbox_that_cannot_be_written_either_says_what_is_lost(tmp_path, mon
     message = str(raised.value)
     assert f"cannot write (database or disk is full: {database}), and the outbox cannot be kept either" in message
     assert f"run {run.run_id} stays RUNNING" in message
+def test_a_sweep_folder_used_before_is_refused_and_keeps_the_first_sweep(project):
+    first = project.run("-m", *QUICK, "seed=1", "hydra.sweep.dir=X")
+    assert first.returncode == 0, first.stderr
+    second = project.run("-m", *QUICK, "seed=2", "hydra.sweep.dir=X")
+    one_line_error(second, "hydra.sweep.dir=", "already holds a sweep")
+    assert len(project.runs()) == 2  # the first sweep's parent and job, no more
+    assert "seed: 1" in (project.root / "X" / "0" / ".hydra" / "config.yaml").read_text()
+
+
+def test_hydra_logging_settings_are_one_line_and_leave_nothing(project):
+    one_line_error(project.run(*QUICK, "hydra.job_logging.root.level=BOGUS"), "hydra.job_logging.root: Unknown level")
+    one_line_error(
+        project.run(*QUICK, "hydra.job_logging.handlers.file.filename=/tmp/nnexp-outside.log"),
+        "hydra.job_logging.handlers.file.filename=/tmp/nnexp-outside.log: a run's log files go inside its folder",
+    )
+    assert not (project.root / "outputs").exists()
+    assert not Path("/tmp/nnexp-outside.log").exists()
+    done = project.run(*QUICK, "hydra/job_logging=disabled", "hydra.run.dir=outputs/2026/../x")
+    assert done.returncode == 0, done.stderr
+    assert (project.root / "outputs" / "x" / "model.npz").is_file()
+    assert not (project.root / "outputs" / "2026").exists()
+
+
+def test_nnexp_runs_removes_a_folder_left_at_setup_by_a_killed_process(project):
+    import json
+
+    from nnexp import liveness
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    folder = project.root / "outputs" / "2026-01-01" / "12-00-00"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "nnexp.log").write_text("")
+    dead = {**liveness.where_this_process_lives(), liveness.PID: str(ended.pid), liveness.PID_STARTED: ""}
+    (folder / ".nnexp.lock").write_text(json.dumps(dead))
+    listed = project.run("runs")
+    assert f"removed outputs/2026-01-01/12-00-00: left at setup by a run whose process {ended.pid} " in listed.stderr
+    assert not (project.root / "outputs" / "2026-01-01").exists()
+
+
+def test_a_store_left_without_mlflows_tables_is_opened_without_mlflow_chatter(project):
+    import sqlite3
+
+    (project.root / "outputs").mkdir()
+    with sqlite3.connect(project.root / "outputs" / "mlflow.db") as database:  # as a kill before MLflow's tables
+        database.execute("create table unrelated (x int)")
+    listed = project.run("runs")
+    assert "INFO" not in listed.stderr, listed.stderr
+    assert listed.stderr.startswith("error: tracking store"), listed.stderr

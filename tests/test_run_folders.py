@@ -152,3 +152,80 @@ def test_the_folder_nnexp_runs_from_is_no_run_folder(project, folder):
     )
     assert sorted(path.name for path in project.root.iterdir()) == before  # no config.yaml, checkpoints, .hydra
     assert project.runs() == []
+
+
+def test_a_sweep_folder_that_holds_an_earlier_sweep_is_refused(tmp_path):
+    from nnexp.folders import FolderRefused, _held, use_sweep_folder
+
+    sweep = tmp_path / "X"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / "model.npz").write_bytes(b"weights")
+    with pytest.raises(FolderRefused, match=r"^hydra\.sweep\.dir=.*X already holds a sweep \(jobs 0\); choose another"):
+        use_sweep_folder(sweep)
+    (sweep / "0" / "model.npz").unlink()
+    (sweep / "multirun.yaml").write_text("hydra: {}")
+    with pytest.raises(FolderRefused, match=r"X already holds a sweep; choose another folder"):
+        use_sweep_folder(sweep)
+    (sweep / "multirun.yaml").unlink()
+    use_sweep_folder(sweep)  # what a job that failed at setup leaves is no sweep
+    try:
+        with pytest.raises(FolderRefused, match=r"sweep folder .*X is in use by another nnexp process"):
+            use_sweep_folder(sweep)
+    finally:
+        _held.pop().close()
+
+
+@pytest.mark.parametrize("filename", ["/tmp/x.log", "x.log", "${hydra.runtime.output_dir}/../x.log"])
+def test_a_log_file_outside_the_run_folder_is_refused(filename):
+    from omegaconf import OmegaConf
+
+    from nnexp.folders import FolderRefused, check_hydra_paths
+
+    config = OmegaConf.create({"hydra": {"job_logging": {"handlers": {"file": {"filename": filename}}}}})
+    with pytest.raises(FolderRefused, match=r"^hydra\.job_logging\.handlers\.file\.filename=.*: a run's log files go"):
+        check_hydra_paths(config)
+    config.hydra.job_logging.handlers.file.filename = "${hydra.runtime.output_dir}/${hydra.job.name}.log"
+    check_hydra_paths(config)
+
+
+def test_run_and_sweep_folders_given_with_dot_dot_are_normalised():
+    from nnexp.folders import normalised_folders
+
+    assert normalised_folders(["hydra.run.dir=outputs/2026/../x", "hydra.sweep.dir=a/./b/../c", "seed=1"]) == [
+        "hydra.run.dir=outputs/x",
+        "hydra.sweep.dir=a/c",
+        "seed=1",
+    ]
+    assert normalised_folders(["hydra.run.dir='a/../b'"]) == ["hydra.run.dir='a/../b'"]
+
+
+def test_folders_left_at_setup_by_a_dead_process_are_removed_and_no_others(tmp_path):
+    import json
+    import subprocess
+
+    from nnexp import liveness
+    from nnexp.folders import FOLDER_LOCK, OPENED, _held, discard_orphan_folders, use_run_folder
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = {**liveness.where_this_process_lives(), liveness.PID: str(ended.pid), liveness.PID_STARTED: ""}
+    day = tmp_path / "outputs" / "2026-01-01"
+    for name, record, extra in [
+        ("orphan", dead, None),
+        ("opened", {**dead, OPENED: True}, None),  # its MLflow run was being opened: the folder is the run's
+        ("trained", dead, "model.npz"),
+        ("unreadable", None, None),
+    ]:
+        (day / name / ".hydra").mkdir(parents=True)
+        (day / name / "nnexp.log").write_text("")
+        (day / name / FOLDER_LOCK).write_text(json.dumps(record) if record else "")
+        if extra:
+            (day / name / extra).write_bytes(b"weights")
+    use_run_folder(day / "live", resuming=False)  # this process, alive
+    try:
+        removed = discard_orphan_folders(tmp_path)
+    finally:
+        _held.pop().close()
+    why = f"process {ended.pid} on {dead[liveness.HOST]} has ended"
+    assert [(folder.name, reason) for folder, reason in removed] == [("orphan", why)]
+    assert sorted(path.name for path in day.iterdir()) == ["live", "opened", "trained", "unreadable"]

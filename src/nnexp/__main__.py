@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from omegaconf import DictConfig
+
 from nnexp.errors import NnexpError, StartRefused, interruption, raise_on_stop_signals
-from nnexp.folders import describe_os_error, discard_unused_folders, job_folders
+from nnexp.folders import describe_os_error, discard_unused_folders, job_folders, normalised_folders
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -124,9 +126,9 @@ def launch() -> None:
     from nnexp.resume import hydra_arguments
 
     check_command_line(sys.argv[1:])
-    sys.argv[1:] = hydra_arguments(sys.argv[1:], Path.cwd())
+    load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries
+    sys.argv[1:] = normalised_folders(hydra_arguments(sys.argv[1:], Path.cwd()))
     check_override_keys(sys.argv[1:])
-    load_plugins(Path.cwd())  # must precede composition: the options come from the registries
     store_configs()
     presets = config_dir()
     check_preset_names(presets)

@@ -13,7 +13,15 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.config import GROUPS, abbreviated, check_tag_key, config_fields, schema_for, unknown_key_message
+from nnexp.config import (
+    GROUPS,
+    abbreviated,
+    check_tag_key,
+    config_fields,
+    group_options,
+    schema_for,
+    unknown_key_message,
+)
 from nnexp.errors import ConfigError
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
@@ -24,6 +32,15 @@ _NO_KEY = re.compile(r"[+~]*=")
 
 #: Hydra's prefix to an error merging one config: ``In 'experiment/unk': ConfigKeyError raised while composing``.
 _IN_CONFIG = re.compile(r"In '([^']+)': \w+ raised while composing config")
+
+#: The part of a logging config that ``logging.config.dictConfig`` could not set up, as its error names it.
+_LOGGING_PART = re.compile(r"Unable to configure (?:(root) logger|(handler|formatter|filter|logger) '([^']*)')")
+
+#: Hydra's error for a preset whose defaults list names a config that does not exist.
+_MISSING_DEFAULT = re.compile(r"In '([^']+)': Could not load '([^']+)'")
+
+#: Hydra's refusal of ``~key`` for a key the config does not have.
+_NOT_DELETED = re.compile(r"Could not delete from config\. '([^']+)' does not exist")
 
 #: Hydra's refusal of ``key=a,b`` in a single run, and of ``+group=option`` / ``++group=option`` for a group
 #: that has a choice already.
@@ -112,6 +129,19 @@ def describe_config_error(exc: BaseException) -> str | None:
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    logging_problem = describe_logging_error(exc)
+    if logging_problem is not None:
+        return logging_problem
+    missing_default = _MISSING_DEFAULT.match(str(exc)) if isinstance(exc, MissingConfigException) else None
+    conf = Path.cwd() / "conf"
+    if missing_default and (conf / f"{missing_default[1]}.yaml").is_file():
+        preset, missing = missing_default.groups()
+        group = missing.rpartition("/")[0]
+        available = ", ".join(group_options(group, conf)) or "none"
+        return (
+            f"{shown_path(conf / f'{preset}.yaml')}: its defaults name {missing}, which does not exist; "
+            f"{group} options: {available}"
+        )
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
         group, option = exc.missing_cfg_file.rsplit("/", 1)
         if exc.options is None and exc.missing_cfg_file in OPTIONAL_PLUGINS:
@@ -132,6 +162,11 @@ def describe_config_error(exc: BaseException) -> str | None:
     if not isinstance(cause, OmegaConfBaseException) or not getattr(cause, "full_key", None):
         return None
     key, fields = cause.full_key, _field_types(cause.object_type)
+    if key == "tags" and not isinstance(cause.value, Mapping):
+        return (
+            "tags is a mapping of tag names to values, not a list or a value; "
+            "add a tag with +tags.NAME=VALUE, such as +tags.note=x"
+        )
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         if key == "experiment":
             return "experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
@@ -151,9 +186,25 @@ def describe_config_error(exc: BaseException) -> str | None:
     return f"{key}: {str(cause.msg).splitlines()[0]}"
 
 
+def describe_logging_error(exc: BaseException) -> str | None:
+    """``hydra.job_logging.handlers.file: Cannot resolve 'nope.Nope' ...`` for a logging setting of Hydra's that
+    Python's logging refused; ``None`` for any other error."""
+    import traceback
+
+    match = _LOGGING_PART.fullmatch(str(exc)) if isinstance(exc, ValueError) else None
+    if match is None:
+        return None
+    root, kind, name = match.groups()
+    part = "root" if root else f"{kind}s.{name}"
+    # Hydra sets up its own logging (hydra_logging) before it runs a job, and the job's (job_logging) in run_job.
+    in_job = any(frame.name == "run_job" for frame in traceback.extract_tb(exc.__traceback__))
+    reason = str(exc.__cause__ or exc).splitlines()[0]
+    return f"hydra.{'job' if in_job else 'hydra'}_logging.{part}: {reason}"
+
+
 def override_hint(message: str) -> str | None:
-    """The fix for an override Hydra refuses with a message of several lines: a comma list outside a sweep, or a
-    config group's choice added with ``+`` or ``++``."""
+    """The fix for an override Hydra refuses with a message of several lines: a comma list outside a sweep, a
+    config group's choice added with ``+`` or ``++``, or a key removed with ``~`` that the config does not have."""
     ambiguous = _AMBIGUOUS.search(message)
     if ambiguous:
         key, value = ambiguous.groups()
@@ -161,6 +212,9 @@ def override_hint(message: str) -> str | None:
             f"{key}={value} is ambiguous: for a list write '{key}=[{value}]' (quoted for the shell), to sweep over "
             f"the values add -m, for a string quote it: {key}=\"'{value}'\""
         )
+    not_deleted = _NOT_DELETED.search(message)
+    if not_deleted:
+        return f"~{not_deleted[1]}: the config has no {not_deleted[1]} to remove; check its spelling"
     added = _ADDED_GROUP.search(message)
     if added:
         group, option = (added.group(1), added.group(2)) if added.group(1) else (added.group(3), added.group(4))
@@ -192,7 +246,7 @@ def describe_preset_error(exc: BaseException, config_dir: Path | None) -> str | 
         if isinstance(cause, yaml.YAMLError):
             return yaml_problem(cause)
         if isinstance(cause, RecursionError) and config_dir is not None:
-            return deepest_preset(config_dir)
+            return deepest_preset(config_dir) or circular_preset(config_dir)
         if isinstance(cause, UnicodeDecodeError) and config_dir is not None:
             return undecodable_preset(config_dir)
         match = _IN_CONFIG.match(str(cause)) if isinstance(cause, ConfigCompositionException) else None
@@ -248,6 +302,55 @@ def deepest_preset(config_dir: Path) -> str | None:
         return None
     depth = depths[path]
     return f"{shown_path(path)}: nested {depth} levels deep; Hydra composes presets nested fewer than {DEEP_PRESET}"
+
+
+def preset_references(name: str, path: Path) -> list[str]:
+    """The configs (``group/option``) that the defaults list of the preset ``name``, read from ``path``, names."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return []
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    group = name.rpartition("/")[0]
+    found = []
+    for entry in defaults if isinstance(defaults, list) else []:
+        if isinstance(entry, str):
+            key, option = "", entry
+        elif isinstance(entry, dict) and len(entry) == 1:
+            key, option = next(iter(entry.items()))
+            key = str(key).removeprefix("override ").removeprefix("optional ").partition("@")[0].strip()
+        else:
+            continue
+        if not isinstance(option, str) or option == "_self_":
+            continue
+        target = f"{key}/{option}".strip("/") if key else option
+        found.append(target[1:] if (key or option).startswith("/") else f"{group}/{target}".strip("/"))
+    return found
+
+
+def circular_preset(config_dir: Path) -> str | None:
+    """The preset under ``config_dir`` whose defaults list leads back to itself, the cause of a RecursionError
+    while composing; Hydra follows such a list until Python's stack runs out."""
+    paths = {path.relative_to(config_dir).with_suffix("").as_posix(): path for path in config_dir.rglob("*.yaml")}
+    paths = dict(sorted(paths.items()))
+    edges = {name: [to for to in preset_references(name, path) if to in paths] for name, path in paths.items()}
+
+    def cycle_from(trail: list[str]) -> list[str] | None:
+        for target in edges[trail[-1]]:
+            if target == trail[0]:
+                return [*trail, target]
+            if target not in trail and (found := cycle_from([*trail, target])):
+                return found
+        return None
+
+    for start in paths:
+        cycle = cycle_from([start])
+        if cycle:
+            shown = " -> ".join(cycle)
+            return f"{shown_path(paths[start])}: its defaults list leads back to itself ({shown}); remove that entry"
+    return None
 
 
 def undecodable_preset(config_dir: Path) -> str | None:

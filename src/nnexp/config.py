@@ -155,12 +155,16 @@ def _hydra_settings() -> dict[str, Any]:
             "missed; python -m nnexp resume=RUN_ID continues a stopped run.\n"
             "Runs are recorded in MLflow; README.md shows how to compare them.",
         },
-        # The terminal shows bare messages; the job's log file keeps Hydra's timestamps.
-        "job_logging": {
-            "formatters": {"bare": {"format": "%(message)s"}},
-            "handlers": {"console": {"formatter": "bare"}},
-        },
     }
+
+
+#: Hydra's default job logging, but the terminal shows bare messages; the job's log file keeps Hydra's timestamps.
+#: An option of its own, so that ``hydra/job_logging=disabled`` (or any other) replaces it whole.
+JOB_LOGGING = {
+    "defaults": ["default", "_self_"],
+    "formatters": {"bare": {"format": "%(message)s"}},
+    "handlers": {"console": {"formatter": "bare"}},
+}
 
 
 @dataclass
@@ -173,6 +177,7 @@ class RunConfig:
             # an optional entry would silently ignore a misspelt preset name.
             {"experiment": None},
             {"hparams_search": None},
+            {"override hydra/job_logging": PRIMARY},
         ]
     )
     dataset: Any = MISSING
@@ -227,6 +232,7 @@ def store_configs() -> None:
                 store.store(group=registry.kind, name=name, node=schema_for(cls, name), provider="nnexp")
             except ValidationError as exc:
                 raise PluginError(unfit_default(registry, name, cls, exc)) from None
+    store.store(group="hydra/job_logging", name=PRIMARY, node=JOB_LOGGING, provider="nnexp")
     store.store(name=PRIMARY, node=RunConfig, provider="nnexp")
 
 
@@ -239,6 +245,11 @@ def unfit_default(registry: Registry[Any], name: str, cls: type, exc: Validation
     fix = f"write {parameter}: {shown} | None = None" if default is None else "change the default or the annotation"
     unfit = f"{cls.__qualname__}({parameter}: {shown} = {default!r})"
     return f"{source}: {unfit}: the default is not of the annotated type; {fix}"
+def group_options(group: str, config_dir: Path | None) -> list[str]:
+    """The options of config group ``group``: its registered plugins and the YAML presets in ``config_dir/group``."""
+    registered = next((registry.names() for registry, _ in GROUPS if registry.kind == group), [])
+    presets = [path.stem for path in (config_dir / group).glob("*.yaml")] if config_dir is not None else []
+    return sorted({*registered, *presets})
 
 
 def config_fields(schema: Any) -> list[str]:

@@ -10,13 +10,16 @@ once per run, and once per sweep.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from nnexp import liveness
 from nnexp.errors import ConfigError, StartRefused
 
 try:
@@ -37,6 +40,8 @@ WRITTEN_AT_SETUP = {".hydra", "nnexp.log", FOLDER_LOCK}
 #: What only a run that got going writes (with hydra.output_subdir=null, no .hydra): a folder holding one of these,
 #: and more than setup leaves, holds a run.
 RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
+#: The key of a folder's lock record saying that the folder's MLflow run was opened.
+OPENED = "run_opened"
 #: The locks this process holds, open until it exits.
 _held: list[IO[str]] = []
 #: Hydra's flags that show the config instead of running it: a folder is then named but not created.
@@ -100,15 +105,46 @@ class FolderRefused(StartRefused):
     """A run folder that is in use or already holds a run."""
 
 
-def check_hydra_paths(output_subdir: str | None, job_name: str | None) -> None:
+#: Where Hydra's default job logging writes the job's log file: inside the job's folder.
+JOB_FOLDER = "${hydra.runtime.output_dir}/"
+
+
+def check_hydra_paths(config: DictConfig) -> None:
     """Refuse Hydra settings that would write a run's files outside its folder: ``hydra.output_subdir`` (its
-    ``.hydra`` copies of the config) and ``hydra.job.name`` (its ``<name>.log``)."""
+    ``.hydra`` copies of the config), ``hydra.job.name`` (its ``<name>.log``) and a file that a log handler of
+    ``hydra.job_logging`` writes."""
+    output_subdir = OmegaConf.select(config, "hydra.output_subdir")
+    job_name = OmegaConf.select(config, "hydra.job.name")
     if output_subdir is not None and (Path(output_subdir).is_absolute() or ".." in Path(output_subdir).parts):
         raise FolderRefused(
             f"hydra.output_subdir={output_subdir}: must be a folder inside the run's folder, such as .hydra"
         )
     if job_name is not None and ("/" in job_name or job_name in ("", ".", "..")):
         raise FolderRefused(f"hydra.job.name={job_name!r}: names the run's log file, <name>.log; write a plain name")
+    handlers = OmegaConf.select(config, "hydra.job_logging.handlers")
+    for name, handler in (OmegaConf.to_container(handlers) if isinstance(handlers, DictConfig) else {}).items():
+        filename = handler.get("filename") if isinstance(handler, dict) else None
+        if filename is not None and not (str(filename).startswith(JOB_FOLDER) and ".." not in Path(filename).parts):
+            raise FolderRefused(
+                f"hydra.job_logging.handlers.{name}.filename={filename}: a run's log files go inside its folder; "
+                f"write {JOB_FOLDER}NAME.log"
+            )
+
+
+#: The settings that name a run's or a sweep's folder.
+FOLDER_SETTINGS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def normalised_folders(arguments: list[str]) -> list[str]:
+    """``arguments`` with ``a/..`` taken out of the folders they give ``hydra.run.dir`` and ``hydra.sweep.dir``:
+    Hydra would create ``a`` and leave it behind, empty. Quoted values and interpolations are left as they are."""
+    normalised = []
+    for item in arguments:
+        key, _, value = item.partition("=")
+        if key.lstrip("+") in FOLDER_SETTINGS and value and not any(character in value for character in "'\"$\\"):
+            item = f"{key}={os.path.normpath(value)}"
+        normalised.append(item)
+    return normalised
 
 
 def use_run_folder(folder: Path, resuming: bool) -> None:
@@ -126,22 +162,102 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
         return
     created_folders.update(path.resolve() for path in missing[1:])
     entries = {entry.name for entry in folder.iterdir()}
-    holds_run = bool(entries & RUN_MARKERS) or (folder / "checkpoints").is_dir()
-    if not resuming and holds_run and entries - WRITTEN_AT_SETUP:
+    if not resuming and holds_run(folder):
         raise FolderRefused(
             f"hydra.run.dir={folder} already holds a run ({', '.join(sorted(entries - {FOLDER_LOCK}))}); "
             "choose another folder, or resume it with resume=<id>"
         )
+    lock_folder(folder, "run folder")
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's files, more than what a run that failed at setup leaves."""
+    entries = {entry.name for entry in folder.iterdir()}
+    return bool(entries & RUN_MARKERS or (folder / "checkpoints").is_dir()) and bool(entries - WRITTEN_AT_SETUP)
+
+
+def use_sweep_folder(folder: Path) -> None:
+    """Lock the existing ``folder`` for this sweep; refuse, in one line, one that another process is using or that
+    holds an earlier sweep's jobs, whose folders (0, 1, ...) this sweep's jobs would share."""
+    jobs = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and holds_run(entry))
+    if jobs or (folder / "multirun.yaml").exists():
+        shown = f" (jobs {', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''})" if jobs else ""
+        raise FolderRefused(
+            f"hydra.sweep.dir={folder} already holds a sweep{shown}; choose another folder, or leave hydra.sweep.dir "
+            "unset for a new one each time"
+        )
+    lock_folder(folder, "sweep folder")
+
+
+def lock_folder(folder: Path, kind: str) -> None:
+    """Lock ``folder`` for this process until it exits; refuse it, in one line, if another process holds it."""
     if fcntl is None:
         return
     # Held open, and so locked, until the process exits.
-    lock = open(folder / FOLDER_LOCK, "w")  # noqa: SIM115
+    lock = open(folder / FOLDER_LOCK, "a")  # noqa: SIM115  (not "w": the record of a process holding it stays)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise FolderRefused(f"run folder {folder} is in use by another nnexp process; wait until it ends") from None
+        raise FolderRefused(f"{kind} {folder} is in use by another nnexp process; wait until it ends") from None
+    # Who holds the folder, so that a later command can tell the folder of a process killed during setup.
+    record(lock, liveness.where_this_process_lives())
     _held.append(lock)
+
+
+def record(lock: IO[str], contents: dict[str, Any]) -> None:
+    """Replace what the lock file ``lock`` records."""
+    lock.truncate(0)
+    lock.write(json.dumps(contents))
+    lock.flush()
+
+
+def note_run_opened(folder: Path) -> None:
+    """Note in ``folder``'s lock that its MLflow run is being opened: from now on the folder belongs to a record, and
+    :func:`discard_orphan_folders` keeps it, whatever it holds."""
+    for lock in _held:
+        if Path(lock.name).resolve().parent == folder.resolve():
+            record(lock, {**liveness.where_this_process_lives(), OPENED: True})
+
+
+#: Where nnexp's default ``hydra.run.dir`` and ``hydra.sweep.dir`` put run and sweep folders, below the project.
+DEFAULT_LAYOUT = tuple(f"outputs/{folders}/{FOLDER_LOCK}" for folders in ("*", "*/*", "multirun/*/*"))
+
+
+def discard_orphan_folders(project_dir: Path) -> list[tuple[Path, str]]:
+    """Remove the run folders under ``project_dir/outputs`` that hold nothing but setup's leftovers of a process that
+    is gone (killed before its MLflow run was opened); returns each removed folder and why its process is gone.
+
+    A folder is removed only when its lock records a process on this machine that has ended, is not locked, and
+    never opened a run: a folder that belongs to a record, or to a live process, is never touched.
+    """
+    removed = []
+    for lock_path in sorted({path for pattern in DEFAULT_LAYOUT for path in project_dir.glob(pattern)}):
+        folder = lock_path.parent
+        try:
+            record = json.loads(lock_path.read_text())
+            leftovers = {entry.name for entry in folder.iterdir()} <= WRITTEN_AT_SETUP
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get(OPENED) or not leftovers:
+            continue
+        why = liveness.why_gone({key: str(value) for key, value in record.items()})
+        if why is not None and not locked(lock_path):
+            discard_dir(folder, WRITTEN_AT_SETUP)
+            removed.append((folder, why))
+    return removed
+
+
+def locked(lock_path: Path) -> bool:
+    """Whether a process holds the lock ``lock_path``."""
+    if fcntl is None:
+        return False
+    with open(lock_path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def discard_job_dir(output_dir: Path) -> None:

@@ -51,16 +51,15 @@ def beat() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def where_this_process_lives() -> dict[str, str]:
+    """Host, process id, process start time and pid space of this process, as :func:`why_gone` reads them."""
+    pid = os.getpid()
+    return {HOST: socket.gethostname(), PID: str(pid), PID_STARTED: process_started(pid) or "", PID_SPACE: pid_space()}
+
+
 def process_tags() -> dict[str, str]:
     """The tags that say where this process lives, with a fresh heartbeat."""
-    pid = os.getpid()
-    return {
-        HOST: socket.gethostname(),
-        PID: str(pid),
-        PID_STARTED: process_started(pid) or "",
-        PID_SPACE: pid_space(),
-        HEARTBEAT: beat(),
-    }
+    return {**where_this_process_lives(), HEARTBEAT: beat()}
 
 
 def pid_space() -> str:

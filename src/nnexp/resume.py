@@ -72,15 +72,20 @@ def config_roots(project_dir: Path) -> tuple[set[str], set[str]]:
 
 def check_overrides(fields: Fields, overrides: list[str], project_dir: Path) -> list[str]:
     """``overrides`` if each only sets a key or chooses an option of nnexp's own config, else a DataError."""
+    from nnexp.config import group_options
+
     allowed, groups = config_roots(project_dir)
+    conf = project_dir / "conf"
+    options = {group: group_options(group, conf if conf.is_dir() else None) for group in groups}
     for index, item in enumerate(overrides):
-        check_override(fields, f"overrides[{index}]", item, allowed, groups)
+        check_override(fields, f"overrides[{index}]", item, allowed, options)
     return overrides
 
 
-def check_override(fields: Fields, field: str, item: str, allowed: set[str], groups: set[str]) -> None:
-    """Raise a DataError naming ``field`` unless the override ``item`` sets a key in ``allowed`` or chooses an option
-    of one of ``groups`` by its name: nothing of Hydra's, no flag, sweep, interpolation or path."""
+def check_override(fields: Fields, field: str, item: str, allowed: set[str], groups: dict[str, list[str]]) -> None:
+    """Raise a DataError naming ``field`` unless the override ``item`` sets a key in ``allowed`` or chooses one of the
+    options of a config group in ``groups``: nothing of Hydra's, no flag, sweep, interpolation, path or removal of
+    a part of the config."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -97,10 +102,14 @@ def check_override(fields: Fields, field: str, item: str, allowed: set[str], gro
         fields.fail(field, f"an override of nnexp's own config ({', '.join(sorted(allowed))})", item)
     if override.is_sweep_override():
         fields.fail(field, "one value, not a sweep", item)
+    if override.is_delete() and override.key_or_group in allowed:
+        fields.fail(field, "an override that sets a value, not one that removes a part of every run's config", item)
     if override.key_or_group in groups and override.value() is not None:
-        value = override.value()
+        value, options = override.value(), groups[override.key_or_group]
         if not (isinstance(value, str) and OPTION.fullmatch(value)):
             fields.fail(field, "a config group option by its name", item)
+        if value not in options:
+            fields.fail(field, f"an option of {override.key_or_group} ({', '.join(options) or 'none'})", item)
 
 
 def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:

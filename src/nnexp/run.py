@@ -44,7 +44,7 @@ from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, PluginError, require
-from nnexp.folders import describe_os_error, discard_job_dir
+from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
 from nnexp.models.base import MODELS, Model
 from nnexp.plugins import blame, plugin_label
 from nnexp.progress import Progress
@@ -319,6 +319,7 @@ def run(cfg: DictConfig) -> float:
         tags["dataset_digest"] = experiment.splits.digest()
     tags["engine"] = experiment.trainer.engine_used
     stops = StopRequests(experiment.trainer, output_dir / "checkpoints")
+    note_run_opened(output_dir)
     try:
         with (
             stops,  # around the run's end too: a stop while it is closed would leave it RUNNING

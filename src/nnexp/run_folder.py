@@ -10,12 +10,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.folders import check_hydra_paths, job_folders, use_run_folder
+from nnexp.folders import check_hydra_paths, discard_orphan_folders, job_folders, use_run_folder
 
 
 class RunFolderCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_hydra_paths(OmegaConf.select(config, "hydra.output_subdir"), OmegaConf.select(config, "hydra.job.name"))
+        check_hydra_paths(config)
+        discard_orphan_folders(Path.cwd())  # Hydra runs the job from the project's folder
         try:
             folder = OmegaConf.select(config, "hydra.run.dir")
         except Exception:  # Hydra resolves it again to create the folder, and reports the error then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
 from nnexp.errors import NnexpError
@@ -18,8 +19,11 @@ def main(argv: list[str]) -> int:
     add_limit(parser, "runs of the experiment")
     parser.add_argument("--wide", action="store_true", help="do not cut columns to the terminal's width")
     args = parser.parse_args(argv)
-    from nnexp.compare import run_list, terminal_width
+    from nnexp.compare import run_list, shown_path, terminal_width
+    from nnexp.folders import discard_orphan_folders
 
+    for folder, why in discard_orphan_folders(Path.cwd()):
+        print(f"removed {shown_path(folder)}: left at setup by a run whose {why}", file=sys.stderr)
     try:
         print(run_list(args.uri, args.experiment, limit(args), terminal_width(args.wide)))
     except NnexpError as exc:

@@ -20,7 +20,14 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from nnexp.config import check_tags
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
-from nnexp.folders import check_hydra_paths, discard_dir
+from nnexp.folders import (
+    FOLDER_LOCK,
+    WRITTEN_AT_SETUP,
+    check_hydra_paths,
+    discard_dir,
+    note_run_opened,
+    use_sweep_folder,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -87,12 +94,13 @@ class Sweep:
             raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
         check_plugin_settings(config)
         check_subdir(config)
-        check_hydra_paths(config.hydra.output_subdir, config.hydra.job.name)
+        check_hydra_paths(config)
         user_tags = OmegaConf.to_container(config.tags, resolve=True)
         check_tags(user_tags)  # type: ignore[arg-type]
         directory = Path(config.hydra.sweep.dir).resolve()
         created = create_sweep_folder(directory)  # before the store: a folder that cannot be made leaves no store
         try:
+            use_sweep_folder(directory)
             tracker = Tracker(resolve_uri(config.tracking.uri, project_dir), config.tracking.experiment)
             choices = config.hydra.runtime.choices
             tags = {
@@ -106,11 +114,12 @@ class Sweep:
                 **user_tags,  # type: ignore[dict-item]
             }
             name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
+            note_run_opened(directory)
             parent = tracker.open_run(name, tags)
         except BaseException:
             # The folder claimed by ${nnexp.claim:...} exists already, so it is not among those created here.
             for folder in (directory, *created):
-                discard_dir(folder, set())
+                discard_dir(folder, {FOLDER_LOCK})
             raise
         with read_write(config.hydra.overrides.task):
             config.hydra.overrides.task.append(f"{PARENT_OVERRIDE}='{parent.run_id}'")
@@ -149,7 +158,10 @@ class Sweep:
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
         if finished == failed == 0 and not interrupted:
             self.tracker.client.delete_run(self.parent.run_id)
-            discard_dir(self.directory, {"multirun.yaml", "summary"})  # what Hydra wrote before its first job
+            # What Hydra wrote before its first job: a job folder too, when Hydra failed to set up the job's logging.
+            for job in self.directory.iterdir() if self.directory.is_dir() else ():
+                discard_dir(job, WRITTEN_AT_SETUP)
+            discard_dir(self.directory, {"multirun.yaml", "summary", FOLDER_LOCK})
             self.tracker.discard_new_store()
 
     def summarise(self) -> tuple[int, int]:

@@ -192,6 +192,17 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"tracking server {uri} is unreachable: {reason}") from None
 
 
+def quiet_mlflow() -> None:
+    """Keep MLflow's and alembic's INFO chatter (creating or migrating a SQLite store's tables) off the terminal;
+    call after importing MLflow, which sets its own logger to INFO when imported."""
+    for noisy in ("alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Each retry of a server that does not answer would be a warning line; nnexp says it once instead.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # MLflow logs a database error with two tracebacks before raising it; nnexp reports it, in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
 def existing_store(uri: str, hint: str) -> MlflowClient:
     """A client for a store that must already exist: a missing SQLite file is an error (``hint`` says what to
     do), not a new empty store; a folder in its place is named as one by :func:`check_store`."""
@@ -201,6 +212,7 @@ def existing_store(uri: str, hint: str) -> MlflowClient:
     if database is not None and not database.is_file() and not database.is_dir():
         raise ConfigError(f"no MLflow store at {database}; {hint}")
     check_store(uri)
+    quiet_mlflow()
     try:  # a SQLite store's schema is checked as it opens: another MLflow may have migrated it
         client = MlflowClient(tracking_uri=uri)
         if database is not None:
@@ -564,13 +576,7 @@ class Tracker:
         check_store(uri)
         from mlflow import MlflowClient
 
-        # After the import: MLflow sets its own logger to INFO when imported.
-        for noisy in ("alembic", "mlflow"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        # Each retry of a server that does not answer would be a warning line; nnexp says it once instead.
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-        # MLflow logs a database error with two tracebacks before raising it; nnexp reports it, in one line.
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        quiet_mlflow()
         self.uri = uri
         database = sqlite_path(uri)
         new_store = database is not None and not database.exists()
