@@ -206,10 +206,15 @@ def lock_folder(folder: Path, kind: str) -> None:
 
 
 def record(lock: IO[str], contents: dict[str, Any]) -> None:
-    """Replace what the lock file ``lock`` records."""
-    lock.truncate(0)
-    lock.write(json.dumps(contents))
-    lock.flush()
+    """Replace what the lock file ``lock`` records; on a full disk it records nothing, and the lock still holds."""
+    try:
+        lock.truncate(0)
+        lock.write(json.dumps(contents))
+        lock.flush()
+    except OSError:
+        # A folder whose record is unreadable is never taken for a dead process's leftovers; the run itself says
+        # what the disk refused, where it writes what it needs.
+        return
 
 
 def note_run_opened(folder: Path) -> None:
