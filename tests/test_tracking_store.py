@@ -132,3 +132,18 @@ def test_a_file_where_the_stores_artifacts_belong_is_one_line_before_any_run(tmp
     with pytest.raises(ConfigError, match=r"mlartifacts is a file, where the store keeps its runs' artifacts"):
         check_store(uri)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_path_without_a_scheme_is_told_to_write_sqlite(tmp_path, monkeypatch):
+    """``tracking.uri=rel.db`` was called a plain directory of MLflow's retired file store; there was nothing."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        check_store("rel.db")
+    assert str(refused.value) == (
+        "tracking store rel.db has no scheme: write sqlite:///rel.db for an SQLite database, "
+        "or a tracking server's http(s):// URL"
+    )
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old_store").mkdir()  # a folder is what MLflow's file store was
+    with pytest.raises(ConfigError, match="old_store is a plain directory, and MLflow's file store is retired"):
+        check_store("old_store")

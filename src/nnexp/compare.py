@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
 from nnexp.config import GROUPS, RECORD_KEYS, Direction, default_direction
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, report
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -299,7 +299,7 @@ def main(argv: list[str]) -> int:
     try:
         print(compare(args))
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     return 0
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, report
 
 
 def main(argv: list[str]) -> int:
@@ -23,6 +21,6 @@ def main(argv: list[str]) -> int:
     try:
         print(run_list(args.uri, args.experiment, limit(args), terminal_width(args.wide)))
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     return 0
