@@ -112,8 +112,10 @@ def session_members(session: int) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_sigint_to_nnexp_ui_alone_stops_its_server_and_workers(project):
-    """nnexp exited 130 and left the uvicorn server and its 4 workers running, reparented."""
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)])
+def test_a_signal_to_nnexp_ui_alone_stops_its_server_and_workers(project, signum, status):
+    """SIGINT: nnexp exited 130 and left the uvicorn server and its 4 workers running, reparented; SIGKILL left
+    ``mlflow ui`` too."""
     assert project.run("trainer.epochs=1", "dataset.n_samples=50").returncode == 0
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -133,8 +135,8 @@ def test_a_sigint_to_nnexp_ui_alone_stops_its_server_and_workers(project):
         while len(session_members(ui.pid)) < 3:  # nnexp, mlflow ui, uvicorn and its workers
             assert ui.poll() is None and time.monotonic() < deadline
             time.sleep(0.5)
-        ui.send_signal(signal.SIGINT)  # to nnexp's pid only
-        assert ui.wait(timeout=60) == 130
+        ui.send_signal(signum)  # to nnexp's pid only
+        assert ui.wait(timeout=60) == status
         deadline = time.monotonic() + 30
         while session_members(ui.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
