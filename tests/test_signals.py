@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nnexp import __main__ as cli
-from nnexp.errors import Interrupted, one_line
+from nnexp.errors import Interrupted, one_line, report
 
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
@@ -170,3 +170,14 @@ def test_a_child_started_with_die_with_parent_ends_when_its_parent_is_killed():
     while stat(child) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert stat(child) is None
+
+
+def test_an_error_line_to_a_closed_pipe_is_dropped_not_a_traceback(monkeypatch):
+    """A training child whose parent died printed a BrokenPipeError traceback and exited 1, not 143."""
+
+    class Closed:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", Closed())
+    report("terminated (SIGTERM)")
