@@ -349,7 +349,7 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("+trainer.foo=1", "trainer.foo is not a known key; valid keys here: epochs, batch_size, shuffle, dtype"),
         ("+optimizer.bar=1", "optimizer.bar is not a known key; valid keys here: learning_rate,"),
         ("tracking.uri=file:///tmp/store", "tracking store file:///tmp/store is a plain directory"),
-        ("tracking.uri=/tmp/store", "MLflow's file store is retired; use a database such as sqlite:///"),
+        ("tracking.uri=/tmp/store", "tracking store /tmp/store has no scheme: write sqlite:////tmp/store for an"),
         ("dataset=circles dataset.noise=-1", "dataset.noise must be >= 0, got -1.0"),
         ("schedule=step schedule.gamma=-1", "schedule.gamma must be in (0, 1], got -1.0"),
         ("optimizer.epsilon=inf", "optimizer.epsilon must be > 0 and finite, got inf"),

@@ -317,7 +317,7 @@ def test_interrupting_a_download_leaves_no_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(download, "_fetch", interrupted)
     assert download.main(["mnist", str(tmp_path), "--mirror", "http://127.0.0.1:9/"]) == 130
     assert list(tmp_path.iterdir()) == []
-    assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted; no partial files were left behind"
+    assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted (SIGINT); no partial files were left behind"
 
 
 def test_an_unwritable_directory_is_one_line(serve, tmp_path, monkeypatch, capsys):

@@ -75,7 +75,34 @@ def test_a_bad_override_stops_before_any_run(project):
     ],
 )
 def test_a_stop_signal_to_the_parent_alone_stops_the_child_and_marks_both_runs_killed(project, signum, status, line):
-    # Enough epochs that the child is still training when the signal comes, however slow the machine.
+    ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - as `nnexp reproduce &` in a script
+    process = start_training(project, preexec_fn=ignoring)
+    process.send_signal(signum)  # to the parent's pid only, not its process group
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == status, stderr
+    assert stderr.strip().splitlines()[-1].startswith(line)
+    assert sorted(run.info.status for run in project.runs()) == ["KILLED", "KILLED"]
+
+
+def test_kill_9_of_the_parent_stops_the_child_which_ends_killed_with_the_resume_hint(project):
+    """The child trained on as an orphan and FINISHED under a parent run marked KILLED."""
+    process = start_training(project)
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        [child] = [run for run in project.runs() if run.info.run_name != "reproduce"]
+        if child.info.status != "RUNNING":
+            break
+        time.sleep(0.5)
+    assert child.info.status == "KILLED"
+    assert "; resume with: python -m nnexp resume=" in child.data.tags["failure_reason"]
+
+
+def start_training(project, preexec_fn=None) -> subprocess.Popen[str]:
+    """``nnexp reproduce`` of one preset and seed, returned once its child trains, past any kernel compilation,
+    which no signal interrupts; ``preexec_fn`` as ``subprocess.Popen`` takes it."""
+    # Enough epochs that the child is still training when the test stops it, however slow the machine.
     command = [sys.executable, "-m", "nnexp", "reproduce", "--only", "moons_deep_sigmoid", "--seeds", "0"]
     command.append("trainer.epochs=1000000")
     process = subprocess.Popen(
@@ -85,22 +112,17 @@ def test_a_stop_signal_to_the_parent_alone_stops_the_child_and_marks_both_runs_k
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `nnexp reproduce &` in a script
+        preexec_fn=preexec_fn,
     )
     deadline = time.monotonic() + 120
     # The child's folder first: reading the store while the parent creates it can break the creation.
     while time.monotonic() < deadline and not project.job_dirs():
         time.sleep(0.5)
-    # Then its first metrics: the child is training, past any kernel compilation, which no signal interrupts.
     while time.monotonic() < deadline and not any(
         run.info.run_name != "reproduce" and "train_loss" in run.data.metrics for run in project.runs()
     ):
         time.sleep(0.5)
-    process.send_signal(signum)  # to the parent's pid only, not its process group
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == status, stderr
-    assert stderr.strip().splitlines()[-1].startswith(line)
-    assert sorted(run.info.status for run in project.runs()) == ["KILLED", "KILLED"]
+    return process
 
 
 def results(report: str) -> dict[str, str]:

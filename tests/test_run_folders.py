@@ -229,3 +229,14 @@ def test_folders_left_at_setup_by_a_dead_process_are_removed_and_no_others(tmp_p
     why = f"process {ended.pid} on {dead[liveness.HOST]} has ended"
     assert [(folder.name, reason) for folder, reason in removed] == [("orphan", why)]
     assert sorted(path.name for path in day.iterdir()) == ["live", "opened", "trained", "unreadable"]
+def test_outputs_as_a_symbolic_link_to_nothing_is_named_as_one(tmp_path):
+    """It read "File exists (a file stands where a folder is expected)", and there was no file."""
+    outputs = tmp_path / "outputs"
+    outputs.symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError) as refused:
+        claim(str(outputs / "2026-11-26" / "08-00-00"))
+    assert str(refused.value) == (
+        f"cannot create the run folder {outputs}: File exists ({outputs} is a symbolic link to {tmp_path / 'gone'}, "
+        "which does not exist; create that or remove the link)"
+    )
+    assert sorted(tmp_path.iterdir()) == [outputs]

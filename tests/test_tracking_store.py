@@ -146,3 +146,16 @@ def test_a_stop_python_wrapped_in_another_error_still_kills_the_run(tmp_path):
     assert raised.value.exit_code == 143
     assert str(raised.value) == f"interrupted again (SIGTERM); MLflow run {run.run_id} is marked KILLED"
     assert tracker.client.get_run(run.run_id).info.status == "KILLED"
+def test_a_path_without_a_scheme_is_told_to_write_sqlite(tmp_path, monkeypatch):
+    """``tracking.uri=rel.db`` was called a plain directory of MLflow's retired file store; there was nothing."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        check_store("rel.db")
+    assert str(refused.value) == (
+        "tracking store rel.db has no scheme: write sqlite:///rel.db for an SQLite database, "
+        "or a tracking server's http(s):// URL"
+    )
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "old_store").mkdir()  # a folder is what MLflow's file store was
+    with pytest.raises(ConfigError, match="old_store is a plain directory, and MLflow's file store is retired"):
+        check_store("old_store")

@@ -7,14 +7,13 @@ import importlib
 import logging
 import math
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from nnexp.errors import NnexpError, StartRefused, interruption, raise_on_stop_signals
+from nnexp.errors import Interrupted, NnexpError, StartRefused, interruption, raise_on_stop_signals, report
 from nnexp.folders import describe_os_error, discard_unused_folders, job_folders, normalised_folders
 
 if TYPE_CHECKING:
@@ -49,10 +48,9 @@ FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 def main() -> None:
     try:
         command()
-    except KeyboardInterrupt as exc:
-        # A bare KeyboardInterrupt (Ctrl-C) has no message; Interrupted (SIGTERM, a stop during training) has one.
-        print(f"error: {str(exc) or 'interrupted (SIGINT)'}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))
+    except KeyboardInterrupt as exc:  # one that lands before command() can catch it, as in its first lines
+        stop = Interrupted.of(exc)
+        fail(str(stop), stop.exit_code)
 
 
 def command() -> None:
@@ -66,11 +64,24 @@ def command() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # nnexp prints its own one-line summary; MLflow would add two "View run" lines per run against a server.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Fetching artifacts (a resume from MLflow's copy of a checkpoint, predict of runs:/...) would draw progress bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow retries a request to a server that does not answer for minutes; training should not wait that long.
     for variable, value in HTTP_RETRIES.items():
         os.environ.setdefault(variable, value)
-    if sys.argv[1:2] and sys.argv[1] in COMMANDS:
-        sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+    # Every command, a run or a sub-command, stops in one line on Ctrl-C or SIGTERM, wherever the signal lands
+    # (MLflow, SQLAlchemy, an import): 130 or 143, as a shell reports a process killed by the signal.
+    try:
+        if sys.argv[1:2] and sys.argv[1] in COMMANDS:
+            sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+        run_hydra()
+    except KeyboardInterrupt as exc:
+        stop = Interrupted.of(exc)
+        fail(str(stop), stop.exit_code)
+
+
+def run_hydra() -> None:
+    """Compose the command line's config with Hydra and run it, or sweep it with ``-m``."""
     # Hydra prints composition errors over several lines and exits; with this set they reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # A log file that can no longer be written (a full disk) would print a traceback for every line logged; the
@@ -202,9 +213,9 @@ def task(cfg: DictConfig) -> float:
             return -math.inf
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+def fail(message: str, status: int = 1) -> None:
+    report(message)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, one_line
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -13,7 +13,7 @@ class ArgumentParser(argparse.ArgumentParser):
     instead of a usage block; the sub-command parsers it adds are of this class too."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,6 @@ for a first step that lowers the loss: the built-ins and a project's own plugins
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nnexp.arguments import ArgumentParser
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, report
 from nnexp.registry import Registry
 
 #: Central differences with a step of 1e-6 agree with a right float64 gradient to about 1e-8 or better; a wrong one
@@ -158,13 +157,13 @@ def main(argv: list[str]) -> int:
             print(result.line(), flush=True)
             results.append(result)
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     failed = [f"{result.kind} {result.name}" for result in results if result.outcome == "FAIL"]
     skipped = sum(result.outcome == "skip" for result in results)
     passed = len(results) - len(failed) - skipped
     print(f"{len(results)} checked: {passed} passed, {len(failed)} failed, {skipped} skipped")
     if failed:
-        print(f"error: failed: {', '.join(failed)}", file=sys.stderr)
+        report(f"failed: {', '.join(failed)}")
         return 1
     return 0

@@ -22,7 +22,7 @@ from nnexp.config import (
     schema_for,
     unknown_key_message,
 )
-from nnexp.errors import ConfigError
+from nnexp.errors import ConfigError, one_line
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
 OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
@@ -64,7 +64,7 @@ def check_override_keys(arguments: list[str]) -> None:
     would look up as a file with a name too long for one (a long ``tags.<key>`` is checked against MLflow's limit)."""
     for item in arguments:
         if _NO_KEY.match(item):
-            raise ConfigError(f"cannot parse override '{item}': no key before '='; write key=value, such as seed=5")
+            raise ConfigError(f"cannot parse override {item!r}: no key before '='; write key=value, such as seed=5")
         if item.startswith("-") or "=" not in item:
             continue
         option = item.split("=", 1)[0]
@@ -124,6 +124,19 @@ def _field_types(object_type: Any) -> dict[str, Any]:
     return {name: hints[name] for name in names}
 
 
+def parse_error(override: str, message: str) -> str:
+    """One line for an override Hydra cannot parse, the override shown with its control characters escaped: Hydra's
+    own message would break the line at a newline in the value, and name only the part before it."""
+    control = next((char for char in override if not char.isprintable()), None)
+    if control is None:
+        return f"cannot parse override {override!r}: {one_line(message.splitlines()[0])}"
+    key = override.split("=", 1)[0]
+    return (
+        f"cannot parse override {override!r}: {control!r} is allowed only inside a quoted value, "
+        f"as in {key}='...'"
+    )
+
+
 def describe_config_error(exc: BaseException) -> str | None:
     """A one-line message for a configuration error, or ``None`` when ``exc`` is not one."""
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -154,7 +167,7 @@ def describe_config_error(exc: BaseException) -> str | None:
     if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
         return f"{exc}; to see a sweep's settings, drop -m (e.g. --cfg hydra -p hydra.launcher)"
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse override '{exc.override}': {exc.message.splitlines()[0]}"
+        return parse_error(exc.override, exc.message)
     hint = override_hint(str(exc))
     if hint is not None:
         return hint

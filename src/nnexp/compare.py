@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
 from nnexp.config import GROUPS, Direction, default_direction, setting_overrides
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, report
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -312,7 +312,7 @@ def main(argv: list[str]) -> int:
     try:
         print(compare(args))
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     return 0
 

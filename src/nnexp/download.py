@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING
 from nnexp.arguments import ArgumentParser
 from nnexp.atomic import replacing
 from nnexp.datasets.mnist import CSV_FILES, default_mnist_dir, locate_idx_files, read_idx_set, write_csv
-from nnexp.errors import ConfigError, DataError, NnexpError
+from nnexp.errors import ConfigError, DataError, Interrupted, NnexpError, report
 from nnexp.schema import sha256_of
 
 if TYPE_CHECKING:
@@ -305,13 +305,14 @@ def main(argv: list[str]) -> int:
         if args.csv:
             convert_to_csv(directory, directory)
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     except OSError as exc:  # the directory is not writable, or the disk is full
-        print(f"error: cannot write {exc.filename or directory}: {exc.strerror or exc}", file=sys.stderr)
+        report(f"cannot write {exc.filename or directory}: {exc.strerror or exc}")
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; no partial files were left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stop = Interrupted.of(exc)
+        report(f"{stop}; no partial files were left behind")
+        return stop.exit_code
     _progress(f"MNIST is ready in {directory}")
     return 0

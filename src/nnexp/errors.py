@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import signal
+import sys
 
 
 class NnexpError(Exception):
@@ -56,12 +59,32 @@ def require(condition: bool, field: str, expected: str, got: object, finite: boo
         raise ParameterError(field, f"{expected} and finite", got)
 
 
+def one_line(text: object) -> str:
+    """``text`` on one line: a newline, tab or other control character it holds (in a user's value, say) is shown
+    escaped, as ``repr`` shows it."""
+    text = str(text)
+    return text if text.isprintable() else "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def report(message: object) -> None:
+    """Print ``error: <message>`` to stderr, on one line whatever the message holds."""
+    with contextlib.suppress(BrokenPipeError):  # no one reads (a parent that died, ``| head``): the status tells
+        print(f"error: {one_line(message)}", file=sys.stderr)
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run; a ``BaseException``, so a sweep stops too instead of going on."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    @classmethod
+    def of(cls, exc: KeyboardInterrupt) -> Interrupted:
+        """``exc`` with a message and an exit status: a bare KeyboardInterrupt is Ctrl-C (SIGINT)."""
+        if isinstance(exc, Interrupted):
+            return exc
+        return cls(str(exc) or "interrupted (SIGINT)", 128 + signal.SIGINT)
 
 
 def interruption(exc: BaseException) -> KeyboardInterrupt | None:
@@ -78,7 +101,6 @@ def interruption(exc: BaseException) -> KeyboardInterrupt | None:
 def raise_on_stop_signals() -> None:
     """Make SIGTERM (a scheduler's or ``timeout``'s stop) end a run like Ctrl-C, so it is not left RUNNING, and
     SIGINT raise KeyboardInterrupt even in a process a shell started in the background."""
-    import signal
 
     def terminate(signum: int, frame: object) -> None:
         raise Interrupted("terminated (SIGTERM)", 128 + signum)

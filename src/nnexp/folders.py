@@ -65,10 +65,18 @@ def describe_os_error(exc: OSError, doing: str | None = None, where: Path | None
     and a hint."""
     path = exc.filename if exc.filename is not None else (f"in {where}" if where else "")
     reason = exc.strerror or type(exc).__name__
-    hint = _OS_HINTS.get(exc.errno or 0)
+    hint = dangling_link(exc.filename) or _OS_HINTS.get(exc.errno or 0)
     if doing is None:
         doing = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
     return f"cannot {doing} {path}".rstrip() + f": {reason}" + (f" ({hint})" if hint else "")
+
+
+def dangling_link(path: object) -> str | None:
+    """What stands at ``path`` when it is a symbolic link to nothing, which ``mkdir`` finds taken but no folder;
+    ``None`` otherwise."""
+    if not isinstance(path, (str, Path)) or not os.path.islink(path) or os.path.exists(path):
+        return None
+    return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; create that or remove the link"
 
 
 def claim(path: str) -> str:

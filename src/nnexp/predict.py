@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnexp.datasets.csv_header import is_header
-from nnexp.errors import DataError, NnexpError
+from nnexp.errors import DataError, NnexpError, report
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
@@ -104,20 +104,16 @@ def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(USAGE, end="")
         return 0
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         request = parse(argv)
     except UsageError as exc:
-        print(f"error: nnexp predict: {exc} (see nnexp predict --help)", file=sys.stderr)
+        report(f"nnexp predict: {exc} (see nnexp predict --help)")
         return 2
     try:
         lines = predict(request)
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
     print("\n".join(lines))
     return 0
 

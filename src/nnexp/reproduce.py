@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from nnexp.arguments import ArgumentParser
-from nnexp.errors import NnexpError
+from nnexp.children import die_with_parent
+from nnexp.errors import NnexpError, report
 from nnexp.folders import describe_os_error
 from nnexp.tracking import Tracker, resolve_uri
 
@@ -178,7 +179,9 @@ def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[st
     )
     started = time.perf_counter()
     print(f"{preset.name} seed={seed}: training", file=sys.stderr, flush=True)
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent()
+    )
     try:
         stderr = "".join(echo_progress(child.stderr))
         stdout = child.stdout.read()
@@ -249,21 +252,18 @@ def main(argv: list[str]) -> int:
             for preset in presets:
                 for seed in args.seeds:
                     run_preset(preset, seed, parent.run_id, args.overrides, tracker)
-            report = table(presets, args.seeds)
+            summary = table(presets, args.seeds)
             if args.overrides:
-                report += f"\n\nOverrides applied to every run: `{' '.join(args.overrides)}`"
+                summary += f"\n\nOverrides applied to every run: `{' '.join(args.overrides)}`"
             parent.log_metrics({f"{p.name}.{p.metric}": p.mean for p in presets}, step=0)
             with tempfile.TemporaryDirectory() as scratch:
                 path = Path(scratch) / "reproduce.md"
-                path.write_text(report + "\n")
+                path.write_text(summary + "\n")
                 parent.log_artifact(path)
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
-    except KeyboardInterrupt as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
-        return getattr(exc, "exit_code", 130)
-    print(report)
+    print(summary)
     if args.markdown:
-        args.markdown.write_text(report + "\n")
+        args.markdown.write_text(summary + "\n")
     return 0 if all(preset.passed for preset in presets) else 1

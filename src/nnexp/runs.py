@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, report
 
 
 def main(argv: list[str]) -> int:
@@ -27,6 +27,6 @@ def main(argv: list[str]) -> int:
     try:
         print(run_list(args.uri, args.experiment, limit(args), terminal_width(args.wide)))
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     return 0

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from nnexp.arguments import ArgumentParser
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, report
 
 
 def main(argv: list[str]) -> int:
@@ -23,6 +22,6 @@ def main(argv: list[str]) -> int:
     try:
         print(sync(args.folder, args.uri))
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     return 0

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -150,6 +149,11 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     MLflow itself retries an unreachable server for minutes, and its file store now refuses to start.
     """
     scheme = urllib.parse.urlparse(uri).scheme
+    if scheme == "" and not Path(uri).is_dir():
+        raise ConfigError(
+            f"tracking store {uri} has no scheme: write sqlite:///{uri} for an SQLite database, "
+            "or a tracking server's http(s):// URL"
+        )
     if scheme in ("", "file"):
         raise ConfigError(
             f"tracking store {uri} is a plain directory, and MLflow's file store is retired; "
@@ -691,13 +695,13 @@ class Tracker:
             yield run
         except BaseException as exc:
             stop = interruption(exc)
-            reason = str(stop or exc) or ("interrupted (SIGINT)" if stop else type(exc).__name__)
+            stop = Interrupted.of(stop) if stop is not None else None
+            reason = str(stop or exc) or type(exc).__name__
             try:
                 run.end("FAILED" if stop is None else "KILLED", reason)
             except TrackingStoreError as lost:  # the original error matters more; say where the rest went
                 log.warning("%s", lost)
             if stop is not None:
-                code = getattr(stop, "exit_code", 128 + signal.SIGINT)
-                raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", code) from None
+                raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", stop.exit_code) from None
             raise
         run.end("FINISHED")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 import urllib.parse
 
 from nnexp.arguments import ArgumentParser, add_store_options
-from nnexp.errors import NnexpError
+from nnexp.children import run_group
+from nnexp.errors import Interrupted, NnexpError, report
 
 
 def check_address(host: str, port: int) -> None:
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
         if urllib.parse.urlparse(tracker.uri).scheme not in ("http", "https"):
             check_address(args.host, args.port)
     except NnexpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
     if urllib.parse.urlparse(tracker.uri).scheme in ("http", "https"):
         print(f"{tracker.uri} is a tracking server: open {ui_url(tracker.uri, tracker.experiment_id, view=view)}")
@@ -69,6 +69,6 @@ def main(argv: list[str]) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri]
     command += ["--host", args.host, "--port", str(args.port)]
     try:
-        return subprocess.run(command).returncode
-    except KeyboardInterrupt:
-        return 130
+        return run_group(command)
+    except KeyboardInterrupt as exc:  # how the UI is meant to stop, not an error; its server and workers have ended
+        return Interrupted.of(exc).exit_code
