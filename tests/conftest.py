@@ -72,7 +72,7 @@ class Project:
         """Every MLflow run in the project's store, newest first; none, and no store made, while there is none."""
         from mlflow import MlflowClient
 
-        from nnexp.tracking import store_lock
+        from nnexp.tracking.store import store_lock
 
         if not (self.root / "outputs" / "mlflow.db").exists():
             return []

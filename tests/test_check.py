@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nnexp.check import main
+from nnexp.commands.check import main
 
 WRONG_AND_RIGHT = """
 import numpy as np

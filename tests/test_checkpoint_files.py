@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from nnexp import LOSSES, MODELS, OPTIMIZERS, Examples, Trainer, checkpoint
+from nnexp import LOSSES, MODELS, OPTIMIZERS, Examples, Trainer
 from nnexp.atomic import remove_partials
 from nnexp.errors import DataError, NnexpError
-from nnexp.resume import hydra_arguments
+from nnexp.job import checkpoint
+from nnexp.job.resume import hydra_arguments
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 CONFIG = "trainer:\n  epochs: 3\n"
@@ -547,7 +548,7 @@ class Clock:
 
 
 def checkpointed_epochs(monkeypatch, epochs: int, trained: int, seconds_each: float, **options) -> list[int]:
-    from nnexp import checkpoint
+    from nnexp.job import checkpoint
 
     clock = Clock()
     monkeypatch.setattr(checkpoint.time, "monotonic", clock)

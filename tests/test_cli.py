@@ -693,7 +693,7 @@ def test_runs_started_together_share_a_new_store(project):
 
 def test_phases_count_each_second_once(monkeypatch):
     """A phase entered inside another takes its time out of the outer one."""
-    from nnexp import run
+    from nnexp.job import run
 
     clock = iter(range(100))
     monkeypatch.setattr(run.time, "perf_counter", lambda: float(next(clock)))
@@ -710,7 +710,7 @@ def test_phases_count_each_second_once(monkeypatch):
 def test_git_state_names_the_commit_and_whether_the_tree_is_dirty(tmp_path):
     import subprocess
 
-    from nnexp.tracking import git_state
+    from nnexp.tracking.store import git_state
 
     assert git_state(tmp_path) == {}
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from nnexp import compare
-from nnexp.arguments import ArgumentParser, add_limit, limit
-from nnexp.compare import Ranking, Table, configurations, configurations_table, runs_table, varying_params
+from nnexp.commands import compare
+from nnexp.commands.arguments import ArgumentParser, add_limit, limit
+from nnexp.commands.compare import Ranking, Table, configurations, configurations_table, runs_table, varying_params
 
 
 def fake_run(name, status="FINISHED", params=None, metrics=None, tags=None):
@@ -85,7 +85,7 @@ def test_compare_all_lists_every_run_and_excludes_limit(capsys):
 
 
 def test_a_table_too_wide_for_the_terminal_cuts_its_widest_cells_but_not_run_ids():
-    from nnexp.compare import Table
+    from nnexp.commands.compare import Table
 
     run_id = "a" * 32
     table = Table(["run", "overrides", "run_id"], [["moons " * 10, "x=" + "1" * 80, run_id], ["b", "y=2", "c" * 32]])

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from nnexp.cli_errors import check_plugin_nodes, check_preset_names, describe_config_error, describe_preset_error
 from nnexp.config import GROUPS, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
+from nnexp.job.run import build, configure
 from nnexp.plugins import load_builtins, load_file
-from nnexp.run import build, configure
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -152,7 +152,7 @@ def test_the_tanh_tutorial_preset_trains_as_the_tutorials_code_does(composed, mn
 
 def test_a_negative_checkpoint_interval_is_refused(composed):
     from nnexp.errors import ParameterError
-    from nnexp.run import configure
+    from nnexp.job.run import configure
 
     with pytest.raises(ParameterError, match=r"checkpoint\.every must be >= 0, got -1"):
         configure(composed("checkpoint.every=-1"))
@@ -277,7 +277,7 @@ def test_scalar_tags_and_a_warm_up_shorter_than_training_are_accepted(composed):
 def test_the_param_limit_is_mlflows():
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-    from nnexp.tracking import MAX_PARAM_LENGTH
+    from nnexp.tracking.store import MAX_PARAM_LENGTH
 
     assert MAX_PARAM_LENGTH == MAX_PARAM_VAL_LENGTH
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnexp import download
 from nnexp.atomic import replacing
+from nnexp.commands import data as download
 from nnexp.datasets.mnist import read_csv
 
 

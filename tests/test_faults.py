@@ -20,9 +20,9 @@ import sqlalchemy.exc
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from nnexp import tracking
-from nnexp.outbox import sync
-from nnexp.tracking import OUTBOX, Tracker, TrackingStoreError, disk_error
+from nnexp.tracking import store as tracking
+from nnexp.tracking.outbox import sync
+from nnexp.tracking.store import OUTBOX, Tracker, TrackingStoreError, disk_error
 
 QUICK = ("trainer.epochs=2",)
 
@@ -183,10 +183,10 @@ def test_a_checkpoint_on_a_full_disk_is_a_warning_naming_its_folder(project):
     """A write on a full disk raises an OSError with no file name: the warning names the checkpoint folder."""
     (project.root / "plugins" / "full_disk.py").write_text(
         "import errno, os\n"
-        "import nnexp.checkpoint\n"
+        "import nnexp.job.checkpoint\n"
         "def save(*args, **kwargs):\n"
         "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
-        "nnexp.checkpoint.save = save\n"
+        "nnexp.job.checkpoint.save = save\n"
     )
     result = project.run("trainer.epochs=2", "hydra.run.dir=outputs/full")
     assert result.returncode == 0, result.stderr
@@ -299,7 +299,7 @@ def test_hydra_logging_settings_are_one_line_and_leave_nothing(project):
 def test_nnexp_runs_removes_a_folder_left_at_setup_by_a_killed_process(project):
     import json
 
-    from nnexp import liveness
+    from nnexp.tracking import liveness
 
     ended = subprocess.Popen(["true"])
     ended.wait()

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from nnexp import liveness
-from nnexp.compare import run_list
-from nnexp.liveness import HEARTBEAT, HOST, PID, PID_SPACE, PID_STARTED, REASON, reap
-from nnexp.tracking import RunCreationError, Tracker
+from nnexp.commands.compare import run_list
+from nnexp.tracking import liveness
+from nnexp.tracking.liveness import HEARTBEAT, HOST, PID, PID_SPACE, PID_STARTED, REASON, reap
+from nnexp.tracking.store import RunCreationError, Tracker
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_a_run_whose_process_ended_is_marked_killed_at_its_last_heartbeat(tracke
     pid = ended_pid()
     heartbeat = ago(0.5)
     run_id = crafted(tracker, **{PID: str(pid), HEARTBEAT: heartbeat})
-    with caplog.at_level(logging.WARNING, "nnexp.liveness"):
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.liveness"):
         run, ghosts = judged(tracker, run_id)
     assert_killed(run, ghosts)
     last = datetime.fromisoformat(heartbeat.replace("Z", "+00:00")).timestamp()
@@ -176,7 +176,7 @@ def test_a_store_that_refuses_the_change_leaves_the_run_as_it_was(tracker, monke
         raise PermissionError("403 PERMISSION_DENIED: read-only user\nmore detail")
 
     monkeypatch.setattr(tracker.client, "set_tag", refuse)
-    with caplog.at_level(logging.WARNING, "nnexp.liveness"):
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.liveness"):
         run, ghosts = judged(tracker, run_id)
     assert (run.info.status, ghosts) == ("RUNNING", [])
     assert caplog.messages == [
@@ -215,7 +215,8 @@ def test_the_heartbeat_thread_and_each_flush_refresh_the_heartbeat(tracker):
 def test_resume_moves_the_run_to_this_process_and_marks_a_ghost_first(tracker, caplog):
     pid = ended_pid()
     run_id = crafted(tracker, **{PID: str(pid)})
-    with caplog.at_level(logging.WARNING, "nnexp.liveness"), tracker.start_run("x", {}, resume=run_id) as reopened:
+    logger = "nnexp.tracking.liveness"
+    with caplog.at_level(logging.WARNING, logger), tracker.start_run("x", {}, resume=run_id) as reopened:
         run = tracker.client.get_run(run_id)
         assert run.info.status == "RUNNING"
         assert run.data.tags[PID] == str(os.getpid())
@@ -270,7 +271,7 @@ def test_a_resumed_run_logs_what_the_store_lacks_and_nothing_twice(tracker):
 
 
 def test_a_sweep_summary_counts_a_ghost_child_as_killed(tracker, tmp_path, capsys):
-    from nnexp.sweep import Sweep
+    from nnexp.job.sweep import Sweep
 
     parent = tracker.open_run("sweep", {"nnexp_command": "sweep"})
     child_tags = {"mlflow.parentRunId": parent.run_id}
@@ -299,7 +300,7 @@ def test_run_list_shows_where_running_runs_live_and_marks_ghosts(tracker):
     ("seconds", "shown"), [(-0.2, "0 s"), (42.4, "42 s"), (600, "10 min"), (5400, "1.5 h"), (2 * 86400, "2.0 d")]
 )
 def test_spans_read_as_people_say_them(seconds, shown):
-    from nnexp.compare import span
+    from nnexp.commands.compare import span
 
     assert span(seconds) == shown
 
@@ -337,7 +338,7 @@ def test_nnexp_runs_without_a_store_or_with_a_bad_limit_says_so_in_one_line(proj
 def test_a_store_uri_naming_a_folder_says_so_for_every_command_that_reads_a_store(tmp_path):
     """runs, compare, sync, predict run= and resume= share this check ("no MLflow store" before)."""
     from nnexp.errors import ConfigError
-    from nnexp.tracking import existing_store
+    from nnexp.tracking.store import existing_store
 
     uri = f"sqlite:///{tmp_path}"
     with pytest.raises(ConfigError) as raised:
@@ -485,7 +486,7 @@ def test_kill_9_then_resume_logs_each_epoch_exactly_once(project, epochs, every,
 @pytest.mark.parametrize("status", ["KILLED", "RUNNING"])
 def test_a_deleted_run_is_not_resumed_and_says_how_to_restore_it(tracker, status):
     """MLflow refuses to reopen it (a traceback before), and a dead RUNNING one could not be marked KILLED."""
-    from nnexp.tracking import RunCreationError
+    from nnexp.tracking.store import RunCreationError
 
     run_id = crafted(tracker, status=status, **{liveness.PID: str(ended_pid())})
     tracker.client.delete_run(run_id)
@@ -498,15 +499,15 @@ def test_a_deleted_run_is_not_resumed_and_says_how_to_restore_it(tracker, status
 
 def test_predict_run_marks_a_ghost_killed_and_says_it_ended_before_logging_a_model(tracker, tmp_path, caplog):
     """It left the run RUNNING and said it "was trained before nnexp logged one"."""
+    from nnexp.commands.predict import download_run_model
     from nnexp.errors import NnexpError
-    from nnexp.predict import download_run_model
 
     bare = crafted(tracker, **{PID: str(ended_pid())})
     kept = crafted(tracker, **{PID: str(ended_pid()), "output_dir": str(tmp_path)})
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "checkpoint.json").write_text("{}")
     missing = "has no logged MLflow model 'model': it ended before logging one"
-    with caplog.at_level(logging.WARNING, "nnexp.liveness"):
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.liveness"):
         for run_id, advice in ((bare, ""), (kept, f"; continue it with: python -m nnexp resume={kept}")):
             with pytest.raises(NnexpError) as raised:
                 download_run_model(run_id, tracker.uri, tmp_path / "download")
@@ -519,7 +520,7 @@ def test_predict_run_marks_a_ghost_killed_and_says_it_ended_before_logging_a_mod
 
 
 def test_a_run_without_a_model_is_described_as_it_is(tracker, tmp_path):
-    from nnexp.tracking import without_model
+    from nnexp.tracking.store import without_model
 
     alive = tracker.client.get_run(crafted(tracker))
     assert without_model(tracker.client, alive, "model") == (
@@ -543,7 +544,7 @@ def test_a_run_without_a_model_is_described_as_it_is(tracker, tmp_path):
 
 def test_nnexp_ui_marks_the_ghosts_of_every_experiment_killed(tmp_path, monkeypatch):
     """``nnexp ui`` showed them RUNNING for ever."""
-    from nnexp import ui
+    from nnexp.commands import ui
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     own, other = Tracker(uri, "nnexp"), Tracker(uri, "other")
@@ -582,7 +583,7 @@ def test_nnexp_sync_marks_its_ghost_and_sends_the_outbox_status_in_place_of_the_
     """``nnexp sync`` left a ghost RUNNING when it refused its outbox, and kept the reap's failure_reason on a run
     whose outbox then said FINISHED."""
     from nnexp.errors import NnexpError
-    from nnexp.outbox import sync
+    from nnexp.tracking.outbox import sync
 
     own, elsewhere = tmp_path / "own", tmp_path / "elsewhere"
     own.mkdir()

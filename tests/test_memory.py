@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnexp import memory
 from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.datasets.base import Splits
 from nnexp.errors import OutOfMemoryError
+from nnexp.job import memory
+from nnexp.job.run import Phases
 from nnexp.models.base import Model
 from nnexp.models.mlp import MLP
-from nnexp.run import Phases
 
 ROWS = 7
 

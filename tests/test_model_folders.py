@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from nnexp import LOSSES, MODELS
-from nnexp.predict import main
+from nnexp.commands.predict import main
 from nnexp.serving import MAX_UNITS, describe, save_model
 
 POINTS = "0.5,-0.25\n-1.0,2.0\n"

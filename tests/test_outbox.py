@@ -11,9 +11,9 @@ import pytest
 from mlflow import MlflowClient
 
 from nnexp.errors import NnexpError
-from nnexp.outbox import artifact_files, sync
 from nnexp.schema import Fields
-from nnexp.tracking import OUTBOX
+from nnexp.tracking.outbox import artifact_files, sync
+from nnexp.tracking.store import OUTBOX
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -179,7 +179,7 @@ def test_a_crafted_outbox_sends_nothing_to_the_run_it_names_or_to_another(projec
 
 
 def test_files_nested_thousands_deep_are_one_line_naming_the_file(tmp_path):
-    from nnexp import checkpoint
+    from nnexp.job import checkpoint
     from nnexp.serving import NetworkSpec
 
     deep = "[" * 200_000 + "]" * 200_000  # Python's JSON parser recurses, and would raise RecursionError
@@ -195,7 +195,7 @@ def test_files_nested_thousands_deep_are_one_line_naming_the_file(tmp_path):
 
 def test_an_outbox_for_a_run_deleted_in_mlflow_says_so(tmp_path):
     """MLflow refused every request for it, which nnexp sync reported as a store that does not answer."""
-    from nnexp.tracking import Tracker
+    from nnexp.tracking.store import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "nnexp")

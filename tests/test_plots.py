@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from nnexp.plots import (
+from nnexp.job.plots import (
     plot_confusion_matrix,
     plot_decision_boundary,
     plot_learning_curves,
@@ -139,12 +139,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_importing_plots_does_not_import_matplotlib():
-    code = "import nnexp.plots, sys; assert 'matplotlib' not in sys.modules"
+    code = "import nnexp.job.plots, sys; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_comparison_labels_are_whole_and_wrapped(tmp_path):
-    from nnexp.plots import LABEL_WIDTH, plot_comparison, wrapped_labels
+    from nnexp.job.plots import LABEL_WIDTH, plot_comparison, wrapped_labels
 
     common = "model=deep_sigmoid activation=sigmoid hidden_sizes=[25,50,25]"
     labels = [f"{common} learning_rate={rate}" for rate in ("0.01", "0.001")]

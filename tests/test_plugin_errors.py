@@ -10,8 +10,8 @@ import pytest
 
 from nnexp import DATASETS, LOSSES, MODELS, SCHEDULES
 from nnexp.errors import PluginError
+from nnexp.job.run import check_activation_shapes
 from nnexp.plugins import blame, load_builtins, load_folder
-from nnexp.run import check_activation_shapes
 
 load_builtins()
 

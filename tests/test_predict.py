@@ -19,7 +19,7 @@ from nnexp.datasets.mnist import Scaling
 from nnexp.serving import describe, load, log_model, save_model
 
 #: ``python -m nnexp predict`` once the CLI dispatches to it; the module itself until then.
-COMMAND = ["-m", "nnexp", "predict"] if "predict" in COMMANDS else ["-m", "nnexp.predict"]
+COMMAND = ["-m", "nnexp", "predict"] if "predict" in COMMANDS else ["-m", "nnexp.commands.predict"]
 DIGITS = [str(digit) for digit in range(10)]
 
 
@@ -60,7 +60,7 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
 @pytest.fixture
 def in_process(tmp_path, monkeypatch, capsys, restore_registries):
     """``nnexp predict`` called in this process, faster than a subprocess for the many error cases."""
-    from nnexp.predict import main
+    from nnexp.commands.predict import main
 
     monkeypatch.chdir(tmp_path)
     for key in [key for key in os.environ if key.startswith("MLFLOW_")]:
@@ -267,7 +267,7 @@ def test_bad_models_and_command_lines(models, tmp_path, in_process):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[Path, str, str, str]:
     """A project folder whose default store ``outputs/mlflow.db`` holds a run with a model and one without."""
-    from nnexp.tracking import Tracker
+    from nnexp.tracking.store import Tracker
 
     project = tmp_path_factory.mktemp("project")
     uri = f"sqlite:///{project / 'outputs' / 'mlflow.db'}"
@@ -319,7 +319,7 @@ def test_a_trained_run_can_be_asked_for_predictions(project):
 
 
 def test_an_input_too_large_to_classify_at_once_is_refused_naming_the_memory(models, tmp_path, in_process, monkeypatch):
-    monkeypatch.setattr("nnexp.memory.available_bytes", lambda: 100)
+    monkeypatch.setattr("nnexp.job.memory.available_bytes", lambda: 100)
     points = tmp_path / "points.csv"
     points.write_text("\n".join(",".join(str(v) for v in row) for row in POINTS) + "\n")
     result = in_process(f"model={models['points']}", f"input={points}")

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from nnexp import progress
-from nnexp.progress import Progress
+from nnexp.job import progress
+from nnexp.job.progress import Progress
 
 
 class Clock:

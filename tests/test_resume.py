@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from nnexp import LOSSES, MODELS, OPTIMIZERS, Callback, Examples, Trainer, checkpoint
-from nnexp.checkpoint import Checkpoint
+from nnexp import LOSSES, MODELS, OPTIMIZERS, Callback, Examples, Trainer
 from nnexp.core.training import Stopped
+from nnexp.job import checkpoint
+from nnexp.job.checkpoint import Checkpoint
 
 # 14,000 training points: per-sample epochs long enough that a signal lands inside one, with the compiled engine.
 RUN = (
@@ -224,7 +225,7 @@ def test_a_stop_before_an_epochs_first_batch_resumes_with_that_epochs_shuffle(tm
 
 def test_an_empty_resume_value_is_refused(tmp_path):
     from nnexp.errors import ConfigError
-    from nnexp.resume import hydra_arguments
+    from nnexp.job.resume import hydra_arguments
 
     with pytest.raises(ConfigError, match=r"^resume= needs a run id or a checkpoint folder$"):
         hydra_arguments(["resume="], tmp_path)
@@ -233,8 +234,8 @@ def test_an_empty_resume_value_is_refused(tmp_path):
 def test_a_folder_where_the_checkpoint_manifest_belongs_is_refused_before_training(tmp_path):
     """Resumed from MLflow's copy, the run trained to its end, then could keep no checkpoint and ended FAILED."""
     from nnexp.errors import ConfigError
-    from nnexp.resume import checkpoint_of_run
-    from nnexp.tracking import Tracker
+    from nnexp.job.resume import checkpoint_of_run
+    from nnexp.tracking.store import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "nnexp")

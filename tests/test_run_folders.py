@@ -203,8 +203,8 @@ def test_folders_left_at_setup_by_a_dead_process_are_removed_and_no_others(tmp_p
     import json
     import subprocess
 
-    from nnexp import liveness
     from nnexp.folders import FOLDER_LOCK, OPENED, _held, discard_orphan_folders, use_run_folder
+    from nnexp.tracking import liveness
 
     ended = subprocess.Popen(["true"])
     ended.wait()

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from nnexp.errors import ConfigError
-from nnexp.sweep import check_plugin_settings
+from nnexp.job.sweep import check_plugin_settings
 
 QUICK = ("trainer.epochs=2", "dataset.n_samples=200")
 
@@ -369,14 +369,14 @@ def compare(project, *arguments):
 
 
 def open_parent(project):
-    from nnexp.tracking import Tracker
+    from nnexp.tracking.store import Tracker
 
     return Tracker(project.store_uri, "nnexp").open_run("parent", {})
 
 
 def test_a_parent_run_that_does_not_exist_or_has_ended_is_refused_before_any_run(project, tmp_path):
     from nnexp.errors import ConfigError
-    from nnexp.tracking import check_parent
+    from nnexp.tracking.store import check_parent
 
     with pytest.raises(ConfigError, match=r"no MLflow store at .*tracking.parent_run_id=deadbeef names a run"):
         check_parent(f"sqlite:///{tmp_path / 'none.db'}", "deadbeef", resuming=False)
@@ -405,7 +405,7 @@ def test_a_refused_resume_of_a_child_records_no_new_run(project):
 
 
 def test_swept_keys_come_from_value_lists_ranges_choices_and_the_sweepers_search_space():
-    from nnexp.sweep import short_keys, swept_keys
+    from nnexp.job.sweep import short_keys, swept_keys
 
     overrides = ["dataset=moons", "model=a,b", "seed=range(3)", "+x.y=choice(1,2)", "trainer.epochs=5"]
     assert swept_keys(overrides, {"optimizer.learning_rate": "interval(0.001, 1)"}) == [
@@ -423,8 +423,8 @@ def test_swept_keys_come_from_value_lists_ranges_choices_and_the_sweepers_search
 
 
 def test_a_sweeps_description_keeps_the_best_rows_that_fit_in_a_tag():
-    from nnexp.compare import Ranking, Table
-    from nnexp.sweep import description
+    from nnexp.commands.compare import Ranking, Table
+    from nnexp.job.sweep import description
 
     table = Table(["run", "test_loss"], [[f"lr={index}", f"0.{index}"] for index in range(1, 5)])
     ranking = Ranking("test_loss", maximize=False)

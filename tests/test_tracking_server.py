@@ -21,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from nnexp.errors import ConfigError
-from nnexp.tracking import check_store
+from nnexp.tracking.store import check_store
 
 SWEEP = ("-m", "model=two_layer,deep_sigmoid", "trainer.epochs=2")
 STARTUP_SECONDS = 90

@@ -10,7 +10,7 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
 from nnexp.errors import ConfigError, Interrupted
-from nnexp.tracking import Tracker, check_store, existing_store, store_error_reason
+from nnexp.tracking.store import Tracker, check_store, existing_store, store_error_reason
 
 
 def test_a_store_interrupted_while_being_created_is_not_left_half_made(tmp_path, monkeypatch):
@@ -70,7 +70,7 @@ def test_a_deleted_experiment_is_named_with_how_to_restore_it(tmp_path):
 
 
 def test_ui_addresses_open_mlflows_model_training_view():
-    from nnexp.tracking import ui_url
+    from nnexp.tracking.store import ui_url
 
     assert ui_url("http://127.0.0.1:5000/", "3") == "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
     assert ui_url("http://mlflow:5000", "3", "ab12") == (
@@ -125,7 +125,7 @@ def test_a_store_another_mlflow_migrated_is_one_line_for_the_commands_that_read_
 def test_a_file_where_the_stores_artifacts_belong_is_one_line_before_any_run(tmp_path):
     """The run's artifacts then failed one by one, in warnings alternating with the metrics that got through."""
     from nnexp.errors import ConfigError
-    from nnexp.tracking import check_store
+    from nnexp.tracking.store import check_store
 
     (tmp_path / "mlartifacts").write_text("x")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -69,7 +69,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         self, sweep_overrides: Sequence[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: Any
     ) -> Any:
         """The same job again, resuming from its checkpoint if it wrote one; submitit requeues what this returns."""
-        from nnexp.checkpoint import MANIFEST
+        from nnexp.job.checkpoint import MANIFEST
 
         folder = self.job_dir(sweep_overrides, job_num) / "checkpoints"
         overrides = [item for item in sweep_overrides if not item.startswith("resume=")]

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
-    "data": "nnexp.download",
-    "reproduce": "nnexp.reproduce",
-    "compare": "nnexp.compare",
-    "runs": "nnexp.runs",
-    "sync": "nnexp.sync",
-    "predict": "nnexp.predict",
-    "check": "nnexp.check",
-    "ui": "nnexp.ui",
+    "data": "nnexp.commands.data",
+    "reproduce": "nnexp.commands.reproduce",
+    "compare": "nnexp.commands.compare",
+    "runs": "nnexp.commands.runs",
+    "sync": "nnexp.commands.sync",
+    "predict": "nnexp.commands.predict",
+    "check": "nnexp.commands.check",
+    "ui": "nnexp.commands.ui",
 }
 
 #: How MLflow's client retries a tracking server that does not answer: a few seconds per request, not minutes.
@@ -115,7 +115,7 @@ def describe_error(exc: Exception) -> str | None:
             return str(cause)
         if isinstance(cause, OSError) and cause.errno is not None:
             return describe_os_error(cause, where=job_folders[-1] if job_folders else None)
-    from nnexp import memory
+    from nnexp.job import memory
 
     if memory.is_out_of_memory(exc):  # outside any phase of a run, which names what ran out itself
         return memory.describe(exc, "running", memory.ADVICE)
@@ -133,8 +133,8 @@ def launch() -> None:
 
     from nnexp.cli_errors import check_command_line, check_override_keys, check_preset_names
     from nnexp.config import store_configs
+    from nnexp.job.resume import hydra_arguments
     from nnexp.plugins import load_plugins
-    from nnexp.resume import hydra_arguments
 
     check_command_line(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries
@@ -145,7 +145,7 @@ def launch() -> None:
     check_preset_names(presets)
     if quick_help(sys.argv[1:], presets):
         return
-    from nnexp import sweep
+    from nnexp.job import sweep
 
     try:
         hydra.main(version_base="1.3", config_path=str(presets) if presets else None, config_name="nnexp")(task)()
@@ -191,8 +191,8 @@ def task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from nnexp.job.run import Objective, run
     from nnexp.plugins import load_plugins
-    from nnexp.run import Objective, run
 
     hydra = HydraConfig.get()
     load_plugins(Path(hydra.runtime.cwd))  # a launcher's worker process starts with the built-in plugins only

@@ -138,8 +138,8 @@ def _hydra_settings() -> dict[str, Any]:
         "job": {"name": "nnexp"},
         # Creates a sweep's MLflow parent run before any job starts, and summarises the sweep at its end.
         "callbacks": {
-            "nnexp_sweep": {"_target_": "nnexp.sweep.SweepCallback"},
-            "nnexp_run_folder": {"_target_": "nnexp.run_folder.RunFolderCallback"},
+            "nnexp_sweep": {"_target_": "nnexp.job.sweep.SweepCallback"},
+            "nnexp_run_folder": {"_target_": "nnexp.job.run_folder.RunFolderCallback"},
         },
         "run": {"dir": f"${{{RESOLVER}:outputs/{stamp}}}"},
         "sweep": {"dir": f"${{{RESOLVER}:outputs/multirun/{stamp}}}", "subdir": "${hydra.job.num}"},

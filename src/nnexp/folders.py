@@ -19,8 +19,8 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp import liveness
 from nnexp.errors import ConfigError, StartRefused
+from nnexp.tracking import liveness
 
 try:
     import fcntl

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from mlflow.models.signature import ModelSignature
 
     from nnexp.datasets.base import Dataset
-    from nnexp.tracking import TrackedRun
+    from nnexp.tracking.store import TrackedRun
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ def log_saved_model(run: TrackedRun, directory: Path, step: int = 0, kept: bool 
         try:
             return upload_model(run.client, run.run_id, directory, step)
         except Exception as exc:  # as for metrics and artifacts, a store that fails does not fail the run
-            from nnexp.tracking import store_error_reason
+            from nnexp.tracking.store import store_error_reason
 
             reason = store_error_reason(exc)[:200]
     where = ""

@@ -6,8 +6,8 @@ import socket
 import sys
 import urllib.parse
 
-from nnexp.arguments import ArgumentParser, add_store_options
 from nnexp.children import run_group
+from nnexp.commands.arguments import ArgumentParser, add_store_options
 from nnexp.errors import Interrupted, NnexpError, report
 
 
@@ -39,8 +39,8 @@ def main(argv: list[str]) -> int:
         "'last' is the newest sweep",
     )
     args = parser.parse_args(argv)
-    from nnexp.compare import find_sweep, open_experiment, reap_store
-    from nnexp.tracking import ui_url
+    from nnexp.commands.compare import find_sweep, open_experiment, reap_store
+    from nnexp.tracking.store import ui_url
 
     try:
         if not 0 < args.port < 65536:

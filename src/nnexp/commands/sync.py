@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnexp.arguments import ArgumentParser
+from nnexp.commands.arguments import ArgumentParser
 from nnexp.errors import NnexpError, report
 
 
@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("folder", type=Path, help="the run's output folder, as the run's error message names it")
     parser.add_argument("--uri", help="send to this tracking URI instead of the one the run used")
     args = parser.parse_args(argv)
-    from nnexp.outbox import sync
+    from nnexp.tracking.outbox import sync
 
     try:
         print(sync(args.folder, args.uri))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from nnexp import checkpoint
 from nnexp.errors import ConfigError
+from nnexp.job import checkpoint
 from nnexp.schema import Fields
 
 ALLOWED = ("resume=", "tracking.uri=")
@@ -115,7 +115,7 @@ def check_override(fields: Fields, field: str, item: str, allowed: set[str], gro
 def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
     """The manifest's ``output_dir``, once the run is found in its store and the folder is the run's: the one its
     MLflow run records, else the one that holds the checkpoint's folder."""
-    from nnexp.tracking import existing_store, find_run, resolve_uri
+    from nnexp.tracking.store import existing_store, find_run, resolve_uri
 
     manifest, fields = loaded.manifest, Fields(loaded.path)
     run_id, output_dir = manifest["run_id"], Path(manifest["output_dir"])
@@ -142,7 +142,7 @@ def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:
     A run RUNNING in a process that is gone is marked KILLED first; one that is FINISHED, or RUNNING in a live
     process, is refused.
     """
-    from nnexp.tracking import existing_store, find_run, resolve_uri, resumable
+    from nnexp.tracking.store import existing_store, find_run, resolve_uri, resumable
 
     store = resolve_uri(uri, project_dir)
     client = existing_store(store, f"resume={run_id} is no checkpoint folder either")

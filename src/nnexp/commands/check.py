@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnexp.arguments import ArgumentParser
+from nnexp.commands.arguments import ArgumentParser
 from nnexp.errors import NnexpError, report
 from nnexp.registry import Registry
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nnexp.arguments import ArgumentParser
 from nnexp.children import die_with_parent
+from nnexp.commands.arguments import ArgumentParser
 from nnexp.errors import NnexpError, report
 from nnexp.folders import describe_os_error
-from nnexp.tracking import Tracker, resolve_uri
+from nnexp.tracking.store import Tracker, resolve_uri
 
 #: A preset reproduces its tutorial when the mean over seeds is at most this far below the published figure.
 TOLERANCE = 0.005
@@ -130,8 +130,8 @@ def check_configs(presets: list[Preset], seeds: list[int], overrides: list[str])
 
     from nnexp.cli_errors import describe_config_error
     from nnexp.config import PRIMARY, composing, store_configs
+    from nnexp.job.run import configure
     from nnexp.plugins import load_plugins
-    from nnexp.run import configure
 
     load_plugins(Path.cwd())
     store_configs()

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnexp import liveness
 from nnexp.errors import ConfigError, Interrupted, NnexpError, interruption
 from nnexp.folders import describe_os_error
+from nnexp.tracking import liveness
 
 try:
     import fcntl
@@ -339,7 +339,7 @@ def resumable(client: MlflowClient, run: Run) -> Run:
 
 def without_model(client: MlflowClient, run: Run, name: str) -> str:
     """What is true of ``run``, which logged no model ``name``: its status, why it has none, and what to do."""
-    from nnexp.checkpoint import MANIFEST
+    from nnexp.job.checkpoint import MANIFEST
 
     info, tags = run.info, run.data.tags
     missing = f"has no logged MLflow model '{name}'"
@@ -366,7 +366,7 @@ class TrackedRun:
     ``outbox/OUTBOX`` (the run's output folder), and ``nnexp sync FOLDER`` sends them later.
 
     A run this process opened (:meth:`Tracker.open_run`, :meth:`Tracker.start_run`) has a heartbeat until it ends,
-    refreshed with each flush of metrics and by a daemon thread; see :mod:`nnexp.liveness`.
+    refreshed with each flush of metrics and by a daemon thread; see :mod:`nnexp.tracking.liveness`.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, outbox: Path | None = None) -> None:

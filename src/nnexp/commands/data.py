@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from nnexp.arguments import ArgumentParser
 from nnexp.atomic import replacing
+from nnexp.commands.arguments import ArgumentParser
 from nnexp.datasets.mnist import CSV_FILES, default_mnist_dir, locate_idx_files, read_idx_set, write_csv
 from nnexp.errors import ConfigError, DataError, Interrupted, NnexpError, report
 from nnexp.schema import sha256_of

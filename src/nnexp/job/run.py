@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from nnexp import __version__, checkpoint, memory
+from nnexp import __version__
 from nnexp.atomic import remove_partials, replacing
 from nnexp.cli_errors import check_plugin_nodes
 from nnexp.config import (
@@ -45,11 +45,12 @@ from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trai
 from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, PluginError, require
 from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
+from nnexp.job import checkpoint, memory
+from nnexp.job.progress import Progress
+from nnexp.job.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
 from nnexp.models.base import MODELS, Model
 from nnexp.plugins import blame, plugin_label
-from nnexp.progress import Progress
-from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
-from nnexp.tracking import (
+from nnexp.tracking.store import (
     MAX_PARAM_LENGTH,
     RunCreationError,
     TrackedRun,
@@ -722,7 +723,7 @@ def keep_model(
 ) -> Path | None:
     """Write what a run must keep: resolved config, weights, confusion matrix and the MLflow model folder (None
     for a network with a layer nnexp cannot describe, with a warning); a write that fails fails the run."""
-    from nnexp.plots import write_confusion_csv
+    from nnexp.job.plots import write_confusion_csv
     from nnexp.serving import describe, save_model
 
     splits = experiment.splits
@@ -757,7 +758,7 @@ def log_model_files(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | N
 def write_plots(folder: Path, experiment: Experiment, history: dict[str, list[float]], matrix: np.ndarray) -> bool:
     """Confusion matrix, learning curves and (for 2-D data) decision boundary as PNG files in ``folder``; a plot
     that cannot be written is a warning, not a failed run. Returns whether any plot was written."""
-    from nnexp import plots
+    from nnexp.job import plots
 
     splits = experiment.splits
     try:

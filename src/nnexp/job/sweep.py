@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from nnexp.compare import Configuration, Ranking, Table
-    from nnexp.tracking import TrackedRun, Tracker
+    from nnexp.commands.compare import Configuration, Ranking, Table
+    from nnexp.tracking.store import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Sweep:
     @classmethod
     def start(cls, config: DictConfig) -> Sweep:
         from nnexp import __version__
-        from nnexp.tracking import Tracker, git_state, resolve_uri
+        from nnexp.tracking.store import Tracker, git_state, resolve_uri
 
         project_dir = Path.cwd()  # Hydra changes no directory in the launching process
         overrides = list(config.hydra.overrides.task)
@@ -167,8 +167,8 @@ class Sweep:
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns
         (finished, failed) job counts."""
-        from nnexp import compare
-        from nnexp.liveness import reap
+        from nnexp.commands import compare
+        from nnexp.tracking.liveness import reap
 
         client = self.tracker.client
         runs, _ = reap(client, compare.child_runs(client, client.get_run(self.parent.run_id)))
@@ -210,7 +210,7 @@ class Sweep:
 
     def log_best(self, runs: list[Run], params: list[str], ranking: Ranking, groups: list[Configuration]) -> None:
         """The best job's objective (and with seeds the best configuration's mean and std), and its settings."""
-        from nnexp import compare
+        from nnexp.commands import compare
 
         scored = [
             (value, run)
@@ -269,7 +269,7 @@ def name_by_swept_values(client: MlflowClient, runs: list[Run], swept: list[str]
     names = short_keys(swept)
     renamed = 0
     for run in runs:
-        from nnexp.compare import settings
+        from nnexp.commands.compare import settings
 
         values = [(names[key], settings(run).get(key)) for key in swept]
         name = " ".join(f"{key}={value}" for key, value in values if value is not None)
@@ -315,8 +315,8 @@ def create_sweep_folder(directory: Path) -> list[Path]:
 
 def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Ranking, path: Path) -> None:
     """Bars of each configuration's mean and std over seeds when there are seeds, else of each finished job."""
-    from nnexp import plots
-    from nnexp.compare import metric_value
+    from nnexp.commands.compare import metric_value
+    from nnexp.job import plots
 
     if groups:
         names = short_keys(list(groups[0].params))

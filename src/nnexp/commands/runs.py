@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
+from nnexp.commands.arguments import ArgumentParser, add_limit, add_store_options, limit
 from nnexp.errors import NnexpError, report
 
 
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     add_limit(parser, "runs of the experiment")
     parser.add_argument("--wide", action="store_true", help="do not cut columns to the terminal's width")
     args = parser.parse_args(argv)
-    from nnexp.compare import run_list, shown_path, terminal_width
+    from nnexp.commands.compare import run_list, shown_path, terminal_width
     from nnexp.folders import discard_orphan_folders
 
     for folder, why in discard_orphan_folders(Path.cwd()):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nnexp.arguments import ArgumentParser, add_limit, add_store_options, limit
+from nnexp.commands.arguments import ArgumentParser, add_limit, add_store_options, limit
 from nnexp.config import GROUPS, Direction, default_direction, setting_overrides
 from nnexp.errors import NnexpError, report
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from nnexp.tracking import Tracker
+    from nnexp.tracking.store import Tracker
 
 #: Params that differ between any two runs without being an experimental choice.
 BOOKKEEPING_PARAMS = ("tracking.parent_run_id", "tracking.run_name", "tracking.uri", "tracking.experiment")
@@ -90,8 +90,8 @@ def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: 
 
 def reap_store(client: MlflowClient) -> None:
     """Mark KILLED each RUNNING run of every experiment in the store whose process is gone (see
-    :func:`nnexp.liveness.reap`), for a command that shows them all, such as ``nnexp ui``."""
-    from nnexp.liveness import reap
+    :func:`nnexp.tracking.liveness.reap`), for a command that shows them all, such as ``nnexp ui``."""
+    from nnexp.tracking.liveness import reap
 
     experiment_ids: list[str] = []
     token = None
@@ -319,7 +319,7 @@ def main(argv: list[str]) -> int:
 
 def open_experiment(uri: str | None, experiment: str) -> Tracker:
     """The existing store ``uri`` names (by default the project's) and its experiment ``experiment``."""
-    from nnexp.tracking import Tracker, existing_store, resolve_uri
+    from nnexp.tracking.store import Tracker, existing_store, resolve_uri
 
     store = resolve_uri(uri, Path.cwd())
     existing_store(store, "run an experiment first, or name the store with --uri")
@@ -327,7 +327,7 @@ def open_experiment(uri: str | None, experiment: str) -> Tracker:
 
 
 def compare(args: argparse.Namespace) -> str:
-    from nnexp.liveness import reap
+    from nnexp.tracking.liveness import reap
 
     newest = limit(args)
     tracker = open_experiment(args.uri, args.experiment)
@@ -364,7 +364,7 @@ def find_sweep(client: MlflowClient, experiment_id: str, which: str) -> Run:
         if not sweeps:
             raise NnexpError("--sweep last: this experiment has no sweep yet")
         return sweeps[0]
-    from nnexp.tracking import find_run
+    from nnexp.tracking.store import find_run
 
     return find_run(client, which, f"--sweep {which}: no such run")
 
@@ -372,7 +372,7 @@ def find_sweep(client: MlflowClient, experiment_id: str, which: str) -> Run:
 def run_list(uri: str | None, experiment: str, limit: int, width: int | None = None) -> str:
     """The newest runs of ``experiment`` (``limit`` 0: all), after marking KILLED those whose process is gone:
     status, age, duration, where a running one lives, output folder, name and id."""
-    from nnexp.liveness import HOST, PID, reap
+    from nnexp.tracking.liveness import HOST, PID, reap
 
     tracker = open_experiment(uri, experiment)
     runs, _ = reap(tracker.client, search_runs(tracker.client, [tracker.experiment_id], limit=limit))

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnexp import liveness
 from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
 from nnexp.errors import ConfigError, DataError
-from nnexp.tracking import OUTBOX, OUTBOX_STATUSES, TrackedRun, existing_store, find_run
+from nnexp.tracking import liveness
+from nnexp.tracking.store import OUTBOX, OUTBOX_STATUSES, TrackedRun, existing_store, find_run
 
 if TYPE_CHECKING:
     from nnexp.schema import Fields

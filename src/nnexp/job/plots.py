@@ -27,7 +27,7 @@ LABEL_WIDTH = 45
 
 
 def _pyplot() -> ModuleType:
-    """``matplotlib.pyplot`` on the Agg backend, imported here so ``import nnexp.plots`` stays cheap."""
+    """``matplotlib.pyplot`` on the Agg backend, imported here so ``import nnexp.job.plots`` stays cheap."""
     import matplotlib
 
     matplotlib.use("Agg")  # runs are headless; never try to open a window

@@ -151,7 +151,7 @@ BYTES_PER_VALUE = 8 * 4
 
 def check_fits(path: Path, x: np.ndarray, n_classes: int) -> None:
     """Refuse, in one line, an input whose rows cannot all be classified at once in the memory available."""
-    from nnexp.memory import available_bytes, format_bytes
+    from nnexp.job.memory import available_bytes, format_bytes
 
     available = available_bytes()
     needed = len(x) * (x.shape[1] + n_classes) * BYTES_PER_VALUE
@@ -168,7 +168,7 @@ def load_model(request: Request) -> tuple[PyFuncModel, NetworkModel]:
         if not request.model.is_dir():
             raise DataError(f"{request.model}: no such model directory; expected a folder holding an MLmodel file")
         return load_directory(request.model, str(request.model))
-    from nnexp.tracking import resolve_uri
+    from nnexp.tracking.store import resolve_uri
 
     uri = resolve_uri(request.uri, Path.cwd())
     with tempfile.TemporaryDirectory() as scratch:  # the loaded model keeps nothing open in it
@@ -194,9 +194,9 @@ def download_run_model(run_id: str, uri: str, destination: Path) -> Path:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from nnexp.liveness import reap
     from nnexp.serving import MODEL_NAME, logged_models
-    from nnexp.tracking import existing_store, find_run, without_model
+    from nnexp.tracking.liveness import reap
+    from nnexp.tracking.store import existing_store, find_run, without_model
 
     client = existing_store(uri, "name the run's store with tracking.uri=...")
     [run], _ = reap(client, [find_run(client, run_id, f"run {run_id} not found in {uri}")])
@@ -387,6 +387,6 @@ def _first_bad_row(numbered: list[tuple[int, str]]) -> str:
     return "not a CSV file of numbers"
 
 
-if __name__ == "__main__":  # until ``nnexp predict`` dispatches here: python -m nnexp.predict ...
+if __name__ == "__main__":  # until ``nnexp predict`` dispatches here: python -m nnexp.commands.predict ...
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.exit(main(sys.argv[1:]))

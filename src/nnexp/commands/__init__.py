@@ -1,0 +1,1 @@
+"""Sub-commands of ``nnexp``: each parses its arguments and calls library code."""
