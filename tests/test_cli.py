@@ -693,11 +693,11 @@ def test_runs_started_together_share_a_new_store(project):
 
 def test_phases_count_each_second_once(monkeypatch):
     """A phase entered inside another takes its time out of the outer one."""
-    from nnexp.job import run
+    from nnexp.job import phases as module
 
     clock = iter(range(100))
-    monkeypatch.setattr(run.time, "perf_counter", lambda: float(next(clock)))
-    phases = run.Phases()  # the clock reads 0
+    monkeypatch.setattr(module.time, "perf_counter", lambda: float(next(clock)))
+    phases = module.Phases()  # the clock reads 0
     with phases("training"):  # 1
         with phases("checkpoints"):  # 2
             pass  # 3

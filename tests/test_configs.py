@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from nnexp.cli_errors import check_plugin_nodes, check_preset_names, describe_config_error, describe_preset_error
 from nnexp.config import GROUPS, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
-from nnexp.job.run import build, configure
+from nnexp.job.build import build, configure
 from nnexp.plugins import load_builtins, load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_the_tanh_tutorial_preset_trains_as_the_tutorials_code_does(composed, mn
 
 def test_a_negative_checkpoint_interval_is_refused(composed):
     from nnexp.errors import ParameterError
-    from nnexp.job.run import configure
+    from nnexp.job.build import configure
 
     with pytest.raises(ParameterError, match=r"checkpoint\.every must be >= 0, got -1"):
         configure(composed("checkpoint.every=-1"))

@@ -14,7 +14,7 @@ from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.datasets.base import Splits
 from nnexp.errors import OutOfMemoryError
 from nnexp.job import memory
-from nnexp.job.run import Phases
+from nnexp.job.phases import Phases
 from nnexp.models.base import Model
 from nnexp.models.mlp import MLP
 

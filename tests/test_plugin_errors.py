@@ -10,7 +10,7 @@ import pytest
 
 from nnexp import DATASETS, LOSSES, MODELS, SCHEDULES
 from nnexp.errors import PluginError
-from nnexp.job.run import check_activation_shapes
+from nnexp.job.build import check_activation_shapes
 from nnexp.plugins import blame, load_builtins, load_folder
 
 load_builtins()

@@ -191,7 +191,8 @@ def task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nnexp.job.run import Objective, run
+    from nnexp.job.build import Objective
+    from nnexp.job.run import run
     from nnexp.plugins import load_plugins
 
     hydra = HydraConfig.get()

@@ -130,7 +130,7 @@ def check_configs(presets: list[Preset], seeds: list[int], overrides: list[str])
 
     from nnexp.cli_errors import describe_config_error
     from nnexp.config import PRIMARY, composing, store_configs
-    from nnexp.job.run import configure
+    from nnexp.job.build import configure
     from nnexp.plugins import load_plugins
 
     load_plugins(Path.cwd())

@@ -1,0 +1,204 @@
+"""From a composed config to built plugins and loaded data: every value checked before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+
+from nnexp.cli_errors import check_plugin_nodes
+from nnexp.config import (
+    FINAL_METRICS,
+    Direction,
+    check_known_keys,
+    check_tags,
+    default_direction,
+)
+from nnexp.core.activations import ACTIVATIONS, Activation
+from nnexp.core.losses import LOSSES, Loss
+from nnexp.core.network import Sequential
+from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.core.schedules import SCHEDULES, Schedule
+from nnexp.core.training import Examples, Trainer
+from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
+from nnexp.errors import ConfigError, ParameterError, PluginError, require
+from nnexp.job import memory
+from nnexp.models.base import MODELS, Model
+from nnexp.plugins import plugin_label
+from nnexp.tracking.store import MAX_PARAM_LENGTH, flatten
+
+
+@dataclass
+class Components:
+    """The plugins a config names, constructed (so their values are checked) but not yet given data."""
+
+    dataset: Dataset
+    model: Model
+    loss: Loss
+    optimizer: Optimizer
+    schedule: Schedule
+    trainer: Trainer
+    dtype: type[np.floating]
+
+
+@dataclass
+class Objective:
+    """The final metric a run returns to a sweeper, and whether larger is better."""
+
+    metric: str
+    direction: Direction
+
+    @classmethod
+    def of(cls, cfg: DictConfig, has_validation: bool | None = None) -> Objective:
+        """``cfg.objective`` resolved; ``auto`` needs ``has_validation``, and stays ``auto`` when it is None."""
+        metric = cfg.objective.metric
+        if metric not in ("auto", *FINAL_METRICS):
+            raise ConfigError(f"objective.metric must be auto or one of {', '.join(FINAL_METRICS)}, got {metric!r}")
+        if metric == "auto" and has_validation is not None:
+            metric = "val_accuracy" if has_validation else "test_accuracy"
+        if metric.startswith("val_") and has_validation is False:
+            raise ConfigError(f"objective.metric={metric} needs a validation split, and this dataset has none")
+        direction = cfg.objective.direction or default_direction(metric)
+        return cls(metric, direction)
+
+    def worst(self) -> float:
+        """What a failed job returns, so that a sweeper such as Optuna ranks it last instead of crashing."""
+        return -math.inf if self.direction is Direction.maximize else math.inf
+
+
+@dataclass
+class Experiment:
+    """Everything a job needs to train: data encoded for the loss, and a freshly initialised network."""
+
+    splits: Splits
+    data: dict[str, Examples]
+    network: Sequential
+    loss: Loss
+    optimizer: Optimizer
+    schedule: Schedule
+    trainer: Trainer
+
+    def release_training_data(self) -> None:
+        """Let go of the training and validation inputs, the run's largest arrays, once trained and evaluated, so
+        that drawing plots and saving the model do not add to them. 2-D data stays: the decision boundary shows
+        every point, and they are few."""
+        self.data = {"test": self.data["test"]}
+        splits = self.splits
+        if splits.n_features != 2:
+            empty = np.empty((0, splits.n_features), splits.x_train.dtype)
+            self.splits = dataclasses.replace(
+                splits, x_train=empty, y_train=splits.y_train[:0].copy(), x_val=None, y_val=None
+            )
+
+
+def configure(cfg: DictConfig) -> Components:
+    """Construct every plugin the config names; fast, and raises NnexpError on any bad value."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
+    check_known_keys(cfg)
+    check_plugin_nodes(cfg, preset_files())
+    check_tags(OmegaConf.to_container(cfg.tags, resolve=True))  # type: ignore[arg-type]
+    require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    every = cfg.checkpoint.every
+    require(every is None or every >= 0, "checkpoint.every", "must be >= 0", every)
+    require(cfg.checkpoint.seconds > 0, "checkpoint.seconds", "must be > 0", cfg.checkpoint.seconds)
+    Objective.of(cfg)
+    try:
+        trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.engine.value)
+    except ParameterError as exc:
+        raise exc.within("trainer") from None
+    components = Components(
+        dataset=DATASETS.build(cfg.dataset),
+        model=MODELS.build(cfg.model),
+        loss=LOSSES.build(cfg.loss),
+        optimizer=OPTIMIZERS.build(cfg.optimizer),
+        schedule=SCHEDULES.build(cfg.schedule),
+        trainer=trainer,
+        dtype=np.dtype(cfg.trainer.dtype.value).type,
+    )
+    components.model.check(components.loss)
+    warmup = getattr(components.schedule, "warmup_epochs", 0)
+    if warmup and warmup >= trainer.epochs:  # the rate would still be rising when training ends
+        raise ConfigError(
+            f"schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs={warmup} with "
+            f"epochs={trainer.epochs}; the warm-up would end after training, short of optimizer.learning_rate"
+        )
+    check_param_lengths(run_params(cfg))
+    return components
+
+
+def prepare(components: Components, rng: np.random.Generator) -> Experiment:
+    """Load the data and build the network it fits; raises NnexpError on bad data."""
+    splits = checked_splits(components.dataset, components.dataset.load(rng))
+    loss, dtype = components.loss, components.dtype
+    data = {
+        part: Examples(x.astype(dtype, copy=False), loss.encode(y, splits.n_classes, dtype), y)
+        for part, x, y in splits.parts()
+    }
+    memory.check_fits(components.model, components.optimizer, loss, splits, components.trainer.batch_size, dtype)
+    with memory.running_out("building the network", "use a smaller model"):
+        network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
+    check_activation_shapes(network, data["train"].x[:2])
+    components.trainer.select_engine(network, loss, components.optimizer)
+    return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
+
+
+def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
+    """:func:`configure` then :func:`prepare`."""
+    return prepare(configure(cfg), rng)
+
+
+def preset_files() -> dict[str, Path]:
+    """The YAML file of each config group's chosen preset, by group; none outside a Hydra job."""
+    if not HydraConfig.initialized():
+        return {}
+    runtime = HydraConfig.get().runtime
+    folders = [Path(source.path) for source in runtime.config_sources if source.schema == "file"]
+    found = {}
+    for group, choice in runtime.choices.items():
+        files = [folder / group / f"{choice}.yaml" for folder in folders] if choice else []
+        file = next((file for file in files if file.is_file()), None)
+        if file is not None:
+            found[group] = file
+    return found
+
+
+def check_param_lengths(params: dict[str, Any]) -> None:
+    """Refuse a value MLflow would cut to :data:`MAX_PARAM_LENGTH` characters: the record would not be the run's."""
+    for key, value in params.items():
+        if len(str(value)) > MAX_PARAM_LENGTH:
+            raise ConfigError(
+                f"{key}: an MLflow param holds at most {MAX_PARAM_LENGTH} characters, this value has "
+                f"{len(str(value))}; the run's record would be cut short"
+            )
+
+
+def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
+    """Pass a few rows through ``network`` and refuse an activation whose output is not shaped like its input,
+    which the next layer would meet as a bare NumPy error naming no plugin."""
+    for layer in network.layers:
+        out = layer.forward(x)
+        if isinstance(layer, Activation) and np.shape(out) != x.shape:
+            raise PluginError(
+                f"{plugin_label(ACTIVATIONS, type(layer))} returned shape {np.shape(out)} for an input of shape "
+                f"{x.shape}; an activation's output must be shaped like its input"
+            )
+        x = out
+
+
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as dotted MLflow params; ``tags`` go to the run's tags instead, and where the run is
+    recorded (``tracking.*``: its store, experiment, name and parent) and ``resume`` are the run's own record, not
+    settings to compare runs by."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for bookkeeping in ("tags", "tracking", "resume"):
+        container.pop(bookkeeping, None)
+    return flatten(container)

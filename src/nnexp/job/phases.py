@@ -1,0 +1,64 @@
+"""Where a run's wall time goes, phase by phase, and what ran out when memory does."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from nnexp.errors import NnexpError
+from nnexp.job import memory
+from nnexp.plugins import blame
+
+#: What a run was doing in a phase, and what to reduce, when it runs out of memory there.
+OUT_OF_MEMORY = {
+    "setup": ("setting up", memory.ADVICE),
+    "data": ("loading the data", "use a smaller dataset, or free memory"),
+    "mlflow_setup": ("opening the tracking store", "free memory"),
+    "mlflow_logging": ("logging to MLflow", memory.ADVICE),
+    "training": ("training", memory.ADVICE),
+    "evaluation": ("evaluating", memory.ADVICE),
+    "checkpoints": ("writing a checkpoint", memory.ADVICE),
+    "model": ("saving the model", memory.ADVICE),
+    "plots": ("drawing plots", memory.ADVICE),
+}
+
+
+class Phases:
+    """Wall seconds of a run's phases, each second counted once: time in a phase entered inside another (a
+    checkpoint written during training) is taken out of the outer one."""
+
+    def __init__(self) -> None:
+        self.started = self._since = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._open: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._charge()
+        self._open.append(name)
+        doing, advice = OUT_OF_MEMORY.get(name, (name, memory.ADVICE))
+        try:
+            with memory.running_out(doing, advice):  # the phase says what ran out, in one line
+                yield
+        except Exception as exc:
+            blamed = None if isinstance(exc, NnexpError) else blame(exc)
+            if blamed is None:
+                raise
+            raise blamed from exc  # a user's plugin failed: one line naming it; HYDRA_FULL_ERROR=1 shows where
+        finally:
+            self._charge()
+            self._open.pop()
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._open:
+            self.seconds[self._open[-1]] = self.seconds.get(self._open[-1], 0.0) + now - self._since
+        self._since = now
+
+    def metrics(self) -> dict[str, float]:
+        """``time/<phase>_seconds`` of every phase so far, and ``time/run_seconds`` since the run started."""
+        self._charge()
+        found = {f"time/{name}_seconds": seconds for name, seconds in self.seconds.items()}
+        found["time/run_seconds"] = time.perf_counter() - self.started
+        return found

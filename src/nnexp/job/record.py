@@ -1,0 +1,194 @@
+"""What a run records beside its metrics: its name, params, tags, model files and plots."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from nnexp import __version__
+from nnexp.atomic import replacing
+from nnexp.config import (
+    GROUPS,
+    setting_overrides,
+)
+from nnexp.core.activations import ACTIVATIONS
+from nnexp.core.initializers import INITIALIZERS
+from nnexp.core.training import predict
+from nnexp.datasets.base import Dataset
+from nnexp.errors import NnexpError
+from nnexp.folders import describe_os_error
+from nnexp.job.build import Experiment, run_params
+from nnexp.job.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
+from nnexp.tracking.store import (
+    TrackedRun,
+    Tracker,
+    check_parent,
+    git_state,
+    resolve_uri,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config, without ``resume``: what a resumed run must compose to again."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container.pop("resume", None)
+    return OmegaConf.to_yaml(container)
+
+
+def job_choices() -> dict[str, Any]:
+    """Hydra's config group choices (``model: deep_sigmoid``), without Hydra's own groups."""
+    choices = HydraConfig.get().runtime.choices
+    return {key: value for key, value in choices.items() if not key.startswith("hydra/")}
+
+
+def job_overrides() -> list[str]:
+    """The job's command-line overrides, without the parent run id a sweep adds."""
+    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as given: ${...} unresolved
+    return [item for item in typed if not item.startswith(f"{PARENT_OVERRIDE}=")]
+
+
+def run_label(cfg: DictConfig) -> str:
+    """In a sweep the job's overrides (the sweep renames its children at the end); else ``tracking.run_name``, or
+    the preset and the overrides given, keys shortened (``quadrants seed=3``), or the group choices."""
+    hydra = HydraConfig.get()
+    if hydra.mode == RunMode.MULTIRUN:  # tracking.run_name then names the sweep's parent run
+        return " ".join(job_overrides()) or f"job {hydra.job.num}"
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    choices = job_choices()
+    given = [(key, value) for key, value in setting_overrides(job_overrides()) if key != "experiment"]
+    names = short_keys([key for key, _ in given])
+    parts = [choices["experiment"]] if choices.get("experiment") else []
+    parts += [f"{names[key]}={value}" for key, value in given]
+    if parts:
+        return " ".join(parts)[:MAX_RUN_NAME]
+    return "-".join(str(choices[registry.kind]) for registry, _ in GROUPS)
+
+
+def record_failed_job(cfg: DictConfig, label: str, project_dir: Path, exc: Exception) -> None:
+    """Keep a sweep job that failed before training as a FAILED child run, so the sweep's summary counts it."""
+    reason = str(exc) if isinstance(exc, NnexpError) else f"{type(exc).__name__}: {exc}"
+    tags = {"mlflow.parentRunId": cfg.tracking.parent_run_id, "overrides": " ".join(job_overrides()) or "(none)"}
+    tags.update(job_tags())
+    uri = resolve_uri(cfg.tracking.uri, project_dir)
+    try:
+        check_parent(uri, cfg.tracking.parent_run_id, resuming=False)
+    except NnexpError:
+        return  # no child of a run that cannot be its parent; the job's own error says why it failed
+    try:
+        tracker = Tracker(uri, cfg.tracking.experiment)
+        tracker.record_failure(label, tags, reason, run_params(cfg))
+    except NnexpError as store_error:
+        log.warning("could not record the failed job in MLflow: %s", store_error)
+
+
+def job_tags() -> dict[str, Any]:
+    """The job number within a sweep, and how many BLAS threads the job's process may use."""
+    from threadpoolctl import threadpool_info
+
+    hydra = HydraConfig.get()
+    tags: dict[str, Any] = {}
+    if hydra.mode == RunMode.MULTIRUN:
+        tags["job_num"] = hydra.job.num
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    if blas:
+        tags["blas_threads"] = max(blas)
+    return tags
+
+
+#: The model fields that name a plugin of their own, recorded as ``source.<field>`` tags.
+MODEL_PLUGIN_FIELDS = (
+    ("activation", ACTIVATIONS),
+    ("output_activation", ACTIVATIONS),
+    ("input_activation", ACTIVATIONS),
+    ("initializer", INITIALIZERS),
+)
+
+
+def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """Hydra's group choices (so presets show), plugin sources, versions, git state and the preset's own tags."""
+    tags: dict[str, Any] = {key: value for key, value in choices.items() if value is not None}
+    for registry, _ in GROUPS:
+        tags[f"source.{registry.kind}"] = registry.source(cfg[registry.kind].name)
+    for field, registry in MODEL_PLUGIN_FIELDS:  # a model's activations and initializer are plugins too
+        name = cfg.model.get(field)
+        if isinstance(name, str) and name in registry:
+            tags[f"source.{field}"] = registry.source(name)
+    tags.update(git_state(project_dir))
+    tags.update({"nnexp_version": __version__, "output_dir": str(output_dir.resolve())})
+    tags["overrides"] = " ".join(job_overrides()) or "(none)"
+    tags.update(job_tags())
+    tags.update(OmegaConf.to_container(cfg.tags, resolve=True))
+    if cfg.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+    return tags
+
+
+def keep_model(
+    output_dir: Path, cfg: DictConfig, experiment: Experiment, dataset: Dataset, matrix: np.ndarray
+) -> Path | None:
+    """Write what a run must keep: resolved config, weights, confusion matrix and the MLflow model folder (None
+    for a network with a layer nnexp cannot describe, with a warning); a write that fails fails the run."""
+    from nnexp.job.plots import write_confusion_csv
+    from nnexp.serving import describe, save_model
+
+    splits = experiment.splits
+    model_dir = output_dir / "model"
+    try:
+        with replacing(output_dir / "config.yaml", "w") as file:
+            file.write(OmegaConf.to_yaml(cfg, resolve=True))
+        experiment.network.save(output_dir / "model.npz")
+        write_confusion_csv(matrix, splits.names(), output_dir / "confusion_matrix.csv")
+        try:
+            spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
+        except NnexpError as exc:
+            log.warning("the run logs no MLflow model: %s", exc)
+            return None
+        if model_dir.exists():  # saved by an earlier attempt of a resumed run
+            shutil.rmtree(model_dir)
+        save_model(model_dir, experiment.network, spec, splits.x_test)
+    except OSError as exc:
+        shutil.rmtree(model_dir, ignore_errors=True)  # half an MLflow model would load as a broken one
+        raise NnexpError(f"the trained model was not kept: {describe_os_error(exc, 'write', output_dir)}") from None
+    return model_dir
+
+
+def log_model_files(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | None) -> None:
+    """Send what :func:`keep_model` wrote, and Hydra's own copy of the config, to the run."""
+    for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
+        tracked.log_artifact(output_dir / name)
+    if hydra_subdir:  # hydra.output_subdir=null turns Hydra's copy off
+        tracked.log_artifact(output_dir / hydra_subdir, "hydra")
+
+
+def write_plots(folder: Path, experiment: Experiment, history: dict[str, list[float]], matrix: np.ndarray) -> bool:
+    """Confusion matrix, learning curves and (for 2-D data) decision boundary as PNG files in ``folder``; a plot
+    that cannot be written is a warning, not a failed run. Returns whether any plot was written."""
+    from nnexp.job import plots
+
+    splits = experiment.splits
+    try:
+        folder.mkdir(exist_ok=True)
+        plots.plot_confusion_matrix(matrix, splits.names(), folder / "confusion_matrix.png")
+        plots.plot_learning_curves(history, folder / "learning_curves.png")
+        if splits.n_features == 2:
+            network = experiment.network
+            x = np.concatenate([splits.x_train, splits.x_test])
+            y = np.concatenate([splits.y_train, splits.y_test])
+
+            def predict_labels(points: np.ndarray) -> np.ndarray:
+                return predict(network, points.astype(network.dtype)).argmax(axis=1)
+
+            plots.plot_decision_boundary(predict_labels, x, y, splits.names(), folder / "decision_boundary.png")
+    except OSError as exc:
+        log.warning("warning: plots not written: %s", describe_os_error(exc, "write", folder))
+    return folder.is_dir() and any(folder.iterdir())
