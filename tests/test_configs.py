@@ -277,7 +277,7 @@ def test_scalar_tags_and_a_warm_up_shorter_than_training_are_accepted(composed):
 def test_the_param_limit_is_mlflows():
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-    from nnexp.tracking.store import MAX_PARAM_LENGTH
+    from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
 
     assert MAX_PARAM_LENGTH == MAX_PARAM_VAL_LENGTH
 

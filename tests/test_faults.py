@@ -22,7 +22,8 @@ from mlflow.exceptions import MlflowException
 
 from nnexp.tracking import store as tracking
 from nnexp.tracking.outbox import sync
-from nnexp.tracking.store import OUTBOX, Tracker, TrackingStoreError, disk_error
+from nnexp.tracking.store import OUTBOX, disk_error
+from nnexp.tracking.tracked_run import Tracker, TrackingStoreError
 
 QUICK = ("trainer.epochs=2",)
 

@@ -20,7 +20,8 @@ from mlflow import MlflowClient
 from nnexp.commands.compare import run_list
 from nnexp.tracking import liveness
 from nnexp.tracking.liveness import HEARTBEAT, HOST, PID, PID_SPACE, PID_STARTED, REASON, reap
-from nnexp.tracking.store import RunCreationError, Tracker
+from nnexp.tracking.store import RunCreationError
+from nnexp.tracking.tracked_run import Tracker
 
 
 @pytest.fixture(scope="module")

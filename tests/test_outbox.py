@@ -195,7 +195,7 @@ def test_files_nested_thousands_deep_are_one_line_naming_the_file(tmp_path):
 
 def test_an_outbox_for_a_run_deleted_in_mlflow_says_so(tmp_path):
     """MLflow refused every request for it, which nnexp sync reported as a store that does not answer."""
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "nnexp")

@@ -267,7 +267,7 @@ def test_bad_models_and_command_lines(models, tmp_path, in_process):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[Path, str, str, str]:
     """A project folder whose default store ``outputs/mlflow.db`` holds a run with a model and one without."""
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     project = tmp_path_factory.mktemp("project")
     uri = f"sqlite:///{project / 'outputs' / 'mlflow.db'}"

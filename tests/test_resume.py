@@ -235,7 +235,7 @@ def test_a_folder_where_the_checkpoint_manifest_belongs_is_refused_before_traini
     """Resumed from MLflow's copy, the run trained to its end, then could keep no checkpoint and ended FAILED."""
     from nnexp.errors import ConfigError
     from nnexp.job.resume import checkpoint_of_run
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "nnexp")

@@ -357,7 +357,7 @@ def test_log_model_makes_a_logged_model_that_runs_uris_resolve(tmp_path):
     import mlflow.pyfunc
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "nnexp")
@@ -386,7 +386,7 @@ def test_log_model_makes_a_logged_model_that_runs_uris_resolve(tmp_path):
 def test_log_model_keeps_a_local_copy_stamped_with_the_run_and_model_ids(tmp_path):
     import mlflow.pyfunc
 
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
     network, loss = trained_like("cross_entropy")
@@ -409,7 +409,7 @@ def test_log_model_keeps_a_local_copy_stamped_with_the_run_and_model_ids(tmp_pat
 def test_a_store_that_does_not_answer_leaves_the_model_saved_and_the_run_going(tmp_path, caplog):
     from mlflow.exceptions import MlflowException
 
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
     network, loss = trained_like("cross_entropy")
@@ -446,7 +446,7 @@ def test_a_resumed_run_logging_its_model_again_keeps_one(tmp_path):
     import mlflow.pyfunc
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "nnexp")
@@ -467,7 +467,7 @@ def test_a_run_resumed_twice_keeps_its_newest_model_and_predict_finds_it(tmp_pat
     (and had deleted the first resume's), and ``nnexp predict run=`` ended in an MlflowException traceback."""
     from nnexp.commands.predict import download_run_model
     from nnexp.serving import logged_models
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "nnexp")

@@ -369,7 +369,7 @@ def compare(project, *arguments):
 
 
 def open_parent(project):
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
     return Tracker(project.store_uri, "nnexp").open_run("parent", {})
 

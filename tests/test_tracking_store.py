@@ -10,7 +10,8 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
 from nnexp.errors import ConfigError, Interrupted
-from nnexp.tracking.store import Tracker, check_store, existing_store, store_error_reason
+from nnexp.tracking.store import check_store, existing_store, store_error_reason
+from nnexp.tracking.tracked_run import Tracker
 
 
 def test_a_store_interrupted_while_being_created_is_not_left_half_made(tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from mlflow.models.signature import ModelSignature
 
     from nnexp.datasets.base import Dataset
-    from nnexp.tracking.store import TrackedRun
+    from nnexp.tracking.tracked_run import TrackedRun
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from nnexp.tracking.store import Tracker
+    from nnexp.tracking.tracked_run import Tracker
 
 #: Params that differ between any two runs without being an experimental choice.
 BOOKKEEPING_PARAMS = ("tracking.parent_run_id", "tracking.run_name", "tracking.uri", "tracking.experiment")
@@ -319,7 +319,8 @@ def main(argv: list[str]) -> int:
 
 def open_experiment(uri: str | None, experiment: str) -> Tracker:
     """The existing store ``uri`` names (by default the project's) and its experiment ``experiment``."""
-    from nnexp.tracking.store import Tracker, existing_store, resolve_uri
+    from nnexp.tracking.store import existing_store, resolve_uri
+    from nnexp.tracking.tracked_run import Tracker
 
     store = resolve_uri(uri, Path.cwd())
     existing_store(store, "run an experiment first, or name the store with --uri")

@@ -19,7 +19,8 @@ from nnexp.children import die_with_parent
 from nnexp.commands.arguments import ArgumentParser
 from nnexp.errors import NnexpError, report
 from nnexp.folders import describe_os_error
-from nnexp.tracking.store import Tracker, resolve_uri
+from nnexp.tracking.store import resolve_uri
+from nnexp.tracking.tracked_run import Tracker
 
 #: A preset reproduces its tutorial when the mean over seeds is at most this far below the published figure.
 TOLERANCE = 0.005

@@ -31,7 +31,8 @@ from nnexp.errors import ConfigError, ParameterError, PluginError, require
 from nnexp.job import memory
 from nnexp.models.base import MODELS, Model
 from nnexp.plugins import plugin_label
-from nnexp.tracking.store import MAX_PARAM_LENGTH, flatten
+from nnexp.tracking.store import flatten
+from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
 
 
 @dataclass

@@ -21,11 +21,8 @@ from nnexp.job import checkpoint
 from nnexp.job.build import Experiment
 from nnexp.job.phases import Phases
 from nnexp.job.record import run_config_yaml
-from nnexp.tracking.store import (
-    TrackedRun,
-    flatten,
-    mlflow_metrics,
-)
+from nnexp.tracking.store import flatten, mlflow_metrics
+from nnexp.tracking.tracked_run import TrackedRun
 
 
 class MetricLogger(Callback):

@@ -26,13 +26,8 @@ from nnexp.errors import NnexpError
 from nnexp.folders import describe_os_error
 from nnexp.job.build import Experiment, run_params
 from nnexp.job.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
-from nnexp.tracking.store import (
-    TrackedRun,
-    Tracker,
-    check_parent,
-    git_state,
-    resolve_uri,
-)
+from nnexp.tracking.store import check_parent, git_state, resolve_uri
+from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 

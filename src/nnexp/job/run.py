@@ -40,13 +40,8 @@ from nnexp.job.record import (
     run_tags,
     write_plots,
 )
-from nnexp.tracking.store import (
-    RunCreationError,
-    TrackedRun,
-    Tracker,
-    check_parent,
-    resolve_uri,
-)
+from nnexp.tracking.store import RunCreationError, check_parent, resolve_uri
+from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from nnexp.commands.compare import Configuration, Ranking, Table
-    from nnexp.tracking.store import TrackedRun, Tracker
+    from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class Sweep:
     @classmethod
     def start(cls, config: DictConfig) -> Sweep:
         from nnexp import __version__
-        from nnexp.tracking.store import Tracker, git_state, resolve_uri
+        from nnexp.tracking.store import git_state, resolve_uri
+        from nnexp.tracking.tracked_run import Tracker
 
         project_dir = Path.cwd()  # Hydra changes no directory in the launching process
         overrides = list(config.hydra.overrides.task)

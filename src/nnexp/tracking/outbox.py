@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
 from nnexp.errors import ConfigError, DataError
 from nnexp.tracking import liveness
-from nnexp.tracking.store import OUTBOX, OUTBOX_STATUSES, TrackedRun, existing_store, find_run
+from nnexp.tracking.store import OUTBOX, OUTBOX_STATUSES, existing_store, find_run
+from nnexp.tracking.tracked_run import TrackedRun
 
 if TYPE_CHECKING:
     from nnexp.schema import Fields
