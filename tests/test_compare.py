@@ -8,7 +8,8 @@ import pytest
 
 from nnexp.commands import compare
 from nnexp.commands.arguments import ArgumentParser, add_limit, limit
-from nnexp.commands.compare import Ranking, Table, configurations, configurations_table, runs_table, varying_params
+from nnexp.tracking import tables
+from nnexp.tracking.tables import Ranking, Table, configurations, configurations_table, runs_table, varying_params
 
 
 def fake_run(name, status="FINISHED", params=None, metrics=None, tags=None):
@@ -85,7 +86,7 @@ def test_compare_all_lists_every_run_and_excludes_limit(capsys):
 
 
 def test_a_table_too_wide_for_the_terminal_cuts_its_widest_cells_but_not_run_ids():
-    from nnexp.commands.compare import Table
+    from nnexp.tracking.tables import Table
 
     run_id = "a" * 32
     table = Table(["run", "overrides", "run_id"], [["moons " * 10, "x=" + "1" * 80, run_id], ["b", "y=2", "c" * 32]])
@@ -100,8 +101,8 @@ def test_a_table_too_wide_for_the_terminal_cuts_its_widest_cells_but_not_run_ids
 def test_a_job_that_failed_before_its_config_was_composed_shows_its_overrides():
     composed = fake_run("a", params={"optimizer.learning_rate": "0.1", "seed": "1"}, tags={"model": "two_layer"})
     failed = fake_run("b", "FAILED", tags={"overrides": "model=nonexistent +tags.note=x optimizer.learning_rate=0.2"})
-    assert compare.settings(failed) == {"model": "nonexistent", "optimizer.learning_rate": "0.2"}  # not a tag
-    assert compare.settings(composed) == {"optimizer.learning_rate": "0.1", "seed": "1", "model": "two_layer"}
+    assert tables.settings(failed) == {"model": "nonexistent", "optimizer.learning_rate": "0.2"}  # not a tag
+    assert tables.settings(composed) == {"optimizer.learning_rate": "0.1", "seed": "1", "model": "two_layer"}
     assert varying_params([composed, failed]) == ["model", "optimizer.learning_rate", "seed"]
 
 
@@ -110,7 +111,7 @@ def test_a_sweeps_view_shows_its_children_with_the_swept_settings_and_metrics_be
     import json
 
     view = json.loads(
-        compare.sweep_view(
+        tables.sweep_view(
             "ab12",
             ["model", "optimizer.learning_rate"],
             ["test_loss", "test_accuracy"],
@@ -130,6 +131,6 @@ def test_a_sweeps_view_shows_its_children_with_the_swept_settings_and_metrics_be
         ],
     }
     assert (
-        json.loads(compare.sweep_view("ab12", [], ["val_accuracy"], Ranking("val_accuracy", True)))["orderByAsc"]
+        json.loads(tables.sweep_view("ab12", [], ["val_accuracy"], Ranking("val_accuracy", True)))["orderByAsc"]
         is False
     )

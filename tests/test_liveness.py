@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from nnexp.commands.compare import run_list
 from nnexp.tracking import liveness
 from nnexp.tracking.liveness import HEARTBEAT, HOST, PID, PID_SPACE, PID_STARTED, REASON, reap
 from nnexp.tracking.store import RunCreationError
+from nnexp.tracking.tables import run_list
 from nnexp.tracking.tracked_run import Tracker
 
 
@@ -301,7 +301,7 @@ def test_run_list_shows_where_running_runs_live_and_marks_ghosts(tracker):
     ("seconds", "shown"), [(-0.2, "0 s"), (42.4, "42 s"), (600, "10 min"), (5400, "1.5 h"), (2 * 86400, "2.0 d")]
 )
 def test_spans_read_as_people_say_them(seconds, shown):
-    from nnexp.commands.compare import span
+    from nnexp.tracking.tables import span
 
     assert span(seconds) == shown
 

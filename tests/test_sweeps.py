@@ -423,8 +423,8 @@ def test_swept_keys_come_from_value_lists_ranges_choices_and_the_sweepers_search
 
 
 def test_a_sweeps_description_keeps_the_best_rows_that_fit_in_a_tag():
-    from nnexp.commands.compare import Ranking, Table
     from nnexp.job.sweep import description
+    from nnexp.tracking.tables import Ranking, Table
 
     table = Table(["run", "test_loss"], [[f"lr={index}", f"0.{index}"] for index in range(1, 5)])
     ranking = Ranking("test_loss", maximize=False)

@@ -19,8 +19,8 @@ def main(argv: list[str]) -> int:
     add_limit(parser, "runs of the experiment")
     parser.add_argument("--wide", action="store_true", help="do not cut columns to the terminal's width")
     args = parser.parse_args(argv)
-    from nnexp.commands.compare import run_list, shown_path, terminal_width
     from nnexp.folders import discard_orphan_folders
+    from nnexp.tracking.tables import run_list, shown_path, terminal_width
 
     for folder, why in discard_orphan_folders(Path.cwd()):
         print(f"removed {shown_path(folder)}: left at setup by a run whose {why}", file=sys.stderr)

@@ -39,8 +39,8 @@ def main(argv: list[str]) -> int:
         "'last' is the newest sweep",
     )
     args = parser.parse_args(argv)
-    from nnexp.commands.compare import find_sweep, open_experiment, reap_store
     from nnexp.tracking.store import ui_url
+    from nnexp.tracking.tables import find_sweep, open_experiment, reap_store
 
     try:
         if not 0 < args.port < 65536:

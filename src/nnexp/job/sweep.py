@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from nnexp.commands.compare import Configuration, Ranking, Table
+    from nnexp.tracking.tables import Configuration, Ranking, Table
     from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
 log = logging.getLogger(__name__)
@@ -168,38 +168,38 @@ class Sweep:
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns
         (finished, failed) job counts."""
-        from nnexp.commands import compare
+        from nnexp.tracking import tables
         from nnexp.tracking.liveness import reap
 
         client = self.tracker.client
-        runs, _ = reap(client, compare.child_runs(client, client.get_run(self.parent.run_id)))
+        runs, _ = reap(client, tables.child_runs(client, client.get_run(self.parent.run_id)))
         if name_by_swept_values(client, runs, self.swept):
-            runs = compare.child_runs(client, client.get_run(self.parent.run_id))
+            runs = tables.child_runs(client, client.get_run(self.parent.run_id))
         finished = [run for run in runs if run.info.status == "FINISHED"]
         failed = len(runs) - len(finished)
         self.parent.log_metrics({"jobs_total": len(runs), "jobs_finished": len(finished), "jobs_failed": failed}, 0)
         if not runs:
             return 0, 0
-        ranking = compare.Ranking.of(runs)
+        ranking = tables.Ranking.of(runs)
         # Every swept key keeps its column, even when failed jobs leave fewer runs to differ.
-        params = [key for key in self.swept if any(key in compare.settings(run) for run in runs)]
-        params += [key for key in compare.varying_params(runs) if key not in params]
-        metrics = compare.shown_metrics(runs, ranking)
-        table = compare.runs_table(runs, params, metrics, ranking)
-        groups = compare.configurations(runs, params, ranking)
+        params = [key for key in self.swept if any(key in tables.settings(run) for run in runs)]
+        params += [key for key in tables.varying_params(runs) if key not in params]
+        metrics = tables.shown_metrics(runs, ranking)
+        table = tables.runs_table(runs, params, metrics, ranking)
+        groups = tables.configurations(runs, params, ranking)
         summary = self.directory / "summary"
         summary.mkdir(parents=True, exist_ok=True)
         (summary / "children.csv").write_text(table.csv())
         (summary / "children.md").write_text(table.markdown() + "\n")
         if groups:
-            grouped = compare.configurations_table(groups, params, ranking)
+            grouped = tables.configurations_table(groups, params, ranking)
             (summary / "configurations.csv").write_text(grouped.csv())
             (summary / "configurations.md").write_text(grouped.markdown() + "\n")
         plot_summary(finished, groups, ranking, summary / "comparison.png")
         self.log_best(runs, params, ranking, groups)
         self.parent.set_tags({DESCRIPTION_TAG: description(table, ranking)})
         self.parent.log_artifact(summary, "summary")
-        view = compare.sweep_view(self.parent.run_id, params, metrics, ranking)
+        view = tables.sweep_view(self.parent.run_id, params, metrics, ranking)
         saved = self.tracker.save_view(self.parent.run_id, view)
         print(f"\nsweep {self.parent.run_id}: {len(finished)} finished, {failed} failed; ranked by {ranking.metric}")
         print(table.text())
@@ -211,13 +211,13 @@ class Sweep:
 
     def log_best(self, runs: list[Run], params: list[str], ranking: Ranking, groups: list[Configuration]) -> None:
         """The best job's objective (and with seeds the best configuration's mean and std), and its settings."""
-        from nnexp.commands import compare
+        from nnexp.tracking import tables
 
         scored = [
             (value, run)
             for run in runs
             if run.info.status == "FINISHED"
-            and (value := compare.metric_value(run, ranking.metric)) is not None
+            and (value := tables.metric_value(run, ranking.metric)) is not None
             and math.isfinite(value)
         ]
         if not scored:
@@ -228,7 +228,7 @@ class Sweep:
             metrics[f"best_mean_{ranking.metric}"] = groups[0].mean
             metrics[f"best_std_{ranking.metric}"] = groups[0].std
         self.parent.log_metrics(metrics, 0)
-        self.parent.log_params({f"best.{key}": compare.settings(best).get(key, "") for key in params})
+        self.parent.log_params({f"best.{key}": tables.settings(best).get(key, "") for key in params})
         self.parent.set_tags(
             {"best_run_id": best.info.run_id, "best_run_name": best.info.run_name, "objective": ranking.metric}
         )
@@ -270,7 +270,7 @@ def name_by_swept_values(client: MlflowClient, runs: list[Run], swept: list[str]
     names = short_keys(swept)
     renamed = 0
     for run in runs:
-        from nnexp.commands.compare import settings
+        from nnexp.tracking.tables import settings
 
         values = [(names[key], settings(run).get(key)) for key in swept]
         name = " ".join(f"{key}={value}" for key, value in values if value is not None)
@@ -316,8 +316,8 @@ def create_sweep_folder(directory: Path) -> list[Path]:
 
 def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Ranking, path: Path) -> None:
     """Bars of each configuration's mean and std over seeds when there are seeds, else of each finished job."""
-    from nnexp.commands.compare import metric_value
     from nnexp.job import plots
+    from nnexp.tracking.tables import metric_value
 
     if groups:
         names = short_keys(list(groups[0].params))
