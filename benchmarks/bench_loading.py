@@ -20,8 +20,8 @@ import numpy as np
 from machine import Load
 
 from nnexp import DATASETS
-from nnexp.commands.data import convert_to_csv
 from nnexp.datasets.mnist import read_csv
+from nnexp.datasets.mnist_download import convert_to_csv
 
 
 def timings(task: Callable[[], object], repeat: int) -> list[float]:

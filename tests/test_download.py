@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 from nnexp.atomic import replacing
-from nnexp.commands import data as download
-from nnexp.datasets.mnist import read_csv
+from nnexp.commands import data as command
+from nnexp.datasets import mnist_download as download
+from nnexp.datasets.mnist import default_mnist_dir, read_csv
+from nnexp.schema import sha256_of
 
 
 def idx_gz(array: np.ndarray, magic: int) -> bytes:
@@ -105,7 +107,7 @@ def leftovers(directory: Path) -> list[str]:
 
 def test_downloads_and_verifies_the_four_files(serve, tmp_path, capsys):
     mirror = serve(ARCHIVES)
-    assert download.main(["mnist", str(tmp_path / "mnist"), "--mirror", mirror.url]) == 0
+    assert command.main(["mnist", str(tmp_path / "mnist"), "--mirror", mirror.url]) == 0
     for name, data in ARCHIVES.items():
         assert (tmp_path / "mnist" / name).read_bytes() == data
     assert sorted(mirror.requests) == sorted(ARCHIVES)
@@ -119,7 +121,7 @@ def test_downloads_and_verifies_the_four_files(serve, tmp_path, capsys):
 def test_a_corrupted_file_is_rejected_and_nothing_is_left_behind(serve, tmp_path, capsys):
     corrupted = {**ARCHIVES, "train-labels-idx1-ubyte.gz": ARCHIVES["train-labels-idx1-ubyte.gz"] + b"x"}
     mirror = serve(corrupted)
-    assert download.main(["mnist", str(tmp_path), "--mirror", mirror.url]) == 1
+    assert command.main(["mnist", str(tmp_path), "--mirror", mirror.url]) == 1
     name = "train-labels-idx1-ubyte.gz"
     expected, actual = sha256(ARCHIVES[name]), sha256(corrupted[name])
     assert capsys.readouterr().err.splitlines()[-1] == (
@@ -130,7 +132,7 @@ def test_a_corrupted_file_is_rejected_and_nothing_is_left_behind(serve, tmp_path
 
 def test_a_failing_mirror_falls_back_to_the_next_and_is_then_tried_last(serve, tmp_path, capsys):
     empty, full = serve({}), serve(ARCHIVES)
-    assert download.main(["mnist", str(tmp_path), "--mirror", empty.url, "--mirror", full.url]) == 0
+    assert command.main(["mnist", str(tmp_path), "--mirror", empty.url, "--mirror", full.url]) == 0
     assert empty.requests == ["train-images-idx3-ubyte.gz"]
     assert sorted(full.requests) == sorted(ARCHIVES)
     assert (
@@ -142,7 +144,7 @@ def test_a_failing_mirror_falls_back_to_the_next_and_is_then_tried_last(serve, t
 def test_a_mirror_with_a_bad_copy_falls_back_to_a_good_one(serve, tmp_path):
     bad = serve({name: data[::-1] for name, data in ARCHIVES.items()})
     good = serve(ARCHIVES)
-    assert download.main(["mnist", str(tmp_path), "--mirror", bad.url, "--mirror", good.url]) == 0
+    assert command.main(["mnist", str(tmp_path), "--mirror", bad.url, "--mirror", good.url]) == 0
     assert (tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes() == ARCHIVES["t10k-labels-idx1-ubyte.gz"]
     assert leftovers(tmp_path) == []
 
@@ -151,7 +153,7 @@ def test_files_already_present_are_not_downloaded_again(serve, tmp_path, capsys)
     for name, data in ARCHIVES.items():
         (tmp_path / name).write_bytes(data)
     mirror = serve(ARCHIVES)
-    assert download.main(["mnist", str(tmp_path), "--mirror", mirror.url]) == 0
+    assert command.main(["mnist", str(tmp_path), "--mirror", mirror.url]) == 0
     assert mirror.requests == []
     assert capsys.readouterr().err.count("already present, checksum ok") == 4
 
@@ -159,13 +161,13 @@ def test_files_already_present_are_not_downloaded_again(serve, tmp_path, capsys)
 def test_a_present_file_with_the_wrong_checksum_is_replaced(serve, tmp_path):
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not mnist")
     mirror = serve(ARCHIVES)
-    assert download.main(["mnist", str(tmp_path), "--mirror", mirror.url]) == 0
+    assert command.main(["mnist", str(tmp_path), "--mirror", mirror.url]) == 0
     assert (tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes() == ARCHIVES["t10k-images-idx3-ubyte.gz"]
 
 
 def test_csv_option_writes_the_tutorials_files(serve, tmp_path):
     mirror = serve(ARCHIVES)
-    assert download.main(["mnist", str(tmp_path), "--csv", "--mirror", mirror.url]) == 0
+    assert command.main(["mnist", str(tmp_path), "--csv", "--mirror", mirror.url]) == 0
     train_text = "".join(
         ",".join(map(str, [label, *image.ravel().tolist()])) + "\n"
         for image, label in zip(IMAGES[:8], LABELS[:8], strict=True)
@@ -190,7 +192,7 @@ def test_convert_to_csv_reads_either_spelling_and_returns_the_paths(tmp_path):
 def test_no_network_fails_fast_saying_where_to_put_the_files(serve, tmp_path, capsys):
     url = closed_port_url()
     started = time.monotonic()
-    assert download.main(["mnist", str(tmp_path), "--mirror", url]) == 1
+    assert command.main(["mnist", str(tmp_path), "--mirror", url]) == 1
     assert time.monotonic() - started < 2
     message = capsys.readouterr().err.splitlines()[-1]
     assert message == (
@@ -206,7 +208,7 @@ def test_no_network_fails_fast_saying_where_to_put_the_files(serve, tmp_path, ca
     ["nowhere", "file:///etc/", "ftp://127.0.0.1/mnist/", "data:,x", "http://", "javascript:alert(1)", "//host/x"],
 )
 def test_a_mirror_must_be_an_http_or_https_url(tmp_path, capsys, url):
-    assert download.main(["mnist", str(tmp_path / "mnist"), "--mirror", "http://127.0.0.1:9/", "--mirror", url]) == 1
+    assert command.main(["mnist", str(tmp_path / "mnist"), "--mirror", "http://127.0.0.1:9/", "--mirror", url]) == 1
     assert capsys.readouterr().err == (
         f"error: --mirror {url}: expected an http:// or https:// URL, such as {download.MIRRORS[0]}\n"
     )
@@ -222,7 +224,7 @@ def test_a_mirror_must_be_an_http_or_https_url(tmp_path, capsys, url):
     ],
 )
 def test_a_mirror_that_is_no_url_is_named_with_the_reason(tmp_path, capsys, url, reason):
-    assert download.main(["mnist", str(tmp_path / "mnist"), "--mirror", url]) == 1
+    assert command.main(["mnist", str(tmp_path / "mnist"), "--mirror", url]) == 1
     assert capsys.readouterr().err == f"error: --mirror {url}: not a valid URL ({reason})\n"
     assert not (tmp_path / "mnist").exists()
 
@@ -283,7 +285,7 @@ def test_a_redirect_is_followed_only_to_an_http_url(serve, tmp_path, capsys, sch
     with listener() as (port, connections):
         target = f"ftp://127.0.0.1:{port}/mnist.gz" if scheme == "ftp" else "file:///etc/passwd"
         with answering(302, {"Location": target, "Content-Length": "0"}) as url:
-            assert download.main(["mnist", str(tmp_path), "--mirror", url, "--timeout", "2"]) == 1
+            assert command.main(["mnist", str(tmp_path), "--mirror", url, "--timeout", "2"]) == 1
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith(f"error: cannot download train-images-idx3-ubyte.gz ({url}train-images-idx3-ubyte.gz: ")
     assert f"redirected to {target}; only http:// and https:// are followed" in error or (
@@ -296,13 +298,13 @@ def test_a_redirect_to_another_http_mirror_is_followed(serve, tmp_path):
     mirror = serve(ARCHIVES)
     mirror.files = {f"moved/{name}": data for name, data in ARCHIVES.items()}
     with answering(301, {"Location": mirror.url + "moved/{path}", "Content-Length": "0"}) as url:
-        assert download.main(["mnist", str(tmp_path), "--mirror", url]) == 0
+        assert command.main(["mnist", str(tmp_path), "--mirror", url]) == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(ARCHIVES)
 
 
 def test_a_download_announcing_more_than_mnist_is_refused_before_reading(serve, tmp_path, capsys):
     with answering(200, {"Content-Length": str(download.MAX_BYTES + 1)}, b"tiny") as url:
-        assert download.main(["mnist", str(tmp_path), "--mirror", url]) == 1
+        assert command.main(["mnist", str(tmp_path), "--mirror", url]) == 1
     error = capsys.readouterr().err.splitlines()[-1]
     assert f"{url}train-images-idx3-ubyte.gz: {download.MAX_BYTES + 1} bytes, too large for MNIST" in error
     assert list(tmp_path.iterdir()) == []
@@ -315,7 +317,7 @@ def test_interrupting_a_download_leaves_no_file(tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(download, "_fetch", interrupted)
-    assert download.main(["mnist", str(tmp_path), "--mirror", "http://127.0.0.1:9/"]) == 130
+    assert command.main(["mnist", str(tmp_path), "--mirror", "http://127.0.0.1:9/"]) == 130
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted (SIGINT); no partial files were left behind"
 
@@ -329,7 +331,7 @@ def test_an_unwritable_directory_is_one_line(serve, tmp_path, monkeypatch, capsy
         yield
 
     monkeypatch.setattr(download, "replacing", refuse)
-    assert download.main(["mnist", str(tmp_path), "--mirror", serve(ARCHIVES).url]) == 1
+    assert command.main(["mnist", str(tmp_path), "--mirror", serve(ARCHIVES).url]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == f"error: cannot write {blocked}: Permission denied"
 
 
@@ -344,7 +346,7 @@ def test_an_unwritable_directory_is_one_line(serve, tmp_path, monkeypatch, capsy
     ],
 )
 def test_usage_errors_exit_2(argv, complaint, capsys):
-    assert download.main(argv) == 2
+    assert command.main(argv) == 2
     error = capsys.readouterr().err
     [line] = error.splitlines()
     assert line.startswith("error: nnexp data") and line.endswith("--help)") and complaint in line, error
@@ -354,23 +356,23 @@ def test_default_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("NNEXP_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert download.default_mnist_dir() == tmp_path / "home" / ".cache" / "nnexp" / "mnist"
+    assert default_mnist_dir() == tmp_path / "home" / ".cache" / "nnexp" / "mnist"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert download.default_mnist_dir() == tmp_path / "xdg" / "nnexp" / "mnist"
+    assert default_mnist_dir() == tmp_path / "xdg" / "nnexp" / "mnist"
     monkeypatch.setenv("NNEXP_CACHE", str(tmp_path / "cache"))
-    assert download.default_mnist_dir() == tmp_path / "cache" / "mnist"
+    assert default_mnist_dir() == tmp_path / "cache" / "mnist"
 
 
 def test_the_download_goes_to_the_default_directory(serve, monkeypatch, tmp_path):
     monkeypatch.setenv("NNEXP_CACHE", str(tmp_path))
     mirror = serve(ARCHIVES)
-    assert download.main(["mnist", "--mirror", mirror.url]) == 0
+    assert command.main(["mnist", "--mirror", mirror.url]) == 0
     assert sorted(path.name for path in (tmp_path / "mnist").iterdir()) == sorted(ARCHIVES)
 
 
 @pytest.mark.parametrize("name", download.FILES)
 def test_the_embedded_checksums_accept_the_real_files(real_mnist, name):
-    assert download.sha256_of(real_mnist / name) in download.CHECKSUMS[name]
+    assert sha256_of(real_mnist / name) in download.CHECKSUMS[name]
 
 
 def test_every_file_has_checksums_and_every_mirror_is_a_base_url():
@@ -383,14 +385,14 @@ def test_every_file_has_checksums_and_every_mirror_is_a_base_url():
 def test_a_failed_download_removes_the_folders_it_created_and_left_empty(serve, tmp_path, fault):
     bad = {"checksum": {name: data[::-1] for name, data in ARCHIVES.items()}, "404": {}}
     url = closed_port_url() if fault == "refused" else serve(bad[fault]).url
-    assert download.main(["mnist", str(tmp_path / "new" / "mnist"), "--mirror", url]) == 1
+    assert command.main(["mnist", str(tmp_path / "new" / "mnist"), "--mirror", url]) == 1
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_download_keeps_a_folder_that_was_there_or_holds_files(serve, tmp_path):
     (tmp_path / "existing").mkdir()
     partly = {"train-images-idx3-ubyte.gz": ARCHIVES["train-images-idx3-ubyte.gz"]}
-    assert download.main(["mnist", str(tmp_path / "existing"), "--mirror", serve({}).url]) == 1
-    assert download.main(["mnist", str(tmp_path / "new"), "--mirror", serve(partly).url]) == 1
+    assert command.main(["mnist", str(tmp_path / "existing"), "--mirror", serve({}).url]) == 1
+    assert command.main(["mnist", str(tmp_path / "new"), "--mirror", serve(partly).url]) == 1
     assert (tmp_path / "existing").is_dir() and list((tmp_path / "existing").iterdir()) == []
     assert [path.name for path in (tmp_path / "new").iterdir()] == ["train-images-idx3-ubyte.gz"]

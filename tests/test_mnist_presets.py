@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nnexp.commands.data import convert_to_csv
+from nnexp.datasets.mnist_download import convert_to_csv
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_TRAIN = 2000
