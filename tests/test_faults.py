@@ -226,7 +226,8 @@ def test_a_store_full_at_the_end_of_a_run_keeps_the_model_for_nnexp_sync(tmp_pat
     """The run is not closed FINISHED with no model (nor with a FAILED one): the outbox holds the status and the
     model folder, the message says the disk is full, and nnexp sync logs the model once there is room."""
     from nnexp import LOSSES, MODELS
-    from nnexp.serving import describe, has_ready_model, log_saved_model, save_model
+    from nnexp.network_files import describe
+    from nnexp.serving import has_ready_model, log_saved_model, save_model
 
     database = tmp_path / "outputs" / "mlflow.db"
     uri = f"sqlite:///{database}"

@@ -14,7 +14,8 @@ import yaml
 
 from nnexp import LOSSES, MODELS
 from nnexp.commands.predict import main
-from nnexp.serving import MAX_UNITS, describe, save_model
+from nnexp.network_files import MAX_UNITS, describe
+from nnexp.serving import save_model
 
 POINTS = "0.5,-0.25\n-1.0,2.0\n"
 

@@ -180,7 +180,7 @@ def test_a_crafted_outbox_sends_nothing_to_the_run_it_names_or_to_another(projec
 
 def test_files_nested_thousands_deep_are_one_line_naming_the_file(tmp_path):
     from nnexp.job import checkpoint
-    from nnexp.serving import NetworkSpec
+    from nnexp.network_files import NetworkSpec
 
     deep = "[" * 200_000 + "]" * 200_000  # Python's JSON parser recurses, and would raise RecursionError
     (tmp_path / "mlflow_outbox.json").write_text(deep)

@@ -16,7 +16,8 @@ import pytest
 from nnexp import DATASETS, LOSSES, MODELS
 from nnexp.__main__ import COMMANDS
 from nnexp.datasets.mnist import Scaling
-from nnexp.serving import describe, load, log_model, save_model
+from nnexp.network_files import describe, load
+from nnexp.serving import log_model, save_model
 
 #: ``python -m nnexp predict`` once the CLI dispatches to it; the module itself until then.
 COMMAND = ["-m", "nnexp", "predict"] if "predict" in COMMANDS else ["-m", "nnexp.commands.predict"]

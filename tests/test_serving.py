@@ -16,18 +16,8 @@ import yaml
 from nnexp import ACTIVATIONS, DATASETS, LOSSES, MODELS, Activation, Layer, Sequential
 from nnexp.core.activations import softmax
 from nnexp.errors import DataError, NnexpError
-from nnexp.serving import (
-    DATA_DIR,
-    EXAMPLE_ROWS,
-    SPEC_FILE,
-    WEIGHTS_FILE,
-    NetworkSpec,
-    describe,
-    load,
-    log_model,
-    probabilities,
-    save_model,
-)
+from nnexp.network_files import SPEC_FILE, WEIGHTS_FILE, NetworkSpec, describe, load, probabilities
+from nnexp.serving import DATA_DIR, EXAMPLE_ROWS, log_model, save_model
 
 MODEL_FILES = {
     "MLmodel",

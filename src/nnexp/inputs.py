@@ -15,7 +15,7 @@ from nnexp.errors import DataError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from nnexp.serving import NetworkSpec
+    from nnexp.network_files import NetworkSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM")

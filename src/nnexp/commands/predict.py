@@ -22,7 +22,7 @@ from nnexp.inputs import check_fits, read_input
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
 
-    from nnexp.serving import NetworkModel
+    from nnexp.network_files import NetworkModel
 
 USAGE = """\
 usage: nnexp predict run=RUN_ID input=FILE [tracking.uri=URI] [probabilities=all] [scale=true]

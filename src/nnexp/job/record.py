@@ -134,7 +134,8 @@ def keep_model(
     """Write what a run must keep: resolved config, weights, confusion matrix and the MLflow model folder (None
     for a network with a layer nnexp cannot describe, with a warning); a write that fails fails the run."""
     from nnexp.job.plots import write_confusion_csv
-    from nnexp.serving import describe, save_model
+    from nnexp.network_files import describe
+    from nnexp.serving import save_model
 
     splits = experiment.splits
     model_dir = output_dir / "model"
