@@ -20,7 +20,7 @@ import numpy as np
 from machine import Load
 
 from nnexp import DATASETS
-from nnexp.datasets.mnist import read_csv
+from nnexp.datasets.csv_format import read_csv
 from nnexp.datasets.mnist_download import convert_to_csv
 
 

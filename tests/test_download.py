@@ -19,7 +19,8 @@ import pytest
 from nnexp.atomic import replacing
 from nnexp.commands import data as command
 from nnexp.datasets import mnist_download as download
-from nnexp.datasets.mnist import default_mnist_dir, read_csv
+from nnexp.datasets.csv_format import read_csv
+from nnexp.datasets.mnist import default_mnist_dir
 from nnexp.schema import sha256_of
 
 

@@ -82,14 +82,14 @@ def scale_pixels(pixels: np.ndarray, spec: NetworkSpec) -> np.ndarray:
 
 
 def _is_idx(path: Path, head: bytes) -> bool:
-    from nnexp.datasets.mnist import GZIP_MAGIC, IMAGE_MAGIC, LABEL_MAGIC
+    from nnexp.datasets.idx_format import GZIP_MAGIC, IMAGE_MAGIC, LABEL_MAGIC
 
     return head.startswith(GZIP_MAGIC) or int.from_bytes(head[:4], "big") in (IMAGE_MAGIC, LABEL_MAGIC)
 
 
 def read_idx(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """The images of an IDX3 file as ``(n, rows * columns)`` raw pixels, checked against the model's shape."""
-    from nnexp.datasets.mnist import read_idx_images
+    from nnexp.datasets.idx_format import read_idx_images
 
     images = read_idx_images(path)
     if images.shape[1:] != shape:

@@ -179,7 +179,8 @@ def describe(
     Raises :class:`NnexpError` for a layer this module cannot rebuild (only :class:`Dense`, :class:`Bias` and
     registered activations can be), or a loss whose probabilities are neither a softmax nor the outputs.
     """
-    from nnexp.datasets.mnist import N_PIXELS, MnistDataset
+    from nnexp.datasets.idx_format import N_PIXELS
+    from nnexp.datasets.mnist import MnistDataset
 
     layers = [_describe_layer(layer) for layer in network.layers]
     n_outputs = next((entry["n_outputs"] for entry in reversed(layers) if entry["type"] == "dense"), None)

@@ -9,9 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from nnexp.config import schema_for
-from nnexp.datasets import mnist
+from nnexp.datasets import csv_format
 from nnexp.datasets.base import DATASETS
-from nnexp.datasets.mnist import Scaling, Validation, read_csv
+from nnexp.datasets.csv_format import read_csv
+from nnexp.datasets.mnist import Scaling, Validation
 from nnexp.datasets.mnist_csv import MnistCsv
 from nnexp.errors import DataError, ParameterError
 
@@ -30,7 +31,7 @@ def load(train: Path, test: Path, **options):
 def block_bytes(request, monkeypatch) -> None:
     """Parse in the default block size, and in blocks of about two lines to test the seams between blocks."""
     if request.param == "small blocks":
-        monkeypatch.setattr(mnist, "BLOCK_BYTES", 4096)
+        monkeypatch.setattr(csv_format, "BLOCK_BYTES", 4096)
 
 
 def csv_error(path: Path) -> str:

@@ -17,16 +17,8 @@ from omegaconf import OmegaConf
 
 from nnexp.config import schema_for
 from nnexp.datasets.base import DATASETS
-from nnexp.datasets.mnist import (
-    CLASS_NAMES,
-    IMAGE_MAGIC,
-    LABEL_MAGIC,
-    Scaling,
-    Validation,
-    read_idx_images,
-    read_idx_labels,
-    stratified_indices,
-)
+from nnexp.datasets.idx_format import IMAGE_MAGIC, LABEL_MAGIC, read_idx_images, read_idx_labels
+from nnexp.datasets.mnist import CLASS_NAMES, Scaling, Validation, stratified_indices
 from nnexp.datasets.mnist_idx import MnistIdx
 from nnexp.errors import DataError, ParameterError
 

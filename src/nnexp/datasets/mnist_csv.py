@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnexp.datasets.base import DATASETS
+from nnexp.datasets.csv_format import read_csv
 from nnexp.datasets.mnist import (
     CSV_FILES,
     MnistDataset,
@@ -13,7 +14,6 @@ from nnexp.datasets.mnist import (
     Validation,
     check_distinct,
     default_mnist_dir,
-    read_csv,
 )
 from nnexp.errors import DataError
 

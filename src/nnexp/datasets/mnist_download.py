@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from nnexp.atomic import replacing
-from nnexp.datasets.mnist import CSV_FILES, locate_idx_files, read_idx_set, write_csv
+from nnexp.datasets.csv_format import write_csv
+from nnexp.datasets.idx_format import locate_idx_files
+from nnexp.datasets.mnist import CSV_FILES, read_idx_set
 from nnexp.errors import ConfigError, DataError
 from nnexp.schema import sha256_of
 

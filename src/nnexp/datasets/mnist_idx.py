@@ -5,15 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnexp.datasets.base import DATASETS
-from nnexp.datasets.mnist import (
-    MnistDataset,
-    RawMnist,
-    Scaling,
-    Validation,
-    default_mnist_dir,
-    locate_idx_files,
-    read_idx_set,
-)
+from nnexp.datasets.idx_format import locate_idx_files
+from nnexp.datasets.mnist import MnistDataset, RawMnist, Scaling, Validation, default_mnist_dir, read_idx_set
 
 
 @DATASETS.register("mnist_idx")
