@@ -500,8 +500,8 @@ def test_a_deleted_run_is_not_resumed_and_says_how_to_restore_it(tracker, status
 
 def test_predict_run_marks_a_ghost_killed_and_says_it_ended_before_logging_a_model(tracker, tmp_path, caplog):
     """It left the run RUNNING and said it "was trained before nnexp logged one"."""
-    from nnexp.commands.predict import download_run_model
     from nnexp.errors import NnexpError
+    from nnexp.serving import download_run_model
 
     bare = crafted(tracker, **{PID: str(ended_pid())})
     kept = crafted(tracker, **{PID: str(ended_pid()), "output_dir": str(tmp_path)})

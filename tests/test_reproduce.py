@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from nnexp.commands.reproduce import UNSTABLE_GAP, UNSTABLE_NOTE, Preset, table, unstable
+from nnexp.job.reproduction import UNSTABLE_GAP, UNSTABLE_NOTE, Preset, table, unstable
 
 EASY = """\
 # @package _global_

@@ -455,8 +455,7 @@ def test_a_resumed_run_logging_its_model_again_keeps_one(tmp_path):
 def test_a_run_resumed_twice_keeps_its_newest_model_and_predict_finds_it(tmp_path):
     """The run still lists the model its first resume deleted: the second resume then failed to log its model
     (and had deleted the first resume's), and ``nnexp predict run=`` ended in an MlflowException traceback."""
-    from nnexp.commands.predict import download_run_model
-    from nnexp.serving import logged_models
+    from nnexp.serving import download_run_model, logged_models
     from nnexp.tracking.tracked_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

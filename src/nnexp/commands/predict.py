@@ -6,18 +6,16 @@ run or model gives one ``error: ...`` line on standard error instead.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnexp.errors import DataError, NnexpError, report
 from nnexp.inputs import check_fits, read_input
+from nnexp.serving import download_run_model, load_directory, quiet
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
@@ -149,67 +147,6 @@ def load_model(request: Request) -> tuple[PyFuncModel, NetworkModel]:
     uri = resolve_uri(request.uri, Path.cwd())
     with tempfile.TemporaryDirectory() as scratch:  # the loaded model keeps nothing open in it
         return load_directory(download_run_model(request.run, uri, Path(scratch)), f"run {request.run}")
-
-
-@contextlib.contextmanager
-def quiet(*loggers: str) -> Iterator[None]:
-    """Only errors from ``loggers`` while the block runs: MLflow logs INFO lines, and a warning per package whose
-    installed version differs from the model's requirements."""
-    saved = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def download_run_model(run_id: str, uri: str, destination: Path) -> Path:
-    """Download the model the run logged (``runs:/<run id>/model``) into ``destination``; returns its folder."""
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
-
-    from nnexp.serving import MODEL_NAME, logged_models
-    from nnexp.tracking.liveness import reap
-    from nnexp.tracking.store import existing_store, find_run, without_model
-
-    client = existing_store(uri, "name the run's store with tracking.uri=...")
-    [run], _ = reap(client, [find_run(client, run_id, f"run {run_id} not found in {uri}")])
-    # Not download_artifacts("runs:/<id>/model"): MLflow resolves the run's logged model through the global
-    # tracking URI, not the one passed, and would open (and create) ./mlflow.db.
-    logged = logged_models(client, run)
-    if not logged:
-        raise NnexpError(f"run {run_id} in {uri} {without_model(client, run, MODEL_NAME)}")
-    model = logged[-1]
-    if str(model.status) != "READY":
-        raise NnexpError(f"run {run_id}: its model {model.model_id} is {model.status}, not READY")
-    try:
-        path = download_artifacts(artifact_uri=model.artifact_location, dst_path=str(destination), tracking_uri=uri)
-    except MlflowException as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise NnexpError(f"run {run_id}: its model {model.model_id} cannot be downloaded: {reason}") from None
-    return Path(path)
-
-
-def load_directory(path: Path, what: str) -> tuple[PyFuncModel, NetworkModel]:
-    """Load the MLflow model in ``path``, which must be one nnexp saved; ``what`` names it in errors."""
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    from nnexp.plugins import load_plugins
-    from nnexp.serving import check_model_folder
-
-    if not (path / "MLmodel").is_file():
-        raise DataError(f"{what}: not an MLflow model (no MLmodel file in {path})")
-    check_model_folder(path, what)  # before MLflow reads it: its data path, and no code to import
-    load_plugins(Path.cwd())  # a network may use an activation that a project plugin registers
-    try:
-        pyfunc = mlflow.pyfunc.load_model(str(path))
-    except MlflowException as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{what}: the model cannot be loaded: {reason}") from None
-    return pyfunc, pyfunc.get_raw_model()
 
 
 if __name__ == "__main__":  # until ``nnexp predict`` dispatches here: python -m nnexp.commands.predict ...
