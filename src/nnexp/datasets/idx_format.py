@@ -14,7 +14,6 @@ from typing import BinaryIO
 
 import numpy as np
 
-from nnexp.datasets.mnist import check_distinct
 from nnexp.errors import DataError
 
 N_CLASSES = 10
@@ -230,3 +229,12 @@ def _check_length(path: Path, length: int, header: int, payload: int, what: str)
         )
     if actual > payload:
         raise DataError(f"{path}: {actual - payload} trailing bytes after {what}")
+
+
+def check_distinct(train: Path, test: Path, what: str) -> None:
+    """Refuse test data read from the training file (a link or the same path twice): its metrics would measure
+    what the network memorised, not how it generalises. ``what`` names the two in the message."""
+    if train.is_file() and test.is_file() and os.path.samefile(train, test):
+        raise DataError(f"{what} are the same file ({train.resolve()}); test on data the network is not trained on")
+
+

@@ -144,11 +144,6 @@ class MnistDataset(Dataset):
         )
 
 
-def check_distinct(train: Path, test: Path, what: str) -> None:
-    """Refuse test data read from the training file (a link or the same path twice): its metrics would measure
-    what the network memorised, not how it generalises. ``what`` names the two in the message."""
-    if train.is_file() and test.is_file() and os.path.samefile(train, test):
-        raise DataError(f"{what} are the same file ({train.resolve()}); test on data the network is not trained on")
 
 
 def read_idx_set(files: IdxFiles) -> RawMnist:

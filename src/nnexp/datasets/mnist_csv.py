@@ -6,15 +6,8 @@ from pathlib import Path
 
 from nnexp.datasets.base import DATASETS
 from nnexp.datasets.csv_format import read_csv
-from nnexp.datasets.mnist import (
-    CSV_FILES,
-    MnistDataset,
-    RawMnist,
-    Scaling,
-    Validation,
-    check_distinct,
-    default_mnist_dir,
-)
+from nnexp.datasets.idx_format import check_distinct
+from nnexp.datasets.mnist import CSV_FILES, MnistDataset, RawMnist, Scaling, Validation, default_mnist_dir
 from nnexp.errors import DataError
 
 
