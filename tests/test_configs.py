@@ -15,11 +15,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from nnexp.cli_errors import check_plugin_nodes, check_preset_names, describe_config_error, describe_preset_error
+from nnexp.cli_errors import describe_config_error
 from nnexp.config import GROUPS, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
 from nnexp.job.build import build, configure
 from nnexp.plugins import load_builtins, load_file
+from nnexp.presets import check_plugin_nodes, check_preset_names, describe_preset_error
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

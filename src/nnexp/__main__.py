@@ -108,7 +108,8 @@ def run_hydra() -> None:
 def describe_error(exc: Exception) -> str | None:
     """One line for a user's error: nnexp's own, a file that cannot be written, or a configuration error; ``None``
     for anything else, which keeps its traceback. OmegaConf and Hydra wrap what they call, so look at the causes."""
-    from nnexp.cli_errors import causes, describe_config_error, describe_preset_error
+    from nnexp.cli_errors import causes, describe_config_error
+    from nnexp.presets import describe_preset_error
 
     for cause in causes(exc):
         if isinstance(cause, NnexpError):
@@ -131,10 +132,11 @@ def config_dir() -> Path | None:
 def launch() -> None:
     import hydra
 
-    from nnexp.cli_errors import check_command_line, check_override_keys, check_preset_names
+    from nnexp.cli_errors import check_command_line, check_override_keys
     from nnexp.config import store_configs
     from nnexp.job.resume import hydra_arguments
     from nnexp.plugins import load_plugins
+    from nnexp.presets import check_preset_names
 
     check_command_line(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries

@@ -12,7 +12,6 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from nnexp.cli_errors import check_plugin_nodes
 from nnexp.config import (
     FINAL_METRICS,
     Direction,
@@ -31,6 +30,7 @@ from nnexp.errors import ConfigError, ParameterError, PluginError, require
 from nnexp.job import memory
 from nnexp.models.base import MODELS, Model
 from nnexp.plugins import plugin_label
+from nnexp.presets import check_plugin_nodes
 from nnexp.tracking.store import flatten
 from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
 

@@ -1,0 +1,187 @@
+"""The user's own presets in ``conf/``: checked before and after Hydra composes them, each fault named by its file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from nnexp.cli_errors import causes, describe_config_error, shown_path
+from nnexp.config import (
+    GROUPS,
+    config_fields,
+    schema_for,
+)
+from nnexp.errors import ConfigError
+
+#: Real presets nest a few levels; composing one nested about 150 deep exhausts Python's stack.
+DEEP_PRESET = 100
+#: Hydra's prefix to an error merging one config: ``In 'experiment/unk': ConfigKeyError raised while composing``.
+IN_CONFIG = re.compile(r"In '([^']+)': \w+ raised while composing config")
+
+
+def describe_preset_error(exc: BaseException, config_dir: Path | None) -> str | None:
+    """One line naming the YAML preset that ``exc``, raised while composing, comes from, and what is wrong with it;
+    ``None`` when ``exc`` is no such error."""
+    import yaml
+    from hydra.errors import ConfigCompositionException
+
+    for cause in causes(exc):
+        if isinstance(cause, yaml.YAMLError):
+            return yaml_problem(cause)
+        if isinstance(cause, RecursionError) and config_dir is not None:
+            return deepest_preset(config_dir) or circular_preset(config_dir)
+        if isinstance(cause, UnicodeDecodeError) and config_dir is not None:
+            return undecodable_preset(config_dir)
+        match = IN_CONFIG.match(str(cause)) if isinstance(cause, ConfigCompositionException) else None
+        if match and config_dir is not None and (config_dir / f"{match[1]}.yaml").is_file():
+            return f"{shown_path(config_dir / f'{match[1]}.yaml')}: {merge_problem(match[1], cause.__context__)}"
+    return None
+
+
+def yaml_problem(exc: BaseException) -> str | None:
+    """``FILE: not valid YAML: <the parser's reason> (line N)`` for a YAML error that names its file."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None or not mark.name or mark.name.startswith("<"):
+        return None
+    reason = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    return f"{shown_path(mark.name)}: not valid YAML: {reason} (line {mark.line + 1})"
+
+
+def merge_problem(config_path: str, exc: BaseException | None) -> str:
+    """What is wrong with the preset ``config_path`` (``experiment/unk``), given the error merging it raised."""
+    from omegaconf.errors import ConfigKeyError
+
+    group = config_path.partition("/")[0]
+    if isinstance(exc, ConfigKeyError) and exc.full_key == group:
+        # Without the header Hydra puts the preset's keys under its group's name, which the primary config lacks.
+        return f"expected the header line '# @package _global_' that every {group} preset starts with"
+    described = describe_config_error(exc) if exc is not None else None
+    return described or (str(exc).splitlines() or ["cannot be composed"])[0]
+
+
+def preset_depth(path: Path) -> int:
+    """How deeply the YAML in ``path`` nests lists and mappings, read without recursion; 0 if it is not YAML."""
+    import yaml
+
+    depth = deepest = 0
+    try:
+        with path.open(encoding="utf-8") as file:
+            for event in yaml.parse(file):
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    deepest = max(deepest, depth)
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return 0
+    return deepest
+
+
+def deepest_preset(config_dir: Path) -> str | None:
+    """The preset under ``config_dir`` nested too deeply to compose, the cause of a RecursionError while composing."""
+    depths = {path: preset_depth(path) for path in sorted(config_dir.rglob("*.yaml"))}
+    path = max(depths, key=depths.__getitem__, default=None)
+    if path is None or depths[path] < DEEP_PRESET:
+        return None
+    depth = depths[path]
+    return f"{shown_path(path)}: nested {depth} levels deep; Hydra composes presets nested fewer than {DEEP_PRESET}"
+
+
+def preset_references(name: str, path: Path) -> list[str]:
+    """The configs (``group/option``) that the defaults list of the preset ``name``, read from ``path``, names."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return []
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    group = name.rpartition("/")[0]
+    found = []
+    for entry in defaults if isinstance(defaults, list) else []:
+        if isinstance(entry, str):
+            key, option = "", entry
+        elif isinstance(entry, dict) and len(entry) == 1:
+            key, option = next(iter(entry.items()))
+            key = str(key).removeprefix("override ").removeprefix("optional ").partition("@")[0].strip()
+        else:
+            continue
+        if not isinstance(option, str) or option == "_self_":
+            continue
+        target = f"{key}/{option}".strip("/") if key else option
+        found.append(target[1:] if (key or option).startswith("/") else f"{group}/{target}".strip("/"))
+    return found
+
+
+def circular_preset(config_dir: Path) -> str | None:
+    """The preset under ``config_dir`` whose defaults list leads back to itself, the cause of a RecursionError
+    while composing; Hydra follows such a list until Python's stack runs out."""
+    paths = {path.relative_to(config_dir).with_suffix("").as_posix(): path for path in config_dir.rglob("*.yaml")}
+    paths = dict(sorted(paths.items()))
+    edges = {name: [to for to in preset_references(name, path) if to in paths] for name, path in paths.items()}
+
+    def cycle_from(trail: list[str]) -> list[str] | None:
+        for target in edges[trail[-1]]:
+            if target == trail[0]:
+                return [*trail, target]
+            if target not in trail and (found := cycle_from([*trail, target])):
+                return found
+        return None
+
+    for start in paths:
+        cycle = cycle_from([start])
+        if cycle:
+            shown = " -> ".join(cycle)
+            return f"{shown_path(paths[start])}: its defaults list leads back to itself ({shown}); remove that entry"
+    return None
+
+
+def undecodable_preset(config_dir: Path) -> str | None:
+    """The preset under ``config_dir`` that is not UTF-8 text, the cause of a UnicodeDecodeError while composing."""
+    for path in sorted(config_dir.rglob("*.yaml")):
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            return f"{shown_path(path)}: not valid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        except OSError:
+            continue
+    return None
+
+
+def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
+    """Check each group's node that a YAML preset wrote without ``defaults: [plugin, _self_]``, and so without the
+    plugin's types, against its plugin's signature; errors name the preset, given in ``presets`` by group."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for registry, _ in GROUPS:
+        node = cfg.get(registry.kind)
+        if not isinstance(node, DictConfig) or config_fields(OmegaConf.get_type(node)):
+            continue
+        where = f"{shown_path(presets[registry.kind])}: " if registry.kind in presets else ""
+        name = node.get("name")
+        if name not in registry:
+            expected = f"must name a registered {registry.kind} ({registry.available()})"
+            raise ConfigError(f"{where}{registry.kind}.name {expected}, got {name!r}")
+        typed = OmegaConf.create({registry.kind: OmegaConf.structured(schema_for(registry.get(name), name))})
+        try:
+            typed.merge_with({registry.kind: node})
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{where}{describe_config_error(exc) or str(exc).splitlines()[0]}") from None
+
+
+def check_preset_names(config_dir: Path | None) -> None:
+    """Refuse a YAML preset named like a plugin of its group (``conf/model/mlp.yaml``): Hydra would merge it onto
+    the plugin's node with a deprecation warning, and it would hide the plugin or build another one."""
+    if config_dir is None:
+        return
+    for registry, _ in GROUPS:
+        for name in registry.names():
+            preset = config_dir / registry.kind / f"{name}.yaml"
+            if preset.is_file():
+                raise ConfigError(
+                    f"{shown_path(preset)}: a preset may not reuse the name of the {registry.kind} plugin '{name}'; "
+                    f"rename it (e.g. my_{name}.yaml) and start it with 'defaults: [{name}, _self_]'"
+                )
