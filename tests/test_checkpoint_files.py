@@ -401,6 +401,7 @@ def store_with_run(tmp_path: Path, output_dir: Path | None) -> tuple[str, str]:
 
 def test_resume_takes_only_the_runs_own_folder_and_a_run_of_the_store(tmp_path):
     elsewhere = tmp_path / "another_run"
+    elsewhere.mkdir()  # a run's folder that is gone was moved: see the test below
     uri, run_id = store_with_run(tmp_path, elsewhere)
     config = f"tracking:\n  uri: {uri}\n{CONFIG}"
     good = saved(tmp_path / "job", run_id=run_id, config=config, output_dir=str(elsewhere.resolve()))
@@ -428,6 +429,20 @@ def test_without_a_recorded_folder_the_output_dir_is_the_one_holding_the_checkpo
         hydra_arguments([f"resume={directory}"], tmp_path)
     directory = saved(tmp_path / "job", run_id=run_id, config=config)
     assert hydra_arguments([f"resume={directory}"], tmp_path)[-1] == f"hydra.run.dir='{(tmp_path / 'job').resolve()}'"
+
+
+def test_a_run_whose_folder_is_gone_continues_in_the_folder_its_checkpoint_was_moved_to(tmp_path):
+    uri, run_id = store_with_run(tmp_path, tmp_path / "outputs" / "old")
+    config = f"tracking:\n  uri: {uri}\n{CONFIG}"
+    old = str((tmp_path / "outputs" / "old").resolve())
+    moved = saved(tmp_path / "outputs" / "moved", run_id=run_id, config=config, output_dir=old)
+    arguments = hydra_arguments([f"resume={moved}"], tmp_path)
+    assert arguments[-1] == f"hydra.run.dir='{moved.parent.resolve()}'"
+    # MLflow's copy of a checkpoint (resume=<run id> downloads it) is no run folder: the run goes on in its own.
+    copy = saved(tmp_path / "outputs" / "moved", run_id=run_id, config=config, output_dir=old).rename(
+        tmp_path / "checkpoint"
+    )
+    assert hydra_arguments([f"resume={copy}"], tmp_path)[-1] == f"hydra.run.dir='{old}'"
 
 
 def finished_then_killed(project) -> tuple[MlflowClient, str, Path]:

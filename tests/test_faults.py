@@ -5,6 +5,8 @@ The disk faults use a small tmpfs, which only root may mount; elsewhere those te
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
@@ -20,9 +22,12 @@ import sqlalchemy.exc
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from nnexp.tracking import store as tracking
+from nnexp import atomic
+from nnexp.job.sweep import write_summary
+from nnexp.tracking import tracked_run
 from nnexp.tracking.outbox import sync
 from nnexp.tracking.store import OUTBOX, disk_error
+from nnexp.tracking.tables import Table
 from nnexp.tracking.tracked_run import Tracker, TrackingStoreError
 
 QUICK = ("trainer.epochs=2",)
@@ -244,7 +249,7 @@ def test_a_store_full_at_the_end_of_a_run_keeps_the_model_for_nnexp_sync(tmp_pat
 
     for request in ("log_batch", "set_terminated", "create_logged_model", "log_artifact", "log_artifacts"):
         monkeypatch.setattr(tracker.client, request, full)
-    monkeypatch.setattr(tracking, "END_PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(tracked_run, "END_PAUSE_SECONDS", 0.0)
     assert log_saved_model(run, folder / "model", 2) is None
     with pytest.raises(TrackingStoreError) as raised:
         run.end("FINISHED")
@@ -269,7 +274,7 @@ def test_an_outbox_that_cannot_be_written_either_says_what_is_lost(tmp_path, mon
     run = tracker.open_run("full", {}, outbox=folder)
     run.log_metrics({"train_loss": 0.5}, step=1)
     monkeypatch.setattr(tracker.client, "log_batch", lambda *args, **kwargs: (_ for _ in ()).throw(sqlite_full_error()))
-    monkeypatch.setattr(tracking, "END_PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(tracked_run, "END_PAUSE_SECONDS", 0.0)
     with pytest.raises(TrackingStoreError) as raised:
         run.end("FINISHED")
     message = str(raised.value)
@@ -324,3 +329,53 @@ def test_a_store_left_without_mlflows_tables_is_opened_without_mlflow_chatter(pr
     listed = project.run("runs")
     assert "INFO" not in listed.stderr, listed.stderr
     assert listed.stderr.startswith("error: tracking store"), listed.stderr
+
+
+class FullFile(io.StringIO):
+    """A file on a full disk: every write fails."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_sweep_summary_on_a_full_disk_is_one_warning_naming_its_folder_and_no_empty_file(
+    tmp_path, monkeypatch, capsys
+):
+    def full_disk_open(descriptor: int, *args, **kwargs) -> FullFile:
+        os.close(descriptor)
+        return FullFile()
+
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    table = Table(["run", "test_accuracy"], [["seed=1", "0.5000"]])
+    folder = tmp_path / "summary"
+
+    assert not write_summary(folder, table, table, lambda path: path.write_bytes(b"png"))
+    assert list(folder.iterdir()) == [], "no empty or partial summary file is left"
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        f"warning: cannot write the summary in {folder}: No space left on device (the disk is full; free some space); "
+        "the table above is kept in MLflow"
+    ]
+
+
+def test_a_sweep_whose_folder_fills_up_prints_its_table_and_ends_with_its_failed_job(project, tmpfs):
+    (tmpfs / "filler").write_bytes(b"\0" * 1_750_000)  # room for one job, not for the second and the summary
+    result = project.run("-m", "dataset=quadrants", *QUICK, "seed=1,2", f"hydra.sweep.dir={tmpfs}/sw")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors[-1] == "error: 1 of 2 jobs failed; the table above and their MLflow runs give the reasons"
+    assert errors[0].startswith("error: job 1 failed: the trained model was not kept"), errors
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: cannot write the summary in {tmpfs}/sw/summary: No space left on device "
+        "(the disk is full; free some space); the table above is kept in MLflow"
+    ]
+    assert "seed=1  FINISHED" in result.stdout and "seed=2  FAILED" in result.stdout
+    assert all(path.stat().st_size for path in (tmpfs / "sw" / "summary").iterdir()), "no empty summary file"
+    client = MlflowClient(tracking_uri=project.store_uri)
+    [parent] = [run for run in project.runs() if run.data.tags.get("nnexp_command") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    assert "seed=1" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.metrics["jobs_failed"] == 1
+    assert client.get_run(parent.info.run_id).data.tags["best_run_name"] == "seed=1"

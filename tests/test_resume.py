@@ -291,3 +291,20 @@ def test_a_second_sigterm_after_training_says_how_to_resume_and_resume_finishes_
     resumed = project.run(f"resume={run_id}")
     assert resumed.returncode == 0, resumed.stderr
     assert MlflowClient(tracking_uri=project.store_uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_run_whose_folder_was_moved_resumes_in_its_new_folder(project):
+    process, _ = interrupt(project, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM
+    [killed] = project.runs()
+    old = project.root / killed.data.tags["output_dir"]
+    moved = old.rename(project.root / "outputs" / "moved")
+
+    resumed = project.run("resume=outputs/moved/checkpoints/")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not old.exists(), "the old folder is not recreated: the run is not split across two folders"
+    assert (moved / "model.npz").is_file() and (moved / "checkpoints" / "checkpoint.json").is_file()
+    [finished] = project.runs()
+    assert finished.info.status == "FINISHED"
+    assert finished.data.tags["output_dir"] == str(moved.resolve())
+    assert checkpoint.load(moved / "checkpoints").manifest["output_dir"] == str(moved.resolve())

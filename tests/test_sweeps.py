@@ -149,6 +149,11 @@ def test_failed_jobs_are_isolated_and_counted(project):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: 2 of 3 jobs failed; the table above and their MLflow runs give the reasons"
     )
+    assert "error:" not in result.stdout, "a job's error goes to stderr, with the others"
+    assert [line.split(":")[1] for line in result.stderr.splitlines() if line.startswith("error: job ")] == [
+        " job 1 failed",
+        " job 2 failed",
+    ]
     parent, children = sweep_runs(project)
     assert [run.info.status for run in children] == ["FINISHED", "FAILED", "FAILED"]
     assert children[1].data.tags["failure_reason"] == "optimizer.learning_rate must be > 0, got -1.0"

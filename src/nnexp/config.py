@@ -6,10 +6,11 @@ import contextlib
 import dataclasses
 import enum
 import inspect
+import logging
 import string
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,19 @@ def _hydra_settings() -> dict[str, Any]:
 JOB_LOGGING = {
     "defaults": ["default", "_self_"],
     "formatters": {"bare": {"format": "%(message)s"}},
-    "handlers": {"console": {"formatter": "bare"}},
+    # A sweep job's "error: job N failed" belongs on stderr, with the other errors; the rest on stdout.
+    "filters": {"below_error": {"()": "nnexp.config.below_error"}},
+    "handlers": {
+        "console": {"formatter": "bare", "filters": ["below_error"]},
+        "errors": {"class": "logging.StreamHandler", "formatter": "bare", "level": "ERROR", "stream": "ext://sys.stderr"},
+    },
+    "root": {"handlers": ["console", "file", "errors"]},
 }
+
+
+def below_error() -> Callable[[logging.LogRecord], bool]:
+    """A logging filter that passes what is not an error: Hydra's console handler writes to stdout."""
+    return lambda record: record.levelno < logging.ERROR
 
 
 @dataclass

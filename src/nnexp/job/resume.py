@@ -127,13 +127,24 @@ def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
     client = existing_store(store, f"{loaded.path} names run {run_id}, which must be in it")
     run = find_run(client, run_id, f"{loaded.path}: run_id {run_id} is no run in {store}")
     recorded = run.data.tags.get("output_dir")
-    if recorded is not None and Path(recorded).resolve() != output_dir.resolve():
+    if moved(loaded.path.parent, Path(recorded) if recorded is not None else output_dir):
+        # The user moved the run's folder: the run goes on where its checkpoint and log now are, not split across
+        # a recreated old folder; its output_dir tag and next manifest then name the new one.
+        output_dir = loaded.path.parent.parent.resolve()
+    elif recorded is not None and Path(recorded).resolve() != output_dir.resolve():
         fields.fail("output_dir", f"{recorded}, the folder of run {run_id}", str(output_dir))
     if recorded is None and output_dir.resolve() != loaded.path.parent.parent.resolve():
         fields.fail("output_dir", f"{loaded.path.parent.parent}, the folder holding the checkpoint", str(output_dir))
     if any(character in str(output_dir) for character in UNQUOTABLE):
         fields.fail("output_dir", f"a folder whose path holds none of {' '.join(UNQUOTABLE)}", str(output_dir))
     return output_dir
+
+
+def moved(checkpoints: Path, recorded: Path) -> bool:
+    """True if ``checkpoints`` is a run folder's own ``checkpoints/`` and the run's ``recorded`` folder is gone: the
+    folder was moved or renamed."""
+    holder = checkpoints.parent
+    return checkpoints.name == "checkpoints" and not recorded.exists() and holder.resolve() != recorded.resolve()
 
 
 def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -187,25 +188,21 @@ class Sweep:
         metrics = tables.shown_metrics(runs, ranking)
         table = tables.runs_table(runs, params, metrics, ranking)
         groups = tables.configurations(runs, params, ranking)
+        grouped = tables.configurations_table(groups, params, ranking) if groups else None
         summary = self.directory / "summary"
-        summary.mkdir(parents=True, exist_ok=True)
-        (summary / "children.csv").write_text(table.csv())
-        (summary / "children.md").write_text(table.markdown() + "\n")
-        if groups:
-            grouped = tables.configurations_table(groups, params, ranking)
-            (summary / "configurations.csv").write_text(grouped.csv())
-            (summary / "configurations.md").write_text(grouped.markdown() + "\n")
-        plot_summary(finished, groups, ranking, summary / "comparison.png")
-        self.log_best(runs, params, ranking, groups)
-        self.parent.set_tags({DESCRIPTION_TAG: description(table, ranking)})
-        self.parent.log_artifact(summary, "summary")
-        view = tables.sweep_view(self.parent.run_id, params, metrics, ranking)
-        saved = self.tracker.save_view(self.parent.run_id, view)
         print(f"\nsweep {self.parent.run_id}: {len(finished)} finished, {failed} failed; ranked by {ranking.metric}")
         print(table.text())
-        if groups:
+        if grouped is not None:
             print(f"\nmean ± std over seeds\n{grouped.text()}")
-        print(f"summary: {summary}")
+        written = write_summary(summary, table, grouped, lambda path: plot_summary(finished, groups, ranking, path))
+        self.log_best(runs, params, ranking, groups)
+        self.parent.set_tags({DESCRIPTION_TAG: description(table, ranking)})
+        if summary.is_dir() and any(summary.iterdir()):  # what a full disk let through, whole files only
+            self.parent.log_artifact(summary, "summary")
+        view = tables.sweep_view(self.parent.run_id, params, metrics, ranking)
+        saved = self.tracker.save_view(self.parent.run_id, view)
+        if written:
+            print(f"summary: {summary}")
         print(f"sweep {self.parent.run_id}: {self.tracker.where_to_see(view=self.parent.run_id if saved else None)}")
         return len(finished), failed
 
@@ -312,6 +309,28 @@ def create_sweep_folder(directory: Path) -> list[Path]:
     except OSError as exc:
         raise ConfigError(f"hydra.sweep.dir: {describe_os_error(exc, 'create')}") from None
     return missing
+
+
+def write_summary(folder: Path, table: Table, grouped: Table | None, plot: Callable[[Path], Any]) -> bool:
+    """Write the sweep's tables and plot into ``folder``, each file whole or not at all; False, with a warning
+    naming the folder, if the folder could not take them (a full disk): the terminal and MLflow still get them."""
+    from nnexp.atomic import replacing
+    from nnexp.folders import describe_os_error
+
+    texts = {"children.csv": table.csv(), "children.md": table.markdown() + "\n"}
+    if grouped is not None:
+        texts |= {"configurations.csv": grouped.csv(), "configurations.md": grouped.markdown() + "\n"}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            with replacing(folder / name, "w") as file:
+                file.write(text)
+        plot(folder / "comparison.png")
+    except OSError as exc:
+        print(f"warning: {describe_os_error(exc, 'write the summary', folder)}; the table above is kept in MLflow",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Ranking, path: Path) -> None:

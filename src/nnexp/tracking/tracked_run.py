@@ -367,12 +367,12 @@ class Tracker:
         run.start_heartbeat()
         return run
 
-    def reopen_run(self, run_id: str, outbox: Path | None = None) -> TrackedRun:
-        """Run ``run_id`` RUNNING again, in this process; see :func:`resumable`."""
+    def reopen_run(self, run_id: str, outbox: Path | None = None, tags: Mapping[str, Any] | None = None) -> TrackedRun:
+        """Run ``run_id`` RUNNING again, in this process, with ``tags`` updated; see :func:`resumable`."""
         resumable(self.client, self.client.get_run(run_id))
         run = TrackedRun(self.client, run_id, outbox)
         # Where it lives now before the status: a RUNNING run with the dead process's pid would be marked again.
-        run.set_tags({**liveness.process_tags(), "resumed": "true", "failure_reason": ""})
+        run.set_tags({**(tags or {}), **liveness.process_tags(), "resumed": "true", "failure_reason": ""})
         self.client.update_run(run_id, status="RUNNING")
         run.start_heartbeat()
         return run
@@ -392,7 +392,10 @@ class Tracker:
 
         With ``resume``, that existing run is reopened (RUNNING again) instead of a new one created.
         """
-        run = self.open_run(run_name, tags, outbox) if resume is None else self.reopen_run(resume, outbox)
+        if resume is None:
+            run = self.open_run(run_name, tags, outbox)
+        else:  # its folder, if the user moved it; the rest of its tags stay as the run first recorded them
+            run = self.reopen_run(resume, outbox, {key: tags[key] for key in ("output_dir",) if key in tags})
         try:
             yield run
         except BaseException as exc:
