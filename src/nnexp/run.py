@@ -40,7 +40,7 @@ from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
-from nnexp.core.schedules import SCHEDULES, LearningRateScheduler, Schedule
+from nnexp.core.schedules import SCHEDULES, Constant, LearningRateScheduler, Schedule
 from nnexp.core.training import Callback, EarlyStopping, Examples, Stopped, Trainer, TrainingState, evaluate, predict
 from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, Interrupted, NnexpError, ParameterError, PluginError, require
@@ -51,6 +51,7 @@ from nnexp.progress import Progress
 from nnexp.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
 from nnexp.tracking import (
     MAX_PARAM_LENGTH,
+    SYSTEM_PREFIX,
     RunCreationError,
     TrackedRun,
     Tracker,
@@ -174,10 +175,10 @@ class Phases:
         self._since = now
 
     def metrics(self) -> dict[str, float]:
-        """``time/<phase>_seconds`` of every phase so far, and ``time/run_seconds`` since the run started."""
+        """``system/<phase>_seconds`` of every phase so far, and ``system/run_seconds`` since the run started."""
         self._charge()
-        found = {f"time/{name}_seconds": seconds for name, seconds in self.seconds.items()}
-        found["time/run_seconds"] = time.perf_counter() - self.started
+        found = {f"{SYSTEM_PREFIX}{name}_seconds": seconds for name, seconds in self.seconds.items()}
+        found[f"{SYSTEM_PREFIX}run_seconds"] = time.perf_counter() - self.started
         return found
 
 
@@ -264,14 +265,14 @@ def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
 
 
 class MetricLogger(Callback):
-    """Sends each epoch's metrics to the run, with ``step`` = epoch."""
+    """Sends each epoch's metrics to the run, with ``step`` = epoch; the learning rate only if ``rate_changes``."""
 
-    def __init__(self, run: TrackedRun, phases: Phases) -> None:
-        self.run, self.phases = run, phases
+    def __init__(self, run: TrackedRun, phases: Phases, rate_changes: bool) -> None:
+        self.run, self.phases, self.rate_changes = run, phases, rate_changes
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         with self.phases("mlflow_logging"):
-            self.run.log_metrics(mlflow_metrics(logs), step=epoch)
+            self.run.log_metrics(mlflow_metrics(logs, rate_changes=self.rate_changes), step=epoch)
 
 
 def run(cfg: DictConfig) -> float:
@@ -439,17 +440,18 @@ def train(
             for path in checkpoint.files(directory):  # not the folder: a killed write may have left a partial file
                 tracked.log_artifact(path, "checkpoint")
 
+    rate_changes = not isinstance(experiment.schedule, Constant)  # a constant rate is the optimizer's param
     progress = Progress(label)
     callbacks: list[Callback] = [
         LearningRateScheduler(optimizer, experiment.schedule),
         progress,
-        MetricLogger(tracked, phases),
+        MetricLogger(tracked, phases, rate_changes),
     ]
     callbacks += stateful.values()
     if cfg.checkpoint.every != 0:
         callbacks.append(checkpoint.Checkpointer(save_checkpoint, cfg.checkpoint.every, cfg.checkpoint.seconds))
     if state is not None:  # a process killed between flushes may have sent fewer epochs than the checkpoint holds
-        tracked.complete_history(state.history)
+        tracked.complete_history(state.history, rate_changes=rate_changes)
     try:
         history = trainer.fit(
             network,
