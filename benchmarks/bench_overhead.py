@@ -4,8 +4,8 @@ Usage: python benchmarks/bench_overhead.py [MNIST_DIR] [--repeat N] [--runs N]
 Runs the real CLI in a scratch project with its own MLflow store: the default run (two moons) and the Keras MNIST
 preset (``experiment=mnist_keras_mlp``, 5 epochs) on MNIST_DIR, alternating, ``--repeat`` times each after one
 untimed run of each (which creates the store and warms the disk cache). Each run records the wall seconds of its
-phases as ``time_*_seconds`` metrics; they are read back from the store, and the rest of the command's wall time
-is start-up (until the run begins: its end time minus ``time/run_seconds``) and exit (from the moment the run
+phases as ``system/*_seconds`` metrics; they are read back from the store, and the rest of the command's wall time
+is start-up (until the run begins: its end time minus ``system/run_seconds``) and exit (from the moment the run
 logged them). Peak resident memory is the child's own (``wait4``). Also times ``--help`` and two config
 errors ``--runs`` times each. Prints a Markdown section. MNIST_DIR defaults to /work/shared/data/mnist or nnexp's
 MNIST cache, whichever exists; without either the MNIST rows are skipped. Not part of CI.
@@ -31,7 +31,7 @@ from machine import Contention, Load
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = Path("/work/shared/data/mnist")
 RUN_ID = re.compile(r"; run ([0-9a-f]{32});")
-#: The phases a run records (``time_<name>_seconds``), in the order they happen, with how the table names them.
+#: The phases a run records (``system/<name>_seconds``), in the order they happen, with how the table names them.
 PHASES = {
     "setup": "setup (config checks, tags, git state)",
     "mlflow_setup": "MLflow: import, open the store",
@@ -107,8 +107,10 @@ def nnexp(arguments: tuple[str, ...], project: Path, expect_success: bool = True
 
 
 def read_phases(run: Run, store: str, stdout: str) -> None:
-    """Fill in the ``time_<phase>_seconds`` metrics of the run whose id the command printed, and when it logged them."""
+    """Fill in the ``system/<phase>_seconds`` metrics of the run whose id the command printed, and when it logged."""
     from mlflow import MlflowClient
+
+    from nnexp.tracking.store import MLFLOW_METRIC_NAMES, SYSTEM_PREFIX
 
     found = RUN_ID.search(stdout)
     if found is None:
@@ -116,9 +118,11 @@ def read_phases(run: Run, store: str, stdout: str) -> None:
     client = MlflowClient(tracking_uri=store)
     metrics = client.get_run(found.group(1)).data.metrics
     run.phases = {
-        key[len("time_") : -len("_seconds")]: value for key, value in metrics.items() if key.startswith("time_")
+        key[len(SYSTEM_PREFIX) : -len("_seconds")]: value
+        for key, value in metrics.items()
+        if key.startswith(SYSTEM_PREFIX) and key.endswith("_seconds") and key != MLFLOW_METRIC_NAMES["epoch_seconds"]
     }
-    run.logged = client.get_metric_history(found.group(1), "time/run_seconds")[-1].timestamp / 1000
+    run.logged = client.get_metric_history(found.group(1), f"{SYSTEM_PREFIX}run_seconds")[-1].timestamp / 1000
 
 
 def stats(values: list[float], digits: int = 2) -> str:

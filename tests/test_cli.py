@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
 
 QUICK = ("trainer.epochs=3",)
-#: The phases every finished run records as ``time_<phase>_seconds``.
+#: The phases every finished run records as ``system/<phase>_seconds``.
 PHASES = (
     "setup",
     "data",
@@ -48,8 +48,9 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return found
 
 
-#: The one per-epoch metric in the time/ section; the phases' totals are the others.
-EPOCH_TIME = "time/epoch_seconds"
+#: The one per-epoch metric in MLflow's System metrics tab (a constant rate is not logged); the phases' totals are
+#: the others.
+EPOCH_TIME = "system/epoch_seconds"
 
 
 def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project):
@@ -67,8 +68,11 @@ def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project)
     assert params["trainer.dtype"] == "float32"
     assert (params["trainer.engine"], run.data.tags["engine"]) == ("auto", "compiled")
     client = MlflowClient(tracking_uri=project.store_uri)
-    for metric in ("train_loss", "train_accuracy", "time/epoch_seconds", "optimizer/learning_rate"):
+    for metric in ("train_loss", "train_accuracy", EPOCH_TIME):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3]
+    # MLflow's Model metrics tab shows the model's metrics alone; the rest is under system/, in its own tab.
+    model_metrics = {key for key in run.data.metrics if not key.startswith("system/")}
+    assert model_metrics == {"train_loss", "train_accuracy", "test_loss", "test_accuracy"}
     assert 0.5 < run.data.metrics["test_accuracy"] <= 1.0
     assert {
         "config.yaml",
@@ -91,9 +95,9 @@ def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project)
     assert tags["source.activation"] == "nnexp.core.activations"
     assert tags["source.initializer"] == "nnexp.core.initializers"
     assert len(project.job_dirs()) == 1
-    phases = {key: value for key, value in run.data.metrics.items() if key.startswith("time/") and key != EPOCH_TIME}
-    assert set(phases) == {f"time/{name}_seconds" for name in PHASES}
-    assert sum(phases.values()) - phases["time/run_seconds"] <= phases["time/run_seconds"]
+    phases = {key: value for key, value in run.data.metrics.items() if key.startswith("system/") and key != EPOCH_TIME}
+    assert set(phases) == {f"system/{name}_seconds" for name in PHASES}
+    assert sum(phases.values()) - phases["system/run_seconds"] <= phases["system/run_seconds"]
 
 
 def test_presets_show_in_tags_and_validation_metrics_are_logged(project):
@@ -316,7 +320,7 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
     assert run.data.tags["schedule"] == "step" and run.data.params["schedule.gamma"] == "0.5"
     rate = float(run.data.params["optimizer.learning_rate"])
     client = MlflowClient(tracking_uri=project.store_uri)
-    history = client.get_metric_history(run.info.run_id, "optimizer/learning_rate")
+    history = client.get_metric_history(run.info.run_id, "system/learning_rate")
     assert [(m.step, m.value) for m in history] == [(1, rate), (2, rate / 2), (3, rate / 4)]
     assert f"lr={rate / 4:.3g}" in result.stderr  # the progress lines show the rate once it has changed
 
@@ -704,7 +708,11 @@ def test_phases_count_each_second_once(monkeypatch):
         with phases("training"):  # 4
             pass  # 5
     # the outer phase ends at 6; metrics() reads 7, and 8 for the run's total
-    assert phases.metrics() == {"time/training_seconds": 4.0, "time/checkpoints_seconds": 1.0, "time/run_seconds": 8.0}
+    assert phases.metrics() == {
+        "system/training_seconds": 4.0,
+        "system/checkpoints_seconds": 1.0,
+        "system/run_seconds": 8.0,
+    }
 
 
 def test_git_state_names_the_commit_and_whether_the_tree_is_dirty(tmp_path):

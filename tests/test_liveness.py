@@ -257,18 +257,44 @@ def test_a_resumed_run_logs_what_the_store_lacks_and_nothing_twice(tracker):
     stored = [Metric("train_loss", 10.0 + step, 0, step) for step in (1, 2, 4, 5)]
     client.log_batch(run_id, metrics=[*stored, Metric("test_loss", 9.0, 0, 6)])
     with tracker.start_run("x", {}, resume=run_id) as reopened:
-        # The checkpoint's history has training's own names; the store, MLflow's (optimizer/learning_rate).
+        # The checkpoint's history has training's own names; the store, MLflow's (system/learning_rate).
         reopened.complete_history({"train_loss": [11.0, 12.0, 13.0], "learning_rate": [0.1, 0.1, 0.1]})
         for step in (4, 5, 6):  # the replayed epochs, then a new one
-            reopened.log_metrics({"train_loss": 20.0 + step, "optimizer/learning_rate": 0.1}, step)
+            reopened.log_metrics({"train_loss": 20.0 + step, "system/learning_rate": 0.1}, step)
         reopened.log_metrics({"test_loss": 1.0}, 6)
 
     def history(key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
     assert history("train_loss") == [(1, 11.0), (2, 12.0), (3, 13.0), (4, 14.0), (5, 15.0), (6, 26.0)]
-    assert history("optimizer/learning_rate") == [(step, 0.1) for step in range(1, 7)]
+    assert history("system/learning_rate") == [(step, 0.1) for step in range(1, 7)]
     assert history("test_loss") == [(6, 9.0)]
+
+
+def test_training_diagnostics_are_named_for_the_system_metrics_tab_and_a_constant_rate_is_left_out():
+    """MLflow's UI charts ``system/`` metrics in a tab of their own, so the Model metrics tab leads with the model."""
+    from nnexp.tracking.store import mlflow_metrics
+
+    logs = {"train_loss": 0.5, "val_accuracy": 0.9, "epoch_seconds": 0.01, "learning_rate": 0.1}
+    assert mlflow_metrics(logs) == {
+        "train_loss": 0.5,
+        "val_accuracy": 0.9,
+        "system/epoch_seconds": 0.01,
+        "system/learning_rate": 0.1,
+    }
+    assert mlflow_metrics(logs, rate_changes=False) == {
+        "train_loss": 0.5,
+        "val_accuracy": 0.9,
+        "system/epoch_seconds": 0.01,
+    }
+
+
+def test_a_resumed_run_with_a_constant_rate_logs_no_rate(tracker):
+    run_id = crafted(tracker, status="KILLED")
+    with tracker.start_run("x", {}, resume=run_id) as reopened:
+        reopened.complete_history({"train_loss": [1.0, 2.0], "learning_rate": [0.1, 0.1]}, rate_changes=False)
+    metrics = tracker.client.get_run(run_id).data.metrics
+    assert "train_loss" in metrics and not any("learning_rate" in key for key in metrics)
 
 
 def test_a_sweep_summary_counts_a_ghost_child_as_killed(tracker, tmp_path, capsys):
@@ -365,7 +391,7 @@ def test_nnexp_runs_with_a_folder_for_its_store_names_the_folder(project):
 # The real CLI, killed with SIGKILL: nothing in the process can close its run.
 # Epochs long enough to be caught between a checkpoint and a send of metrics: the compiled engine is too quick.
 SLOW = ("trainer.batch_size=2", "trainer.engine=numpy", "seed=3")
-PER_EPOCH = ("train_loss", "train_accuracy", "time/epoch_seconds", "optimizer/learning_rate")
+PER_EPOCH = ("train_loss", "train_accuracy", "system/epoch_seconds")
 
 
 def stored_steps(project, run_id: str) -> list[int] | None:

@@ -252,7 +252,7 @@ def test_a_memory_error_in_a_run_phase_names_the_phase() -> None:
         "out of memory while writing a checkpoint: MemoryError; use a smaller model or trainer.batch_size, "
         "or free memory"
     )
-    assert set(phases.metrics()) >= {"time/training_seconds", "time/checkpoints_seconds"}
+    assert set(phases.metrics()) >= {"system/training_seconds", "system/checkpoints_seconds"}
 
 
 @pytest.mark.parametrize("error", [MemoryError(), ValueError("array is too big; `arr.size * ...`.")])

@@ -26,14 +26,14 @@ from nnexp.tracking.tracked_run import TrackedRun
 
 
 class MetricLogger(Callback):
-    """Sends each epoch's metrics to the run, with ``step`` = epoch."""
+    """Sends each epoch's metrics to the run, with ``step`` = epoch; the learning rate only if ``rate_changes``."""
 
-    def __init__(self, run: TrackedRun, phases: Phases) -> None:
-        self.run, self.phases = run, phases
+    def __init__(self, run: TrackedRun, phases: Phases, rate_changes: bool) -> None:
+        self.run, self.phases, self.rate_changes = run, phases, rate_changes
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         with self.phases("mlflow_logging"):
-            self.run.log_metrics(mlflow_metrics(logs), step=epoch)
+            self.run.log_metrics(mlflow_metrics(logs, rate_changes=self.rate_changes), step=epoch)
 
 
 def stateful_callbacks(early_stopping: EarlyStopping | None) -> dict[str, Callback]:

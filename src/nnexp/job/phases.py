@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from nnexp.errors import NnexpError
 from nnexp.job import memory
 from nnexp.plugins import blame
+from nnexp.tracking.store import SYSTEM_PREFIX
 
 #: What a run was doing in a phase, and what to reduce, when it runs out of memory there.
 OUT_OF_MEMORY = {
@@ -57,8 +58,8 @@ class Phases:
         self._since = now
 
     def metrics(self) -> dict[str, float]:
-        """``time/<phase>_seconds`` of every phase so far, and ``time/run_seconds`` since the run started."""
+        """``system/<phase>_seconds`` of every phase so far, and ``system/run_seconds`` since the run started."""
         self._charge()
-        found = {f"time/{name}_seconds": seconds for name, seconds in self.seconds.items()}
-        found["time/run_seconds"] = time.perf_counter() - self.started
+        found = {f"{SYSTEM_PREFIX}{name}_seconds": seconds for name, seconds in self.seconds.items()}
+        found[f"{SYSTEM_PREFIX}run_seconds"] = time.perf_counter() - self.started
         return found

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from nnexp.core.engine import warm_up
 from nnexp.core.metrics import confusion_matrix
-from nnexp.core.schedules import LearningRateScheduler
+from nnexp.core.schedules import Constant, LearningRateScheduler
 from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState, evaluate
 from nnexp.errors import Interrupted
 from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
@@ -212,17 +212,18 @@ def train(
             for path in checkpoint.files(directory):  # not the folder: a killed write may have left a partial file
                 tracked.log_artifact(path, "checkpoint")
 
+    rate_changes = not isinstance(experiment.schedule, Constant)  # a constant rate is the optimizer's param
     progress = Progress(label)
     callbacks: list[Callback] = [
         LearningRateScheduler(optimizer, experiment.schedule),
         progress,
-        MetricLogger(tracked, phases),
+        MetricLogger(tracked, phases, rate_changes),
     ]
     callbacks += stateful.values()
     if cfg.checkpoint.every != 0:
         callbacks.append(checkpoint.Checkpointer(save_checkpoint, cfg.checkpoint.every, cfg.checkpoint.seconds))
     if state is not None:  # a process killed between flushes may have sent fewer epochs than the checkpoint holds
-        tracked.complete_history(state.history)
+        tracked.complete_history(state.history, rate_changes=rate_changes)
     try:
         history = trainer.fit(
             network,

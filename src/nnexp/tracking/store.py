@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nnexp.errors import ConfigError
 from nnexp.folders import describe_os_error
@@ -47,14 +47,24 @@ def resolve_uri(configured: str | None, project_dir: Path) -> str:
 
 #: Where ``nnexp ui`` (``mlflow ui``) serves a local store by default.
 UI_ADDRESS = "http://127.0.0.1:5000"
-#: Per-epoch diagnostics under prefixes, which MLflow's UI charts in sections of their own, after the model's
-#: metrics (``train_*``, ``val_*``, ``test_*``) instead of before them.
-MLFLOW_METRIC_NAMES = {"epoch_seconds": "time/epoch_seconds", "learning_rate": "optimizer/learning_rate"}
+#: The prefix of diagnostics (times, a scheduled learning rate): MLflow's UI charts ``system/`` metrics in its
+#: "System metrics" tab, so the "Model metrics" tab holds only ``train_*``, ``val_*`` and ``test_*``. Any other
+#: prefix (``time/``) becomes a section that the UI puts before the model's metrics.
+SYSTEM_PREFIX = "system/"
+
+#: Training's per-epoch diagnostics under the names they are logged with in MLflow.
+MLFLOW_METRIC_NAMES = {name: SYSTEM_PREFIX + name for name in ("epoch_seconds", "learning_rate")}
+
+Value = TypeVar("Value")
 
 
-def mlflow_metrics(values: Mapping[str, float]) -> dict[str, float]:
-    """Training's per-epoch values under the names they are logged with in MLflow."""
-    return {MLFLOW_METRIC_NAMES.get(key, key): value for key, value in values.items()}
+def mlflow_metrics(values: Mapping[str, Value], *, rate_changes: bool = True) -> dict[str, Value]:
+    """Training's per-epoch values under their MLflow names; the learning rate only if ``rate_changes``."""
+    return {
+        MLFLOW_METRIC_NAMES.get(key, key): value
+        for key, value in values.items()
+        if rate_changes or key != "learning_rate"
+    }
 
 
 #: The experiment tags where MLflow's UI looks up the view of a runs table that an address names with

@@ -20,7 +20,6 @@ from nnexp.errors import ConfigError, Interrupted, NnexpError, interruption
 from nnexp.folders import describe_os_error
 from nnexp.tracking import liveness
 from nnexp.tracking.store import (
-    MLFLOW_METRIC_NAMES,
     OUTBOX,
     UI_ADDRESS,
     VIEW_TAG_PREFIX,
@@ -28,6 +27,7 @@ from nnexp.tracking.store import (
     artifact_root,
     check_store,
     disk_error,
+    mlflow_metrics,
     quiet_mlflow,
     resolve_uri,
     resumable,
@@ -172,14 +172,14 @@ class TrackedRun:
             del self._pending[: len(chunk)]
         return True
 
-    def complete_history(self, history: Mapping[str, Sequence[float]]) -> None:
+    def complete_history(self, history: Mapping[str, Sequence[float]], *, rate_changes: bool = True) -> None:
         """Queue the values of a resumed run's per-epoch ``history`` (step = epoch) that the store lacks, and
         remember every step it holds, so that epochs replayed after the checkpoint are not logged twice.
 
         A process that died between flushes sent fewer epochs than its checkpoint holds, or, with checkpoints
         every few epochs, more.
         """
-        history = {MLFLOW_METRIC_NAMES.get(key, key): values for key, values in history.items()}
+        history = mlflow_metrics(history, rate_changes=rate_changes)
         try:
             keys = set(history) | set(self.client.get_run(self.run_id).data.metrics)
             for key in keys:
