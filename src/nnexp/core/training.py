@@ -1,4 +1,7 @@
-"""The training loop: shuffled minibatches, per-epoch metrics, callbacks, and a state it can resume from."""
+"""The training loop: shuffled minibatches, per-epoch metrics, callbacks, and a state it can resume from.
+
+About 350 lines: the loop, its callbacks' hooks and its resumable state are read together by anyone who changes one.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ The parent is created in the launching process before any job starts, so that la
 other processes never create the store at the same time (MLflow's SQLite migrations crash when two do). Its
 id reaches every job as the override ``tracking.parent_run_id``. When the sweep ends, the parent gets a table
 of its children, best-of metrics, the best job's params and a comparison plot.
+
+A little over 350 lines: the sweep's parent run, the callback every job reports to and the summary built from
+them keep one record, and change together.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""One MLflow run as nnexp keeps it: opened or reopened, fed in batches, closed with its status."""
+"""One MLflow run as nnexp keeps it: opened or reopened, fed in batches, closed with its status.
+
+A little over 350 lines, kept together: the run and the tracker that opens it share one promise, that a run ends
+with a status and nothing it was sent is lost (the outbox), and splitting them would split that promise.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ so checkpoints see no difference. Batches of a few rows multiply with loops, lar
 float64 literal would turn float32 arithmetic into float64 and stop the loops from vectorising.
 ``error_model="numpy"`` lets loops that divide vectorise too (a division by zero gives inf or NaN, as in NumPy,
 instead of raising).
+
+A little over 350 lines: every kernel sits beside the others it is composed with, as the NumPy reference does.
 """
 
 from __future__ import annotations
