@@ -6,11 +6,13 @@ import importlib
 
 import pytest
 
+from nnexp.__main__ import COMMANDS
+
 
 @pytest.mark.parametrize(
     ("command", "argv", "line"),
     [
-        ("download", ["cifar"], "error: nnexp data: argument DATASET: invalid choice: 'cifar'"),
+        ("data", ["cifar"], "error: nnexp data: argument DATASET: invalid choice: 'cifar'"),
         (
             "reproduce",
             ["--seeds", "a,b"],
@@ -24,7 +26,7 @@ import pytest
 def test_a_bad_command_line_is_one_line_and_exit_status_2(command, argv, line, capsys):
     prog = line.split(":")[1].strip()
     with pytest.raises(SystemExit) as caught:
-        status = importlib.import_module(f"nnexp.{command}").main(argv)
+        status = importlib.import_module(COMMANDS[command]).main(argv)
         raise SystemExit(status)
     assert caught.value.code == 2
     captured = capsys.readouterr()

@@ -579,11 +579,11 @@ def test_nnexp_ui_marks_the_ghosts_of_every_experiment_killed(tmp_path, monkeypa
     alive = crafted(own)
     started = []
 
-    def mlflow_ui(command: list[str]) -> subprocess.CompletedProcess[str]:
+    def mlflow_ui(command: list[str]) -> int:
         started.append(command)
-        return subprocess.CompletedProcess(command, 0)
+        return 0
 
-    monkeypatch.setattr(ui.subprocess, "run", mlflow_ui)
+    monkeypatch.setattr(ui, "run_group", mlflow_ui)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -140,6 +140,9 @@ def describe_config_error(exc: BaseException) -> str | None:
     missing_default = _MISSING_DEFAULT.match(str(exc)) if isinstance(exc, MissingConfigException) else None
     conf = Path.cwd() / "conf"
     if missing_default and (conf / f"{missing_default[1]}.yaml").is_file():
+        if missing_default[2] in OPTIONAL_PLUGINS:  # a preset over a launcher whose extra is not installed
+            group, _, option = missing_default[2].rpartition("/")
+            return f"{group}={option} needs an optional extra: {OPTIONAL_PLUGINS[missing_default[2]]}"
         preset, missing = missing_default.groups()
         group = missing.rpartition("/")[0]
         available = ", ".join(group_options(group, conf)) or "none"

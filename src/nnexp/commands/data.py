@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from nnexp.commands.arguments import ArgumentParser
 from nnexp.datasets.mnist import CSV_FILES, default_mnist_dir
-from nnexp.datasets.mnist_download import DEFAULT_TIMEOUT, MIRRORS, convert_to_csv, download_mnist
+from nnexp.datasets.mnist_download import DEFAULT_TIMEOUT, MIRRORS, convert_to_csv, download_mnist, progress_line
 from nnexp.errors import Interrupted, NnexpError, report
 
 if TYPE_CHECKING:
@@ -82,5 +82,5 @@ def main(argv: list[str]) -> int:
         stop = Interrupted.of(exc)
         report(f"{stop}; no partial files were left behind")
         return stop.exit_code
-    report(f"MNIST is ready in {directory}")
+    progress_line(f"MNIST is ready in {directory}")
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -22,6 +21,7 @@ from nnexp.schema import sha256_of
 
 if TYPE_CHECKING:
     import http.client
+    import urllib.request
 
 #: Tried in order; a mirror that served one file is tried first for the rest.
 MIRRORS = (
@@ -89,9 +89,9 @@ def download_mnist(directory: Path, mirrors: Sequence[str] = MIRRORS, timeout: f
             if target.is_file():
                 present = sha256_of(target)
                 if present in CHECKSUMS[name]:
-                    report(f"{name}: already present, checksum ok")
+                    progress_line(f"{name}: already present, checksum ok")
                     continue
-                report(f"{name}: present with SHA-256 {present}, not MNIST's; downloading it again")
+                progress_line(f"{name}: present with SHA-256 {present}, not MNIST's; downloading it again")
             mirror = _fetch_from_any(name, target, order, timeout)
             order.remove(mirror)
             order.insert(0, mirror)
@@ -124,9 +124,9 @@ def _fetch_from_any(name: str, target: Path, mirrors: Sequence[str], timeout: fl
         except MirrorError as exc:
             failures.append(exc)
             if index + 1 < len(mirrors):
-                report(f"{name}: {exc}; trying the next mirror")
+                progress_line(f"{name}: {exc}; trying the next mirror")
             continue
-        report(f"{name}: {size / 1e6:.1f} MB from {url}, checksum ok")
+        progress_line(f"{name}: {size / 1e6:.1f} MB from {url}, checksum ok")
         return mirror
     mismatches = [failure for failure in failures if isinstance(failure, ChecksumMismatchError)]
     if mismatches:
@@ -216,7 +216,7 @@ def convert_to_csv(idx_dir: Path, out_dir: Path) -> list[Path]:
         path = out_dir / name
         with replacing(path) as file:
             write_csv(file, images, labels)
-        report(f"{name}: {len(labels)} rows written to {path}")
+        progress_line(f"{name}: {len(labels)} rows written to {path}")
         written.append(path)
     return written
 
@@ -243,6 +243,6 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def report(message: str) -> None:
+def progress_line(message: str) -> None:
     """One line of progress, on standard error."""
     print(message, file=sys.stderr, flush=True)
