@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -63,6 +64,23 @@ class Project:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def start_ui(self, *arguments: str) -> tuple[subprocess.Popen[str], int]:
+        """``nnexp ui ARGUMENTS`` on a free port, in a session of its own (``mlflow ui`` starts workers of its own,
+        which the session finds), with its output on a pipe; and the port."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "nnexp", "ui", *arguments, "--port", str(port)],
+            cwd=self.root,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        return ui, port
 
     @staticmethod
     def env() -> dict[str, str]:

@@ -180,16 +180,21 @@ def test_mlflows_own_loader_refuses_them_with_the_same_line(model):
     assert str(raised.value) == f"{weights}: dense0.weight is int64, but network.json's dtype is float32"
 
 
-def test_through_the_cli_nan_weights_are_one_line_and_no_prediction(tmp_path):
-    model = saved(tmp_path / "model")
-    weights = rewrite_weights(model, lambda a: a | {"dense0.weight": a["dense0.weight"] * np.nan})
-    (tmp_path / "points.csv").write_text(POINTS)
-    result = subprocess.run(
-        [sys.executable, "-m", "nnexp", "predict", f"model={model}", f"input={tmp_path / 'points.csv'}"],
+def predict_points(model: Path, folder: Path) -> subprocess.CompletedProcess[str]:
+    """``nnexp predict`` of a few points with the model folder ``model``, as a user runs it."""
+    (folder / "points.csv").write_text(POINTS)
+    return subprocess.run(
+        [sys.executable, "-m", "nnexp", "predict", f"model={model}", f"input={folder / 'points.csv'}"],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_through_the_cli_nan_weights_are_one_line_and_no_prediction(tmp_path):
+    model = saved(tmp_path / "model")
+    weights = rewrite_weights(model, lambda a: a | {"dense0.weight": a["dense0.weight"] * np.nan})
+    result = predict_points(model, tmp_path)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.strip() == (
         f"error: {weights}: dense0.weight holds NaN or infinity, which no model of nnexp's does"
@@ -199,13 +204,7 @@ def test_through_the_cli_nan_weights_are_one_line_and_no_prediction(tmp_path):
 def test_through_the_cli_an_absolute_data_path_is_one_line(tmp_path):
     model, other = saved(tmp_path / "model"), saved(tmp_path / "other", seed=2)
     path = edit_mlmodel(model, lambda flavor: flavor.update(data=str(other / "data" / "nnexp")))
-    (tmp_path / "points.csv").write_text(POINTS)
-    result = subprocess.run(
-        [sys.executable, "-m", "nnexp", "predict", f"model={model}", f"input={tmp_path / 'points.csv'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = predict_points(model, tmp_path)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.strip() == (
         f"error: {path}: flavors.python_function.data must be a relative path inside the model folder, "

@@ -271,3 +271,14 @@ def test_the_shipped_example_plugins_keep_to_the_projects_lint():
         [sys.executable, "-m", "ruff", "check", "--no-cache", *shipped], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_the_example_activation_trains_and_passes_its_gradient_check(project):
+    """``plugins/_softsign.py``, as the plugin guide says to use it: renamed, then checked and trained with."""
+    example = Path(__file__).resolve().parents[1] / "plugins" / "_softsign.py"
+    (project.root / "plugins" / "softsign.py").write_text(example.read_text())
+    checked = project.run("check", "--only", "softsign")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith("pass  activation softsign (file plugins/softsign.py)")
+    trained = project.run("dataset=quadrants", "trainer.epochs=2", "model.activation=softsign")
+    assert trained.returncode == 0, trained.stderr

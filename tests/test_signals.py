@@ -117,18 +117,7 @@ def test_a_signal_to_nnexp_ui_alone_stops_its_server_and_workers(project, signum
     """SIGINT: nnexp exited 130 and left the uvicorn server and its 4 workers running, reparented; SIGKILL left
     ``mlflow ui`` too."""
     assert project.run("trainer.epochs=1", "dataset.n_samples=50").returncode == 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "nnexp", "ui", "--port", str(port)],
-        cwd=project.root,
-        env=project.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # a session of its own, to find what is left of it
-    )
+    ui, _ = project.start_ui()
     try:
         ui.stdout.readline()
         deadline = time.monotonic() + 120

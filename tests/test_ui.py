@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -20,18 +18,7 @@ def test_a_runs_last_line_and_nnexp_ui_give_the_model_training_view(project):
     page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}{VIEW}"
     assert trained.stdout.strip().splitlines()[-1].endswith(f"; see it with: nnexp ui, then {page}")
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "nnexp", "ui", "--port", str(port)],
-        cwd=project.root,
-        env=project.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # mlflow ui starts workers of its own
-    )
+    ui, port = project.start_ui()
     try:
         first = ui.stdout.readline().strip()
         assert first == (
@@ -73,18 +60,7 @@ def test_nnexp_ui_sweep_opens_the_sweeps_children_in_its_saved_view(project):
     result = project.run("-m", "optimizer.learning_rate=0.1,0.01", "trainer.epochs=1", "dataset.n_samples=100")
     assert result.returncode == 0, result.stderr
     [parent] = [run for run in project.runs() if run.data.tags.get("nnexp_command") == "sweep"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "nnexp", "ui", "--sweep", "last", "--port", str(port)],
-        cwd=project.root,
-        env=project.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    ui, port = project.start_ui("--sweep", "last")
     try:
         first = ui.stdout.readline().strip()
     finally:
