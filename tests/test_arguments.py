@@ -18,6 +18,11 @@ from nnexp.__main__ import COMMANDS
             ["--seeds", "a,b"],
             "error: nnexp reproduce: argument --seeds: expected comma-separated integers such as 0,1,2, got 'a,b'",
         ),
+        (
+            "reproduce",
+            ["--seeds", "1,2,1"],
+            "error: nnexp reproduce: argument --seeds: each seed once, got 1 more than once",
+        ),
         ("compare", ["--bogus"], "error: nnexp compare: unrecognized arguments: --bogus"),
         ("sync", [], "error: nnexp sync: the following arguments are required: folder"),
         ("runs", ["--limit", "x"], "error: nnexp runs: argument --limit: invalid int value: 'x'"),

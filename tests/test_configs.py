@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from nnexp.cli_errors import describe_config_error
+from nnexp.cli_errors import check_override_keys, describe_config_error
 from nnexp.config import GROUPS, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
 from nnexp.job.build import build, configure
@@ -259,6 +259,10 @@ def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
             "schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs=1000 with epochs=2;",
         ),
         ("schedule=cosine schedule.warmup_epochs=2 trainer.epochs=2", "schedule.warmup_epochs must be < trainer"),
+        (  # the cosine "decay" would climb from the rate to 1000 times it
+            "schedule=cosine schedule.min_rate=1",
+            "schedule.min_rate must be < optimizer.learning_rate (0.001), got 1.0",
+        ),
         (  # MLflow kept the first 6000 characters of the param and the run FINISHED
             "model.hidden_sizes=[" + ",".join(["1"] * 2100) + "]",
             "model.hidden_sizes: an MLflow param holds at most 6000 characters, this value has 6300;",
@@ -372,3 +376,21 @@ def test_hydra_logging_settings_python_refuses_name_the_setting():
             raise ValueError(f"Unable to configure {part}") from ValueError(cause)
         except ValueError as exc:
             assert describe_config_error(exc) == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optimizer.name=sgd", "optimizer.name=sgd: choose the optimizer with optimizer=sgd;"),
+        ("loss.name=mse", "loss.name=mse: choose the loss with loss=mse;"),
+        ("model=null", "model=null: choose the model with model=NAME;"),
+        ("dataset=", "dataset=: choose the dataset with dataset=NAME;"),
+    ],
+)
+def test_a_group_is_chosen_by_its_own_name_only(override, expected):
+    """``optimizer.name=sgd`` built SGD from Adam's settings (a traceback, empty run folders); ``loss.name=mse``
+    trained with MSE while the run's ``loss`` tag said cross_entropy; ``model=null`` was a traceback."""
+    with pytest.raises(ConfigError) as caught:
+        check_override_keys(["dataset=quadrants", override])
+    assert str(caught.value).startswith(expected)
+    check_override_keys(["loss=mse", "optimizer=sgd", "model.hidden_sizes=[3]", "+tags.name=x"])

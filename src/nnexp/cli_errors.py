@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from nnexp.config import (
+    GROUPS,
     abbreviated,
     check_tag_key,
     config_fields,
@@ -22,6 +23,9 @@ from nnexp.errors import ConfigError, one_line
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
 OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
+
+#: The config groups whose choice is a plugin or a preset of one.
+GROUP_KINDS = frozenset(registry.kind for registry, _ in GROUPS)
 
 #: An override without a key (``=5``, ``+=x``), which Hydra takes for a config group's and fails on with a traceback.
 _NO_KEY = re.compile(r"[+~]*=")
@@ -59,8 +63,13 @@ def check_override_keys(arguments: list[str]) -> None:
             raise ConfigError(f"cannot parse override {item!r}: no key before '='; write key=value, such as seed=5")
         if item.startswith("-") or "=" not in item:
             continue
-        option = item.split("=", 1)[0]
+        option, value = item.split("=", 1)
         key = option.lstrip("+~").split("@", 1)[0]
+        group = key.removesuffix(".name")
+        if group in GROUP_KINDS and (key != group or value in ("", "null")):
+            # A node's name is its group's choice: set alone, it would build one plugin from another's settings.
+            chosen = value if key != group else "NAME"
+            raise ConfigError(f"{item}: choose the {group} with {group}={chosen}; python -m nnexp --help lists them")
         if key.startswith("tags."):
             check_tag_key(key.removeprefix("tags."), option)
         for part in key.split("/"):

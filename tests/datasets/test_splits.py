@@ -35,6 +35,7 @@ def splits(**changes) -> Splits:
         ({"x_train": np.zeros(4)}, "train split: expected x (n, features) and y (n,), got (4,) and (4,)"),
         ({"x_train": np.array([["a", "b"]] * 4)}, "train split: features must be real numbers, got <U1"),
         ({"y_train": [0, 1, 0, 1]}, "train split: x and y must be NumPy arrays, got ndarray and list"),
+        ({"x_test": np.zeros((0, 2)), "y_test": np.zeros(0, int)}, "test split is empty; every split needs at least"),
     ],
 )
 def test_splits_unfit_to_train_on_are_one_line_naming_the_dataset(changes, message):

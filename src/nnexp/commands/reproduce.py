@@ -15,9 +15,13 @@ from nnexp.tracking.tracked_run import Tracker
 
 def _integers(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",")]
+        seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:  # a seed run twice would count twice in the mean
+        raise argparse.ArgumentTypeError(f"each seed once, got {', '.join(map(str, twice))} more than once")
+    return seeds
 
 
 def main(argv: list[str]) -> int:

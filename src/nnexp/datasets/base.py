@@ -39,6 +39,8 @@ class Splits:
                 raise DataError(f"{part} split: x and y must be NumPy arrays, got {kinds}")
             if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise DataError(f"{part} split: expected x (n, features) and y (n,), got {x.shape} and {y.shape}")
+            if not len(y):  # an empty test split would give a run without test metrics, and NaN accuracies
+                raise DataError(f"{part} split is empty; every split needs at least one sample")
             if not np.issubdtype(y.dtype, np.integer):
                 raise DataError(f"{part} split: labels must be integers, got {y.dtype}")
             if y.size and (y.min() < 0 or y.max() >= self.n_classes):

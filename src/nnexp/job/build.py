@@ -132,6 +132,9 @@ def configure(cfg: DictConfig) -> Components:
             f"schedule.warmup_epochs must be < trainer.epochs, got warmup_epochs={warmup} with "
             f"epochs={trainer.epochs}; the warm-up would end after training, short of optimizer.learning_rate"
         )
+    floor, rate = getattr(components.schedule, "min_rate", None), cfg.optimizer.get("learning_rate")
+    if floor is not None and rate is not None and floor >= rate:  # the schedule would raise the rate, not lower it
+        raise ConfigError(f"schedule.min_rate must be < optimizer.learning_rate ({rate}), got {floor}")
     check_param_lengths(run_params(cfg))
     return components
 
