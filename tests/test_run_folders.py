@@ -240,3 +240,20 @@ def test_outputs_as_a_symbolic_link_to_nothing_is_named_as_one(tmp_path):
         "which does not exist; create that or remove the link)"
     )
     assert sorted(tmp_path.iterdir()) == [outputs]
+
+
+@pytest.mark.parametrize("where", ["outputs", "outputs/mlartifacts/x", "outputs/2026-11-26"])
+def test_a_run_folder_among_other_records_is_refused(tmp_path, monkeypatch, where):
+    """``hydra.run.dir=outputs`` wrote a run's checkpoints, model and plots beside the store's database; a date folder,
+    among other runs' folders; one inside ``mlartifacts``, into MLflow's own files."""
+    from nnexp.folders import FolderRefused, use_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "mlartifacts").mkdir(parents=True)
+    (tmp_path / "outputs" / "mlflow.db").write_bytes(b"")
+    (tmp_path / "outputs" / "2026-11-26" / "09-00-00").mkdir(parents=True)
+    (tmp_path / "outputs" / "2026-11-26" / "09-00-00" / ".nnexp.lock").write_text("{}")
+    with pytest.raises(FolderRefused, match=f"^hydra.run.dir={where} holds other records "):
+        use_run_folder(Path(where), resuming=False)
+    assert not (tmp_path / "outputs" / "mlartifacts" / "x").exists()
+    use_run_folder(Path("outputs/2026-11-26/09-00-01"), resuming=False)

@@ -170,12 +170,35 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
         return
     created_folders.update(path.resolve() for path in missing[1:])
     entries = {entry.name for entry in folder.iterdir()}
+    others = others_records(folder)
+    if others:  # the run's checkpoints, model and plots would land among them
+        discard_dir(folder, set())
+        raise FolderRefused(
+            f"hydra.run.dir={folder} holds other records ({', '.join(others[:3])}); a run needs a folder of its own, "
+            "such as outputs/NAME"
+        )
     if not resuming and holds_run(folder):
         raise FolderRefused(
             f"hydra.run.dir={folder} already holds a run ({', '.join(sorted(entries - {FOLDER_LOCK}))}); "
             "choose another folder, or resume it with resume=<id>"
         )
     lock_folder(folder, "run folder")
+
+
+#: What a tracking store keeps beside its database: no run folder is one of these, or inside the artifacts.
+STORE_ENTRIES = ("mlflow.db", "mlartifacts")
+
+
+def others_records(folder: Path) -> list[str]:
+    """What in ``folder`` belongs to other records: a tracking store and its artifacts, or other runs' folders, which
+    hold their lock (a date folder of ``outputs``); also ``folder`` itself when it lies inside a store's artifacts."""
+    if "mlartifacts" in folder.resolve().parts:
+        return ["MLflow's artifacts"]
+    return sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.name in STORE_ENTRIES or (entry / FOLDER_LOCK).exists()
+    )
 
 
 def holds_run(folder: Path) -> bool:

@@ -104,6 +104,10 @@ def load_checkpoint(cfg: DictConfig) -> checkpoint.Checkpoint | None:
     return loaded
 
 
+#: The signals that ask a run to stop: Ctrl-C, a scheduler's or ``kill``'s SIGTERM, and a hang-up.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class StopRequests:
     """Ctrl-C and SIGTERM while a run is open. The first asks training to stop at the next batch boundary, or, once
     trained, the run to end as soon as its model is kept, plots left out; a second one stops at once."""
@@ -118,7 +122,7 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -127,6 +131,8 @@ class StopRequests:
 
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
+        if self.request is not None and signum == getattr(signal, "SIGHUP", None):
+            return  # a hang-up, or the death of nnexp reproduce, repeats itself; it is no user insisting
         if self.request is not None:
             raise Interrupted(f"interrupted again ({name}); {self.what_is_kept()}", 128 + signum)
         self.request = (f"interrupted ({name})", 128 + signum)

@@ -4,6 +4,7 @@ against the published ones."""
 from __future__ import annotations
 
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -178,7 +179,7 @@ def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[st
     started = time.perf_counter()
     print(f"{preset.name} seed={seed}: training", file=sys.stderr, flush=True)
     child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent()
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent(signal.SIGHUP)
     )
     try:
         stderr = "".join(echo_progress(child.stderr))
