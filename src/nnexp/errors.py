@@ -98,20 +98,22 @@ def interruption(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-#: What a stop by each signal is called in the line that reports it.
-STOPPED = {signal.SIGTERM: "terminated (SIGTERM)", getattr(signal, "SIGHUP", signal.SIGTERM): "hung up (SIGHUP)"}
+#: The signals, besides Ctrl-C, that stop a run, and what the line reporting each calls the stop: a scheduler's or
+#: ``kill``'s SIGTERM, and a hang-up (a closed terminal, a dropped ssh, or the end of ``nnexp reproduce``).
+STOPPED = {signal.SIGTERM: "terminated (SIGTERM)"}
+if hasattr(signal, "SIGHUP"):  # not on Windows
+    STOPPED[signal.SIGHUP] = "hung up (SIGHUP)"
 
 
 def raise_on_stop_signals() -> None:
-    """Make SIGTERM (a scheduler's or ``timeout``'s stop) end a run like Ctrl-C, so it is not left RUNNING, and
-    SIGINT raise KeyboardInterrupt even in a process a shell started in the background."""
+    """Make SIGTERM (a scheduler's or ``timeout``'s stop) and SIGHUP end a run like Ctrl-C, so it is not left
+    RUNNING, and SIGINT raise KeyboardInterrupt even in a process a shell started in the background."""
 
     def terminate(signum: int, frame: object) -> None:
         raise Interrupted(STOPPED[signum], 128 + signum)
 
-    signal.signal(signal.SIGTERM, terminate)
-    if hasattr(signal, "SIGHUP"):  # a closed terminal, a dropped ssh, or nnexp reproduce's end: stop as for SIGTERM
-        signal.signal(signal.SIGHUP, terminate)
+    for signum in STOPPED:
+        signal.signal(signum, terminate)
     # A shell starts a background job with SIGINT ignored, and Python then leaves it ignored: ``kill -INT`` would
     # do nothing, and ``nnexp reproduce`` would leave its child training.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -16,7 +16,7 @@ from nnexp.config import (
     default_direction,
 )
 from nnexp.core.training import Callback, EarlyStopping, Trainer, TrainingState
-from nnexp.errors import ConfigError, Interrupted, ParameterError
+from nnexp.errors import STOPPED, ConfigError, Interrupted, ParameterError
 from nnexp.job import checkpoint
 from nnexp.job.build import Experiment
 from nnexp.job.phases import Phases
@@ -104,8 +104,8 @@ def load_checkpoint(cfg: DictConfig) -> checkpoint.Checkpoint | None:
     return loaded
 
 
-#: The signals that ask a run to stop: Ctrl-C, a scheduler's or ``kill``'s SIGTERM, and a hang-up.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: The signals that ask a run to stop: Ctrl-C and those :func:`nnexp.errors.raise_on_stop_signals` handles.
+STOP_SIGNALS = (signal.SIGINT, *STOPPED)
 
 
 class StopRequests:
