@@ -230,3 +230,22 @@ def tiny() -> TinyMnist:
 @pytest.fixture
 def mnist_files(tmp_path: Path, tiny: TinyMnist) -> MnistFiles:
     return MnistFiles(tmp_path, tiny)
+
+
+#: What the cluster tests measured (tests/cluster/conftest.py), gathered from their reports.
+CLUSTER_TIMINGS: dict[str, float] = {}
+CLUSTER_SECONDS: list[float] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid.startswith("tests/cluster/"):
+        CLUSTER_SECONDS.append(report.duration)
+        CLUSTER_TIMINGS.update(value for key, value in report.user_properties if key == "cluster timing")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if CLUSTER_TIMINGS:
+        terminalreporter.write_sep("-", "cluster timings")
+        for name, seconds in CLUSTER_TIMINGS.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f}")
+        terminalreporter.write_line(f"cluster tests in all, with set-up (s): {sum(CLUSTER_SECONDS):.1f}")

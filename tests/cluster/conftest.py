@@ -24,7 +24,7 @@ import pytest
 SLURM_SH = Path(__file__).with_name("slurm.sh")
 POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 STARTUP_SECONDS = 120
-#: Measured start-up times, printed at the end of the session (pytest -s, or the terminal summary below).
+#: Measured durations and counts, printed at the end of the session (the terminal summary of tests/conftest.py).
 TIMINGS: dict[str, float] = {}
 
 
@@ -202,17 +202,14 @@ def timings() -> dict[str, float]:
     return TIMINGS
 
 
-CLUSTER_SECONDS: list[float] = []
+@pytest.fixture(autouse=True)
+def report_timings(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Carry the durations measured so far on the test's report: under pytest-xdist the summary is printed by
+    the controlling process, which sees the workers' reports but not their memory (tests/conftest.py)."""
+    yield
+    for name in TIMINGS.keys() - REPORTED:
+        request.node.user_properties.append(("cluster timing", (name, TIMINGS[name])))
+        REPORTED.add(name)
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.nodeid.startswith("tests/cluster/"):
-        CLUSTER_SECONDS.append(report.duration)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TIMINGS:
-        terminalreporter.write_sep("-", "cluster timings")
-        for name, seconds in TIMINGS.items():
-            terminalreporter.write_line(f"{name}: {seconds:.1f}")
-        terminalreporter.write_line(f"cluster tests in all, with set-up (s): {sum(CLUSTER_SECONDS):.1f}")
+REPORTED: set[str] = set()

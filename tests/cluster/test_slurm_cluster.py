@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 JOB = ("hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1")
 QUICK = ("trainer.epochs=3", "dataset.n_samples=300")
 EPOCH_METRICS = ("train_loss", "train_accuracy")
+#: One cluster and one server for the session: under pytest-xdist (``--dist loadgroup``) all on one worker.
+pytestmark = pytest.mark.xdist_group("cluster")
 
 
 def start_sweep(project, slurm, server, *overrides: str) -> subprocess.Popen[str]:
