@@ -230,3 +230,32 @@ def test_a_preset_named_like_a_plugin_is_one_line_without_hydra_s_warning(projec
         "rename it (e.g. my_mlp.yaml) and start it with 'defaults: [mlp, _self_]'\n",
     )
     assert project.job_dirs() == [] and project.runs() == []
+
+
+QUITS = """
+import sys
+
+from nnexp import ACTIVATIONS, Activation
+
+
+@ACTIVATIONS.register("quits")
+class Quits(Activation):
+    def forward(self, x):
+        sys.exit(0)
+"""
+
+
+def test_a_plugin_s_sys_exit_outside_a_run_is_the_command_s_error(plugins, monkeypatch, capsys):
+    """``nnexp check`` of an activation calling sys.exit(0) stopped half-way with exit status 0."""
+    import nnexp.__main__ as cli
+
+    (Path.cwd() / "plugins" / "quits.py").write_text(QUITS)
+    monkeypatch.setattr(cli, "raise_on_stop_signals", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["nnexp", "check", "--kinds", "activation", "--only", "quits"])
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: activation quits (plugins/quits.py, line 10, in Quits.forward) called sys.exit(0); "
+        "a plugin may not end nnexp, raise instead\n"
+    )
