@@ -344,7 +344,7 @@ def foreign_files(directory: Path, written: Collection[str]) -> list[str]:
     foreign: list[str] = []
 
     def unreadable(exc: OSError) -> None:
-        foreign.append(os.path.relpath(exc.filename, directory))
+        foreign.append(os.path.relpath(exc.filename or directory, directory))
 
     for root, folders, files in os.walk(directory, onerror=unreadable):
         links = [name for name in folders if os.path.islink(os.path.join(root, name))]  # never followed: not ours
