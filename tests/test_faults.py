@@ -320,6 +320,27 @@ def test_nnexp_runs_removes_a_folder_left_at_setup_by_a_killed_process(project):
     assert not (project.root / "outputs" / "2026-01-01").exists()
 
 
+def test_nnexp_runs_keeps_a_leftover_holding_a_user_s_file_and_says_so(project):
+    """``nnexp runs`` removed a setup leftover whole, with a file the user kept in its ``.hydra`` folder."""
+    import json
+
+    from nnexp.tracking import liveness
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    folder = project.root / "outputs" / "2026-01-01" / "12-00-00"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "notes.txt").write_text("the user's")
+    dead = {**liveness.where_this_process_lives(), liveness.PID: str(ended.pid), liveness.PID_STARTED: ""}
+    (folder / ".nnexp.lock").write_text(json.dumps(dead))
+    listed = project.run("runs")  # no store yet: it says so after the note
+    assert (
+        f"kept outputs/2026-01-01/12-00-00: left at setup by a run whose process {ended.pid} on "
+        f"{dead[liveness.HOST]} has ended, but it holds files nnexp did not write: .hydra/notes.txt\n"
+    ) in listed.stderr
+    assert (folder / ".hydra" / "notes.txt").read_text() == "the user's"
+
+
 def test_a_store_left_without_mlflows_tables_is_opened_without_mlflow_chatter(project):
     import sqlite3
 

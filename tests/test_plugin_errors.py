@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -53,6 +54,39 @@ PLUGINS = {
             def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
                 return base_rate / max(0, 2 - epoch)
     """,
+    "helpers.py": """
+        import sys
+
+        from nnexp import SCHEDULES, Schedule
+
+
+        @SCHEDULES.register("constant_rate")
+        class ConstantRate(Schedule):
+            def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+                return base_rate
+
+
+        def shrink(epoch: int) -> float:
+            return 1 / (2 - epoch)
+
+
+        class Shared(Schedule):
+            def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+                return base_rate * shrink(epoch)
+
+
+        @SCHEDULES.register("shrinking")
+        class Shrinking(Shared):
+            pass
+
+
+        @SCHEDULES.register("quitter")
+        class Quitter(Schedule):
+            def rate(self, epoch: int, base_rate: float, epochs: int) -> float:
+                if epoch >= 2:
+                    sys.exit(0)
+                return base_rate
+    """,
 }
 
 
@@ -77,13 +111,39 @@ def raised(call) -> BaseException:
 
 def test_an_exception_from_a_plugin_s_code_names_the_plugin_and_its_file(plugins):
     exc = raised(lambda: DATASETS.build({"name": "bad_load"}).load(np.random.default_rng(0)))
-    assert str(blame(exc)) == "dataset bad_load (plugins/dsload.py) raised RuntimeError: remote data unavailable"
+    assert str(blame(exc)) == (
+        "dataset bad_load (plugins/dsload.py, line 9, in BadLoad.load) raised RuntimeError: remote data unavailable"
+    )
 
 
 def test_of_two_plugins_in_one_file_the_one_whose_code_raised_is_named(plugins):
     exc = raised(lambda: SCHEDULES.build({"name": "zero_div"}).rate(2, 0.1, 5))
-    reason = "float division by zero"
-    assert str(blame(exc)) == f"schedule zero_div (plugins/schedules.py) raised ZeroDivisionError: {reason}"
+    where = "plugins/schedules.py, line 14, in ZeroDiv.rate"
+    assert str(blame(exc)) == f"schedule zero_div ({where}) raised ZeroDivisionError: float division by zero"
+
+
+def test_a_module_level_helper_s_error_names_its_line_and_the_plugin_that_called_it(plugins):
+    """It named the file's first class, constant_rate, which never ran; the helper runs in a method that the
+    registered class inherits from one that is not registered."""
+    exc = raised(lambda: SCHEDULES.build({"name": "shrinking"}).rate(2, 0.1, 5))
+    where = "plugins/helpers.py, line 14, in shrink"
+    assert str(blame(exc)) == f"schedule shrinking ({where}) raised ZeroDivisionError: division by zero"
+
+
+def test_a_helper_called_by_no_plugin_names_its_file_line_and_function(plugins):
+    shrink = sys.modules["nnexp_local_plugins.helpers"].shrink
+    exc = raised(lambda: shrink(2))
+    where = "plugins/helpers.py, line 14, in shrink"
+    assert str(blame(exc)) == f"plugin ({where}) raised ZeroDivisionError: division by zero"
+
+
+def test_a_plugin_s_sys_exit_is_its_error(plugins):
+    with pytest.raises(SystemExit) as caught:
+        SCHEDULES.build({"name": "quitter"}).rate(2, 0.1, 5)
+    assert str(blame(caught.value)) == (
+        "schedule quitter (plugins/helpers.py, line 31, in Quitter.rate) called sys.exit(0); "
+        "a plugin may not end nnexp, raise instead"
+    )
 
 
 def test_an_error_of_nnexp_s_own_code_is_not_blamed_on_a_plugin(plugins):
@@ -119,7 +179,8 @@ def test_the_built_in_activations_keep_their_input_s_shape():
     [
         (
             ["dataset=bad_load"],
-            "error: dataset bad_load (plugins/dsload.py) raised RuntimeError: remote data unavailable\n",
+            "error: dataset bad_load (plugins/dsload.py, line 9, in BadLoad.load) raised RuntimeError: "
+            "remote data unavailable\n",
         ),
         (  # a bare "ValueError: shapes (4,1) and (64,64) not aligned" traceback from the next layer, run FAILED
             ["model.activation=narrow", "trainer.engine=numpy"],
@@ -138,7 +199,22 @@ def test_a_plugin_failing_before_training_is_one_line_and_leaves_nothing(project
 def test_a_plugin_failing_during_training_fails_the_run_naming_it(project):
     write_plugins(project.root)
     result = project.run("schedule=zero_div", "dataset=quadrants", "trainer.epochs=3")
-    reason = "schedule zero_div (plugins/schedules.py) raised ZeroDivisionError: float division by zero"
+    where = "plugins/schedules.py, line 14, in ZeroDiv.rate"
+    reason = f"schedule zero_div ({where}) raised ZeroDivisionError: float division by zero"
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.endswith(f"error: {reason}\n") and result.stderr.count("error:") == 1
+    [run] = project.runs()
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == reason
+
+
+def test_a_plugin_calling_sys_exit_during_training_fails_the_run_naming_it(project):
+    """nnexp exited 0 with no word, the run FAILED without a reason: a run that did not finish looked a success."""
+    write_plugins(project.root)
+    result = project.run("schedule=quitter", "dataset=quadrants", "trainer.epochs=3")
+    reason = (
+        "schedule quitter (plugins/helpers.py, line 31, in Quitter.rate) called sys.exit(0); "
+        "a plugin may not end nnexp, raise instead"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.endswith(f"error: {reason}\n") and result.stderr.count("error:") == 1
     [run] = project.runs()
@@ -154,3 +230,32 @@ def test_a_preset_named_like_a_plugin_is_one_line_without_hydra_s_warning(projec
         "rename it (e.g. my_mlp.yaml) and start it with 'defaults: [mlp, _self_]'\n",
     )
     assert project.job_dirs() == [] and project.runs() == []
+
+
+QUITS = """
+import sys
+
+from nnexp import ACTIVATIONS, Activation
+
+
+@ACTIVATIONS.register("quits")
+class Quits(Activation):
+    def forward(self, x):
+        sys.exit(0)
+"""
+
+
+def test_a_plugin_s_sys_exit_outside_a_run_is_the_command_s_error(plugins, monkeypatch, capsys):
+    """``nnexp check`` of an activation calling sys.exit(0) stopped half-way with exit status 0."""
+    import nnexp.__main__ as cli
+
+    (Path.cwd() / "plugins" / "quits.py").write_text(QUITS)
+    monkeypatch.setattr(cli, "raise_on_stop_signals", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["nnexp", "check", "--kinds", "activation", "--only", "quits"])
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: activation quits (plugins/quits.py, line 10, in Quits.forward) called sys.exit(0); "
+        "a plugin may not end nnexp, raise instead\n"
+    )

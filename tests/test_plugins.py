@@ -14,7 +14,7 @@ import pytest
 
 from nnexp import ACTIVATIONS, DATASETS, LOSSES
 from nnexp.config import store_configs
-from nnexp.errors import PluginError
+from nnexp.errors import Interrupted, PluginError
 from nnexp.plugins import load_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,14 +77,36 @@ def test_import_error_names_the_file(in_tmp):
 
 def test_a_plugin_that_exits_at_import_is_an_error_naming_the_file(in_tmp):
     write(in_tmp / "plugins", "quits.py", "import sys\nsys.exit(0)\n")
-    with pytest.raises(PluginError, match=r"^plugins/quits.py: exits while being imported \(SystemExit\(0\)\)"):
+    with pytest.raises(PluginError, match=r"^plugins/quits.py: called sys.exit\(0\) while being imported; "):
         load_folder(in_tmp / "plugins")
     assert "nnexp_local_plugins.quits" not in sys.modules
 
 
 def test_an_interrupt_at_import_names_the_file(in_tmp):
     write(in_tmp / "plugins", "stops.py", "raise KeyboardInterrupt\n")
-    with pytest.raises(KeyboardInterrupt, match=r"^interrupted while importing plugins/stops.py$"):
+    with pytest.raises(KeyboardInterrupt, match=r"^interrupted \(SIGINT\) while importing plugins/stops.py$") as stop:
+        load_folder(in_tmp / "plugins")
+    assert isinstance(stop.value, Interrupted) and stop.value.exit_code == 130
+
+
+def test_a_sigterm_at_import_stays_a_sigterm_naming_the_file(in_tmp):
+    """It became a KeyboardInterrupt, which nnexp reported as Ctrl-C: "interrupted", exit 130."""
+    write(in_tmp / "plugins", "slow.py", "from nnexp.errors import Interrupted\n" + SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match=r"^terminated \(SIGTERM\) while importing plugins/slow.py$") as stop:
+        load_folder(in_tmp / "plugins")
+    assert isinstance(stop.value, Interrupted) and stop.value.exit_code == 143
+    assert "nnexp_local_plugins.slow" not in sys.modules
+
+
+#: What raise_on_stop_signals' handler raises when SIGTERM lands.
+SIGTERM = 'raise Interrupted("terminated (SIGTERM)", 143)\n'
+
+
+def test_a_sigterm_landing_in_a_class_body_s_set_name_stays_a_sigterm(in_tmp):
+    """Python 3.11 wraps an exception of ``__set_name__`` in a RuntimeError, which became a plugin's error."""
+    source = "from nnexp.errors import Interrupted\n\nclass Stop:\n    def __set_name__(self, owner, name):\n        "
+    write(in_tmp / "plugins", "named.py", source + SIGTERM + "\nclass Holder:\n    field = Stop()\n")
+    with pytest.raises(KeyboardInterrupt, match=r"^terminated \(SIGTERM\) while importing plugins/named.py$"):
         load_folder(in_tmp / "plugins")
 
 
@@ -282,3 +304,21 @@ def test_the_example_activation_trains_and_passes_its_gradient_check(project):
     assert checked.stdout.startswith("pass  activation softsign (file plugins/softsign.py)")
     trained = project.run("dataset=quadrants", "trainer.epochs=2", "model.activation=softsign")
     assert trained.returncode == 0, trained.stderr
+
+
+def test_a_name_that_cannot_be_typed_names_the_file_the_name_and_the_pattern(in_tmp):
+    write(in_tmp / "plugins", "accents.py", SPIRALS.replace('"spirals"', '"café"'))
+    with pytest.raises(PluginError) as refused:
+        load_folder(in_tmp / "plugins")
+    assert str(refused.value).startswith(
+        "plugins/accents.py: Spirals: dataset name 'café' cannot be chosen on the command line; a name must be "
+        "snake_case ASCII matching [a-z_][a-z0-9_]*"
+    )
+
+
+def test_sigterm_while_plugins_are_imported_is_reported_as_sigterm(project):
+    """It said "interrupted while importing plugins/term.py" and exited 130, as if Ctrl-C."""
+    (project.root / "plugins" / "term.py").write_text("import os, signal\n\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    result = project.run("dataset=quadrants", "trainer.epochs=1")
+    assert (result.returncode, result.stderr) == (143, "error: terminated (SIGTERM) while importing plugins/term.py\n")
+    assert sorted(path.name for path in project.root.iterdir()) == ["conf", "plugins"]

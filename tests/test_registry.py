@@ -105,6 +105,31 @@ def test_names_must_be_snake_case(things: Registry, name: str) -> None:
         things.register(name)(Sized)
 
 
+UNTYPABLE = ["café", "\u0131", "x=y", "a,b", "a/b", "a b", "nan", "inf", "null", "true", "false", 7]
+
+
+@pytest.mark.parametrize("name", UNTYPABLE)
+def test_a_name_that_cannot_be_chosen_on_the_command_line_is_refused(things: Registry, name: object) -> None:
+    """``café`` was accepted, then ``thing=café`` failed to parse; Hydra reads ``nan`` as a float, ``null`` as none."""
+    with pytest.raises(PluginError) as refused:
+        things.register(name)(Sized)  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        f"Sized: thing name {name!r} cannot be chosen on the command line; a name must be snake_case ASCII matching "
+        "[a-z_][a-z0-9_]*, as mnist_idx or two_layer, and not null, true, false, inf, nan"
+    )
+    assert name not in things
+
+
+def test_every_built_in_name_can_be_chosen_on_the_command_line() -> None:
+    from nnexp.plugins import load_builtins
+    from nnexp.registry import HYDRA_WORDS, NAME_PATTERN, REGISTRIES
+
+    load_builtins()
+    names = [name for registry in REGISTRIES for name in registry.names()]
+    assert "mnist_idx" in names
+    assert all(NAME_PATTERN.fullmatch(name) and name not in HYDRA_WORDS for name in names)
+
+
 def test_reserved_name_parameter_is_rejected(things: Registry) -> None:
     class Named(Base):
         def __init__(self, name: str = "x") -> None:

@@ -227,8 +227,72 @@ def test_folders_left_at_setup_by_a_dead_process_are_removed_and_no_others(tmp_p
     finally:
         _held.pop().close()
     why = f"process {ended.pid} on {dead[liveness.HOST]} has ended"
-    assert [(folder.name, reason) for folder, reason in removed] == [("orphan", why)]
+    assert [(folder.name, reason, kept) for folder, reason, kept in removed] == [("orphan", why, [])]
     assert sorted(path.name for path in day.iterdir()) == ["live", "opened", "trained", "unreadable"]
+
+
+#: A log line as Hydra's job logging writes it.
+LOGGED = "[2026-01-01 12:00:00,123][nnexp][INFO] - resuming run 1\n"
+
+
+@pytest.mark.parametrize(
+    ("mine", "kept"),
+    [
+        ({".hydra/notes.txt": "the user's"}, [".hydra/notes.txt"]),  # was removed with the folder
+        ({".hydra/drafts/a.yaml": "x: 1"}, [".hydra/drafts/a.yaml"]),
+        ({"nnexp.log": LOGGED + "my own note\n"}, ["nnexp.log"]),
+        ({".hydra/config.yaml": "seed: 1\n", "nnexp.log": LOGGED}, []),  # all nnexp's: removed
+    ],
+)
+def test_a_leftover_holding_a_file_nnexp_did_not_write_is_kept_and_said(tmp_path, mine, kept):
+    import json
+    import subprocess
+
+    from nnexp.folders import FOLDER_LOCK, discard_orphan_folders
+    from nnexp.tracking import liveness
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    folder = tmp_path / "outputs" / "2026-01-01" / "12-00-00"
+    (folder / ".hydra").mkdir(parents=True)
+    dead = {**liveness.where_this_process_lives(), liveness.PID: str(ended.pid), liveness.PID_STARTED: ""}
+    (folder / FOLDER_LOCK).write_text(json.dumps(dead))
+    for name, text in mine.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    [orphan] = discard_orphan_folders(tmp_path)
+    assert (orphan.folder, orphan.kept) == (folder, kept)
+    assert folder.exists() == bool(kept)
+    if kept:
+        assert all((folder / name).read_text() == text for name, text in mine.items())
+
+
+def test_a_failed_job_s_folder_holding_a_user_s_file_in_hydra_is_kept(tmp_path, monkeypatch):
+    from nnexp.folders import discard_job_dir
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "outputs" / "2026-01-01" / "12-00-00"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (folder / ".hydra" / "mine.txt").write_text("the user's")
+    discard_job_dir(folder)
+    assert (folder / ".hydra" / "mine.txt").read_text() == "the user's"
+    (folder / ".hydra" / "mine.txt").unlink()
+    discard_job_dir(folder)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_link_in_a_leftover_is_kept_and_what_it_points_to_untouched(tmp_path, monkeypatch):
+    from nnexp.folders import discard_job_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("the user's")
+    folder = tmp_path / "outputs" / "run"
+    folder.mkdir(parents=True)
+    (folder / ".hydra").symlink_to(tmp_path / "data")
+    discard_job_dir(folder)
+    assert (folder / ".hydra" / "keep.txt").read_text() == "the user's"
 def test_outputs_as_a_symbolic_link_to_nothing_is_named_as_one(tmp_path):
     """It read "File exists (a file stands where a folder is expected)", and there was no file."""
     outputs = tmp_path / "outputs"

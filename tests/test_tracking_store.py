@@ -160,3 +160,16 @@ def test_a_path_without_a_scheme_is_told_to_write_sqlite(tmp_path, monkeypatch):
     (tmp_path / "old_store").mkdir()  # a folder is what MLflow's file store was
     with pytest.raises(ConfigError, match="old_store is a plain directory, and MLflow's file store is retired"):
         check_store("old_store")
+
+
+def test_an_abandoned_new_store_leaves_an_older_artifacts_folder_as_it_was(tmp_path, monkeypatch):
+    """A store created over an ``mlartifacts`` folder kept when its database was deleted removed that folder whole
+    when the sweep that created it stopped before its first job."""
+    monkeypatch.chdir(tmp_path)
+    older = tmp_path / "outputs" / "mlartifacts" / "1" / "abc" / "artifacts"
+    older.mkdir(parents=True)
+    (older / "model.npz").write_bytes(b"weights")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "nnexp")
+    tracker.discard_new_store()
+    assert (older / "model.npz").read_bytes() == b"weights"
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()

@@ -78,6 +78,13 @@ def command() -> None:
     except KeyboardInterrupt as exc:
         stop = Interrupted.of(exc)
         fail(str(stop), stop.exit_code)
+    except SystemExit as exc:
+        from nnexp.plugins import blame
+
+        blamed = blame(exc)  # a plugin's sys.exit(0) outside a run's phases (nnexp check, predict) is no success
+        if blamed is None:
+            raise
+        fail(str(blamed))
 
 
 def run_hydra() -> None:

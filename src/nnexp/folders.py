@@ -12,10 +12,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sys
+from collections.abc import Collection
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,8 +37,16 @@ job_folders: list[Path] = []
 created_folders: set[Path] = set()
 #: The file in a run folder that the process using the folder holds locked while it lives.
 FOLDER_LOCK = ".nnexp.lock"
-#: What a run that failed at setup leaves in its folder: Hydra's config copy and log, and the lock.
-WRITTEN_AT_SETUP = {".hydra", "nnexp.log", FOLDER_LOCK}
+#: What a run that failed at setup leaves in its folder, as paths inside it: Hydra's copies of the config, the job's
+#: log and the lock. A folder is removed as a leftover only when it holds nothing else, at any depth.
+WRITTEN_AT_SETUP = frozenset(
+    {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "nnexp.log", FOLDER_LOCK}
+)
+#: The names in a run folder itself that setup leaves.
+SETUP_ENTRIES = frozenset(path.partition("/")[0] for path in WRITTEN_AT_SETUP)
+#: How Hydra's job logging starts each line of a job's log: ``[2026-11-26 10:34:43,123][nnexp][INFO] - ``; a log
+#: holding any other line holds something a user wrote.
+LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[[^\]\n]*\]\[[A-Z]+\] - ")
 #: What only a run that got going writes (with hydra.output_subdir=null, no .hydra): a folder holding one of these,
 #: and more than setup leaves, holds a run.
 RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
@@ -204,7 +214,7 @@ def others_records(folder: Path) -> list[str]:
 def holds_run(folder: Path) -> bool:
     """Whether ``folder`` holds a run's files, more than what a run that failed at setup leaves."""
     entries = {entry.name for entry in folder.iterdir()}
-    return bool(entries & RUN_MARKERS or (folder / "checkpoints").is_dir()) and bool(entries - WRITTEN_AT_SETUP)
+    return bool(entries & RUN_MARKERS or (folder / "checkpoints").is_dir()) and bool(entries - SETUP_ENTRIES)
 
 
 def use_sweep_folder(folder: Path) -> None:
@@ -260,28 +270,41 @@ def note_run_opened(folder: Path) -> None:
 DEFAULT_LAYOUT = tuple(f"outputs/{folders}/{FOLDER_LOCK}" for folders in ("*", "*/*", "multirun/*/*"))
 
 
-def discard_orphan_folders(project_dir: Path) -> list[tuple[Path, str]]:
-    """Remove the run folders under ``project_dir/outputs`` that hold nothing but setup's leftovers of a process that
-    is gone (killed before its MLflow run was opened); returns each removed folder and why its process is gone.
+class Orphan(NamedTuple):
+    """A run folder left at setup by a process that is gone."""
 
-    A folder is removed only when its lock records a process on this machine that has ended, is not locked, and
-    never opened a run: a folder that belongs to a record, or to a live process, is never touched.
+    folder: Path
+    #: Why its process is gone.
+    why: str
+    #: What in it nnexp did not write, which keeps it; empty when it was removed.
+    kept: list[str]
+
+
+def discard_orphan_folders(project_dir: Path) -> list[Orphan]:
+    """Remove the run folders under ``project_dir/outputs`` that hold nothing but setup's leftovers of a process that
+    is gone (killed before its MLflow run was opened); returns each such folder, removed or kept.
+
+    A folder is removed only when its lock records a process on this machine that has ended, is not locked, never
+    opened a run, and every file in it is one nnexp wrote at setup: a folder that belongs to a record, or to a live
+    process, is never touched, and one holding a file of the user's is kept.
     """
-    removed = []
+    found = []
     for lock_path in sorted({path for pattern in DEFAULT_LAYOUT for path in project_dir.glob(pattern)}):
         folder = lock_path.parent
         try:
             record = json.loads(lock_path.read_text())
-            leftovers = {entry.name for entry in folder.iterdir()} <= WRITTEN_AT_SETUP
+            leftovers = {entry.name for entry in folder.iterdir()} <= SETUP_ENTRIES
         except (OSError, ValueError):
             continue
         if not isinstance(record, dict) or record.get(OPENED) or not leftovers:
             continue
         why = liveness.why_gone({key: str(value) for key, value in record.items()})
         if why is not None and not locked(lock_path):
-            discard_dir(folder, WRITTEN_AT_SETUP)
-            removed.append((folder, why))
-    return removed
+            kept = foreign_files(folder, WRITTEN_AT_SETUP)
+            if not kept:
+                discard_dir(folder, WRITTEN_AT_SETUP)
+            found.append(Orphan(folder, why, kept))
+    return found
 
 
 def locked(lock_path: Path) -> bool:
@@ -301,10 +324,11 @@ def discard_job_dir(output_dir: Path) -> None:
     discard_dir(output_dir, WRITTEN_AT_SETUP)
 
 
-def discard_dir(directory: Path, written_before_work: set[str]) -> None:
-    """Remove ``directory`` if it holds nothing but ``written_before_work``, and then each parent that is left empty
-    and is either inside the folder nnexp runs in (a date folder, ``outputs``) or was created by this process."""
-    if directory.is_dir() and {entry.name for entry in directory.iterdir()} <= written_before_work:
+def discard_dir(directory: Path, written_before_work: Collection[str]) -> None:
+    """Remove ``directory`` if every file in it is one of ``written_before_work`` (paths inside it), and then each
+    parent that is left empty and is either inside the folder nnexp runs in (a date folder, ``outputs``) or was
+    created by this process."""
+    if directory.is_dir() and not directory.is_symlink() and not foreign_files(directory, written_before_work):
         shutil.rmtree(directory)
         top = Path.cwd().resolve()
         for parent in directory.resolve().parents:
@@ -312,6 +336,33 @@ def discard_dir(directory: Path, written_before_work: set[str]) -> None:
             if parent == top or not ours or any(parent.iterdir()):
                 break
             parent.rmdir()
+
+
+def foreign_files(directory: Path, written: Collection[str]) -> list[str]:
+    """What in ``directory``, at any depth, nnexp did not write: each path (inside it) that is not one of ``written``,
+    or is a log holding a line no logger wrote; a folder that cannot be read, or a link to one, counts too."""
+    foreign: list[str] = []
+
+    def unreadable(exc: OSError) -> None:
+        foreign.append(os.path.relpath(exc.filename or directory, directory))
+
+    for root, folders, files in os.walk(directory, onerror=unreadable):
+        links = [name for name in folders if os.path.islink(os.path.join(root, name))]  # never followed: not ours
+        for name in (*files, *links):
+            path = Path(root, name)
+            inside = path.relative_to(directory).as_posix()
+            if inside not in written or (name.endswith(".log") and not only_log_lines(path)):
+                foreign.append(inside)
+    return sorted(foreign)
+
+
+def only_log_lines(path: Path) -> bool:
+    """Whether every line of the log ``path`` is one Hydra's job logging wrote."""
+    try:
+        with open(path, errors="replace") as log:
+            return all(LOG_LINE.match(line) for line in log)
+    except OSError:
+        return False
 
 
 def discard_unused_folders() -> None:

@@ -13,8 +13,9 @@ import traceback
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import FrameType
 
-from nnexp.errors import PluginError
+from nnexp.errors import Interrupted, PluginError, interruption
 from nnexp.registry import REGISTRIES, Registry, registration_source
 
 ENTRY_POINT_GROUP = "nnexp.plugins"
@@ -82,7 +83,7 @@ def load_file(path: Path, module_name: str) -> None:
 
 @contextlib.contextmanager
 def importing(source: str) -> Iterator[None]:
-    """Anything a plugin's import raises becomes one line naming ``source``; an interrupt stays an interrupt."""
+    """Anything a plugin's import raises becomes one line naming ``source``; a Ctrl-C or SIGTERM stays one."""
     try:
         yield
     except SyntaxError as exc:
@@ -90,11 +91,25 @@ def importing(source: str) -> Iterator[None]:
     except PluginError as exc:
         raise PluginError(f"{source}: {exc}") from None
     except SystemExit as exc:  # not the process's to end: a bare sys.exit(0) would end nnexp silently, exit 0
-        raise PluginError(f"{source}: exits while being imported (SystemExit({exc.code!r})); remove the exit") from None
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted while importing {source}") from None
+        raise PluginError(f"{source}: called {exit_call(exc)} while being imported; remove the exit") from None
+    except KeyboardInterrupt as exc:
+        raise stopped_while_importing(exc, source) from None
     except Exception as exc:
+        stop = interruption(exc)  # Python 3.11 wraps one landing in a class's __set_name__ in a RuntimeError
+        if stop is not None:
+            raise stopped_while_importing(stop, source) from None
         raise PluginError(f"{source}: {type(exc).__name__}: {exc}") from None
+
+
+def stopped_while_importing(stop: KeyboardInterrupt, source: str) -> Interrupted:
+    """``stop`` (Ctrl-C, SIGTERM, a hang-up) with its own line and exit status, saying which plugin it stopped."""
+    stop = Interrupted.of(stop)
+    return Interrupted(f"{stop} while importing {source}", stop.exit_code)
+
+
+def exit_call(exc: SystemExit) -> str:
+    """``sys.exit(0)``: the call that raised ``exc``, as its author wrote it."""
+    return f"sys.exit({'' if exc.code is None else repr(exc.code)})"
 
 
 def _display(path: Path) -> str:
@@ -103,7 +118,6 @@ def _display(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
 
 
 def plugin_label(registry: Registry, cls: type) -> str:
@@ -116,28 +130,59 @@ def plugin_label(registry: Registry, cls: type) -> str:
 
 
 def blame(exc: BaseException) -> PluginError | None:
-    """A one-line error naming the user's plugin whose code raised ``exc`` (the innermost of its frames); None when
-    no frame of ``exc``'s traceback is a user's plugin: an error of nnexp itself, which keeps its traceback."""
-    classes: dict[str, list[tuple[Registry, type]]] = {}
-    for registry in REGISTRIES:
-        for _, cls in registry.items():
-            if is_builtin(cls):
-                continue
-            try:
-                file = inspect.getsourcefile(cls)
-            except TypeError:  # defined where no file holds it, as in an interactive session
-                continue
-            if file is not None:
-                classes.setdefault(os.path.realpath(file), []).append((registry, cls))
-    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
-        found = classes.get(os.path.realpath(frame.f_code.co_filename))
-        if found:
-            qualname = frame.f_code.co_qualname
-            registry, cls = next(((r, c) for r, c in found if qualname.startswith(f"{c.__qualname__}.")), found[0])
-            reason = (str(exc).strip().splitlines() or [""])[0]
-            said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-            return PluginError(f"{plugin_label(registry, cls)} raised {said}")
-    return None
+    """A one-line error naming where ``exc`` arose in a user's plugin file (the file, line and function of the
+    innermost such frame of its traceback) and the plugin whose code that is, when one is; None when no frame is in
+    a user's plugin file: an error of nnexp itself, which keeps its traceback."""
+    plugins = [
+        (registry, cls, file)
+        for registry in REGISTRIES
+        for _, cls in registry.items()
+        if not is_builtin(cls) and (file := source_file(cls)) is not None
+    ]
+    files = {file for _, _, file in plugins}
+    frames = [(frame, line) for frame, line in traceback.walk_tb(exc.__traceback__) if real_file(frame) in files]
+    if not frames:
+        return None
+    frame, line = frames[-1]
+    where = f"{_display(Path(frame.f_code.co_filename))}, line {line}, in {qualified_name(frame)}"
+    owner = next((found for outer, _ in reversed(frames) if (found := plugin_of(outer, plugins))), "plugin")
+    if isinstance(exc, SystemExit):
+        return PluginError(f"{owner} ({where}) called {exit_call(exc)}; a plugin may not end nnexp, raise instead")
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    return PluginError(f"{owner} ({where}) raised {said}")
+
+
+def plugin_of(frame: FrameType, plugins: list[tuple[Registry, type, str]]) -> str | None:
+    """``schedule halving``: the registered plugin whose method ``frame`` runs, known by the object it runs on (whose
+    class may inherit the method) or else by the method's class; None for a plain function."""
+    instance, qualname, file = frame.f_locals.get("self"), qualified_name(frame), real_file(frame)
+    found = next((plugin for plugin in plugins if type(instance) is plugin[1]), None)
+    found = found or next(
+        (plugin for plugin in plugins if plugin[2] == file and qualname.startswith(f"{plugin[1].__qualname__}.")), None
+    )
+    if found is None:
+        return None
+    registry, cls, _ = found
+    return f"{registry.kind} {next(name for name, registered in registry.items() if registered is cls)}"
+
+
+def qualified_name(frame: FrameType) -> str:
+    """``Halving.rate`` for a method, ``shrink`` for a function (Python 3.10 knows the function's name only)."""
+    return getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+
+
+def source_file(cls: type) -> str | None:
+    """The real path of the file that defines ``cls``; None when no file holds it, as in an interactive session."""
+    try:
+        file = inspect.getsourcefile(cls)
+    except TypeError:
+        return None
+    return os.path.realpath(file) if file is not None else None
+
+
+def real_file(frame: FrameType) -> str:
+    return os.path.realpath(frame.f_code.co_filename)
 
 
 def is_builtin(cls: type) -> bool:

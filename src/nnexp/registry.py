@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +17,12 @@ T = TypeVar("T")
 
 _SCALARS = (int, float, bool, str)
 CONFIG_TYPES = "int, float, bool, str, an Enum, list[...] of those, or ... | None"
+
+#: What a plugin's name may be: snake_case ASCII, as ``mnist_idx``, which Hydra's override grammar reads as a plain
+#: name (its unquoted ID is ``[A-Za-z_][A-Za-z0-9_-]*``), so that ``dataset=<name>`` selects it.
+NAME_PATTERN = re.compile(r"[a-z_][a-z0-9_]*")
+#: Names of that pattern that Hydra reads as a value instead (``dataset=nan`` is a float): none can select a plugin.
+HYDRA_WORDS = ("null", "true", "false", "inf", "nan")
 
 #: Every registry, so that an error can be traced back to the plugin whose code raised it.
 REGISTRIES: list[Registry[Any]] = []
@@ -101,8 +108,12 @@ class Registry(Generic[T]):
         def add(cls: type[T]) -> type[T]:
             if not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise PluginError(f"{cls!r}: a {self.kind} plugin must subclass {self.base.__name__}")
-            if not name.isidentifier() or name != name.lower():
-                raise PluginError(f"{cls.__qualname__}: {self.kind} name '{name}' must be snake_case")
+            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in HYDRA_WORDS:
+                raise PluginError(
+                    f"{cls.__qualname__}: {self.kind} name {name!r} cannot be chosen on the command line; a name must "
+                    f"be snake_case ASCII matching {NAME_PATTERN.pattern}, as mnist_idx or two_layer, and not "
+                    f"{', '.join(HYDRA_WORDS)}"
+                )
             if name in self._classes and not override:
                 first = self._classes[name]
                 raise PluginError(

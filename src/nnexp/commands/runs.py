@@ -22,8 +22,14 @@ def main(argv: list[str]) -> int:
     from nnexp.folders import discard_orphan_folders
     from nnexp.tracking.tables import run_list, shown_path, terminal_width
 
-    for folder, why in discard_orphan_folders(Path.cwd()):
-        print(f"removed {shown_path(folder)}: left at setup by a run whose {why}", file=sys.stderr)
+    for orphan in discard_orphan_folders(Path.cwd()):
+        left = f"{shown_path(orphan.folder)}: left at setup by a run whose {orphan.why}"
+        if orphan.kept:
+            more = ", ..." if len(orphan.kept) > 3 else ""
+            print(f"kept {left}, but it holds files nnexp did not write: {', '.join(orphan.kept[:3])}{more}",
+                  file=sys.stderr)
+        else:
+            print(f"removed {left}", file=sys.stderr)
     try:
         print(run_list(args.uri, args.experiment, limit(args), terminal_width(args.wide)))
     except NnexpError as exc:

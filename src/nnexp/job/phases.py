@@ -42,7 +42,7 @@ class Phases:
         try:
             with memory.running_out(doing, advice):  # the phase says what ran out, in one line
                 yield
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit(0) would end the process as a success
             blamed = None if isinstance(exc, NnexpError) else blame(exc)
             if blamed is None:
                 raise

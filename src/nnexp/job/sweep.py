@@ -166,7 +166,7 @@ class Sweep:
             # What Hydra wrote before its first job: a job folder too, when Hydra failed to set up the job's logging.
             for job in self.directory.iterdir() if self.directory.is_dir() else ():
                 discard_dir(job, WRITTEN_AT_SETUP)
-            discard_dir(self.directory, {"multirun.yaml", "summary", FOLDER_LOCK})
+            discard_dir(self.directory, {"multirun.yaml", FOLDER_LOCK})  # no job: no summary was written
             self.tracker.discard_new_store()
 
     def summarise(self) -> tuple[int, int]:

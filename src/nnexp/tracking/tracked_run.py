@@ -292,6 +292,9 @@ class Tracker:
         new_store = database is not None and not database.exists()
         #: Whether this tracker created its SQLite store, which :meth:`discard_new_store` may then remove.
         self.created_store = new_store
+        #: Whether the store's artifacts folder is the new store's too: one that was there before (kept when its
+        #: database was deleted) holds older runs' artifacts, and stays.
+        self.created_artifacts = new_store and not (database.parent / "mlartifacts").exists()
         try:
             with store_lock(uri):
                 try:
@@ -331,7 +334,8 @@ class Tracker:
         experiments = [experiment.experiment_id for experiment in self.client.search_experiments(ViewType.ALL)]
         if self.client.search_runs(experiments, run_view_type=ViewType.ACTIVE_ONLY, max_results=1):
             return  # another process uses the store too
-        shutil.rmtree(database.parent / "mlartifacts", ignore_errors=True)
+        if self.created_artifacts:
+            shutil.rmtree(database.parent / "mlartifacts", ignore_errors=True)
         for leftover in (database, database.with_name(database.name + ".lock")):
             leftover.unlink(missing_ok=True)
         if Path.cwd().resolve() in database.resolve().parents[1:]:
