@@ -22,11 +22,14 @@ CONFIG = "trainer:\n  epochs: 3\n"
 PARTIALS = (".checkpoint-e000001-b00000000.1a2b3c4d.partial.npz", ".checkpoint.0f0f0f0f.partial.json")
 
 
-def setup(hidden: int = 4, seed: int = 1):
+ADAM = {"name": "adam", "learning_rate": 0.01}
+
+
+def setup(hidden: int = 4, seed: int = 1, optimizer: dict = ADAM):
     rng = np.random.default_rng(seed)
     loss = LOSSES.build({"name": "cross_entropy"})
     network = MODELS.build({"name": "mlp", "hidden_sizes": [hidden]}).build(3, 2, loss, rng, np.float32)
-    return network, loss, OPTIMIZERS.build({"name": "adam", "learning_rate": 0.01}), rng, Trainer(3, 8, True)
+    return network, loss, OPTIMIZERS.build(optimizer), rng, Trainer(3, 8, True)
 
 
 def training_set() -> Examples:
@@ -35,9 +38,9 @@ def training_set() -> Examples:
     return Examples(x, LOSSES.build({"name": "cross_entropy"}).encode(labels, 2, np.float32), labels)
 
 
-def saved(folder: Path, hidden: int = 4, seed: int = 1, **identity) -> Path:
+def saved(folder: Path, hidden: int = 4, seed: int = 1, optimizer: dict = ADAM, **identity) -> Path:
     """A checkpoint of one epoch of three, as a run writes it, in ``folder/checkpoints``; returns that folder."""
-    network, loss, optimizer, rng, trainer = setup(hidden, seed)
+    network, loss, optimizer, rng, trainer = setup(hidden, seed, optimizer)
     trainer.epochs = 1
     trainer.fit(network, loss, optimizer, training_set(), rng)
     fields = {"run_id": RUN_ID, "config": CONFIG, "overrides": ["seed=3"], "output_dir": str(folder.resolve())}
@@ -307,6 +310,65 @@ def test_restore_checks_the_batch_and_the_optimizer_against_the_run(tmp_path):
         loaded.restore(network, optimizer, rng, {}, trainer, 40)
 
 
+#: Every built-in optimizer, with state to keep.
+STATEFUL_OPTIMIZERS = [{"name": "sgd", "momentum": 0.9}, {"name": "rmsprop"}, ADAM]
+
+
+@pytest.mark.parametrize("config", STATEFUL_OPTIMIZERS, ids=lambda config: config["name"])
+def test_restore_refuses_a_checkpoint_missing_an_optimizer_state_array(tmp_path, config):
+    """Resumed with zeros in its place: Adam's first steps after it were as large as at the start of training."""
+    network, _, optimizer, rng, trainer = setup(optimizer=config)
+    loaded = checkpoint.load(saved(tmp_path, optimizer=config))
+    assert int(loaded.arrays["optimizer/iterations"]) > 0
+    slot = optimizer.state_slots[-1]
+    del loaded.arrays[f"optimizer/{slot}/bias"]
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert str(raised.value).startswith(f"{loaded.weights}: optimizer/{slot}/bias is missing; this run's ")
+
+
+def test_restore_refuses_a_checkpoint_missing_the_step_count(tmp_path):
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    del loaded.arrays["optimizer/iterations"]
+    with pytest.raises(DataError, match=r"optimizer/iterations is missing; this run's Adam optimizer keeps m/weight, "):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+
+
+def test_a_checkpoint_before_the_first_step_needs_no_optimizer_state(tmp_path):
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    loaded.arrays = {key: value for key, value in loaded.arrays.items() if not key.startswith("optimizer/")}
+    loaded.arrays["optimizer/iterations"] = np.asarray(0)
+    loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert optimizer.iterations == 0
+
+
+@pytest.mark.parametrize(("config", "slot"), [({"name": "rmsprop"}, "mean_square"), (ADAM, "v")])
+def test_restore_refuses_a_negative_average_of_squared_gradients(tmp_path, config, slot):
+    """Accepted before: the next step took the square root of it, and the run went on with NaN weights."""
+    network, _, optimizer, rng, trainer = setup(optimizer=config)
+    assert optimizer.nonnegative_slots == (slot,)
+    loaded = checkpoint.load(saved(tmp_path, optimizer=config))
+    loaded.arrays[f"optimizer/{slot}/weight"] = -loaded.arrays[f"optimizer/{slot}/weight"] - 1
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert str(raised.value) == (
+        f"{loaded.weights}: optimizer/{slot}/weight holds negative values, which a running average of squared "
+        "gradients never does"
+    )
+
+
+@pytest.mark.parametrize("config", STATEFUL_OPTIMIZERS, ids=lambda config: config["name"])
+def test_restore_refuses_optimizer_state_that_is_not_finite(tmp_path, config):
+    network, _, optimizer, rng, trainer = setup(optimizer=config)
+    loaded = checkpoint.load(saved(tmp_path, optimizer=config))
+    key = f"optimizer/{optimizer.state_slots[0]}/weight"
+    loaded.arrays[key] = loaded.arrays[key] * np.inf
+    with pytest.raises(DataError, match=rf"{key} holds NaN or infinity, which no checkpoint of nnexp's does"):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+
+
 def test_restore_refuses_weights_that_are_not_finite(tmp_path):
     """Resumed, they would end the run FAILED with "loss became NaN ...; try a smaller learning rate"."""
     network, _, optimizer, rng, trainer = setup()
@@ -521,6 +583,30 @@ def test_resume_refuses_weights_of_another_dtype_and_a_history_that_is_not_finit
     assert (result.returncode, result.stderr.strip()) == (
         1,
         f"error: {weights}: history/train_loss[epoch 2] must be a finite number, found inf",
+    )
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2
+
+
+def test_resume_refuses_missing_or_negative_optimizer_state_and_leaves_the_run_as_it_was(project):
+    """Both were resumed: zeros in place of the missing array, NaN weights from the negative one's square root."""
+    client, run_id, directory = finished_then_killed(project)
+    original = {path: path.read_bytes() for path in directory.iterdir()}
+    weights = rewritten(directory, lambda arrays: {k: v for k, v in arrays.items() if k != "optimizer/v/bias"})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: optimizer/v/bias is missing; this run's Adam optimizer keeps m/weight, m/bias, v/weight, "
+        "v/bias after its first step",
+    )
+    for path, data in original.items():
+        path.write_bytes(data)
+    rewritten(directory, lambda arrays: arrays | {"optimizer/v/weight": -arrays["optimizer/v/weight"] - 1})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: optimizer/v/weight holds negative values, which a running average of squared "
+        "gradients never does",
     )
     assert client.get_run(run_id).info.status == "KILLED"
     assert len(client.get_metric_history(run_id, "train_loss")) == 2
