@@ -242,7 +242,11 @@ def test_a_store_full_at_the_end_of_a_run_keeps_the_model_for_nnexp_sync(tmp_pat
     network = MODELS.build({"name": "mlp", "hidden_sizes": [4]}).build(2, 2, loss, np.random.default_rng(0), np.float32)
     save_model(folder / "model", network, describe(network, loss, ["left", "right"]), np.zeros((3, 2)))
     tracker = Tracker(uri, "nnexp")
+    network.save(folder / "model.npz")
     run = tracker.open_run("full", {"output_dir": str(folder)}, outbox=folder)
+    run.log_params({"trainer.epochs": 2})
+    for epoch in (1, 2):
+        run.log_metrics({"train_loss": 0.5}, step=epoch)
     run.log_metrics({"test_accuracy": 0.5}, step=2)
 
     def full(*args, **kwargs):
