@@ -4,6 +4,7 @@ before anything is used; interrupted writes leave nothing that lasts or is uploa
 from __future__ import annotations
 
 import json
+import socket
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from nnexp.atomic import remove_partials
 from nnexp.errors import DataError, NnexpError
 from nnexp.job import checkpoint
 from nnexp.job.resume import hydra_arguments
+from nnexp.tracking import liveness
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 CONFIG = "trainer:\n  epochs: 3\n"
@@ -452,10 +454,12 @@ def test_resume_refuses_manifest_overrides_that_are_not_nnexps_config(tmp_path, 
     assert str(raised.value).startswith(f"{directory / checkpoint.MANIFEST}: overrides[1] must be {expected}")
 
 
-def store_with_run(tmp_path: Path, output_dir: Path | None) -> tuple[str, str]:
+def store_with_run(tmp_path: Path, output_dir: Path | None, host: str | None = None) -> tuple[str, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     tags = {} if output_dir is None else {"output_dir": str(output_dir.resolve())}
+    if host is not None:
+        tags[liveness.HOST] = host
     run = client.create_run(client.create_experiment("nnexp"), tags=tags)
     client.set_terminated(run.info.run_id, "KILLED")
     return uri, run.info.run_id
@@ -507,6 +511,35 @@ def test_a_run_whose_folder_is_gone_continues_in_the_folder_its_checkpoint_was_m
     assert hydra_arguments([f"resume={copy}"], tmp_path)[-1] == f"hydra.run.dir='{old}'"
 
 
+def test_resume_by_run_id_finds_a_folder_moved_within_outputs_or_says_where_it_looked(tmp_path):
+    """It resumed from MLflow's copy into a recreated old folder: the run split across two folders."""
+    from nnexp.errors import ConfigError
+
+    old = tmp_path / "outputs" / "old"
+    uri, run_id = store_with_run(tmp_path, old, host=socket.gethostname())
+    config = f"tracking:\n  uri: {uri}\n{CONFIG}"
+    arguments = [f"resume={run_id}", f"tracking.uri={uri}"]
+    with pytest.raises(ConfigError) as raised:
+        hydra_arguments(arguments, tmp_path)
+    assert str(raised.value) == (
+        f"resume={run_id}: run {run_id}'s folder {old.resolve()} is gone, and no checkpoint of it is under "
+        f"{(tmp_path / 'outputs').resolve()}; if you moved the folder, resume with resume=<its new path>/checkpoints"
+    )
+    saved(tmp_path / "outputs" / "other", config=config)  # another run's checkpoint is not taken for it
+    moved = saved(tmp_path / "outputs" / "2026" / "moved", run_id=run_id, config=config, output_dir=str(old.resolve()))
+    assert hydra_arguments(arguments, tmp_path)[-2:] == [
+        f"resume={moved.resolve()}",
+        f"hydra.run.dir='{moved.parent.resolve()}'",
+    ]
+    copied = saved(tmp_path / "outputs" / "copy", run_id=run_id, config=config, output_dir=str(old.resolve()))
+    with pytest.raises(ConfigError) as raised:
+        hydra_arguments(arguments, tmp_path)
+    assert str(raised.value).endswith(
+        f"is gone, and 2 folders hold its checkpoint ({moved.resolve()}, {copied.resolve()}); choose one with "
+        "resume=<its checkpoints folder>"
+    )
+
+
 def finished_then_killed(project) -> tuple[MlflowClient, str, Path]:
     """A run that wrote its last checkpoint and was then marked KILLED, as a kill after that checkpoint leaves it."""
     result = project.run("trainer.epochs=2", "checkpoint.every=1")
@@ -515,6 +548,31 @@ def finished_then_killed(project) -> tuple[MlflowClient, str, Path]:
     client = MlflowClient(tracking_uri=project.store_uri)
     client.set_terminated(run.info.run_id, "KILLED")
     return client, run.info.run_id, Path(run.data.tags["output_dir"]) / "checkpoints"
+
+
+def test_resume_by_run_id_of_a_moved_folder_continues_there_and_never_recreates_the_old_one(project, tmp_path):
+    """Resumed from MLflow's copy into a recreated old folder before: one run's files in two folders."""
+    client, run_id, directory = finished_then_killed(project)
+    old = directory.parent
+    elsewhere = old.rename(tmp_path / "elsewhere")
+    refused = project.run(f"resume={run_id}")
+    outputs = (project.root / "outputs").resolve()
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        f"error: resume={run_id}: run {run_id}'s folder {old} is gone, and no checkpoint of it is under {outputs}; "
+        "if you moved the folder, resume with resume=<its new path>/checkpoints; if you removed it, resume from "
+        f"MLflow's copy: mlflow artifacts download -r {run_id} -a checkpoint -d DIR, then resume=DIR/checkpoint",
+    )
+    assert not old.exists() and not (project.root / "outputs" / "resumed").exists()
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    moved = elsewhere.rename(project.root / "outputs" / "moved")
+    resumed = project.run(f"resume={run_id}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not old.exists(), "the run is not split across two folders"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["output_dir"] == str(moved.resolve())
+    assert checkpoint.load(moved / "checkpoints").manifest["output_dir"] == str(moved.resolve())
 
 
 def test_a_crafted_manifest_runs_nothing_writes_nothing_and_leaves_the_run_as_it_was(project, tmp_path):
