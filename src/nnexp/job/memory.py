@@ -132,16 +132,17 @@ def data_estimate(config: Mapping[str, Any], loss: Loss, dtype: type[np.floating
     in ``dtype``; ``None`` for a dataset without an ``n_samples`` setting, or with few.
 
     Any dataset plugin with ``n_samples`` is measured the same way: made once with :data:`PROBE_SAMPLES` rows and a
-    generator of its own (the run's is not drawn from), and scaled. One that refuses so few rows is not checked.
+    generator of its own (the run's is not drawn from), and scaled. One that refuses so few rows is not checked:
+    the real load says what is wrong with its own values.
     """
     n_samples = config.get("n_samples")
     if not isinstance(n_samples, int) or n_samples <= PROBE_SAMPLES:
         return None
     try:
         probe = DATASETS.build({**config, "n_samples": PROBE_SAMPLES})
+        splits = checked_splits(probe, probe.load(np.random.default_rng(0)))
     except NnexpError:
         return None
-    splits = checked_splits(probe, probe.load(np.random.default_rng(0)))
     rows = sum(len(y) for _, _, y in splits.parts())
     made = sum(x.nbytes + y.nbytes for _, x, y in splits.parts())
     itemsize = np.dtype(dtype).itemsize
