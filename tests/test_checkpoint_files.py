@@ -4,6 +4,7 @@ before anything is used; interrupted writes leave nothing that lasts or is uploa
 from __future__ import annotations
 
 import json
+import socket
 import zipfile
 from pathlib import Path
 
@@ -16,17 +17,21 @@ from nnexp.atomic import remove_partials
 from nnexp.errors import DataError, NnexpError
 from nnexp.job import checkpoint
 from nnexp.job.resume import hydra_arguments
+from nnexp.tracking import liveness
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 CONFIG = "trainer:\n  epochs: 3\n"
 PARTIALS = (".checkpoint-e000001-b00000000.1a2b3c4d.partial.npz", ".checkpoint.0f0f0f0f.partial.json")
 
 
-def setup(hidden: int = 4, seed: int = 1):
+ADAM = {"name": "adam", "learning_rate": 0.01}
+
+
+def setup(hidden: int = 4, seed: int = 1, optimizer: dict = ADAM):
     rng = np.random.default_rng(seed)
     loss = LOSSES.build({"name": "cross_entropy"})
     network = MODELS.build({"name": "mlp", "hidden_sizes": [hidden]}).build(3, 2, loss, rng, np.float32)
-    return network, loss, OPTIMIZERS.build({"name": "adam", "learning_rate": 0.01}), rng, Trainer(3, 8, True)
+    return network, loss, OPTIMIZERS.build(optimizer), rng, Trainer(3, 8, True)
 
 
 def training_set() -> Examples:
@@ -35,9 +40,9 @@ def training_set() -> Examples:
     return Examples(x, LOSSES.build({"name": "cross_entropy"}).encode(labels, 2, np.float32), labels)
 
 
-def saved(folder: Path, hidden: int = 4, seed: int = 1, **identity) -> Path:
+def saved(folder: Path, hidden: int = 4, seed: int = 1, optimizer: dict = ADAM, **identity) -> Path:
     """A checkpoint of one epoch of three, as a run writes it, in ``folder/checkpoints``; returns that folder."""
-    network, loss, optimizer, rng, trainer = setup(hidden, seed)
+    network, loss, optimizer, rng, trainer = setup(hidden, seed, optimizer)
     trainer.epochs = 1
     trainer.fit(network, loss, optimizer, training_set(), rng)
     fields = {"run_id": RUN_ID, "config": CONFIG, "overrides": ["seed=3"], "output_dir": str(folder.resolve())}
@@ -307,6 +312,65 @@ def test_restore_checks_the_batch_and_the_optimizer_against_the_run(tmp_path):
         loaded.restore(network, optimizer, rng, {}, trainer, 40)
 
 
+#: Every built-in optimizer, with state to keep.
+STATEFUL_OPTIMIZERS = [{"name": "sgd", "momentum": 0.9}, {"name": "rmsprop"}, ADAM]
+
+
+@pytest.mark.parametrize("config", STATEFUL_OPTIMIZERS, ids=lambda config: config["name"])
+def test_restore_refuses_a_checkpoint_missing_an_optimizer_state_array(tmp_path, config):
+    """Resumed with zeros in its place: Adam's first steps after it were as large as at the start of training."""
+    network, _, optimizer, rng, trainer = setup(optimizer=config)
+    loaded = checkpoint.load(saved(tmp_path, optimizer=config))
+    assert int(loaded.arrays["optimizer/iterations"]) > 0
+    slot = optimizer.state_slots[-1]
+    del loaded.arrays[f"optimizer/{slot}/bias"]
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert str(raised.value).startswith(f"{loaded.weights}: optimizer/{slot}/bias is missing; this run's ")
+
+
+def test_restore_refuses_a_checkpoint_missing_the_step_count(tmp_path):
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    del loaded.arrays["optimizer/iterations"]
+    with pytest.raises(DataError, match=r"optimizer/iterations is missing; this run's Adam optimizer keeps m/weight, "):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+
+
+def test_a_checkpoint_before_the_first_step_needs_no_optimizer_state(tmp_path):
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    loaded.arrays = {key: value for key, value in loaded.arrays.items() if not key.startswith("optimizer/")}
+    loaded.arrays["optimizer/iterations"] = np.asarray(0)
+    loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert optimizer.iterations == 0
+
+
+@pytest.mark.parametrize(("config", "slot"), [({"name": "rmsprop"}, "mean_square"), (ADAM, "v")])
+def test_restore_refuses_a_negative_average_of_squared_gradients(tmp_path, config, slot):
+    """Accepted before: the next step took the square root of it, and the run went on with NaN weights."""
+    network, _, optimizer, rng, trainer = setup(optimizer=config)
+    assert optimizer.nonnegative_slots == (slot,)
+    loaded = checkpoint.load(saved(tmp_path, optimizer=config))
+    loaded.arrays[f"optimizer/{slot}/weight"] = -loaded.arrays[f"optimizer/{slot}/weight"] - 1
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert str(raised.value) == (
+        f"{loaded.weights}: optimizer/{slot}/weight holds negative values, which a running average of squared "
+        "gradients never does"
+    )
+
+
+@pytest.mark.parametrize("config", STATEFUL_OPTIMIZERS, ids=lambda config: config["name"])
+def test_restore_refuses_optimizer_state_that_is_not_finite(tmp_path, config):
+    network, _, optimizer, rng, trainer = setup(optimizer=config)
+    loaded = checkpoint.load(saved(tmp_path, optimizer=config))
+    key = f"optimizer/{optimizer.state_slots[0]}/weight"
+    loaded.arrays[key] = loaded.arrays[key] * np.inf
+    with pytest.raises(DataError, match=rf"{key} holds NaN or infinity, which no checkpoint of nnexp's does"):
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+
+
 def test_restore_refuses_weights_that_are_not_finite(tmp_path):
     """Resumed, they would end the run FAILED with "loss became NaN ...; try a smaller learning rate"."""
     network, _, optimizer, rng, trainer = setup()
@@ -390,10 +454,12 @@ def test_resume_refuses_manifest_overrides_that_are_not_nnexps_config(tmp_path, 
     assert str(raised.value).startswith(f"{directory / checkpoint.MANIFEST}: overrides[1] must be {expected}")
 
 
-def store_with_run(tmp_path: Path, output_dir: Path | None) -> tuple[str, str]:
+def store_with_run(tmp_path: Path, output_dir: Path | None, host: str | None = None) -> tuple[str, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     tags = {} if output_dir is None else {"output_dir": str(output_dir.resolve())}
+    if host is not None:
+        tags[liveness.HOST] = host
     run = client.create_run(client.create_experiment("nnexp"), tags=tags)
     client.set_terminated(run.info.run_id, "KILLED")
     return uri, run.info.run_id
@@ -445,6 +511,35 @@ def test_a_run_whose_folder_is_gone_continues_in_the_folder_its_checkpoint_was_m
     assert hydra_arguments([f"resume={copy}"], tmp_path)[-1] == f"hydra.run.dir='{old}'"
 
 
+def test_resume_by_run_id_finds_a_folder_moved_within_outputs_or_says_where_it_looked(tmp_path):
+    """It resumed from MLflow's copy into a recreated old folder: the run split across two folders."""
+    from nnexp.errors import ConfigError
+
+    old = tmp_path / "outputs" / "old"
+    uri, run_id = store_with_run(tmp_path, old, host=socket.gethostname())
+    config = f"tracking:\n  uri: {uri}\n{CONFIG}"
+    arguments = [f"resume={run_id}", f"tracking.uri={uri}"]
+    with pytest.raises(ConfigError) as raised:
+        hydra_arguments(arguments, tmp_path)
+    assert str(raised.value) == (
+        f"resume={run_id}: run {run_id}'s folder {old.resolve()} is gone, and no checkpoint of it is under "
+        f"{(tmp_path / 'outputs').resolve()}; if you moved the folder, resume with resume=<its new path>/checkpoints"
+    )
+    saved(tmp_path / "outputs" / "other", config=config)  # another run's checkpoint is not taken for it
+    moved = saved(tmp_path / "outputs" / "2026" / "moved", run_id=run_id, config=config, output_dir=str(old.resolve()))
+    assert hydra_arguments(arguments, tmp_path)[-2:] == [
+        f"resume={moved.resolve()}",
+        f"hydra.run.dir='{moved.parent.resolve()}'",
+    ]
+    copied = saved(tmp_path / "outputs" / "copy", run_id=run_id, config=config, output_dir=str(old.resolve()))
+    with pytest.raises(ConfigError) as raised:
+        hydra_arguments(arguments, tmp_path)
+    assert str(raised.value).endswith(
+        f"is gone, and 2 folders hold its checkpoint ({moved.resolve()}, {copied.resolve()}); choose one with "
+        "resume=<its checkpoints folder>"
+    )
+
+
 def finished_then_killed(project) -> tuple[MlflowClient, str, Path]:
     """A run that wrote its last checkpoint and was then marked KILLED, as a kill after that checkpoint leaves it."""
     result = project.run("trainer.epochs=2", "checkpoint.every=1")
@@ -453,6 +548,31 @@ def finished_then_killed(project) -> tuple[MlflowClient, str, Path]:
     client = MlflowClient(tracking_uri=project.store_uri)
     client.set_terminated(run.info.run_id, "KILLED")
     return client, run.info.run_id, Path(run.data.tags["output_dir"]) / "checkpoints"
+
+
+def test_resume_by_run_id_of_a_moved_folder_continues_there_and_never_recreates_the_old_one(project, tmp_path):
+    """Resumed from MLflow's copy into a recreated old folder before: one run's files in two folders."""
+    client, run_id, directory = finished_then_killed(project)
+    old = directory.parent
+    elsewhere = old.rename(tmp_path / "elsewhere")
+    refused = project.run(f"resume={run_id}")
+    outputs = (project.root / "outputs").resolve()
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        f"error: resume={run_id}: run {run_id}'s folder {old} is gone, and no checkpoint of it is under {outputs}; "
+        "if you moved the folder, resume with resume=<its new path>/checkpoints; if you removed it, resume from "
+        f"MLflow's copy: mlflow artifacts download -r {run_id} -a checkpoint -d DIR, then resume=DIR/checkpoint",
+    )
+    assert not old.exists() and not (project.root / "outputs" / "resumed").exists()
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    moved = elsewhere.rename(project.root / "outputs" / "moved")
+    resumed = project.run(f"resume={run_id}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not old.exists(), "the run is not split across two folders"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["output_dir"] == str(moved.resolve())
+    assert checkpoint.load(moved / "checkpoints").manifest["output_dir"] == str(moved.resolve())
 
 
 def test_a_crafted_manifest_runs_nothing_writes_nothing_and_leaves_the_run_as_it_was(project, tmp_path):
@@ -521,6 +641,30 @@ def test_resume_refuses_weights_of_another_dtype_and_a_history_that_is_not_finit
     assert (result.returncode, result.stderr.strip()) == (
         1,
         f"error: {weights}: history/train_loss[epoch 2] must be a finite number, found inf",
+    )
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2
+
+
+def test_resume_refuses_missing_or_negative_optimizer_state_and_leaves_the_run_as_it_was(project):
+    """Both were resumed: zeros in place of the missing array, NaN weights from the negative one's square root."""
+    client, run_id, directory = finished_then_killed(project)
+    original = {path: path.read_bytes() for path in directory.iterdir()}
+    weights = rewritten(directory, lambda arrays: {k: v for k, v in arrays.items() if k != "optimizer/v/bias"})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: optimizer/v/bias is missing; this run's Adam optimizer keeps m/weight, m/bias, v/weight, "
+        "v/bias after its first step",
+    )
+    for path, data in original.items():
+        path.write_bytes(data)
+    rewritten(directory, lambda arrays: arrays | {"optimizer/v/weight": -arrays["optimizer/v/weight"] - 1})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: optimizer/v/weight holds negative values, which a running average of squared "
+        "gradients never does",
     )
     assert client.get_run(run_id).info.status == "KILLED"
     assert len(client.get_metric_history(run_id, "train_loss")) == 2

@@ -406,6 +406,10 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
             "model.hidden_sizes=[100000000]",
             "model.hidden_sizes=[100000000] needs about 6.0 TiB (parameters, gradients, adam state, batch buffers)",
         ),
+        (  # an OOM kill while make_moons generated the points
+            "dataset.n_samples=2147483648",
+            "dataset.n_samples=2147483648 needs about 128.0 GiB (generated arrays, split copies, float32 copies)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_with_no_run_and_no_output(project, override, named):

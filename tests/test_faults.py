@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -241,7 +242,11 @@ def test_a_store_full_at_the_end_of_a_run_keeps_the_model_for_nnexp_sync(tmp_pat
     network = MODELS.build({"name": "mlp", "hidden_sizes": [4]}).build(2, 2, loss, np.random.default_rng(0), np.float32)
     save_model(folder / "model", network, describe(network, loss, ["left", "right"]), np.zeros((3, 2)))
     tracker = Tracker(uri, "nnexp")
+    network.save(folder / "model.npz")
     run = tracker.open_run("full", {"output_dir": str(folder)}, outbox=folder)
+    run.log_params({"trainer.epochs": 2})
+    for epoch in (1, 2):
+        run.log_metrics({"train_loss": 0.5}, step=epoch)
     run.log_metrics({"test_accuracy": 0.5}, step=2)
 
     def full(*args, **kwargs):
@@ -400,3 +405,36 @@ def test_a_sweep_whose_folder_fills_up_prints_its_table_and_ends_with_its_failed
     assert "seed=1" in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["jobs_failed"] == 1
     assert client.get_run(parent.info.run_id).data.tags["best_run_name"] == "seed=1"
+
+
+def test_sigterm_while_the_checkpoint_disk_is_full_ends_the_run_killed_saying_both(project):
+    """It printed "cannot use …/checkpoint.json: No such file or directory": the stop logged a manifest not written."""
+    (project.root / "plugins" / "full_checkpoints.py").write_text(
+        "import contextlib, errno, os, pathlib\n"
+        "import nnexp.job.checkpoint\n"
+        "real = nnexp.job.checkpoint.replacing\n"
+        "@contextlib.contextmanager\n"
+        "def full(path, mode='wb'):\n"
+        "    with real(path, mode) as file:\n"
+        "        file.write(b'PK' if 'b' in mode else 'x')\n"
+        "        pathlib.Path('disk_full').touch()\n"
+        "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "nnexp.job.checkpoint.replacing = full\n"
+    )
+    process = project.start("trainer.epochs=100000", "checkpoint.every=1", "hydra.run.dir=outputs/full")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (project.root / "disk_full").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr, stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
+    [run] = project.runs()
+    folder = Path("outputs", "full", "checkpoints")
+    assert line.startswith("error: interrupted (SIGTERM) in epoch "), line
+    assert f"the checkpoint could not be written (cannot write in {project.root / folder}: No space left" in line
+    assert line.endswith(f"there is none to resume from; MLflow run {run.info.run_id} is marked KILLED"), line
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == line.removeprefix("error: ").rsplit("; MLflow run", 1)[0]
+    assert not [path for path in (project.root / "outputs").rglob("*") if atomic.PARTIAL.fullmatch(path.name)]

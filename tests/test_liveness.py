@@ -593,13 +593,17 @@ def test_nnexp_ui_marks_the_ghosts_of_every_experiment_killed(tmp_path, monkeypa
 
 
 def sync_outbox(folder: Path, uri: str, run_id: str) -> None:
-    """An outbox in ``folder``, as a run whose store was away when it finished leaves it."""
+    """An outbox in ``folder``, as a run of one epoch whose store was away when it finished leaves it."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).log_param(run_id, "trainer.epochs", "1")
     (folder / "config.yaml").write_text("seed: 0\n")
+    (folder / "model.npz").write_bytes(b"")
     contents = {
         "tracking_uri": uri,
         "run_id": run_id,
         "status": "FINISHED",
-        "metrics": [["train_loss", 0.5, 1700000000000, 1]],
+        "metrics": [["train_loss", 0.5, 1700000000000, 1], ["test_accuracy", 0.9, 1700000000000, 1]],
         "tags": {},
         "artifacts": [[str(folder / "config.yaml"), None]],
     }

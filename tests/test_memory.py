@@ -11,7 +11,8 @@ import pytest
 
 from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
-from nnexp.datasets.base import Splits
+from nnexp.datasets.base import DATASETS, Dataset, Splits
+from nnexp.datasets.moons import Moons
 from nnexp.errors import OutOfMemoryError
 from nnexp.job import memory
 from nnexp.job.phases import Phases
@@ -221,6 +222,59 @@ def test_a_network_that_fits_passes_and_a_model_without_a_footprint_is_not_check
         pass
 
     memory.check_fits(Opaque(), sgd, loss, splits(), 32, np.float32)
+
+
+def test_a_dataset_that_cannot_fit_is_refused_before_it_is_made(tmp_path, monkeypatch) -> None:
+    """2**31 moons: the kernel killed the process while scikit-learn made them, leaving the run with no word."""
+    fake_system(tmp_path, monkeypatch, 2**20, "0::/\n", {})
+    made, load = [], Moons.load
+    monkeypatch.setattr(Moons, "load", lambda self, rng: made.append(self.n_samples) or load(self, rng))
+    loss = LOSSES.build({"name": "cross_entropy"})
+    with pytest.raises(OutOfMemoryError) as error:
+        memory.check_data_fits({"name": "moons", "n_samples": 2**31}, loss, np.float32)
+    # Per row: two float64 features and an int64 label, made and copied by the split; then float32 x and one-hot y.
+    assert str(error.value) == (
+        "dataset.n_samples=2147483648 needs about 128.0 GiB (generated arrays, split copies, float32 copies) and "
+        "1.0 GiB is available; use a smaller dataset.n_samples"
+    )
+    assert made == [memory.PROBE_SAMPLES], "only the probe was made"
+
+
+@pytest.mark.parametrize(
+    ("config", "parts"),
+    [
+        (
+            {"name": "moons", "n_samples": 3000},
+            {"generated arrays": 72000, "split copies": 72000, "float64 copies": 96000},
+        ),
+        ({"name": "moons", "n_samples": 1000}, None),  # no larger than the probe: nothing to measure
+        ({"name": "quadrants"}, None),  # no n_samples: eight fixed points
+    ],
+)
+def test_the_data_estimate_scales_a_probe_of_any_dataset_with_n_samples(config, parts) -> None:
+    loss = LOSSES.build({"name": "cross_entropy"})
+    assert memory.data_estimate(config, loss, np.float64) == parts
+
+
+def test_a_user_dataset_plugin_with_n_samples_is_estimated_the_same_way(
+    tmp_path, monkeypatch, restore_registries
+) -> None:
+    @DATASETS.register("wide_noise")
+    class WideNoise(Dataset):
+        def __init__(self, n_samples: int = 100, n_features: int = 50) -> None:
+            self.n_samples, self.n_features = n_samples, n_features
+
+        def load(self, rng: np.random.Generator) -> Splits:
+            x = rng.standard_normal((self.n_samples, self.n_features))
+            y = (x[:, 0] > 0).astype(np.int64)
+            half = self.n_samples // 2
+            return Splits(x[:half], y[:half], x[half:], y[half:], n_classes=2)
+
+    fake_system(tmp_path, monkeypatch, 2**20, "0::/\n", {})
+    loss = LOSSES.build({"name": "cross_entropy"})
+    memory.check_data_fits({"name": "wide_noise", "n_samples": 10**6, "n_features": 50}, loss, np.float32)
+    with pytest.raises(OutOfMemoryError, match=r"^dataset.n_samples=10000000 needs about 9\.5 GiB \("):
+        memory.check_data_fits({"name": "wide_noise", "n_samples": 10**7, "n_features": 50}, loss, np.float32)
 
 
 @pytest.mark.parametrize(

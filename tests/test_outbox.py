@@ -207,3 +207,78 @@ def test_an_outbox_for_a_run_deleted_in_mlflow_says_so(tmp_path):
     restore = f"mlflow runs restore --run-id {run_id}"
     assert str(refused.value) == f"{path}: run {run_id} is deleted in {uri}; restore it first with: {restore}"
     assert path.is_file()
+
+
+def killed_mid_training(tmp_path: Path, *outbox_metrics: list, model: bool = False) -> tuple[MlflowClient, str, Path]:
+    """A run of trainer.epochs=5 whose store holds epochs 1 and 2, and whose outbox says FINISHED with
+    ``outbox_metrics`` (and its folder ``model.npz`` when ``model``); returns the client, run id and folder."""
+    from nnexp.tracking.tracked_run import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run_id = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(folder)}).info.run_id
+    tracker.client.log_param(run_id, "trainer.epochs", "5")
+    for epoch in (1, 2):
+        tracker.client.log_metric(run_id, "train_loss", 0.5, step=epoch)
+    if model:
+        (folder / "model.npz").write_bytes(b"")
+    outbox(folder, tracking_uri=uri, run_id=run_id, metrics=[list(row) for row in outbox_metrics])
+    return tracker.client, run_id, folder
+
+
+EPOCH_3 = ["train_loss", 0.4, 1700000000000, 3]
+TESTED_AT_3 = ["test_accuracy", 0.9, 1700000000000, 3]
+
+
+@pytest.mark.parametrize(
+    ("metrics", "model", "why"),
+    [
+        ((EPOCH_3,), False, "{folder} holds no model.npz and its last epoch logged is 3 of trainer.epochs=5"),
+        ((EPOCH_3,), True, "no test metrics are logged and its last epoch logged is 3 of trainer.epochs=5"),
+        (
+            (EPOCH_3, TESTED_AT_3),
+            True,
+            "its last epoch logged is 3 of trainer.epochs=5, and no early stopping ended it",
+        ),
+    ],
+    ids=["no-model", "no-test-metrics", "short-of-the-epochs"],
+)
+def test_an_outbox_claiming_finished_for_a_run_killed_mid_training_closes_it_killed(tmp_path, metrics, model, why):
+    """It was closed FINISHED: a run stopped at epoch 3 of 5, with no model, recorded as a finished one."""
+    client, run_id, folder = killed_mid_training(tmp_path, *metrics, model=model)
+    path = folder / OUTBOX
+    with pytest.raises(NnexpError) as raised:
+        sync(folder)
+    reason = f"{path}: status FINISHED, but {why.format(folder=folder.resolve())}"
+    assert str(raised.value).startswith(f"{reason}; sent {len(metrics)} metric values, 1 tags, 1 artifacts to ")
+    assert str(raised.value).endswith(f" and closed run {run_id} KILLED")
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", reason)
+    assert sorted(metric.step for metric in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3]
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        (EPOCH_3, TESTED_AT_3, ["best_epoch", 2, 1700000000000, 3]),  # early stopping ended it at epoch 3
+        (EPOCH_3, [*EPOCH_3[:3], 4], [*EPOCH_3[:3], 5], [*TESTED_AT_3[:3], 5]),
+    ],
+    ids=["early-stopping", "all-epochs"],
+)
+def test_an_outbox_of_a_run_that_finished_training_closes_it_finished(tmp_path, metrics):
+    client, run_id, folder = killed_mid_training(tmp_path, *metrics, model=True)
+    assert sync(folder).endswith("status FINISHED")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+
+
+def test_nnexp_sync_of_a_false_finished_is_one_line_and_exit_1(project, tmp_path):
+    _, run_id, folder = killed_mid_training(tmp_path, EPOCH_3)
+    synced = nnexp_sync(project, folder)
+    assert synced.returncode == 1 and synced.stdout == ""
+    [line] = synced.stderr.splitlines()
+    assert line.startswith(f"error: {folder / OUTBOX}: status FINISHED, but {folder.resolve()} holds no model.npz")
+    assert line.endswith(f"closed run {run_id} KILLED")

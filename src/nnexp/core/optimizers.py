@@ -24,6 +24,8 @@ class Optimizer:
 
     #: Names of the per-parameter state arrays (zeros before the first step), saved in checkpoints.
     state_slots: tuple[str, ...] = ()
+    #: The slots that are running averages of squared gradients, never negative: a checkpoint's are checked.
+    nonnegative_slots: tuple[str, ...] = ()
 
     def __init__(self, learning_rate: float = 0.01, weight_decay: float = 0.0) -> None:
         require(learning_rate > 0, "learning_rate", "must be > 0", learning_rate)
@@ -174,6 +176,7 @@ class RMSprop(Optimizer):
     """
 
     state_slots = ("mean_square",)
+    nonnegative_slots = ("mean_square",)
 
     def __init__(
         self, learning_rate: float = 0.001, rho: float = 0.9, epsilon: float = 1e-7, weight_decay: float = 0.0
@@ -199,6 +202,7 @@ class Adam(Optimizer):
     """
 
     state_slots = ("m", "v")
+    nonnegative_slots = ("v",)
 
     def __init__(
         self,

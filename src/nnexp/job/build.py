@@ -40,6 +40,7 @@ class Components:
     """The plugins a config names, constructed (so their values are checked) but not yet given data."""
 
     dataset: Dataset
+    dataset_config: dict[str, Any]
     model: Model
     loss: Loss
     optimizer: Optimizer
@@ -118,6 +119,7 @@ def configure(cfg: DictConfig) -> Components:
         raise exc.within("trainer") from None
     components = Components(
         dataset=DATASETS.build(cfg.dataset),
+        dataset_config=dict(cfg.dataset),
         model=MODELS.build(cfg.model),
         loss=LOSSES.build(cfg.loss),
         optimizer=OPTIMIZERS.build(cfg.optimizer),
@@ -141,6 +143,7 @@ def configure(cfg: DictConfig) -> Components:
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     """Load the data and build the network it fits; raises NnexpError on bad data."""
+    memory.check_data_fits(components.dataset_config, components.loss, components.dtype)
     splits = checked_splits(components.dataset, components.dataset.load(rng))
     loss, dtype = components.loss, components.dtype
     data = {

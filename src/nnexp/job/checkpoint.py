@@ -146,10 +146,12 @@ class Checkpoint:
             )
 
     def _check_optimizer(self, network: Sequential, optimizer: Optimizer) -> None:
-        """Each kept optimizer array must fit the parameters it serves: one that does not would be silently
-        replaced by zeros."""
+        """The kept optimizer state must be the optimizer's whole state for these parameters: a missing or misfit
+        array would be silently replaced by zeros, and a negative running average of squared gradients would make
+        the next step's square root NaN."""
         packed = {kind: params for kind, params, _ in network.packed_parameters()}
-        for key, array in self.section("optimizer/").items():
+        kept = self.section("optimizer/")
+        for key, array in kept.items():
             slot, _, kind = key.partition("/")
             if key == "iterations":
                 valid = array.shape == () and array.dtype.kind in "iu" and array >= 0
@@ -159,6 +161,19 @@ class Checkpoint:
                 raise DataError(
                     f"{self.weights}: optimizer/{key} ({array.shape} {array.dtype}) does not fit this run's optimizer"
                 )
+            if slot in optimizer.nonnegative_slots and (array < 0).any():
+                raise DataError(
+                    f"{self.weights}: optimizer/{key} holds negative values, which a running average of squared "
+                    f"gradients never does"
+                )
+        state = [f"{slot}/{kind}" for slot in optimizer.state_slots for kind in packed]
+        missing = [key for key in ["iterations", *state] if key not in kept]
+        # Before the first step no state exists yet; after it, every slot of every parameter does.
+        if missing and not (missing == state and int(kept.get("iterations", 0)) == 0):
+            raise DataError(
+                f"{self.weights}: optimizer/{missing[0]} is missing; this run's {type(optimizer).__name__} optimizer "
+                f"keeps {', '.join(state) or 'only its step count'} after its first step"
+            )
 
 
 def save(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from nnexp.core.losses import Loss
 from nnexp.core.optimizers import Optimizer
 from nnexp.core.training import EVALUATION_BATCH
-from nnexp.datasets.base import Splits
-from nnexp.errors import OutOfMemoryError
+from nnexp.datasets.base import DATASETS, Splits, checked_splits
+from nnexp.errors import NnexpError, OutOfMemoryError
 from nnexp.models.base import Model
 
 MEMINFO = Path("/proc/meminfo")
@@ -118,6 +119,54 @@ def check_fits(
     raise OutOfMemoryError(
         f"model.{setting} needs about {format_bytes(needed)} ({', '.join(parts)}) "
         f"and {format_bytes(available)} is available; {advice}"
+    )
+
+
+#: The rows a dataset with an ``n_samples`` setting is first made with, to measure what a row of it takes.
+PROBE_SAMPLES = 1000
+
+
+def data_estimate(config: Mapping[str, Any], loss: Loss, dtype: type[np.floating]) -> dict[str, int] | None:
+    """The bytes, by part, that the dataset ``config`` names takes while it is made ready for training: the arrays it
+    makes, the split's copies of them (``train_test_split`` copies every row), and the features and encoded labels
+    in ``dtype``; ``None`` for a dataset without an ``n_samples`` setting, or with few.
+
+    Any dataset plugin with ``n_samples`` is measured the same way: made once with :data:`PROBE_SAMPLES` rows and a
+    generator of its own (the run's is not drawn from), and scaled. One that refuses so few rows is not checked:
+    the real load says what is wrong with its own values.
+    """
+    n_samples = config.get("n_samples")
+    if not isinstance(n_samples, int) or n_samples <= PROBE_SAMPLES:
+        return None
+    try:
+        probe = DATASETS.build({**config, "n_samples": PROBE_SAMPLES})
+        splits = checked_splits(probe, probe.load(np.random.default_rng(0)))
+    except NnexpError:
+        return None
+    rows = sum(len(y) for _, _, y in splits.parts())
+    made = sum(x.nbytes + y.nbytes for _, x, y in splits.parts())
+    itemsize = np.dtype(dtype).itemsize
+    encoded = loss.encode(splits.y_train, splits.n_classes, dtype).nbytes // len(splits.y_train)
+    generated = made * n_samples // rows
+    return {
+        "generated arrays": generated,
+        "split copies": generated,
+        f"{np.dtype(dtype).name} copies": n_samples * (splits.n_features * itemsize + encoded),
+    }
+
+
+def check_data_fits(config: Mapping[str, Any], loss: Loss, dtype: type[np.floating]) -> None:
+    """Raise :class:`OutOfMemoryError` if the dataset ``config`` names cannot be made in the memory available,
+    before it is: the kernel would kill the process with no word, leaving its run RUNNING."""
+    available = available_bytes()
+    if available is None:
+        return
+    parts = data_estimate(config, loss, dtype)
+    if parts is None or sum(parts.values()) <= available:
+        return
+    raise OutOfMemoryError(
+        f"dataset.n_samples={config['n_samples']} needs about {format_bytes(sum(parts.values()))} "
+        f"({', '.join(parts)}) and {format_bytes(available)} is available; use a smaller dataset.n_samples"
     )
 
 

@@ -11,6 +11,7 @@ must be in the store; anything else is one line naming the manifest and the fiel
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,7 @@ import yaml
 from nnexp.errors import ConfigError
 from nnexp.job import checkpoint
 from nnexp.schema import Fields
+from nnexp.tracking import liveness
 
 ALLOWED = ("resume=", "tracking.uri=")
 #: A config group option as Hydra names it: no path, so no file outside the project's conf/ folder.
@@ -160,15 +162,59 @@ def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:
     run = resumable(
         client, find_run(client, run_id, f"resume={run_id}: no such checkpoint folder, and no such run in {store}")
     )
-    local = Path(run.data.tags.get("output_dir", "")) / "checkpoints"
+    recorded = Path(run.data.tags.get("output_dir", ""))
+    local = recorded / "checkpoints"
     manifest = local / checkpoint.MANIFEST
     if manifest.is_file():
         return local
     if manifest.exists():  # the resumed run could write no checkpoint there, and would end FAILED after training
         raise ConfigError(f"{manifest}: not a file, where the run writes its checkpoint manifest; remove it first")
     paths = {entry.path for entry in client.list_artifacts(run_id)}
+    if run.data.tags.get(liveness.HOST) == socket.gethostname() and not recorded.exists():
+        # Moved on this machine: MLflow's copy would recreate the old folder and split the run across two.
+        return moved_checkpoint(run_id, recorded, project_dir, "checkpoint" in paths)
     if "checkpoint" not in paths:
         raise ConfigError(f"resume={run_id}: the run has no checkpoint, neither in {local} nor in MLflow")
     destination = project_dir / "outputs" / "resumed" / run_id
     destination.mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, "checkpoint", str(destination)))
+
+
+def moved_checkpoint(run_id: str, recorded: Path, project_dir: Path, logged: bool) -> Path:
+    """The ``checkpoints`` folder of run ``run_id`` under the project's ``outputs/``, where the user moved the run's
+    folder from ``recorded``; else a ConfigError saying where nnexp looked and how to name the folder (or, when
+    the run ``logged`` a checkpoint to MLflow and the folder was removed, how to resume from that copy)."""
+    outputs = project_dir.resolve() / "outputs"
+    found = [
+        manifest.parent
+        for manifest in sorted(outputs.rglob(f"checkpoints/{checkpoint.MANIFEST}"))
+        if manifest_run_id(manifest) == run_id
+    ]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ConfigError(
+            f"resume={run_id}: run {run_id}'s folder {recorded} is gone, and {len(found)} folders hold its checkpoint "
+            f"({', '.join(map(str, found))}); choose one with resume=<its checkpoints folder>"
+        )
+    copy = (
+        f"; if you removed it, resume from MLflow's copy: mlflow artifacts download -r {run_id} -a checkpoint "
+        f"-d DIR, then resume=DIR/checkpoint"
+        if logged
+        else ""
+    )
+    raise ConfigError(
+        f"resume={run_id}: run {run_id}'s folder {recorded} is gone, and no checkpoint of it is under {outputs}; "
+        f"if you moved the folder, resume with resume=<its new path>/checkpoints{copy}"
+    )
+
+
+def manifest_run_id(manifest: Path) -> object:
+    """The ``run_id`` a checkpoint manifest names; None for a file that is no readable manifest (another's)."""
+    from nnexp.schema import parse_json
+
+    try:
+        contents = parse_json(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    return contents.get("run_id") if isinstance(contents, dict) else None

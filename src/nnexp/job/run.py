@@ -185,8 +185,9 @@ def train(
 
     warned = False
 
-    def save_checkpoint(stopped: TrainingState | None = None) -> bool:
-        """Write a checkpoint; one that cannot be written (a full disk) is a warning, and training goes on."""
+    def save_checkpoint(stopped: TrainingState | None = None) -> str | None:
+        """Write a checkpoint; one that cannot be written (a full disk) is a warning, and training goes on. Returns
+        why it could not be written, or None."""
         nonlocal warned
         with phases("checkpoints"):
             try:
@@ -201,13 +202,16 @@ def train(
                     stopped=stopped is not None,
                 )
             except OSError as exc:
-                if not warned:
-                    log.warning("warning: checkpoint not written: %s", describe_os_error(exc, "write", directory))
+                reason = describe_os_error(exc, "write", directory)
+                if not warned and stopped is None:  # a stop says it in its own line
+                    log.warning("warning: checkpoint not written: %s", reason)
                 warned = True
-                return False
-        return True
+                return reason
+        return None
 
     def log_checkpoint() -> None:
+        if not (directory / checkpoint.MANIFEST).is_file():  # none was ever written (a disk full from the start)
+            return
         with phases("mlflow_logging"):
             for path in checkpoint.files(directory):  # not the folder: a killed write may have left a partial file
                 tracked.log_artifact(path, "checkpoint")
@@ -236,10 +240,16 @@ def train(
             resume=state,
         )
     except Stopped as stop:
-        kept = "checkpoint" if save_checkpoint(stop.state) else "the checkpoint could not be written; the last one"
+        failed = save_checkpoint(stop.state)
         log_checkpoint()
-        resume = resume_command(tracked.run_id)
-        raise Interrupted(f"{stop}; {kept} in {directory}; resume with: {resume}", stop.exit_code) from None
+        resume = f"resume with: {resume_command(tracked.run_id)}"
+        if failed is None:
+            kept = f"checkpoint in {directory}; {resume}"
+        elif (directory / checkpoint.MANIFEST).is_file():
+            kept = f"the checkpoint could not be written ({failed}); the last one is in {directory}; {resume}"
+        else:
+            kept = f"the checkpoint could not be written ({failed}); there is none to resume from"
+        raise Interrupted(f"{stop}; {kept}", stop.exit_code) from None
     finally:
         progress.close()
     if directory.is_dir():

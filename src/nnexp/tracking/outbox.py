@@ -15,6 +15,9 @@ from nnexp.tracking.store import OUTBOX, OUTBOX_STATUSES, existing_store, find_r
 from nnexp.tracking.tracked_run import TrackedRun
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
     from nnexp.schema import Fields
 
 #: The largest step or timestamp MLflow's stores hold.
@@ -89,12 +92,38 @@ def sync(folder: Path, uri: str | None = None) -> str:
     if has_model and not has_ready_model(client, run.run_id):  # never logged, or its upload failed
         run.hold_model(model, functools.partial(upload_model, client, run.run_id, model))
         counts += ", the model"
+    unfinished = outbox["status"] == "FINISHED" and training_unfinished(client, found, outbox["metrics"], folder)
+    if unfinished:
+        # Its own record and folder say the process ended mid-training: what it logged is kept, not its claim.
+        reason = f"{path}: status FINISHED, but {unfinished}"
+        run.end("KILLED", reason)
+        path.unlink()
+        raise DataError(f"{reason}; sent {counts} to {store} and closed run {run.run_id} KILLED")
     run.end(outbox["status"])
     if found.data.tags.get("failure_reason") == liveness.REASON and "failure_reason" not in outbox["tags"]:
         # The run was closed after all, and its outbox says how: the reap's guess is no longer its record.
         client.delete_tag(run.run_id, "failure_reason")
     path.unlink()
     return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}"
+
+
+def training_unfinished(client: MlflowClient, found: Run, metrics: list[list[Any]], folder: Path) -> str | None:
+    """Why the run ``found`` did not finish training, by its folder and its record (the store's metrics and the
+    outbox's ``metrics``); None when they show it did: ``model.npz`` is saved, the test metrics are logged (only
+    after training and evaluation), and the last epoch is the run's ``trainer.epochs`` or early stopping ended it
+    (its ``best_epoch`` is logged)."""
+    logged = {row[0] for row in metrics} | set(found.data.metrics)
+    steps = [row[3] for row in metrics if row[0] == "train_loss"]
+    steps += [metric.step for metric in client.get_metric_history(found.info.run_id, "train_loss")]
+    last, epochs = max(steps, default=0), found.data.params.get("trainer.epochs", "unknown")
+    trained = f"its last epoch logged is {last} of trainer.epochs={epochs}"
+    if not (folder / "model.npz").is_file():
+        return f"{folder.resolve()} holds no model.npz and {trained}"
+    if "test_accuracy" not in logged:
+        return f"no test metrics are logged and {trained}"
+    if str(last) != epochs and "best_epoch" not in logged:
+        return f"{trained}, and no early stopping ended it"
+    return None
 
 
 def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, Any]:
