@@ -27,6 +27,9 @@ OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
 #: The config groups whose choice is a plugin or a preset of one.
 GROUP_KINDS = frozenset(registry.kind for registry, _ in GROUPS)
 
+#: The config groups that take one choice: the plugins' and the presets'.
+CHOICE_GROUPS = GROUP_KINDS | {"experiment", "hparams_search"}
+
 #: An override without a key (``=5``, ``+=x``), which Hydra takes for a config group's and fails on with a traceback.
 _NO_KEY = re.compile(r"[+~]*=")
 
@@ -66,6 +69,10 @@ def check_override_keys(arguments: list[str]) -> None:
         option, value = item.split("=", 1)
         key = option.lstrip("+~").split("@", 1)[0]
         group = key.removesuffix(".name")
+        if key in CHOICE_GROUPS and value.startswith("["):
+            # Hydra's list of options merges several configs of the group into one, which no plugin takes.
+            shown = value.strip("[]").replace(" ", "")
+            raise ConfigError(f"{item}: {key} takes one choice; for a sweep use -m {key}={shown}")
         if group in GROUP_KINDS and (key != group or value in ("", "null")):
             # A node's name is its group's choice: set alone, it would build one plugin from another's settings.
             chosen = value if key != group else "NAME"
