@@ -434,3 +434,41 @@ def test_a_group_is_chosen_by_its_own_name_only(override, expected):
         check_override_keys(["dataset=quadrants", override])
     assert str(caught.value).startswith(expected)
     check_override_keys(["loss=mse", "optimizer=sgd", "model.hidden_sizes=[3]", "+tags.name=x"])
+
+
+@pytest.mark.parametrize(
+    ("log_config", "verbose", "arguments", "expected"),
+    [
+        (
+            {"version": 2, "root": {}},
+            False,
+            ["hydra.hydra_logging.version=2", "seed=1"],
+            "hydra.hydra_logging.version=2: Unsupported version: 2",
+        ),
+        (
+            {"root": {}},
+            False,
+            ["~hydra.hydra_logging.version"],
+            "~hydra.hydra_logging.version: dictionary doesn't specify a version",
+        ),
+        ({"version": 1, "root": {}}, 3, ["hydra.verbose=3"], "hydra.verbose=3: expects true, false, a logger name or"),
+        ({"version": 2, "root": {}}, False, [], "hydra.hydra_logging: Unsupported version: 2"),
+    ],
+    ids=["version", "no-version", "verbose", "from-a-preset"],
+)
+def test_a_logging_setting_hydra_cannot_use_names_the_override(log_config, verbose, arguments, expected):
+    """Each was a traceback; Hydra checks these before it touches this process's logging."""
+    from hydra.core.utils import configure_log
+    from omegaconf import OmegaConf
+
+    from nnexp.cli_errors import describe_logging_error
+
+    with pytest.raises(Exception) as caught:
+        configure_log(OmegaConf.create(log_config), verbose)
+    assert describe_logging_error(caught.value, arguments).startswith(expected)
+
+
+def test_an_error_outside_hydra_s_logging_setup_keeps_its_traceback():
+    from nnexp.cli_errors import describe_logging_error
+
+    assert describe_logging_error(ValueError("Unsupported version: 2"), ["hydra.job_logging.version=2"]) is None
