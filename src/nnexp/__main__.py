@@ -152,10 +152,14 @@ def launch() -> None:
     try:
         hydra.main(version_base="1.3", config_path=str(presets) if presets else None, config_name="nnexp")(task)()
     except BaseException as exc:
-        if sweep.abandon(exc) and launcher_error(exc):
+        reason = sweep.abandon(exc)
+        if reason is not None and launcher_error(exc):
             # e.g. sbatch refusing the job array: one line, as for any other error (HYDRA_FULL_ERROR=1 shows all)
-            reason = (str(exc).strip().splitlines() or [""])[0]
-            raise NnexpError(f"the sweep stopped: {type(exc).__name__}: {reason}") from exc
+            from nnexp.cli_errors import causes
+
+            failed_write = any(isinstance(cause, OSError) for cause in causes(exc))  # the reason says what failed
+            cause = "" if failed_write else f"{type(exc).__name__}: "
+            raise NnexpError(f"the sweep stopped: {cause}{reason}") from exc
         raise
     if sweep.failure():
         raise NnexpError(sweep.failure())

@@ -150,11 +150,12 @@ class Sweep:
             return f"{failed} of {total} jobs failed; the table above and their MLflow runs give the reasons"
         return None
 
-    def abandon(self, exc: BaseException) -> None:
-        """End the parent of a sweep that stopped early: KILLED on Ctrl-C or SIGTERM, else FAILED. A sweep that
-        stopped before any job (a bad override Hydra found while expanding it) leaves nothing behind."""
+    def abandon(self, exc: BaseException) -> str:
+        """End the parent of a sweep that stopped early: KILLED on Ctrl-C or SIGTERM, else FAILED; returns the reason
+        it records. A sweep that stopped before any job (a bad override Hydra found while expanding it) leaves
+        nothing behind."""
         interrupted = isinstance(exc, KeyboardInterrupt)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = self.stop_reason(exc)
         try:
             finished, failed = self.summarise()
         except Exception as summary_error:  # the reason the sweep stopped matters more
@@ -167,7 +168,21 @@ class Sweep:
             for job in self.directory.iterdir() if self.directory.is_dir() else ():
                 discard_dir(job, WRITTEN_AT_SETUP)
             discard_dir(self.directory, {"multirun.yaml", "summary", FOLDER_LOCK})
+            for leftover in ("multirun.yaml", FOLDER_LOCK):  # in a folder that holds the user's files too
+                (self.directory / leftover).unlink(missing_ok=True)
             self.tracker.discard_new_store()
+        return reason
+
+    def stop_reason(self, exc: BaseException) -> str:
+        """The first line of why the sweep stopped; a failed write in the sweep's folder (Hydra's multirun.yaml on a
+        full disk names no file) names the folder."""
+        from nnexp.cli_errors import causes
+        from nnexp.folders import describe_os_error
+
+        failed = next((cause for cause in causes(exc) if isinstance(cause, OSError) and cause.errno), None)
+        if failed is not None:
+            return describe_os_error(failed, where=self.directory)
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns
@@ -357,14 +372,12 @@ _open: Sweep | None = None
 _failure: str | None = None
 
 
-def abandon(exc: BaseException) -> bool:
-    """End the open sweep's parent run, if any, after an error or interrupt stopped the sweep; True if there was
-    one."""
+def abandon(exc: BaseException) -> str | None:
+    """End the open sweep's parent run, if any, after an error or interrupt stopped the sweep; returns the reason
+    recorded on it, ``None`` when no sweep was open."""
     global _open
     sweep, _open = _open, None
-    if sweep is not None:
-        sweep.abandon(exc)
-    return sweep is not None
+    return sweep.abandon(exc) if sweep is not None else None
 
 
 def failure() -> str | None:
