@@ -202,6 +202,9 @@ def task(cfg: DictConfig) -> float:
     from nnexp.plugins import load_plugins
 
     hydra = HydraConfig.get()
+    # With hydra.job.chdir=true Hydra starts the job in its folder (and returns after it); nnexp puts each file a run
+    # writes in that folder itself, and the paths a user gives (data files) are relative to where nnexp was started.
+    os.chdir(hydra.runtime.cwd)
     load_plugins(Path(hydra.runtime.cwd))  # a launcher's worker process starts with the built-in plugins only
     try:
         return run(cfg)
