@@ -398,9 +398,12 @@ def pass_stops_to_jobs(directory: Path) -> None:
         global _stop
         if _stop is not None:
             raise Interrupted(STOPPED[signum], 128 + signum)
+        try:
+            (directory / STOP_MARKER).write_text(str(signum))
+        except OSError:  # the jobs cannot be told (a full disk): stop at once, as the launcher does
+            raise Interrupted(STOPPED[signum], 128 + signum) from None
         _stop = (STOPPED[signum], 128 + signum)
         print(f"{STOPPED[signum]}: stopping the sweep's jobs (again to stop at once)", file=sys.stderr, flush=True)
-        (directory / STOP_MARKER).write_text(str(signum))
 
     for signum in STOPPED:
         signal.signal(signum, stop)
