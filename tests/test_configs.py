@@ -243,6 +243,44 @@ def test_a_preset_without_its_plugin_defaults_is_checked_against_the_plugin(user
         configure(cfg)  # outside a Hydra job no preset file is known, but the key is still named
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (
+            "experiment/mine.yaml",
+            "# @package _global_\ndataset:\n  name: quadrants\n",
+            "dataset.name: quadrants cannot choose the dataset; choose it in defaults: with "
+            "'- override /dataset: quadrants'",
+        ),
+        (
+            "dataset/mine.yaml",
+            "defaults: [moons, _self_]\nname: quadrants\n",
+            "name: quadrants cannot choose the dataset; start it with 'defaults: [quadrants, _self_]'",
+        ),
+    ],
+)
+def test_a_preset_that_names_another_plugin_in_its_body_is_named(user_conf, name, text, expected):
+    """It built one plugin from another's settings: a TypeError traceback, or a record naming the wrong plugin."""
+    preset = user_conf / name
+    preset.parent.mkdir(exist_ok=True)
+    preset.write_text(text)
+    group = name.split("/")[0]
+    cfg = compose("nnexp", overrides=[f"{group}=mine"])
+    with pytest.raises(ConfigError) as caught:
+        check_plugin_nodes(cfg, {group: preset})
+    assert str(caught.value) == f"conf/{name}: {expected}"
+
+
+def test_an_experiment_that_chooses_a_group_by_value_is_named(user_conf):
+    (user_conf / "experiment" / "mine.yaml").write_text("# @package _global_\noptimizer: sgd\n")
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose("nnexp", overrides=["experiment=mine"])
+    assert describe_preset_error(caught.value, user_conf) == (
+        "conf/experiment/mine.yaml: optimizer: sgd chooses the optimizer where its settings go; "
+        "choose it in defaults: with '- override /optimizer: sgd'"
+    )
+
+
 def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
     (user_conf / "model" / "mine.yaml").write_text("name: mlp\nhidden_sizes: [8]\n")
     assert configure(compose("nnexp", overrides=["model=mine"])).model.hidden_sizes == [8]
@@ -385,6 +423,8 @@ def test_hydra_logging_settings_python_refuses_name_the_setting():
         ("loss.name=mse", "loss.name=mse: choose the loss with loss=mse;"),
         ("model=null", "model=null: choose the model with model=NAME;"),
         ("dataset=", "dataset=: choose the dataset with dataset=NAME;"),
+        ("optimizer=[adam,sgd]", "optimizer=[adam,sgd]: optimizer takes one choice; for a sweep use -m optimizer=adam"),
+        ("experiment=[a, b]", "experiment=[a, b]: experiment takes one choice; for a sweep use -m experiment=a,b"),
     ],
 )
 def test_a_group_is_chosen_by_its_own_name_only(override, expected):
@@ -394,3 +434,41 @@ def test_a_group_is_chosen_by_its_own_name_only(override, expected):
         check_override_keys(["dataset=quadrants", override])
     assert str(caught.value).startswith(expected)
     check_override_keys(["loss=mse", "optimizer=sgd", "model.hidden_sizes=[3]", "+tags.name=x"])
+
+
+@pytest.mark.parametrize(
+    ("log_config", "verbose", "arguments", "expected"),
+    [
+        (
+            {"version": 2, "root": {}},
+            False,
+            ["hydra.hydra_logging.version=2", "seed=1"],
+            "hydra.hydra_logging.version=2: Unsupported version: 2",
+        ),
+        (
+            {"root": {}},
+            False,
+            ["~hydra.hydra_logging.version"],
+            "~hydra.hydra_logging.version: dictionary doesn't specify a version",
+        ),
+        ({"version": 1, "root": {}}, 3, ["hydra.verbose=3"], "hydra.verbose=3: expects true, false, a logger name or"),
+        ({"version": 2, "root": {}}, False, [], "hydra.hydra_logging: Unsupported version: 2"),
+    ],
+    ids=["version", "no-version", "verbose", "from-a-preset"],
+)
+def test_a_logging_setting_hydra_cannot_use_names_the_override(log_config, verbose, arguments, expected):
+    """Each was a traceback; Hydra checks these before it touches this process's logging."""
+    from hydra.core.utils import configure_log
+    from omegaconf import OmegaConf
+
+    from nnexp.cli_errors import describe_logging_error
+
+    with pytest.raises(Exception) as caught:
+        configure_log(OmegaConf.create(log_config), verbose)
+    assert describe_logging_error(caught.value, arguments).startswith(expected)
+
+
+def test_an_error_outside_hydra_s_logging_setup_keeps_its_traceback():
+    from nnexp.cli_errors import describe_logging_error
+
+    assert describe_logging_error(ValueError("Unsupported version: 2"), ["hydra.job_logging.version=2"]) is None

@@ -294,11 +294,34 @@ def test_a_sweep_folder_used_before_is_refused_and_keeps_the_first_sweep(project
     assert "seed: 1" in (project.root / "X" / "0" / ".hydra" / "config.yaml").read_text()
 
 
+def test_a_sweep_folder_on_a_full_disk_is_one_line_naming_it_and_leaves_nothing(project, tmpfs):
+    """Hydra's multirun.yaml could not be written: the line named no path, and the parent run ended FAILED."""
+    fill(tmpfs)
+    result = project.run("-m", *QUICK, "seed=1,2", f"hydra.sweep.dir={tmpfs}/sw")
+    line = one_line_error(result, f"the sweep stopped: cannot write in {tmpfs}/sw: No space left on device")
+    assert "Errno" not in line
+    assert sorted(path.name for path in tmpfs.iterdir()) == ["filler"]
+    assert not (project.root / "outputs").exists()
+
+
+def test_a_file_where_a_sweep_job_s_folder_goes_is_one_line_naming_it(project):
+    (project.root / "sw").mkdir()
+    (project.root / "sw" / "0").write_text("mine")
+    result = project.run("-m", *QUICK, "seed=1,2", "hydra.sweep.dir=sw")
+    one_line_error(result, "the sweep stopped: cannot use sw/0: File exists (a file stands where a folder is expected)")
+    assert sorted(path.name for path in (project.root / "sw").iterdir()) == ["0"]
+    assert not (project.root / "outputs").exists()
+
+
 def test_hydra_logging_settings_are_one_line_and_leave_nothing(project):
     one_line_error(project.run(*QUICK, "hydra.job_logging.root.level=BOGUS"), "hydra.job_logging.root: Unknown level")
     one_line_error(
         project.run(*QUICK, "hydra.job_logging.handlers.file.filename=/tmp/nnexp-outside.log"),
         "hydra.job_logging.handlers.file.filename=/tmp/nnexp-outside.log: a run's log files go inside its folder",
+    )
+    one_line_error(  # a traceback before, as was hydra.verbose=3
+        project.run("-m", *QUICK, "seed=1,2", "hydra.job_logging.version=2"),
+        "hydra.job_logging.version=2: Unsupported version: 2",
     )
     assert not (project.root / "outputs").exists()
     assert not Path("/tmp/nnexp-outside.log").exists()

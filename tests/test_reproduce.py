@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -191,6 +192,7 @@ def test_unstable_seeds_are_a_minority_more_than_the_gap_below_the_median_of_the
         (["--seeds", "0,-1"], "error: quadrants: seed must be >= 0, got -1"),
         (["--markdown", "/proc/table.md"], "error: --markdown /proc/table.md: cannot write /proc/table.md: "),
         (["--markdown", "."], "error: --markdown .: cannot write .: Is a directory"),
+        (["--markdown", "/dev/full"], "error: --markdown /dev/full: cannot write /dev/full: No space left on device"),
     ],
 )
 def test_bad_values_stop_before_the_store_or_any_run_is_touched(project, args, line):
@@ -199,3 +201,18 @@ def test_bad_values_stop_before_the_store_or_any_run_is_touched(project, args, l
     [error] = result.stderr.splitlines()
     assert error.startswith(line), error
     assert not (project.root / "outputs").exists()
+
+
+def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path):
+    """Writing to /dev/full (ENOSPC on close) was a traceback after every run had ended."""
+    from nnexp.errors import NnexpError
+    from nnexp.job.reproduction import write_markdown
+
+    with pytest.raises(NnexpError) as caught:
+        write_markdown(Path("/dev/full"), "| a |\n")
+    assert str(caught.value) == (
+        "--markdown /dev/full: cannot write /dev/full: No space left on device (the disk is full; free some space); "
+        "the table above is logged as the parent run's reproduce.md"
+    )
+    with pytest.raises(NnexpError, match=f"^--markdown {tmp_path}: cannot write {tmp_path}: Is a directory"):
+        write_markdown(tmp_path, "| a |\n")

@@ -321,3 +321,18 @@ def test_a_run_folder_among_other_records_is_refused(tmp_path, monkeypatch, wher
         use_run_folder(Path(where), resuming=False)
     assert not (tmp_path / "outputs" / "mlartifacts" / "x").exists()
     use_run_folder(Path("outputs/2026-11-26/09-00-01"), resuming=False)
+
+
+def test_hydra_job_chdir_reads_relative_data_paths_from_where_nnexp_was_started(project, mnist_files):
+    """Hydra moved the job into its folder: data/train.csv was looked for there, and a refused run's cleanup then
+    removed the folder the process stood in (a FileNotFoundError traceback)."""
+    mnist_files.write_csv_pair()
+    data = ("dataset=mnist_csv", "dataset.train_path=mnist_train.csv", "dataset.test_path=mnist_test.csv")
+    done = project.run(*data, "dataset.val_size=10", "trainer.epochs=1", "hydra.job.chdir=true", "hydra.run.dir=r")
+    assert done.returncode == 0, done.stderr
+    [run] = project.runs()
+    assert run.info.status == "FINISHED"
+    assert (project.root / "r" / "model.npz").is_file() and not (project.root / "r" / "outputs").exists()
+    refused = project.run(*data, "seed=-1", "hydra.job.chdir=true")
+    assert refused.stderr.splitlines() == ["error: seed must be >= 0, got -1"], refused.stderr
+    assert project.job_dirs() == []

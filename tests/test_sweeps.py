@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -247,6 +248,31 @@ def test_sigterm_kills_the_sweep_and_its_running_job(project):
     parent, children = sweep_runs(project)
     assert parent.info.status == "KILLED"
     assert [run.info.status for run in children] == ["KILLED"]
+
+
+def test_sigterm_stops_each_joblib_job_as_a_run_and_starts_no_other(project):
+    """Joblib killed its workers: their runs were left to be marked KILLED without a checkpoint at the stop, and
+    their folders kept; now each running job checkpoints and ends KILLED, and the third never starts."""
+    process = project.start(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=100000", "seed=1,2,3",
+        "hydra.sweep.dir=sw",
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and sum(run.info.status == "RUNNING" for run in project.runs()) < 3:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)", stderr
+    parent, children = sweep_runs(project)
+    assert parent.info.status == "KILLED" and len(children) == 2
+    assert ": 0 finished, 0 failed, 2 stopped; ranked by" in stdout
+    for run in children:
+        assert run.info.status == "KILLED" and "interrupted (SIGTERM)" in run.data.tags["failure_reason"]
+        assert (Path(run.data.tags["output_dir"]) / "checkpoints" / "checkpoint.json").is_file()
+    assert sorted(path.name for path in (project.root / "sw").iterdir()) == [
+        ".nnexp.lock", "0", "1", "multirun.yaml", "summary"
+    ]
 
 
 def test_joblib_runs_jobs_in_parallel_processes_with_one_blas_thread_each(project):

@@ -159,11 +159,18 @@ def launch() -> None:
     try:
         hydra.main(version_base="1.3", config_path=str(presets) if presets else None, config_name="nnexp")(task)()
     except BaseException as exc:
-        if sweep.abandon(exc) and launcher_error(exc):
+        reason = sweep.abandon(exc)
+        if reason is not None and launcher_error(exc):
             # e.g. sbatch refusing the job array: one line, as for any other error (HYDRA_FULL_ERROR=1 shows all)
-            reason = (str(exc).strip().splitlines() or [""])[0]
-            raise NnexpError(f"the sweep stopped: {type(exc).__name__}: {reason}") from exc
+            from nnexp.cli_errors import causes
+
+            failed_write = any(isinstance(cause, OSError) for cause in causes(exc))  # the reason says what failed
+            cause = "" if failed_write else f"{type(exc).__name__}: "
+            raise NnexpError(f"the sweep stopped: {cause}{reason}") from exc
         raise
+    stop = sweep.stopped()
+    if stop is not None:
+        raise stop
     if sweep.failure():
         raise NnexpError(sweep.failure())
 
@@ -195,17 +202,29 @@ def launcher_error(exc: BaseException) -> bool:
 def task(cfg: DictConfig) -> float:
     """Hydra's task: one job. A single run's user error ends the process here, in one line; a sweep's failed job
     is logged and returns the worst objective value, so that the other jobs and the sweeper go on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from nnexp.plugins import load_plugins
+
+    hydra = HydraConfig.get()
+    # With hydra.job.chdir=true Hydra starts the job in its folder (and returns after it); nnexp puts each file a run
+    # writes in that folder itself, and the paths a user gives (data files) are relative to where nnexp was started.
+    os.chdir(hydra.runtime.cwd)
+    load_plugins(Path(hydra.runtime.cwd))  # a launcher's worker process starts with the built-in plugins only
+    return sweep_job(cfg) if hydra.mode == RunMode.MULTIRUN else job(cfg)
+
+
+def job(cfg: DictConfig) -> float:
+    """Run ``cfg``; a user error ends a single run in one line, and a sweep's job with its worst value."""
     import logging
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nnexp.job.build import Objective
     from nnexp.job.run import run
-    from nnexp.plugins import load_plugins
 
     hydra = HydraConfig.get()
-    load_plugins(Path(hydra.runtime.cwd))  # a launcher's worker process starts with the built-in plugins only
     try:
         return run(cfg)
     except Exception as exc:
@@ -217,10 +236,45 @@ def task(cfg: DictConfig) -> float:
         logging.getLogger("nnexp").error(
             "error: job %s failed: %s", hydra.job.num, exc, exc_info=not isinstance(exc, NnexpError)
         )
-        try:
-            return Objective.of(cfg).worst()
-        except NnexpError:
-            return -math.inf
+        return worst(cfg)
+
+
+def worst(cfg: DictConfig) -> float:
+    """The worst value of the sweep's objective, which a failed or stopped job returns to the sweeper."""
+    from nnexp.job.build import Objective
+
+    try:
+        return Objective.of(cfg).worst()
+    except NnexpError:
+        return -math.inf
+
+
+def sweep_job(cfg: DictConfig) -> float:
+    """One job of a sweep: a job that the sweep asked to stop (nnexp got SIGTERM while a launcher's workers ran the
+    jobs) ends its run as a stopped run does, and returns its worst value, so that the others end theirs too; a job
+    that starts after that leaves no folder."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from nnexp.folders import discard_job_dir
+    from nnexp.job import sweep
+
+    hydra = HydraConfig.get()
+    directory = Path(hydra.runtime.cwd, hydra.sweep.dir)
+    log = logging.getLogger("nnexp")
+    if sweep.stop_asked(directory) is not None:
+        discard_job_dir(Path(hydra.runtime.output_dir))
+        log.info("job %s not started: the sweep was stopped", hydra.job.num)
+        return worst(cfg)
+    try:
+        with sweep.stops_from_sweep(directory):
+            return job(cfg)
+    except KeyboardInterrupt as exc:
+        if sweep.stop_asked(directory) is None:
+            raise
+        log.info("job %s stopped: %s", hydra.job.num, exc)
+        return worst(cfg)
 
 
 def fail(message: str, status: int = 1) -> None:

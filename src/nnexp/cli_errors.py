@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -27,12 +28,18 @@ OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}
 #: The config groups whose choice is a plugin or a preset of one.
 GROUP_KINDS = frozenset(registry.kind for registry, _ in GROUPS)
 
+#: The config groups that take one choice: the plugins' and the presets'.
+CHOICE_GROUPS = GROUP_KINDS | {"experiment", "hparams_search"}
+
 #: An override without a key (``=5``, ``+=x``), which Hydra takes for a config group's and fails on with a traceback.
 _NO_KEY = re.compile(r"[+~]*=")
 
 
 #: The part of a logging config that ``logging.config.dictConfig`` could not set up, as its error names it.
 _LOGGING_PART = re.compile(r"Unable to configure (?:(root) logger|(handler|formatter|filter|logger) '([^']*)')")
+
+#: The file whose ``configure_log`` sets up Hydra's and a job's logging.
+LOG_SETUP = ("hydra", "core", "utils.py")
 
 #: Hydra's error for a preset whose defaults list names a config that does not exist.
 _MISSING_DEFAULT = re.compile(r"In '([^']+)': Could not load '([^']+)'")
@@ -66,6 +73,10 @@ def check_override_keys(arguments: list[str]) -> None:
         option, value = item.split("=", 1)
         key = option.lstrip("+~").split("@", 1)[0]
         group = key.removesuffix(".name")
+        if key in CHOICE_GROUPS and value.startswith("["):
+            # Hydra's list of options merges several configs of the group into one, which no plugin takes.
+            shown = value.strip("[]").replace(" ", "")
+            raise ConfigError(f"{item}: {key} takes one choice; for a sweep use -m {key}={shown}")
         if group in GROUP_KINDS and (key != group or value in ("", "null")):
             # A node's name is its group's choice: set alone, it would build one plugin from another's settings.
             chosen = value if key != group else "NAME"
@@ -203,20 +214,31 @@ def describe_config_error(exc: BaseException) -> str | None:
     return f"{key}: {str(cause.msg).splitlines()[0]}"
 
 
-def describe_logging_error(exc: BaseException) -> str | None:
+def describe_logging_error(exc: BaseException, arguments: list[str] | None = None) -> str | None:
     """``hydra.job_logging.handlers.file: Cannot resolve 'nope.Nope' ...`` for a logging setting of Hydra's that
-    Python's logging refused; ``None`` for any other error."""
+    Python's logging refused, naming the override of ``arguments`` (the command line) that set it when there is one;
+    ``None`` for an error raised anywhere but where Hydra configures logging."""
     import traceback
 
-    match = _LOGGING_PART.fullmatch(str(exc)) if isinstance(exc, ValueError) else None
-    if match is None:
-        return None
-    root, kind, name = match.groups()
-    part = "root" if root else f"{kind}s.{name}"
+    frames = traceback.extract_tb(exc.__traceback__)
     # Hydra sets up its own logging (hydra_logging) before it runs a job, and the job's (job_logging) in run_job.
-    in_job = any(frame.name == "run_job" for frame in traceback.extract_tb(exc.__traceback__))
-    reason = str(exc.__cause__ or exc).splitlines()[0]
-    return f"hydra.{'job' if in_job else 'hydra'}_logging.{part}: {reason}"
+    setting = f"hydra.{'job' if any(frame.name == 'run_job' for frame in frames) else 'hydra'}_logging"
+    match = _LOGGING_PART.fullmatch(str(exc)) if isinstance(exc, ValueError) else None
+    if match is not None:
+        root, kind, name = match.groups()
+        reason = str(exc.__cause__ or exc).splitlines()[0]
+        return f"{setting}.{'root' if root else f'{kind}s.{name}'}: {reason}"
+    if not any(frame.name == "configure_log" and Path(frame.filename).parts[-3:] == LOG_SETUP for frame in frames):
+        return None
+    if isinstance(exc, AssertionError) and frames[-1].name == "configure_log":  # Hydra's check of hydra.verbose
+        setting, reason = "hydra.verbose", "expects true, false, a logger name or a list of logger names"
+    elif isinstance(exc, (ValueError, TypeError, KeyError, AttributeError, ImportError)):  # what dictConfig raises
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else (str(exc).splitlines() or [type(exc).__name__])[0]
+    else:
+        return None
+    arguments = sys.argv[1:] if arguments is None else arguments
+    given = [item for item in arguments if re.match(rf"[+~]*{re.escape(setting)}\b", item.replace("/", "."))]
+    return f"{', '.join(given) or setting}: {reason}"
 
 
 def override_hint(message: str) -> str | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.cli_errors import causes, describe_config_error, shown_path
+from nnexp.cli_errors import GROUP_KINDS, causes, describe_config_error, shown_path
 from nnexp.config import (
     GROUPS,
     config_fields,
@@ -37,7 +39,8 @@ def describe_preset_error(exc: BaseException, config_dir: Path | None) -> str | 
             return undecodable_preset(config_dir)
         match = IN_CONFIG.match(str(cause)) if isinstance(cause, ConfigCompositionException) else None
         if match and config_dir is not None and (config_dir / f"{match[1]}.yaml").is_file():
-            return f"{shown_path(config_dir / f'{match[1]}.yaml')}: {merge_problem(match[1], cause.__context__)}"
+            path = config_dir / f"{match[1]}.yaml"
+            return f"{shown_path(path)}: {merge_problem(path, match[1], cause.__context__)}"
     return None
 
 
@@ -50,11 +53,16 @@ def yaml_problem(exc: BaseException) -> str | None:
     return f"{shown_path(mark.name)}: not valid YAML: {reason} (line {mark.line + 1})"
 
 
-def merge_problem(config_path: str, exc: BaseException | None) -> str:
-    """What is wrong with the preset ``config_path`` (``experiment/unk``), given the error merging it raised."""
+def merge_problem(path: Path, config_path: str, exc: BaseException | None) -> str:
+    """What is wrong with the preset ``config_path`` (``experiment/unk``) at ``path``, given the error merging it
+    raised."""
     from omegaconf.errors import ConfigKeyError
 
     group = config_path.partition("/")[0]
+    # ``dataset: moons`` in an experiment: OmegaConf's error names neither the key nor the file.
+    chosen = None if group in GROUP_KINDS else next(filter(None, map(partial(chosen_in_body, path), GROUP_KINDS)), None)
+    if chosen is not None:
+        return chosen
     if isinstance(exc, ConfigKeyError) and exc.full_key == group:
         # Without the header Hydra puts the preset's keys under its group's name, which the primary config lacks.
         return f"expected the header line '# @package _global_' that every {group} preset starts with"
@@ -158,7 +166,11 @@ def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
 
     for registry, _ in GROUPS:
         node = cfg.get(registry.kind)
-        if not isinstance(node, DictConfig) or config_fields(OmegaConf.get_type(node)):
+        if not isinstance(node, DictConfig):
+            continue
+        schema = OmegaConf.get_type(node)
+        if config_fields(schema):
+            check_chosen_name(registry.kind, node.get("name"), schema, presets)
             continue
         where = f"{shown_path(presets[registry.kind])}: " if registry.kind in presets else ""
         name = node.get("name")
@@ -170,6 +182,46 @@ def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
             typed.merge_with({registry.kind: node})
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{where}{describe_config_error(exc) or str(exc).splitlines()[0]}") from None
+
+
+def chosen_in_body(path: Path, group: str) -> str | None:
+    """What is wrong when the preset at ``path`` chooses ``group``'s option in its body (``dataset: moons`` or
+    ``dataset: {name: moons}``, or ``name: moons`` in a preset of the group) rather than in its defaults list;
+    ``None`` when it does not."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    in_group = path.parent.name == group
+    node = data if in_group else data.get(group)
+    if isinstance(node, str) and not in_group:
+        found = f"{group}: {node} chooses the {group} where its settings go"
+    elif isinstance(node, dict) and isinstance(node.get("name"), str):
+        found = f"{'' if in_group else f'{group}.'}name: {node['name']} cannot choose the {group}"
+    else:
+        return None
+    option = node if isinstance(node, str) else node["name"]
+    fix = f"'defaults: [{option}, _self_]'" if in_group else f"'- override /{group}: {option}'"
+    where = "start it with" if in_group else "choose it in defaults: with"
+    return f"{found}; {where} {fix}"
+
+
+def check_chosen_name(group: str, name: object, schema: type, presets: Mapping[str, Path]) -> None:
+    """Refuse a group's node whose ``name`` is not its plugin's: set in a preset's body, it would build one plugin
+    from another's settings (a TypeError, or a record naming the wrong plugin)."""
+    expected = next(f.default for f in dataclasses.fields(schema) if f.name == "name")
+    if name == expected:
+        return
+    files = [presets[key] for key in (group, "experiment", "hparams_search") if key in presets]
+    for path in files:
+        problem = chosen_in_body(path, group)
+        if problem is not None:
+            raise ConfigError(f"{shown_path(path)}: {problem}")
+    raise ConfigError(f"{group}.name: {name} cannot choose the {group}; choose it with {group}={name}")
 
 
 def check_preset_names(config_dir: Path | None) -> None:

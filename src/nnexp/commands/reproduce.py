@@ -8,7 +8,15 @@ from pathlib import Path
 
 from nnexp.commands.arguments import ArgumentParser
 from nnexp.errors import NnexpError, report
-from nnexp.job.reproduction import check_configs, check_writable, find_presets, run_preset, table, tracking_option
+from nnexp.job.reproduction import (
+    check_configs,
+    check_writable,
+    find_presets,
+    run_preset,
+    table,
+    tracking_option,
+    write_markdown,
+)
 from nnexp.tracking.store import resolve_uri
 from nnexp.tracking.tracked_run import Tracker
 
@@ -64,5 +72,9 @@ def main(argv: list[str]) -> int:
         return 1
     print(summary)
     if args.markdown:
-        args.markdown.write_text(summary + "\n")
+        try:
+            write_markdown(args.markdown, summary + "\n")
+        except NnexpError as exc:
+            report(exc)
+            return 1
     return 0 if all(preset.passed for preset in presets) else 1

@@ -148,17 +148,37 @@ def check_configs(presets: list[Preset], seeds: list[int], overrides: list[str])
 
 def check_writable(path: Path) -> None:
     """Raise :class:`NnexpError` unless ``path`` can be written, by opening it to append (and removing it again when
-    it is new): permissions alone do not tell, for root or in a folder such as /proc."""
+    it is new): permissions alone do not tell, for root or in a folder such as /proc. A new file, or a device such as
+    /dev/full, is written a line: only a write meets a full disk."""
     if not path.parent.is_dir():
         raise NnexpError(f"--markdown {path}: folder {path.parent} does not exist")
     existed = path.exists()
     try:
-        with path.open("a"):
-            pass
-        if not existed:
-            path.unlink()
+        try:
+            with path.open("a") as file:
+                if not existed or (path.is_char_device() and not file.isatty()):  # never into a user's file
+                    file.write("\n")
+        finally:
+            if not existed and path.is_file():
+                path.unlink()
     except OSError as exc:
-        raise NnexpError(f"--markdown {path}: {describe_os_error(exc, 'write')}") from None
+        raise NnexpError(markdown_error(path, exc)) from None
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Write the report's table to ``path``; a failure is one line naming it."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        kept = "the table above is logged as the parent run's reproduce.md"
+        raise NnexpError(f"{markdown_error(path, exc)}; {kept}") from None
+
+
+def markdown_error(path: Path, exc: OSError) -> str:
+    """``--markdown PATH: cannot write PATH: <reason>``; a write that fails on closing names no file itself."""
+    if exc.filename is None:
+        exc.filename = str(path)
+    return f"--markdown {path}: {describe_os_error(exc, 'write')}"
 
 
 def last_error(stderr: str) -> str:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
+    from nnexp.errors import Interrupted
     from nnexp.tracking.tables import Configuration, Ranking, Table
     from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
@@ -71,6 +73,8 @@ class SweepCallback(Callback):
             _open = Sweep.start(config)
         except NnexpError as exc:
             raise SweepStartError(str(exc)) from None
+        if config.hydra.runtime.choices.get("hydra/launcher") in PROCESS_LAUNCHERS:
+            pass_stops_to_jobs(_open.directory)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _open, _failure
@@ -139,6 +143,10 @@ class Sweep:
             self.parent.end("FAILED", f"sweep summary failed: {exc}")
             return f"the sweep's summary failed: {exc}"
         total = finished + failed
+        if _stop is not None:
+            (self.directory / STOP_MARKER).unlink(missing_ok=True)
+            self.parent.end("KILLED", _stop[0])
+            return None
         if not total:  # e.g. trainer.epochs=range(1,0): the sweep expanded to nothing, and leaves nothing
             self.abandon(NnexpError("the sweep has no jobs"))
             return "the sweep has no jobs: its values expand to none (check ranges such as range(1,0))"
@@ -150,11 +158,13 @@ class Sweep:
             return f"{failed} of {total} jobs failed; the table above and their MLflow runs give the reasons"
         return None
 
-    def abandon(self, exc: BaseException) -> None:
-        """End the parent of a sweep that stopped early: KILLED on Ctrl-C or SIGTERM, else FAILED. A sweep that
-        stopped before any job (a bad override Hydra found while expanding it) leaves nothing behind."""
+    def abandon(self, exc: BaseException) -> str:
+        """End the parent of a sweep that stopped early: KILLED on Ctrl-C or SIGTERM, else FAILED; returns the reason
+        it records. A sweep that stopped before any job (a bad override Hydra found while expanding it) leaves
+        nothing behind."""
         interrupted = isinstance(exc, KeyboardInterrupt)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = self.stop_reason(exc)
+        (self.directory / STOP_MARKER).unlink(missing_ok=True)
         try:
             finished, failed = self.summarise()
         except Exception as summary_error:  # the reason the sweep stopped matters more
@@ -167,7 +177,21 @@ class Sweep:
             for job in self.directory.iterdir() if self.directory.is_dir() else ():
                 discard_dir(job, WRITTEN_AT_SETUP)
             discard_dir(self.directory, {"multirun.yaml", FOLDER_LOCK})  # no job: no summary was written
+            for leftover in ("multirun.yaml", FOLDER_LOCK):  # in a folder that holds the user's files too
+                (self.directory / leftover).unlink(missing_ok=True)
             self.tracker.discard_new_store()
+        return reason
+
+    def stop_reason(self, exc: BaseException) -> str:
+        """The first line of why the sweep stopped; a failed write in the sweep's folder (Hydra's multirun.yaml on a
+        full disk names no file) names the folder."""
+        from nnexp.cli_errors import causes
+        from nnexp.folders import describe_os_error
+
+        failed = next((cause for cause in causes(exc) if isinstance(cause, OSError) and cause.errno), None)
+        if failed is not None:
+            return describe_os_error(failed, where=self.directory)
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
     def summarise(self) -> tuple[int, int]:
         """Log the summary artifacts, metrics and best params on the parent, print the table; returns
@@ -181,6 +205,7 @@ class Sweep:
             runs = tables.child_runs(client, client.get_run(self.parent.run_id))
         finished = [run for run in runs if run.info.status == "FINISHED"]
         failed = len(runs) - len(finished)
+        stopped = sum(run.info.status == "KILLED" for run in runs)
         self.parent.log_metrics({"jobs_total": len(runs), "jobs_finished": len(finished), "jobs_failed": failed}, 0)
         if not runs:
             return 0, 0
@@ -193,7 +218,8 @@ class Sweep:
         groups = tables.configurations(runs, params, ranking)
         grouped = tables.configurations_table(groups, params, ranking) if groups else None
         summary = self.directory / "summary"
-        print(f"\nsweep {self.parent.run_id}: {len(finished)} finished, {failed} failed; ranked by {ranking.metric}")
+        counts = f"{len(finished)} finished, {failed - stopped} failed" + (f", {stopped} stopped" if stopped else "")
+        print(f"\nsweep {self.parent.run_id}: {counts}; ranked by {ranking.metric}")
         print(table.text())
         if grouped is not None:
             print(f"\nmean ± std over seeds\n{grouped.text()}")
@@ -351,20 +377,98 @@ def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Rank
     plots.plot_comparison([run.info.run_name for _, run in scored], [v for v, _ in scored], None, ranking.metric, path)
 
 
+#: Launchers whose jobs run in processes of their own, which a signal to nnexp does not reach; Hydra's basic launcher
+#: runs them in nnexp's own process.
+PROCESS_LAUNCHERS = ("joblib",)
+#: The file in a sweep's folder that asks its jobs to stop: it holds the number of the signal nnexp got.
+STOP_MARKER = ".nnexp.stop"
+#: How often a job looks for :data:`STOP_MARKER`, in seconds.
+STOP_POLL = 0.2
+
+
+def pass_stops_to_jobs(directory: Path) -> None:
+    """Make the first SIGTERM (or SIGHUP) to this process ask each job of the sweep in ``directory`` to stop as a run
+    does, and jobs not started never to start, while the launcher waits for them; a second one stops at once, as
+    before (the launcher kills its workers)."""
+    import signal
+
+    from nnexp.errors import STOPPED, Interrupted
+
+    def stop(signum: int, frame: object) -> None:
+        global _stop
+        if _stop is not None:
+            raise Interrupted(STOPPED[signum], 128 + signum)
+        try:
+            (directory / STOP_MARKER).write_text(str(signum))
+        except OSError:  # the jobs cannot be told (a full disk): stop at once, as the launcher does
+            raise Interrupted(STOPPED[signum], 128 + signum) from None
+        _stop = (STOPPED[signum], 128 + signum)
+        print(f"{STOPPED[signum]}: stopping the sweep's jobs (again to stop at once)", file=sys.stderr, flush=True)
+
+    for signum in STOPPED:
+        signal.signal(signum, stop)
+
+
+def stop_asked(directory: Path) -> int | None:
+    """The signal that stopped the sweep in ``directory``, as its jobs see it; ``None`` while it goes on."""
+    try:
+        return int((directory / STOP_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def stops_from_sweep(directory: Path) -> Iterator[None]:
+    """While a job runs in a launcher's worker: the signal nnexp got, once the sweep in ``directory`` asks its jobs to
+    stop, sent to this process, where the run's own handlers stop it (a checkpoint, the run KILLED)."""
+    import os
+    import signal
+    import threading
+
+    from nnexp.errors import STOPPED, raise_on_stop_signals
+
+    previous = {signum: signal.getsignal(signum) for signum in (*STOPPED, signal.SIGINT)}
+    raise_on_stop_signals()  # a worker's own are the defaults, which would end it and break the launcher's pool
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(STOP_POLL):
+            signum = stop_asked(directory)
+            if signum is not None:
+                os.kill(os.getpid(), signum)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stopped() -> Interrupted | None:
+    """How the last sweep was stopped by a signal its jobs were asked to stop on; ``None`` if it was not."""
+    from nnexp.errors import Interrupted
+
+    return Interrupted(*_stop) if _stop is not None else None
+
+
+#: The reason and exit status of the signal that stopped this process's sweep, once one has.
+_stop: tuple[str, int] | None = None
 #: The sweep this process launched and has not ended yet; :func:`abandon` ends it when the sweep is cut short.
 _open: Sweep | None = None
 #: What went wrong in the sweep that ended last, for the exit status; see :func:`failure`.
 _failure: str | None = None
 
 
-def abandon(exc: BaseException) -> bool:
-    """End the open sweep's parent run, if any, after an error or interrupt stopped the sweep; True if there was
-    one."""
+def abandon(exc: BaseException) -> str | None:
+    """End the open sweep's parent run, if any, after an error or interrupt stopped the sweep; returns the reason
+    recorded on it, ``None`` when no sweep was open."""
     global _open
     sweep, _open = _open, None
-    if sweep is not None:
-        sweep.abandon(exc)
-    return sweep is not None
+    return sweep.abandon(exc) if sweep is not None else None
 
 
 def failure() -> str | None:
