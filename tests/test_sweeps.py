@@ -238,10 +238,12 @@ def test_unreachable_tracking_server_stops_a_sweep_before_any_job(project):
 def test_sigterm_kills_the_sweep_and_its_running_job(project):
     process = project.start("-m", "trainer.epochs=100000", "trainer.batch_size=1", "seed=1,2")
     deadline = time.monotonic() + 120
-    # Wait for the first job's folder rather than polling the store, which the sweep may still be creating.
+    # Wait for the first job's folder before polling the store, which the sweep may still be creating; then for the
+    # job's run, so that the signal lands in training however slow the machine.
     while time.monotonic() < deadline and not project.job_dirs():
         time.sleep(0.2)
-    time.sleep(3.0)
+    while time.monotonic() < deadline and sum(run.info.status == "RUNNING" for run in project.runs()) < 2:
+        time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr
