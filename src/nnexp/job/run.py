@@ -258,7 +258,7 @@ def train(
                 tracked.log_artifact(path, "checkpoint")
 
     rate_changes = not isinstance(experiment.schedule, Constant)  # a constant rate is the optimizer's param
-    progress = Progress(label)
+    progress = Progress(label, run=tracked)
     callbacks: list[Callback] = [
         LearningRateScheduler(optimizer, experiment.schedule),
         progress,
@@ -280,6 +280,7 @@ def train(
             callbacks=callbacks,
             resume=state,
         )
+        tracked.wait()  # a run that cannot be opened fails the job before its progress is shown
     except Stopped as stop:
         tracked.check()  # a run that could not be opened stops training with its own error, and keeps nothing
         kept = "checkpoint" if save_checkpoint(stop.state) else "the checkpoint could not be written; the last one"

@@ -68,6 +68,10 @@ class OpeningRun:
             self.on_failure()
 
     @property
+    def is_open(self) -> bool:
+        return self._done.is_set() and self.error is None
+
+    @property
     def failed(self) -> bool:
         return self._done.is_set() and self.error is not None
 
@@ -110,6 +114,8 @@ class OpeningRun:
         self._call("log_metrics", dict(metrics), step, int(time.time() * 1000))
 
     def complete_history(self, history: Mapping[str, Sequence[float]], *, rate_changes: bool = True) -> None:
+        # A copy: training appends to the history while the call waits in the queue.
+        history = {key: list(values) for key, values in history.items()}
         self._call("complete_history", history, rate_changes=rate_changes)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
