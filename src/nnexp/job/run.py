@@ -57,8 +57,8 @@ def run(cfg: DictConfig) -> float:
     Within a sweep (``tracking.parent_run_id`` set) a job that fails before training is still recorded, as a
     FAILED child run with its reason.
 
-    MLflow's import, the store and the run's opening happen in a thread (:class:`OpeningRun`) while the data
-    loads and training starts; if the run cannot be opened, training stops at the next batch with that error.
+    MLflow's import, the store and the run's opening happen in a thread (:class:`OpeningRun`) while training
+    starts; if the run cannot be opened, training stops at the next batch with that error.
     """
     phases = Phases()
     hydra = HydraConfig.get()

@@ -1,5 +1,5 @@
-"""A run opened in a background thread while the job loads its data and trains: MLflow's import (two seconds or
-so) overlaps that work, and what the job sends the run meanwhile waits, in order, until the run is open."""
+"""A run opened in a background thread while the job starts training: MLflow's import (two seconds or so)
+overlaps that work, and what the job sends the run meanwhile waits, in order, until the run is open."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class OpeningRun:
     def _work(self) -> None:
         started = time.perf_counter()
         try:
-            import mlflow  # noqa: F401  the costly part, while the job's data loads
+            import mlflow  # noqa: F401  the costly part, while the job checks its values and starts training
 
             self.seconds = time.perf_counter() - started
             self._go.wait()
