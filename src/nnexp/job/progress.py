@@ -16,24 +16,19 @@ PLAIN_SECONDS = 10.0
 class Opening(Protocol):
     """A run being opened while training starts (:class:`nnexp.tracking.opening.OpeningRun`)."""
 
-    @property
-    def is_open(self) -> bool: ...
-
-    @property
-    def failed(self) -> bool: ...
+    def wait(self) -> object: ...
 
 
 class Progress(Callback):
     """Shows epoch, loss, accuracy, samples per second and, once a schedule changes it, the learning rate.
 
-    Off a terminal, lines wait until ``run`` is open, and are dropped if it cannot be: a job whose run could not be
-    opened says so in one line, as it did when the run was opened before training.
+    Off a terminal, the first line waits until ``run`` is open (training waits with it): a job whose run cannot be
+    opened says so in one line, as it did when the run was opened before training, and a line shown means a run.
     """
 
     def __init__(self, label: str, stream: TextIO = sys.stderr, run: Opening | None = None) -> None:
-        self.label, self.run, self.stream = label, run, stream
+        self.label, self.stream, self.run = label, stream, run
         self._bar = None
-        self._held: list[str] = []
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
         self.epochs, self.n_samples = epochs, n_samples
@@ -73,19 +68,13 @@ class Progress(Callback):
 
     def _print_unshown(self) -> None:
         if self._unshown is not None:
-            self._held.append(self._unshown)
+            if self.run is not None:
+                self.run.wait()
+                self.run = None
+            print(self._unshown, file=self.stream, flush=True)
             self._unshown = None
             self._last_line = time.monotonic()
-        if self.run is None or self.run.is_open:
-            self._print_held()
-
-    def _print_held(self) -> None:
-        if self._held:
-            print("\n".join(self._held), file=self.stream, flush=True)
-            self._held.clear()
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self.run is None or not self.run.failed:
-            self._print_held()

@@ -68,10 +68,6 @@ class OpeningRun:
             self.on_failure()
 
     @property
-    def is_open(self) -> bool:
-        return self._done.is_set() and self.error is None
-
-    @property
     def failed(self) -> bool:
         return self._done.is_set() and self.error is not None
 
