@@ -3,6 +3,7 @@ training with its own error, and the record is the one a run had before the over
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -180,3 +181,41 @@ def test_a_store_that_fails_while_training_stops_it_with_one_line_and_no_folder(
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: tracking server {uri} ") and result.stderr.count("\n") == 1, result.stderr
     assert not (project.root / "outputs").exists()
+
+
+#: A plugin that holds the run's opening for a few seconds and says when it starts: a stop can land in it.
+SLOW_OPENING = '''
+import pathlib
+import time
+
+from nnexp.tracking.tracked_run import Tracker
+
+opened = Tracker.open_run
+
+
+def open_run(self, *args, **kwargs):
+    pathlib.Path("opening").touch()
+    time.sleep(3)
+    return opened(self, *args, **kwargs)
+
+
+Tracker.open_run = open_run
+'''
+
+
+def test_a_stop_while_the_run_opens_keeps_a_checkpoint_and_the_run_killed(project):
+    (project.root / "plugins" / "slow_opening.py").write_text(SLOW_OPENING)
+    process = project.start("trainer.epochs=1000000")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (project.root / "opening").exists():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    [run] = project.runs()
+    assert process.returncode == 130
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("error: interrupted (SIGINT); checkpoint in "), stderr
+    assert line.endswith(f"resume with: python -m nnexp resume={run.info.run_id}; MLflow run {run.info.run_id} is "
+                         "marked KILLED")  # fmt: skip
+    assert run.info.status == "KILLED"
+    assert (Path(run.data.tags["output_dir"]) / "checkpoints" / "checkpoint.json").is_file()
