@@ -213,8 +213,10 @@ def test_a_stop_while_the_run_opens_keeps_a_checkpoint_and_the_run_killed(projec
     _, stderr = process.communicate(timeout=120)
     [run] = project.runs()
     assert process.returncode == 130
-    [line] = stderr.strip().splitlines()
-    assert line.startswith("error: interrupted (SIGINT); checkpoint in "), stderr
+    lines = stderr.strip().splitlines()  # progress lines, shown once the run is open, then one error line
+    line = lines[-1]
+    assert [error for error in lines if error.startswith("error:")] == [line], stderr
+    assert line.startswith("error: interrupted (SIGINT)") and "; checkpoint in " in line, stderr
     assert line.endswith(f"resume with: python -m nnexp resume={run.info.run_id}; MLflow run {run.info.run_id} is "
                          "marked KILLED")  # fmt: skip
     assert run.info.status == "KILLED"
