@@ -29,6 +29,8 @@ PHASES = (
     "plots",
     "run",
 )
+#: The phases whose work overlaps others (a thread's), which also record ``system/<phase>_hidden_seconds``.
+OVERLAPPED = ("mlflow_setup", "plots")
 
 
 def test_version():
@@ -96,8 +98,10 @@ def test_default_run_is_recorded_with_params_metrics_artifacts_and_tags(project)
     assert tags["source.initializer"] == "nnexp.core.initializers"
     assert len(project.job_dirs()) == 1
     phases = {key: value for key, value in run.data.metrics.items() if key.startswith("system/") and key != EPOCH_TIME}
-    assert set(phases) == {f"system/{name}_seconds" for name in PHASES}
-    assert sum(phases.values()) - phases["system/run_seconds"] <= phases["system/run_seconds"]
+    overlapped = {f"system/{name}_hidden_seconds" for name in OVERLAPPED}
+    assert set(phases) == {f"system/{name}_seconds" for name in PHASES} | overlapped
+    counted_once = sum(phases.values()) - 2 * sum(phases[key] for key in overlapped) - phases["system/run_seconds"]
+    assert counted_once <= phases["system/run_seconds"]
 
 
 def test_presets_show_in_tags_and_validation_metrics_are_logged(project):
@@ -310,7 +314,7 @@ def test_a_run_with_the_numpy_engine_never_imports_numba(project):
         timeout=120,
     )
     assert "epoch 1/1" in result.stderr
-    assert json.loads(result.stderr.splitlines()[-1]) == ["matplotlib", "mlflow", "sklearn"]
+    assert json.loads(result.stderr.splitlines()[-1]) == ["matplotlib", "mlflow"]  # moons needs no scikit-learn
 
 
 def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):

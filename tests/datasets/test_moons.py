@@ -111,3 +111,40 @@ def test_holdout_splits_refuses_a_random_state_scikit_learn_refuses() -> None:
 
 def test_moons_is_registered() -> None:
     assert DATASETS.get("moons") is Moons
+
+
+@pytest.mark.parametrize(
+    ("n_samples", "noise", "test_size", "val_size", "random_state", "split_random_state"),
+    [(2000, 0.2, 0.3, 0.0, 100, 42), (11, 0.0, 0.5, 0.25, 0, 0), (1001, 1.5, 0.01, 0.3, 2**32 - 1, 7)],
+)
+def test_points_and_splits_are_scikit_learns_without_importing_it(
+    n_samples, noise, test_size, val_size, random_state, split_random_state
+) -> None:
+    from sklearn.datasets import make_moons
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_moons(n_samples=n_samples, noise=noise, random_state=random_state)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=split_random_state)
+    theirs = [x_train, x_test, y_train, y_test]
+    if val_size:
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_train, y_train, test_size=val_size, random_state=split_random_state
+        )
+        theirs = [x_train, x_test, y_train, y_test, x_val, y_val]
+    moons = Moons(n_samples, noise, test_size, val_size, random_state, split_random_state)
+    splits = moons.load(np.random.default_rng(0))
+    ours = [splits.x_train, splits.x_test, splits.y_train, splits.y_test]
+    ours += [splits.x_val, splits.y_val] if val_size else []
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine.dtype == reference.dtype
+        np.testing.assert_array_equal(mine, reference)
+
+
+def test_a_moons_run_does_not_import_scikit_learn() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, numpy; from nnexp.datasets.moons import Moons; Moons().load(numpy.random.default_rng(0)); "
+    code += "print([name for name in sys.modules if name.startswith('sklearn')])"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,12 +133,19 @@ def holdout_splits(
     Not stratified by default, as the tutorials call ``train_test_split``: a stratified split holds out
     different points, and the published accuracies are measured on theirs.
     """
-    from sklearn.model_selection import train_test_split
-
     check_random_state("random_state", random_state)
 
     def split(features: np.ndarray, labels: np.ndarray, size: float) -> list[np.ndarray]:
         state = random_state if random_state is not None else int(rng.integers(2**31))
+        n_test = math.ceil(size * len(labels)) if isinstance(size, float) and 0 < size < 1 else 0
+        if not stratify and 0 < n_test < len(labels):
+            # train_test_split's ShuffleSplit, index for index, without importing scikit-learn (most of a small
+            # run's start-up); scikit-learn itself for what it refuses, in its words.
+            order = np.random.RandomState(state).permutation(len(labels))
+            test, train = order[:n_test], order[n_test:]
+            return [features[train], features[test], labels[train], labels[test]]
+        from sklearn.model_selection import train_test_split
+
         try:
             return train_test_split(
                 features, labels, test_size=size, random_state=state, stratify=labels if stratify else None

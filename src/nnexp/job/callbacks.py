@@ -21,6 +21,7 @@ from nnexp.job import checkpoint
 from nnexp.job.build import Experiment
 from nnexp.job.phases import Phases
 from nnexp.job.record import run_config_yaml
+from nnexp.tracking.opening import OpeningRun
 from nnexp.tracking.store import flatten, mlflow_metrics
 from nnexp.tracking.tracked_run import TrackedRun
 
@@ -28,7 +29,7 @@ from nnexp.tracking.tracked_run import TrackedRun
 class MetricLogger(Callback):
     """Sends each epoch's metrics to the run, with ``step`` = epoch; the learning rate only if ``rate_changes``."""
 
-    def __init__(self, run: TrackedRun, phases: Phases, rate_changes: bool) -> None:
+    def __init__(self, run: TrackedRun | OpeningRun, phases: Phases, rate_changes: bool) -> None:
         self.run, self.phases, self.rate_changes = run, phases, rate_changes
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:

@@ -27,11 +27,17 @@ OUT_OF_MEMORY = {
 
 class Phases:
     """Wall seconds of a run's phases, each second counted once: time in a phase entered inside another (a
-    checkpoint written during training) is taken out of the outer one."""
+    checkpoint written during training) is taken out of the outer one.
+
+    A phase whose work runs in another thread (opening the MLflow run, drawing the plots) is entered here only
+    while the run waits for it; :meth:`overlapped` gives its whole work, and the part the run did not wait for is
+    hidden behind other phases.
+    """
 
     def __init__(self) -> None:
         self.started = self._since = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.hidden: dict[str, float] = {}
         self._open: list[str] = []
 
     @contextlib.contextmanager
@@ -57,9 +63,21 @@ class Phases:
             self.seconds[self._open[-1]] = self.seconds.get(self._open[-1], 0.0) + now - self._since
         self._since = now
 
-    def metrics(self) -> dict[str, float]:
-        """``system/<phase>_seconds`` of every phase so far, and ``system/run_seconds`` since the run started."""
+    def overlapped(self, name: str, seconds: float) -> None:
+        """Phase ``name`` took ``seconds`` of work in another thread, of which the run waited the time it spent in
+        the phase; the rest was hidden."""
         self._charge()
-        found = {f"{SYSTEM_PREFIX}{name}_seconds": seconds for name, seconds in self.seconds.items()}
+        self.hidden[name] = self.hidden.get(name, 0.0) + max(0.0, seconds - self.seconds.get(name, 0.0))
+
+    def metrics(self) -> dict[str, float]:
+        """``system/<phase>_seconds`` of every phase so far (its whole work), ``system/<phase>_hidden_seconds`` of the
+        overlapped ones (the part nobody waited for, already counted in other phases), and ``system/run_seconds``
+        since the run started."""
+        self._charge()
+        found = {
+            f"{SYSTEM_PREFIX}{name}_seconds": self.seconds.get(name, 0.0) + self.hidden.get(name, 0.0)
+            for name in {**self.seconds, **self.hidden}
+        }
+        found.update({f"{SYSTEM_PREFIX}{name}_hidden_seconds": seconds for name, seconds in self.hidden.items()})
         found[f"{SYSTEM_PREFIX}run_seconds"] = time.perf_counter() - self.started
         return found

@@ -26,7 +26,7 @@ COMPARISON_LIMIT = 40
 LABEL_WIDTH = 45
 
 
-def _pyplot() -> ModuleType:
+def pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the Agg backend, imported here so ``import nnexp.job.plots`` stays cheap."""
     import matplotlib
 
@@ -39,7 +39,7 @@ def _pyplot() -> ModuleType:
 @contextmanager
 def _figure(path: Path, figsize: tuple[float, float], ncols: int = 1) -> Iterator[tuple[Figure, Any]]:
     """A new figure and its axes; on exit the figure is written atomically to ``path`` and always closed."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, ncols, figsize=figsize, layout="constrained")
     try:
         yield fig, axes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from nnexp.core.training import Callback
 
@@ -13,11 +13,21 @@ PLAIN_LINES = 10
 PLAIN_SECONDS = 10.0
 
 
-class Progress(Callback):
-    """Shows epoch, loss, accuracy, samples per second and, once a schedule changes it, the learning rate."""
+class Opening(Protocol):
+    """A run being opened while training starts (:class:`nnexp.tracking.opening.OpeningRun`)."""
 
-    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
-        self.label, self.stream = label, stream
+    def wait(self) -> object: ...
+
+
+class Progress(Callback):
+    """Shows epoch, loss, accuracy, samples per second and, once a schedule changes it, the learning rate.
+
+    Off a terminal, the first line waits until ``run`` is open (training waits with it): a job whose run cannot be
+    opened says so in one line, as it did when the run was opened before training, and a line shown means a run.
+    """
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr, run: Opening | None = None) -> None:
+        self.label, self.stream, self.run = label, stream, run
         self._bar = None
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
@@ -58,6 +68,9 @@ class Progress(Callback):
 
     def _print_unshown(self) -> None:
         if self._unshown is not None:
+            if self.run is not None:
+                self.run.wait()
+                self.run = None
             print(self._unshown, file=self.stream, flush=True)
             self._unshown = None
             self._last_line = time.monotonic()

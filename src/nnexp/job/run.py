@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +20,7 @@ from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState,
 from nnexp.errors import Interrupted
 from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
 from nnexp.job import checkpoint
+from nnexp.job.background import in_thread
 from nnexp.job.build import Experiment, Objective, configure, prepare, run_params
 from nnexp.job.callbacks import (
     MetricLogger,
@@ -29,6 +32,7 @@ from nnexp.job.callbacks import (
     stateful_callbacks,
 )
 from nnexp.job.phases import Phases
+from nnexp.job.plots import pyplot
 from nnexp.job.progress import Progress
 from nnexp.job.record import (
     job_choices,
@@ -40,6 +44,7 @@ from nnexp.job.record import (
     run_tags,
     write_plots,
 )
+from nnexp.tracking.opening import OpeningRun, ending
 from nnexp.tracking.store import RunCreationError, check_parent, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
@@ -51,12 +56,16 @@ def run(cfg: DictConfig) -> float:
 
     Within a sweep (``tracking.parent_run_id`` set) a job that fails before training is still recorded, as a
     FAILED child run with its reason.
+
+    MLflow's import, the store and the run's opening happen in a thread (:class:`OpeningRun`) while training
+    starts; if the run cannot be opened, training stops at the next batch with that error.
     """
     phases = Phases()
     hydra = HydraConfig.get()
     output_dir = Path(hydra.runtime.output_dir)
     project_dir = Path(hydra.runtime.cwd)
     label = run_label(cfg)
+    opening: OpeningRun | None = None
     try:
         with phases("setup"):
             components = configure(cfg)
@@ -65,46 +74,50 @@ def run(cfg: DictConfig) -> float:
         rng = np.random.default_rng(cfg.seed)
         with phases("data"):
             # Before MLflow's import, which holds 170 MB or so: reading MNIST briefly needs twice its raw images.
+            # Both imports are Python-bound too, and would only take turns (scikit-learn's, for moons).
             experiment = prepare(components, rng)
+        opening = OpeningRun(lambda: phases("mlflow_setup"))
         with phases("setup"):  # before the store is opened: a value error creates no store
             objective = Objective.of(cfg, "val" in experiment.data)
             early_stopping = early_stopping_callback(cfg, experiment)
             # Before the run is reopened: a checkpoint that does not fit this run leaves the run's status as it was.
             state = restore_checkpoint(resumed, experiment, rng, early_stopping)
-        with phases("mlflow_setup"):
-            uri = resolve_uri(cfg.tracking.uri, project_dir)
-            if cfg.tracking.parent_run_id:
-                check_parent(uri, cfg.tracking.parent_run_id, resuming=bool(cfg.resume))
-            tracker = Tracker(uri, cfg.tracking.experiment)
+            tags = run_tags(cfg, job_choices(), project_dir, output_dir)
+            tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
+        with phases("data"):
+            tags["dataset_digest"] = experiment.splits.digest()
+        tags["engine"] = experiment.trainer.engine_used
     except BaseException as exc:
-        if not cfg.resume:
-            discard_job_dir(output_dir)  # nothing ran: leave no directory behind
-        # A resumed job's run exists already: its failure to start again is no new run.
-        if cfg.tracking.parent_run_id and not cfg.resume and isinstance(exc, Exception):
-            record_failed_job(cfg, label, project_dir, exc)
+        if opening is not None:
+            opening.cancel()
+        discard_unstarted(cfg, label, project_dir, output_dir, exc)
         raise
-    with phases("setup"):
-        choices = job_choices()
-        tags = run_tags(cfg, choices, project_dir, output_dir)
-        tags.update({"objective": objective.metric, "objective_direction": objective.direction.value})
-    with phases("data"):
-        tags["dataset_digest"] = experiment.splits.digest()
-    tags["engine"] = experiment.trainer.engine_used
-    stops = StopRequests(experiment.trainer, output_dir / "checkpoints")
+    trainer = experiment.trainer
+    stops = StopRequests(trainer, output_dir / "checkpoints")
+    opening.on_failure = lambda: trainer.request_stop("the tracking store failed", 1)
+
+    def open_job_run() -> tuple[Tracker, TrackedRun]:
+        tracker, tracked = open_run(cfg, project_dir, label, tags, resumed.run_id if resumed else None, output_dir)
+        stops.run_id = tracked.run_id
+        if resumed is not None:  # before the first progress line, which waits for the run
+            print(resumed.resuming(trainer.epochs, project_dir), file=sys.stderr, flush=True)
+        return tracker, tracked
+
     note_run_opened(output_dir)
+    opening.open(open_job_run)
     try:
         with (
             stops,  # around the run's end too: a stop while it is closed would leave it RUNNING
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests
-            tracker.start_run(label, tags, resumed.run_id if resumed else None, outbox=output_dir) as tracked,
+            ending(opening),
         ):
-            stops.run_id = tracked.run_id
             if resumed is None:
-                tracked.log_params(run_params(cfg))
-            else:
-                print(resumed.resuming(experiment.trainer.epochs, project_dir), file=sys.stderr, flush=True)
+                opening.log_params(run_params(cfg))
+            # matplotlib's import overlaps training; the plots are drawn while the model is saved and logged.
+            importing = in_thread(pyplot, "nnexp-matplotlib")
             with phases("training"):
-                history = train(cfg, experiment, tracked, rng, output_dir, label, early_stopping, state, phases)
+                history = train(cfg, experiment, opening, rng, output_dir, label, early_stopping, state, phases)
+            tracked = opening.wait()
             epochs = len(history["train_loss"])
             with phases("evaluation"):
                 test_loss, test_accuracy, predicted = evaluate(
@@ -112,9 +125,14 @@ def run(cfg: DictConfig) -> float:
                 )
                 experiment.release_training_data()
             tracked.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy}, step=epochs)
-            # The model first: a run whose plots cannot be written still keeps what it trained.
             splits = experiment.splits
             matrix = confusion_matrix(splits.y_test, predicted, splits.n_classes)
+            # A stop asked for after training ends the run once its model is kept: no plots are drawn then. A run
+            # whose plots cannot be written still keeps what it trained.
+            drawing = None
+            if stops.request is None:
+                draw = functools.partial(write_plots, output_dir / "plots", experiment, history, matrix)
+                drawing = in_thread(draw, "nnexp-plots")
             with phases("model"):
                 model_dir = keep_model(output_dir, cfg, experiment, components.dataset, matrix)
             log_model_files(tracked, output_dir, hydra.output_subdir)
@@ -122,16 +140,22 @@ def run(cfg: DictConfig) -> float:
                 from nnexp.serving import log_saved_model
 
                 log_saved_model(tracked, model_dir, epochs)
-            with phases("plots"):  # a stop asked for after training ends the run once its model is kept
-                plotted = stops.request is None and write_plots(output_dir / "plots", experiment, history, matrix)
+            plotted = False
+            with phases("plots"):  # drawings started before a stop was asked for are finished and logged
+                if drawing is not None:
+                    (_, imported), (plotted, drawn) = importing.result(), drawing.result()
+            if drawing is not None:
+                phases.overlapped("plots", imported + drawn)
             if plotted:
                 tracked.log_artifact(output_dir / "plots", "plots")
             run_id = tracked.run_id
+            phases.overlapped("mlflow_setup", opening.seconds)
             tracked.log_metrics(phases.metrics(), step=epochs)
-    except RunCreationError:
-        if not cfg.resume:
-            discard_job_dir(output_dir)  # the store refused the run before anything ran
+    except BaseException as exc:
+        if opening.failed:
+            discard_unstarted(cfg, label, project_dir, output_dir, exc)
         raise
+
     # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
     restored = early_stopping is not None and bool(early_stopping.best_weights)
     final_epoch = early_stopping.best_epoch if restored else len(history["train_loss"])
@@ -146,7 +170,7 @@ def run(cfg: DictConfig) -> float:
         n_test,
         time.perf_counter() - phases.started,
         run_id,
-        tracker.where_to_see(run_id),
+        opening.tracker.where_to_see(run_id),
     )
     if stops.request is not None:  # asked for after the last batch: nothing is lost but the plots
         reason, code = stops.request
@@ -155,10 +179,31 @@ def run(cfg: DictConfig) -> float:
     return float(finals[objective.metric])
 
 
+def open_run(
+    cfg: DictConfig, project_dir: Path, label: str, tags: dict[str, Any], resume: str | None, output_dir: Path
+) -> tuple[Tracker, TrackedRun]:
+    """Check the store (and a sweep's parent run), then open the job's run, or reopen the resumed one."""
+    uri = resolve_uri(cfg.tracking.uri, project_dir)
+    if cfg.tracking.parent_run_id:
+        check_parent(uri, cfg.tracking.parent_run_id, resuming=bool(cfg.resume))
+    tracker = Tracker(uri, cfg.tracking.experiment)
+    return tracker, tracker.open_or_reopen(label, tags, resume, outbox=output_dir)
+
+
+def discard_unstarted(cfg: DictConfig, label: str, project_dir: Path, output_dir: Path, exc: BaseException) -> None:
+    """A job that failed before its run could be opened leaves no folder; in a sweep it is kept as a FAILED child
+    run, unless the store refused to create runs at all."""
+    if cfg.resume:
+        return  # a resumed job's run exists already: its failure to start again is no new run
+    discard_job_dir(output_dir)
+    if cfg.tracking.parent_run_id and isinstance(exc, Exception) and not isinstance(exc, RunCreationError):
+        record_failed_job(cfg, label, project_dir, exc)
+
+
 def train(
     cfg: DictConfig,
     experiment: Experiment,
-    tracked: TrackedRun,
+    tracked: OpeningRun,
     rng: np.random.Generator,
     output_dir: Path,
     label: str,
@@ -177,7 +222,6 @@ def train(
     directory = output_dir / "checkpoints"
     with phases("checkpoints"):
         identity = {
-            "run_id": tracked.run_id,
             "config": run_config_yaml(cfg),
             "overrides": [item for item in HydraConfig.get().overrides.task if not item.startswith("resume=")],
             "output_dir": str(output_dir.resolve()),
@@ -189,11 +233,12 @@ def train(
         """Write a checkpoint; one that cannot be written (a full disk) is a warning, and training goes on. Returns
         why it could not be written, or None."""
         nonlocal warned
+        run_id = tracked.run_id  # the first checkpoint waits for the run to be open, which names it
         with phases("checkpoints"):
             try:
                 checkpoint.save(
                     directory,
-                    identity=identity,
+                    identity={"run_id": run_id, **identity},
                     network=network,
                     optimizer=optimizer,
                     rng=rng,
@@ -217,7 +262,7 @@ def train(
                 tracked.log_artifact(path, "checkpoint")
 
     rate_changes = not isinstance(experiment.schedule, Constant)  # a constant rate is the optimizer's param
-    progress = Progress(label)
+    progress = Progress(label, run=tracked)
     callbacks: list[Callback] = [
         LearningRateScheduler(optimizer, experiment.schedule),
         progress,
@@ -239,7 +284,9 @@ def train(
             callbacks=callbacks,
             resume=state,
         )
+        tracked.wait()  # a run that cannot be opened fails the job before its progress is shown
     except Stopped as stop:
+        tracked.check()  # a run that could not be opened stops training with its own error, and keeps nothing
         failed = save_checkpoint(stop.state)
         log_checkpoint()
         resume = f"resume with: {resume_command(tracked.run_id)}"

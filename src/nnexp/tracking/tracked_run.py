@@ -148,11 +148,12 @@ class TrackedRun:
                 del self._tags[tag.key]
         return True
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue ``metrics`` at ``step``; they are sent every few seconds and when the run ends."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int | None = None) -> None:
+        """Queue ``metrics`` at ``step`` (``timestamp`` in ms, now by default); they are sent every few seconds and
+        when the run ends."""
         from mlflow.entities import Metric
 
-        timestamp = int(time.time() * 1000)
+        timestamp = int(time.time() * 1000) if timestamp is None else timestamp
         self._pending += [
             Metric(key, float(value), timestamp, step)
             for key, value in metrics.items()
@@ -385,6 +386,15 @@ class Tracker:
         run.start_heartbeat()
         return run
 
+    def open_or_reopen(
+        self, run_name: str, tags: Mapping[str, Any], resume: str | None = None, outbox: Path | None = None
+    ) -> TrackedRun:
+        """A new run (:meth:`open_run`), or with ``resume`` that existing run reopened (:meth:`reopen_run`)."""
+        if resume is None:
+            return self.open_run(run_name, tags, outbox)
+        # Its folder, if the user moved it; the rest of its tags stay as the run first recorded them.
+        return self.reopen_run(resume, outbox, {key: tags[key] for key in ("output_dir",) if key in tags})
+
     def record_failure(self, run_name: str, tags: Mapping[str, Any], reason: str, params: Mapping[str, Any]) -> str:
         """A run that failed before it could start, kept so a sweep shows every job; returns its id."""
         run = self.open_run(run_name, tags)
@@ -400,21 +410,24 @@ class Tracker:
 
         With ``resume``, that existing run is reopened (RUNNING again) instead of a new one created.
         """
-        if resume is None:
-            run = self.open_run(run_name, tags, outbox)
-        else:  # its folder, if the user moved it; the rest of its tags stay as the run first recorded them
-            run = self.reopen_run(resume, outbox, {key: tags[key] for key in ("output_dir",) if key in tags})
+        run = self.open_or_reopen(run_name, tags, resume, outbox)
         try:
             yield run
         except BaseException as exc:
-            stop = interruption(exc)
-            stop = Interrupted.of(stop) if stop is not None else None
-            reason = str(stop or exc) or type(exc).__name__
-            try:
-                run.end("FAILED" if stop is None else "KILLED", reason)
-            except TrackingStoreError as lost:  # the original error matters more; say where the rest went
-                log.warning("%s", lost)
-            if stop is not None:
-                raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", stop.exit_code) from None
+            end_after(run, exc)
             raise
         run.end("FINISHED")
+
+
+def end_after(run: TrackedRun, exc: BaseException) -> None:
+    """End ``run`` KILLED if ``exc`` is (or was raised from) a stop, and raise :class:`Interrupted` saying so; else
+    FAILED with ``exc`` as its ``failure_reason``."""
+    stop = interruption(exc)
+    stop = Interrupted.of(stop) if stop is not None else None
+    reason = str(stop or exc) or type(exc).__name__
+    try:
+        run.end("FAILED" if stop is None else "KILLED", reason)
+    except TrackingStoreError as lost:  # the original error matters more; say where the rest went
+        log.warning("%s", lost)
+    if stop is not None:
+        raise Interrupted(f"{reason}; MLflow run {run.run_id} is marked KILLED", stop.exit_code) from None
