@@ -5,6 +5,9 @@ in the same second would share one folder and overwrite each other's files. The 
 itself, with ``mkdir`` (which exactly one process wins), and moves on to ``TIME_2``, ``TIME_3``, ... when the name is
 taken. Hydra caches the result in the config and copies that cache into every job of a sweep, so a folder is claimed
 once per run, and once per sweep.
+
+Over 350 lines because what a run or sweep creates in the project and what may later be removed as its leftovers
+are one rule: the names written at setup, the locks and the removal that trusts them stay side by side.
 """
 
 from __future__ import annotations
