@@ -107,6 +107,16 @@ def test_compiled_steps_match_the_numpy_reference(
     assert_close(out_a, out_b, tolerance, "predictions")
 
 
+@pytest.mark.parametrize(("optimizer", "fused"), [("sgd", True), ("momentum", False), ("adam", False)])
+def test_per_sample_plain_sgd_steps_each_weight_without_storing_its_gradient(optimizer, fused) -> None:
+    # The fused step leaves the weights' gradient array as it found it; every other rule reads it, so it is written.
+    network, loss, optimizer_obj, data, rng = setup("sigmoid", "mse", optimizer, True, np.float32)
+    [weight_grads] = [grads for kind, _, grads in network.packed_parameters() if kind == "weight"]
+    weight_grads[...] = np.nan
+    Trainer(1, 1, engine="compiled").fit(network, loss, optimizer_obj, data, rng)
+    assert np.isnan(weight_grads).all() == fused and np.isfinite(network.state_dict()["dense1.weight"]).all()
+
+
 def test_a_stopped_compiled_fit_resumes_to_the_same_weights_bit_for_bit(monkeypatch) -> None:
     def fresh():
         network, loss, optimizer, data, rng = setup("tanh", "cross_entropy", "adam", True, np.float64, seed=3)
