@@ -351,6 +351,17 @@ def train_batches(
     for s in range(n_stages):
         values.append(flat[0, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
         grads.append(flat[1, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
+    # Each Dense stage's weight and gradient as (n_in, n_out) views, also made once per call (a Bias stage's are
+    # empty): a reshape costs a call into Numba's runtime.
+    kernel_weights, kernel_grads = [weights[:0].reshape((0, 0))], [weight_grads[:0].reshape((0, 0))]
+    for s in range(n_stages):
+        at, n_in, n_out = stages[s, WEIGHT_AT], stages[s, N_IN], stages[s, N_OUT]
+        if stages[s, KIND] == DENSE:
+            kernel_weights.append(weights[at : at + n_in * n_out].reshape((n_in, n_out)))
+            kernel_grads.append(weight_grads[at : at + n_in * n_out].reshape((n_in, n_out)))
+        else:
+            kernel_weights.append(kernel_weights[0])
+            kernel_grads.append(kernel_grads[0])
     n_classes = stages[n_stages - 1, N_OUT]
     largest = size * width
     for s in range(n_stages):
@@ -377,10 +388,7 @@ def train_batches(
             source, out = values[s][:rows], values[s + 1][:rows]
             b = stages[s, BIAS_AT]
             if stages[s, KIND] == DENSE:
-                at = stages[s, WEIGHT_AT]
-                _dense_forward(
-                    source, weights[at : at + n_in * n_out].reshape((n_in, n_out)), out, blas and n_in >= blas_rows
-                )
+                _dense_forward(source, kernel_weights[s + 1], out, blas and n_in >= blas_rows)
                 if b >= 0:
                     for r in range(rows):
                         for j in range(n_out):
@@ -412,22 +420,20 @@ def train_batches(
                     for j in range(n_out):
                         bias_grads[b + j] += delta[r, j]
             if stages[s, KIND] == DENSE and fused:
-                at = stages[s, WEIGHT_AT]
                 _sample_backward_sgd(
                     values[s][:rows],
                     delta,
-                    weights[at : at + n_in * n_out].reshape((n_in, n_out)),
+                    kernel_weights[s + 1],
                     grads[s][:rows],
                     s > 0,
                     hyper[0],
                 )
             elif stages[s, KIND] == DENSE:
-                at = stages[s, WEIGHT_AT]
                 _dense_backward(
                     values[s][:rows],
                     delta,
-                    weights[at : at + n_in * n_out].reshape((n_in, n_out)),
-                    weight_grads[at : at + n_in * n_out].reshape((n_in, n_out)),
+                    kernel_weights[s + 1],
+                    kernel_grads[s + 1],
                     grads[s][:rows],
                     s > 0,
                     blas and n_in >= blas_rows,
