@@ -66,7 +66,9 @@ NUMPY_ONLY: dict[str, frozenset[str]] = {"activation": frozenset(), "loss": froz
 #: kernel against 120-149 us with NumPy's products and a compiled update.
 LOOP_MAX_WORK = 1 << 19
 #: Inside the kernel, batches of at least this many rows take BLAS's products, smaller ones loops: on 2-64-64-2,
-#: float32, 17.7 against 9.8 us per batch at 8 rows, 36.9 against 19.8 at 32; loops win at 2 and 4 rows.
+#: float32, 17.7 against 9.8 us per batch at 8 rows, 36.9 against 19.8 at 32; loops win at 2 and 4 rows. A layer
+#: with fewer inputs than this takes loops at any size (2-64-64-2's first at 32 rows: 0.2 against 0.9 us for its
+#: weight's gradient).
 BLAS_ROWS = 8
 
 

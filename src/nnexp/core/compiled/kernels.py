@@ -9,7 +9,7 @@ float64 literal would turn float32 arithmetic into float64 and stop the loops fr
 ``error_model="numpy"`` lets loops that divide vectorise too (a division by zero gives inf or NaN, as in NumPy,
 instead of raising).
 
-A little over 350 lines: every kernel sits beside the others it is composed with, as the NumPy reference does.
+About 450 lines: every kernel sits beside the others it is composed with, as the NumPy reference does.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from nnexp.core.compiled.codes import (
 )
 
 JIT = {"cache": True, "error_model": "numpy"}
+#: From this many rows on, the input gradient ``delta @ w.T`` of the loops copies ``w`` transposed and combines its
+#: rows, rather than taking one dot product per number: the copy pays for itself over the rows.
+TRANSPOSE_ROWS = 4
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
@@ -203,19 +206,49 @@ def update_parameters(
 
 
 @njit(**JIT, inline="always")
+def _combine(out: np.ndarray, coefficients: np.ndarray, matrix: np.ndarray) -> None:
+    """``out = coefficients @ matrix``: eight of ``matrix``'s rows at a time, so that ``out`` is read and written
+    once per eight of them rather than once per row (that, not the arithmetic, bounds the simple loop)."""
+    zero = out.dtype.type(0)
+    n, width = matrix.shape
+    for j in range(width):
+        out[j] = zero
+    top = n - n % 8
+    for k in range(0, top, 8):
+        c0, c1, c2, c3 = coefficients[k], coefficients[k + 1], coefficients[k + 2], coefficients[k + 3]
+        c4, c5, c6, c7 = coefficients[k + 4], coefficients[k + 5], coefficients[k + 6], coefficients[k + 7]
+        m0, m1, m2, m3 = matrix[k], matrix[k + 1], matrix[k + 2], matrix[k + 3]
+        m4, m5, m6, m7 = matrix[k + 4], matrix[k + 5], matrix[k + 6], matrix[k + 7]
+        for j in range(width):  # along rows of matrix: contiguous, so the loop vectorises
+            out[j] += ((c0 * m0[j] + c1 * m1[j]) + (c2 * m2[j] + c3 * m3[j])) + (
+                (c4 * m4[j] + c5 * m5[j]) + (c6 * m6[j] + c7 * m7[j])
+            )
+    for k in range(top, n):
+        value = coefficients[k]
+        row = matrix[k]
+        for j in range(width):
+            out[j] += value * row[j]
+
+
+@njit(**JIT, inline="always")
+def _transpose(matrix: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``matrix.T`` copied into the start of ``scratch``, contiguous."""
+    n, width = matrix.shape
+    transposed = scratch[: n * width].reshape((width, n))
+    for i in range(n):
+        for j in range(width):
+            transposed[j, i] = matrix[i, j]
+    return transposed
+
+
+@njit(**JIT, inline="always")
 def _dense_forward(source: np.ndarray, w: np.ndarray, out: np.ndarray, blas: bool) -> None:
     """``out = source @ w``: BLAS's product, or loops that beat it on a few rows."""
     if blas:
         np.dot(source, w, out)
         return
-    zero = out.dtype.type(0)
     for r in range(source.shape[0]):
-        for j in range(w.shape[1]):
-            out[r, j] = zero
-        for i in range(w.shape[0]):  # along the rows of w: contiguous, so the inner loop vectorises
-            value = source[r, i]
-            for j in range(w.shape[1]):
-                out[r, j] += value * w[i, j]
+        _combine(out[r], source[r], w)
 
 
 @njit(**JIT, inline="always")
@@ -227,27 +260,45 @@ def _dense_backward(
     delta_in: np.ndarray,
     input_grad: bool,
     blas: bool,
+    scratch: np.ndarray,
 ) -> None:
-    """``gw = source.T @ delta`` and, with ``input_grad``, ``delta_in = delta @ w.T``, as ``Dense.backward``."""
+    """``gw = source.T @ delta`` and, with ``input_grad``, ``delta_in = delta @ w.T``, as ``Dense.backward``;
+    ``scratch`` holds at least ``w.size`` numbers."""
     if blas:
         np.dot(source.T, delta, gw)
         if input_grad:
             np.dot(delta, w.T, delta_in)
         return
-    rows, n_in, n_out = source.shape[0], w.shape[0], w.shape[1]
-    for i in range(n_in):  # the first row's products are the sums' first terms: one pass fewer
-        value_in = source[0, i]
-        for j in range(n_out):
-            gw[i, j] = value_in * delta[0, j]
-    for r in range(1, rows):
-        for i in range(n_in):
-            value_in = source[r, i]
-            for j in range(n_out):
-                gw[i, j] += value_in * delta[r, j]
-    if input_grad:
+    rows, n_in = source.shape[0], w.shape[0]
+    columns = _transpose(source, scratch)  # each weight's row of the gradient combines a column of source
+    for i in range(n_in):
+        _combine(gw[i], columns[i], delta)
+    if not input_grad:
+        return
+    if rows < TRANSPOSE_ROWS:
         for r in range(rows):
             for i in range(n_in):
                 delta_in[r, i] = _dot(delta[r], w[i])
+        return
+    transposed = _transpose(w, scratch)
+    for r in range(rows):
+        _combine(delta_in[r], delta[r], transposed)
+
+
+@njit(**JIT, inline="always")
+def _sample_backward_sgd(
+    source: np.ndarray, delta: np.ndarray, w: np.ndarray, delta_in: np.ndarray, input_grad: bool, rate: float
+) -> None:
+    """For one row: ``delta_in = delta @ w.T``, then plain SGD's ``w -= rate * (source.T @ delta)`` in one pass
+    over ``w``, the gradient never stored; the same operations in the same order as :func:`_dense_backward` and
+    :func:`_update`, so the same numbers."""
+    if input_grad:  # from the weight before its update, as the reference's backward pass precedes its step
+        for i in range(w.shape[0]):
+            delta_in[0, i] = _dot(delta[0], w[i])
+    for i in range(w.shape[0]):
+        value_in = source[0, i]
+        for j in range(w.shape[1]):
+            w[i, j] -= (value_in * delta[0, j]) * rate
 
 
 @njit(**JIT)
@@ -282,8 +333,9 @@ def train_batches(
     batch's output is a forward pass through ``stages`` (one row per Dense or Bias layer and the activation after
     it), its loss adds ``loss * rows`` to ``loss_sum`` and its predicted labels go to ``predicted``, then the
     backward pass fills the gradients and the optimizer takes step ``iteration + 1``, ``+ 2``, ...  Batches of at
-    least ``blas_rows`` rows take BLAS's matrix products, smaller ones loops. Returns ``(batches done, loss_sum,
-    loss)``: a loss that is not finite ends the call before its batch's update.
+    least ``blas_rows`` rows take BLAS's matrix products, smaller ones loops, as do the products of a layer with
+    fewer inputs than that (a few rows of weights: BLAS's set-up is most of its time there). Returns ``(batches
+    done, loss_sum, loss)``: a loss that is not finite ends the call before its batch's update.
     """
     n_samples = x.shape[0]
     n_stages = stages.shape[0]
@@ -299,7 +351,27 @@ def train_batches(
     for s in range(n_stages):
         values.append(flat[0, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
         grads.append(flat[1, s + 1, : size * stages[s, N_OUT]].reshape((size, stages[s, N_OUT])))
+    # Each Dense stage's weight and gradient as (n_in, n_out) views, also made once per call (a Bias stage's are
+    # empty): a reshape costs a call into Numba's runtime.
+    kernel_weights, kernel_grads = [weights[:0].reshape((0, 0))], [weight_grads[:0].reshape((0, 0))]
+    for s in range(n_stages):
+        at, n_in, n_out = stages[s, WEIGHT_AT], stages[s, N_IN], stages[s, N_OUT]
+        if stages[s, KIND] == DENSE:
+            kernel_weights.append(weights[at : at + n_in * n_out].reshape((n_in, n_out)))
+            kernel_grads.append(weight_grads[at : at + n_in * n_out].reshape((n_in, n_out)))
+        else:
+            kernel_weights.append(kernel_weights[0])
+            kernel_grads.append(kernel_grads[0])
     n_classes = stages[n_stages - 1, N_OUT]
+    largest = size * width
+    for s in range(n_stages):
+        largest = max(largest, stages[s, N_IN] * stages[s, N_OUT])
+    scratch = np.empty(largest, x.dtype)
+    zero = x.dtype.type(0)
+    # Per-sample plain SGD (no momentum, no weight decay) updates each weight as its gradient is made: one pass
+    # over the weights instead of three (the gradient written, read, the weight updated); their gradient array is
+    # left as it was.
+    plain_sgd = optimizer_code == SGD and hyper[1] == zero and hyper[3] == zero
     done = 0
     for batch in range(first_batch, first_batch + n_batches):
         start = batch * size
@@ -307,6 +379,7 @@ def train_batches(
             break
         rows = min(size, n_samples - start)
         blas = rows >= blas_rows
+        fused = plain_sgd and rows == 1
         gathered = values[0]
         for r in range(rows):
             gathered[r] = x[order[start + r]]
@@ -315,8 +388,7 @@ def train_batches(
             source, out = values[s][:rows], values[s + 1][:rows]
             b = stages[s, BIAS_AT]
             if stages[s, KIND] == DENSE:
-                at = stages[s, WEIGHT_AT]
-                _dense_forward(source, weights[at : at + n_in * n_out].reshape((n_in, n_out)), out, blas)
+                _dense_forward(source, kernel_weights[s + 1], out, blas and n_in >= blas_rows)
                 if b >= 0:
                     for r in range(rows):
                         for j in range(n_out):
@@ -347,21 +419,31 @@ def train_batches(
                 for r in range(1, rows):
                     for j in range(n_out):
                         bias_grads[b + j] += delta[r, j]
-            if stages[s, KIND] == DENSE:
-                at = stages[s, WEIGHT_AT]
+            if stages[s, KIND] == DENSE and fused:
+                _sample_backward_sgd(
+                    values[s][:rows],
+                    delta,
+                    kernel_weights[s + 1],
+                    grads[s][:rows],
+                    s > 0,
+                    hyper[0],
+                )
+            elif stages[s, KIND] == DENSE:
                 _dense_backward(
                     values[s][:rows],
                     delta,
-                    weights[at : at + n_in * n_out].reshape((n_in, n_out)),
-                    weight_grads[at : at + n_in * n_out].reshape((n_in, n_out)),
+                    kernel_weights[s + 1],
+                    kernel_grads[s + 1],
                     grads[s][:rows],
                     s > 0,
-                    blas,
+                    blas and n_in >= blas_rows,
+                    scratch,
                 )
             elif s > 0:  # a Bias stage passes its gradient through unchanged
                 grads[s][:rows] = delta
         iteration += 1
-        _update(weights, weight_grads, weight_first, weight_second, True, optimizer_code, hyper, hyper64, iteration)
+        if not fused:
+            _update(weights, weight_grads, weight_first, weight_second, True, optimizer_code, hyper, hyper64, iteration)
         _update(biases, bias_grads, bias_first, bias_second, False, optimizer_code, hyper, hyper64, iteration)
         loss_sum += value * rows
         done += 1
