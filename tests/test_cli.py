@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -352,6 +353,13 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
         ("seed=${oc.env:NNEXP_NOPE}", "seed: KeyError raised while resolving interpolation"),
         ("trainer.epochs=${trainer.nope}", "trainer.epochs: Interpolation key 'trainer.nope' not found"),
         ("checkpoint.every=-1", "checkpoint.every must be >= 0, got -1"),
+        # 148 lines of Hydra's traceback before: OmegaConf.resolve names no key
+        ("--cfg job --resolve seed=${oc.env:NNEXP_NOPE}", "seed: KeyError raised while resolving interpolation"),
+        ("-c all --resolve seed=${oc.env:NNEXP_NOPE}", "seed: KeyError raised while resolving interpolation"),
+        (  # recorded in another store, while the last line pointed to the project's
+            "+hydra.job.env_set.MLFLOW_TRACKING_URI=sqlite:///elsewhere.db",
+            "hydra.job.env_set.MLFLOW_TRACKING_URI: MLflow's settings are nnexp's to make, not the job's",
+        ),
         ("resume=", "resume= needs a run id or a checkpoint folder"),
         ("tracking.parent_run_id=deadbeef", "tracking.parent_run_id=deadbeef names a run that must be in it"),
         ("+trainer.foo=1", "trainer.foo is not a known key; valid keys here: epochs, batch_size, shuffle, dtype"),
@@ -494,8 +502,21 @@ def test_a_plugin_dataset_unfit_to_train_on_is_one_line_before_any_run(project, 
             "experiment=deep",
             "conf/experiment/deep.yaml: nested 5002 levels deep; Hydra composes presets nested fewer than 100",
         ),
+        (  # looked for a checkpoint named by the preset's value and left outputs/DATE/TIME/.hydra behind
+            "experiment/resumer.yaml",
+            "# @package _global_\nresume: abc123\n",
+            "experiment=resumer",
+            "conf/experiment/resumer.yaml: resume is an option of the command line only, as in python -m nnexp "
+            "resume=<run id>; remove it from the preset",
+        ),
+        (  # the line named the key but not the preset that set it
+            "experiment/env.yaml",
+            "# @package _global_\nseed: ${oc.env:NNEXP_ADV_SEED}\n",
+            "experiment=env",
+            "conf/experiment/env.yaml: seed: KeyError raised while resolving interpolation: ",
+        ),
     ],
-    ids=["unknown-key", "not-yaml", "too-deep"],
+    ids=["unknown-key", "not-yaml", "too-deep", "resume-in-a-preset", "unset-variable"],
 )
 def test_a_mistake_in_a_user_preset_is_one_line_naming_the_file(project, preset, text, override, named):
     (project.root / "conf" / preset).write_text(text)
@@ -503,6 +524,21 @@ def test_a_mistake_in_a_user_preset_is_one_line_naming_the_file(project, preset,
     assert result.returncode == 1 and result.stderr.startswith(f"error: {named}"), result.stderr
     assert result.stderr.count("\n") == 1 and result.stdout == ""
     assert not (project.root / "outputs").exists()
+
+
+def test_a_key_given_twice_takes_the_later_value_though_the_first_cannot_be_resolved(project):
+    """Hydra says the later override wins; nnexp resolved the first one while reading the overrides for the
+    checkpoint, a 50-line traceback and a FAILED run whose folder was removed."""
+    given = ("seed=${oc.env:NNEXP_NOPE}", "seed=1", "trainer.epochs=${foo:bar}", "trainer.epochs=1")
+    result = project.run(*given)
+    assert result.returncode == 0, result.stderr
+    (run,) = project.runs()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["seed"] == "1" and run.data.params["trainer.epochs"] == "1"
+    assert run.data.tags["overrides"] == " ".join(given)
+    (job,) = project.job_dirs()
+    manifest = json.loads((job / "checkpoints" / "checkpoint.json").read_text())
+    assert manifest["overrides"] == list(given)
 
 
 def test_an_in_memory_store_is_refused_before_anything_is_written(project):

@@ -12,15 +12,23 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from nnexp.cli_errors import check_override_keys, describe_config_error
-from nnexp.config import GROUPS, schema_for, setting_overrides, store_configs
+from nnexp.config import GROUPS, given_overrides, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
 from nnexp.job.build import build, configure
 from nnexp.plugins import load_builtins, load_file
-from nnexp.presets import check_plugin_nodes, check_preset_names, describe_preset_error
+from nnexp.presets import (
+    check_command_line_options,
+    check_interpolations,
+    check_plugin_nodes,
+    check_preset_names,
+    describe_preset_error,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -472,3 +480,118 @@ def test_an_error_outside_hydra_s_logging_setup_keeps_its_traceback():
     from nnexp.cli_errors import describe_logging_error
 
     assert describe_logging_error(ValueError("Unsupported version: 2"), ["hydra.job_logging.version=2"]) is None
+
+
+@pytest.mark.parametrize(
+    ("preset", "text", "override", "expected"),
+    [
+        (
+            "optimizer/fast.yaml",
+            "defaults: [adam, _self_]\nname: sgd\nlearning_rate: 0.01\n",
+            "optimizer=fast",
+            "name: sgd cannot choose the optimizer; start it with 'defaults: [sgd, _self_]'",
+        ),
+        (
+            "experiment/mine.yaml",
+            "# @package _global_\noptimizer: {name: sgd}\n",
+            "experiment=mine",
+            "optimizer.name: sgd cannot choose the optimizer; choose it in defaults: with '- override /optimizer: sgd'",
+        ),
+    ],
+)
+def test_a_preset_may_not_rename_the_plugin_it_extends(user_conf, preset, text, override, expected):
+    """SGD was built from Adam's settings: ``TypeError: SGD.__init__() got an unexpected keyword argument 'beta_1'``."""
+    (user_conf / preset).write_text(text)
+    group = preset.partition("/")[0]
+    with pytest.raises(ConfigError) as caught:
+        check_plugin_nodes(compose("nnexp", overrides=[override]), {group: user_conf / preset})
+    assert str(caught.value) == f"conf/{preset}: {expected}"
+    (user_conf / "optimizer" / "fine.yaml").write_text("defaults: [momentum, _self_]\nlearning_rate: 0.01\n")
+    check_plugin_nodes(compose("nnexp", overrides=["optimizer=fine"]), {})
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "expected"),
+    [
+        (  # resume looked for a checkpoint named by the preset's value, naming neither, and left .hydra/ behind
+            "# @package _global_\nresume: abc123\n",
+            ["experiment=mine"],
+            "conf/experiment/mine.yaml: resume is an option of the command line only, as in python -m nnexp "
+            "resume=<run id>; remove it from the preset",
+        ),
+        (  # the run was recorded in /tmp/x.db while the last line pointed to the project's store
+            None,
+            ["+hydra.job.env_set.MLFLOW_TRACKING_URI=sqlite:////tmp/x.db"],
+            "hydra.job.env_set.MLFLOW_TRACKING_URI: MLflow's settings are nnexp's to make, not the job's (nnexp "
+            "checks and names the store before the job starts); to record runs elsewhere write "
+            "tracking.uri=sqlite:////tmp/x.db",
+        ),
+        (
+            "# @package _global_\nhydra:\n  job:\n    env_set:\n      MLFLOW_EXPERIMENT_NAME: other\n",
+            ["experiment=mine"],
+            "conf/experiment/mine.yaml: hydra.job.env_set.MLFLOW_EXPERIMENT_NAME: MLflow's settings are nnexp's to "
+            "make, not the job's (nnexp checks and names the store before the job starts); set "
+            "MLFLOW_EXPERIMENT_NAME in the environment that starts python -m nnexp",
+        ),
+    ],
+    ids=["resume-in-a-preset", "env-set-tracking-uri", "env-set-in-a-preset"],
+)
+def test_what_only_the_command_line_may_set_is_refused_before_the_run(user_conf, preset, overrides, expected):
+    if preset is not None:
+        (user_conf / "experiment" / "mine.yaml").write_text(preset)
+    with pytest.raises(ConfigError) as caught:
+        check_command_line_options(compose("nnexp", overrides=overrides, return_hydra_config=True))
+    assert str(caught.value) == expected
+    check_command_line_options(compose("nnexp", overrides=["resume=/x", "seed=1"], return_hydra_config=True))
+
+
+@pytest.fixture
+def own_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project's own ``conf/`` (the shipped presets), the working directory its parent; Hydra not initialised."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NNEXP_ADV_SEED", raising=False)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # set while resolving
+    GlobalHydra.instance().clear()
+    return conf
+
+
+def test_an_interpolation_a_preset_sets_is_named_with_its_preset(own_conf):
+    """``seed: ${oc.env:...}`` in a preset was ``error: seed: KeyError ...``, naming no file."""
+    (own_conf / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: ${oc.env:NNEXP_ADV_SEED}\n")
+    with pytest.raises(ConfigError) as caught:
+        check_interpolations(own_conf, ["experiment=mine"], "job")
+    assert str(caught.value) == (
+        "conf/experiment/mine.yaml: seed: KeyError raised while resolving interpolation: "
+        "\"Environment variable 'NNEXP_ADV_SEED' not found\""
+    )
+    check_interpolations(own_conf, ["experiment=mine", "seed=2"], "all")  # the command line's value wins
+
+
+@pytest.mark.parametrize("shown", ["job", "hydra", "all"])
+def test_an_interpolation_that_cannot_be_resolved_is_named_by_its_key_for_cfg_resolve(own_conf, shown):
+    """``--cfg job --resolve 'seed=${oc.env:NOPE}'`` was a 148-line traceback: Hydra's resolution loses the key."""
+    with pytest.raises(InterpolationResolutionError) as caught:
+        check_interpolations(own_conf, ["seed=${oc.env:NNEXP_ADV_SEED}"], shown)
+    assert describe_config_error(caught.value) == (
+        "seed: KeyError raised while resolving interpolation: \"Environment variable 'NNEXP_ADV_SEED' not found\""
+    )
+
+
+def test_an_override_replaced_by_a_later_one_is_named_when_hydras_settings_are_resolved(own_conf):
+    given_twice = ["trainer.epochs=${foo:bar}", "trainer.epochs=1"]
+    check_interpolations(own_conf, given_twice, "job")  # the later value is the config's
+    with pytest.raises(ConfigError) as caught:
+        check_interpolations(own_conf, given_twice, "hydra")
+    assert str(caught.value) == (
+        "trainer.epochs=${foo:bar}: Unsupported interpolation type foo (--cfg hydra --resolve resolves Hydra's list "
+        "of the overrides too, each a string; show it without --resolve)"
+    )
+
+
+def test_overrides_are_read_as_the_user_typed_them():
+    """Hydra's list of overrides is a ListConfig: read item by item, ``${...}`` in an override was resolved, and
+    ``'seed=${oc.env:NOPE}' seed=1`` failed with a traceback after its MLflow run was opened."""
+    typed = ["seed=${oc.env:NNEXP_NOPE}", "trainer.epochs=${foo:bar}", "seed=1"]
+    assert given_overrides(OmegaConf.create({"task": typed}).task) == typed

@@ -143,7 +143,7 @@ def launch() -> None:
     from nnexp.config import store_configs
     from nnexp.job.resume import hydra_arguments
     from nnexp.plugins import load_plugins
-    from nnexp.presets import check_preset_names
+    from nnexp.presets import check_interpolations, check_preset_names
 
     check_command_line(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries
@@ -154,6 +154,9 @@ def launch() -> None:
     check_preset_names(presets)
     if quick_help(sys.argv[1:], presets):
         return
+    shown = shown_resolved(sys.argv[1:])
+    if shown is not None:
+        check_interpolations(presets, *shown)
     from nnexp.job import sweep
 
     try:
@@ -190,6 +193,19 @@ def quick_help(arguments: list[str], config_dir: Path | None) -> bool:
         return False
     print(text)
     return True
+
+
+def shown_resolved(arguments: list[str]) -> tuple[list[str], str] | None:
+    """For a command line that shows nnexp's config resolved (``--cfg job --resolve``), its overrides and which
+    config it shows (job, hydra or all); else ``None``."""
+    from hydra._internal.utils import get_args_parser
+
+    parsed, _ = get_args_parser().parse_known_args(arguments)
+    # With -p PACKAGE Hydra resolves that part only; with another primary config nnexp's would not be the one shown.
+    whole = not (parsed.package or parsed.config_name or parsed.config_path or parsed.config_dir)
+    if not (parsed.cfg and parsed.resolve and whole and not parsed.multirun):
+        return None
+    return parsed.overrides, parsed.cfg
 
 
 def launcher_error(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from nnexp.core.activations import ACTIVATIONS
@@ -89,6 +89,14 @@ def setting_overrides(overrides: Iterable[str]) -> list[tuple[str, str]]:
         if equals and not f"{key}=".startswith(RECORD_KEYS):
             found.append((key, value))
     return found
+
+
+def given_overrides(overrides: Iterable[str]) -> list[str]:
+    """Hydra's list of overrides as the user typed them: plain strings, a ``${...}`` in one never resolved (read
+    item by item, ``'seed=${oc.env:NOPE}' seed=1`` would fail on an override that the later one replaced)."""
+    if isinstance(overrides, ListConfig):
+        overrides = OmegaConf.to_container(overrides, resolve=False)  # type: ignore[assignment]
+    return [str(item) for item in overrides]
 
 #: The final metrics every run has; ``objective.metric`` names one of them.
 FINAL_METRICS = tuple(f"{part}_{kind}" for part in ("train", "val", "test") for kind in ("accuracy", "loss"))

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from nnexp.cli_errors import GROUP_KINDS, causes, describe_config_error, shown_path
 from nnexp.config import (
     GROUPS,
     config_fields,
+    given_overrides,
     schema_for,
+    setting_overrides,
 )
 from nnexp.errors import ConfigError
 
@@ -168,12 +171,12 @@ def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
         node = cfg.get(registry.kind)
         if not isinstance(node, DictConfig):
             continue
+        name = node.get("name")
         schema = OmegaConf.get_type(node)
         if config_fields(schema):
-            check_chosen_name(registry.kind, node.get("name"), schema, presets)
+            check_chosen_name(registry.kind, name, schema, presets)
             continue
         where = f"{shown_path(presets[registry.kind])}: " if registry.kind in presets else ""
-        name = node.get("name")
         if name not in registry:
             expected = f"must name a registered {registry.kind} ({registry.available()})"
             raise ConfigError(f"{where}{registry.kind}.name {expected}, got {name!r}")
@@ -222,6 +225,119 @@ def check_chosen_name(group: str, name: object, schema: type, presets: Mapping[s
         if problem is not None:
             raise ConfigError(f"{shown_path(path)}: {problem}")
     raise ConfigError(f"{group}.name: {name} cannot choose the {group}; choose it with {group}={name}")
+
+
+#: Hydra's header that puts a preset's keys at the config's top level instead of under its group.
+GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_\s*$", re.MULTILINE)
+
+
+def chosen_presets(runtime: DictConfig) -> dict[str, Path]:
+    """The YAML file of each config group's chosen preset, by group, from a composed config's ``hydra.runtime``."""
+    folders = [Path(source.path) for source in runtime.config_sources if source.schema == "file"]
+    found = {}
+    for group, choice in runtime.choices.items():
+        files = [folder / group / f"{choice}.yaml" for folder in folders] if choice else []
+        file = next((file for file in files if file.is_file()), None)
+        if file is not None:
+            found[group] = file
+    return found
+
+
+def preset_setting(key: str, presets: Mapping[str, Path]) -> Path | None:
+    """The preset of ``presets`` (by group) whose YAML sets the dotted ``key`` (``seed``, ``optimizer.name``),
+    read as data; of several, the one merged last (an experiment's values beat its groups')."""
+    import yaml
+
+    parts = key.split("[", 1)[0].split(".")
+    for group, path in reversed(presets.items()):
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+            continue
+        package = [] if GLOBAL_PACKAGE.search(text) else group.split("/")
+        if parts[: len(package)] != package:
+            continue
+        for part in parts[len(package) :]:
+            data = data.get(part, KeyError) if isinstance(data, dict) else KeyError
+        if data is not KeyError:
+            return path
+    return None
+
+
+def where_set(key: str, presets: Mapping[str, Path], overrides: Iterable[str] = ()) -> str:
+    """``FILE: `` naming the preset that sets ``key``, to start an error's line; ``""`` when no preset does, or an
+    override of ``overrides`` sets it, as the command line's value beats a preset's."""
+    if any(given == key for given, _ in setting_overrides(overrides)):
+        return ""
+    path = preset_setting(key, presets)
+    return f"{shown_path(path)}: " if path is not None else ""
+
+
+def named_by_preset(exc: OmegaConfBaseException, presets: Mapping[str, Path], overrides: Iterable[str]) -> None:
+    """Raise a ConfigError naming the preset that set the value ``exc`` (an interpolation that cannot be resolved)
+    names; return when no preset set it."""
+    where = where_set(str(exc.full_key), presets, overrides)
+    if where:
+        raise ConfigError(f"{where}{describe_config_error(exc)}") from None
+
+
+def check_interpolations(config_dir: Path | None, overrides: list[str], shown: str) -> None:
+    """Resolve the job's config as ``--cfg SHOWN --resolve`` will, so that an interpolation that cannot be resolved
+    is named by its key (and its preset): Hydra resolves the config whole, losing the key, with a traceback. With
+    Hydra's settings (``shown``: hydra or all), Hydra resolves its list of the overrides too, each a string."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import InterpolationResolutionError
+
+    from nnexp.config import PRIMARY, composing
+
+    with composing(config_dir):
+        cfg = compose(config_name=PRIMARY, overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # for ${hydra:...}, as Hydra's --cfg resolves it
+        job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        try:
+            OmegaConf.to_container(job, resolve=True)
+        except InterpolationResolutionError as exc:
+            named_by_preset(exc, chosen_presets(cfg.hydra.runtime), overrides)
+            raise
+        if shown == "job":
+            return
+        settings = cfg if shown == "all" else OmegaConf.masked_copy(cfg, ["hydra"])
+        for index, item in enumerate(overrides):
+            try:
+                settings.hydra.overrides.task[index]
+            except InterpolationResolutionError as exc:
+                reason = (describe_config_error(exc) or str(exc)).partition(": ")[2]
+                raise ConfigError(
+                    f"{item}: {reason} (--cfg {shown} --resolve resolves Hydra's list of the overrides too, each a "
+                    "string; show it without --resolve)"
+                ) from None
+
+
+def check_command_line_options(config: DictConfig) -> None:
+    """Refuse, before a run or sweep starts, a setting that only the command line may give: ``resume`` (a preset
+    holding it would send every run that chooses it into another's folder) and MLflow's variables in
+    ``hydra.job.env_set`` (the job would record in a store other than the one nnexp checks, names and shows)."""
+    presets = chosen_presets(config.hydra.runtime)
+    given = given_overrides(config.hydra.overrides.task)
+    if OmegaConf.select(config, "resume") and not any(item.startswith("resume=") for item in given):
+        raise ConfigError(
+            f"{where_set('resume', presets)}resume is an option of the command line only, "
+            "as in python -m nnexp resume=<run id>; remove it from the preset"
+        )
+    env_set = OmegaConf.select(config, "hydra.job.env_set") or {}
+    for variable in env_set:
+        if str(variable).startswith("MLFLOW_"):
+            key = f"hydra.job.env_set.{variable}"
+            if variable == "MLFLOW_TRACKING_URI":
+                fix = f"to record runs elsewhere write tracking.uri={OmegaConf.select(config, key)}"
+            else:
+                fix = f"set {variable} in the environment that starts python -m nnexp"
+            raise ConfigError(
+                f"{where_set(key, presets, given)}{key}: MLflow's settings are nnexp's to make, not the job's "
+                f"(nnexp checks and names the store before the job starts); {fix}"
+            )
 
 
 def check_preset_names(config_dir: Path | None) -> None:

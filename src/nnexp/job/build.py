@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from nnexp.config import (
     FINAL_METRICS,
@@ -18,6 +19,7 @@ from nnexp.config import (
     check_known_keys,
     check_tags,
     default_direction,
+    given_overrides,
 )
 from nnexp.core.activations import ACTIVATIONS, Activation
 from nnexp.core.losses import LOSSES, Loss
@@ -30,7 +32,7 @@ from nnexp.errors import ConfigError, ParameterError, PluginError, require
 from nnexp.job import memory
 from nnexp.models.base import MODELS, Model
 from nnexp.plugins import plugin_label
-from nnexp.presets import check_plugin_nodes
+from nnexp.presets import check_plugin_nodes, chosen_presets, named_by_preset
 from nnexp.tracking.store import flatten
 from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
 
@@ -105,6 +107,10 @@ def configure(cfg: DictConfig) -> Components:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key} is required; set it with {exc.full_key}=...") from None
+    except InterpolationResolutionError as exc:
+        overrides = given_overrides(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        named_by_preset(exc, preset_files(), overrides)
+        raise
     check_known_keys(cfg)
     check_plugin_nodes(cfg, preset_files())
     check_tags(OmegaConf.to_container(cfg.tags, resolve=True))  # type: ignore[arg-type]
@@ -165,17 +171,7 @@ def build(cfg: DictConfig, rng: np.random.Generator) -> Experiment:
 
 def preset_files() -> dict[str, Path]:
     """The YAML file of each config group's chosen preset, by group; none outside a Hydra job."""
-    if not HydraConfig.initialized():
-        return {}
-    runtime = HydraConfig.get().runtime
-    folders = [Path(source.path) for source in runtime.config_sources if source.schema == "file"]
-    found = {}
-    for group, choice in runtime.choices.items():
-        files = [folder / group / f"{choice}.yaml" for folder in folders] if choice else []
-        file = next((file for file in files if file.is_file()), None)
-        if file is not None:
-            found[group] = file
-    return found
+    return chosen_presets(HydraConfig.get().runtime) if HydraConfig.initialized() else {}
 
 
 def check_param_lengths(params: dict[str, Any]) -> None:

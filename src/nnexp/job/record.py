@@ -16,6 +16,7 @@ from nnexp import __version__
 from nnexp.atomic import replacing
 from nnexp.config import (
     GROUPS,
+    given_overrides,
     setting_overrides,
 )
 from nnexp.core.activations import ACTIVATIONS
@@ -47,8 +48,8 @@ def job_choices() -> dict[str, Any]:
 
 def job_overrides() -> list[str]:
     """The job's command-line overrides, without the parent run id a sweep adds."""
-    typed = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # as given: ${...} unresolved
-    return [item for item in typed if not item.startswith(f"{PARENT_OVERRIDE}=")]
+    overrides = given_overrides(HydraConfig.get().overrides.task)
+    return [item for item in overrides if not item.startswith(f"{PARENT_OVERRIDE}=")]
 
 
 def run_label(cfg: DictConfig) -> str:

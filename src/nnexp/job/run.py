@@ -13,6 +13,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from nnexp.config import given_overrides
 from nnexp.core.engine import warm_up
 from nnexp.core.metrics import confusion_matrix
 from nnexp.core.schedules import Constant, LearningRateScheduler
@@ -223,7 +224,9 @@ def train(
     with phases("checkpoints"):
         identity = {
             "config": run_config_yaml(cfg),
-            "overrides": [item for item in HydraConfig.get().overrides.task if not item.startswith("resume=")],
+            "overrides": [
+                item for item in given_overrides(HydraConfig.get().overrides.task) if not item.startswith("resume=")
+            ],
             "output_dir": str(output_dir.resolve()),
         }
 

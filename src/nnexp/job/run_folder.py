@@ -10,11 +10,17 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from nnexp.errors import ConfigError, StartRefused
 from nnexp.folders import check_hydra_paths, discard_orphan_folders, job_folders, use_run_folder
+from nnexp.presets import check_command_line_options
 
 
 class RunFolderCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_command_line_options(config)
+        except ConfigError as exc:
+            raise StartRefused(str(exc)) from None
         check_hydra_paths(config)
         discard_orphan_folders(Path.cwd())  # Hydra runs the job from the project's folder
         try:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from nnexp.config import check_tags
+from nnexp.config import check_tags, given_overrides
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
 from nnexp.folders import (
     FOLDER_LOCK,
@@ -33,6 +33,7 @@ from nnexp.folders import (
     note_run_opened,
     use_sweep_folder,
 )
+from nnexp.presets import check_command_line_options
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -98,9 +99,10 @@ class Sweep:
         from nnexp.tracking.tracked_run import Tracker
 
         project_dir = Path.cwd()  # Hydra changes no directory in the launching process
-        overrides = list(config.hydra.overrides.task)
+        overrides = given_overrides(config.hydra.overrides.task)
         if any(item.startswith(f"{PARENT_OVERRIDE}=") for item in overrides):
             raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
+        check_command_line_options(config)
         check_plugin_settings(config)
         check_subdir(config)
         check_hydra_paths(config)
