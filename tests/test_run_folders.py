@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import mlflow
@@ -336,3 +337,18 @@ def test_hydra_job_chdir_reads_relative_data_paths_from_where_nnexp_was_started(
     refused = project.run(*data, "seed=-1", "hydra.job.chdir=true")
     assert refused.stderr.splitlines() == ["error: seed must be >= 0, got -1"], refused.stderr
     assert project.job_dirs() == []
+
+
+@pytest.mark.parametrize("arguments", [("--cfg=all", "--resolve"), ("-c", "hydra", "--resolve"), ("--info", "config")])
+def test_a_command_line_that_only_shows_the_config_creates_no_folder(project, arguments):
+    """``--cfg=all`` (one argument) was not seen as showing only, and its resolved run folder was created."""
+    result = project.run(*arguments)
+    assert result.returncode == 0, result.stderr
+    assert not (project.root / "outputs").exists()
+
+
+def test_claim_creates_the_folder_whatever_the_process_s_own_arguments(tmp_path, monkeypatch):
+    """A process started with ``-c`` (pytest-xdist's workers are) is not showing a config."""
+    monkeypatch.setattr(sys, "argv", ["python", "-c", "job"])
+    assert claim(str(tmp_path / "day" / "12-00-00")) == str(tmp_path / "day" / "12-00-00")
+    assert (tmp_path / "day" / "12-00-00").is_dir()

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from nnexp.errors import Interrupted, NnexpError, StartRefused, interruption, raise_on_stop_signals, report
-from nnexp.folders import describe_os_error, discard_unused_folders, job_folders, normalised_folders
+from nnexp.folders import (
+    describe_os_error,
+    discard_unused_folders,
+    job_folders,
+    normalised_folders,
+    note_showing_only,
+)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -149,6 +155,7 @@ def launch() -> None:
     load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries
     sys.argv[1:] = normalised_folders(hydra_arguments(sys.argv[1:], Path.cwd()))
     check_override_keys(sys.argv[1:])
+    note_showing_only(sys.argv[1:])
     store_configs()
     presets = config_dir()
     check_preset_names(presets)

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -57,8 +56,9 @@ RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
 OPENED = "run_opened"
 #: The locks this process holds, open until it exits.
 _held: list[IO[str]] = []
-#: Hydra's flags that show the config instead of running it: a folder is then named but not created.
-SHOW_ONLY_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+#: Whether this process only shows the config (``--cfg``, ``--info``, shell completion): a folder is then named but
+#: not created. Set from Hydra's own reading of the command line (:func:`note_showing_only`).
+showing_only = False
 
 #: What a failed write's errno means for the user, and what to do about it.
 _OS_HINTS = {
@@ -96,7 +96,7 @@ def claim(path: str) -> str:
     """Create the folder ``path``, or ``path_2``, ``path_3``, ... if another run has it; returns the one created.
     A command line that only shows the config (``--cfg``) gets the name it would claim, and nothing is created."""
     wanted = Path(path)
-    if any(flag in sys.argv for flag in SHOW_ONLY_FLAGS):
+    if showing_only:
         return str(wanted)
     try:
         wanted.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +114,16 @@ def claim(path: str) -> str:
             raise ConfigError(describe_os_error(exc, "create the run folder")) from None
         job_folders.append(candidate)
         return str(candidate)
+
+
+def note_showing_only(arguments: list[str]) -> None:
+    """Note whether the command line ``arguments`` only show the config, as Hydra's parser reads them (``--cfg=job``
+    as well as ``-c job``)."""
+    from hydra._internal.utils import get_args_parser
+
+    global showing_only
+    parsed, _ = get_args_parser().parse_known_args(arguments)
+    showing_only = bool(parsed.cfg or parsed.info or parsed.shell_completion)
 
 
 def register_resolver() -> None:
