@@ -1,0 +1,45 @@
+"""How commands end when their surroundings go away: a closed pipe, a hang-up, a read-only run folder, a run deleted
+from its store while it trains."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+CLOSED_PIPE_STATUS = 141  # 128 + SIGPIPE, as a shell reports a reader gone
+
+
+def closed_pipe_run(project, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with its stdout a pipe whose reader is gone, as ``| head`` leaves it once it has read its lines."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "nnexp", *arguments],
+            cwd=project.root,
+            env=project.env(),
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+
+
+def assert_quiet_end(result: subprocess.CompletedProcess[str], status: int = CLOSED_PIPE_STATUS) -> None:
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_a_closed_pipe_ends_a_command_quietly(project):
+    assert_quiet_end(closed_pipe_run(project, "--version"))
+
+
+def test_a_closed_pipe_ends_a_run_and_the_tables_quietly(project):
+    """A run prints its progress on stderr: stdout's closed pipe does not stop it."""
+    assert_quiet_end(closed_pipe_run(project, "dataset=quadrants", "trainer.epochs=1"), 0)
+    assert [run.info.status for run in project.runs()] == ["FINISHED"]
+    for arguments in (["runs"], ["compare", "--all"]):
+        assert_quiet_end(closed_pipe_run(project, *arguments))
