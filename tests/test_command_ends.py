@@ -4,8 +4,12 @@ from its store while it trains."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+
+import pytest
+from test_signals import session_members
 
 CLOSED_PIPE_STATUS = 141  # 128 + SIGPIPE, as a shell reports a reader gone
 
@@ -43,3 +47,34 @@ def test_a_closed_pipe_ends_a_run_and_the_tables_quietly(project):
     assert [run.info.status for run in project.runs()] == ["FINISHED"]
     for arguments in (["runs"], ["compare", "--all"]):
         assert_quiet_end(closed_pipe_run(project, *arguments))
+
+
+#: A server as uvicorn is to SIGHUP: it reloads and serves on; SIGTERM ends it.
+RELOADING_SERVER = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGHUP, lambda *_: None)\n"
+    "print('serving', flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_hang_up_ends_a_group_of_children_in_one_exit_status_without_a_traceback():
+    """``kill -HUP`` of ``nnexp ui``: a traceback from the group's leader, which got its own SIGHUP back while it
+    stopped the group, and uvicorn, reloading on SIGHUP, left serving the port."""
+    leader = subprocess.Popen(
+        [sys.executable, "-m", "nnexp.children", sys.executable, "-c", RELOADING_SERVER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert leader.stdout.readline() == "serving\n"
+        leader.send_signal(signal.SIGHUP)
+        assert leader.wait(timeout=60) == 128 + signal.SIGHUP
+        assert "Traceback" not in leader.stderr.read()
+        assert session_members(leader.pid) == []
+    finally:
+        for pid in session_members(leader.pid):
+            os.kill(pid, signal.SIGKILL)
