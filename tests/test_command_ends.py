@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from mlflow import MlflowClient
 from test_signals import session_members
 
 CLOSED_PIPE_STATUS = 141  # 128 + SIGPIPE, as a shell reports a reader gone
@@ -78,3 +79,47 @@ def test_a_hang_up_ends_a_group_of_children_in_one_exit_status_without_a_traceba
     finally:
         for pid in session_members(leader.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_request_refused_because_the_run_is_deleted_raises_at_once(tmp_path):
+    """It read as a store that does not answer: retried every 30 s until the run's end, then kept in an outbox."""
+    from mlflow import MlflowClient
+
+    from nnexp.tracking.tracked_run import RunDeletedError, TrackedRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("nnexp")).info.run_id
+    run = TrackedRun(client, run_id, tmp_path)
+    client.delete_run(run_id)
+    run.log_metrics({"train_loss": 0.5}, step=1)
+    with pytest.raises(RunDeletedError) as raised:
+        run.flush()
+    assert str(raised.value) == (
+        f"run {run_id} was deleted from {uri} while it trained; restore it with: mlflow runs restore --run-id {run_id}"
+    )
+    assert run.deleted and not (tmp_path / "mlflow_outbox.json").exists()
+
+
+def test_a_run_deleted_while_it_trains_stops_with_its_checkpoint(project):
+    process = project.start("dataset=quadrants", "trainer.epochs=100000000", "hydra.run.dir=outputs/deleted")
+    try:
+        for line in process.stderr:  # the first progress line: the run is open and training
+            if "epoch" in line:
+                break
+        [run] = project.runs()
+        MlflowClient(tracking_uri=project.store_uri).delete_run(run.info.run_id)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    run_id, folder = run.info.run_id, project.root / "outputs" / "deleted" / "checkpoints"
+    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: run {run_id} was deleted from {project.store_uri} while it trained in epoch "), line
+    assert line.endswith(
+        f"; checkpoint in {folder}; restore it with: mlflow runs restore --run-id {run_id}, then resume with: "
+        f"python -m nnexp resume={run_id}"
+    ), line
+    assert "Traceback" not in stderr and "does not answer" not in stderr, stderr
+    assert process.returncode == 1
+    assert (folder / "checkpoint.json").is_file()
+    assert not (project.root / "outputs" / "deleted" / "mlflow_outbox.json").exists()

@@ -217,7 +217,7 @@ def train(
     callbacks: list[Callback] = [
         LearningRateScheduler(optimizer, experiment.schedule),
         progress,
-        MetricLogger(tracked, phases, rate_changes),
+        MetricLogger(tracked, phases, rate_changes, trainer),
     ]
     callbacks += stateful.values()
     if cfg.checkpoint.every != 0:
@@ -237,9 +237,12 @@ def train(
         )
     except Stopped as stop:
         kept = "checkpoint" if save_checkpoint(stop.state) else "the checkpoint could not be written; the last one"
-        log_checkpoint()
-        resume = resume_command(tracked.run_id)
-        raise Interrupted(f"{stop}; {kept} in {directory}; resume with: {resume}", stop.exit_code) from None
+        resume = f"resume with: {resume_command(tracked.run_id)}"
+        if tracked.deleted:  # the store takes nothing more of it, the checkpoint's copy neither
+            resume = f"restore it with: {tracked.restore_command}, then {resume}"
+        else:
+            log_checkpoint()
+        raise Interrupted(f"{stop}; {kept} in {directory}; {resume}", stop.exit_code) from None
     finally:
         progress.close()
     if directory.is_dir():
