@@ -3,10 +3,13 @@ from its store while it trains."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -123,3 +126,43 @@ def test_a_run_deleted_while_it_trains_stops_with_its_checkpoint(project):
     assert process.returncode == 1
     assert (folder / "checkpoint.json").is_file()
     assert not (project.root / "outputs" / "deleted" / "mlflow_outbox.json").exists()
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only: a read-only bind mount as root (whom permissions do not stop), else its mode."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_resume_into_a_read_only_run_folder_is_one_line_naming_it(tmp_path):
+    """A warning from a Hydra callback, then advice to run from a writable folder or set hydra.run.dir, which a
+    resume cannot."""
+    from test_checkpoint_files import saved, store_with_run
+
+    from nnexp.errors import ConfigError
+    from nnexp.job.resume import hydra_arguments
+
+    folder = tmp_path / "run"
+    uri, run_id = store_with_run(tmp_path, folder)
+    directory = saved(folder, run_id=run_id, config=f"tracking:\n  uri: {uri}\ntrainer:\n  epochs: 3\n")
+    with read_only(folder), pytest.raises(ConfigError) as raised:
+        hydra_arguments([f"resume={run_id}", f"tracking.uri={uri}"], tmp_path)
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert str(raised.value) == (
+        f"run folder {folder.resolve()} cannot be written ({reason}); resume writes the run's checkpoints, log and "
+        "model there: make it writable, then resume again"
+    )
+    assert directory.is_dir() and MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"

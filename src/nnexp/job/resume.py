@@ -11,6 +11,7 @@ must be in the store; anything else is one line naming the manifest and the fiel
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def hydra_arguments(arguments: list[str], project_dir: Path) -> list[str]:
         fields.fail("run_id", f"{target}, the run resume= names", manifest["run_id"])
     overrides = check_overrides(fields, manifest["overrides"], project_dir)
     output_dir = run_folder(loaded, project_dir)
+    check_writable(output_dir)
     return [*overrides, f"resume={folder.resolve()}", f"hydra.run.dir='{output_dir}'"]
 
 
@@ -140,6 +142,22 @@ def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
     if any(character in str(output_dir) for character in UNQUOTABLE):
         fields.fail("output_dir", f"a folder whose path holds none of {' '.join(UNQUOTABLE)}", str(output_dir))
     return output_dir
+
+
+def check_writable(output_dir: Path) -> None:
+    """Raise ConfigError unless a file can be made in the run's folder ``output_dir`` (if it exists), where the
+    resumed run writes its lock, log, checkpoints and model; tried, as permissions alone do not tell (root, a
+    read-only mount)."""
+    if not output_dir.is_dir():
+        return
+    try:
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"run folder {output_dir} cannot be written ({exc.strerror}); resume writes the run's checkpoints, log "
+            "and model there: make it writable, then resume again"
+        ) from None
 
 
 def check_recorded_config(loaded: checkpoint.Checkpoint, params: Mapping[str, str], store: str) -> None:
