@@ -304,7 +304,7 @@ def check_members(
         known = name.startswith(SECTIONS) or (name == PREDICTED and manifest["progress"]["batch"] > 0)
         if not known and not (manifest["format"] >= 2 and name.startswith("history/")):
             raise DataError(
-                f"{weights}: array {name!r} is none of a checkpoint's ({', '.join(SECTIONS)} history/, {PREDICTED} "
+                f"{weights}: array {name!r} is none of a checkpoint's ({', '.join(SECTIONS)}, history/, {PREDICTED} "
                 "within an epoch)"
             )
 
