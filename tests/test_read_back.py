@@ -109,7 +109,8 @@ def test_a_manifest_edited_to_other_settings_than_its_run_logged_is_refused(tmp_
     uri, run_id = store_with_run(tmp_path, None)
     MlflowClient(tracking_uri=uri).log_param(run_id, "trainer.epochs", "3")
     recorded = f"tracking:\n  uri: {uri}\ntrainer:\n  epochs: 3\n"
-    edited = saved(tmp_path, run_id=run_id, config=recorded.replace("3", "17108"), overrides=["trainer.epochs=17108"])
+    config = f"tracking:\n  uri: {uri}\ntrainer:\n  epochs: 17108\n"
+    edited = saved(tmp_path, run_id=run_id, config=config, overrides=["trainer.epochs=17108"])
     with pytest.raises(NnexpError) as raised:
         hydra_arguments([f"resume={edited}"], tmp_path)
     assert str(raised.value) == (
