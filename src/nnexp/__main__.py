@@ -51,9 +51,21 @@ HELP_FLAGS = ("-h", "--help")
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+#: The exit status of a command whose output was no longer read (``| head``), as a shell reports SIGPIPE.
+CLOSED_PIPE_STATUS = 128 + 13
+
+
 def main() -> None:
     try:
-        command()
+        try:
+            command()
+        finally:
+            sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe prints "Exception ignored"
+    except BrokenPipeError:
+        # The reader went away (``nnexp runs | head -2``): what it wanted was printed; stop quietly, and point
+        # stdout at nothing so that nothing else tries to write to the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(CLOSED_PIPE_STATUS)
     except KeyboardInterrupt as exc:  # one that lands before command() can catch it, as in its first lines
         stop = Interrupted.of(exc)
         fail(str(stop), stop.exit_code)
@@ -112,6 +124,11 @@ def run_hydra() -> None:
         stop = interruption(exc)
         if stop is not None:  # wrapped by Python, as one in an import can be
             raise stop from None
+        from nnexp.cli_errors import causes
+
+        closed = next((cause for cause in causes(exc) if isinstance(cause, BrokenPipeError)), None)
+        if closed is not None:  # wrapped by Hydra, perhaps: main() knows it by its class
+            raise closed from None
         message = describe_error(exc)
         if message is None or FULL_ERRORS:
             raise
@@ -125,6 +142,8 @@ def describe_error(exc: Exception) -> str | None:
     from nnexp.presets import describe_preset_error
 
     for cause in causes(exc):
+        if isinstance(cause, BrokenPipeError):  # stdout's reader went away: main() ends quietly
+            return None
         if isinstance(cause, NnexpError):
             return str(cause)
         if isinstance(cause, OSError) and cause.errno is not None:

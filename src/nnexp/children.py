@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nnexp.errors import Interrupted, raise_on_stop_signals
+from nnexp.errors import STOPPED, Interrupted, raise_on_stop_signals
 
 #: ``prctl``'s option that sets the signal a process gets when its parent dies (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
@@ -80,10 +80,13 @@ def lead(command: Sequence[str]) -> int:
 
 
 def end_group(child: subprocess.Popen, signum: int) -> None:
-    """Send ``signum`` to the leader's group, give it :data:`GRACE_SECONDS` to end, then kill what is left."""
-    for each in (signal.SIGINT, signal.SIGTERM):  # the leader outlives the signal it sends its group
+    """Send ``signum`` to the leader's group, give it :data:`GRACE_SECONDS` to end, then kill what is left.
+
+    A hang-up is passed on as SIGTERM: uvicorn, under ``mlflow ui``, takes SIGHUP as "reload" and serves on.
+    """
+    for each in (signal.SIGINT, *STOPPED):  # the leader outlives the signal it sends its group
         signal.signal(each, signal.SIG_IGN)
-    os.killpg(0, signum)
+    os.killpg(0, signal.SIGTERM if signum == getattr(signal, "SIGHUP", None) else signum)
     deadline = time.monotonic() + GRACE_SECONDS
     while time.monotonic() < deadline:
         child.poll()  # reap the command, or it would count as left

@@ -20,7 +20,17 @@ from nnexp.core.losses import Loss
 from nnexp.core.network import Sequential
 from nnexp.errors import DataError, NnexpError
 from nnexp.registry import config_parameters
-from nnexp.schema import Fields, check_weights, inside, load_npz, npz_arrays, parse_json, printable, shown
+from nnexp.schema import (
+    Fields,
+    check_weights,
+    inside,
+    load_npz,
+    npz_arrays,
+    parse_json,
+    printable,
+    read_text,
+    shown,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -317,7 +327,7 @@ def load(data_path: str | Path) -> NetworkModel:
         if path.exists() and not inside(path, folder):
             raise DataError(f"{path}: leads out of the model folder {folder}")
     try:
-        text = spec_path.read_text()
+        text = read_text(spec_path)
     except OSError as exc:
         raise DataError(f"{spec_path}: cannot be read: {exc.strerror}") from None
     spec = NetworkSpec.from_json(text, str(spec_path))

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
@@ -124,10 +126,45 @@ def inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened to read its bytes if it is a regular file, symbolic links followed; otherwise a
+    :class:`DataError` ``PATH: not a regular file``: a FIFO would block its reader for ever, a device never end.
+
+    The file is opened without blocking (a FIFO opens at once, without a writer) and the opened descriptor is
+    checked, so that no other file can take its place between the check and the reads.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise DataError(f"{path}: not a regular file")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of the regular file ``path`` (see :func:`open_regular`)."""
+    with open_regular(path) as file:
+        return file.read().decode()
+
+
+def check_regular(path: Path) -> None:
+    """Raise :class:`DataError` ``PATH: not a regular file`` unless ``path`` (links followed) is one: for a file
+    another library opens, such as an artifact MLflow uploads."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:  # a link to nothing, say
+        raise DataError(f"{path}: cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file")
+
+
 def sha256_of(path: Path) -> str:
     """The hex SHA-256 digest of a file's bytes."""
     digest = hashlib.sha256()
-    with path.open("rb") as file:
+    with open_regular(path) as file:
         while chunk := file.read(2**20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -136,12 +173,12 @@ def sha256_of(path: Path) -> str:
 def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """The shape and dtype of each array of the ``.npz`` file ``path``, from its headers alone: nothing is allocated.
 
-    Raises :class:`DataError` for a file that is no ``.npz``, an array of Python objects, or one whose header
-    promises more data than the file holds (a truncated or crafted file).
+    Raises :class:`DataError` for a file that is no regular file or no ``.npz``, an array of Python objects, or one
+    whose header promises more data than the file holds (a truncated or crafted file).
     """
     found = {}
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_regular(path) as file, zipfile.ZipFile(file) as archive:
             for info in archive.infolist():
                 name = info.filename.removesuffix(".npy")
                 with archive.open(info) as member:
@@ -164,12 +201,26 @@ def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return found
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of the ``.npz`` file ``path``, once :func:`npz_arrays` has checked its headers; a corrupt file
-    (a flipped bit fails its CRC) raises :class:`DataError`."""
-    npz_arrays(path)
+def check_npz_data(path: Path) -> None:
+    """Raise :class:`DataError` if the data of an array of the ``.npz`` file ``path`` fails its CRC (a flipped bit),
+    read in chunks: none is held whole in memory."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        with open_regular(path) as file, zipfile.ZipFile(file) as archive:
+            damaged = archive.testzip()
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable .npz file: {exc}") from None
+    if damaged is not None:
+        raise DataError(f"{path}: not a readable .npz file: Bad CRC-32 for file {damaged!r}")
+
+
+def load_npz(path: Path, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays ``names`` (all by default) of the ``.npz`` file ``path``, which the caller checked by their headers
+    (:func:`npz_arrays`) first; a corrupt file (a flipped bit fails its CRC) raises :class:`DataError`.
+
+    Only the arrays asked for are decompressed: another member, however large, costs nothing.
+    """
+    try:
+        with open_regular(path) as file, np.load(file, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files if names is None or key in names}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: not a readable .npz file: {exc}") from None

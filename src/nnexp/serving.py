@@ -31,7 +31,7 @@ import numpy as np
 from nnexp.core.network import Sequential
 from nnexp.errors import DataError, NnexpError
 from nnexp.network_files import SPEC_FILE, WEIGHTS_FILE, load
-from nnexp.schema import Fields, inside
+from nnexp.schema import Fields, inside, read_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -68,7 +68,7 @@ def check_model_folder(path: Path, what: str) -> None:
     meta = path / "MLmodel"
     fields = Fields(f"{what}: {meta}" if what != str(path) else meta)
     try:
-        found = yaml.safe_load(meta.read_text())
+        found = yaml.safe_load(read_text(meta))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise DataError(f"{what}: {meta} cannot be read: {type(exc).__name__}") from None
     flavors = fields.mapping(fields.mapping(found, "MLmodel").get("flavors"), "flavors")

@@ -201,7 +201,10 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as dotted MLflow params; ``tags`` go to the run's tags instead, and where the run is
     recorded (``tracking.*``: its store, experiment, name and parent) and ``resume`` are the run's own record, not
     settings to compare runs by."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for bookkeeping in ("tags", "tracking", "resume"):
-        container.pop(bookkeeping, None)
-    return flatten(container)
+    return config_params(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def config_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The params :func:`run_params` logs for a resolved ``config`` of plain containers (a checkpoint's, say)."""
+    settings = {key: value for key, value in config.items() if key not in ("tags", "tracking", "resume")}
+    return flatten(settings)

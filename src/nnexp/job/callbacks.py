@@ -23,18 +23,21 @@ from nnexp.job.phases import Phases
 from nnexp.job.record import run_config_yaml
 from nnexp.tracking.opening import OpeningRun
 from nnexp.tracking.store import flatten, mlflow_metrics
-from nnexp.tracking.tracked_run import TrackedRun
+from nnexp.tracking.tracked_run import RunDeletedError, TrackedRun
 
 
 class MetricLogger(Callback):
     """Sends each epoch's metrics to the run, with ``step`` = epoch; the learning rate only if ``rate_changes``."""
 
-    def __init__(self, run: TrackedRun | OpeningRun, phases: Phases, rate_changes: bool) -> None:
-        self.run, self.phases, self.rate_changes = run, phases, rate_changes
+    def __init__(self, run: TrackedRun | OpeningRun, phases: Phases, rate_changes: bool, trainer: Trainer) -> None:
+        self.run, self.phases, self.rate_changes, self.trainer = run, phases, rate_changes, trainer
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         with self.phases("mlflow_logging"):
-            self.run.log_metrics(mlflow_metrics(logs, rate_changes=self.rate_changes), step=epoch)
+            try:
+                self.run.log_metrics(mlflow_metrics(logs, rate_changes=self.rate_changes), step=epoch)
+            except RunDeletedError:  # stopped as a signal stops it, at the next batch, with a checkpoint
+                self.trainer.request_stop(self.run.deleted_reason, 1)
 
 
 def stateful_callbacks(early_stopping: EarlyStopping | None) -> dict[str, Callback]:

@@ -22,7 +22,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,18 @@ from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer, fits
 from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
 from nnexp.errors import DataError
-from nnexp.schema import RUN_ID, Fields, check_weights, inside, load_npz, parse_json, sha256_of
+from nnexp.schema import (
+    RUN_ID,
+    Fields,
+    check_npz_data,
+    check_weights,
+    inside,
+    load_npz,
+    npz_arrays,
+    parse_json,
+    read_text,
+    sha256_of,
+)
 
 MANIFEST = "checkpoint.json"
 #: Format 2 records the SHA-256 of the ``.npz`` and keeps the metric history in it; format 1, written by earlier
@@ -46,17 +57,29 @@ FORMATS = (1, 2)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 #: The ``.npz`` a manifest names: a bare file name in the manifest's folder, stamped with epoch and batch.
 WEIGHTS = re.compile(r"checkpoint-e(\d+)-b(\d+)\.npz")
+#: The arrays of a checkpoint's ``.npz`` besides its history, by the prefix of their names.
+SECTIONS = ("network/", "optimizer/", "callback/")
+PREDICTED = "progress/predicted"
 #: The bit generator of ``np.random.default_rng``, which nnexp's runs use.
 BIT_GENERATOR = type(np.random.default_rng(0).bit_generator)
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the manifest's values and the arrays of its ``.npz``."""
+    """A loaded checkpoint: the manifest's values and the arrays of its ``.npz``, read once :meth:`restore` has
+    checked their headers against the run (``headers``: each array's shape and dtype)."""
 
     path: Path
     manifest: dict[str, Any]
-    arrays: dict[str, np.ndarray]
+    loaded: dict[str, np.ndarray] | None = None
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays besides the history (which :func:`load` took out), read on first use."""
+        if self.loaded is None:
+            self.loaded = load_npz(self.weights, [name for name in self.headers if not name.startswith("history/")])
+        return self.loaded
 
     @property
     def run_id(self) -> str:
@@ -91,6 +114,7 @@ class Checkpoint:
         ``trainer`` and ``n_samples`` (the training set's size) say how many batches an epoch has: a checkpoint
         taken within an epoch must lie within it.
         """
+        self._check_sizes(network, n_samples)
         self._check_progress(trainer, n_samples)
         # Besides the step count, the network's weights, the optimizer's state and what callbacks keep (early
         # stopping's best weights) are all arrays of the run's dtype.
@@ -131,6 +155,19 @@ class Checkpoint:
         path = self.path.resolve()
         shown = path.relative_to(cwd.resolve()) if path.is_relative_to(cwd.resolve()) else path
         return f"resuming run {self.run_id} {where} ({shown})"
+
+    def _check_sizes(self, network: Sequential, n_samples: int) -> None:
+        """No array may be larger than this run's largest parameter (its predictions: its training set), by its
+        header, before any is read: a crafted ``.npz`` would have each decompressed whole."""
+        largest = max((params.nbytes for _, params, _ in network.packed_parameters()), default=0)
+        for name, (shape, dtype) in self.headers.items():
+            size = math.prod(shape) * dtype.itemsize
+            limit = n_samples * np.dtype(np.int64).itemsize if name == PREDICTED else largest
+            if not name.startswith("history/") and size > limit:
+                raise DataError(
+                    f"{self.weights}: array {name} declares {shape} {dtype} ({size} bytes), more than this run "
+                    f"keeps in any one array ({limit} bytes)"
+                )
 
     def _check_progress(self, trainer: Trainer, n_samples: int) -> None:
         batches = math.ceil(n_samples / max(1, trainer.batch_length(n_samples)))
@@ -236,7 +273,7 @@ def save(
 def files(directory: Path) -> list[Path]:
     """The files of the checkpoint in ``directory``: its manifest and the ``.npz`` it names, nothing else."""
     manifest = directory / MANIFEST
-    return [manifest, directory / json.loads(manifest.read_text())["weights"]]
+    return [manifest, directory / json.loads(read_text(manifest))["weights"]]
 
 
 #: The training time of an epoch in progress a manifest may claim: a year. It is logged as that epoch's time.
@@ -248,7 +285,7 @@ def load(path: Path) -> Checkpoint:
     DataError naming the file and what is wrong."""
     manifest_path = path / MANIFEST if path.is_dir() else path
     try:
-        manifest = parse_json(manifest_path.read_text())
+        manifest = parse_json(read_text(manifest_path))
     except FileNotFoundError:
         raise DataError(f"{manifest_path}: no checkpoint here (expected {MANIFEST})") from None
     except (OSError, ValueError) as exc:
@@ -257,18 +294,34 @@ def load(path: Path) -> Checkpoint:
     weights = manifest_path.parent / manifest["weights"]
     if not inside(weights, manifest_path.parent):
         raise DataError(f"{manifest_path}: weights {manifest['weights']!r} leads out of its folder")
-    arrays = load_npz(weights)
+    headers = npz_arrays(weights)
+    check_members(headers, manifest, weights)
+    check_npz_data(weights)  # a damaged file is told from another one copied over it
     if "weights_sha256" in manifest and sha256_of(weights) != manifest["weights_sha256"]:
         raise DataError(
             f"{weights}: was not written by run {manifest['run_id']}'s checkpoint (its SHA-256 differs from the one "
             f"{manifest_path.name} records); another file was copied over it"
         )
     if manifest["format"] >= 2:
-        manifest["history"] = history_of(arrays, manifest["history"], manifest["progress"]["epoch"], weights)
+        manifest["history"] = history_of(headers, manifest["history"], manifest["progress"]["epoch"], weights)
         check_history(Fields(weights), manifest["history"], "history/{}")
     else:
         check_history(Fields(manifest_path), manifest["history"], "history.{}")
-    return Checkpoint(manifest_path, manifest, arrays)
+    return Checkpoint(manifest_path, manifest, headers=headers)
+
+
+def check_members(
+    headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], manifest: dict[str, Any], weights: Path
+) -> None:
+    """Every array of the ``.npz`` must be one a checkpoint holds, by its name: an unknown one is refused before
+    anything is read. (Their sizes are checked against the run by :meth:`Checkpoint.restore`.)"""
+    for name in headers:
+        known = name.startswith(SECTIONS) or (name == PREDICTED and manifest["progress"]["batch"] > 0)
+        if not known and not (manifest["format"] >= 2 and name.startswith("history/")):
+            raise DataError(
+                f"{weights}: array {name!r} is none of a checkpoint's ({', '.join(SECTIONS)}, history/, {PREDICTED} "
+                "within an epoch)"
+            )
 
 
 #: The range of each per-epoch metric's values, which must be finite: (at least, at most).
@@ -292,22 +345,22 @@ def check_history(fields: Fields, history: Mapping[str, list[float]], name: str)
             fields.check(metric != "learning_rate" or value > 0, field, "a rate > 0", value)
 
 
-def history_of(arrays: dict[str, np.ndarray], names: list[str], epoch: int, weights: Path) -> dict[str, list[float]]:
-    """The per-epoch metrics ``names`` of a format 2 checkpoint, taken out of its ``.npz`` ``arrays``: one float64
-    vector of ``epoch`` values each, and no other ``history/`` array."""
-    found = {key.removeprefix("history/") for key in arrays if key.startswith("history/")}
+def history_of(
+    headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], names: list[str], epoch: int, weights: Path
+) -> dict[str, list[float]]:
+    """The per-epoch metrics ``names`` of a format 2 checkpoint, read from its ``.npz`` once their ``headers`` say
+    each is one float64 vector of ``epoch`` values, and there is no other ``history/`` array."""
+    found = {key.removeprefix("history/") for key in headers if key.startswith("history/")}
     if found != set(names):
         raise DataError(f"{weights}: history arrays {sorted(found)} do not match the manifest's {sorted(names)}")
-    history = {}
     for name in names:
-        values = arrays.pop(f"history/{name}")
-        if values.dtype != np.float64 or values.shape != (epoch,):
+        shape, dtype = headers[f"history/{name}"]
+        if dtype != np.float64 or shape != (epoch,):
             raise DataError(
-                f"{weights}: history/{name} must be {epoch} float64 values, one per epoch, found {values.shape} "
-                f"{values.dtype}"
+                f"{weights}: history/{name} must be {epoch} float64 values, one per epoch, found {shape} {dtype}"
             )
-        history[name] = values.tolist()
-    return history
+    arrays = load_npz(weights, [f"history/{name}" for name in names])
+    return {name: arrays[f"history/{name}"].tolist() for name in names}
 
 
 def check_manifest(manifest: object, path: Path) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 import socket
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
-from nnexp.errors import ConfigError
+from nnexp.errors import ConfigError, DataError
 from nnexp.job import checkpoint
 from nnexp.schema import Fields
 from nnexp.tracking import liveness
@@ -55,6 +57,7 @@ def hydra_arguments(arguments: list[str], project_dir: Path) -> list[str]:
         fields.fail("run_id", f"{target}, the run resume= names", manifest["run_id"])
     overrides = check_overrides(fields, manifest["overrides"], project_dir)
     output_dir = run_folder(loaded, project_dir)
+    check_writable(output_dir)
     return [*overrides, f"resume={folder.resolve()}", f"hydra.run.dir='{output_dir}'"]
 
 
@@ -128,6 +131,7 @@ def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
     store = resolve_uri(configured, project_dir)
     client = existing_store(store, f"{loaded.path} names run {run_id}, which must be in it")
     run = find_run(client, run_id, f"{loaded.path}: run_id {run_id} is no run in {store}")
+    check_recorded_config(loaded, run.data.params, store)
     recorded = run.data.tags.get("output_dir")
     if moved(loaded.path.parent, Path(recorded) if recorded is not None else output_dir):
         # The user moved the run's folder: the run goes on where its checkpoint and log now are, not split across
@@ -140,6 +144,40 @@ def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
     if any(character in str(output_dir) for character in UNQUOTABLE):
         fields.fail("output_dir", f"a folder whose path holds none of {' '.join(UNQUOTABLE)}", str(output_dir))
     return output_dir
+
+
+def check_writable(output_dir: Path) -> None:
+    """Raise ConfigError unless a file can be made in the run's folder ``output_dir`` (if it exists), where the
+    resumed run writes its lock, log, checkpoints and model; tried, as permissions alone do not tell (root, a
+    read-only mount)."""
+    if not output_dir.is_dir():
+        return
+    try:
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"run folder {output_dir} cannot be written ({exc.strerror}); resume writes the run's checkpoints, log "
+            "and model there: make it writable, then resume again"
+        ) from None
+
+
+def check_recorded_config(loaded: checkpoint.Checkpoint, params: Mapping[str, str], store: str) -> None:
+    """The manifest's config must be the one its run's params in ``store`` record: they are the run's record, and a
+    manifest edited to train on with other settings would leave them saying what was not done."""
+    from nnexp.job.build import config_params
+    from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
+
+    if not params:  # a run that never logged its params records nothing to hold the manifest to
+        return
+    config = config_params(yaml.safe_load(loaded.manifest["config"]))
+    logged = {key: str(value)[:MAX_PARAM_LENGTH] for key, value in config.items()}
+    differ = sorted(key for key in logged.keys() | params.keys() if logged.get(key) != params.get(key))
+    if differ:
+        raise DataError(
+            f"{loaded.path}: config sets {', '.join(differ)} otherwise than run {loaded.run_id}'s params in {store} "
+            "record; a run is resumed only with the settings it logged"
+        )
 
 
 def moved(checkpoints: Path, recorded: Path) -> bool:

@@ -269,7 +269,7 @@ def train(
     callbacks: list[Callback] = [
         LearningRateScheduler(optimizer, experiment.schedule),
         progress,
-        MetricLogger(tracked, phases, rate_changes),
+        MetricLogger(tracked, phases, rate_changes, trainer),
     ]
     callbacks += stateful.values()
     if cfg.checkpoint.every != 0:
@@ -291,8 +291,11 @@ def train(
     except Stopped as stop:
         tracked.check()  # a run that could not be opened stops training with its own error, and keeps nothing
         failed = save_checkpoint(stop.state)
-        log_checkpoint()
         resume = f"resume with: {resume_command(tracked.run_id)}"
+        if tracked.deleted:  # the store takes nothing more of it, the checkpoint's copy neither
+            resume = f"restore it with: {tracked.restore_command}, then {resume}"
+        else:
+            log_checkpoint()
         if failed is None:
             kept = f"checkpoint in {directory}; {resume}"
         elif (directory / checkpoint.MANIFEST).is_file():

@@ -99,6 +99,15 @@ class OpeningRun:
     def run_id(self) -> str:
         return self.wait().run_id
 
+    @property
+    def deleted(self) -> bool:
+        """Whether the store said the run was deleted (a run not yet open has not been)."""
+        return self._run is not None and self._run.deleted
+
+    @property
+    def restore_command(self) -> str:
+        return self.wait().restore_command
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._call("log_params", dict(params))
 

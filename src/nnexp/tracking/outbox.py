@@ -42,11 +42,11 @@ def sync(folder: Path, uri: str | None = None) -> str:
     """
     from mlflow.entities import Metric
 
-    from nnexp.schema import Fields, parse_json
+    from nnexp.schema import Fields, parse_json, read_text
 
     path = folder / OUTBOX
     try:
-        contents = parse_json(path.read_text())
+        contents = parse_json(read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no outbox here; nothing to send") from None
     except (OSError, ValueError) as exc:
@@ -175,7 +175,7 @@ def artifact_files(
     Temporary files of writes that were interrupted are left out.
     """
     from nnexp.atomic import PARTIAL
-    from nnexp.schema import inside
+    from nnexp.schema import check_regular, inside
 
     if not inside(local, folder):
         fields.fail(field, f"a file inside {folder.resolve()}", str(local))
@@ -186,13 +186,16 @@ def artifact_files(
         relative = not artifact_path.startswith("/") and ".." not in parts
         fields.check(relative, f"{field} artifact path", "relative, without ..", artifact_path)
     if not local.is_dir():
+        check_regular(local)  # MLflow would read a FIFO for ever
         return [(str(local.resolve()), artifact_path)]
     found = []
     for entry in sorted(local.rglob("*")):
         if not inside(entry, folder):
             fields.fail(field, f"a folder whose files are inside {folder.resolve()}", str(entry))
-        if entry.is_file() and not PARTIAL.fullmatch(entry.name):
-            parent = entry.parent.relative_to(local).as_posix()
-            where = "/".join(part for part in (artifact_path, parent) if part and part != ".") or None
-            found.append((str(entry.resolve()), where))
+        if entry.is_dir() or PARTIAL.fullmatch(entry.name):
+            continue
+        check_regular(entry)
+        parent = entry.parent.relative_to(local).as_posix()
+        where = "/".join(part for part in (artifact_path, parent) if part and part != ".") or None
+        found.append((str(entry.resolve()), where))
     return found

@@ -64,6 +64,11 @@ class TrackingStoreError(NnexpError):
     """The tracking store went away during a run and did not come back; what it missed is in an outbox file."""
 
 
+class RunDeletedError(NnexpError):
+    """The run was deleted from its store while this process had it open: the store takes nothing more of it, and
+    waiting for it to answer would wait for ever."""
+
+
 class TrackedRun:
     """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow.
 
@@ -89,6 +94,8 @@ class TrackedRun:
         self._stored: set[tuple[str, int]] = set()
         #: A model the store did not take, where it is kept, and how to log it when the store takes requests again.
         self._model: tuple[Path, Callable[[], object]] | None = None
+        #: The run was deleted from the store while open (:class:`RunDeletedError`).
+        self.deleted = False
 
     @property
     def disk_error(self) -> str | None:
@@ -99,14 +106,28 @@ class TrackedRun:
         self._heartbeat = liveness.Heartbeat(self.client, self.run_id)
 
     @property
+    def deleted_reason(self) -> str:
+        return f"run {self.run_id} was deleted from {self.store} while it trained"
+
+    @property
+    def restore_command(self) -> str:
+        return f"mlflow runs restore --run-id {self.run_id}"
+
+    @property
     def store(self) -> str:
         return str(self.client.tracking_uri)
 
     def _send(self, request: Callable[[], object]) -> bool:
-        """Make one request; if the store does not answer, note it (warning once) and return False."""
+        """Make one request; if the store does not answer, note it (warning once) and return False. Raises
+        :class:`RunDeletedError` if the store refuses the request because the run is deleted."""
         try:
             request()
         except Exception as exc:
+            if f"The run {self.run_id} must be in the 'active' state. Current state is deleted" in str(exc):
+                self.deleted = True
+                if self._heartbeat is not None:
+                    self._heartbeat.stop()
+                raise RunDeletedError(f"{self.deleted_reason}; restore it with: {self.restore_command}") from None
             self._disk_error = disk_error(exc, sqlite_path(self.store))
             if self._away_since is None:
                 reason = store_error_reason(exc)[:200]
@@ -422,6 +443,8 @@ class Tracker:
 def end_after(run: TrackedRun, exc: BaseException) -> None:
     """End ``run`` KILLED if ``exc`` is (or was raised from) a stop, and raise :class:`Interrupted` saying so; else
     FAILED with ``exc`` as its ``failure_reason``."""
+    if run.deleted:  # the store takes no status of a deleted run: it stays as it is there
+        return
     stop = interruption(exc)
     stop = Interrupted.of(stop) if stop is not None else None
     reason = str(stop or exc) or type(exc).__name__

@@ -1,0 +1,121 @@
+"""Every file nnexp reads back is a regular file of the size the run implies: a FIFO, a device or a crafted member
+is one line naming the file, before anything is read or allocated."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_checkpoint_files import rewritten, saved, setup, store_with_run
+from test_model_folders import saved as saved_model
+
+from nnexp.errors import NnexpError
+from nnexp.job import checkpoint
+from nnexp.network_files import load as load_network
+from nnexp.tracking.outbox import sync
+
+
+def error_within(call: Callable[[], object]) -> str:
+    """The one-line error ``call`` raises; a reader blocked on a FIFO fails the test instead of hanging it."""
+    outcome: dict[str, str] = {}
+
+    def target() -> None:
+        try:
+            call()
+        except NnexpError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "blocked reading a FIFO"
+    assert "\n" not in outcome["error"]
+    return outcome["error"]
+
+
+def replaced_by_fifo(path: Path) -> Path:
+    path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+def test_a_checkpoint_manifest_or_npz_that_is_a_fifo_is_refused(tmp_path):
+    directory = saved(tmp_path)
+    weights = replaced_by_fifo(next(directory.glob("checkpoint-*.npz")))
+    assert error_within(lambda: checkpoint.load(directory)) == f"{weights}: not a regular file"
+    manifest = replaced_by_fifo(directory / checkpoint.MANIFEST)
+    assert error_within(lambda: checkpoint.load(directory)) == f"{manifest}: not a regular file"
+
+
+def outbox(folder: Path, artifacts: list) -> Path:
+    contents = {"tracking_uri": "sqlite:///x.db", "run_id": "ab" * 16, "status": "FINISHED", "metrics": [], "tags": {}}
+    (folder / "mlflow_outbox.json").write_text(json.dumps({**contents, "artifacts": artifacts}))
+    return folder
+
+
+def test_an_outbox_or_its_artifact_that_is_a_fifo_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "plot.png")
+    (tmp_path / "plots").mkdir()
+    os.mkfifo(tmp_path / "plots" / "curve.png")
+    folder = outbox(tmp_path, [["plot.png", None]])
+    assert error_within(lambda: sync(folder)) == f"{tmp_path / 'plot.png'}: not a regular file"
+    outbox(folder, [["plots", "plots"]])
+    assert error_within(lambda: sync(folder)) == f"{tmp_path / 'plots' / 'curve.png'}: not a regular file"
+    path = replaced_by_fifo(folder / "mlflow_outbox.json")
+    assert error_within(lambda: sync(folder)) == f"{path}: not a regular file"
+
+
+@pytest.mark.parametrize("name", ["network.json", "weights.npz"])
+def test_a_model_folder_file_that_is_a_fifo_is_refused(tmp_path, name):
+    data = saved_model(tmp_path / "model") / "data" / "nnexp"
+    path = replaced_by_fifo(data / name)
+    assert error_within(lambda: load_network(data)) == f"{path}: not a regular file"
+
+
+def test_an_unknown_array_in_a_checkpoint_is_refused_by_name_unread(tmp_path, monkeypatch):
+    directory = saved(tmp_path)
+    weights = rewritten(directory, lambda arrays: arrays | {"padding": np.zeros(10**6, np.uint8)})
+    monkeypatch.setattr(checkpoint, "load_npz", lambda *args: pytest.fail("an array was read"))
+    assert error_within(lambda: checkpoint.load(directory)).startswith(f"{weights}: array 'padding' is none of")
+
+
+def test_an_array_larger_than_the_run_keeps_is_refused_by_its_header_unread(tmp_path, monkeypatch):
+    """A crafted member under a checkpoint's own name: its header says how much it would take, before it is read."""
+    directory = saved(tmp_path)
+    weights = rewritten(directory, lambda arrays: arrays | {"optimizer/m/weight": np.zeros(10**6, np.float32)})
+    loaded = checkpoint.load(directory)
+    monkeypatch.setattr(checkpoint, "load_npz", lambda *args: pytest.fail("an array was read"))
+    network, _, optimizer, rng, trainer = setup()
+    with pytest.raises(NnexpError) as raised:
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert str(raised.value) == (
+        f"{weights}: array optimizer/m/weight declares (1000000,) float32 (4000000 bytes), more than this run keeps "
+        "in any one array (80 bytes)"
+    )
+
+
+def test_a_manifest_edited_to_other_settings_than_its_run_logged_is_refused(tmp_path):
+    """Its config and overrides edited together (trainer.epochs, optimizer.learning_rate) trained on with them and
+    FINISHED, while the run's params said the settings it was started with."""
+    from mlflow import MlflowClient
+
+    from nnexp.job.resume import hydra_arguments
+
+    uri, run_id = store_with_run(tmp_path, None)
+    MlflowClient(tracking_uri=uri).log_param(run_id, "trainer.epochs", "3")
+    recorded = f"tracking:\n  uri: {uri}\ntrainer:\n  epochs: 3\n"
+    config = f"tracking:\n  uri: {uri}\ntrainer:\n  epochs: 17108\n"
+    edited = saved(tmp_path, run_id=run_id, config=config, overrides=["trainer.epochs=17108"])
+    with pytest.raises(NnexpError) as raised:
+        hydra_arguments([f"resume={edited}"], tmp_path)
+    assert str(raised.value) == (
+        f"{edited / checkpoint.MANIFEST}: config sets trainer.epochs otherwise than run {run_id}'s params in {uri} "
+        "record; a run is resumed only with the settings it logged"
+    )
+    as_logged = saved(tmp_path, run_id=run_id, config=recorded, overrides=["trainer.epochs=3"])
+    assert hydra_arguments([f"resume={as_logged}"], tmp_path)[0] == "trainer.epochs=3"
