@@ -105,6 +105,10 @@ class OpeningRun:
         return self._run is not None and self._run.deleted
 
     @property
+    def deleted_reason(self) -> str:
+        return self.wait().deleted_reason
+
+    @property
     def restore_command(self) -> str:
         return self.wait().restore_command
 
