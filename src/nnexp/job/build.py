@@ -136,6 +136,7 @@ def configure(cfg: DictConfig) -> Components:
     if floor is not None and rate is not None and floor >= rate:  # the schedule would raise the rate, not lower it
         raise ConfigError(f"schedule.min_rate must be < optimizer.learning_rate ({rate}), got {floor}")
     check_param_lengths(run_params(cfg))
+    check_in_dtype(cfg, components.dtype)
     return components
 
 
@@ -183,6 +184,36 @@ def check_param_lengths(params: dict[str, Any]) -> None:
                 f"{key}: an MLflow param holds at most {MAX_PARAM_LENGTH} characters, this value has "
                 f"{len(str(value))}; the run's record would be cut short"
             )
+
+
+#: The config groups whose numbers meet the network's arrays, and so become numbers of the run's dtype: NumPy
+#: casts a Python float to a float32 array's dtype (``step += epsilon``). A dataset's numbers make its data, whose
+#: cast the dataset check looks at.
+DTYPE_GROUPS = ("model", "loss", "optimizer", "schedule")
+
+
+def check_in_dtype(cfg: DictConfig, dtype: type[np.floating]) -> None:
+    """Refuse a number of :data:`DTYPE_GROUPS` that ``dtype`` turns into 0 or infinity: ``optimizer.epsilon=1e-50``
+    would be 0 in float32, and the record would say 1e-50."""
+    name = np.dtype(dtype).name
+    for group in DTYPE_GROUPS:
+        for key, value in flatten(OmegaConf.to_container(cfg[group], resolve=True), f"{group}.").items():
+            values = value if isinstance(value, list) else [value]
+            for number in values:
+                if not isinstance(number, float) or not math.isfinite(number) or number == 0:
+                    continue
+                with np.errstate(over="ignore"):
+                    cast = dtype(number)
+                if cast == 0:
+                    raise ConfigError(
+                        f"{key}={number} is 0 in trainer.dtype={name}, whose smallest positive number is "
+                        f"{np.finfo(dtype).smallest_subnormal:.3g}; use a larger value, or trainer.dtype=float64"
+                    )
+                if not np.isfinite(cast):
+                    raise ConfigError(
+                        f"{key}={number} is infinite in trainer.dtype={name}, whose largest number is "
+                        f"{np.finfo(dtype).max:.3g}; use a smaller value, or trainer.dtype=float64"
+                    )
 
 
 def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
