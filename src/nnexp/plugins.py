@@ -105,16 +105,6 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-
-def plugin_label(registry: Registry, cls: type) -> str:
-    """``activation narrow (plugins/narrow.py)``: the kind, name and source of ``cls``, or its class name when
-    ``registry`` does not hold it."""
-    name = next((name for name, registered in registry.items() if registered is cls), None)
-    if name is None:
-        return f"{registry.kind} class {cls.__module__}.{cls.__qualname__}"
-    return f"{registry.kind} {name} ({registry.source(name).removeprefix('file ')})"
-
-
 def blame(exc: BaseException) -> PluginError | None:
     """A one-line error naming the user's plugin whose code raised ``exc`` (the innermost of its frames); None when
     no frame of ``exc``'s traceback is a user's plugin: an error of nnexp itself, which keeps its traceback."""
@@ -136,7 +126,7 @@ def blame(exc: BaseException) -> PluginError | None:
             registry, cls = next(((r, c) for r, c in found if qualname.startswith(f"{c.__qualname__}.")), found[0])
             reason = (str(exc).strip().splitlines() or [""])[0]
             said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-            return PluginError(f"{plugin_label(registry, cls)} raised {said}")
+            return PluginError(f"{registry.label(cls)} raised {said}")
     return None
 
 

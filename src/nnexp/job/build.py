@@ -29,7 +29,6 @@ from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, ParameterError, PluginError, require
 from nnexp.job import memory
 from nnexp.models.base import MODELS, Model
-from nnexp.plugins import plugin_label
 from nnexp.presets import check_plugin_nodes
 from nnexp.tracking.store import flatten
 from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
@@ -142,8 +141,12 @@ def configure(cfg: DictConfig) -> Components:
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     """Load the data and build the network it fits; raises NnexpError on bad data."""
-    splits = checked_splits(components.dataset, components.dataset.load(rng))
     loss, dtype = components.loss, components.dtype
+    try:
+        loaded = components.dataset.load(rng)
+    except ParameterError as exc:  # a setting that the data proves wrong, such as a split that leaves no sample
+        raise exc.within("dataset") from None
+    splits = checked_splits(components.dataset, loaded, dtype)
     data = {
         part: Examples(x.astype(dtype, copy=False), loss.encode(y, splits.n_classes, dtype), y)
         for part, x, y in splits.parts()
@@ -223,7 +226,7 @@ def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
         out = layer.forward(x)
         if isinstance(layer, Activation) and np.shape(out) != x.shape:
             raise PluginError(
-                f"{plugin_label(ACTIVATIONS, type(layer))} returned shape {np.shape(out)} for an input of shape "
+                f"{ACTIVATIONS.label(type(layer))} returned shape {np.shape(out)} for an input of shape "
                 f"{x.shape}; an activation's output must be shaped like its input"
             )
         x = out
