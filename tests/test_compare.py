@@ -25,6 +25,19 @@ def test_table_renders_markdown_csv_and_aligned_text():
     assert table.text().splitlines() == ["run        value", "---------  -----", "a|b        1", "long name  22"]
 
 
+def test_control_characters_from_the_store_are_shown_escaped_in_every_table_form():
+    """A run named with an escape sequence recoloured the terminal in nnexp runs, compare and the sweep summary."""
+    from nnexp.tracking.liveness import describe
+
+    runs = [fake_run("a\x1b[31mred", params={"note": "x\ry"}), fake_run("b", params={"note": "z"})]
+    table = runs_table(runs, ["note"], [], None)
+    for form in ("text", "markdown", "csv"):
+        shown = table.render(form)
+        assert "\x1b" not in shown and "\r" not in shown
+        assert "a\\x1b[31mred" in shown and "x\\ry" in shown
+    assert describe(runs[0]).startswith("run a\\x1b[31mred (")
+
+
 def test_varying_params_prefer_a_group_choice_to_its_fields_and_skip_parents():
     runs = [
         fake_run("a", params={"seed": "1", "model.activation": "relu", "trainer.epochs": "5"}, tags={"model": "mlp"}),

@@ -279,6 +279,12 @@ def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
             "optimizer=sgd optimizer.weight_decay=1e-46",
             "optimizer.weight_decay=1e-46 is 0 in trainer.dtype=float32,",
         ),
+        (  # printed raw: the escape recoloured the terminal in progress lines, nnexp runs and nnexp compare
+            "tracking.run_name='a\x1b[31mred'",
+            "tracking.run_name must be text without control characters (such as an escape), got 'a\\x1b[31mred'",
+        ),
+        ("+tags.note='x\by'", "tags.note must be text without control characters (such as an escape), got 'x\\x08y'"),
+        ("tracking.experiment='e\x7f'", "tracking.experiment must be text without control characters"),
         (  # RuntimeWarnings "overflow encountered in cast", then "loss became infinite"
             "loss=mse loss.target_low=-1e308 loss.target_high=1e308",
             "loss.target_low=-1e+308 is infinite in trainer.dtype=float32, whose largest number is 3.4e+38;",

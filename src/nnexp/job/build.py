@@ -16,6 +16,7 @@ from nnexp.config import (
     FINAL_METRICS,
     Direction,
     check_known_keys,
+    check_run_names,
     check_tags,
     default_direction,
 )
@@ -106,6 +107,7 @@ def configure(cfg: DictConfig) -> Components:
     check_known_keys(cfg)
     check_plugin_nodes(cfg, preset_files())
     check_tags(OmegaConf.to_container(cfg.tags, resolve=True))  # type: ignore[arg-type]
+    check_run_names(cfg.tracking)
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     every = cfg.checkpoint.every
     require(every is None or every >= 0, "checkpoint.every", "must be >= 0", every)

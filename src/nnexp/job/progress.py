@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from nnexp.core.training import Callback
+from nnexp.errors import one_line
 
 PLAIN_LINES = 10
 #: Off a terminal, a line at least this often, so that a long run never looks stuck.
@@ -17,7 +18,7 @@ class Progress(Callback):
     """Shows epoch, loss, accuracy, samples per second and, once a schedule changes it, the learning rate."""
 
     def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
-        self.label, self.stream = label, stream
+        self.label, self.stream = one_line(label), stream  # a label from overrides may hold an escape
         self._bar = None
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
