@@ -147,3 +147,27 @@ def test_a_sweeps_view_shows_its_children_with_the_swept_settings_and_metrics_be
         json.loads(tables.sweep_view("ab12", [], ["val_accuracy"], Ranking("val_accuracy", True)))["orderByAsc"]
         is False
     )
+
+
+def test_nnexp_runs_and_compare_show_a_stored_escape_sequence_escaped(project):
+    """Another tool (or an older nnexp) may have stored any name: the terminal gets it escaped, never raw."""
+    from mlflow import MlflowClient
+
+    from nnexp.tracking.tracked_run import Tracker
+
+    tracker = Tracker(project.store_uri, "nnexp")
+    client = MlflowClient(project.store_uri)
+    parent = client.create_run(tracker.experiment_id, run_name="sweep\x1b[2J")
+    tags = {"mlflow.parentRunId": parent.info.run_id}
+    child = client.create_run(tracker.experiment_id, run_name="job\rforged", tags=tags)
+    client.log_metric(child.info.run_id, "test_accuracy", 0.5)
+    for run in (child, parent):
+        client.set_terminated(run.info.run_id)
+    listed = project.run("runs")
+    compared = project.run("compare", "--sweep", parent.info.run_id)
+    for result in (listed, compared):
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "sweep\\x1b[2J" in listed.stdout and "job\\rforged" in listed.stdout
+    assert compared.stdout.startswith(f"sweep\\x1b[2J ({parent.info.run_id}): 1 runs")
+    assert "job\\rforged" in compared.stdout
