@@ -410,6 +410,26 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
             "error: tags.a: an MLflow tag value holds at most 8000 characters, found 8001",
             id="tag-value-of-8001",
         ),
+        (  # FAILED "loss became NaN ... try a smaller optimizer.learning_rate": epsilon is 0 in float32
+            "optimizer.epsilon=1e-50",
+            "error: optimizer.epsilon=1e-50 is 0 in trainer.dtype=float32, whose smallest positive number is 1.4e-45",
+        ),
+        (  # RuntimeWarnings "overflow encountered in cast", then FAILED "loss became infinite"
+            "loss=mse loss.target_low=-1e308 loss.target_high=1e308",
+            "error: loss.target_low=-1e+308 is infinite in trainer.dtype=float32",
+        ),
+        (  # scikit-learn's words: "With n_samples=140, test_size=0.9999999 and train_size=None, the resulting ..."
+            "dataset.val_size=0.9999999 dataset.n_samples=200",
+            "error: dataset.val_size leaves no training sample: it holds out all 140 samples that test_size=0.3",
+        ),
+        (  # RuntimeWarnings, then FAILED "loss became NaN" blaming the learning rate
+            "dataset.noise=1e300",
+            "error: dataset moons: train split: feature 0 of sample 0 is -inf in trainer.dtype=float32 (",
+        ),
+        (  # printed raw: the escape sequence recoloured the terminal in progress lines, nnexp runs and compare
+            "tracking.run_name='red\x1b[31m'",
+            "error: tracking.run_name must be text without control characters (such as an escape), got 'red\\x1b[31m'",
+        ),
         (  # numpy's "array is too big" before the memory check
             "model.hidden_sizes=[10000000000]",
             "model.hidden_sizes=[10000000000] needs about 597.0 TiB (parameters, gradients, adam state, batch buffers)",

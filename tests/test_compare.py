@@ -25,6 +25,19 @@ def test_table_renders_markdown_csv_and_aligned_text():
     assert table.text().splitlines() == ["run        value", "---------  -----", "a|b        1", "long name  22"]
 
 
+def test_control_characters_from_the_store_are_shown_escaped_in_every_table_form():
+    """A run named with an escape sequence recoloured the terminal in nnexp runs, compare and the sweep summary."""
+    from nnexp.tracking.liveness import describe
+
+    runs = [fake_run("a\x1b[31mred", params={"note": "x\ry"}), fake_run("b", params={"note": "z"})]
+    table = runs_table(runs, ["note"], [], None)
+    for form in ("text", "markdown", "csv"):
+        shown = table.render(form)
+        assert "\x1b" not in shown and "\r" not in shown
+        assert "a\\x1b[31mred" in shown and "x\\ry" in shown
+    assert describe(runs[0]).startswith("run a\\x1b[31mred (")
+
+
 def test_varying_params_prefer_a_group_choice_to_its_fields_and_skip_parents():
     runs = [
         fake_run("a", params={"seed": "1", "model.activation": "relu", "trainer.epochs": "5"}, tags={"model": "mlp"}),
@@ -134,3 +147,27 @@ def test_a_sweeps_view_shows_its_children_with_the_swept_settings_and_metrics_be
         json.loads(tables.sweep_view("ab12", [], ["val_accuracy"], Ranking("val_accuracy", True)))["orderByAsc"]
         is False
     )
+
+
+def test_nnexp_runs_and_compare_show_a_stored_escape_sequence_escaped(project):
+    """Another tool (or an older nnexp) may have stored any name: the terminal gets it escaped, never raw."""
+    from mlflow import MlflowClient
+
+    from nnexp.tracking.tracked_run import Tracker
+
+    tracker = Tracker(project.store_uri, "nnexp")
+    client = MlflowClient(project.store_uri)
+    parent = client.create_run(tracker.experiment_id, run_name="sweep\x1b[2J")
+    tags = {"mlflow.parentRunId": parent.info.run_id}
+    child = client.create_run(tracker.experiment_id, run_name="job\rforged", tags=tags)
+    client.log_metric(child.info.run_id, "test_accuracy", 0.5)
+    for run in (child, parent):
+        client.set_terminated(run.info.run_id)
+    listed = project.run("runs")
+    compared = project.run("compare", "--sweep", parent.info.run_id)
+    for result in (listed, compared):
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "sweep\\x1b[2J" in listed.stdout and "job\\rforged" in listed.stdout
+    assert compared.stdout.startswith(f"sweep\\x1b[2J ({parent.info.run_id}): 1 runs")
+    assert "job\\rforged" in compared.stdout

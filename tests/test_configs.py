@@ -313,6 +313,28 @@ def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
             "model.hidden_sizes=[" + ",".join(["1"] * 2100) + "]",
             "model.hidden_sizes: an MLflow param holds at most 6000 characters, this value has 6300;",
         ),
+        (  # epsilon was 0 in float32: the run FAILED with "loss became NaN ... try a smaller learning_rate"
+            "optimizer=adam optimizer.epsilon=1e-50",
+            "optimizer.epsilon=1e-50 is 0 in trainer.dtype=float32, whose smallest positive number is 1.4e-45;",
+        ),
+        (  # the rate was 0 in float32 and the run FINISHED untrained, though learning_rate=0 is refused
+            "optimizer.learning_rate=1e-320",
+            "optimizer.learning_rate=1e-320 is 0 in trainer.dtype=float32,",
+        ),
+        (  # the weight decay would be off while the record says it was on
+            "optimizer=sgd optimizer.weight_decay=1e-46",
+            "optimizer.weight_decay=1e-46 is 0 in trainer.dtype=float32,",
+        ),
+        (  # printed raw: the escape recoloured the terminal in progress lines, nnexp runs and nnexp compare
+            "tracking.run_name='a\x1b[31mred'",
+            "tracking.run_name must be text without control characters (such as an escape), got 'a\\x1b[31mred'",
+        ),
+        ("+tags.note='x\by'", "tags.note must be text without control characters (such as an escape), got 'x\\x08y'"),
+        ("tracking.experiment='e\x7f'", "tracking.experiment must be text without control characters"),
+        (  # RuntimeWarnings "overflow encountered in cast", then "loss became infinite"
+            "loss=mse loss.target_low=-1e308 loss.target_high=1e308",
+            "loss.target_low=-1e+308 is infinite in trainer.dtype=float32, whose largest number is 3.4e+38;",
+        ),
     ],
 )
 def test_a_value_the_record_would_get_wrong_is_refused(composed, override, expected):
@@ -323,6 +345,12 @@ def test_a_value_the_record_would_get_wrong_is_refused(composed, override, expec
 
 def test_scalar_tags_and_a_warm_up_shorter_than_training_are_accepted(composed):
     configure(composed("+tags.a=1", "+tags.b=true", "+tags.c=x", "schedule=cosine", "schedule.warmup_epochs=1"))
+
+
+def test_numbers_that_float64_holds_are_accepted_in_a_float64_run(composed):
+    configure(composed("trainer.dtype=float64", "optimizer.epsilon=1e-50", "optimizer.learning_rate=1e-320"))
+    configure(composed("trainer.dtype=float64", "loss=mse", "loss.target_low=-1e308", "loss.target_high=1e308"))
+    configure(composed("optimizer.epsilon=1e-40"))  # a float32 subnormal: small, but not 0
 
 
 def test_the_param_limit_is_mlflows():

@@ -87,6 +87,55 @@ PLUGINS = {
                     sys.exit(0)
                 return base_rate
     """,
+    "inits.py": """
+        import numpy as np
+        from nnexp import INITIALIZERS, Initializer
+
+
+        @INITIALIZERS.register("nan_init")
+        class NanInit(Initializer):
+            def __call__(self, shape, rng):
+                return np.full(shape, np.nan)
+
+
+        @INITIALIZERS.register("flat_init")
+        class FlatInit(Initializer):
+            def __call__(self, shape, rng):
+                return np.zeros(shape[0] * shape[1])
+
+
+        @INITIALIZERS.register("list_init")
+        class ListInit(Initializer):
+            def __call__(self, shape, rng):
+                return np.zeros(shape).tolist()
+
+
+        @INITIALIZERS.register("huge_init")
+        class HugeInit(Initializer):
+            def __call__(self, shape, rng):
+                return np.full(shape, 1e300)
+    """,
+    "datasets.py": """
+        import numpy as np
+        from nnexp import DATASETS, Dataset, Splits
+
+
+        def labelled(rng, n, features):
+            x = rng.standard_normal((n, features))
+            return x, (x[:, 0] > 0).astype(int)
+
+
+        @DATASETS.register("wide_test")
+        class WideTest(Dataset):
+            def load(self, rng):
+                return Splits(*labelled(rng, 100, 2), *labelled(rng, 30, 3), 2)
+
+
+        @DATASETS.register("same_names")
+        class SameNames(Dataset):
+            def load(self, rng):
+                return Splits(*labelled(rng, 100, 2), *labelled(rng, 30, 2), 2, class_names=("a", "a"))
+    """,
 }
 
 
@@ -175,8 +224,44 @@ def test_the_built_in_activations_keep_their_input_s_shape():
 
 
 @pytest.mark.parametrize(
+    ("name", "dtype", "message"),
+    [
+        ("nan_init", np.float64, "returned nan at (0, 0) for weights of shape (3, 4) in float64; weights must"),
+        ("huge_init", np.float32, "returned inf at (0, 0) for weights of shape (3, 4) in float32; weights must"),
+        ("flat_init", np.float64, "returned shape (12,) for weights of shape (3, 4); expected an array of that shape"),
+        ("list_init", np.float64, "returned a list for weights of shape (3, 4); expected an array of that shape"),
+    ],
+)
+def test_an_initializer_drawing_weights_unfit_to_train_is_refused_naming_it(plugins, name, dtype, message):
+    from nnexp.core.layers import Dense
+
+    with pytest.raises(PluginError) as caught:
+        Dense(3, 4, np.random.default_rng(0), name, dtype=dtype)
+    assert str(caught.value).startswith(f"initializer {name} (plugins/inits.py) {message}")
+
+
+def test_huge_initial_weights_are_kept_in_float64(plugins):
+    from nnexp.core.layers import Dense
+
+    assert Dense(3, 4, np.random.default_rng(0), "huge_init", dtype=np.float64).params["weight"][0, 0] == 1e300
+
+
+@pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (  # the run FAILED with "loss became NaN ... try a smaller optimizer.learning_rate"
+            ["model.initializer=nan_init"],
+            "error: initializer nan_init (plugins/inits.py) returned nan at (0, 0) for weights of shape (2, 64) in "
+            "float32; weights must be finite numbers\n",
+        ),
+        (  # a traceback after training, from the test split's forward pass; a FAILED run and a checkpoint
+            ["dataset=wide_test"],
+            "error: dataset wide_test: test split: 3 features per sample, but the train split has 2\n",
+        ),
+        (  # the run FINISHED with a model that nnexp predict refuses
+            ["dataset=same_names"],
+            "error: dataset same_names: class names must be different, one per class; 'a' is given more than once\n",
+        ),
         (
             ["dataset=bad_load"],
             "error: dataset bad_load (plugins/dsload.py, line 9, in BadLoad.load) raised RuntimeError: "

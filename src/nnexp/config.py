@@ -28,7 +28,7 @@ from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
-from nnexp.errors import ConfigError, PluginError
+from nnexp.errors import ConfigError, PluginError, require
 from nnexp.folders import RESOLVER
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
@@ -343,19 +343,35 @@ OWN_TAG_PREFIXES = ("source.", "nnexp.", "mlflow.")
 
 
 def check_tags(tags: dict[str, Any]) -> None:
-    """Raise a ConfigError naming ``tags.<key>`` for a tag that MLflow would refuse or cut short, or that nnexp
-    records itself."""
+    """Raise a ConfigError naming ``tags.<key>`` for a tag that MLflow would refuse or cut short, that nnexp
+    records itself, or that holds control characters."""
     for key, value in tags.items():
         check_tag_key(str(key), f"tags.{key}")
         if str(key) in OWN_TAGS or str(key).startswith(OWN_TAG_PREFIXES) or str(key) in ("source", "nnexp", "mlflow"):
             raise ConfigError(f"tags.{key}: nnexp records the tag {key} itself; give yours another name")
         if value is None or not isinstance(value, (str, int, float)):  # a bool is an int
             raise ConfigError(f"tags.{key} must be a string, number or bool, got {value!r}")
+        check_printable(f"tags.{key}", value)
         if len(str(value)) > MAX_TAG_VALUE:
             raise ConfigError(
                 f"{abbreviated(f'tags.{key}')}: an MLflow tag value holds at most {MAX_TAG_VALUE} characters, "
                 f"found {len(str(value))}"
             )
+
+
+def check_run_names(tracking: DictConfig) -> None:
+    """Refuse control characters in ``tracking.run_name`` and ``tracking.experiment``, which tables and progress
+    lines print."""
+    for key in ("run_name", "experiment"):
+        if tracking[key] is not None:
+            check_printable(f"tracking.{key}", tracking[key])
+
+
+def check_printable(option: str, value: object) -> None:
+    """Refuse a string with control characters: printed on a terminal, an escape sequence would recolour or rewrite
+    it, and a carriage return or newline forge lines."""
+    if isinstance(value, str):
+        require(value.isprintable(), option, "must be text without control characters (such as an escape)", value)
 
 
 def check_known_keys(cfg: DictConfig, path: str = "") -> None:

@@ -1,5 +1,9 @@
 """A trained network as two files, its layers as JSON and its weights as ``.npz``, checked when read back; and the
-model that predicts from them, which :mod:`nnexp.serving` hands to MLflow."""
+model that predicts from them, which :mod:`nnexp.serving` hands to MLflow.
+
+Over 350 lines because the writer and the reader's checks of the two files are one format: each check sits beside
+what writes the field it checks.
+"""
 
 from __future__ import annotations
 

@@ -120,15 +120,6 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def plugin_label(registry: Registry, cls: type) -> str:
-    """``activation narrow (plugins/narrow.py)``: the kind, name and source of ``cls``, or its class name when
-    ``registry`` does not hold it."""
-    name = next((name for name, registered in registry.items() if registered is cls), None)
-    if name is None:
-        return f"{registry.kind} class {cls.__module__}.{cls.__qualname__}"
-    return f"{registry.kind} {name} ({registry.source(name).removeprefix('file ')})"
-
-
 def blame(exc: BaseException) -> PluginError | None:
     """A one-line error naming where ``exc`` arose in a user's plugin file (the file, line and function of the
     innermost such frame of its traceback) and the plugin whose code that is, when one is; None when no frame is in

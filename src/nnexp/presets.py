@@ -1,4 +1,8 @@
-"""The user's own presets in ``conf/``: checked before and after Hydra composes them, each fault named by its file."""
+"""The user's own presets in ``conf/``: checked before and after Hydra composes them, each fault named by its file.
+
+Over 350 lines because every way a preset can go wrong, and the search for the preset that set a value, read the
+same files by the same rules; split, the rules would drift apart.
+"""
 
 from __future__ import annotations
 

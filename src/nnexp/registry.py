@@ -164,6 +164,14 @@ class Registry(Generic[T]):
         """Where ``name`` was registered from: a built-in module, an installed distribution or a file."""
         return self._sources[name]
 
+    def label(self, cls: type) -> str:
+        """``activation narrow (plugins/narrow.py)``: the kind, name and source of ``cls``, to name a plugin in an
+        error; its class name when this registry does not hold it."""
+        name = next((name for name, registered in self.items() if registered is cls), None)
+        if name is None:
+            return f"{self.kind} class {cls.__module__}.{cls.__qualname__}"
+        return f"{self.kind} {name} ({self.source(name).removeprefix('file ')})"
+
     def items(self) -> Iterator[tuple[str, type[T]]]:
         yield from sorted(self._classes.items())
 

@@ -337,23 +337,30 @@ def download_run_model(run_id: str, uri: str, destination: Path) -> Path:
     return Path(path)
 
 
-def load_directory(path: Path, what: str) -> tuple[PyFuncModel, NetworkModel]:
-    """Load the MLflow model in ``path``, which must be one nnexp saved; ``what`` names it in errors."""
+def load_directory(path: Path, what: str, shown: str | None = None) -> tuple[PyFuncModel, NetworkModel]:
+    """Load the MLflow model in ``path``, which must be one nnexp saved; ``what`` names it in errors, where
+    ``shown``, when given, stands for ``path``: the path of a temporary download means nothing once deleted."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
     from nnexp.plugins import load_plugins
     from nnexp.serving import check_model_folder
 
-    if not (path / "MLmodel").is_file():
-        raise DataError(f"{what}: not an MLflow model (no MLmodel file in {path})")
-    check_model_folder(path, what)  # before MLflow reads it: its data path, and no code to import
-    load_plugins(Path.cwd())  # a network may use an activation that a project plugin registers
     try:
-        pyfunc = mlflow.pyfunc.load_model(str(path))
-    except MlflowException as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{what}: the model cannot be loaded: {reason}") from None
+        if not (path / "MLmodel").is_file():
+            raise DataError(f"{what}: not an MLflow model (no MLmodel file in {path})")
+        check_model_folder(path, what)  # before MLflow reads it: its data path, and no code to import
+        load_plugins(Path.cwd())  # a network may use an activation that a project plugin registers
+        try:
+            pyfunc = mlflow.pyfunc.load_model(str(path))
+        except MlflowException as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"{what}: the model cannot be loaded: {reason}") from None
+    except DataError as exc:
+        if shown is None:
+            raise
+        message = str(exc).replace(str(path), shown)
+        raise DataError(message if message.startswith(f"{what}: ") else f"{what}: {message}") from None
     return pyfunc, pyfunc.get_raw_model()
 
 

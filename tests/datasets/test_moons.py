@@ -109,6 +109,34 @@ def test_holdout_splits_refuses_a_random_state_scikit_learn_refuses() -> None:
         holdout_splits(x, y, 0.3, 0.0, -1, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (  # was scikit-learn's "With n_samples=140, test_size=0.9999999 and train_size=None, the resulting ..."
+            {"n_samples": 200, "val_size": 0.9999999},
+            "dataset.val_size leaves no training sample: it holds out all 140 samples that test_size=0.3 leaves of "
+            "n_samples=200, got 0.9999999",
+        ),
+        (
+            {"n_samples": 200, "test_size": 0.9999999},
+            "dataset.test_size leaves no training sample: it holds out all n_samples=200, got 0.9999999",
+        ),
+    ],
+)
+def test_fractions_that_leave_no_training_sample_are_refused_when_built(fields: dict, expected: str) -> None:
+    with pytest.raises(ParameterError) as caught:
+        DATASETS.build({"name": "moons", **fields})
+    assert str(caught.value) == expected
+
+
+def test_holdout_splits_counts_as_scikit_learn_does() -> None:
+    x, y = np.zeros((200, 2)), np.arange(200) % 2
+    splits = holdout_splits(x, y, 0.3, 0.99, 0, np.random.default_rng(0))  # 138.6, so 139 held out of 140
+    assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (1, 139, 60)
+    with pytest.raises(ParameterError, match=r"^val_size leaves no training sample: it holds out all 140 samples"):
+        holdout_splits(x, y, 0.3, 0.9999999, 0, np.random.default_rng(0))
+
+
 def test_moons_is_registered() -> None:
     assert DATASETS.get("moons") is Moons
 

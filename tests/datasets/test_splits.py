@@ -36,11 +36,22 @@ def splits(**changes) -> Splits:
         ({"x_train": np.array([["a", "b"]] * 4)}, "train split: features must be real numbers, got <U1"),
         ({"y_train": [0, 1, 0, 1]}, "train split: x and y must be NumPy arrays, got ndarray and list"),
         ({"x_test": np.zeros((0, 2)), "y_test": np.zeros(0, int)}, "test split is empty; every split needs at least"),
+        # a traceback from the test split's forward pass, after training, and a FAILED run with a checkpoint
+        ({"x_test": np.zeros((4, 3))}, "test split: 3 features per sample, but the train split has 2"),
+        ({"x_val": np.zeros((2, 1)), "y_val": np.array([0, 1])}, "val split: 1 features per sample, but the train"),
+        # the run FINISHED with a model that nnexp predict always refuses
+        ({"class_names": ("a", "a")}, "class names must be different, one per class; 'a' is given more than once"),
+        # finite in float64, inf in the float32 run: RuntimeWarnings, then "loss became NaN" blaming the rate
+        (
+            {"x_train": np.array([[0.0, 1.0]] * 3 + [[0.0, -1e300]])},
+            "train split: feature 1 of sample 3 is -inf in trainer.dtype=float32 (-1e+300 before the cast), not a",
+        ),
+        ({"x_test": np.full((4, 2), 3.5e38)}, "test split: feature 0 of sample 0 is inf in trainer.dtype=float32"),
     ],
 )
 def test_splits_unfit_to_train_on_are_one_line_naming_the_dataset(changes, message):
     with pytest.raises(DataError) as caught:
-        checked_splits(Quadrants(), splits(**changes))
+        checked_splits(Quadrants(), splits(**changes), np.float32)
     assert str(caught.value).startswith("dataset quadrants: ") and message in str(caught.value), caught.value
 
 
@@ -52,3 +63,9 @@ def test_a_load_that_returns_no_splits_and_an_unregistered_class_are_named():
 def test_good_splits_pass_unchanged():
     good = splits(x_train=np.zeros((4, 2), np.uint8), class_names=("a", "b"))
     assert checked_splits(Quadrants(), good) is good
+
+
+def test_features_float32_cannot_hold_are_fine_in_a_float64_run():
+    huge = splits(x_train=np.full((4, 2), 1e300), x_test=np.full((4, 2), np.finfo(np.float32).max))
+    assert checked_splits(Quadrants(), huge, np.float64) is huge
+    checked_splits(Quadrants(), splits(x_test=np.full((4, 2), np.finfo(np.float32).max)), np.float32)

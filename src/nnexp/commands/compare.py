@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from nnexp.commands.arguments import ArgumentParser, add_limit, add_store_options, limit
-from nnexp.errors import NnexpError, report
+from nnexp.errors import NnexpError, one_line, report
 from nnexp.tracking.tables import (
     DEFAULT_METRICS,
     Ranking,
@@ -64,7 +64,7 @@ def compare(args: argparse.Namespace) -> str:
     if args.sweep:
         [parent], _ = reap(client, [find_sweep(client, tracker.experiment_id, args.sweep)])
         runs, _ = reap(client, child_runs(client, parent))
-        heading = f"{parent.info.run_name} ({parent.info.run_id}): {len(runs)} runs"
+        heading = f"{one_line(parent.info.run_name)} ({parent.info.run_id}): {len(runs)} runs"
     else:
         runs, _ = reap(client, search_runs(client, [tracker.experiment_id], limit=newest))
         heading = f"experiment {args.experiment}: {len(runs)} newest runs"

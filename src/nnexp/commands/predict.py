@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from nnexp.errors import DataError, NnexpError, report
 from nnexp.inputs import check_fits, read_input
-from nnexp.serving import download_run_model, load_directory, quiet
+from nnexp.serving import MODEL_NAME, download_run_model, load_directory, quiet
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
@@ -146,7 +146,8 @@ def load_model(request: Request) -> tuple[PyFuncModel, NetworkModel]:
 
     uri = resolve_uri(request.uri, Path.cwd())
     with tempfile.TemporaryDirectory() as scratch:  # the loaded model keeps nothing open in it
-        return load_directory(download_run_model(request.run, uri, Path(scratch)), f"run {request.run}")
+        folder = download_run_model(request.run, uri, Path(scratch))
+        return load_directory(folder, f"run {request.run}", shown=f"artifact {MODEL_NAME}")
 
 
 if __name__ == "__main__":  # until ``nnexp predict`` dispatches here: python -m nnexp.commands.predict ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnexp.core import Array
+from nnexp.errors import PluginError
 from nnexp.registry import Registry
 
 
@@ -16,6 +17,30 @@ class Initializer:
 
 
 INITIALIZERS: Registry[Initializer] = Registry("initializer", Initializer, by_name_only=True)
+
+
+def initial_weight(name: str, shape: tuple[int, int], rng: np.random.Generator, dtype: type[np.floating]) -> Array:
+    """The weights initializer ``name`` draws for ``shape``, in ``dtype``. Raises :class:`PluginError` naming the
+    initializer and its source unless they are real numbers of that shape, finite in ``dtype``: the layer would fail
+    later with a bare NumPy error, or train to "loss became NaN", which blames the learning rate."""
+    initializer = INITIALIZERS.build({"name": name})
+    drawn = initializer(shape, rng)
+    label = INITIALIZERS.label(type(initializer))
+    if not isinstance(drawn, np.ndarray) or drawn.shape != shape:
+        found = f"shape {drawn.shape}" if isinstance(drawn, np.ndarray) else f"a {type(drawn).__name__}"
+        raise PluginError(f"{label} returned {found} for weights of shape {shape}; expected an array of that shape")
+    if not (np.issubdtype(drawn.dtype, np.integer) or np.issubdtype(drawn.dtype, np.floating)):
+        raise PluginError(f"{label} returned {drawn.dtype} weights; expected real numbers")
+    with np.errstate(over="ignore"):
+        weight = drawn.astype(dtype, copy=False)
+    bad = np.argwhere(~np.isfinite(weight))
+    if len(bad):
+        where = tuple(int(i) for i in bad[0])
+        raise PluginError(
+            f"{label} returned {weight[where]} at {where} for weights of shape {shape} in {np.dtype(dtype).name}; "
+            "weights must be finite numbers"
+        )
+    return weight
 
 
 def _uniform(limit: float, shape: tuple[int, int], rng: np.random.Generator) -> Array:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnexp.core import Array
-from nnexp.core.initializers import INITIALIZERS
+from nnexp.core.initializers import initial_weight
 
 
 class Layer:
@@ -66,8 +66,7 @@ class Dense(Layer):
         dtype: type[np.floating] = np.float32,
     ) -> None:
         super().__init__()
-        make = INITIALIZERS.build({"name": initializer})
-        self._add_param("weight", make((n_inputs, n_outputs), rng).astype(dtype, copy=False))
+        self._add_param("weight", initial_weight(initializer, (n_inputs, n_outputs), rng, dtype))
         if use_bias:
             self._add_param("bias", np.zeros(n_outputs, dtype=dtype))
 

@@ -26,20 +26,29 @@ class Splits:
     y_val: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
 
-    def check(self) -> None:
-        """Raise :class:`DataError` unless training can use every split: 2-D real, finite features, as many integer
-        labels in ``0..n_classes-1`` as rows, and one class name per class."""
+    def check(self, dtype: type[np.floating] | None = None) -> None:
+        """Raise :class:`DataError` unless training can use every split: 2-D real features, finite (also once cast
+        to ``dtype``, the run's, when given), as many in each split as in training, as many integer labels in
+        ``0..n_classes-1`` as rows, and one distinct class name per class."""
         if self.class_names is not None and len(self.class_names) != self.n_classes:
             raise DataError(f"{len(self.class_names)} class names for n_classes={self.n_classes}")
         for name in self.class_names or ():
             if not printable(name):
                 raise DataError(f"class name {name!r} must be a string without control characters (such as a newline)")
+        twice = sorted({name for name in self.class_names or () if self.class_names.count(name) > 1})
+        if twice:  # a prediction could not tell the classes apart, and nnexp predict refuses the model
+            shown = ", ".join(map(repr, twice))
+            raise DataError(f"class names must be different, one per class; {shown} is given more than once")
         for part, x, y in self.parts():
             if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
                 kinds = f"{type(x).__name__} and {type(y).__name__}"
                 raise DataError(f"{part} split: x and y must be NumPy arrays, got {kinds}")
             if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise DataError(f"{part} split: expected x (n, features) and y (n,), got {x.shape} and {y.shape}")
+            if x.shape[1] != self.x_train.shape[1]:
+                raise DataError(
+                    f"{part} split: {x.shape[1]} features per sample, but the train split has {self.x_train.shape[1]}"
+                )
             if not len(y):  # an empty test split would give a run without test metrics, and NaN accuracies
                 raise DataError(f"{part} split is empty; every split needs at least one sample")
             if not np.issubdtype(y.dtype, np.integer):
@@ -48,11 +57,7 @@ class Splits:
                 raise DataError(f"{part} split: labels must lie in [0, {self.n_classes}), got {y.min()}..{y.max()}")
             if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
                 raise DataError(f"{part} split: features must be real numbers, got {x.dtype}")
-            bad = np.argwhere(~np.isfinite(x))
-            if len(bad):  # training on it would end in "loss became NaN", which blames the learning rate
-                row, column = bad[0]
-                value = x[row, column]
-                raise DataError(f"{part} split: feature {column} of sample {row} is {value}, not a finite number")
+            check_finite(part, x, dtype)
 
     @property
     def n_features(self) -> int:
@@ -79,6 +84,25 @@ class Splits:
         return sha.hexdigest()
 
 
+def check_finite(part: str, x: np.ndarray, dtype: type[np.floating] | None) -> None:
+    """Raise :class:`DataError` naming the first feature of ``x`` that is not a finite number, as it is or once cast
+    to ``dtype``: training on it would end in "loss became NaN", which blames the learning rate."""
+    bad = np.argwhere(~np.isfinite(x))
+    if not len(bad) and dtype is not None and np.issubdtype(x.dtype, np.floating):
+        largest = np.finfo(dtype).max
+        if x.max() > largest or x.min() < -largest:  # two passes, no copy: the cast overflows only beyond them
+            with np.errstate(over="ignore"):
+                bad = np.argwhere(~np.isfinite(x.astype(dtype)))
+    if len(bad):
+        row, column = bad[0]
+        value = x[row, column]
+        if np.isfinite(value):
+            kind = np.dtype(dtype)
+            with np.errstate(over="ignore"):
+                value = f"{kind.type(value)} in trainer.dtype={kind.name} ({value} before the cast)"
+        raise DataError(f"{part} split: feature {column} of sample {row} is {value}, not a finite number")
+
+
 class Dataset:
     """A dataset plugin: its constructor holds config, :meth:`load` produces the arrays."""
 
@@ -89,13 +113,14 @@ class Dataset:
 DATASETS: Registry[Dataset] = Registry("dataset", Dataset)
 
 
-def checked_splits(dataset: Dataset, splits: object) -> Splits:
-    """What ``dataset.load`` returned, once :meth:`Splits.check` finds it fit to train on; errors name the dataset."""
+def checked_splits(dataset: Dataset, splits: object, dtype: type[np.floating] | None = None) -> Splits:
+    """What ``dataset.load`` returned, once :meth:`Splits.check` finds it fit to train on in ``dtype``; errors name
+    the dataset."""
     name = next((name for name, cls in DATASETS.items() if type(dataset) is cls), type(dataset).__name__)
     if not isinstance(splits, Splits):
         raise DataError(f"dataset {name}: load() returned {type(splits).__name__}, not Splits")
     try:
-        splits.check()
+        splits.check(dtype)
     except DataError as exc:
         raise DataError(f"dataset {name}: {exc}") from None
     return splits
@@ -105,6 +130,21 @@ def check_fraction(field: str, value: float, allow_zero: bool) -> None:
     """Require ``0 < value < 1``, or ``0 <= value < 1`` when ``allow_zero``."""
     ok = (value >= 0 if allow_zero else value > 0) and value < 1
     require(ok, field, f"must be in {'[' if allow_zero else '('}0, 1)", value)
+
+
+def check_holdout(n_samples: int, test_size: float, val_size: float) -> None:
+    """Require :func:`holdout_splits` of ``n_samples`` samples to leave training samples, counting held-out samples
+    as scikit-learn's ``train_test_split`` does (rounded up); raises :class:`ParameterError` naming the fraction."""
+    rest = n_samples - math.ceil(test_size * n_samples)
+    require(rest > 0, "test_size", f"leaves no training sample: it holds out all n_samples={n_samples}", test_size)
+    held_out = math.ceil(val_size * rest)
+    require(
+        rest > held_out,
+        "val_size",
+        f"leaves no training sample: it holds out all {rest} samples that test_size={test_size} leaves of "
+        f"n_samples={n_samples}",
+        val_size,
+    )
 
 
 #: The seeds scikit-learn accepts as a ``random_state``.
@@ -128,12 +168,14 @@ def holdout_splits(
     stratify: bool = False,
 ) -> Splits:
     """Split ``x, y`` into test (``test_size`` of all) and validation (``val_size`` of the rest) by
-    scikit-learn's ``train_test_split``; ``random_state=None`` draws the split from ``rng``.
+    scikit-learn's ``train_test_split``; ``random_state=None`` draws the split from ``rng``. Fractions that leave no
+    training sample raise :class:`ParameterError` naming ``test_size`` or ``val_size``.
 
     Not stratified by default, as the tutorials call ``train_test_split``: a stratified split holds out
     different points, and the published accuracies are measured on theirs.
     """
     check_random_state("random_state", random_state)
+    check_holdout(len(y), test_size, val_size)
 
     def split(features: np.ndarray, labels: np.ndarray, size: float) -> list[np.ndarray]:
         state = random_state if random_state is not None else int(rng.integers(2**31))

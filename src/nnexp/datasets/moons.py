@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnexp.datasets.base import DATASETS, Dataset, Splits, check_fraction, check_random_state, holdout_splits
+from nnexp.datasets.base import (
+    DATASETS,
+    Dataset,
+    Splits,
+    check_fraction,
+    check_holdout,
+    check_random_state,
+    holdout_splits,
+)
 from nnexp.errors import require
 
 
@@ -29,6 +37,7 @@ class Moons(Dataset):
         require(noise >= 0, "noise", "must be >= 0", noise)
         check_fraction("test_size", test_size, allow_zero=False)
         check_fraction("val_size", val_size, allow_zero=True)
+        check_holdout(n_samples, test_size, val_size)
         check_random_state("random_state", random_state)
         check_random_state("split_random_state", split_random_state)
         self.n_samples = n_samples

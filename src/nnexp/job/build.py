@@ -17,6 +17,7 @@ from nnexp.config import (
     FINAL_METRICS,
     Direction,
     check_known_keys,
+    check_run_names,
     check_tags,
     default_direction,
     given_overrides,
@@ -31,7 +32,6 @@ from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, ParameterError, PluginError, require
 from nnexp.job import memory
 from nnexp.models.base import MODELS, Model
-from nnexp.plugins import plugin_label
 from nnexp.presets import check_plugin_nodes, chosen_presets, named_by_preset
 from nnexp.tracking.store import flatten
 from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
@@ -114,6 +114,7 @@ def configure(cfg: DictConfig) -> Components:
     check_known_keys(cfg)
     check_plugin_nodes(cfg, preset_files())
     check_tags(OmegaConf.to_container(cfg.tags, resolve=True))  # type: ignore[arg-type]
+    check_run_names(cfg.tracking)
     require(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     every = cfg.checkpoint.every
     require(every is None or every >= 0, "checkpoint.every", "must be >= 0", every)
@@ -144,14 +145,19 @@ def configure(cfg: DictConfig) -> Components:
     if floor is not None and rate is not None and floor >= rate:  # the schedule would raise the rate, not lower it
         raise ConfigError(f"schedule.min_rate must be < optimizer.learning_rate ({rate}), got {floor}")
     check_param_lengths(run_params(cfg))
+    check_in_dtype(cfg, components.dtype)
     return components
 
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     """Load the data and build the network it fits; raises NnexpError on bad data."""
     memory.check_data_fits(components.dataset_config, components.loss, components.dtype)
-    splits = checked_splits(components.dataset, components.dataset.load(rng))
     loss, dtype = components.loss, components.dtype
+    try:
+        loaded = components.dataset.load(rng)
+    except ParameterError as exc:  # a setting that the data proves wrong, such as a split that leaves no sample
+        raise exc.within("dataset") from None
+    splits = checked_splits(components.dataset, loaded, dtype)
     data = {
         part: Examples(x.astype(dtype, copy=False), loss.encode(y, splits.n_classes, dtype), y)
         for part, x, y in splits.parts()
@@ -184,6 +190,36 @@ def check_param_lengths(params: dict[str, Any]) -> None:
             )
 
 
+#: The config groups whose numbers meet the network's arrays, and so become numbers of the run's dtype: NumPy
+#: casts a Python float to a float32 array's dtype (``step += epsilon``). A dataset's numbers make its data, whose
+#: cast the dataset check looks at.
+DTYPE_GROUPS = ("model", "loss", "optimizer", "schedule")
+
+
+def check_in_dtype(cfg: DictConfig, dtype: type[np.floating]) -> None:
+    """Refuse a number of :data:`DTYPE_GROUPS` that ``dtype`` turns into 0 or infinity: ``optimizer.epsilon=1e-50``
+    would be 0 in float32, and the record would say 1e-50."""
+    name = np.dtype(dtype).name
+    for group in DTYPE_GROUPS:
+        for key, value in flatten(OmegaConf.to_container(cfg[group], resolve=True), f"{group}.").items():
+            values = value if isinstance(value, list) else [value]
+            for number in values:
+                if not isinstance(number, float) or not math.isfinite(number) or number == 0:
+                    continue
+                with np.errstate(over="ignore"):
+                    cast = dtype(number)
+                if cast == 0:
+                    raise ConfigError(
+                        f"{key}={number} is 0 in trainer.dtype={name}, whose smallest positive number is "
+                        f"{np.finfo(dtype).smallest_subnormal:.3g}; use a larger value, or trainer.dtype=float64"
+                    )
+                if not np.isfinite(cast):
+                    raise ConfigError(
+                        f"{key}={number} is infinite in trainer.dtype={name}, whose largest number is "
+                        f"{np.finfo(dtype).max:.3g}; use a smaller value, or trainer.dtype=float64"
+                    )
+
+
 def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
     """Pass a few rows through ``network`` and refuse an activation whose output is not shaped like its input,
     which the next layer would meet as a bare NumPy error naming no plugin."""
@@ -191,7 +227,7 @@ def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
         out = layer.forward(x)
         if isinstance(layer, Activation) and np.shape(out) != x.shape:
             raise PluginError(
-                f"{plugin_label(ACTIVATIONS, type(layer))} returned shape {np.shape(out)} for an input of shape "
+                f"{ACTIVATIONS.label(type(layer))} returned shape {np.shape(out)} for an input of shape "
                 f"{x.shape}; an activation's output must be shaped like its input"
             )
         x = out

@@ -7,6 +7,7 @@ import time
 from typing import Protocol, TextIO
 
 from nnexp.core.training import Callback
+from nnexp.errors import one_line
 
 PLAIN_LINES = 10
 #: Off a terminal, a line at least this often, so that a long run never looks stuck.
@@ -27,7 +28,7 @@ class Progress(Callback):
     """
 
     def __init__(self, label: str, stream: TextIO = sys.stderr, run: Opening | None = None) -> None:
-        self.label, self.stream, self.run = label, stream, run
+        self.label, self.stream, self.run = one_line(label), stream, run  # a label from overrides may hold an escape
         self._bar = None
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:

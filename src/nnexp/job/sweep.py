@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from nnexp.config import check_tags, given_overrides
+from nnexp.config import check_run_names, check_tags, given_overrides
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
 from nnexp.folders import (
     FOLDER_LOCK,
@@ -108,6 +108,7 @@ class Sweep:
         check_hydra_paths(config)
         user_tags = OmegaConf.to_container(config.tags, resolve=True)
         check_tags(user_tags)  # type: ignore[arg-type]
+        check_run_names(config.tracking)
         directory = Path(config.hydra.sweep.dir).resolve()
         created = create_sweep_folder(directory)  # before the store: a folder that cannot be made leaves no store
         try:

@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nnexp.errors import one_line
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -136,7 +138,7 @@ class Ghost:
 def describe(run: Run) -> str:
     """``run NAME (ID)``, or ``run ID`` for a run without a name."""
     info = run.info
-    return f"run {info.run_name} ({info.run_id})" if info.run_name else f"run {info.run_id}"
+    return f"run {one_line(info.run_name)} ({info.run_id})" if info.run_name else f"run {info.run_id}"
 
 
 def reap(client: MlflowClient, runs: Sequence[Run]) -> tuple[list[Run], list[Ghost]]:

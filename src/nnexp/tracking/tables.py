@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnexp.config import GROUPS, Direction, default_direction, setting_overrides
-from nnexp.errors import NnexpError
+from nnexp.errors import NnexpError, one_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -168,6 +168,11 @@ class Table:
 
     columns: list[str]
     rows: list[list[str]]
+
+    def __post_init__(self) -> None:
+        # Names, params and tags come from the store, where any run may have put an escape sequence or a newline.
+        self.columns = [one_line(column) for column in self.columns]
+        self.rows = [[one_line(cell) for cell in row] for row in self.rows]
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]

@@ -9,7 +9,7 @@ float64 literal would turn float32 arithmetic into float64 and stop the loops fr
 ``error_model="numpy"`` lets loops that divide vectorise too (a division by zero gives inf or NaN, as in NumPy,
 instead of raising).
 
-About 450 lines: every kernel sits beside the others it is composed with, as the NumPy reference does.
+Over 350 lines (about 450): every kernel sits beside the others it is composed with, as the NumPy reference does.
 """
 
 from __future__ import annotations
