@@ -340,7 +340,8 @@ def test_restore_refuses_a_checkpoint_missing_the_step_count(tmp_path):
 def test_a_checkpoint_before_the_first_step_needs_no_optimizer_state(tmp_path):
     network, _, optimizer, rng, trainer = setup()
     loaded = checkpoint.load(saved(tmp_path))
-    loaded.arrays = {key: value for key, value in loaded.arrays.items() if not key.startswith("optimizer/")}
+    for key in [key for key in loaded.arrays if key.startswith("optimizer/")]:
+        del loaded.arrays[key]
     loaded.arrays["optimizer/iterations"] = np.asarray(0)
     loaded.restore(network, optimizer, rng, {}, trainer, 40)
     assert optimizer.iterations == 0
