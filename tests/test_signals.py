@@ -170,3 +170,34 @@ def test_an_error_line_to_a_closed_pipe_is_dropped_not_a_traceback(monkeypatch):
 
     monkeypatch.setattr(sys, "stderr", Closed())
     report("terminated (SIGTERM)")
+
+
+def test_a_second_stop_raised_where_python_ignores_exceptions_is_sent_again(tmp_path):
+    """It landed in a weak reference's callback (which imports run), was printed as ignored, and the run went on
+    to end FINISHED."""
+    import weakref
+
+    from nnexp.job.callbacks import StopRequests
+
+    class Trainer:
+        def request_stop(self, reason: str, exit_code: int) -> None:
+            self.requested = (reason, exit_code)
+
+    class Held:
+        pass
+
+    def callback(_: object) -> None:
+        signal.raise_signal(signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, inside the callback
+            pass
+
+    with StopRequests(Trainer(), tmp_path) as stops:
+        signal.raise_signal(signal.SIGTERM)
+        assert stops.request == ("interrupted (SIGTERM)", 128 + signal.SIGTERM)
+        held = Held()
+        reference = weakref.ref(held, callback)
+        with pytest.raises(Interrupted, match=r"^interrupted again \(SIGTERM\)"):
+            del held
+            for _ in range(100):
+                time.sleep(0.01)
+        assert reference() is None

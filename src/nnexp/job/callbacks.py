@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import _thread
+import os
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +127,29 @@ class StopRequests:
         #: The first request's reason and exit code.
         self.request: tuple[str, int] | None = None
         self._previous: dict[int, Any] = {}
+        self._unraisable: Any = None
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
             self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+            self._unraisable, sys.unraisablehook = sys.unraisablehook, self._deliver_again
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self._unraisable is not None:
+            sys.unraisablehook = self._unraisable
+
+    def _deliver_again(self, unraisable: Any) -> None:
+        """A second stop raised where Python ignores exceptions (a weak reference's callback, which an import can
+        run) would be lost, and the run go on: send the signal again from another thread, so that it arrives once
+        this hook and the callback have returned (raised here, it would be ignored as well)."""
+        stop = unraisable.exc_value
+        if isinstance(stop, Interrupted) and self.request is not None and stop.exit_code > 128:
+            _thread.start_new_thread(send_later, (stop.exit_code - 128,))  # Thread.start would wait, and take it
+            return
+        self._unraisable(unraisable)
 
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
@@ -148,6 +166,12 @@ class StopRequests:
         if self.run_id is None or not manifest.is_file():
             return "no checkpoint was written; the run cannot be resumed"
         return f"the last complete checkpoint is in {self.checkpoints}; resume with: {resume_command(self.run_id)}"
+
+
+def send_later(signum: int) -> None:
+    """Send ``signum`` to this process in a moment (from a thread of its own)."""
+    time.sleep(0.05)
+    os.kill(os.getpid(), signum)
 
 
 def resume_command(run_id: str) -> str:
