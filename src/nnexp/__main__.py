@@ -23,6 +23,8 @@ from nnexp.folders import (
 )
 
 if TYPE_CHECKING:
+    import argparse
+
     from omegaconf import DictConfig
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
@@ -174,13 +176,14 @@ def launch() -> None:
     load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries
     sys.argv[1:] = normalised_folders(hydra_arguments(sys.argv[1:], Path.cwd()))
     check_override_keys(sys.argv[1:])
-    note_showing_only(sys.argv[1:])
+    flags = hydra_flags(sys.argv[1:])
+    note_showing_only(flags)
     store_configs()
     presets = config_dir()
     check_preset_names(presets)
     if quick_help(sys.argv[1:], presets):
         return
-    shown = shown_resolved(sys.argv[1:])
+    shown = shown_resolved(flags)
     if shown is not None:
         check_interpolations(presets, *shown)
     from nnexp.job import sweep
@@ -221,17 +224,21 @@ def quick_help(arguments: list[str], config_dir: Path | None) -> bool:
     return True
 
 
-def shown_resolved(arguments: list[str]) -> tuple[list[str], str] | None:
-    """For a command line that shows nnexp's config resolved (``--cfg job --resolve``), its overrides and which
-    config it shows (job, hydra or all); else ``None``."""
+def hydra_flags(arguments: list[str]) -> argparse.Namespace:
+    """The command line ``arguments`` as Hydra's own parser reads them."""
     from hydra._internal.utils import get_args_parser
 
-    parsed, _ = get_args_parser().parse_known_args(arguments)
+    return get_args_parser().parse_known_args(arguments)[0]
+
+
+def shown_resolved(flags: argparse.Namespace) -> tuple[list[str], str] | None:
+    """For a command line that shows nnexp's config resolved (``--cfg job --resolve``), by Hydra's reading of its
+    ``flags``: its overrides and which config it shows (job, hydra or all); else ``None``."""
     # With -p PACKAGE Hydra resolves that part only; with another primary config nnexp's would not be the one shown.
-    whole = not (parsed.package or parsed.config_name or parsed.config_path or parsed.config_dir)
-    if not (parsed.cfg and parsed.resolve and whole and not parsed.multirun):
+    whole = not (flags.package or flags.config_name or flags.config_path or flags.config_dir)
+    if not (flags.cfg and flags.resolve and whole and not flags.multirun):
         return None
-    return parsed.overrides, parsed.cfg
+    return flags.overrides, flags.cfg
 
 
 def launcher_error(exc: BaseException) -> bool:

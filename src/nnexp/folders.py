@@ -19,12 +19,15 @@ import re
 import shutil
 from collections.abc import Collection
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from nnexp.errors import ConfigError, StartRefused
 from nnexp.tracking import liveness
+
+if TYPE_CHECKING:
+    import argparse
 
 try:
     import fcntl
@@ -116,14 +119,11 @@ def claim(path: str) -> str:
         return str(candidate)
 
 
-def note_showing_only(arguments: list[str]) -> None:
-    """Note whether the command line ``arguments`` only show the config, as Hydra's parser reads them (``--cfg=job``
-    as well as ``-c job``)."""
-    from hydra._internal.utils import get_args_parser
-
+def note_showing_only(flags: argparse.Namespace) -> None:
+    """Note whether the command line only shows the config, by Hydra's reading of its ``flags`` (``--cfg=job`` as
+    well as ``-c job``)."""
     global showing_only
-    parsed, _ = get_args_parser().parse_known_args(arguments)
-    showing_only = bool(parsed.cfg or parsed.info or parsed.shell_completion)
+    showing_only = bool(flags.cfg or flags.info or flags.shell_completion)
 
 
 def register_resolver() -> None:
