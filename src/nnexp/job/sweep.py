@@ -179,9 +179,9 @@ class Sweep:
             # What Hydra wrote before its first job: a job folder too, when Hydra failed to set up the job's logging.
             for job in self.directory.iterdir() if self.directory.is_dir() else ():
                 discard_dir(job, WRITTEN_AT_SETUP)
-            discard_dir(self.directory, {"multirun.yaml", FOLDER_LOCK})  # no job: no summary was written
-            for leftover in ("multirun.yaml", FOLDER_LOCK):  # in a folder that holds the user's files too
+            for leftover in ("multirun.yaml", FOLDER_LOCK):  # no job: no summary was written
                 (self.directory / leftover).unlink(missing_ok=True)
+            discard_dir(self.directory, set())  # unless it holds the user's files too
             self.tracker.discard_new_store()
         return reason
 
