@@ -195,12 +195,7 @@ def chosen_in_body(path: Path, group: str) -> str | None:
     """What is wrong when the preset at ``path`` chooses ``group``'s option in its body (``dataset: moons`` or
     ``dataset: {name: moons}``, or ``name: moons`` in a preset of the group) rather than in its defaults list;
     ``None`` when it does not."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        return None
+    data = preset_data(path)[1]
     if not isinstance(data, dict):
         return None
     in_group = path.parent.name == group
@@ -215,6 +210,18 @@ def chosen_in_body(path: Path, group: str) -> str | None:
     fix = f"'defaults: [{option}, _self_]'" if in_group else f"'- override /{group}: {option}'"
     where = "start it with" if in_group else "choose it in defaults: with"
     return f"{found}; {where} {fix}"
+
+
+def preset_data(path: Path) -> tuple[str | None, object]:
+    """The text of the preset at ``path`` and its YAML read as data; ``(None, None)`` for one that cannot be read,
+    whose error composing names."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text, yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None, None
 
 
 def check_chosen_name(group: str, name: object, schema: type, presets: Mapping[str, Path]) -> None:
@@ -250,14 +257,10 @@ def chosen_presets(runtime: DictConfig) -> dict[str, Path]:
 def preset_setting(key: str, presets: Mapping[str, Path]) -> Path | None:
     """The preset of ``presets`` (by group) whose YAML sets the dotted ``key`` (``seed``, ``optimizer.name``),
     read as data; of several, the one merged last (an experiment's values beat its groups')."""
-    import yaml
-
     parts = key.split("[", 1)[0].split(".")
     for group, path in reversed(presets.items()):
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        text, data = preset_data(path)
+        if text is None:
             continue
         package = [] if GLOBAL_PACKAGE.search(text) else group.split("/")
         if parts[: len(package)] != package:
