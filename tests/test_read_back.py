@@ -119,3 +119,18 @@ def test_a_manifest_edited_to_other_settings_than_its_run_logged_is_refused(tmp_
     )
     as_logged = saved(tmp_path, run_id=run_id, config=recorded, overrides=["trainer.epochs=3"])
     assert hydra_arguments([f"resume={as_logged}"], tmp_path)[0] == "trainer.epochs=3"
+
+
+def test_a_fifo_among_the_manifests_searched_for_a_moved_run_is_passed_over(tmp_path):
+    """``resume=<id>`` of a run whose folder moved reads every ``checkpoints/checkpoint.json`` under ``outputs/``;
+    a FIFO among them blocked that search."""
+    from nnexp.job.resume import manifest_run_id
+
+    found: list[object] = []
+    fifo = tmp_path / checkpoint.MANIFEST
+    os.mkfifo(fifo)
+    thread = threading.Thread(target=lambda: found.append(manifest_run_id(fifo)), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "blocked reading a FIFO"
+    assert found == [None]

@@ -248,11 +248,12 @@ def moved_checkpoint(run_id: str, recorded: Path, project_dir: Path, logged: boo
 
 
 def manifest_run_id(manifest: Path) -> object:
-    """The ``run_id`` a checkpoint manifest names; None for a file that is no readable manifest (another's)."""
-    from nnexp.schema import parse_json
+    """The ``run_id`` a checkpoint manifest names; None for a file that is no readable manifest (another's, or no
+    regular file, which would block its reader)."""
+    from nnexp.schema import parse_json, read_text
 
     try:
-        contents = parse_json(manifest.read_text())
-    except (OSError, ValueError):
+        contents = parse_json(read_text(manifest))
+    except (OSError, ValueError, DataError):
         return None
     return contents.get("run_id") if isinstance(contents, dict) else None
