@@ -107,6 +107,87 @@ def test_compiled_steps_match_the_numpy_reference(
     assert_close(out_a, out_b, tolerance, "predictions")
 
 
+def sparse_setup(
+    activation: str, loss_name: str, optimizer: str, use_bias: bool, dtype: type[np.floating], zeros: float = 0.8
+) -> tuple[Sequential, object, Optimizer, Examples, np.random.Generator]:
+    """A 12-input MLP whose first layer is Dense, on 50 rows of which ``zeros`` of the inputs are 0, as MNIST's."""
+    rng = np.random.default_rng(1)
+    loss = LOSSES.build({"name": loss_name})
+    output = activation if loss_name == "mse" else None
+    network = MLP([9, 5], activation, output_activation=output, use_bias=use_bias).build(12, 3, loss, rng, dtype)
+    x = (rng.normal(size=(50, 12)) * (rng.random((50, 12)) >= zeros)).astype(dtype)
+    labels = rng.integers(0, 3, 50)
+    settings = {"name": optimizer, **OPTIMIZER_SETTINGS[optimizer]}
+    return network, loss, OPTIMIZERS.build(settings), Examples(x, loss.encode(labels, 3, dtype), labels), rng
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZER_SETTINGS))
+@pytest.mark.parametrize(("activation", "loss"), [("relu", "cross_entropy"), ("sigmoid", "mse")])
+def test_large_batches_of_mostly_zero_inputs_skip_them_and_match_the_numpy_reference(
+    activation, loss, optimizer, use_bias, dtype, shuffle, monkeypatch
+) -> None:
+    monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0)
+    sparse_batches = []
+    forward = engine.SparseFirstLayer.forward
+    monkeypatch.setattr(
+        engine.SparseFirstLayer,
+        "forward",
+        lambda self, *args: sparse_batches.append(args[3] - args[2]) or forward(self, *args),
+    )
+    runs = {}
+    for name in ("numpy", "compiled"):
+        network, loss_fn, optimizer_obj, data, rng = sparse_setup(activation, loss, optimizer, use_bias, dtype)
+        history = Trainer(3, 16, shuffle=shuffle, engine=name).fit(network, loss_fn, optimizer_obj, data, rng)
+        runs[name] = (network, optimizer_obj, history, predict(network, data.x))
+    assert sparse_batches == [16, 16, 16, 2] * 3, "every batch, the last short one too, took the sparse products"
+    (net_a, opt_a, hist_a, out_a), (net_b, opt_b, hist_b, out_b) = runs["numpy"], runs["compiled"]
+    tolerance = TOLERANCE[dtype]
+    for key, param in net_a.state_dict().items():
+        assert_close(param, net_b.state_dict()[key], tolerance, key)
+    for key, value in opt_a.state_dict().items():
+        assert_close(value, opt_b.state_dict()[key], tolerance, key)
+    for key in ("train_loss", "train_accuracy"):
+        assert_close(np.array(hist_a[key]), np.array(hist_b[key]), tolerance, key)
+    assert_close(out_a, out_b, tolerance, "predictions")
+
+
+@pytest.mark.parametrize(
+    ("zeros", "dtype", "sparse"), [(0.8, np.float32, True), (0.5, np.float32, False), (0.8, np.float64, False)]
+)
+def test_the_sparse_products_are_taken_only_for_mostly_zero_inputs_of_the_weights_dtype(
+    zeros, dtype, sparse, monkeypatch
+) -> None:
+    monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0)
+    network, loss, optimizer, data, _ = sparse_setup("relu", "cross_entropy", "adam", True, np.float32, zeros)
+    steps = engine.select("compiled", network, loss, optimizer)
+    assert (steps._sparse_first_layer(data.x.astype(dtype), 16) is not None) == sparse
+
+
+def test_the_sparse_kernels_equal_blas_products_with_and_without_bias() -> None:
+    from nnexp.core.compiled import sparse
+
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(30, 40)) * (rng.random((30, 40)) < 0.2)).astype(np.float32)
+    x[3] = 0  # a row with no input at all
+    x[:, 7] = np.nan * (np.arange(30) == 5)  # a NaN is not zero: it reaches the output as in NumPy
+    order = rng.permutation(30)
+    w = rng.normal(size=(40, 8)).astype(np.float32)
+    delta = rng.normal(size=(10, 8)).astype(np.float32)
+    index, value, count = np.empty((10, 40), np.int64), np.empty((10, 40), np.float32), np.empty(10, np.int64)
+    for bias in (rng.normal(size=8).astype(np.float32), np.empty(0, np.float32)):
+        out = np.full((10, 8), -1.0, np.float32)
+        gradient = np.full_like(w, -1.0)
+        sparse.forward(x, order, 17, 10, w, bias, out, index, value, count)
+        sparse.weight_gradient(index, value, count, 10, delta, gradient)
+        batch = x[order[17:27]]
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_allclose(out, batch @ w + (bias if bias.size else 0), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(gradient, batch.T @ delta, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("optimizer", "fused"), [("sgd", True), ("momentum", False), ("adam", False)])
 def test_per_sample_plain_sgd_steps_each_weight_without_storing_its_gradient(optimizer, fused) -> None:
     # The fused step leaves the weights' gradient array as it found it; every other rule reads it, so it is written.
@@ -117,10 +198,17 @@ def test_per_sample_plain_sgd_steps_each_weight_without_storing_its_gradient(opt
     assert np.isnan(weight_grads).all() == fused and np.isfinite(network.state_dict()["dense1.weight"]).all()
 
 
-def test_a_stopped_compiled_fit_resumes_to_the_same_weights_bit_for_bit(monkeypatch) -> None:
+@pytest.mark.parametrize("path", ["kernel", "sparse products"])
+def test_a_stopped_compiled_fit_resumes_to_the_same_weights_bit_for_bit(path, monkeypatch) -> None:
+    if path == "sparse products":
+        monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0)
+
     def fresh():
-        network, loss, optimizer, data, rng = setup("tanh", "cross_entropy", "adam", True, np.float64, seed=3)
-        return network, loss, optimizer, data, rng, Trainer(3, 2, engine="compiled")
+        if path == "kernel":
+            network, loss, optimizer, data, rng = setup("tanh", "cross_entropy", "adam", True, np.float64, seed=3)
+            return network, loss, optimizer, data, rng, Trainer(3, 2, engine="compiled")
+        network, loss, optimizer, data, rng = sparse_setup("tanh", "cross_entropy", "adam", True, np.float32)
+        return network, loss, optimizer, data, rng, Trainer(3, 8, engine="compiled")
 
     network, loss, optimizer, data, rng, trainer = fresh()
     whole = trainer.fit(network, loss, optimizer, data, rng)

@@ -4,7 +4,8 @@
 imported only here and only when asked for, since importing Numba takes about a second. Small batches on narrow
 layers run many steps per kernel call (a whole epoch, or as much as fits in a tenth of a second), with loops for a
 few rows and BLAS's products from about eight; large ones keep NumPy's products and take the optimizer's step as
-one compiled pass per parameter array.
+one compiled pass per parameter array. When most inputs are zero (MNIST's pixels), the first layer's products of
+large batches skip them (:mod:`nnexp.core.compiled.sparse`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from nnexp.core.layers import Bias, Dense
 from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
+from nnexp.core.parallel import worker_count
 from nnexp.errors import ConfigError
 from nnexp.registry import Registry
 
@@ -70,6 +72,12 @@ LOOP_MAX_WORK = 1 << 19
 #: with fewer inputs than this takes loops at any size (2-64-64-2's first at 32 rows: 0.2 against 0.9 us for its
 #: weight's gradient).
 BLAS_ROWS = 8
+#: Large batches whose inputs are at most this share non-zero (judged on the first rows of the data) multiply only
+#: the non-zero ones in the first layer. Measured on 784-512 at 128 rows, float32, 2 threads: MNIST (19% non-zero)
+#: 0.38 ms forward and 0.31 ms for the weight's gradient against BLAS's 0.63 (with the batch's gather) and 0.55.
+SPARSE_MAX_DENSITY = 0.3
+#: How many of the data's first rows judge its density.
+DENSITY_ROWS = 1000
 
 
 def _code(registry: Registry[Any], component: object) -> tuple[int | None, str]:
@@ -223,6 +231,7 @@ class CompiledSteps:
         self._identity = np.empty(0, np.int64)
         dense = plan.stages[plan.stages[:, KIND] == DENSE]
         self._weights_per_row = int((dense[:, N_IN] * dense[:, N_OUT]).sum())
+        self._sparse: SparseFirstLayer | None = None
 
     def loops(self, size: int) -> bool:
         """Whether batches of ``size`` rows run inside the kernel rather than with BLAS products."""
@@ -248,12 +257,9 @@ class CompiledSteps:
         state = self._state()
         iteration = self.optimizer.iterations
         if self.loops(size):
-            if order is None:
-                if self._identity.size != x.shape[0]:
-                    self._identity = np.arange(x.shape[0], dtype=np.int64)
-                order = self._identity
             done, loss_sum, value = self.kernels.train_batches(
-                np.ascontiguousarray(x), np.ascontiguousarray(targets), order, first_batch, n_batches, size,
+                np.ascontiguousarray(x), np.ascontiguousarray(targets), self._order(x) if order is None else order,
+                first_batch, n_batches, size,
                 BLAS_ROWS, self.plan.stages, *state, self.plan.loss, self.plan.optimizer, hyper, hyper64, iteration,
                 predicted, loss_sum,
             )  # fmt: skip
@@ -261,19 +267,45 @@ class CompiledSteps:
             return done, loss_sum, value
         done, value = 0, 0.0
         n_samples = x.shape[0]
+        sparse = self._sparse_first_layer(x, size)
         for start in range(first_batch * size, min(n_samples, (first_batch + n_batches) * size), size):
             stop = start + size
-            outputs = self.network.forward(x[start:stop] if order is None else x[order[start:stop]])
+            if sparse is None:
+                outputs = self.network.forward(x[start:stop] if order is None else x[order[start:stop]])
+            else:
+                outputs = sparse.forward(x, self._order(x) if order is None else order, start, min(stop, n_samples))
             value, grad = self.loss.value_and_gradient(targets[start:stop], outputs)
             if not math.isfinite(value):
                 break
             outputs.argmax(axis=1, out=predicted[start:stop])
-            self.network.backward(grad)
+            if sparse is None:
+                self.network.backward(grad)
+            else:
+                sparse.backward(grad)
             self.optimizer.iterations += 1
             self.kernels.update_parameters(*state, self.plan.optimizer, hyper, hyper64, self.optimizer.iterations)
             loss_sum += value * outputs.shape[0]
             done += 1
         return done, loss_sum, value
+
+    def _order(self, x: Array) -> np.ndarray:
+        """The samples' order when they are not shuffled: ``0, 1, 2, …``, made once."""
+        if self._identity.size != x.shape[0]:
+            self._identity = np.arange(x.shape[0], dtype=np.int64)
+        return self._identity
+
+    def _sparse_first_layer(self, x: Array, size: int) -> SparseFirstLayer | None:
+        """The sparse products of the first layer, when they pay for ``x`` in batches of ``size`` rows."""
+        first = self.network.layers[0]
+        weight = first.params.get("weight") if type(first) is Dense else None
+        if weight is None or x.dtype != weight.dtype or x.ndim != 2 or not x.flags.c_contiguous:
+            return None
+        sample = x[:DENSITY_ROWS]
+        if np.count_nonzero(sample) > SPARSE_MAX_DENSITY * sample.size:
+            return None
+        if self._sparse is None or self._sparse.size < size:
+            self._sparse = SparseFirstLayer(self.network, size)
+        return self._sparse
 
     def _state(self) -> list[Array]:
         """Weights, their gradients and two state arrays, then the same for biases: the optimizer's own arrays."""
@@ -294,3 +326,44 @@ class CompiledSteps:
         else:
             values, wide = [1 - opt.beta_1, 1 - opt.beta_2, decay], [rate, opt.beta_1, opt.beta_2, opt.epsilon]
         return np.array(values, self.dtype), np.array(wide, np.float64)
+
+
+class SparseFirstLayer:
+    """Forward and backward passes whose first Dense layer multiplies only its non-zero inputs; the other layers are
+    the NumPy reference's."""
+
+    def __init__(self, network: Sequential, size: int) -> None:
+        import numba
+
+        from nnexp.core.compiled import sparse
+
+        # Numba's threads otherwise number the machine's cores, whatever a launcher allowed this process.
+        numba.set_num_threads(min(worker_count(), numba.config.NUMBA_NUM_THREADS))
+        self.kernels, self.network, self.size = sparse, network, size
+        self.layer = network.layers[0]
+        n_in = self.layer.params["weight"].shape[0]
+        self.index = np.empty((size, n_in), np.int64)
+        self.value = np.empty((size, n_in), self.layer.params["weight"].dtype)
+        self.count = np.empty(size, np.int64)
+        self.rows = 0
+        bias = self.layer.params.get("bias")
+        self.bias = bias if bias is not None else np.empty(0, self.value.dtype)
+
+    def forward(self, x: Array, order: np.ndarray, start: int, stop: int) -> Array:
+        """The network's output for the rows ``order[start:stop]`` of ``x``."""
+        weight = self.layer.params["weight"]
+        self.rows = stop - start
+        out = self.layer.buffer("out", (self.rows, weight.shape[1]), weight.dtype)
+        self.kernels.forward(x, order, start, self.rows, weight, self.bias, out, self.index, self.value, self.count)
+        for layer in self.network.layers[1:]:
+            out = layer.forward(out)
+        return out
+
+    def backward(self, grad_out: Array) -> None:
+        """Fill every layer's gradients for the batch :meth:`forward` last saw."""
+        for layer in reversed(self.network.layers[1:]):
+            grad_out = layer.backward(grad_out)
+        grads = self.layer.grads
+        self.kernels.weight_gradient(self.index, self.value, self.count, self.rows, grad_out, grads["weight"])
+        if "bias" in grads:
+            grad_out.sum(axis=0, out=grads["bias"])
