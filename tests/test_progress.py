@@ -58,3 +58,34 @@ def test_a_run_stopped_early_shows_its_last_epoch(clock):
     stream = io.StringIO()
     train(Progress("run", stream), clock, 500, stop_after=39)
     assert epochs_shown(stream) == [39]
+
+
+class OpeningRun:
+    """Stands in for the run being opened: open from epoch ``opens_at`` on; ``wait`` before that would block."""
+
+    def __init__(self, opens_at: int) -> None:
+        self.opens_at, self.epoch, self.waited_early = opens_at, 0, False
+
+    @property
+    def opened(self) -> bool:
+        return self.epoch >= self.opens_at
+
+    def wait(self) -> None:
+        self.waited_early |= not self.opened
+
+
+def test_lines_wait_for_the_run_to_open_while_training_goes_on(clock):
+    stream, run = io.StringIO(), OpeningRun(opens_at=27)
+    bar = Progress("run", stream, run=run)
+    bar.on_train_begin(100, 100)
+    for epoch in range(1, 101):
+        run.epoch = epoch
+        bar.on_epoch_end(epoch, logs(epoch))
+    assert not run.waited_early
+    assert epochs_shown(stream) == [27, 30, 40, 50, 60, 70, 80, 90, 100]
+
+
+def test_the_last_line_waits_for_the_run_however_long_it_takes(clock):
+    stream, run = io.StringIO(), OpeningRun(opens_at=1000)
+    train(Progress("run", stream, run=run), clock, 20)
+    assert run.waited_early and epochs_shown(stream) == [20]

@@ -17,14 +17,18 @@ PLAIN_SECONDS = 10.0
 class Opening(Protocol):
     """A run being opened while training starts (:class:`nnexp.tracking.opening.OpeningRun`)."""
 
+    @property
+    def opened(self) -> bool: ...
+
     def wait(self) -> object: ...
 
 
 class Progress(Callback):
     """Shows epoch, loss, accuracy, samples per second and, once a schedule changes it, the learning rate.
 
-    Off a terminal, the first line waits until ``run`` is open (training waits with it): a job whose run cannot be
-    opened says so in one line, as it did when the run was opened before training, and a line shown means a run.
+    Off a terminal, lines are held until ``run`` is open, while training goes on, and the last epoch's line waits
+    for it: a job whose run cannot be opened says so in one line, as it did when the run was opened before
+    training, and a line shown means a run.
     """
 
     def __init__(self, label: str, stream: TextIO = sys.stderr, run: Opening | None = None) -> None:
@@ -36,6 +40,7 @@ class Progress(Callback):
         self._first_rate: float | None = None
         self._last_line = time.monotonic()
         self._unshown: str | None = None  # the last epoch's line, when it was not printed
+        self._held = False  # a line was due while the run was opening: the next epoch's is shown once it is open
         if self.stream.isatty():
             from tqdm import tqdm
 
@@ -61,20 +66,25 @@ class Progress(Callback):
             details = " ".join(f"{key}={value}" for key, value in shown.items())
             self._unshown = f"{self.label} epoch {epoch}/{self.epochs} {details}"
             every = max(1, self.epochs // PLAIN_LINES)
-            if epoch % every == 0 or epoch == self.epochs or time.monotonic() - self._last_line >= PLAIN_SECONDS:
-                self._print_unshown()
+            due = epoch % every == 0 or time.monotonic() - self._last_line >= PLAIN_SECONDS
+            if due or self._held or epoch == self.epochs:
+                self._print_unshown(final=epoch == self.epochs)
 
     def on_train_end(self, history: dict[str, list[float]]) -> None:
-        self._print_unshown()  # where early stopping ended the run
+        self._print_unshown(final=True)  # where early stopping ended the run
 
-    def _print_unshown(self) -> None:
-        if self._unshown is not None:
-            if self.run is not None:
-                self.run.wait()
-                self.run = None
-            print(self._unshown, file=self.stream, flush=True)
-            self._unshown = None
-            self._last_line = time.monotonic()
+    def _print_unshown(self, final: bool) -> None:
+        if self._unshown is None:
+            return
+        if self.run is not None:
+            self._held = not (final or self.run.opened)
+            if self._held:
+                return
+            self.run.wait()
+            self.run = None
+        print(self._unshown, file=self.stream, flush=True)
+        self._unshown = None
+        self._last_line = time.monotonic()
 
     def close(self) -> None:
         if self._bar is not None:

@@ -68,6 +68,11 @@ class OpeningRun:
             self.on_failure()
 
     @property
+    def opened(self) -> bool:
+        """Whether the thread is done: the run is open, or opening it failed (:meth:`wait` raises the error)."""
+        return self._done.is_set()
+
+    @property
     def failed(self) -> bool:
         return self._done.is_set() and self.error is not None
 
