@@ -36,13 +36,15 @@ from nnexp.core.compiled.codes import (
     WEIGHT_AT,
 )
 
-JIT = {"cache": True, "error_model": "numpy"}
+#: ``nogil``: a kernel call trains for up to a tenth of a second, during which the run's other threads (MLflow's
+#: import and store, the plots) use the other core instead of waiting for Python's lock.
+JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 #: From this many rows on, the input gradient ``delta @ w.T`` of the loops copies ``w`` transposed and combines its
 #: rows, rather than taking one dot product per number: the copy pays for itself over the rows.
 TRANSPOSE_ROWS = 4
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(**JIT, fastmath={"reassoc"})
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     """``sum(a * b)``, reassociated so that it vectorises into partial sums, as BLAS's dot products do."""
     total = a[0] * 0
