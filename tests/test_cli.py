@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -735,9 +736,10 @@ def test_a_failure_during_training_is_a_failed_run_with_its_reason_in_one_line(p
 
 
 def test_sigterm_marks_the_run_killed_in_one_line(project):
-    process = project.start("experiment=moons_deep_sigmoid", "trainer.epochs=200")
+    # Lines wait for the run to open while training goes on: enough epochs that the first line is shown mid-run.
+    process = project.start("experiment=moons_deep_sigmoid", "trainer.epochs=100000")
     first_progress = process.stderr.readline()
-    assert "epoch 20/200" in first_progress
+    assert re.search(r" epoch \d+/100000 ", first_progress), first_progress
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143

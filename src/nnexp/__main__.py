@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,10 @@ CLOSED_PIPE_STATUS = 128 + 13
 
 
 def main() -> None:
+    # requests silences this warning (about a SOCKS proxy package nnexp never uses) while it imports, but a
+    # ``warnings.catch_warnings()`` left in another thread meanwhile restores the filters without it: MLflow is
+    # imported in a thread while the job goes on. Set before any thread starts, the filter survives such restores.
+    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
     try:
         try:
             command()
