@@ -308,7 +308,7 @@ def main() -> None:
             f"dataset.path={mnist}",
         )
     load = Load(children=True)
-    lines = ["## Runner overhead and memory (goals 5 and 6)", ""]
+    lines = ["## Runner overhead and memory (goals 5 and 6; issue 15)", ""]
     with tempfile.TemporaryDirectory() as scratch:
         project = Path(scratch)
         shutil.copytree(REPO / "conf", project / "conf")
@@ -338,10 +338,15 @@ def main() -> None:
         lines.append(
             "MNIST rows skipped: no MNIST_DIR given, and neither /work/shared/data/mnist nor nnexp's cache exists."
         )
+    ran = (
+        "the sweep after one untimed default run"
+        if args.sweep_only
+        else f"each quick command {args.runs} time(s), each configuration {args.repeat} timed time(s) after one "
+        "untimed, alternating, then the sweep"
+    )
     lines.append(
         f"Ran `{shlex.join(['python', 'benchmarks/bench_overhead.py', *sys.argv[1:]])}`: `python -m nnexp` in a "
-        f"scratch project, each quick command {args.runs} time(s), each configuration {args.repeat} timed time(s) "
-        f"after one untimed, alternating, then the sweep {args.sweeps} time(s); {load.summary()}."
+        f"scratch project, {ran} {args.sweeps} time(s); {load.summary()}."
     )
     print("\n".join(lines))
 
