@@ -522,3 +522,21 @@ def test_the_basic_launcher_gets_the_config_the_sweepers_check_composed_once_han
     undo()
     loader.load_sweep_config(master, ["seed=2"])
     assert loader.composed == 5  # Hydra's own composition again
+
+
+def test_a_batch_larger_than_the_configs_kept_is_composed_again_beyond_them():
+    from nnexp.job.sweep import compose_jobs_once
+
+    class Loader:
+        composed = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.composed += 1
+            return OmegaConf.create({"overrides": list(sweep_overrides)})
+
+    loader, master = Loader(), OmegaConf.create({})
+    compose_jobs_once(loader, limit=2)
+    batch = [[f"seed={seed}"] for seed in range(3)]
+    for overrides in batch * 2:  # the sweeper's check of the batch, then the launcher
+        assert loader.load_sweep_config(master, overrides).overrides == overrides
+    assert loader.composed == 4

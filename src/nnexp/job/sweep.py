@@ -52,6 +52,8 @@ MAX_RUN_NAME = 250
 #: The run tag MLflow's UI shows as a run's description (Markdown), and the longest value MLflow keeps in a tag.
 DESCRIPTION_TAG = "mlflow.note.content"
 MAX_DESCRIPTION = 8000
+#: How many jobs' composed configs :func:`compose_jobs_once` keeps at a time, about 0.13 MB each.
+KEPT_CONFIGS = 100
 #: Settings of Hydra's sweepers and launchers that their plugins accept and then fail on mid-sweep, with a message
 #: that names no option (optuna's "No trials are completed yet", an AssertionError, a ZeroDivisionError):
 #: (group, option, setting, what it must be, the check).
@@ -320,14 +322,15 @@ def name_by_swept_values(client: MlflowClient, runs: list[Run], swept: list[str]
     return renamed
 
 
-def compose_jobs_once(loader: ConfigLoader) -> Callable[[], None]:
+def compose_jobs_once(loader: ConfigLoader, limit: int = KEPT_CONFIGS) -> Callable[[], None]:
     """Make Hydra compose each job's config once, not twice, in a sweep of its basic sweeper and launcher; returns
     what undoes it.
 
     The basic sweeper composes every job of a batch to check it before the first starts, and the basic launcher
     composes each again to run it (a third of a second or so each): the second composition of the same overrides
     gets a copy of the first, taken when it was made and handed out once, with the sweep's cache of resolved values
-    copied in as Hydra's own composition does.
+    copied in as Hydra's own composition does. At most ``limit`` copies are kept at a time (a batch is checked
+    whole before its first job starts); the launcher composes the jobs beyond them itself.
     """
     compose = loader.load_sweep_config
     kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
@@ -339,7 +342,8 @@ def compose_jobs_once(loader: ConfigLoader) -> Callable[[], None]:
             OmegaConf.copy_cache(from_config=master_config, to_config=config)
             return config
         config = compose(master_config, sweep_overrides)
-        kept[key] = copy.deepcopy(config)
+        if len(kept) < limit:
+            kept[key] = copy.deepcopy(config)
         return config
 
     def undo() -> None:
