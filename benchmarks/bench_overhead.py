@@ -75,6 +75,8 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)
     hidden: dict[str, float] = field(default_factory=dict)
     logged: float = 0.0
+    #: The command's CPU seconds (user and system, its threads' too), which other processes' load changes less.
+    cpu: float = 0.0
 
     def waited(self, name: str) -> float:
         """The seconds of phase ``name`` that the run waited for: all of them, but for an overlapped phase."""
@@ -123,7 +125,8 @@ def nnexp(arguments: tuple[str, ...], project: Path, expect_success: bool = True
     if (process.returncode == 0) != expect_success:
         raise SystemExit(f"python -m nnexp {' '.join(arguments)} exited with {process.returncode}:\n{stderr[-2000:]}")
     # ru_maxrss is in kilobytes on Linux
-    return Run(started, ended, usage.ru_maxrss / 1024, contention.others()), stdout
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(started, ended, usage.ru_maxrss / 1024, contention.others(), cpu=cpu), stdout
 
 
 def read_phases(run: Run, store: str, stdout: str) -> None:
@@ -162,6 +165,7 @@ class SweepRun:
 
     wall: float
     others: float
+    cpu: float
     jobs: list[Run]
 
     @property
@@ -200,7 +204,7 @@ def time_sweep(project: Path, store: str) -> SweepRun:
         phases, hidden = recorded_phases(child.data.metrics)
         ended = child.info.end_time / 1000
         jobs.append(Run(ended - phases["run"], ended, command.peak_mb, command.others, phases, hidden, ended))
-    return SweepRun(command.wall, command.others, jobs)
+    return SweepRun(command.wall, command.others, command.cpu, jobs)
 
 
 def sweep_table(sweeps: list[SweepRun]) -> list[str]:
@@ -212,6 +216,7 @@ def sweep_table(sweeps: list[SweepRun]) -> list[str]:
         ("**(wall - training) / jobs** (goal: at most 0.3 s)", [sweep.overhead_per_job for sweep in sweeps]),
         ("outside the jobs' runs, per job (start-up, parent run, Hydra between jobs, summary, exit)",
          [sweep.outside_jobs_per_job for sweep in sweeps]),
+        ("CPU of the whole command (user + system), per job", [sweep.cpu / len(sweep.jobs) for sweep in sweeps]),
     ]
     lines = [
         f"**A {SWEEP_JOBS}-job basic-launcher sweep** (`python -m nnexp {' '.join(SWEEP)}`, {len(sweeps)} sweeps)",
