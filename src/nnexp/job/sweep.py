@@ -327,7 +327,7 @@ def compose_jobs_once(loader: ConfigLoader, limit: int = KEPT_CONFIGS) -> Callab
     what undoes it.
 
     The basic sweeper composes every job of a batch to check it before the first starts, and the basic launcher
-    composes each again to run it (a third of a second or so each): the second composition of the same overrides
+    composes each again to run it (0.35 s a job at load 4-5 on 2 cores): the second composition of the same overrides
     gets a copy of the first, taken when it was made and handed out once, with the sweep's cache of resolved values
     copied in as Hydra's own composition does. At most ``limit`` copies are kept at a time (a batch is checked
     whole before its first job starts); the launcher composes the jobs beyond them itself.
