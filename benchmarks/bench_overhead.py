@@ -1,6 +1,6 @@
 """Where a run's wall time goes, and its peak memory: start-up, data, training, MLflow, plots, model, checkpoints.
 
-Usage: python benchmarks/bench_overhead.py [MNIST_DIR] [--repeat N] [--runs N]
+Usage: python benchmarks/bench_overhead.py [MNIST_DIR] [--repeat N] [--runs N] [--sweeps N] [--sweep-only]
 Runs the real CLI in a scratch project with its own MLflow store: the default run (two moons) and the Keras MNIST
 preset (``experiment=mnist_keras_mlp``, 5 epochs) on MNIST_DIR, alternating, ``--repeat`` times each after one
 untimed run of each (which creates the store and warms the disk cache). Each run records the wall seconds of its
@@ -8,8 +8,11 @@ phases as ``system/*_seconds`` metrics (and, for phases that overlap others, ``s
 they are read back from the store, and the rest of the command's wall time
 is start-up (until the run begins: its end time minus ``system/run_seconds``) and exit (from the moment the run
 logged them). Peak resident memory is the child's own (``wait4``). Also times ``--help`` and two config
-errors ``--runs`` times each. Prints a Markdown section. MNIST_DIR defaults to /work/shared/data/mnist or nnexp's
-MNIST cache, whichever exists; without either the MNIST rows are skipped. Not part of CI.
+errors ``--runs`` times each, and ``--sweeps`` times a 12-job basic-launcher sweep of default 50-epoch runs
+(``-m seed=1,...,12``): its wall time minus the sum of its jobs' training, per job, and each job's phases read from
+its child run; ``--sweep-only`` times the sweep alone. Prints a Markdown section. MNIST_DIR defaults to
+/work/shared/data/mnist or nnexp's MNIST cache, whichever exists; without either the MNIST rows are skipped. Not
+part of CI.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from machine import Contention, Load
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = Path("/work/shared/data/mnist")
 RUN_ID = re.compile(r"; run ([0-9a-f]{32});")
+SWEEP_ID = re.compile(r"^sweep ([0-9a-f]{32}):", re.MULTILINE)
+SWEEP_JOBS = 12
+SWEEP = ("-m", "seed=" + ",".join(str(seed) for seed in range(1, SWEEP_JOBS + 1)), "trainer.epochs=50")
 #: The phases a run records (``system/<name>_seconds``), in the order they happen, with how the table names them.
 PHASES = {
     "setup": "setup (config checks, tags, git state)",
@@ -69,6 +75,8 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)
     hidden: dict[str, float] = field(default_factory=dict)
     logged: float = 0.0
+    #: The command's CPU seconds (user and system, its threads' too), which other processes' load changes less.
+    cpu: float = 0.0
 
     def waited(self, name: str) -> float:
         """The seconds of phase ``name`` that the run waited for: all of them, but for an overlapped phase."""
@@ -117,7 +125,8 @@ def nnexp(arguments: tuple[str, ...], project: Path, expect_success: bool = True
     if (process.returncode == 0) != expect_success:
         raise SystemExit(f"python -m nnexp {' '.join(arguments)} exited with {process.returncode}:\n{stderr[-2000:]}")
     # ru_maxrss is in kilobytes on Linux
-    return Run(started, ended, usage.ru_maxrss / 1024, contention.others()), stdout
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(started, ended, usage.ru_maxrss / 1024, contention.others(), cpu=cpu), stdout
 
 
 def read_phases(run: Run, store: str, stdout: str) -> None:
@@ -125,19 +134,111 @@ def read_phases(run: Run, store: str, stdout: str) -> None:
     command printed, and when it logged them."""
     from mlflow import MlflowClient
 
-    from nnexp.tracking.store import MLFLOW_METRIC_NAMES, SYSTEM_PREFIX
+    from nnexp.tracking.store import SYSTEM_PREFIX
 
     found = RUN_ID.search(stdout)
     if found is None:
         raise SystemExit(f"no run id in the command's output:\n{stdout[-2000:]}")
     client = MlflowClient(tracking_uri=store)
-    metrics = client.get_run(found.group(1)).data.metrics
+    run.phases, run.hidden = recorded_phases(client.get_run(found.group(1)).data.metrics)
+    run.logged = client.get_metric_history(found.group(1), f"{SYSTEM_PREFIX}run_seconds")[-1].timestamp / 1000
+
+
+def recorded_phases(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """A run's phases from its metrics: ``system/<phase>_seconds`` and ``system/<phase>_hidden_seconds``."""
+    from nnexp.tracking.store import MLFLOW_METRIC_NAMES, SYSTEM_PREFIX
+
+    phases: dict[str, float] = {}
+    hidden: dict[str, float] = {}
     phase_metric = re.compile(rf"{re.escape(SYSTEM_PREFIX)}(\w+?)(_hidden)?_seconds")
     for key, value in metrics.items():
         phase = phase_metric.fullmatch(key)
         if phase is not None and key != MLFLOW_METRIC_NAMES["epoch_seconds"]:
-            (run.hidden if phase.group(2) else run.phases)[phase.group(1)] = value
-    run.logged = client.get_metric_history(found.group(1), f"{SYSTEM_PREFIX}run_seconds")[-1].timestamp / 1000
+            (hidden if phase.group(2) else phases)[phase.group(1)] = value
+    return phases, hidden
+
+
+@dataclass
+class SweepRun:
+    """One sweep command: its wall seconds, others' CPU meanwhile, and each job's phases (a :class:`Run` whose
+    start and end are the job's own)."""
+
+    wall: float
+    others: float
+    cpu: float
+    jobs: list[Run]
+
+    @property
+    def training(self) -> float:
+        return sum(job.phases.get("training", 0.0) for job in self.jobs)
+
+    @property
+    def overhead_per_job(self) -> float:
+        """The issue's measure: wall time minus the sum of the jobs' training, per job."""
+        return (self.wall - self.training) / len(self.jobs)
+
+    @property
+    def outside_jobs_per_job(self) -> float:
+        """Wall time outside every job's run, per job: start-up, the parent run, Hydra's work between jobs (its
+        per-job composition and folder), the summary and the exit."""
+        return (self.wall - sum(job.phases.get("run", 0.0) for job in self.jobs)) / len(self.jobs)
+
+
+def time_sweep(project: Path, store: str) -> SweepRun:
+    """Run the :data:`SWEEP` in ``project`` and read its children's phases back from ``store``."""
+    from mlflow import MlflowClient
+
+    command, stdout = nnexp(SWEEP, project)
+    found = SWEEP_ID.search(stdout)
+    if found is None:
+        raise SystemExit(f"no sweep id in the command's output:\n{stdout[-2000:]}")
+    client = MlflowClient(tracking_uri=store)
+    parent = client.get_run(found.group(1))
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000
+    )
+    if len(children) != SWEEP_JOBS:
+        raise SystemExit(f"the sweep {parent.info.run_id} has {len(children)} child runs, not {SWEEP_JOBS}")
+    jobs = []
+    for child in children:
+        phases, hidden = recorded_phases(child.data.metrics)
+        ended = child.info.end_time / 1000
+        jobs.append(Run(ended - phases["run"], ended, command.peak_mb, command.others, phases, hidden, ended))
+    return SweepRun(command.wall, command.others, command.cpu, jobs)
+
+
+def sweep_table(sweeps: list[SweepRun]) -> list[str]:
+    """The Markdown lines of the sweep's measures, and its jobs' phases (medians over every job of every sweep)."""
+    jobs = [job for sweep in sweeps for job in sweep.jobs]
+    rows = [
+        ("whole sweep (wall)", [sweep.wall for sweep in sweeps]),
+        (f"sum of the {SWEEP_JOBS} jobs' training", [sweep.training for sweep in sweeps]),
+        ("**(wall - training) / jobs** (goal: at most 0.3 s)", [sweep.overhead_per_job for sweep in sweeps]),
+        ("outside the jobs' runs, per job (start-up, parent run, Hydra between jobs, summary, exit)",
+         [sweep.outside_jobs_per_job for sweep in sweeps]),
+        ("CPU of the whole command (user + system), per job", [sweep.cpu / len(sweep.jobs) for sweep in sweeps]),
+    ]
+    lines = [
+        f"**A {SWEEP_JOBS}-job basic-launcher sweep** (`python -m nnexp {' '.join(SWEEP)}`, {len(sweeps)} sweeps)",
+        "",
+        "| measure | median s | min s | max s |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {label} | {stats(values)} |" for label, values in rows]
+    lines += ["", "| one job's part (all jobs of all sweeps) | median s | min s | max s |", "|---|---|---|---|"]
+    for name, label in PHASES.items():
+        lines.append(f"| {label}: waited for | {stats([job.waited(name) for job in jobs])} |")
+        if name in OVERLAPPED:
+            hidden = [job.hidden.get(name, 0.0) for job in jobs]
+            lines.append(f"| {label}: hidden behind other work | {stats(hidden)} |")
+    lines += [
+        f"| inside the run, outside every phase | {stats([job.unaccounted for job in jobs])} |",
+        f"| the job's run (`system/run_seconds`) | {stats([job.phases['run'] for job in jobs])} |",
+        "",
+        f"- other processes used {statistics.median([sweep.others for sweep in sweeps]):.2f} cores (median) "
+        "during the sweeps",
+    ]
+    return lines
 
 
 def stats(values: list[float], digits: int = 2) -> str:
@@ -201,8 +302,10 @@ def main() -> None:
     parser.add_argument("mnist_dir", nargs="?", type=Path, help="folder with the four MNIST IDX files")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each configuration (default: 3)")
     parser.add_argument("--runs", type=int, default=5, help="timings of --help and of each config error (default: 5)")
+    parser.add_argument("--sweeps", type=int, default=3, help=f"timed {SWEEP_JOBS}-job sweeps (default: 3)")
+    parser.add_argument("--sweep-only", action="store_true", help="time the sweep alone (after one untimed run)")
     args = parser.parse_args()
-    mnist = args.mnist_dir or default_mnist()
+    mnist = None if args.sweep_only else args.mnist_dir or default_mnist()
     configurations = {"default run (two moons, 50 epochs)": ()}
     if mnist is not None:
         configurations["experiment=mnist_keras_mlp (5 epochs)"] = (
@@ -210,53 +313,67 @@ def main() -> None:
             f"dataset.path={mnist}",
         )
     load = Load(children=True)
-    lines = ["## Runner overhead and memory (goals 5 and 6)", ""]
+    lines = ["## Runner overhead and memory (goals 5 and 6; issue 15)", ""]
     with tempfile.TemporaryDirectory() as scratch:
         project = Path(scratch)
         shutil.copytree(REPO / "conf", project / "conf")
         store = f"sqlite:///{project / 'outputs' / 'mlflow.db'}"
-
-        lines += ["| command | median s | min s | max s | peak MB |", "|---|---|---|---|---|"]
-        for name, arguments in QUICK_COMMANDS.items():
-            quick = [nnexp(arguments, project, expect_success="--help" in arguments)[0] for _ in range(args.runs)]
-            lines.append(
-                f"| `{name}` | {stats([run.wall for run in quick])} | {max(run.peak_mb for run in quick):.0f} |"
-            )
-            print(f"{name}: {statistics.median([run.wall for run in quick]):.2f} s", file=sys.stderr, flush=True)
-        imports = {
-            module: import_seconds(module, args.runs)
-            for module in ("mlflow", "matplotlib.pyplot", "sklearn.model_selection")
-        }
-        lines += [
-            "",
-            "One-off imports, in a fresh interpreter after NumPy: "
-            + "; ".join(f"`{module}` {statistics.median(seconds):.2f} s" for module, seconds in imports.items())
-            + " (medians).",
-            "",
-        ]
-
+        if not args.sweep_only:
+            lines += quick_commands(project, args.runs)
         for arguments in configurations.values():  # creates the store, and brings the data into the disk cache
             nnexp(arguments, project)
         runs: dict[str, list[Run]] = {name: [] for name in configurations}
         names = list(configurations)
-        for repetition in range(args.repeat):
+        for repetition in range(0 if args.sweep_only else args.repeat):
             for name in names if repetition % 2 == 0 else names[::-1]:
                 run, stdout = nnexp(configurations[name], project)
                 read_phases(run, store, stdout)
                 runs[name].append(run)
                 print(f"{name}: {run.wall:.1f} s, {run.peak_mb:.0f} MB", file=sys.stderr, flush=True)
-    for name in names:
+        sweeps = []
+        for _ in range(args.sweeps):
+            sweeps.append(time_sweep(project, store))
+            print(f"sweep: {sweeps[-1].wall:.1f} s, {sweeps[-1].overhead_per_job:.2f} s per job outside training",
+                  file=sys.stderr, flush=True)
+    for name in names if not args.sweep_only else ():
         lines += [*phase_table(name, runs[name]), ""]
-    if mnist is None:
+    if sweeps:
+        lines += [*sweep_table(sweeps), ""]
+    if mnist is None and not args.sweep_only:
         lines.append(
             "MNIST rows skipped: no MNIST_DIR given, and neither /work/shared/data/mnist nor nnexp's cache exists."
         )
+    ran = (
+        "the sweep after one untimed default run"
+        if args.sweep_only
+        else f"each quick command {args.runs} time(s), each configuration {args.repeat} timed time(s) after one "
+        "untimed, alternating, then the sweep"
+    )
     lines.append(
         f"Ran `{shlex.join(['python', 'benchmarks/bench_overhead.py', *sys.argv[1:]])}`: `python -m nnexp` in a "
-        f"scratch project, each quick command {args.runs} time(s), each configuration {args.repeat} timed time(s) "
-        f"after one untimed, alternating; {load.summary()}."
+        f"scratch project, {ran} {args.sweeps} time(s); {load.summary()}."
     )
     print("\n".join(lines))
+
+
+def quick_commands(project: Path, runs: int) -> list[str]:
+    """The Markdown rows of ``--help`` and the config errors, timed ``runs`` times each, and the one-off imports."""
+    lines = ["| command | median s | min s | max s | peak MB |", "|---|---|---|---|---|"]
+    for name, arguments in QUICK_COMMANDS.items():
+        quick = [nnexp(arguments, project, expect_success="--help" in arguments)[0] for _ in range(runs)]
+        lines.append(f"| `{name}` | {stats([run.wall for run in quick])} | {max(run.peak_mb for run in quick):.0f} |")
+        print(f"{name}: {statistics.median([run.wall for run in quick]):.2f} s", file=sys.stderr, flush=True)
+    imports = {
+        module: import_seconds(module, runs) for module in ("mlflow", "matplotlib.pyplot", "sklearn.model_selection")
+    }
+    return [
+        *lines,
+        "",
+        "One-off imports, in a fresh interpreter after NumPy: "
+        + "; ".join(f"`{module}` {statistics.median(seconds):.2f} s" for module, seconds in imports.items())
+        + " (medians).",
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -57,7 +57,11 @@ SCRIPTS = (
         takes_mnist=False,
         quick={"--pairs": "1", "--process-pairs": "1", "--preset-pairs": "0", "--retries": "0"},
     ),
-    Script("bench_overhead.py", "Runner overhead and memory (goals 5 and 6)", quick={"--repeat": "1", "--runs": "1"}),
+    Script(
+        "bench_overhead.py",
+        "Runner overhead and memory (goals 5 and 6)",
+        quick={"--repeat": "1", "--runs": "1", "--sweeps": "1"},
+    ),
     Script("bench_scaling.py", "Scaling (goal 7)", quick={"--repeat": "1", "--steps": "500", "--retries": "0"}),
     Script("bench_sweep.py", "Sweeps (goal 8)", takes_mnist=False, quick={"--repeat": "1", "--epochs": "20"}),
     Script("bench_loading.py", "MNIST loading", quick={"--repeat": "1"}),

@@ -471,3 +471,72 @@ def test_a_sweeps_description_keeps_the_best_rows_that_fit_in_a_tag():
         "Ranked by `test_loss`, lowest first.\n\n| run | test_loss |\n|---|---|\n| lr=1 | 0.1 |"
         "\n\n3 more in `summary/children.md`."
     )
+
+
+def test_each_job_of_a_sequential_sweep_records_what_a_single_run_records(project):
+    from test_cli import artifact_paths as artifact_files
+    from test_opening import EXPECTED_ARTIFACTS, EXPECTED_PARAMS, EXPECTED_STEPS, EXPECTED_TAGS
+
+    result = project.run("-m", "seed=1,2", "trainer.epochs=3")
+    assert result.returncode == 0, result.stderr
+    _, children = sweep_runs(project)
+    client = MlflowClient(tracking_uri=project.store_uri)
+    for number, child in enumerate(children):
+        run_id = child.info.run_id
+        assert child.info.status == "FINISHED"
+        assert set(child.data.params) == EXPECTED_PARAMS
+        assert set(child.data.tags) == EXPECTED_TAGS | {"job_num", "mlflow.parentRunId"}
+        steps = {key: sorted(m.step for m in client.get_metric_history(run_id, key)) for key in child.data.metrics}
+        assert steps == EXPECTED_STEPS
+        assert artifact_files(client, run_id) == EXPECTED_ARTIFACTS
+        [model] = client.search_logged_models([child.info.experiment_id], filter_string=f"source_run_id='{run_id}'")
+        assert model.status == "READY"
+        # Each job's config is its own, though Hydra composed it once for the sweeper's check and the launcher.
+        job_dir = Path(child.data.tags["output_dir"])
+        assert OmegaConf.load(job_dir / "config.yaml").seed == number + 1
+        assert OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.job.num == number
+        assert f"seed={number + 1}" in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+
+
+def test_the_basic_launcher_gets_the_config_the_sweepers_check_composed_once_handed_out():
+    from nnexp.job.sweep import compose_jobs_once
+
+    class Loader:
+        def __init__(self) -> None:
+            self.composed = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.composed += 1
+            return OmegaConf.create({"overrides": list(sweep_overrides), "composition": self.composed})
+
+    loader, master = Loader(), OmegaConf.create({})
+    undo = compose_jobs_once(loader)
+    checked = loader.load_sweep_config(master, ["seed=1"])
+    checked.composition = "changed by whoever got it"
+    launched = loader.load_sweep_config(master, ["seed=1"])
+    assert loader.composed == 1
+    assert launched is not checked and launched == {"overrides": ["seed=1"], "composition": 1}
+    assert loader.load_sweep_config(master, ["seed=1"]).composition == 2  # each copy is handed out once
+    assert loader.load_sweep_config(master, ["seed=2"]).overrides == ["seed=2"]
+    assert loader.load_sweep_config(OmegaConf.create({}), ["seed=1"]).composition == 4  # another sweep's config
+    undo()
+    loader.load_sweep_config(master, ["seed=2"])
+    assert loader.composed == 5  # Hydra's own composition again
+
+
+def test_a_batch_larger_than_the_configs_kept_is_composed_again_beyond_them():
+    from nnexp.job.sweep import compose_jobs_once
+
+    class Loader:
+        composed = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.composed += 1
+            return OmegaConf.create({"overrides": list(sweep_overrides)})
+
+    loader, master = Loader(), OmegaConf.create({})
+    compose_jobs_once(loader, limit=2)
+    batch = [[f"seed={seed}"] for seed in range(3)]
+    for overrides in batch * 2:  # the sweeper's check of the batch, then the launcher
+        assert loader.load_sweep_config(master, overrides).overrides == overrides
+    assert loader.composed == 4
