@@ -288,6 +288,13 @@ def test_a_second_sigterm_after_training_says_how_to_resume_and_resume_finishes_
     assert line.startswith("error: interrupted again (SIGTERM); the last complete checkpoint is in ")
     assert line.endswith(f"resume with: python -m nnexp resume={run_id}; MLflow run {run_id} is marked KILLED")
     assert run.info.status == "KILLED"
+    # The plots were being drawn when the stops came: they are finished, not left half-written by the exit.
+    plots = project.root / run.data.tags["output_dir"] / "plots"
+    assert sorted(path.name for path in plots.iterdir()) == [
+        "confusion_matrix.png",
+        "decision_boundary.png",
+        "learning_curves.png",
+    ]
     resumed = project.run(f"resume={run_id}")
     assert resumed.returncode == 0, resumed.stderr
     assert MlflowClient(tracking_uri=project.store_uri).get_run(run_id).info.status == "FINISHED"

@@ -1,4 +1,4 @@
-"""Work a job hands to a thread so that it overlaps other work: matplotlib's import during training, the plots
+"""Work a job hands to threads so that it overlaps other work: matplotlib's import during training, the plots
 while the model is saved and logged."""
 
 from __future__ import annotations
@@ -12,20 +12,60 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def in_thread(work: Callable[[], T], name: str) -> Future[tuple[T, float]]:
-    """Start ``work`` in a daemon thread; the future holds what it returned and the wall seconds it took, or what
-    it raised."""
-    future: Future[tuple[T, float]] = Future()
+class Workers:
+    """The threads a job hands work to; leaving the ``with`` block waits until every one has ended, however the
+    block ends (a second Ctrl-C or SIGTERM included).
 
-    def run() -> None:
-        started = time.perf_counter()
-        try:
-            result = work()
-        except BaseException as exc:
-            future.set_exception(exc)
-        else:
-            future.set_result((result, time.perf_counter() - started))
+    A thread still drawing when the interpreter exits would leave its plot half-written, or, ended by the
+    ``pthread_exit`` that Python before 3.14 (cpython#87135) ends such threads with inside matplotlib's C++ code,
+    abort the process ("terminate called without an active exception", status -6). Python's own wait for
+    non-daemon threads at exit is no help: a further Ctrl-C cuts it short.
+    """
 
-    future.set_running_or_notify_cancel()
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
+    def __init__(self) -> None:
+        #: Set by each thread once its work is done.
+        self._done: list[threading.Event] = []
+
+    def start(self, work: Callable[[], T], name: str) -> Future[tuple[T, float]]:
+        """Start ``work`` in a thread; the future holds what it returned and the wall seconds it took, or what it
+        raised."""
+        future: Future[tuple[T, float]] = Future()
+        done = threading.Event()
+
+        def run() -> None:
+            started = time.perf_counter()
+            try:
+                result = work()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result((result, time.perf_counter() - started))
+            finally:
+                done.set()
+
+        future.set_running_or_notify_cancel()
+        self._done.append(done)
+        threading.Thread(target=run, name=name).start()
+        return future
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        stop = self.wait()
+        if stop is not None and exc_type is None:  # else the stop that is ending the block says it already
+            raise stop
+
+    def wait(self) -> KeyboardInterrupt | None:
+        """Wait until the work of every thread is done; a Ctrl-C or SIGTERM meanwhile does not cut the wait short
+        (the work left is a plot or an import, a second or so), and the last one is returned."""
+        stop: KeyboardInterrupt | None = None
+        for done in self._done:
+            while not done.is_set():
+                try:
+                    # An event, not Thread.join: interrupted by a signal, Python 3.11's join takes the thread for
+                    # ended while it runs on.
+                    done.wait()
+                except KeyboardInterrupt as exc:
+                    stop = exc
+        return stop

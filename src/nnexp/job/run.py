@@ -21,7 +21,7 @@ from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState,
 from nnexp.errors import Interrupted
 from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
 from nnexp.job import checkpoint
-from nnexp.job.background import in_thread
+from nnexp.job.background import Workers
 from nnexp.job.build import Experiment, Objective, configure, prepare, run_params
 from nnexp.job.callbacks import (
     MetricLogger,
@@ -106,16 +106,18 @@ def run(cfg: DictConfig) -> float:
 
     note_run_opened(output_dir)
     opening.open(open_job_run)
+    workers = Workers()
     try:
         with (
             stops,  # around the run's end too: a stop while it is closed would leave it RUNNING
+            workers,  # inside stops, whose handler takes a further stop while the threads finish their work
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests
             ending(opening),
         ):
             if resumed is None:
                 opening.log_params(run_params(cfg))
             # matplotlib's import overlaps training; the plots are drawn while the model is saved and logged.
-            importing = in_thread(pyplot, "nnexp-matplotlib")
+            importing = workers.start(pyplot, "nnexp-matplotlib")
             with phases("training"):
                 history = train(cfg, experiment, opening, rng, output_dir, label, early_stopping, state, phases)
             tracked = opening.wait()
@@ -133,7 +135,7 @@ def run(cfg: DictConfig) -> float:
             drawing = None
             if stops.request is None:
                 draw = functools.partial(write_plots, output_dir / "plots", experiment, history, matrix)
-                drawing = in_thread(draw, "nnexp-plots")
+                drawing = workers.start(draw, "nnexp-plots")
             with phases("model"):
                 model_dir = keep_model(output_dir, cfg, experiment, components.dataset, matrix)
             log_model_files(tracked, output_dir, hydra.output_subdir)
