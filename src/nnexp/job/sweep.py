@@ -387,28 +387,32 @@ PROCESS_LAUNCHERS = ("joblib",)
 STOP_MARKER = ".nnexp.stop"
 #: How often a job looks for :data:`STOP_MARKER`, in seconds.
 STOP_POLL = 0.2
+#: How long a job that a signal stopped waits for :data:`STOP_MARKER` before taking the signal as its own, in seconds.
+STOP_WAIT = 2.0
 
 
 def pass_stops_to_jobs(directory: Path) -> None:
-    """Make the first SIGTERM (or SIGHUP) to this process ask each job of the sweep in ``directory`` to stop as a run
-    does, and jobs not started never to start, while the launcher waits for them; a second one stops at once, as
-    before (the launcher kills its workers)."""
+    """Make the first Ctrl-C, SIGTERM or SIGHUP to this process ask each job of the sweep in ``directory`` to stop as
+    a run does, and jobs not started never to start, while the launcher waits for them; a second one stops at once,
+    as before (the launcher kills its workers)."""
     import signal
 
-    from nnexp.errors import STOPPED, Interrupted
+    from nnexp.errors import INTERRUPTED, STOPPED, Interrupted
+
+    reasons = {signal.SIGINT: INTERRUPTED, **STOPPED}
 
     def stop(signum: int, frame: object) -> None:
         global _stop
         if _stop is not None:
-            raise Interrupted(STOPPED[signum], 128 + signum)
+            raise Interrupted(reasons[signum], 128 + signum)
         try:
             (directory / STOP_MARKER).write_text(str(signum))
         except OSError:  # the jobs cannot be told (a full disk): stop at once, as the launcher does
-            raise Interrupted(STOPPED[signum], 128 + signum) from None
-        _stop = (STOPPED[signum], 128 + signum)
-        print(f"{STOPPED[signum]}: stopping the sweep's jobs (again to stop at once)", file=sys.stderr, flush=True)
+            raise Interrupted(reasons[signum], 128 + signum) from None
+        _stop = (reasons[signum], 128 + signum)
+        print(f"{reasons[signum]}: stopping the sweep's jobs (again to stop at once)", file=sys.stderr, flush=True)
 
-    for signum in STOPPED:
+    for signum in reasons:
         signal.signal(signum, stop)
 
 
@@ -420,10 +424,25 @@ def stop_asked(directory: Path) -> int | None:
         return None
 
 
+def stop_coming(directory: Path) -> bool:
+    """Whether the sweep in ``directory`` asks its jobs to stop, or does within :data:`STOP_WAIT` seconds: a
+    terminal's Ctrl-C reaches a job as soon as the sweep, which then asks it."""
+    import time
+
+    deadline = time.monotonic() + STOP_WAIT
+    while stop_asked(directory) is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(STOP_POLL / 4)
+    return True
+
+
 @contextmanager
 def stops_from_sweep(directory: Path) -> Iterator[None]:
     """While a job runs in a launcher's worker: the signal nnexp got, once the sweep in ``directory`` asks its jobs to
-    stop, sent to this process, where the run's own handlers stop it (a checkpoint, the run KILLED)."""
+    stop, sent to this process, where the run's own handlers stop it (a checkpoint, the run KILLED); unless this
+    process got it too, as a terminal's Ctrl-C reaches every process of its group, which a second one would stop
+    at once."""
     import os
     import signal
     import threading
@@ -432,13 +451,26 @@ def stops_from_sweep(directory: Path) -> Iterator[None]:
 
     previous = {signum: signal.getsignal(signum) for signum in (*STOPPED, signal.SIGINT)}
     raise_on_stop_signals()  # a worker's own are the defaults, which would end it and break the launcher's pool
+    # Python writes the number of each signal this process gets to the wakeup file as it arrives, before any
+    # handler runs: a terminal's signal to the group is there before nnexp can have asked the jobs to stop.
+    arrived, wakeup = os.pipe()
+    os.set_blocking(arrived, False)
+    os.set_blocking(wakeup, False)
+    previous_wakeup = signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
     done = threading.Event()
+
+    def got(signum: int) -> bool:
+        try:
+            return signum in os.read(arrived, 4096)
+        except BlockingIOError:
+            return False
 
     def watch() -> None:
         while not done.wait(STOP_POLL):
             signum = stop_asked(directory)
             if signum is not None:
-                os.kill(os.getpid(), signum)
+                if not got(signum):
+                    os.kill(os.getpid(), signum)
                 return
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -447,6 +479,10 @@ def stops_from_sweep(directory: Path) -> Iterator[None]:
         yield
     finally:
         done.set()
+        watcher.join()
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(arrived)
+        os.close(wakeup)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
