@@ -16,6 +16,7 @@ import pytest
 from nnexp import DATASETS, LOSSES, MODELS
 from nnexp.__main__ import COMMANDS
 from nnexp.datasets.mnist import Scaling
+from nnexp.inputs import read_csv
 from nnexp.network_files import describe, load
 from nnexp.serving import log_model, save_model
 
@@ -24,10 +25,10 @@ COMMAND = ["-m", "nnexp", "predict"] if "predict" in COMMANDS else ["-m", "nnexp
 DIGITS = [str(digit) for digit in range(10)]
 
 
-def random_network(loss_name: str, n_inputs: int, n_classes: int, seed: int):
+def random_network(loss_name: str, n_inputs: int, n_classes: int, seed: int, dtype: type = np.float32):
     rng = np.random.default_rng(seed)
     loss = LOSSES.build({"name": loss_name})
-    network = MODELS.build({"name": "mlp", "hidden_sizes": [8]}).build(n_inputs, n_classes, loss, rng, np.float32)
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [8]}).build(n_inputs, n_classes, loss, rng, dtype)
     for _, param, _ in network.parameters():
         param[...] = rng.standard_normal(param.shape)
     return network, loss
@@ -439,3 +440,34 @@ def test_predict_of_a_run_whose_store_lost_its_artifacts_is_one_line_pointing_at
     assert sorted(project.root.rglob("*")) == before
     assert [run.info.status for run in project.runs()] == ["FINISHED"]
     assert cli(f"model={saved}", f"input={path}", cwd=project.root).returncode == 0
+
+
+def test_csv_values_too_large_for_the_models_dtype_are_named_by_file_line_and_column(models, tmp_path, in_process):
+    """1e39 overflows float32: the message named neither the file nor its line ("row 2, column 2: 1e+39 is too large
+    for float32")."""
+    points = f"model={models['points']}"
+    path = tmp_path / "large.csv"
+    for cell in ("1e39", "-1e39"):
+        path.write_text(f"x,y\n1,2\n3,{cell}\n")
+        expected = f"error: {path}: line 3: column 2 is {cell}, too large for the model's float32 (at most ±3.403e+38)"
+        assert_error(in_process(points, f"input={path}"), expected)
+    path.write_text("3.4e38,-3.4e38\n")
+    assert read_csv(path, np.dtype(np.float32)).tolist() == [[3.4e38, -3.4e38]]
+    # Within float32, but too large for the weights: the model answered "0: left (p=nan)" with NumPy's warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = in_process(points, f"input={path}")
+    assert_error(result, f"error: {path}: row 1: the network's outputs overflow float32; its values are too large")
+    network, loss = random_network("cross_entropy", 2, 2, seed=1, dtype=np.float64)
+    wide = tmp_path / "float64"
+    save_model(wide, network, describe(network, loss, ["left", "right"]), np.zeros((3, 2)))
+    path.write_text("1e39,2\n")
+    assert in_process(f"model={wide}", f"input={path}").returncode == 0
+
+
+def test_a_csv_too_large_for_the_model_is_one_line_from_the_cli(models, tmp_path):
+    path = tmp_path / "large.csv"
+    path.write_text("1e39,2\n")
+    result = cli(f"model={models['points']}", f"input={path}", cwd=tmp_path)
+    assert_error(result, f"error: {path}: line 1: column 1 is 1e39, too large for the model's float32")
+    assert sorted(tmp_path.iterdir()) == [path]
