@@ -313,6 +313,39 @@ def test_a_first_sigint_stops_each_joblib_job_as_a_run_and_starts_no_other(proje
     ]
 
 
+def loky_workers(pid: int) -> list[int]:
+    """The ids of the joblib (loky) worker processes that process ``pid`` started."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"loky" in command:
+            workers.append(int(entry.name))
+    return workers
+
+
+def test_a_terminals_ctrl_c_while_joblibs_workers_start_stops_the_sweep_cleanly(project):
+    """A worker still importing died of the Ctrl-C: joblib ended the sweep with TerminatedWorkerError, exit 1."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnexp", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "trainer.epochs=100000", "seed=1,2,3", "hydra.sweep.dir=sw"],
+        cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not loky_workers(process.pid):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)  # the workers are starting: Python, then joblib, Hydra and nnexp to import
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: interrupted (SIGINT)", stderr
+    runs = project.runs()
+    assert {run.info.status for run in runs} == {"KILLED"}, [run.data.tags.get("failure_reason") for run in runs]
+
+
 def test_a_job_stopped_by_a_signal_waits_for_the_sweeps_request_before_taking_it_as_its_own(tmp_path, monkeypatch):
     """A terminal's Ctrl-C reaches a job before the sweep has asked its jobs to stop: the job waits for that."""
     monkeypatch.setattr(sweep, "STOP_WAIT", 0.5)

@@ -322,7 +322,7 @@ def sweep_job(cfg: DictConfig) -> float:
     except KeyboardInterrupt as exc:
         if not sweep.stop_coming(directory):
             raise
-        log.info("job %s stopped: %s", hydra.job.num, exc)
+        log.info("job %s stopped: %s", hydra.job.num, Interrupted.of(exc))
         return worst(cfg)
 
 

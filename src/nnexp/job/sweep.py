@@ -76,6 +76,7 @@ class SweepCallback(Callback):
             raise SweepStartError(str(exc)) from None
         if config.hydra.runtime.choices.get("hydra/launcher") in PROCESS_LAUNCHERS:
             pass_stops_to_jobs(_open.directory)
+            start_workers_deaf_to_ctrl_c()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _open, _failure
@@ -145,6 +146,10 @@ class Sweep:
         except Exception as exc:
             self.parent.end("FAILED", f"sweep summary failed: {exc}")
             return f"the sweep's summary failed: {exc}"
+        except KeyboardInterrupt as exc:  # stopped (again) while summarising: the parent is not left RUNNING
+            (self.directory / STOP_MARKER).unlink(missing_ok=True)
+            self.parent.end("KILLED", self.stop_reason(exc))
+            raise
         total = finished + failed
         if _stop is not None:
             (self.directory / STOP_MARKER).unlink(missing_ok=True)
@@ -174,11 +179,12 @@ class Sweep:
             log.warning("sweep summary incomplete: %s", summary_error)
             finished = failed = -1
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
+        # What Hydra wrote for a job that never ran: when Hydra failed to set up the job's logging, or a second stop
+        # ended the launcher's workers before their jobs began.
+        for job in self.directory.iterdir() if self.directory.is_dir() else ():
+            discard_dir(job, WRITTEN_AT_SETUP)
         if finished == failed == 0 and not interrupted:
             self.tracker.client.delete_run(self.parent.run_id)
-            # What Hydra wrote before its first job: a job folder too, when Hydra failed to set up the job's logging.
-            for job in self.directory.iterdir() if self.directory.is_dir() else ():
-                discard_dir(job, WRITTEN_AT_SETUP)
             for leftover in ("multirun.yaml", FOLDER_LOCK):  # no job: no summary was written
                 (self.directory / leftover).unlink(missing_ok=True)
             discard_dir(self.directory, set())  # unless it holds the user's files too
@@ -416,6 +422,30 @@ def pass_stops_to_jobs(directory: Path) -> None:
         signal.signal(signum, stop)
 
 
+def start_workers_deaf_to_ctrl_c() -> None:
+    """Start joblib's worker processes with Ctrl-C (SIGINT) blocked, which :func:`stops_from_sweep` lets through while
+    a job runs: a terminal's Ctrl-C reaches every process of its group, and killed a worker still starting (joblib
+    then ended the sweep with TerminatedWorkerError, its other jobs' runs left RUNNING)."""
+    import signal
+
+    from joblib.externals.loky.backend import fork_exec as loky
+
+    spawn = loky.fork_exec
+    if getattr(spawn, "blocks_ctrl_c", False):
+        return
+
+    def fork_exec(*args: Any, **kwargs: Any) -> int:
+        # The mask, unlike a handler, outlives the exec; it is this thread's alone, so the sweep still gets Ctrl-C.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return spawn(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    fork_exec.blocks_ctrl_c = True  # type: ignore[attr-defined]
+    loky.fork_exec = fork_exec
+
+
 def stop_asked(directory: Path) -> int | None:
     """The signal that stopped the sweep in ``directory``, as its jobs see it; ``None`` while it goes on."""
     try:
@@ -475,9 +505,12 @@ def stops_from_sweep(directory: Path) -> Iterator[None]:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see start_workers_deaf_to_ctrl_c
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         done.set()
         watcher.join()
         signal.set_wakeup_fd(previous_wakeup)
