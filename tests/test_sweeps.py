@@ -354,6 +354,45 @@ def test_a_job_stopped_by_a_signal_waits_for_the_sweeps_request_before_taking_it
     assert sweep.stop_coming(tmp_path)
 
 
+def test_a_stop_while_the_summary_is_written_ends_the_parent_killed(tmp_path, monkeypatch):
+    """A second Ctrl-C while the sweep summarised its jobs left the parent run RUNNING."""
+    from types import SimpleNamespace
+
+    from nnexp.errors import Interrupted
+
+    ended = []
+    parent = SimpleNamespace(end=lambda status, reason=None: ended.append((status, reason)))
+    stopped = sweep.Sweep(tracker=None, parent=parent, directory=tmp_path, swept=[])
+
+    def summarise(self):
+        raise Interrupted("interrupted (SIGINT)", 130)
+
+    monkeypatch.setattr(sweep.Sweep, "summarise", summarise)
+    with pytest.raises(Interrupted):
+        stopped.finish()
+    assert ended == [("KILLED", "interrupted (SIGINT)")]
+
+
+def test_a_stopped_sweep_removes_the_folders_of_jobs_that_never_ran(tmp_path, monkeypatch):
+    """A second Ctrl-C ends joblib's workers at once: a job being set up left a folder of Hydra's files alone."""
+    from types import SimpleNamespace
+
+    from nnexp.errors import Interrupted
+
+    parent = SimpleNamespace(end=lambda status, reason=None: None)
+    stopped = sweep.Sweep(tracker=None, parent=parent, directory=tmp_path, swept=[])
+    monkeypatch.setattr(sweep.Sweep, "summarise", lambda self: (1, 0))
+    never_ran, ran = tmp_path / "0", tmp_path / "1"
+    for job in (never_ran, ran):
+        (job / ".hydra").mkdir(parents=True)
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (job / ".hydra" / name).write_text("{}\n")
+        (job / "nnexp.log").write_text("")
+    (ran / "model.npz").write_bytes(b"")
+    assert stopped.abandon(Interrupted("interrupted (SIGINT)", 130)) == "interrupted (SIGINT)"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["1"]
+
+
 def test_joblib_runs_jobs_in_parallel_processes_with_one_blas_thread_each(project):
     result = project.run(
         "-m",
