@@ -720,12 +720,21 @@ class MySched(Schedule):
             "out of memory while training: Unable to allocate 72.8 TiB for an array with shape (1000000, 10000000) "
             "and data type float64; use a smaller model or trainer.batch_size, or free memory",
         ),
+        (
+            None,  # step's rate 0.5 * 1e-30 ** 2 is 0 in float32, the default dtype: the run trained on at rate 0
+            f"schedule 'step' (nnexp.core.schedules) gave learning rate {0.5 * 1e-30**2!r} at epoch 3, "
+            "which is 0.0 as the run's float32; a rate must be finite and > 0",
+        ),
     ],
-    ids=["negative_rate", "memory_error"],
+    ids=["negative_rate", "memory_error", "rate_0_in_float32"],
 )
 def test_a_failure_during_training_is_a_failed_run_with_its_reason_in_one_line(project, at_epoch_3, reason):
-    (project.root / "plugins" / "my_sched.py").write_text(SCHEDULE_PLUGIN.format(at_epoch_3=at_epoch_3))
-    result = project.run("schedule=my_sched", "trainer.epochs=5")
+    if at_epoch_3 is None:
+        schedule = ("schedule=step", "schedule.step_size=1", "schedule.gamma=1e-30", "optimizer.learning_rate=0.5")
+    else:
+        (project.root / "plugins" / "my_sched.py").write_text(SCHEDULE_PLUGIN.format(at_epoch_3=at_epoch_3))
+        schedule = ("schedule=my_sched",)
+    result = project.run(*schedule, "trainer.epochs=5")
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == f"error: {reason}"
     assert "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ import pytest
 from nnexp import DATASETS, LOSSES, MODELS
 from nnexp.__main__ import COMMANDS
 from nnexp.datasets.mnist import Scaling
+from nnexp.inputs import read_csv
 from nnexp.network_files import describe, load
 from nnexp.serving import log_model, save_model
 
@@ -24,10 +25,10 @@ COMMAND = ["-m", "nnexp", "predict"] if "predict" in COMMANDS else ["-m", "nnexp
 DIGITS = [str(digit) for digit in range(10)]
 
 
-def random_network(loss_name: str, n_inputs: int, n_classes: int, seed: int):
+def random_network(loss_name: str, n_inputs: int, n_classes: int, seed: int, dtype: type = np.float32):
     rng = np.random.default_rng(seed)
     loss = LOSSES.build({"name": loss_name})
-    network = MODELS.build({"name": "mlp", "hidden_sizes": [8]}).build(n_inputs, n_classes, loss, rng, np.float32)
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [8]}).build(n_inputs, n_classes, loss, rng, dtype)
     for _, param, _ in network.parameters():
         param[...] = rng.standard_normal(param.shape)
     return network, loss
@@ -352,3 +353,121 @@ def test_a_bad_model_of_a_run_is_named_by_the_run_and_its_artifact_path(tmp_path
         f"error: run {run.run_id}: artifact model/data/nnexp/network.json: class_names must be different names",
     )
     assert "/tmp" not in result.stderr and str(tmp_path) not in result.stderr
+
+
+@pytest.fixture
+def logged_run(tmp_path) -> tuple[str, str, str, Path]:
+    """A store whose one run logged a model: the store's URI, the run's id, the model's id and its artifacts."""
+    from mlflow import MlflowClient
+
+    from nnexp.serving import logged_models
+    from nnexp.tracking.tracked_run import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    network, loss = random_network("cross_entropy", 2, 2, seed=1)
+    with Tracker(uri, "nnexp").start_run("moved", {}) as run:
+        log_model(run, network, describe(network, loss, ["left", "right"]), POINTS, step=1)
+    client = MlflowClient(uri)
+    [model] = logged_models(client, client.get_run(run.run_id))
+    return uri, run.run_id, model.model_id, Path(model.artifact_location.removeprefix("file://"))
+
+
+def test_a_runs_model_whose_artifacts_moved_or_went_is_named_with_what_was_found(logged_run, tmp_path, in_process):
+    """MLflow's reason was cut at its first line: "... cannot be downloaded: The following failures occurred while
+    downloading one or more artifacts from file:///...:", which said nothing of what was wrong."""
+    import shutil
+
+    uri, run_id, model_id, artifacts = logged_run
+    path = tmp_path / "points.csv"
+    path.write_text("1,2\n")
+    arguments = (f"run={run_id}", f"input={path}", f"tracking.uri={uri}")
+    where = f"error: run {run_id}: artifact model (logged model {model_id}) at file://{artifacts}: found"
+    shutil.move(artifacts, tmp_path / "elsewhere")
+    assert_error(in_process(*arguments), f"{where} nothing: were the store's artifacts moved or deleted?")
+    artifacts.write_text("")
+    assert_error(in_process(*arguments), f"{where} a file, not a folder")
+    artifacts.unlink()
+    shutil.copytree(tmp_path / "elsewhere", artifacts)
+    (artifacts / "data" / "nnexp" / "weights.npz").unlink()
+    assert_error(
+        in_process(*arguments),
+        f"error: run {run_id}: artifact model/data/nnexp/weights.npz: not a readable .npz file: "
+        "No such file or directory",
+    )
+    shutil.rmtree(artifacts)
+    artifacts.mkdir()
+    empty = f"run {run_id}: not an MLflow model (no MLmodel file in artifact model; it is empty)"
+    assert_error(in_process(*arguments), empty)
+
+
+def test_mlflows_list_of_failed_downloads_is_kept_on_one_line():
+    from mlflow.exceptions import MlflowException
+
+    from nnexp.serving import download_failure
+
+    exc = MlflowException(
+        "The following failures occurred while downloading one or more artifacts from s3://bucket/models/m-1:\n"
+        "##### File MLmodel #####\nAccess Denied\n##### File data/nnexp/weights.npz #####\nAccess Denied"
+    )
+    assert download_failure(exc) == "MLmodel: Access Denied; data/nnexp/weights.npz: Access Denied"
+    assert download_failure(MlflowException("Connection refused\nretry later")) == "Connection refused retry later"
+
+
+def test_predict_of_a_run_whose_store_lost_its_artifacts_is_one_line_pointing_at_the_saved_copy(project):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from nnexp.serving import logged_models
+
+    result = project.run("trainer.epochs=2")
+    assert result.returncode == 0, result.stderr
+    [run] = project.runs()
+    client = MlflowClient(project.store_uri)
+    [model] = logged_models(client, run)
+    artifacts = Path(model.artifact_location.removeprefix("file://"))
+    shutil.move(artifacts, project.root / "moved")
+    path = project.root / "points.csv"
+    path.write_text("0.0,0.5\n")
+    before = sorted(project.root.rglob("*"))
+    result = cli(f"run={run.info.run_id}", f"input={path}", cwd=project.root)
+    saved = Path(run.data.tags["output_dir"]) / "model"
+    assert_error(
+        result,
+        f"error: run {run.info.run_id}: artifact model (logged model {model.model_id}) at {model.artifact_location}: "
+        f"found nothing: were the store's artifacts moved or deleted?; its saved copy: nnexp predict model={saved}",
+    )
+    assert sorted(project.root.rglob("*")) == before
+    assert [run.info.status for run in project.runs()] == ["FINISHED"]
+    assert cli(f"model={saved}", f"input={path}", cwd=project.root).returncode == 0
+
+
+def test_csv_values_too_large_for_the_models_dtype_are_named_by_file_line_and_column(models, tmp_path, in_process):
+    """1e39 overflows float32: the message named neither the file nor its line ("row 2, column 2: 1e+39 is too large
+    for float32")."""
+    points = f"model={models['points']}"
+    path = tmp_path / "large.csv"
+    for cell in ("1e39", "-1e39"):
+        path.write_text(f"x,y\n1,2\n3,{cell}\n")
+        expected = f"error: {path}: line 3: column 2 is {cell}, too large for the model's float32 (at most ±3.403e+38)"
+        assert_error(in_process(points, f"input={path}"), expected)
+    path.write_text("3.4e38,-3.4e38\n")
+    assert read_csv(path, np.dtype(np.float32)).tolist() == [[3.4e38, -3.4e38]]
+    # Within float32, but too large for the weights: the model answered "0: left (p=nan)" with NumPy's warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = in_process(points, f"input={path}")
+    assert_error(result, f"error: {path}: row 1: the network's outputs overflow float32; its values are too large")
+    network, loss = random_network("cross_entropy", 2, 2, seed=1, dtype=np.float64)
+    wide = tmp_path / "float64"
+    save_model(wide, network, describe(network, loss, ["left", "right"]), np.zeros((3, 2)))
+    path.write_text("1e39,2\n")
+    assert in_process(f"model={wide}", f"input={path}").returncode == 0
+
+
+def test_a_csv_too_large_for_the_model_is_one_line_from_the_cli(models, tmp_path):
+    path = tmp_path / "large.csv"
+    path.write_text("1e39,2\n")
+    result = cli(f"model={models['points']}", f"input={path}", cwd=tmp_path)
+    assert_error(result, f"error: {path}: line 1: column 1 is 1e39, too large for the model's float32")
+    assert sorted(tmp_path.iterdir()) == [path]

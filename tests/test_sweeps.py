@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from nnexp.errors import ConfigError
+from nnexp.job import sweep
 from nnexp.job.sweep import check_plugin_settings
 
 QUICK = ("trainer.epochs=2", "dataset.n_samples=200")
@@ -275,6 +277,120 @@ def test_sigterm_stops_each_joblib_job_as_a_run_and_starts_no_other(project):
     assert sorted(path.name for path in (project.root / "sw").iterdir()) == [
         ".nnexp.lock", "0", "1", "multirun.yaml", "summary"
     ]
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["sweep_alone", "whole_group"])
+def test_a_first_sigint_stops_each_joblib_job_as_a_run_and_starts_no_other(project, whole_group):
+    """Ctrl-C to a joblib sweep left its jobs' runs RUNNING, their checkpoints up to 30 s old; now it stops them as
+    SIGTERM does, whether it reaches the sweep alone or, as a terminal's Ctrl-C does, its workers too."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnexp", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "trainer.epochs=100000", "seed=1,2,3", "hydra.sweep.dir=sw"],
+        cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a process group of its own, as a terminal gives a command
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and sum(run.info.status == "RUNNING" for run in project.runs()) < 3:
+        time.sleep(0.5)
+    sent = time.time()
+    if whole_group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: interrupted (SIGINT)", stderr
+    parent, children = sweep_runs(project)
+    assert parent.info.status == "KILLED" and len(children) == 2
+    assert ": 0 finished, 0 failed, 2 stopped; ranked by" in stdout
+    for run in children:
+        assert run.info.status == "KILLED", run.data.tags.get("failure_reason")
+        reason = run.data.tags["failure_reason"]
+        assert reason.startswith("interrupted (SIGINT) in epoch") and "; checkpoint in " in reason, reason
+        assert (Path(run.data.tags["output_dir"]) / "checkpoints" / "checkpoint.json").stat().st_mtime >= sent
+    assert sorted(path.name for path in (project.root / "sw").iterdir()) == [
+        ".nnexp.lock", "0", "1", "multirun.yaml", "summary"
+    ]
+
+
+def loky_workers(pid: int) -> list[int]:
+    """The ids of the joblib (loky) worker processes that process ``pid`` started."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"loky" in command:
+            workers.append(int(entry.name))
+    return workers
+
+
+def test_a_terminals_ctrl_c_while_joblibs_workers_start_stops_the_sweep_cleanly(project):
+    """A worker still importing died of the Ctrl-C: joblib ended the sweep with TerminatedWorkerError, exit 1."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnexp", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "trainer.epochs=100000", "seed=1,2,3", "hydra.sweep.dir=sw"],
+        cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not loky_workers(process.pid):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)  # the workers are starting: Python, then joblib, Hydra and nnexp to import
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: interrupted (SIGINT)", stderr
+    runs = project.runs()
+    assert {run.info.status for run in runs} == {"KILLED"}, [run.data.tags.get("failure_reason") for run in runs]
+
+
+def test_a_job_stopped_by_a_signal_waits_for_the_sweeps_request_before_taking_it_as_its_own(tmp_path, monkeypatch):
+    """A terminal's Ctrl-C reaches a job before the sweep has asked its jobs to stop: the job waits for that."""
+    monkeypatch.setattr(sweep, "STOP_WAIT", 0.5)
+    assert not sweep.stop_coming(tmp_path)
+    threading.Timer(0.1, (tmp_path / sweep.STOP_MARKER).write_text, ("2",)).start()
+    assert sweep.stop_coming(tmp_path)
+
+
+def test_a_stop_while_the_summary_is_written_ends_the_parent_killed(tmp_path, monkeypatch):
+    """A second Ctrl-C while the sweep summarised its jobs left the parent run RUNNING."""
+    from types import SimpleNamespace
+
+    from nnexp.errors import Interrupted
+
+    ended = []
+    parent = SimpleNamespace(end=lambda status, reason=None: ended.append((status, reason)))
+    stopped = sweep.Sweep(tracker=None, parent=parent, directory=tmp_path, swept=[])
+
+    def summarise(self):
+        raise Interrupted("interrupted (SIGINT)", 130)
+
+    monkeypatch.setattr(sweep.Sweep, "summarise", summarise)
+    with pytest.raises(Interrupted):
+        stopped.finish()
+    assert ended == [("KILLED", "interrupted (SIGINT)")]
+
+
+def test_a_stopped_sweep_removes_the_folders_of_jobs_that_never_ran(tmp_path, monkeypatch):
+    """A second Ctrl-C ends joblib's workers at once: a job being set up left a folder of Hydra's files alone."""
+    from types import SimpleNamespace
+
+    from nnexp.errors import Interrupted
+
+    parent = SimpleNamespace(end=lambda status, reason=None: None)
+    stopped = sweep.Sweep(tracker=None, parent=parent, directory=tmp_path, swept=[])
+    monkeypatch.setattr(sweep.Sweep, "summarise", lambda self: (1, 0))
+    never_ran, ran = tmp_path / "0", tmp_path / "1"
+    for job in (never_ran, ran):
+        (job / ".hydra").mkdir(parents=True)
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (job / ".hydra" / name).write_text("{}\n")
+        (job / "nnexp.log").write_text("")
+    (ran / "model.npz").write_bytes(b"")
+    assert stopped.abandon(Interrupted("interrupted (SIGINT)", 130)) == "interrupted (SIGINT)"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["1"]
 
 
 def test_joblib_runs_jobs_in_parallel_processes_with_one_blas_thread_each(project):

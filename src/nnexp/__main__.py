@@ -304,9 +304,9 @@ def worst(cfg: DictConfig) -> float:
 
 
 def sweep_job(cfg: DictConfig) -> float:
-    """One job of a sweep: a job that the sweep asked to stop (nnexp got SIGTERM while a launcher's workers ran the
-    jobs) ends its run as a stopped run does, and returns its worst value, so that the others end theirs too; a job
-    that starts after that leaves no folder."""
+    """One job of a sweep: a job that the sweep asked to stop (nnexp got Ctrl-C or SIGTERM while a launcher's workers
+    ran the jobs) ends its run as a stopped run does, and returns its worst value, so that the others end theirs too;
+    a job that starts after that leaves no folder."""
     import logging
 
     from hydra.core.hydra_config import HydraConfig
@@ -325,9 +325,9 @@ def sweep_job(cfg: DictConfig) -> float:
         with sweep.stops_from_sweep(directory):
             return job(cfg)
     except KeyboardInterrupt as exc:
-        if sweep.stop_asked(directory) is None:
+        if not sweep.stop_coming(directory):
             raise
-        log.info("job %s stopped: %s", hydra.job.num, exc)
+        log.info("job %s stopped: %s", hydra.job.num, Interrupted.of(exc))
         return worst(cfg)
 
 

@@ -84,7 +84,7 @@ class Interrupted(KeyboardInterrupt):
         """``exc`` with a message and an exit status: a bare KeyboardInterrupt is Ctrl-C (SIGINT)."""
         if isinstance(exc, Interrupted):
             return exc
-        return cls(str(exc) or "interrupted (SIGINT)", 128 + signal.SIGINT)
+        return cls(str(exc) or INTERRUPTED, 128 + signal.SIGINT)
 
 
 def interruption(exc: BaseException) -> KeyboardInterrupt | None:
@@ -98,6 +98,8 @@ def interruption(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+#: What the line reporting a Ctrl-C (SIGINT) calls the stop.
+INTERRUPTED = "interrupted (SIGINT)"
 #: The signals, besides Ctrl-C, that stop a run, and what the line reporting each calls the stop: a scheduler's or
 #: ``kill``'s SIGTERM, and a hang-up (a closed terminal, a dropped ssh, or the end of ``nnexp reproduce``).
 STOPPED = {signal.SIGTERM: "terminated (SIGTERM)"}

@@ -45,7 +45,7 @@ def read_input(path: Path, spec: NetworkSpec, scale: bool) -> np.ndarray:
         return scale_pixels(read_image(path, image_shape(path, spec, "an image")), spec)
     if _is_idx(path, head):
         return scale_pixels(read_idx(path, image_shape(path, spec, "an IDX image file")), spec)
-    rows = read_csv(path)
+    rows = read_csv(path, np.dtype(spec.dtype))
     if rows.shape[1] != spec.n_features:
         hint = ""
         if spec.image_shape and rows.shape[1] == spec.n_features + 1:
@@ -145,8 +145,9 @@ def _ink(image: Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def read_csv(path: Path) -> np.ndarray:
-    """Rows of comma-separated numbers as ``(n, columns)`` float64, below a header row of column names if any."""
+def read_csv(path: Path, dtype: np.dtype) -> np.ndarray:
+    """Rows of comma-separated numbers as ``(n, columns)`` float64, below a header row of column names if any; each a
+    finite number in ``dtype``, the model's."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -164,12 +165,18 @@ def read_csv(path: Path) -> np.ndarray:
         rows = np.loadtxt(io.StringIO(body), delimiter=",", ndmin=2, dtype=np.float64, comments=None)
     except ValueError:
         raise DataError(f"{path}: {_first_bad_row(numbered)}") from None
-    bad = np.argwhere(~np.isfinite(rows))
-    if len(bad):  # nan, inf, or a number too large for a float such as 1e400
+    with np.errstate(over="ignore"):
+        held = rows.astype(dtype, copy=False)
+    bad = np.argwhere(~np.isfinite(held))
+    if len(bad):  # nan, inf, a number too large for a float such as 1e400, or for the model's dtype such as 1e39
         row, column = bad[0]
         number, line = numbered[row]
         cell = line.split(",")[column].strip()
-        raise DataError(f"{path}: line {number}: column {column + 1} is {cell}, not a finite number")
+        if np.isfinite(rows[row, column]):
+            expected = f"too large for the model's {held.dtype} (at most ±{np.finfo(held.dtype).max:.4g})"
+        else:
+            expected = "not a finite number"
+        raise DataError(f"{path}: line {number}: column {column + 1} is {cell}, {expected}")
     return rows
 
 

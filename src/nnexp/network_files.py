@@ -305,7 +305,14 @@ class NetworkModel:
             row, column = bad[0]
             kind = "not a finite number" if not np.isfinite(wide[row, column]) else f"too large for {rows.dtype}"
             raise DataError(f"row {row + 1}, column {column + 1}: {wide[row, column]} is {kind}")
-        outputs = predict(self.network, rows)
+        with np.errstate(over="ignore", invalid="ignore"):
+            outputs = predict(self.network, rows)
+        overflowed = np.flatnonzero(~np.isfinite(outputs).all(axis=1))
+        if len(overflowed):  # finite inputs too large for the weights: argmax of NaN would call the row class 0
+            raise DataError(
+                f"row {overflowed[0] + 1}: the network's outputs overflow {rows.dtype}; "
+                "its values are too large for this model, which expects inputs scaled as its training data was"
+            )
         return probabilities(outputs, self.spec.probabilities)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:

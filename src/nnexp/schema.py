@@ -197,8 +197,15 @@ def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     )
                 found[name] = (tuple(shape), dtype)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file: {exc}") from None
+        raise unreadable_npz(path, exc) from None
     return found
+
+
+def unreadable_npz(path: Path, exc: Exception) -> DataError:
+    """The error for the ``.npz`` file ``path`` that ``exc`` kept from being read; a system error by its reason alone,
+    without the path it names again."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return DataError(f"{path}: not a readable .npz file: {reason}")
 
 
 def check_npz_data(path: Path) -> None:
@@ -208,7 +215,7 @@ def check_npz_data(path: Path) -> None:
         with open_regular(path) as file, zipfile.ZipFile(file) as archive:
             damaged = archive.testzip()
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file: {exc}") from None
+        raise unreadable_npz(path, exc) from None
     if damaged is not None:
         raise DataError(f"{path}: not a readable .npz file: Bad CRC-32 for file {damaged!r}")
 
@@ -223,4 +230,4 @@ def load_npz(path: Path, names: Collection[str] | None = None) -> dict[str, np.n
         with open_regular(path) as file, np.load(file, allow_pickle=False) as data:
             return {key: data[key] for key in data.files if names is None or key in names}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file: {exc}") from None
+        raise unreadable_npz(path, exc) from None

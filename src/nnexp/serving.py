@@ -317,7 +317,7 @@ def download_run_model(run_id: str, uri: str, destination: Path) -> Path:
 
     from nnexp.serving import MODEL_NAME, logged_models
     from nnexp.tracking.liveness import reap
-    from nnexp.tracking.store import existing_store, find_run, without_model
+    from nnexp.tracking.store import existing_store, find_run, saved_copy, without_model
 
     client = existing_store(uri, "name the run's store with tracking.uri=...")
     [run], _ = reap(client, [find_run(client, run_id, f"run {run_id} not found in {uri}")])
@@ -329,12 +329,52 @@ def download_run_model(run_id: str, uri: str, destination: Path) -> Path:
     model = logged[-1]
     if str(model.status) != "READY":
         raise NnexpError(f"run {run_id}: its model {model.model_id} is {model.status}, not READY")
+    where = f"run {run_id}: artifact {MODEL_NAME} (logged model {model.model_id}) at {model.artifact_location}"
+    kept = saved_copy(run, MODEL_NAME)
+    local = local_path(model.artifact_location)
+    if local is not None and not local.is_dir():
+        found = "a file, not a folder" if local.exists() else "nothing: were the store's artifacts moved or deleted?"
+        raise NnexpError(f"{where}: found {found}{kept}")
     try:
         path = download_artifacts(artifact_uri=model.artifact_location, dst_path=str(destination), tracking_uri=uri)
     except MlflowException as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise NnexpError(f"run {run_id}: its model {model.model_id} cannot be downloaded: {reason}") from None
+        raise NnexpError(f"{where} cannot be downloaded: {download_failure(exc)}{kept}") from None
     return Path(path)
+
+
+def local_path(uri: str) -> Path | None:
+    """The folder an artifact location names on this machine (``file://`` or a plain path); ``None`` for a remote
+    one."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        return None
+    return Path(url2pathname(parsed.path))
+
+
+def download_failure(exc: Exception, shown: int = 3) -> str:
+    """MLflow's reason a download failed, on one line: each file that failed (the first few) with its error. MLflow
+    lists them under banners, after a first line that names the location again."""
+    import re
+
+    failures = str(exc).strip().partition("\n")[2]
+    parts = re.split(r"^##### File (.*) #####$", failures, flags=re.MULTILINE)
+    found = [f"{path}: {' '.join(error.split())}" for path, error in zip(parts[1::2], parts[2::2], strict=True)]
+    if not found:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    more = f"; and {len(found) - shown} more" if len(found) > shown else ""
+    return "; ".join(found[:shown]) + more
+
+
+def contents(folder: Path, shown: int = 5) -> str:
+    """What ``folder`` holds, for an error: ``it is empty``, or the first few names."""
+    names = sorted(entry.name for entry in folder.iterdir())
+    if not names:
+        return "it is empty"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"it holds {', '.join(names[:shown])}{more}"
 
 
 def load_directory(path: Path, what: str, shown: str | None = None) -> tuple[PyFuncModel, NetworkModel]:
@@ -348,7 +388,7 @@ def load_directory(path: Path, what: str, shown: str | None = None) -> tuple[PyF
 
     try:
         if not (path / "MLmodel").is_file():
-            raise DataError(f"{what}: not an MLflow model (no MLmodel file in {path})")
+            raise DataError(f"{what}: not an MLflow model (no MLmodel file in {path}; {contents(path)})")
         check_model_folder(path, what)  # before MLflow reads it: its data path, and no code to import
         load_plugins(Path.cwd())  # a network may use an activation that a project plugin registers
         try:

@@ -193,6 +193,23 @@ def test_a_rate_that_is_not_finite_and_positive_stops_training_naming_the_schedu
     )
 
 
+@pytest.mark.parametrize(("value", "held"), [(1e-46, "0.0"), (1e39, "inf")])
+def test_a_rate_that_is_0_or_inf_in_the_runs_dtype_stops_training_naming_the_schedule(value, held) -> None:
+    """The updates multiply the rate in the parameters' dtype: 1e-46 left a float32 run training at rate 0."""
+    scheduler = LearningRateScheduler(SGD(learning_rate=0.1), Fixed(value, from_epoch=3), np.float32)
+    scheduler.on_train_begin(5, 2)
+    scheduler.on_epoch_begin(2)
+    with pytest.raises(TrainingError) as error:
+        scheduler.on_epoch_begin(3)
+    assert str(error.value) == (
+        f"schedule Fixed gave learning rate {value!r} at epoch 3, which is {held} as the run's float32; "
+        "a rate must be finite and > 0"
+    )
+    wide = LearningRateScheduler(SGD(learning_rate=0.1), Fixed(value, from_epoch=3), np.float64)
+    wide.on_epoch_begin(3)
+    assert wide.optimizer.learning_rate == value
+
+
 def test_a_registered_schedule_is_named_with_its_source(restore_registries) -> None:
     class Negative(Schedule):
         def rate(self, epoch: int, base_rate: float, epochs: int) -> float:

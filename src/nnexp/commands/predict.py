@@ -124,7 +124,10 @@ def predict(request: Request) -> list[str]:
         pyfunc, model = load_model(request)
         x = read_input(request.input, model.spec, request.scale)
         check_fits(request.input, x, len(model.spec.class_names))
-        frame = pyfunc.predict(x)
+        try:
+            frame = pyfunc.predict(x)
+        except DataError as exc:  # the model knows rows, not the file they came from
+            raise DataError(f"{request.input}: {exc}") from None
     names = model.spec.class_names
     lines = []
     for index, row in enumerate(frame.itertuples(index=False)):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import numpy.typing as npt
+
 from nnexp.core.optimizers import Optimizer
 from nnexp.core.training import Callback
 from nnexp.errors import TrainingError, require
@@ -66,12 +69,14 @@ class Cosine(Schedule):
 class LearningRateScheduler(Callback):
     """Sets ``optimizer.learning_rate`` at the start of every epoch from ``schedule``.
 
-    The base rate is the optimizer's rate when the scheduler is made, so fitting twice starts from it again.
+    The base rate is the optimizer's rate when the scheduler is made, so fitting twice starts from it again. Each
+    rate is checked as the parameters' ``dtype`` holds it: the updates multiply it in that dtype, where 1e-46 is 0.
     """
 
-    def __init__(self, optimizer: Optimizer, schedule: Schedule) -> None:
+    def __init__(self, optimizer: Optimizer, schedule: Schedule, dtype: npt.DTypeLike = np.float64) -> None:
         self.optimizer, self.schedule = optimizer, schedule
         self.base_rate = optimizer.learning_rate
+        self.dtype = np.dtype(dtype)
         self.epochs = 1
 
     def on_train_begin(self, epochs: int, n_samples: int) -> None:
@@ -83,12 +88,16 @@ class LearningRateScheduler(Callback):
             rate = float(given)  # a Python float: a NumPy float64 rate would upcast float32 updates
         except (TypeError, ValueError):
             rate = None
+        problem = None
         if rate is None or not (math.isfinite(rate) and rate > 0):
-            shown = given if rate is None else rate
-            raise TrainingError(
-                f"{describe(self.schedule)} gave learning rate {shown!r} at epoch {epoch}; "
-                "a rate must be finite and > 0"
-            )
+            problem = f"gave learning rate {given if rate is None else rate!r} at epoch {epoch}"
+        else:
+            with np.errstate(over="ignore", under="ignore"):
+                held = self.dtype.type(rate)
+            if not (np.isfinite(held) and held > 0):
+                problem = f"gave learning rate {rate!r} at epoch {epoch}, which is {held} as the run's {self.dtype}"
+        if problem is not None:
+            raise TrainingError(f"{describe(self.schedule)} {problem}; a rate must be finite and > 0")
         self.optimizer.learning_rate = rate
 
 

@@ -269,7 +269,7 @@ def train(
     rate_changes = not isinstance(experiment.schedule, Constant)  # a constant rate is the optimizer's param
     progress = Progress(label, run=tracked)
     callbacks: list[Callback] = [
-        LearningRateScheduler(optimizer, experiment.schedule),
+        LearningRateScheduler(optimizer, experiment.schedule, experiment.network.dtype),
         progress,
         MetricLogger(tracked, phases, rate_changes, trainer),
     ]

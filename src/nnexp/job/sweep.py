@@ -81,6 +81,7 @@ class SweepCallback(Callback):
         choices = config.hydra.runtime.choices
         if choices.get("hydra/launcher") in PROCESS_LAUNCHERS:
             pass_stops_to_jobs(_open.directory)
+            start_workers_deaf_to_ctrl_c()
         if choices.get("hydra/sweeper") == "basic" and choices.get("hydra/launcher") == "basic":
             from hydra.core.global_hydra import GlobalHydra
 
@@ -157,6 +158,10 @@ class Sweep:
         except Exception as exc:
             self.parent.end("FAILED", f"sweep summary failed: {exc}")
             return f"the sweep's summary failed: {exc}"
+        except KeyboardInterrupt as exc:  # stopped (again) while summarising: the parent is not left RUNNING
+            (self.directory / STOP_MARKER).unlink(missing_ok=True)
+            self.parent.end("KILLED", self.stop_reason(exc))
+            raise
         total = finished + failed
         if _stop is not None:
             (self.directory / STOP_MARKER).unlink(missing_ok=True)
@@ -187,11 +192,12 @@ class Sweep:
             log.warning("sweep summary incomplete: %s", summary_error)
             finished = failed = -1
         self.parent.end("KILLED" if interrupted else "FAILED", reason)
+        # What Hydra wrote for a job that never ran: when Hydra failed to set up the job's logging, or a second stop
+        # ended the launcher's workers before their jobs began.
+        for job in self.directory.iterdir() if self.directory.is_dir() else ():
+            discard_dir(job, WRITTEN_AT_SETUP)
         if finished == failed == 0 and not interrupted:
             self.tracker.client.delete_run(self.parent.run_id)
-            # What Hydra wrote before its first job: a job folder too, when Hydra failed to set up the job's logging.
-            for job in self.directory.iterdir() if self.directory.is_dir() else ():
-                discard_dir(job, WRITTEN_AT_SETUP)
             for leftover in ("multirun.yaml", FOLDER_LOCK):  # no job: no summary was written
                 (self.directory / leftover).unlink(missing_ok=True)
             discard_dir(self.directory, set())  # unless it holds the user's files too
@@ -431,29 +437,57 @@ PROCESS_LAUNCHERS = ("joblib",)
 STOP_MARKER = ".nnexp.stop"
 #: How often a job looks for :data:`STOP_MARKER`, in seconds.
 STOP_POLL = 0.2
+#: How long a job that a signal stopped waits for :data:`STOP_MARKER` before taking the signal as its own, in seconds.
+STOP_WAIT = 2.0
 
 
 def pass_stops_to_jobs(directory: Path) -> None:
-    """Make the first SIGTERM (or SIGHUP) to this process ask each job of the sweep in ``directory`` to stop as a run
-    does, and jobs not started never to start, while the launcher waits for them; a second one stops at once, as
-    before (the launcher kills its workers)."""
+    """Make the first Ctrl-C, SIGTERM or SIGHUP to this process ask each job of the sweep in ``directory`` to stop as
+    a run does, and jobs not started never to start, while the launcher waits for them; a second one stops at once,
+    as before (the launcher kills its workers)."""
     import signal
 
-    from nnexp.errors import STOPPED, Interrupted
+    from nnexp.errors import INTERRUPTED, STOPPED, Interrupted
+
+    reasons = {signal.SIGINT: INTERRUPTED, **STOPPED}
 
     def stop(signum: int, frame: object) -> None:
         global _stop
         if _stop is not None:
-            raise Interrupted(STOPPED[signum], 128 + signum)
+            raise Interrupted(reasons[signum], 128 + signum)
         try:
             (directory / STOP_MARKER).write_text(str(signum))
         except OSError:  # the jobs cannot be told (a full disk): stop at once, as the launcher does
-            raise Interrupted(STOPPED[signum], 128 + signum) from None
-        _stop = (STOPPED[signum], 128 + signum)
-        print(f"{STOPPED[signum]}: stopping the sweep's jobs (again to stop at once)", file=sys.stderr, flush=True)
+            raise Interrupted(reasons[signum], 128 + signum) from None
+        _stop = (reasons[signum], 128 + signum)
+        print(f"{reasons[signum]}: stopping the sweep's jobs (again to stop at once)", file=sys.stderr, flush=True)
 
-    for signum in STOPPED:
+    for signum in reasons:
         signal.signal(signum, stop)
+
+
+def start_workers_deaf_to_ctrl_c() -> None:
+    """Start joblib's worker processes with Ctrl-C (SIGINT) blocked, which :func:`stops_from_sweep` lets through while
+    a job runs: a terminal's Ctrl-C reaches every process of its group, and killed a worker still starting (joblib
+    then ended the sweep with TerminatedWorkerError, its other jobs' runs left RUNNING)."""
+    import signal
+
+    from joblib.externals.loky.backend import fork_exec as loky
+
+    spawn = loky.fork_exec
+    if getattr(spawn, "blocks_ctrl_c", False):
+        return
+
+    def fork_exec(*args: Any, **kwargs: Any) -> int:
+        # The mask, unlike a handler, outlives the exec; it is this thread's alone, so the sweep still gets Ctrl-C.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return spawn(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    fork_exec.blocks_ctrl_c = True  # type: ignore[attr-defined]
+    loky.fork_exec = fork_exec
 
 
 def stop_asked(directory: Path) -> int | None:
@@ -464,10 +498,25 @@ def stop_asked(directory: Path) -> int | None:
         return None
 
 
+def stop_coming(directory: Path) -> bool:
+    """Whether the sweep in ``directory`` asks its jobs to stop, or does within :data:`STOP_WAIT` seconds: a
+    terminal's Ctrl-C reaches a job as soon as the sweep, which then asks it."""
+    import time
+
+    deadline = time.monotonic() + STOP_WAIT
+    while stop_asked(directory) is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(STOP_POLL / 4)
+    return True
+
+
 @contextmanager
 def stops_from_sweep(directory: Path) -> Iterator[None]:
     """While a job runs in a launcher's worker: the signal nnexp got, once the sweep in ``directory`` asks its jobs to
-    stop, sent to this process, where the run's own handlers stop it (a checkpoint, the run KILLED)."""
+    stop, sent to this process, where the run's own handlers stop it (a checkpoint, the run KILLED); unless this
+    process got it too, as a terminal's Ctrl-C reaches every process of its group, which a second one would stop
+    at once."""
     import os
     import signal
     import threading
@@ -476,21 +525,41 @@ def stops_from_sweep(directory: Path) -> Iterator[None]:
 
     previous = {signum: signal.getsignal(signum) for signum in (*STOPPED, signal.SIGINT)}
     raise_on_stop_signals()  # a worker's own are the defaults, which would end it and break the launcher's pool
+    # Python writes the number of each signal this process gets to the wakeup file as it arrives, before any
+    # handler runs: a terminal's signal to the group is there before nnexp can have asked the jobs to stop.
+    arrived, wakeup = os.pipe()
+    os.set_blocking(arrived, False)
+    os.set_blocking(wakeup, False)
+    previous_wakeup = signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
     done = threading.Event()
+
+    def got(signum: int) -> bool:
+        try:
+            return signum in os.read(arrived, 4096)
+        except BlockingIOError:
+            return False
 
     def watch() -> None:
         while not done.wait(STOP_POLL):
             signum = stop_asked(directory)
             if signum is not None:
-                os.kill(os.getpid(), signum)
+                if not got(signum):
+                    os.kill(os.getpid(), signum)
                 return
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see start_workers_deaf_to_ctrl_c
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         done.set()
+        watcher.join()
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(arrived)
+        os.close(wakeup)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

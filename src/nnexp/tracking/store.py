@@ -324,6 +324,13 @@ def resumable(client: MlflowClient, run: Run) -> Run:
     return run
 
 
+def saved_copy(run: Run, name: str) -> str:
+    """The hint to use the copy of model ``name`` that ``run`` saved in its folder; empty when there is none."""
+    folder = run.data.tags.get("output_dir")
+    kept = Path(folder) / name if folder else None
+    return f"; its saved copy: nnexp predict model={kept}" if kept is not None and (kept / "MLmodel").is_file() else ""
+
+
 def without_model(client: MlflowClient, run: Run, name: str) -> str:
     """What is true of ``run``, which logged no model ``name``: its status, why it has none, and what to do."""
     from nnexp.job.checkpoint import MANIFEST
@@ -335,8 +342,7 @@ def without_model(client: MlflowClient, run: Run, name: str) -> str:
         return f"is still RUNNING{where} and {missing} yet; ask again once it has finished"
     folder = Path(tags["output_dir"]) if tags.get("output_dir") else None
     if info.status == "FINISHED":
-        kept = folder / name if folder is not None and (folder / name / "MLmodel").is_file() else None
-        return f"is FINISHED and {missing}" + (f"; its saved copy: nnexp predict model={kept}" if kept else "")
+        return f"is FINISHED and {missing}{saved_copy(run, name)}"
     reason = (tags.get("failure_reason", "").strip().splitlines() or [""])[0][:200]
     found = f"is {info.status}" + (f" ({reason})" if reason else "") + f" and {missing}: it ended before logging one"
     local = folder is not None and (folder / "checkpoints" / MANIFEST).is_file()
