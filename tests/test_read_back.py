@@ -164,6 +164,16 @@ def test_a_manifest_edited_to_record_the_run_elsewhere_or_with_other_tags_is_ref
     assert client.get_run(run_id).info.status == "KILLED"
 
 
+def test_a_manifest_whose_tags_are_no_mapping_is_one_line(tmp_path):
+    from nnexp.job.resume import hydra_arguments
+
+    uri, run_id = store_with_run(tmp_path, None)
+    edited = saved(tmp_path, run_id=run_id, config=f"tracking:\n  uri: {uri}\ntags: [1]\n{CONFIG}")
+    with pytest.raises(NnexpError) as raised:
+        hydra_arguments([f"resume={edited}"], tmp_path)
+    assert str(raised.value) == f"{edited / checkpoint.MANIFEST}: config's tags must be an object, found [1]"
+
+
 def test_a_fifo_among_the_manifests_searched_for_a_moved_run_is_passed_over(tmp_path):
     """``resume=<id>`` of a run whose folder moved reads every ``checkpoints/checkpoint.json`` under ``outputs/``;
     a FIFO among them blocked that search."""

@@ -170,8 +170,9 @@ def check_recorded_config(loaded: checkpoint.Checkpoint, run: Run, experiment: s
     """The manifest's config must be the one its run in ``store`` records: its params, its ``experiment``, its parent
     and its tags. They are the run's record, and a manifest edited to train on with other settings, or to be
     recorded elsewhere, would leave them saying what was not done."""
-    config = yaml.safe_load(loaded.manifest["config"])
-    tracking, tags = config.get("tracking") or {}, config.get("tags") or {}
+    config, fields = yaml.safe_load(loaded.manifest["config"]), Fields(loaded.path)
+    tracking = fields.mapping(config.get("tracking") or {}, "config's tracking")
+    tags = fields.mapping(config.get("tags") or {}, "config's tags")
     differ = param_differences(config, run.data.params)
     if tracking.get("experiment", experiment) != experiment:
         differ.append("tracking.experiment")
