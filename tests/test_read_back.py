@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_checkpoint_files import rewritten, saved, setup, store_with_run
+from test_checkpoint_files import CONFIG, rewritten, saved, setup, store_with_run
 from test_model_folders import saved as saved_model
 
 from nnexp.errors import NnexpError
@@ -114,11 +114,64 @@ def test_a_manifest_edited_to_other_settings_than_its_run_logged_is_refused(tmp_
     with pytest.raises(NnexpError) as raised:
         hydra_arguments([f"resume={edited}"], tmp_path)
     assert str(raised.value) == (
-        f"{edited / checkpoint.MANIFEST}: config sets trainer.epochs otherwise than run {run_id}'s params in {uri} "
-        "record; a run is resumed only with the settings it logged"
+        f"{edited / checkpoint.MANIFEST}: config sets trainer.epochs otherwise than run {run_id} records in {uri}; "
+        "a run is resumed only with the settings it logged"
     )
     as_logged = saved(tmp_path, run_id=run_id, config=recorded, overrides=["trainer.epochs=3"])
     assert hydra_arguments([f"resume={as_logged}"], tmp_path)[0] == "trainer.epochs=3"
+
+
+PARENT = "ab" * 16
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "override", "key"),
+    [
+        ("experiment: nnexp", "experiment: other", "tracking.experiment=other", "tracking.experiment"),
+        ("team: a", "team: a\n  evil: 1", "+tags.evil=1", "tags.evil"),
+        ("team: a", "team: b", "tags.team=b", "tags.team"),
+        (
+            "experiment: nnexp",
+            f"experiment: nnexp\n  parent_run_id: {PARENT}",
+            f"tracking.parent_run_id={PARENT}",
+            "tracking.parent_run_id",
+        ),
+    ],
+)
+def test_a_manifest_edited_to_record_the_run_elsewhere_or_with_other_tags_is_refused(
+    tmp_path, before, after, override, key
+):
+    """``tracking.*`` and ``tags`` are no params: a manifest edited to another experiment FINISHED the run, created
+    that experiment and logged a config.yaml naming it; an added tag was in config.yaml but not in MLflow."""
+    from mlflow import MlflowClient
+
+    from nnexp.job.resume import hydra_arguments
+
+    uri, run_id = store_with_run(tmp_path, None)
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(run_id, "team", "a")
+    recorded = f"tracking:\n  uri: {uri}\n  experiment: nnexp\ntags:\n  team: a\n{CONFIG}"
+    as_logged = saved(tmp_path, run_id=run_id, config=recorded)
+    assert hydra_arguments([f"resume={as_logged}"], tmp_path)[0] == "seed=3"
+    edited = saved(tmp_path, run_id=run_id, config=recorded.replace(before, after), overrides=["seed=3", override])
+    with pytest.raises(NnexpError) as raised:
+        hydra_arguments([f"resume={edited}"], tmp_path)
+    assert str(raised.value) == (
+        f"{edited / checkpoint.MANIFEST}: config sets {key} otherwise than run {run_id} records in {uri}; "
+        "a run is resumed only with the settings it logged"
+    )
+    assert "other" not in [experiment.name for experiment in client.search_experiments()]
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_manifest_whose_tags_are_no_mapping_is_one_line(tmp_path):
+    from nnexp.job.resume import hydra_arguments
+
+    uri, run_id = store_with_run(tmp_path, None)
+    edited = saved(tmp_path, run_id=run_id, config=f"tracking:\n  uri: {uri}\ntags: [1]\n{CONFIG}")
+    with pytest.raises(NnexpError) as raised:
+        hydra_arguments([f"resume={edited}"], tmp_path)
+    assert str(raised.value) == f"{edited / checkpoint.MANIFEST}: config's tags must be an object, found [1]"
 
 
 def test_a_fifo_among_the_manifests_searched_for_a_moved_run_is_passed_over(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from nnexp.job.reproduction import UNSTABLE_GAP, UNSTABLE_NOTE, Preset, table, unstable
+from nnexp.job.reproduction import UNSTABLE_GAP, UNSTABLE_NOTE, Preset, child_failure, table, unstable
+from nnexp.tracking.liveness import PID, REASON
 
 EASY = """\
 # @package _global_
@@ -98,6 +100,37 @@ def test_kill_9_of_the_parent_stops_the_child_which_ends_killed_with_the_resume_
         time.sleep(0.5)
     assert child.info.status == "KILLED"
     assert "; resume with: python -m nnexp resume=" in child.data.tags["failure_reason"]
+
+
+def test_a_child_killed_by_a_signal_is_named_so_and_its_run_marked_killed_before_reproduce_exits(project):
+    """The reason was the child's last progress line, and its run stayed RUNNING until another command looked."""
+    process = start_training(project)
+    [child] = [run for run in project.runs() if run.info.run_name != "reproduce"]
+    os.kill(int(child.data.tags[PID]), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    line = (
+        "error: moons_deep_sigmoid with seed=0: the run's process was killed by SIGKILL; "
+        f"run {child.info.run_id} marked KILLED ({REASON})"
+    )
+    assert (process.returncode, stderr.strip().splitlines()[-1]) == (1, line), stderr
+    assert "marked KILLED" not in stderr.strip().splitlines()[-2]
+    runs = {run.info.run_name: run for run in project.runs()}
+    assert runs["reproduce"].info.status == "FAILED"
+    assert runs["reproduce"].data.tags["failure_reason"] == line.removeprefix("error: ")
+    assert runs["moons_deep_sigmoid-seed0"].info.status == "KILLED"
+    assert runs["moons_deep_sigmoid-seed0"].data.tags["failure_reason"] == REASON
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "expected"),
+    [
+        (-9, "quadrants-seed0 epoch 10/100 loss=0.1\n", "the run's process was killed by SIGKILL"),
+        (1, "error: x is wrong\nquadrants-seed0 epoch 10/100 loss=0.1\n", "x is wrong"),
+        (1, "quadrants-seed0 epoch 10/100 loss=0.1\n", "the run's process exited with status 1 and no error line"),
+    ],
+)
+def test_only_a_signal_or_an_error_line_is_a_childs_reason(returncode, stderr, expected):
+    assert child_failure(returncode, stderr) == expected
 
 
 def start_training(project, preexec_fn=None) -> subprocess.Popen[str]:

@@ -107,6 +107,7 @@ class NetworkSpec:
             fields.check(printable(name), f"class_names[{index}]", "a name without control characters", name)
         rule = fields.get(found, "probabilities")
         fields.check(rule in PROBABILITY_RULES, "probabilities", f"one of {', '.join(PROBABILITY_RULES)}", rule)
+        check_output_layers(fields, found["layers"], rule)
         spec = cls(**found)
         if spec.image_shape is not None:
             shape = spec.image_shape
@@ -183,6 +184,18 @@ def check_layers(fields: Fields, layers: object) -> int:
             fields.string(fields.get(entry, f"{field}.name"), f"{field}.name")
             fields.mapping(entry.get("config", {}), f"{field}.config")
     return width  # type: ignore[return-value]
+
+
+def check_output_layers(fields: Fields, layers: list[dict[str, Any]], rule: str) -> None:
+    """Refuse a softmax activation after the last dense or bias layer when ``rule`` applies the softmax itself: the
+    probabilities would be softmaxed twice, and nnexp's writer never stores one (its softmax is in the loss)."""
+    for index in range(len(layers) - 1, -1, -1):
+        entry = layers[index]
+        if entry["type"] != "activation":
+            return
+        if rule == "softmax" and entry["name"] == "softmax":
+            expected = "another activation than softmax, which probabilities: softmax applies to the outputs itself"
+            fields.fail(f"layers[{index}].name", expected, entry["name"])
 
 
 def describe(

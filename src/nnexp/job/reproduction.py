@@ -181,9 +181,33 @@ def markdown_error(path: Path, exc: OSError) -> str:
     return f"--markdown {path}: {describe_os_error(exc, 'write')}"
 
 
-def last_error(stderr: str) -> str:
-    line = (stderr.strip().splitlines() or ["no output"])[-1]
-    return line.removeprefix("error: ")
+def child_failure(returncode: int, stderr: str) -> str:
+    """Why a child run's process failed: the signal that killed it, else its last ``error:`` line, else its exit
+    status; never a progress or log line, which says nothing of the cause."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the run's process was killed by {name}"
+    errors = [line.removeprefix("error: ") for line in stderr.splitlines() if line.startswith("error: ")]
+    if errors:
+        return errors[-1]
+    if returncode == 0:
+        return "the run's process printed no run id"
+    return f"the run's process exited with status {returncode} and no error line"
+
+
+def reap_children(tracker: Tracker, parent_run_id: str) -> str:
+    """Mark KILLED the parent's child runs left RUNNING by a process that is gone (one killed by a signal closes
+    nothing), as ``nnexp runs`` would; returns ``; run ID marked KILLED`` for each, to end the error line."""
+    from nnexp.tracking import tables
+    from nnexp.tracking.liveness import REASON, mark
+
+    client, now = tracker.client, time.time()
+    running = [run for run in tables.child_runs(client, client.get_run(parent_run_id)) if run.info.status == "RUNNING"]
+    ghosts = [ghost for _, ghost in (mark(client, run.info.run_id, now) for run in running) if ghost is not None]
+    return "".join(f"; run {ghost.run.info.run_id} marked KILLED ({REASON})" for ghost in ghosts)
 
 
 def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[str], tracker: Tracker) -> None:
@@ -217,7 +241,8 @@ def run_preset(preset: Preset, seed: int, parent_run_id: str, overrides: list[st
     preset.seconds.append(time.perf_counter() - started)
     found = RUN_ID.search(stdout)
     if child.returncode != 0 or found is None:
-        raise NnexpError(f"{preset.name} with seed={seed} failed: {last_error(stderr)}")
+        reaped = reap_children(tracker, parent_run_id)
+        raise NnexpError(f"{preset.name} with seed={seed}: {child_failure(child.returncode, stderr)}{reaped}")
     metrics = tracker.client.get_run(found.group(1)).data.metrics
     preset.obtained.append(metrics[preset.metric])
     print(f"{preset.name} seed={seed}: {preset.metric}={metrics[preset.metric]:.4f}", file=sys.stderr, flush=True)

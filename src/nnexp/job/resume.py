@@ -15,6 +15,7 @@ import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -22,6 +23,9 @@ from nnexp.errors import ConfigError, DataError
 from nnexp.job import checkpoint
 from nnexp.schema import Fields
 from nnexp.tracking import liveness
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 ALLOWED = ("resume=", "tracking.uri=")
 #: A config group option as Hydra names it: no path, so no file outside the project's conf/ folder.
@@ -131,7 +135,7 @@ def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
     store = resolve_uri(configured, project_dir)
     client = existing_store(store, f"{loaded.path} names run {run_id}, which must be in it")
     run = find_run(client, run_id, f"{loaded.path}: run_id {run_id} is no run in {store}")
-    check_recorded_config(loaded, run.data.params, store)
+    check_recorded_config(loaded, run, client.get_experiment(run.info.experiment_id).name, store)
     recorded = run.data.tags.get("output_dir")
     if moved(loaded.path.parent, Path(recorded) if recorded is not None else output_dir):
         # The user moved the run's folder: the run goes on where its checkpoint and log now are, not split across
@@ -162,22 +166,36 @@ def check_writable(output_dir: Path) -> None:
         ) from None
 
 
-def check_recorded_config(loaded: checkpoint.Checkpoint, params: Mapping[str, str], store: str) -> None:
-    """The manifest's config must be the one its run's params in ``store`` record: they are the run's record, and a
-    manifest edited to train on with other settings would leave them saying what was not done."""
+def check_recorded_config(loaded: checkpoint.Checkpoint, run: Run, experiment: str, store: str) -> None:
+    """The manifest's config must be the one its run in ``store`` records: its params, its ``experiment``, its parent
+    and its tags. They are the run's record, and a manifest edited to train on with other settings, or to be
+    recorded elsewhere, would leave them saying what was not done."""
+    config, fields = yaml.safe_load(loaded.manifest["config"]), Fields(loaded.path)
+    tracking = fields.mapping(config.get("tracking") or {}, "config's tracking")
+    tags = fields.mapping(config.get("tags") or {}, "config's tags")
+    differ = param_differences(config, run.data.params)
+    if tracking.get("experiment", experiment) != experiment:
+        differ.append("tracking.experiment")
+    if tracking.get("parent_run_id") != run.data.tags.get("mlflow.parentRunId"):
+        differ.append("tracking.parent_run_id")
+    differ += [f"tags.{key}" for key, value in tags.items() if run.data.tags.get(str(key)) != str(value)]
+    if differ:
+        raise DataError(
+            f"{loaded.path}: config sets {', '.join(sorted(differ))} otherwise than run {loaded.run_id} records in "
+            f"{store}; a run is resumed only with the settings it logged"
+        )
+
+
+def param_differences(config: dict, params: Mapping[str, str]) -> list[str]:
+    """The param keys that ``config`` sets otherwise than the run's logged ``params``; none for a run that never
+    logged its params, which records nothing to hold the manifest to."""
     from nnexp.job.build import config_params
     from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
 
-    if not params:  # a run that never logged its params records nothing to hold the manifest to
-        return
-    config = config_params(yaml.safe_load(loaded.manifest["config"]))
-    logged = {key: str(value)[:MAX_PARAM_LENGTH] for key, value in config.items()}
-    differ = sorted(key for key in logged.keys() | params.keys() if logged.get(key) != params.get(key))
-    if differ:
-        raise DataError(
-            f"{loaded.path}: config sets {', '.join(differ)} otherwise than run {loaded.run_id}'s params in {store} "
-            "record; a run is resumed only with the settings it logged"
-        )
+    if not params:
+        return []
+    logged = {key: str(value)[:MAX_PARAM_LENGTH] for key, value in config_params(config).items()}
+    return [key for key in logged.keys() | params.keys() if logged.get(key) != params.get(key)]
 
 
 def moved(checkpoints: Path, recorded: Path) -> bool:
