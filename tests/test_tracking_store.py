@@ -207,3 +207,31 @@ def test_a_fifo_as_the_store_is_refused_before_anything_blocks_or_is_written(pro
     )
     assert not (project.root / "outputs").exists()
     assert sorted(path.name for path in project.root.iterdir()) == ["conf", "fifo.db", "plugins"]
+
+
+@pytest.mark.parametrize("options", ["?mode=ro", "?mode=ro&cache=shared", "#part"])
+def test_sqlite_uri_options_are_refused_before_the_store_is_touched(tmp_path, options):
+    """``?mode=ro`` printed two SQLAlchemy warnings, wrote the run anyway and left ``mlflow.db?mode=ro.lock``."""
+    database = tmp_path / "mlflow.db"
+    Tracker(f"sqlite:///{database}", "nnexp")
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
+    uri = f"sqlite:///{database}{options}"
+    for use in (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, "")):
+        with pytest.raises(ConfigError) as refused:
+            use(uri)
+        assert str(refused.value) == (
+            f"tracking store {uri}: nnexp does not support SQLite URI options ({options}); "
+            f"set tracking.uri to the database file alone: sqlite:///{database}"
+        )
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")} == before
+
+
+def test_a_read_only_store_option_is_one_line_and_no_run(project):
+    uri = f"{project.store_uri}?mode=ro"
+    result = project.run(f'tracking.uri="{uri}"', "dataset=quadrants", "trainer.epochs=1")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: tracking store {uri}: nnexp does not support SQLite URI options (?mode=ro); "
+        f"set tracking.uri to the database file alone: {project.store_uri}\n"
+    )
+    assert not (project.root / "outputs").exists()

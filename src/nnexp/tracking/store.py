@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
 import subprocess
 import urllib.error
@@ -155,12 +156,9 @@ def git_state(project_dir: Path) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(changed or new)).lower()}
 
 
-def check_store(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming ``uri``, on a store MLflow cannot use or a server that does not answer; create the
-    folder of a SQLite database.
-
-    MLflow itself retries an unreachable server for minutes, and its file store now refuses to start.
-    """
+def check_uri(uri: str) -> None:
+    """Raise :class:`ConfigError` naming ``uri`` unless its form is one of a store nnexp can keep runs in; nothing
+    is opened or created."""
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme == "" and not Path(uri).is_dir():
         raise ConfigError(
@@ -178,6 +176,25 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             f"tracking store {uri} is an in-memory database that ends with the process; give a file, "
             "e.g. sqlite:///outputs/mlflow.db"
         )
+    options = re.search(r"[?#]", uri)
+    if database is not None and options:
+        # SQLAlchemy passes a query to the driver and MLflow still writes: ?mode=ro ran a whole run and left a lock
+        # file named after the options.
+        raise ConfigError(
+            f"tracking store {uri}: nnexp does not support SQLite URI options ({uri[options.start() :]}); "
+            f"set tracking.uri to the database file alone: {uri[: options.start()]}"
+        )
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming ``uri``, on a store MLflow cannot use or a server that does not answer; create the
+    folder of a SQLite database.
+
+    MLflow itself retries an unreachable server for minutes, and its file store now refuses to start.
+    """
+    check_uri(uri)
+    scheme = urllib.parse.urlparse(uri).scheme
+    database = sqlite_path(uri)
     if database is not None:
         if database.is_dir():
             raise ConfigError(
@@ -230,6 +247,7 @@ def existing_store(uri: str, hint: str) -> MlflowClient:
     do), not a new empty store; a folder or a FIFO in its place is named as one by :func:`check_store`."""
     from mlflow import MlflowClient
 
+    check_uri(uri)
     database = sqlite_path(uri)
     if database is not None and not database.exists():
         raise ConfigError(f"no MLflow store at {database}; {hint}")
