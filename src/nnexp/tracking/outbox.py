@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 #: The largest step or timestamp MLflow's stores hold.
 INT64_MAX = 2**63 - 1
+#: The largest outbox ``nnexp sync`` reads. Unlike nnexp's other files, an outbox grows with the run: each epoch's
+#: metrics take about 500 bytes in it, so this holds half a million epochs trained while the store was away.
+MAX_OUTBOX_BYTES = 256 * 2**20
 
 
 def metric_name(key: object) -> bool:
@@ -46,7 +49,7 @@ def sync(folder: Path, uri: str | None = None) -> str:
 
     path = folder / OUTBOX
     try:
-        contents = parse_json(read_text(path))
+        contents = parse_json(read_text(path, MAX_OUTBOX_BYTES))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no outbox here; nothing to send") from None
     except (OSError, ValueError) as exc:
