@@ -282,3 +282,46 @@ def test_nnexp_sync_of_a_false_finished_is_one_line_and_exit_1(project, tmp_path
     [line] = synced.stderr.splitlines()
     assert line.startswith(f"error: {folder / OUTBOX}: status FINISHED, but {folder.resolve()} holds no model.npz")
     assert line.endswith(f"closed run {run_id} KILLED")
+
+
+def dead_run_with_a_lost_artifact(tmp_path: Path) -> tuple[MlflowClient, str, Path]:
+    """A RUNNING run whose process has ended, and an outbox in its folder naming an artifact deleted since."""
+    from test_liveness import ended_pid
+
+    from nnexp.tracking import liveness
+    from nnexp.tracking.tracked_run import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    tags = {**liveness.process_tags(), liveness.PID: str(ended_pid()), "output_dir": str(folder)}
+    run_id = tracker.client.create_run(tracker.experiment_id, tags=tags).info.run_id
+    outbox(folder, tracking_uri=uri, run_id=run_id, artifacts=[["config.yaml", None], ["plot.png", None]])
+    return tracker.client, run_id, folder
+
+
+def test_an_outbox_refused_for_a_lost_artifact_still_marks_its_dead_run_killed(tmp_path):
+    """The artifacts were checked before the run was looked at, and the dead run was left RUNNING."""
+    from nnexp.tracking.liveness import REASON
+
+    client, run_id, folder = dead_run_with_a_lost_artifact(tmp_path)
+    with pytest.raises(NnexpError) as refused:
+        sync(folder)
+    assert str(refused.value) == (
+        f"{folder / OUTBOX}: artifacts[1] must be a file that exists, found '{folder / 'plot.png'}'"
+    )
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", REASON)
+    assert run.data.metrics == {} and client.list_artifacts(run_id) == [] and "resumed" not in run.data.tags
+    assert (folder / OUTBOX).is_file()
+
+
+def test_nnexp_sync_of_a_dead_run_with_a_lost_artifact_is_one_line_and_the_run_killed(project, tmp_path):
+    client, run_id, folder = dead_run_with_a_lost_artifact(tmp_path)
+    synced = nnexp_sync(project, folder)
+    assert (synced.returncode, synced.stdout) == (1, "")
+    [note, error] = synced.stderr.splitlines()
+    assert note.startswith("run ") and f"({run_id}) marked KILLED: process " in note and note.endswith(" has ended")
+    assert error == f"error: {folder / OUTBOX}: artifacts[1] must be a file that exists, found '{folder / 'plot.png'}'"
+    assert client.get_run(run_id).info.status == "KILLED"

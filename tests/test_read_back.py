@@ -187,3 +187,39 @@ def test_a_fifo_among_the_manifests_searched_for_a_moved_run_is_passed_over(tmp_
     thread.join(60)
     assert not thread.is_alive(), "blocked reading a FIFO"
     assert found == [None]
+
+
+def padded_past(path: Path, limit: int) -> str:
+    """Grow ``path`` to one byte over ``limit`` (sparsely: nothing is written); the error the readers give."""
+    os.truncate(path, limit + 1)
+    return (
+        f"{path}: {limit + 1} bytes ({(limit + 1) / 2**20:.1f} MiB), more than the {limit} bytes "
+        f"({limit / 2**20:.1f} MiB) nnexp reads from such a file"
+    )
+
+
+def test_an_oversized_manifest_network_description_or_mlmodel_is_refused_by_its_size_unread(tmp_path):
+    """A network.json or checkpoint.json padded with 300 MB of spaces was read whole (764-820 MB at peak)."""
+    from nnexp.schema import MAX_TEXT_BYTES
+    from nnexp.serving import check_model_folder
+
+    assert MAX_TEXT_BYTES == 16 * 2**20
+    directory = saved(tmp_path / "run")
+    expected = padded_past(directory / checkpoint.MANIFEST, MAX_TEXT_BYTES)
+    assert error_within(lambda: checkpoint.load(directory)) == expected
+    model = saved_model(tmp_path / "model")
+    data = model / "data" / "nnexp"
+    expected = padded_past(data / "network.json", MAX_TEXT_BYTES)
+    assert error_within(lambda: load_network(data)) == expected
+    expected = padded_past(model / "MLmodel", MAX_TEXT_BYTES)
+    assert error_within(lambda: check_model_folder(model, str(model))) == expected
+
+
+def test_an_oversized_outbox_is_refused_by_its_size_before_any_store_is_opened(tmp_path, monkeypatch):
+    from nnexp.tracking import outbox as outboxes
+
+    monkeypatch.setattr(outboxes, "MAX_OUTBOX_BYTES", 2**20)
+    monkeypatch.setattr(outboxes, "existing_store", lambda *args: pytest.fail("the store was opened"))
+    folder = outbox(tmp_path, [])
+    expected = padded_past(folder / "mlflow_outbox.json", 2**20)
+    assert error_within(lambda: sync(folder)) == expected

@@ -173,3 +173,65 @@ def test_an_abandoned_new_store_leaves_an_older_artifacts_folder_as_it_was(tmp_p
     tracker.discard_new_store()
     assert (older / "model.npz").read_bytes() == b"weights"
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_a_socket_where_the_store_belongs_is_one_line_naming_what_it_is(tmp_path):
+    """A store path that is no regular file was opened as a database, which MLflow then failed on in its own words."""
+    import socket
+
+    path = tmp_path / "sock.db"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        uri = f"sqlite:///{path}"
+        for use in (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, "")):
+            with pytest.raises(ConfigError) as refused:
+                use(uri)
+            assert str(refused.value) == (
+                f"tracking store {uri}: {path} is a socket, not an SQLite database file; "
+                "point tracking.uri at a regular file"
+            )
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_fifo_as_the_store_is_refused_before_anything_blocks_or_is_written(project):
+    """Opening the FIFO to read its header blocked for good; the run ignored SIGTERM and left its folder behind."""
+    import os
+
+    fifo = project.root / "fifo.db"
+    os.mkfifo(fifo)
+    result = project.run(f"tracking.uri=sqlite:///{fifo}", "dataset=quadrants", "trainer.epochs=1", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: tracking store sqlite:///{fifo}: {fifo} is a named pipe (FIFO), not an SQLite database file; "
+        "point tracking.uri at a regular file\n"
+    )
+    assert not (project.root / "outputs").exists()
+    assert sorted(path.name for path in project.root.iterdir()) == ["conf", "fifo.db", "plugins"]
+
+
+@pytest.mark.parametrize("options", ["?mode=ro", "?mode=ro&cache=shared", "#part"])
+def test_sqlite_uri_options_are_refused_before_the_store_is_touched(tmp_path, options):
+    """``?mode=ro`` printed two SQLAlchemy warnings, wrote the run anyway and left ``mlflow.db?mode=ro.lock``."""
+    database = tmp_path / "mlflow.db"
+    Tracker(f"sqlite:///{database}", "nnexp")
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
+    uri = f"sqlite:///{database}{options}"
+    for use in (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, "")):
+        with pytest.raises(ConfigError) as refused:
+            use(uri)
+        assert str(refused.value) == (
+            f"tracking store {uri}: nnexp does not support SQLite URI options ({options}); "
+            f"set tracking.uri to the database file alone: sqlite:///{database}"
+        )
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")} == before
+
+
+def test_a_read_only_store_option_is_one_line_and_no_run(project):
+    uri = f"{project.store_uri}?mode=ro"
+    result = project.run(f'tracking.uri="{uri}"', "dataset=quadrants", "trainer.epochs=1")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: tracking store {uri}: nnexp does not support SQLite URI options (?mode=ro); "
+        f"set tracking.uri to the database file alone: {project.store_uri}\n"
+    )
+    assert not (project.root / "outputs").exists()

@@ -144,10 +144,27 @@ def open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def read_text(path: Path) -> str:
-    """The UTF-8 text of the regular file ``path`` (see :func:`open_regular`)."""
+#: The largest JSON or YAML file nnexp reads back (a checkpoint manifest, ``network.json``, ``MLmodel``): those it
+#: writes hold a config, layer sizes and class names, a few kilobytes (a format 1 manifest, with its metric history,
+#: about 150 bytes an epoch); more is no file of nnexp's, and parsing it would take several times its size.
+MAX_TEXT_BYTES = 16 * 2**20
+
+
+def size_text(size: int) -> str:
+    """A size in bytes for a message: ``314572800 bytes (300.0 MiB)``."""
+    return f"{size} bytes ({size / 2**20:.1f} MiB)"
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of the regular file ``path`` (see :func:`open_regular`), which must hold at most ``limit``
+    bytes; a larger one raises :class:`DataError` naming its size before any of it is read."""
     with open_regular(path) as file:
-        return file.read().decode()
+        size = os.fstat(file.fileno()).st_size
+        data = file.read(limit + 1) if size <= limit else b""  # a file growing after the check is cut off there
+        if len(data) > limit or size > limit:
+            found = size_text(max(size, len(data)))
+            raise DataError(f"{path}: {found}, more than the {size_text(limit)} nnexp reads from such a file")
+        return data.decode()
 
 
 def check_regular(path: Path) -> None:

@@ -3,13 +3,14 @@ by ``nnexp sync`` once the store answers again."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
-from nnexp.errors import ConfigError, DataError
+from nnexp.errors import ConfigError, DataError, NnexpError
 from nnexp.tracking import liveness
 from nnexp.tracking.store import OUTBOX, OUTBOX_STATUSES, existing_store, find_run
 from nnexp.tracking.tracked_run import TrackedRun
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 #: The largest step or timestamp MLflow's stores hold.
 INT64_MAX = 2**63 - 1
+#: The largest outbox ``nnexp sync`` reads. Unlike nnexp's other files, an outbox grows with the run: each epoch's
+#: metrics take about 500 bytes in it, so this holds half a million epochs trained while the store was away.
+MAX_OUTBOX_BYTES = 256 * 2**20
 
 
 def metric_name(key: object) -> bool:
@@ -46,27 +50,31 @@ def sync(folder: Path, uri: str | None = None) -> str:
 
     path = folder / OUTBOX
     try:
-        contents = parse_json(read_text(path))
+        contents = parse_json(read_text(path, MAX_OUTBOX_BYTES))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no outbox here; nothing to send") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable outbox: {exc}") from None
     fields = Fields(path)
     outbox = check_outbox(fields, contents, folder)
-    artifacts = [
-        (file, artifact_path)
-        for index, (local, directory) in enumerate(outbox["artifacts"])
-        for file, artifact_path in artifact_files(fields, f"artifacts[{index}]", folder / local, folder, directory)
-    ]
+    store = uri or outbox["tracking_uri"]
     model = folder / "model"
     has_model = (model / "MLmodel").is_file()
-    if has_model:
-        artifact_files(fields, "model", model, folder)
-    store = uri or outbox["tracking_uri"]
-    client = existing_store(store, f"send {path} with: nnexp sync {folder} --uri URI")
-    found = find_run(client, outbox["run_id"], f"{path}: run_id {outbox['run_id']} is no run in {store}")
-    if found.info.lifecycle_stage != "deleted":  # MLflow refuses to change a deleted run
-        [found], _ = liveness.reap(client, [found])
+    try:
+        artifacts = [
+            (file, artifact_path)
+            for index, (local, directory) in enumerate(outbox["artifacts"])
+            for file, artifact_path in artifact_files(fields, f"artifacts[{index}]", folder / local, folder, directory)
+        ]
+        if has_model:
+            artifact_files(fields, "model", model, folder)
+    except DataError:
+        # Nothing is sent, but the run was looked at: if its process is gone it is marked KILLED, as every command
+        # that reads runs does. A store that cannot be read leaves the outbox's own error to be reported.
+        with contextlib.suppress(NnexpError):
+            reaped_run(store, outbox["run_id"], path, folder)
+        raise
+    client, found = reaped_run(store, outbox["run_id"], path, folder)
     recorded = found.data.tags.get("output_dir")
     if recorded is not None and Path(recorded).resolve() != folder.resolve():
         raise DataError(f"{path}: run_id {outbox['run_id']} is the run of {recorded}, not of {folder.resolve()}")
@@ -105,6 +113,16 @@ def sync(folder: Path, uri: str | None = None) -> str:
         client.delete_tag(run.run_id, "failure_reason")
     path.unlink()
     return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}"
+
+
+def reaped_run(store: str, run_id: str, path: Path, folder: Path) -> tuple[MlflowClient, Run]:
+    """A client of ``store`` (which must exist) and its run ``run_id``, which an outbox at ``path`` in ``folder``
+    names, marked KILLED first if its process is gone."""
+    client = existing_store(store, f"send {path} with: nnexp sync {folder} --uri URI")
+    found = find_run(client, run_id, f"{path}: run_id {run_id} is no run in {store}")
+    if found.info.lifecycle_stage != "deleted":  # MLflow refuses to change a deleted run
+        [found], _ = liveness.reap(client, [found])
+    return client, found
 
 
 def training_unfinished(client: MlflowClient, found: Run, metrics: list[list[Any]], folder: Path) -> str | None:

@@ -6,6 +6,8 @@ import contextlib
 import errno
 import logging
 import os
+import re
+import stat
 import subprocess
 import urllib.error
 import urllib.parse
@@ -89,6 +91,25 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
+#: What a path holds, by the file type its mode names, for a message; a regular file and a folder are not listed.
+SPECIAL_FILES = {
+    stat.S_ISFIFO: "a named pipe (FIFO)",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+}
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` (symbolic links followed) is if it exists and is neither a regular file nor a folder, such as
+    ``a named pipe (FIFO)``; None otherwise. Only its mode is read: opening a FIFO blocks until a writer comes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # missing: a new store; unreadable: MLflow says why when it opens it
+        return None
+    return next((kind for test, kind in SPECIAL_FILES.items() if test(mode)), None)
+
+
 def is_sqlite_database(path: Path) -> bool:
     """Whether ``path`` is missing or empty (SQLite makes a new database of it), or starts as SQLite's files do."""
     try:
@@ -135,12 +156,9 @@ def git_state(project_dir: Path) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(changed or new)).lower()}
 
 
-def check_store(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming ``uri``, on a store MLflow cannot use or a server that does not answer; create the
-    folder of a SQLite database.
-
-    MLflow itself retries an unreachable server for minutes, and its file store now refuses to start.
-    """
+def check_uri(uri: str) -> None:
+    """Raise :class:`ConfigError` naming ``uri`` unless its form is one of a store nnexp can keep runs in; nothing
+    is opened or created."""
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme == "" and not Path(uri).is_dir():
         raise ConfigError(
@@ -158,11 +176,35 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             f"tracking store {uri} is an in-memory database that ends with the process; give a file, "
             "e.g. sqlite:///outputs/mlflow.db"
         )
+    options = re.search(r"[?#]", uri)
+    if database is not None and options:
+        # SQLAlchemy passes a query to the driver and MLflow still writes: ?mode=ro ran a whole run and left a lock
+        # file named after the options.
+        raise ConfigError(
+            f"tracking store {uri}: nnexp does not support SQLite URI options ({uri[options.start() :]}); "
+            f"set tracking.uri to the database file alone: {uri[: options.start()]}"
+        )
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming ``uri``, on a store MLflow cannot use or a server that does not answer; create the
+    folder of a SQLite database.
+
+    MLflow itself retries an unreachable server for minutes, and its file store now refuses to start.
+    """
+    check_uri(uri)
+    scheme = urllib.parse.urlparse(uri).scheme
+    database = sqlite_path(uri)
     if database is not None:
         if database.is_dir():
             raise ConfigError(
                 f"tracking store {uri}: {database} is a folder, expected an SQLite database file such as "
                 f"{database / 'mlflow.db'}"
+            )
+        if kind := special_file(database):
+            raise ConfigError(
+                f"tracking store {uri}: {database} is {kind}, not an SQLite database file; "
+                "point tracking.uri at a regular file"
             )
         try:
             database.parent.mkdir(parents=True, exist_ok=True)
@@ -202,11 +244,12 @@ def quiet_mlflow() -> None:
 
 def existing_store(uri: str, hint: str) -> MlflowClient:
     """A client for a store that must already exist: a missing SQLite file is an error (``hint`` says what to
-    do), not a new empty store; a folder in its place is named as one by :func:`check_store`."""
+    do), not a new empty store; a folder or a FIFO in its place is named as one by :func:`check_store`."""
     from mlflow import MlflowClient
 
+    check_uri(uri)
     database = sqlite_path(uri)
-    if database is not None and not database.is_file() and not database.is_dir():
+    if database is not None and not database.exists():
         raise ConfigError(f"no MLflow store at {database}; {hint}")
     check_store(uri)
     quiet_mlflow()
