@@ -369,8 +369,7 @@ def resumable(client: MlflowClient, run: Run) -> Run:
 
 def saved_copy(run: Run, name: str) -> str:
     """The hint to use the copy of model ``name`` that ``run`` saved in its folder; empty when there is none."""
-    folder = run.data.tags.get("output_dir")
-    kept = Path(folder) / name if folder else None
+    kept = Path(run.data.tags["output_dir"]) / name if run.data.tags.get("output_dir") else None
     return f"; its saved copy: nnexp predict model={kept}" if kept is not None and (kept / "MLmodel").is_file() else ""
 
 
