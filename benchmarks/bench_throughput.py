@@ -30,6 +30,7 @@ from nnexp.core import engine
 from nnexp.core.training import evaluate
 
 HIDDEN, BATCH = 512, 128
+SETTLE_SECONDS = 1.0
 RATES = {"rmsprop": 0.001, "adam": 0.001}
 Epoch = Callable[[dict[str, np.ndarray], str, int], tuple[float, float]]
 
@@ -131,6 +132,9 @@ def alternate(
             order = list(sides) if pair % 2 == 0 else list(sides)[::-1]
             results, others = {}, []
             for side in order:
+                # PyTorch's and scikit-learn's OpenMP threads spin for a while after their epoch; the side timed
+                # next would pay for it (0.3-0.6 s on nnexp's 0.55 s epoch here), so each side starts after a pause.
+                time.sleep(SETTLE_SECONDS)
                 results[side], busy = timed(lambda side=side: sides[side](data, optimizer, pair))
                 others.append(busy)
                 progress(
