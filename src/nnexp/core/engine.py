@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.parallel import worker_count
 from nnexp.errors import ConfigError
 from nnexp.registry import Registry
+
+if TYPE_CHECKING:
+    from nnexp.core.compiled.sparse import SparseFirstLayer
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +307,9 @@ class CompiledSteps:
         if np.count_nonzero(sample) > SPARSE_MAX_DENSITY * sample.size:
             return None
         if self._sparse is None or self._sparse.size < size:
-            self._sparse = SparseFirstLayer(self.network, size)
+            from nnexp.core.compiled.sparse import SparseFirstLayer
+
+            self._sparse = SparseFirstLayer(self.network, size, worker_count())
         return self._sparse
 
     def _state(self) -> list[Array]:
@@ -327,43 +332,3 @@ class CompiledSteps:
             values, wide = [1 - opt.beta_1, 1 - opt.beta_2, decay], [rate, opt.beta_1, opt.beta_2, opt.epsilon]
         return np.array(values, self.dtype), np.array(wide, np.float64)
 
-
-class SparseFirstLayer:
-    """Forward and backward passes whose first Dense layer multiplies only its non-zero inputs; the other layers are
-    the NumPy reference's."""
-
-    def __init__(self, network: Sequential, size: int) -> None:
-        import numba
-
-        from nnexp.core.compiled import sparse
-
-        # Numba's threads otherwise number the machine's cores, whatever a launcher allowed this process.
-        numba.set_num_threads(min(worker_count(), numba.config.NUMBA_NUM_THREADS))
-        self.kernels, self.network, self.size = sparse, network, size
-        self.layer = network.layers[0]
-        n_in = self.layer.params["weight"].shape[0]
-        self.index = np.empty((size, n_in), np.int64)
-        self.value = np.empty((size, n_in), self.layer.params["weight"].dtype)
-        self.count = np.empty(size, np.int64)
-        self.rows = 0
-        bias = self.layer.params.get("bias")
-        self.bias = bias if bias is not None else np.empty(0, self.value.dtype)
-
-    def forward(self, x: Array, order: np.ndarray, start: int, stop: int) -> Array:
-        """The network's output for the rows ``order[start:stop]`` of ``x``."""
-        weight = self.layer.params["weight"]
-        self.rows = stop - start
-        out = self.layer.buffer("out", (self.rows, weight.shape[1]), weight.dtype)
-        self.kernels.forward(x, order, start, self.rows, weight, self.bias, out, self.index, self.value, self.count)
-        for layer in self.network.layers[1:]:
-            out = layer.forward(out)
-        return out
-
-    def backward(self, grad_out: Array) -> None:
-        """Fill every layer's gradients for the batch :meth:`forward` last saw."""
-        for layer in reversed(self.network.layers[1:]):
-            grad_out = layer.backward(grad_out)
-        grads = self.layer.grads
-        self.kernels.weight_gradient(self.index, self.value, self.count, self.rows, grad_out, grads["weight"])
-        if "bias" in grads:
-            grad_out.sum(axis=0, out=grads["bias"])

@@ -4,13 +4,18 @@ A batch's product ``x @ w`` with BLAS does every multiply-add; these kernels do 
 which on MNIST is a fifth of them, and gather the batch's rows from the data in the same pass. The first layer is
 the one that needs no input gradient, so its input is only ever read. Rows (forward) and the weight's rows
 (gradient) are split over the cores; each sum runs over the inputs in increasing order, whatever the split, so
-results do not depend on the number of threads.
+results do not depend on the number of threads. :class:`SparseFirstLayer` runs a network's passes with them, the
+layers above the first by the NumPy reference's code.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+from nnexp.core import Array
+from nnexp.core.network import Sequential
 
 JIT = {"cache": True, "error_model": "numpy", "parallel": True, "nogil": True}
 
@@ -88,3 +93,40 @@ def weight_gradient(
             source = delta[by_input_row[p]]
             for j in range(n_out):
                 row[j] += coefficient * source[j]
+
+
+class SparseFirstLayer:
+    """Forward and backward passes whose first Dense layer multiplies only its non-zero inputs; the other layers are
+    the NumPy reference's."""
+
+    def __init__(self, network: Sequential, size: int, workers: int) -> None:
+        # Numba's threads otherwise number the machine's cores, whatever a launcher allowed this process.
+        numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
+        self.network, self.size = network, size
+        self.layer = network.layers[0]
+        n_in = self.layer.params["weight"].shape[0]
+        self.index = np.empty((size, n_in), np.int64)
+        self.value = np.empty((size, n_in), self.layer.params["weight"].dtype)
+        self.count = np.empty(size, np.int64)
+        self.rows = 0
+        bias = self.layer.params.get("bias")
+        self.bias = bias if bias is not None else np.empty(0, self.value.dtype)
+
+    def forward(self, x: Array, order: np.ndarray, start: int, stop: int) -> Array:
+        """The network's output for the rows ``order[start:stop]`` of ``x``."""
+        weight = self.layer.params["weight"]
+        self.rows = stop - start
+        out = self.layer.buffer("out", (self.rows, weight.shape[1]), weight.dtype)
+        forward(x, order, start, self.rows, weight, self.bias, out, self.index, self.value, self.count)
+        for layer in self.network.layers[1:]:
+            out = layer.forward(out)
+        return out
+
+    def backward(self, grad_out: Array) -> None:
+        """Fill every layer's gradients for the batch :meth:`forward` last saw."""
+        for layer in reversed(self.network.layers[1:]):
+            grad_out = layer.backward(grad_out)
+        grads = self.layer.grads
+        weight_gradient(self.index, self.value, self.count, self.rows, grad_out, grads["weight"])
+        if "bias" in grads:
+            grad_out.sum(axis=0, out=grads["bias"])
