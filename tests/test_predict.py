@@ -16,6 +16,7 @@ import pytest
 from nnexp import DATASETS, LOSSES, MODELS
 from nnexp.__main__ import COMMANDS
 from nnexp.datasets.mnist import Scaling
+from nnexp.errors import DataError
 from nnexp.inputs import read_csv
 from nnexp.network_files import describe, load
 from nnexp.serving import log_model, save_model
@@ -452,7 +453,7 @@ def test_csv_values_too_large_for_the_models_dtype_are_named_by_file_line_and_co
         expected = f"error: {path}: line 3: column 2 is {cell}, too large for the model's float32 (at most ±3.403e+38)"
         assert_error(in_process(points, f"input={path}"), expected)
     path.write_text("3.4e38,-3.4e38\n")
-    assert read_csv(path, np.dtype(np.float32)).tolist() == [[3.4e38, -3.4e38]]
+    assert read_csv(path, np.dtype(np.float32), 2).tolist() == [[3.4e38, -3.4e38]]
     # Within float32, but too large for the weights: the model answered "0: left (p=nan)" with NumPy's warnings.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -471,3 +472,25 @@ def test_a_csv_too_large_for_the_model_is_one_line_from_the_cli(models, tmp_path
     result = cli(f"model={models['points']}", f"input={path}", cwd=tmp_path)
     assert_error(result, f"error: {path}: line 1: column 1 is 1e39, too large for the model's float32")
     assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_csv_line_far_longer_than_a_row_is_refused_before_it_is_parsed(tmp_path) -> None:
+    """A line of 60 million cells was parsed whole (4.6 GB) before its width was checked against the model's."""
+    import tracemalloc
+
+    path = tmp_path / "wide.csv"
+    path.write_text("1,2\n" + "1," * 2_000_000 + "1\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as caught:
+            read_csv(path, np.dtype(np.float32), 2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value) == (
+        f"{path}: line 2 is longer than 1,152 bytes, more than a row of the model's 2 features takes; expected rows "
+        "of comma-separated numbers"
+    )
+    assert peak < 2**20
+    path.write_text("x,y\n" + "1,2\n" * 3)  # rows and a header well within the limit are read as before
+    assert read_csv(path, np.dtype(np.float32), 2).tolist() == [[1.0, 2.0]] * 3

@@ -22,6 +22,10 @@ IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM")
 #: Bytes one input row costs while it is classified, per feature or class: float64 copies of the row (the input,
 #: its float cast, the network's layers in the worst case) and the table of probabilities and its lines.
 BYTES_PER_VALUE = 8 * 4
+#: A CSV cell's bytes at most, generously: a float64 written in full, ``-1.2345678901234567e-308``, is 24.
+MAX_CELL_BYTES = 64
+#: Room for a line's end and for a header's column names.
+LINE_SLACK_BYTES = 1024
 
 
 def check_fits(path: Path, x: np.ndarray, n_classes: int) -> None:
@@ -45,7 +49,7 @@ def read_input(path: Path, spec: NetworkSpec, scale: bool) -> np.ndarray:
         return scale_pixels(read_image(path, image_shape(path, spec, "an image")), spec)
     if _is_idx(path, head):
         return scale_pixels(read_idx(path, image_shape(path, spec, "an IDX image file")), spec)
-    rows = read_csv(path, np.dtype(spec.dtype))
+    rows = read_csv(path, np.dtype(spec.dtype), spec.n_features)
     if rows.shape[1] != spec.n_features:
         hint = ""
         if spec.image_shape and rows.shape[1] == spec.n_features + 1:
@@ -145,9 +149,11 @@ def _ink(image: Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def read_csv(path: Path, dtype: np.dtype) -> np.ndarray:
+def read_csv(path: Path, dtype: np.dtype, columns: int) -> np.ndarray:
     """Rows of comma-separated numbers as ``(n, columns)`` float64, below a header row of column names if any; each a
-    finite number in ``dtype``, the model's."""
+    finite number in ``dtype``, the model's. A line far longer than a row of ``columns`` numbers is refused before
+    the file is parsed, which would take several times its size in memory."""
+    _check_line_lengths(path, columns * MAX_CELL_BYTES + LINE_SLACK_BYTES, columns)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -178,6 +184,18 @@ def read_csv(path: Path, dtype: np.dtype) -> np.ndarray:
             expected = "not a finite number"
         raise DataError(f"{path}: line {number}: column {column + 1} is {cell}, {expected}")
     return rows
+
+
+def _check_line_lengths(path: Path, limit: int, columns: int) -> None:
+    """Raise if a line of ``path`` is longer than ``limit`` bytes; reads a line at a time, at most ``limit + 1``
+    bytes of it."""
+    with path.open("rb") as file:
+        for number, line in enumerate(iter(lambda: file.readline(limit + 1), b""), 1):
+            if len(line) > limit and not line.endswith(b"\n"):
+                raise DataError(
+                    f"{path}: line {number} is longer than {limit:,} bytes, more than a row of the model's {columns} "
+                    "features takes; expected rows of comma-separated numbers"
+                )
 
 
 def _first_bad_row(numbered: list[tuple[int, str]]) -> str:

@@ -214,6 +214,34 @@ def test_a_file_of_short_lines_reserves_no_table_for_them(tmp_path, line):
     assert peak < 40 * 2**20
 
 
+@pytest.mark.parametrize("header", [False, True])
+def test_a_line_longer_than_any_row_is_refused_unparsed(tmp_path, header):
+    """A first line of 120 million cells was split whole (7.1 GB) before its columns were counted."""
+    import tracemalloc
+
+    path = tmp_path / "long.csv"
+    path.write_text((HEADER if header else "") + "1," * 400_000 + "1\n")
+    tracemalloc.start()
+    try:
+        message = csv_error(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    line = 2 if header else 1
+    assert message == (
+        f"{path}: line {line}: longer than 262,144 bytes, where a row of a label and 784 pixels takes at most 3,139"
+    )
+    assert peak < 8 * 2**20
+
+
+def test_a_header_longer_than_a_block_is_judged_on_its_whole_cells(mnist_files, tiny, monkeypatch):
+    monkeypatch.setattr(csv_format, "BLOCK_BYTES", 4096)  # longer than any row, shorter than the 785 names
+    assert len(HEADER) > 4096
+    path = mnist_files.write_csv("train.csv", text_of(rows(tiny), header=True))
+    images, labels = read_csv(path)
+    assert images.shape == (12, 784) and labels.tolist() == tiny.train_labels[:12].tolist()
+
+
 @pytest.mark.parametrize(
     ("first", "problem"),
     [  # each row was taken for a header before, and the file read without it

@@ -37,7 +37,13 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not end:
         raise DataError(f"{path}: empty file, expected lines of label,pixel_1,...,pixel_{N_PIXELS}")
     first_newline = raw.find(b"\n", 0, end)
-    first_row = raw[: first_newline if first_newline >= 0 else end].decode("utf-8", "replace").split(",")
+    # Split whole, a first line of a hundred million cells would take gigabytes before its length was refused below:
+    # a header is judged on its whole cells within a block's length.
+    first_line = raw[: first_newline if first_newline >= 0 else end]
+    if len(first_line) > BLOCK_BYTES:
+        cut = first_line.rfind(b",", 0, BLOCK_BYTES)
+        first_line = first_line[: cut if cut > 0 else BLOCK_BYTES]
+    first_row = first_line.decode("utf-8", "replace").split(",")
     header_lines = 1 if is_header(path, 1, first_row) else 0
     if header_lines and first_newline < 0:
         raise DataError(f"{path}: a header line and no data rows")
@@ -47,14 +53,20 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = min(raw.count(b"\n", start, end) + 1, (end - start + 1) // (2 * CSV_COLUMNS))
     table = np.empty((rows, CSV_COLUMNS), np.uint8)
     row = 0
-    for offset, block in _line_blocks(raw, start, end):
-        try:
-            cells = _parse_rows(block)
-        except _BadRowError as bad:
-            line = raw[offset + bad.start : offset + bad.stop]
-            raise DataError(f"{path}: line {header_lines + row + bad.index + 1}: {_describe_row(line)}") from None
-        table[row : row + len(cells)] = cells
-        row += len(cells)
+    try:
+        for offset, block in _line_blocks(raw, start, end):
+            try:
+                cells = _parse_rows(block)
+            except _BadRowError as bad:
+                line = raw[offset + bad.start : offset + bad.stop]
+                raise DataError(f"{path}: line {header_lines + row + bad.index + 1}: {_describe_row(line)}") from None
+            table[row : row + len(cells)] = cells
+            row += len(cells)
+    except _LongLineError:
+        raise DataError(
+            f"{path}: line {header_lines + row + 1}: longer than {BLOCK_BYTES:,} bytes, where a row of a label and "
+            f"{N_PIXELS} pixels takes at most {4 * CSV_COLUMNS - 1:,}"
+        ) from None
     return table[:, 1:], table[:, 0]
 
 
@@ -69,11 +81,17 @@ def _line_blocks(raw: bytes, start: int, end: int) -> Iterator[tuple[int, np.nda
         cut = raw.rfind(b"\n", position, min(position + BLOCK_BYTES, end))
         if cut < 0:  # a line longer than a block, or the last line
             cut = raw.find(b"\n", position, end)
+            if (cut if cut >= 0 else end) - position > BLOCK_BYTES:
+                raise _LongLineError
         if cut < 0:  # the last line: the only bytes copied, to give it a newline
             yield position, np.frombuffer(raw[position:end] + b"\n", np.uint8)
             return
         yield position, np.frombuffer(raw, np.uint8, count=cut + 1 - position, offset=position)
         position = cut + 1
+
+
+class _LongLineError(Exception):
+    """The next line is longer than a block: no row is, so it is refused without being parsed."""
 
 
 class _BadRowError(Exception):
