@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -62,14 +62,21 @@ def test_a_stop_leaves_the_block_once_its_threads_have_ended():
     assert future.result()[0] == "drawn"
 
 
-def test_a_further_stop_while_the_threads_end_waits_for_them_and_keeps_the_first(sigint_seen):
-    ended = threading.Event()
+def ctrl_c_then_end(sigint_seen: threading.Event, ended: threading.Event) -> Callable[[], None]:
+    """Work that sends the main thread a Ctrl-C once it waits for the threads, and ends once that was seen."""
 
     def work() -> None:
         until_the_main_thread_waits()
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         sigint_seen.wait()
         ended.set()
+
+    return work
+
+
+def test_a_further_stop_while_the_threads_end_waits_for_them_and_keeps_the_first(sigint_seen):
+    ended = threading.Event()
+    work = ctrl_c_then_end(sigint_seen, ended)
 
     with pytest.raises(Interrupted, match="interrupted again"), Workers() as workers:
         workers.start(work, "test-plots")
@@ -79,12 +86,7 @@ def test_a_further_stop_while_the_threads_end_waits_for_them_and_keeps_the_first
 
 def test_a_stop_while_the_threads_end_is_raised_once_they_have(sigint_seen):
     ended = threading.Event()
-
-    def work() -> None:
-        until_the_main_thread_waits()
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        sigint_seen.wait()
-        ended.set()
+    work = ctrl_c_then_end(sigint_seen, ended)
 
     with pytest.raises(KeyboardInterrupt), Workers() as workers:
         workers.start(work, "test-import")
