@@ -329,33 +329,6 @@ def test_an_input_too_large_to_classify_at_once_is_refused_naming_the_memory(mod
     assert_error(result, f"{points}: 4 rows need about", "is available; split the file")
 
 
-def test_a_bad_model_of_a_run_is_named_by_the_run_and_its_artifact_path(tmp_path, in_process):
-    """The error named the temporary download, ``/tmp/tmpXXXX/artifacts/data/nnexp/network.json``, gone by then."""
-    import json
-
-    from mlflow import MlflowClient
-
-    from nnexp.serving import logged_models
-    from nnexp.tracking.tracked_run import Tracker
-
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    network, loss = random_network("cross_entropy", 2, 2, seed=1)
-    with Tracker(uri, "nnexp").start_run("named twice", {}) as run:
-        log_model(run, network, describe(network, loss, ["left", "right"]), POINTS, step=1)
-    client = MlflowClient(uri)
-    [model] = logged_models(client, client.get_run(run.run_id))
-    spec = Path(model.artifact_location.removeprefix("file://")) / "data" / "nnexp" / "network.json"
-    spec.write_text(json.dumps({**json.loads(spec.read_text()), "class_names": ["a", "a"]}))
-    path = tmp_path / "points.csv"
-    path.write_text("1,2\n")
-    result = in_process(f"run={run.run_id}", f"input={path}", f"tracking.uri={uri}")
-    assert_error(
-        result,
-        f"error: run {run.run_id}: artifact model/data/nnexp/network.json: class_names must be different names",
-    )
-    assert "/tmp" not in result.stderr and str(tmp_path) not in result.stderr
-
-
 @pytest.fixture
 def logged_run(tmp_path) -> tuple[str, str, str, Path]:
     """A store whose one run logged a model: the store's URI, the run's id, the model's id and its artifacts."""
@@ -371,6 +344,22 @@ def logged_run(tmp_path) -> tuple[str, str, str, Path]:
     client = MlflowClient(uri)
     [model] = logged_models(client, client.get_run(run.run_id))
     return uri, run.run_id, model.model_id, Path(model.artifact_location.removeprefix("file://"))
+
+
+def test_a_bad_model_of_a_run_is_named_by_the_run_and_its_artifact_path(logged_run, tmp_path, in_process):
+    """The error named the temporary download, ``/tmp/tmpXXXX/artifacts/data/nnexp/network.json``, gone by then."""
+    import json
+
+    uri, run_id, _, artifacts = logged_run
+    spec = artifacts / "data" / "nnexp" / "network.json"
+    spec.write_text(json.dumps({**json.loads(spec.read_text()), "class_names": ["a", "a"]}))
+    path = tmp_path / "points.csv"
+    path.write_text("1,2\n")
+    result = in_process(f"run={run_id}", f"input={path}", f"tracking.uri={uri}")
+    assert_error(
+        result, f"error: run {run_id}: artifact model/data/nnexp/network.json: class_names must be different names"
+    )
+    assert "/tmp" not in result.stderr and str(tmp_path) not in result.stderr
 
 
 def test_a_runs_model_whose_artifacts_moved_or_went_is_named_with_what_was_found(logged_run, tmp_path, in_process):

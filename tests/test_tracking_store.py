@@ -27,11 +27,15 @@ def test_a_store_interrupted_while_being_created_is_not_left_half_made(tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+#: Every way nnexp opens a store: each refuses the same URIs in the same words.
+STORE_OPENERS = (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, ""))
+
+
 def test_a_file_that_is_no_database_is_one_line_and_gets_no_lock_beside_it(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_text("my notes\n")
     uri = f"sqlite:///{junk}"
-    for use in (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, "")):
+    for use in STORE_OPENERS:
         with pytest.raises(ConfigError, match=r"junk\.db is not an SQLite database$"):
             use(uri)
     assert list(tmp_path.iterdir()) == [junk] and junk.read_text() == "my notes\n"
@@ -183,7 +187,7 @@ def test_a_socket_where_the_store_belongs_is_one_line_naming_what_it_is(tmp_path
     with socket.socket(socket.AF_UNIX) as listening:
         listening.bind(str(path))
         uri = f"sqlite:///{path}"
-        for use in (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, "")):
+        for use in STORE_OPENERS:
             with pytest.raises(ConfigError) as refused:
                 use(uri)
             assert str(refused.value) == (
@@ -216,7 +220,7 @@ def test_sqlite_uri_options_are_refused_before_the_store_is_touched(tmp_path, op
     Tracker(f"sqlite:///{database}", "nnexp")
     before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
     uri = f"sqlite:///{database}{options}"
-    for use in (check_store, lambda uri: Tracker(uri, "nnexp"), lambda uri: existing_store(uri, "")):
+    for use in STORE_OPENERS:
         with pytest.raises(ConfigError) as refused:
             use(uri)
         assert str(refused.value) == (
