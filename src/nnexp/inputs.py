@@ -153,9 +153,8 @@ def read_csv(path: Path, dtype: np.dtype, columns: int) -> np.ndarray:
     """Rows of comma-separated numbers as ``(n, columns)`` float64, below a header row of column names if any; each a
     finite number in ``dtype``, the model's. A line far longer than a row of ``columns`` numbers is refused before
     the file is parsed, which would take several times its size in memory."""
-    _check_line_lengths(path, columns * MAX_CELL_BYTES + LINE_SLACK_BYTES, columns)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _read_lines(path, columns * MAX_CELL_BYTES + LINE_SLACK_BYTES, columns).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text CSV file, an image or an IDX file") from None
     lines = text.splitlines()
@@ -186,9 +185,10 @@ def read_csv(path: Path, dtype: np.dtype, columns: int) -> np.ndarray:
     return rows
 
 
-def _check_line_lengths(path: Path, limit: int, columns: int) -> None:
-    """Raise if a line of ``path`` is longer than ``limit`` bytes; reads a line at a time, at most ``limit + 1``
-    bytes of it."""
+def _read_lines(path: Path, limit: int, columns: int) -> bytes:
+    """The bytes of ``path``, read a line at a time and at most ``limit + 1`` bytes of each: raises at a line longer
+    than ``limit``."""
+    lines = []
     with path.open("rb") as file:
         for number, line in enumerate(iter(lambda: file.readline(limit + 1), b""), 1):
             if len(line) > limit and not line.endswith(b"\n"):
@@ -196,6 +196,8 @@ def _check_line_lengths(path: Path, limit: int, columns: int) -> None:
                     f"{path}: line {number} is longer than {limit:,} bytes, more than a row of the model's {columns} "
                     "features takes; expected rows of comma-separated numbers"
                 )
+            lines.append(line)
+    return b"".join(lines)
 
 
 def _first_bad_row(numbered: list[tuple[int, str]]) -> str:

@@ -281,10 +281,7 @@ class CompiledSteps:
             if not math.isfinite(value):
                 break
             outputs.argmax(axis=1, out=predicted[start:stop])
-            if sparse is None:
-                self.network.backward(grad)
-            else:
-                sparse.backward(grad)
+            (self.network if sparse is None else sparse).backward(grad)
             self.optimizer.iterations += 1
             self.kernels.update_parameters(*state, self.plan.optimizer, hyper, hyper64, self.optimizer.iterations)
             loss_sum += value * outputs.shape[0]
@@ -331,4 +328,3 @@ class CompiledSteps:
         else:
             values, wide = [1 - opt.beta_1, 1 - opt.beta_2, decay], [rate, opt.beta_1, opt.beta_2, opt.epsilon]
         return np.array(values, self.dtype), np.array(wide, np.float64)
-

@@ -56,15 +56,24 @@ class Sequential:
 
     def forward(self, x: Array) -> Array:
         """Network output for a batch: (n_samples, n_features) -> (n_samples, n_outputs)."""
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
+        return self.forward_above_first(self.layers[0].forward(x))
 
     def backward(self, grad_out: Array) -> None:
         """Fill every layer's gradients; the gradient with respect to the network's input is never needed."""
+        self.layers[0].backward(self.backward_above_first(grad_out), input_grad=False)
+
+    def forward_above_first(self, x: Array) -> Array:
+        """The output of the layers after the first, given the first one's output ``x``."""
+        for layer in self.layers[1:]:
+            x = layer.forward(x)
+        return x
+
+    def backward_above_first(self, grad_out: Array) -> Array:
+        """Fill the gradients of the layers after the first; returns the gradient with respect to the first one's
+        output."""
         for layer in reversed(self.layers[1:]):
             grad_out = layer.backward(grad_out)
-        self.layers[0].backward(grad_out, input_grad=False)
+        return grad_out
 
     def parameters(self) -> Iterator[tuple[str, Array, Array]]:
         """``(key, parameter, gradient)`` triples, in layer order: ``dense0.weight``, ``dense0.bias``, …"""

@@ -118,14 +118,11 @@ class SparseFirstLayer:
         self.rows = stop - start
         out = self.layer.buffer("out", (self.rows, weight.shape[1]), weight.dtype)
         forward(x, order, start, self.rows, weight, self.bias, out, self.index, self.value, self.count)
-        for layer in self.network.layers[1:]:
-            out = layer.forward(out)
-        return out
+        return self.network.forward_above_first(out)
 
     def backward(self, grad_out: Array) -> None:
         """Fill every layer's gradients for the batch :meth:`forward` last saw."""
-        for layer in reversed(self.network.layers[1:]):
-            grad_out = layer.backward(grad_out)
+        grad_out = self.network.backward_above_first(grad_out)
         grads = self.layer.grads
         weight_gradient(self.index, self.value, self.count, self.rows, grad_out, grads["weight"])
         if "bias" in grads:
