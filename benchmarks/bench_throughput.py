@@ -2,6 +2,10 @@
 PyTorch on the CPU, nnexp's NumPy engine and scikit-learn's MLPClassifier, alternating pair by pair, with the
 matrix-product peak measured in the same run.
 
+Each side trains in a process of its own, started once and kept for all its epochs, so that no library's thread
+pools (PyTorch brings its own OpenMP runtime beside the one Numba uses) share a process with another's. The other
+processes' CPU shown per pair is measured in the side's process while it trains.
+
 A pair during which other processes used more than ``--max-others`` cores is run again, at most ``--retries``
 times.
 
@@ -18,12 +22,16 @@ import nnexp  # noqa: F401 - before NumPy, so that OpenBLAS's idle threads sleep
 # isort: split
 
 import argparse
+import importlib.metadata
+import importlib.util
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-from harness import matmul_peak, mnist_parser, parse, progress, timed, until_quiet
+from harness import limit_threads, matmul_peak, mnist_parser, parse, progress, timed, until_quiet
 
 from nnexp import DATASETS, LOSSES, MODELS, OPTIMIZERS, Examples, Loss, Sequential, Trainer
 from nnexp.core import engine
@@ -117,10 +125,51 @@ def sklearn_epoch(data: dict[str, np.ndarray], optimizer: str, seed: int) -> tup
     return seconds, float(model.score(data["x_test"], data["y_test"]))
 
 
+def load(mnist_dir: str) -> dict[str, np.ndarray]:
+    """MNIST's training and test images (float32, pixels / 255) and labels."""
+    splits = DATASETS.build({"name": "mnist_idx", "path": mnist_dir, "val_size": 0}).load(np.random.default_rng(0))
+    return {
+        "x_train": splits.x_train.astype(np.float32),
+        "y_train": splits.y_train,
+        "x_test": splits.x_test.astype(np.float32),
+        "y_test": splits.y_test,
+    }
+
+
+EPOCHS: dict[str, Epoch] = {
+    "nnexp": compiled_epoch,
+    "pytorch": torch_epoch,
+    "nnexp numpy engine": nnexp_epoch,
+    "scikit-learn": sklearn_epoch,
+}
+_side: dict[str, object] = {}
+
+
+def _start_side(name: str, mnist_dir: str, threads: int, dense: bool) -> None:
+    """Set up a side's process: its threads, MNIST, and for nnexp's compiled engine its kernels loaded (from Numba's
+    cache, or compiled the first time), outside any timed part."""
+    _side["limits"] = limit_threads(threads)
+    _side["data"] = data = load(mnist_dir)
+    if dense:
+        engine.SPARSE_MAX_DENSITY = -1.0
+    if name == "pytorch":
+        import torch
+
+        torch.set_num_threads(threads)
+    if name == "nnexp":
+        compiled_epoch({key: value[: 2 * BATCH] for key, value in data.items()}, "adam", 0)
+
+
+def _measure(name: str, optimizer: str, seed: int) -> tuple[tuple[float, float], float]:
+    """In a side's process: its epoch's seconds and test accuracy, and the cores other processes used meanwhile."""
+    data = _side["data"]
+    return timed(lambda: EPOCHS[name](data, optimizer, seed))  # type: ignore[arg-type]
+
+
 def alternate(
-    data: dict[str, np.ndarray], optimizer: str, name: str, epoch: Epoch, args: argparse.Namespace
+    sides: dict[str, ProcessPoolExecutor], optimizer: str, name: str, args: argparse.Namespace
 ) -> tuple[dict[str, list[float]], int]:
-    """``args.pairs`` pairs of epochs, nnexp compiled's and ``epoch``'s, nnexp first on even pairs; per side its
+    """``args.pairs`` pairs of epochs, nnexp compiled's and ``name``'s, nnexp first on even pairs; per side its
     seconds, test accuracies and other processes' cores, under ``"nnexp"`` and ``name``, and how many pairs were
     discarded."""
     kept: dict[str, list[float]] = {key: [] for key in ("nnexp", name, "nnexp accuracy", f"{name} accuracy", "others")}
@@ -128,14 +177,13 @@ def alternate(
     for pair in range(args.pairs):
 
         def run_pair(pair: int = pair) -> tuple[dict[str, tuple[float, float]], float]:
-            sides = {"nnexp": compiled_epoch, name: epoch}
-            order = list(sides) if pair % 2 == 0 else list(sides)[::-1]
+            order = ["nnexp", name] if pair % 2 == 0 else [name, "nnexp"]
             results, others = {}, []
             for side in order:
-                # PyTorch's and scikit-learn's OpenMP threads spin for a while after their epoch; the side timed
-                # next would pay for it (0.3-0.6 s on nnexp's 0.55 s epoch here), so each side starts after a pause.
+                # PyTorch's and scikit-learn's OpenMP threads spin for a while after their epoch, in their process,
+                # on the same cores; each side starts after a pause.
                 time.sleep(SETTLE_SECONDS)
-                results[side], busy = timed(lambda side=side: sides[side](data, optimizer, pair))
+                results[side], busy = sides[side].submit(_measure, side, optimizer, pair).result()
                 others.append(busy)
                 progress(
                     f"{optimizer} pair {pair + 1}/{args.pairs}: {side}: {results[side][0]:.2f} s, test accuracy "
@@ -161,55 +209,47 @@ def main() -> None:
         action="store_true",
         help="the compiled engine multiplies every input, zeros too, as for data without zeros",
     )
-    args, conditions, threads = parse(parser)
-    if args.dense:
-        engine.SPARSE_MAX_DENSITY = -1.0
+    args, conditions, threads = parse(parser, children=True)  # the sides' processes
     progress("loading MNIST ...")
-    splits = DATASETS.build({"name": "mnist_idx", "path": args.mnist_dir, "val_size": 0}).load(np.random.default_rng(0))
-    data = {
-        "x_train": splits.x_train.astype(np.float32),
-        "y_train": splits.y_train,
-        "x_test": splits.x_test.astype(np.float32),
-        "y_test": splits.y_test,
-    }
-    try:
-        if args.no_torch:
-            raise ImportError("--no-torch")
-        import torch
-
-        torch.set_num_threads(args.threads)
-        contenders: dict[str, Epoch] = {"pytorch": torch_epoch}
-        note = f"PyTorch {torch.__version__} with `torch.set_num_threads({args.threads})`"
-    except ImportError:
-        contenders, note = {}, "PyTorch rows skipped: torch is not installed (pip install torch==2.13.0) or --no-torch"
-    contenders["nnexp numpy engine"] = nnexp_epoch
+    data = load(args.mnist_dir)
+    names = ["nnexp numpy engine"]
+    if args.no_torch or importlib.util.find_spec("torch") is None:
+        note = "PyTorch rows skipped: torch is not installed (pip install torch==2.13.0) or --no-torch"
+    else:
+        names.insert(0, "pytorch")
+        note = f"PyTorch {importlib.metadata.version('torch')} with `torch.set_num_threads({args.threads})`"
     flops = 6 * (784 * HIDDEN + HIDDEN + HIDDEN * 10 + 10) * len(data["x_train"])
     density = float(np.count_nonzero(data["x_train"])) / data["x_train"].size
     rows, kept_others, discarded = [], [], 0
     with threads:
         peak = matmul_peak(BATCH, 784, HIDDEN, repeat=50)
         progress(f"matrix-product peak at {BATCH}x784 @ 784x{HIDDEN}: {peak:.0f} GFLOP/s")
-        # Outside the timed part: the compiled engine's kernels load from Numba's cache (or compile, the first time).
-        compiled_epoch({key: value[: 2 * BATCH] for key, value in data.items()}, "adam", 0)
-        for optimizer in RATES:
-            others = dict(contenders)
-            if optimizer == "adam":
-                others["scikit-learn"] = sklearn_epoch
-            for name, epoch in others.items():
-                kept, again = alternate(data, optimizer, name, epoch, args)
-                discarded += again
-                kept_others += kept["others"]
-                ratios = ", ".join(f"{a / b:.2f}" for a, b in zip(kept["nnexp"], kept[name], strict=True))
-                for label in ("nnexp", name):
-                    seconds = kept[label]
-                    median = statistics.median(seconds)
-                    shown = f"nnexp compiled (against {name})" if label == "nnexp" else name
-                    rows.append(
-                        f"| {optimizer} | {shown} | {median:.2f} | {min(seconds):.2f} | {max(seconds):.2f} | "
-                        f"{flops / median / 1e9:.0f} | {flops / median / 1e9 / peak:.0%} | "
-                        f"{ratios if label != 'nnexp' else ''} | "
-                        f"{statistics.fmean(kept[f'{label} accuracy']):.4f} | {max(kept['others']):.2f} |"
-                    )
+        progress("starting a process per side ...")
+        spawn = multiprocessing.get_context("spawn")
+        sides = {
+            name: ProcessPoolExecutor(1, spawn, _start_side, (name, args.mnist_dir, args.threads, args.dense))
+            for name in ["nnexp", *names, "scikit-learn"]
+        }
+        try:
+            for optimizer in RATES:
+                for name in names + (["scikit-learn"] if optimizer == "adam" else []):
+                    kept, again = alternate(sides, optimizer, name, args)
+                    discarded += again
+                    kept_others += kept["others"]
+                    ratios = ", ".join(f"{a / b:.2f}" for a, b in zip(kept["nnexp"], kept[name], strict=True))
+                    for label in ("nnexp", name):
+                        seconds = kept[label]
+                        median = statistics.median(seconds)
+                        shown = f"nnexp compiled (against {name})" if label == "nnexp" else name
+                        rows.append(
+                            f"| {optimizer} | {shown} | {median:.2f} | {min(seconds):.2f} | {max(seconds):.2f} | "
+                            f"{flops / median / 1e9:.0f} | {flops / median / 1e9 / peak:.0%} | "
+                            f"{ratios if label != 'nnexp' else ''} | "
+                            f"{statistics.fmean(kept[f'{label} accuracy']):.4f} | {max(kept['others']):.2f} |"
+                        )
+        finally:
+            for side in sides.values():
+                side.shutdown()
     out = [
         "## Throughput: one MNIST epoch of the 784-512-10 MLP against PyTorch and scikit-learn (goal 1)",
         "",
@@ -233,7 +273,8 @@ def main() -> None:
             "glorot_uniform) against PyTorch (both optimizers, from nnexp's initial weights and in nnexp's shuffled "
             "order, so the accuracies compare arithmetic alone) and scikit-learn's MLPClassifier (Adam only, "
             "max_iter=1, its own initialisation and defaults otherwise, L2 alpha 1e-4 included); "
-            f"{args.pairs} alternating pair(s) per optimizer and contender, nnexp first on even pairs",
+            f"{args.pairs} alternating pair(s) per optimizer and contender, nnexp first on even pairs, each side in a "
+            "process of its own",
             "pair",
             discarded,
             kept_others,

@@ -36,9 +36,12 @@ def mnist_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Conditions, threadpool_limits]:
+def parse(
+    parser: argparse.ArgumentParser, children: bool = False
+) -> tuple[argparse.Namespace, Conditions, threadpool_limits]:
     """Add ``--threads``, ``--max-others`` and ``--retries`` to ``parser`` and parse the command line; returns the
-    options, the :class:`Conditions` from now on, and the context that limits the BLAS threads (:func:`limit_threads`).
+    options, the :class:`Conditions` from now on (``children``: not counting the CPU of this process's finished
+    children as others'), and the context that limits the BLAS threads (:func:`limit_threads`).
     """
     parser.add_argument("--threads", type=int, default=2, help="BLAS and nnexp threads, for every side (default 2)")
     parser.add_argument(
@@ -49,7 +52,7 @@ def parse(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Conditio
     )
     parser.add_argument("--retries", type=int, default=2, help="re-measurements allowed per measurement (default 2)")
     args = parser.parse_args()
-    return args, Conditions(args.threads, args.max_others, args.retries), limit_threads(args.threads)
+    return args, Conditions(args.threads, args.max_others, args.retries, children), limit_threads(args.threads)
 
 
 def limit_threads(threads: int) -> threadpool_limits:
@@ -98,8 +101,8 @@ def until_quiet(
 class Conditions(Load):
     """The load a training benchmark ran under, from its start, with its thread count and re-measuring limits."""
 
-    def __init__(self, threads: int, max_others: float, retries: int) -> None:
-        super().__init__()
+    def __init__(self, threads: int, max_others: float, retries: int, children: bool = False) -> None:
+        super().__init__(children)
         self.threads, self.max_others, self.retries = threads, max_others, retries
 
     def report(self, what: str, unit: str, discarded: int, kept_others: list[float]) -> list[str]:

@@ -44,23 +44,23 @@ FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
 
 class Contention:
     """How much CPU other processes used while this one ran: from /proc/stat's busy time (steal included) minus
-    this process's own CPU time (``children=True``: its finished children's, for a runner of subprocesses)."""
+    this process's own CPU time (``children=True``: and its finished children's, for a runner of subprocesses)."""
 
     def __init__(self, children: bool = False) -> None:
-        self.who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+        self.who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else (resource.RUSAGE_SELF,)
         self.restart()
 
     def restart(self) -> None:
         self._start = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
-        usage = resource.getrusage(self.who)
+        own = sum(usage.ru_utime + usage.ru_stime for usage in map(resource.getrusage, self.who))
         fields = read("/proc/stat").split("\n", 1)[0].split()[1:]
         busy = 0.0
         if len(fields) >= 8:  # user nice system idle iowait irq softirq steal (guest is counted in user)
             ticks = [int(value) for value in fields[:8]]
             busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-        return time.perf_counter(), busy, usage.ru_utime + usage.ru_stime
+        return time.perf_counter(), busy, own
 
     def others(self) -> float:
         """Cores' worth of CPU that other processes used on average since the start (or :meth:`restart`)."""
@@ -72,7 +72,7 @@ class Contention:
 
 class Load:
     """The load while a benchmark runs, from its creation: wall time, load average, other processes' CPU
-    (``children=True``: not counting this process's finished children, for a runner of subprocesses)."""
+    (``children=True``: not counting this process's finished children either, for a runner of subprocesses)."""
 
     def __init__(self, children: bool = False) -> None:
         self.load_start, self.started, self.contention = loadavg(), time.perf_counter(), Contention(children)

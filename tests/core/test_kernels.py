@@ -173,6 +173,25 @@ def test_the_sparse_products_are_taken_only_for_mostly_zero_inputs_of_the_weight
     assert (steps._sparse_first_layer(data.x.astype(dtype), 16) is not None) == sparse
 
 
+def test_blas_runs_on_one_thread_while_the_sparse_products_train_and_as_before_after(monkeypatch) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    loaded = {pool["filepath"] for pool in threadpool_info() if pool["user_api"] == "blas"}  # NumPy's among them
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["filepath"] in loaded}
+
+    monkeypatch.setattr(engine, "LOOP_MAX_WORK", 0)
+    network, loss, optimizer, data, rng = sparse_setup("relu", "cross_entropy", "adam", True, np.float32)
+    seen = []
+    value_and_gradient = loss.value_and_gradient
+    monkeypatch.setattr(loss, "value_and_gradient", lambda *a: seen.append(blas_threads()) or value_and_gradient(*a))
+    with threadpool_limits(limits=2, user_api="blas"):
+        Trainer(2, 16, engine="compiled").fit(network, loss, optimizer, data, rng)
+        assert blas_threads() == {2}
+    assert seen == [{1}] * 8
+
+
 def test_the_sparse_kernels_equal_blas_products_with_and_without_bias() -> None:
     from nnexp.core.compiled import sparse
 

@@ -271,21 +271,22 @@ class CompiledSteps:
         done, value = 0, 0.0
         n_samples = x.shape[0]
         sparse = self._sparse_first_layer(x, size)
-        for start in range(first_batch * size, min(n_samples, (first_batch + n_batches) * size), size):
-            stop = start + size
-            if sparse is None:
-                outputs = self.network.forward(x[start:stop] if order is None else x[order[start:stop]])
-            else:
-                outputs = sparse.forward(x, self._order(x) if order is None else order, start, min(stop, n_samples))
-            value, grad = self.loss.value_and_gradient(targets[start:stop], outputs)
-            if not math.isfinite(value):
-                break
-            outputs.argmax(axis=1, out=predicted[start:stop])
-            (self.network if sparse is None else sparse).backward(grad)
-            self.optimizer.iterations += 1
-            self.kernels.update_parameters(*state, self.plan.optimizer, hyper, hyper64, self.optimizer.iterations)
-            loss_sum += value * outputs.shape[0]
-            done += 1
+        with contextlib.nullcontext() if sparse is None else sparse.blas_on_one_thread():
+            for start in range(first_batch * size, min(n_samples, (first_batch + n_batches) * size), size):
+                stop = start + size
+                if sparse is None:
+                    outputs = self.network.forward(x[start:stop] if order is None else x[order[start:stop]])
+                else:
+                    outputs = sparse.forward(x, self._order(x) if order is None else order, start, min(stop, n_samples))
+                value, grad = self.loss.value_and_gradient(targets[start:stop], outputs)
+                if not math.isfinite(value):
+                    break
+                outputs.argmax(axis=1, out=predicted[start:stop])
+                (self.network if sparse is None else sparse).backward(grad)
+                self.optimizer.iterations += 1
+                self.kernels.update_parameters(*state, self.plan.optimizer, hyper, hyper64, self.optimizer.iterations)
+                loss_sum += value * outputs.shape[0]
+                done += 1
         return done, loss_sum, value
 
     def _order(self, x: Array) -> np.ndarray:
