@@ -156,27 +156,30 @@ def main() -> None:
             f" | {ratios(seconds['numpy'], seconds['compiled'])} |",
         ]
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as folder:
-            first = process_seconds("compiled", cache)
-            progress(f"first compiled process (empty cache): {first:.2f} s")
+            first = process_seconds("compiled", cache) if args.process_pairs else 0.0
+            if args.process_pairs:
+                progress(f"first compiled process (empty cache): {first:.2f} s")
             cached, plain = [], []
             for pair in range(args.process_pairs):
                 for engine in ["numpy", "compiled"] if pair % 2 == 0 else ["compiled", "numpy"]:
                     (cached if engine == "compiled" else plain).append(process_seconds(engine, cache))
                 progress(f"process pair {pair + 1}: numpy {plain[-1]:.2f} s, compiled (cached) {cached[-1]:.2f} s")
-            cli_seconds("compiled", Path(folder), cache, -1)  # the CLI's own kernels' signatures into the cache
+            if args.cli_pairs:  # the CLI's own kernels' signatures into the cache
+                cli_seconds("compiled", Path(folder), cache, -1)
             cli: dict[str, list[tuple[float, float]]] = {"numpy": [], "compiled": []}
             for pair in range(args.cli_pairs):
                 for engine in ["numpy", "compiled"] if pair % 2 == 0 else ["compiled", "numpy"]:
                     cli[engine].append(cli_seconds(engine, Path(folder), cache, pair))
                 numpy_wall, compiled_wall = cli["numpy"][-1][0], cli["compiled"][-1][0]
                 progress(f"CLI pair {pair + 1}: numpy {numpy_wall:.2f} s, compiled {compiled_wall:.2f} s")
-        out += [
-            f"| fresh process: import nnexp, one epoch of a tiny MLP; compiled with an empty Numba cache (once) | "
-            f"{', '.join(f'{s:.2f}' for s in plain)} | {first:.2f} | compiling adds "
-            f"{first - statistics.median(plain):.1f} s |",
-            f"| the same, compiled with the kernels cached | {', '.join(f'{s:.2f}' for s in plain)} | "
-            f"{', '.join(f'{s:.2f}' for s in cached)} | the cache adds {added(cached, plain)} s |",
-        ]
+        if args.process_pairs:
+            out += [
+                f"| fresh process: import nnexp, one epoch of a tiny MLP; compiled with an empty Numba cache (once) | "
+                f"{', '.join(f'{s:.2f}' for s in plain)} | {first:.2f} | compiling adds "
+                f"{first - statistics.median(plain):.1f} s |",
+                f"| the same, compiled with the kernels cached | {', '.join(f'{s:.2f}' for s in plain)} | "
+                f"{', '.join(f'{s:.2f}' for s in cached)} | the cache adds {added(cached, plain)} s |",
+            ]
         if args.cli_pairs:
             wall = {engine: [w for w, _ in values] for engine, values in cli.items()}
             cpu = {engine: [c for _, c in values] for engine, values in cli.items()}
