@@ -235,6 +235,8 @@ class CompiledSteps:
         dense = plan.stages[plan.stages[:, KIND] == DENSE]
         self._weights_per_row = int((dense[:, N_IN] * dense[:, N_OUT]).sum())
         self._sparse: SparseFirstLayer | None = None
+        #: The data whose density was last counted, and whether it suits the sparse products.
+        self._counted: tuple[Array | None, bool] = (None, False)
 
     def loops(self, size: int) -> bool:
         """Whether batches of ``size`` rows run inside the kernel rather than with BLAS products."""
@@ -297,18 +299,24 @@ class CompiledSteps:
 
     def _sparse_first_layer(self, x: Array, size: int) -> SparseFirstLayer | None:
         """The sparse products of the first layer, when they pay for ``x`` in batches of ``size`` rows."""
-        first = self.network.layers[0]
-        weight = first.params.get("weight") if type(first) is Dense else None
-        if weight is None or x.dtype != weight.dtype or x.ndim != 2 or not x.flags.c_contiguous:
-            return None
-        sample = x[:DENSITY_ROWS]
-        if np.count_nonzero(sample) > SPARSE_MAX_DENSITY * sample.size:
+        if self._counted[0] is not x:  # counted once per data set, not at each of an epoch's calls
+            self._counted = (x, self._suits_sparse_products(x))
+        if not self._counted[1]:
             return None
         if self._sparse is None or self._sparse.size < size:
             from nnexp.core.compiled.sparse import SparseFirstLayer
 
             self._sparse = SparseFirstLayer(self.network, size, worker_count())
         return self._sparse
+
+    def _suits_sparse_products(self, x: Array) -> bool:
+        """Whether the first layer is Dense, ``x`` is in its dtype and contiguous, and mostly zeros."""
+        first = self.network.layers[0]
+        weight = first.params.get("weight") if type(first) is Dense else None
+        if weight is None or x.dtype != weight.dtype or x.ndim != 2 or not x.flags.c_contiguous:
+            return False
+        sample = x[:DENSITY_ROWS]
+        return bool(np.count_nonzero(sample) <= SPARSE_MAX_DENSITY * sample.size)
 
     def _state(self) -> list[Array]:
         """Weights, their gradients and two state arrays, then the same for biases: the optimizer's own arrays."""
