@@ -66,6 +66,14 @@ def one_line(text: object) -> str:
     return text if text.isprintable() else "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+def format_bytes(size: int) -> str:
+    """``size`` in the largest binary unit (MiB to TiB) that keeps it at 1 or more."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 2**20:.1f} MiB"
+
+
 def report(message: object) -> None:
     """Print ``error: <message>`` to stderr, on one line whatever the message holds."""
     with contextlib.suppress(BrokenPipeError):  # no one reads (a parent that died, ``| head``): the status tells

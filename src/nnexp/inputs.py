@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnexp.datasets.csv_header import is_header
-from nnexp.errors import DataError
+from nnexp.errors import DataError, format_bytes
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -30,7 +30,7 @@ LINE_SLACK_BYTES = 1024
 
 def check_fits(path: Path, x: np.ndarray, n_classes: int) -> None:
     """Refuse, in one line, an input whose rows cannot all be classified at once in the memory available."""
-    from nnexp.job.memory import available_bytes, format_bytes
+    from nnexp.job.memory import available_bytes
 
     available = available_bytes()
     needed = len(x) * (x.shape[1] + n_classes) * BYTES_PER_VALUE

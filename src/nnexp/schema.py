@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
-from nnexp.errors import DataError
+from nnexp.errors import DataError, format_bytes
 
 #: An MLflow run id.
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -152,7 +152,7 @@ MAX_TEXT_BYTES = 16 * 2**20
 
 def size_text(size: int) -> str:
     """A size in bytes for a message: ``314572800 bytes (300.0 MiB)``."""
-    return f"{size} bytes ({size / 2**20:.1f} MiB)"
+    return f"{size} bytes ({format_bytes(size)})"
 
 
 def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:

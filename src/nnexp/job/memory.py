@@ -13,7 +13,7 @@ from nnexp.core.losses import Loss
 from nnexp.core.optimizers import Optimizer
 from nnexp.core.training import EVALUATION_BATCH
 from nnexp.datasets.base import DATASETS, Splits, checked_splits
-from nnexp.errors import NnexpError, OutOfMemoryError
+from nnexp.errors import NnexpError, OutOfMemoryError, format_bytes
 from nnexp.models.base import Model
 
 MEMINFO = Path("/proc/meminfo")
@@ -168,14 +168,6 @@ def check_data_fits(config: Mapping[str, Any], loss: Loss, dtype: type[np.floati
         f"dataset.n_samples={config['n_samples']} needs about {format_bytes(sum(parts.values()))} "
         f"({', '.join(parts)}) and {format_bytes(available)} is available; use a smaller dataset.n_samples"
     )
-
-
-def format_bytes(size: int) -> str:
-    """``size`` in the largest binary unit (MiB to TiB) that keeps it at 1 or more."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size / 2**20:.1f} MiB"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
