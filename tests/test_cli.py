@@ -316,7 +316,8 @@ def test_a_run_with_the_numpy_engine_never_imports_numba(project):
         timeout=120,
     )
     assert "epoch 1/1" in result.stderr
-    assert json.loads(result.stderr.splitlines()[-1]) == ["matplotlib", "mlflow"]  # moons needs no scikit-learn
+    # moons needs no scikit-learn, and matplotlib is the plotting process's
+    assert json.loads(result.stderr.splitlines()[-1]) == ["mlflow"]
 
 
 def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):

@@ -1,5 +1,5 @@
-"""Work a job hands to threads so that it overlaps other work: matplotlib's import during training, the plots
-while the model is saved and logged."""
+"""Work a job hands to threads so that it overlaps other work: the wait for the plotting process while the model
+is saved and logged."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ class Workers:
     """The threads a job hands work to; leaving the ``with`` block waits until every one has ended, however the
     block ends (a second Ctrl-C or SIGTERM included).
 
-    A thread still drawing when the interpreter exits would leave its plot half-written, or, ended by the
-    ``pthread_exit`` that Python before 3.14 (cpython#87135) ends such threads with inside matplotlib's C++ code,
-    abort the process ("terminate called without an active exception", status -6). Python's own wait for
-    non-daemon threads at exit is no help: a further Ctrl-C cuts it short.
+    A run that ended while its plots were drawn would not log them, though the plotting process would still write
+    them into the run's folder. Python's own wait for non-daemon threads at exit is no help: a further Ctrl-C cuts
+    it short.
     """
 
     def __init__(self) -> None:

@@ -6,6 +6,7 @@ import csv
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -150,15 +151,26 @@ def write_confusion_csv(matrix: np.ndarray, class_names: Sequence[str], path: Pa
     return Path(path)
 
 
-def plot_decision_boundary(
+@dataclass(frozen=True)
+class Regions:
+    """The class a network predicts over a grid covering 2-D points, with the points and their true classes: what
+    :func:`draw_decision_boundary` needs, computed where the network is."""
+
+    predicted: np.ndarray  # (resolution, resolution) class indices, rows along feature 1
+    extent: tuple[float, float, float, float]  # the grid's feature 0 low and high, then feature 1's
+    x: np.ndarray  # (n_samples, 2)
+    y: np.ndarray  # (n_samples,) true class indices
+    class_names: tuple[str, ...]
+
+
+def decision_regions(
     predict: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,
     y: np.ndarray,
     class_names: Sequence[str],
-    path: Path,
     resolution: int = 300,
-) -> Path:
-    """Predicted class over a grid covering the 2-D points ``x``, the points coloured by true label ``y``.
+) -> Regions:
+    """The predicted class over a grid covering the 2-D points ``x``, with a margin around them.
 
     Parameters
     ----------
@@ -186,17 +198,23 @@ def plot_decision_boundary(
     grid_0, grid_1 = np.meshgrid(axis_0, axis_1)
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
     grid = np.column_stack([grid_0.ravel(), grid_1.ravel()]).astype(dtype)
-    regions = _check_labels(predict(grid), grid.shape[0], n_classes, "predict(grid)")
+    predicted = _check_labels(predict(grid), grid.shape[0], n_classes, "predict(grid)")
+    extent = (float(low[0]), float(high[0]), float(low[1]), float(high[1]))
+    return Regions(predicted.reshape(resolution, resolution), extent, x, y, tuple(class_names))
 
+
+def draw_decision_boundary(regions: Regions, path: Path) -> Path:
+    """The predicted regions as a pale background, the points over them coloured by true class."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
+    n_classes = len(regions.class_names)
     base = colormaps["tab10" if n_classes <= 10 else "tab20"].colors
     palette = [base[label % len(base)] for label in range(n_classes)]
     with _figure(path, figsize=(7, 5.5)) as (_, ax):
         ax.imshow(
-            regions.reshape(resolution, resolution),
-            extent=(low[0], high[0], low[1], high[1]),
+            regions.predicted,
+            extent=regions.extent,
             origin="lower",
             aspect="auto",
             interpolation="nearest",
@@ -205,9 +223,9 @@ def plot_decision_boundary(
             vmax=n_classes - 0.5,
             alpha=0.3,
         )
-        size = 60 if len(x) <= MARKER_LIMIT else 30  # a handful of toy points should stand out
-        for label, (name, colour) in enumerate(zip(class_names, palette, strict=True)):
-            points = x[y == label]
+        size = 60 if len(regions.x) <= MARKER_LIMIT else 30  # a handful of toy points should stand out
+        for label, (name, colour) in enumerate(zip(regions.class_names, palette, strict=True)):
+            points = regions.x[regions.y == label]
             ax.scatter(
                 points[:, 0],
                 points[:, 1],
@@ -221,6 +239,40 @@ def plot_decision_boundary(
         # outside the axes, so the legend never hides points or regions
         ax.legend(title="true class", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return Path(path)
+
+
+def plot_decision_boundary(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
+    resolution: int = 300,
+) -> Path:
+    """Predicted class over a grid covering the 2-D points ``x``, the points coloured by true label ``y`` (see
+    :func:`decision_regions`)."""
+    return draw_decision_boundary(decision_regions(predict, x, y, class_names, resolution), path)
+
+
+@dataclass(frozen=True)
+class RunPlots:
+    """What a run's plots show, as plain data that another process can draw."""
+
+    folder: Path
+    matrix: np.ndarray
+    class_names: tuple[str, ...]
+    history: dict[str, list[float]]
+    regions: Regions | None  # for 2-D data
+
+
+def draw_run_plots(plots: RunPlots) -> None:
+    """Confusion matrix, learning curves and, for 2-D data, the decision boundary, as PNG files in ``plots.folder``;
+    raises the OSError that stopped a write."""
+    plots.folder.mkdir(exist_ok=True)
+    plot_confusion_matrix(plots.matrix, plots.class_names, plots.folder / "confusion_matrix.png")
+    plot_learning_curves(plots.history, plots.folder / "learning_curves.png")
+    if plots.regions is not None:
+        draw_decision_boundary(plots.regions, plots.folder / "decision_boundary.png")
 
 
 def wrapped_labels(labels: Sequence[str]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
@@ -29,6 +29,10 @@ from nnexp.job.build import Experiment, run_params
 from nnexp.job.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
 from nnexp.tracking.store import check_parent, git_state, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker
+
+if TYPE_CHECKING:
+    from nnexp.job.plot_process import Plotter
+    from nnexp.job.plots import RunPlots
 
 log = logging.getLogger(__name__)
 
@@ -167,25 +171,47 @@ def log_model_files(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | N
         tracked.log_artifact(output_dir / hydra_subdir, "hydra")
 
 
-def write_plots(folder: Path, experiment: Experiment, history: dict[str, list[float]], matrix: np.ndarray) -> bool:
-    """Confusion matrix, learning curves and (for 2-D data) decision boundary as PNG files in ``folder``; a plot
-    that cannot be written is a warning, not a failed run. Returns whether any plot was written."""
-    from nnexp.job import plots
+def run_plots(folder: Path, experiment: Experiment, history: dict[str, list[float]], matrix: np.ndarray) -> RunPlots:
+    """What the run's plots show; for 2-D data the network's predictions over a grid, made here, where it is."""
+    from nnexp.job.plots import RunPlots, decision_regions
 
     splits = experiment.splits
+    regions = None
+    if splits.n_features == 2:
+        network = experiment.network
+        x = np.concatenate([splits.x_train, splits.x_test])
+        y = np.concatenate([splits.y_train, splits.y_test])
+
+        def predict_labels(points: np.ndarray) -> np.ndarray:
+            return predict(network, points.astype(network.dtype)).argmax(axis=1)
+
+        regions = decision_regions(predict_labels, x, y, splits.names())
+    history = {key: list(values) for key, values in history.items()}
+    return RunPlots(folder, matrix, tuple(splits.names()), history, regions)
+
+
+def start_plotter() -> Plotter | None:
+    """The process that draws this process's plots; ``None``, with a warning, when it cannot be started."""
+    from nnexp.job.plot_process import plotter
+
     try:
-        folder.mkdir(exist_ok=True)
-        plots.plot_confusion_matrix(matrix, splits.names(), folder / "confusion_matrix.png")
-        plots.plot_learning_curves(history, folder / "learning_curves.png")
-        if splits.n_features == 2:
-            network = experiment.network
-            x = np.concatenate([splits.x_train, splits.x_test])
-            y = np.concatenate([splits.y_train, splits.y_test])
-
-            def predict_labels(points: np.ndarray) -> np.ndarray:
-                return predict(network, points.astype(network.dtype)).argmax(axis=1)
-
-            plots.plot_decision_boundary(predict_labels, x, y, splits.names(), folder / "decision_boundary.png")
+        return plotter()
     except OSError as exc:
-        log.warning("warning: plots not written: %s", describe_os_error(exc, "write", folder))
-    return folder.is_dir() and any(folder.iterdir())
+        log.warning("warning: plots will not be written: cannot start their process: %s", describe_os_error(exc))
+        return None
+
+
+def draw_plots(plotter: Plotter | None, plots: RunPlots) -> tuple[bool, float]:
+    """Have ``plotter`` draw ``plots``; whether any plot was written, and the seconds the plotting process took
+    (matplotlib's import included the first time). A plot that cannot be written is a warning, not a failed run."""
+    from nnexp.job.plot_process import PlotterGoneError
+
+    seconds = 0.0
+    if plotter is not None:
+        try:
+            seconds = plotter.draw(plots)
+        except OSError as exc:
+            log.warning("warning: plots not written: %s", describe_os_error(exc, "write", plots.folder))
+        except PlotterGoneError as exc:
+            log.warning("warning: plots not written: %s", exc)
+    return plots.folder.is_dir() and any(plots.folder.iterdir()), seconds

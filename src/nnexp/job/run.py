@@ -33,17 +33,18 @@ from nnexp.job.callbacks import (
     stateful_callbacks,
 )
 from nnexp.job.phases import Phases
-from nnexp.job.plots import pyplot
 from nnexp.job.progress import Progress
 from nnexp.job.record import (
+    draw_plots,
     job_choices,
     keep_model,
     log_model_files,
     record_failed_job,
     run_config_yaml,
     run_label,
+    run_plots,
     run_tags,
-    write_plots,
+    start_plotter,
 )
 from nnexp.tracking.opening import OpeningRun, ending
 from nnexp.tracking.store import RunCreationError, check_parent, resolve_uri
@@ -78,6 +79,7 @@ def run(cfg: DictConfig) -> float:
             # Both imports are Python-bound too, and would only take turns (scikit-learn's, for moons).
             experiment = prepare(components, rng)
         opening = OpeningRun(lambda: phases("mlflow_setup"))
+        plotter = start_plotter()  # matplotlib's import, in its own process, overlaps the rest
         with phases("setup"):  # before the store is opened: a value error creates no store
             objective = Objective.of(cfg, "val" in experiment.data)
             early_stopping = early_stopping_callback(cfg, experiment)
@@ -116,8 +118,6 @@ def run(cfg: DictConfig) -> float:
         ):
             if resumed is None:
                 opening.log_params(run_params(cfg))
-            # matplotlib's import overlaps training; the plots are drawn while the model is saved and logged.
-            importing = workers.start(pyplot, "nnexp-matplotlib")
             with phases("training"):
                 history = train(cfg, experiment, opening, rng, output_dir, label, early_stopping, state, phases)
             tracked = opening.wait()
@@ -133,9 +133,9 @@ def run(cfg: DictConfig) -> float:
             # A stop asked for after training ends the run once its model is kept: no plots are drawn then. A run
             # whose plots cannot be written still keeps what it trained.
             drawing = None
-            if stops.request is None:
-                draw = functools.partial(write_plots, output_dir / "plots", experiment, history, matrix)
-                drawing = workers.start(draw, "nnexp-plots")
+            if stops.request is None:  # the plots are drawn while the model is saved and logged
+                plots = run_plots(output_dir / "plots", experiment, history, matrix)
+                drawing = workers.start(functools.partial(draw_plots, plotter, plots), "nnexp-plots")
             with phases("model"):
                 model_dir = keep_model(output_dir, cfg, experiment, components.dataset, matrix)
             log_model_files(tracked, output_dir, hydra.output_subdir)
@@ -146,9 +146,9 @@ def run(cfg: DictConfig) -> float:
             plotted = False
             with phases("plots"):  # drawings started before a stop was asked for are finished and logged
                 if drawing is not None:
-                    (_, imported), (plotted, drawn) = importing.result(), drawing.result()
+                    (plotted, drawn), _ = drawing.result()
             if drawing is not None:
-                phases.overlapped("plots", imported + drawn)
+                phases.overlapped("plots", drawn)
             if plotted:
                 tracked.log_artifact(output_dir / "plots", "plots")
             run_id = tracked.run_id

@@ -1,0 +1,177 @@
+"""A run's plots drawn in a process of their own, so that they take the other core rather than the run's.
+
+matplotlib's import and a run's three figures are about 0.7 s of Python; in a thread of the run's own process they
+only take turns with MLflow's import and requests for the one interpreter lock, which a short run waits on. The
+process starts when the first job starts, imports matplotlib while the job sets up and trains, and serves every
+job of the process (a sweep's too). It is the run's child: it gets SIGTERM when the run's process dies, even by
+SIGKILL, leaves a Ctrl-C at the terminal to the run, and ends when the run's process closes its end of the pipe.
+
+Requests and replies are pickled over the child's stdin and stdout, a pipe only the two processes hold; the child's
+stdout for anything else (matplotlib's own warnings) goes to its stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import nnexp
+from nnexp.children import die_with_parent
+from nnexp.job.plots import RunPlots
+
+
+class PlotterGoneError(Exception):
+    """The plotting process ended before it replied."""
+
+
+class Plotter:
+    """The plotting process, as the run's process sees it: started at once, asked to draw one run's plots at a
+    time."""
+
+    def __init__(self) -> None:
+        source = str(Path(nnexp.__file__).resolve().parents[1])  # this nnexp, whatever the child's sys.path
+        path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "nnexp.job.plot_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
+            preexec_fn=die_with_parent(),
+        )
+        self._lock = threading.Lock()
+        self._import_seconds: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def ready(self) -> float:
+        """Wait until matplotlib is imported; the seconds its import took, 0 once told."""
+        with self._lock:
+            if self._import_seconds is not None:
+                return 0.0
+            self._import_seconds = float(self._receive())
+            return self._import_seconds
+
+    def draw(self, plots: RunPlots) -> float:
+        """Draw ``plots``; the seconds the process took, matplotlib's import included the first time. Raises what
+        stopped a plot (an OSError when it could not be written)."""
+        imported = self.ready()
+        with self._lock:
+            assert self._process.stdin is not None
+            try:
+                pickle.dump(plots, self._process.stdin, pickle.HIGHEST_PROTOCOL)
+                self._process.stdin.flush()
+            except (BrokenPipeError, OSError):
+                raise self._gone() from None
+            error, seconds = self._receive()
+        if error is not None:
+            raise error
+        return imported + float(seconds)
+
+    def close(self) -> None:
+        """End the process: it finishes what it draws, then exits."""
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _receive(self) -> Any:
+        assert self._process.stdout is not None
+        try:
+            return pickle.load(self._process.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            raise self._gone() from None
+
+    def _gone(self) -> PlotterGoneError:
+        code = self._process.wait()
+        return PlotterGoneError(f"the plotting process ended with status {code}")
+
+
+@functools.cache
+def _shared() -> list[Plotter]:
+    return []
+
+
+def plotter() -> Plotter:
+    """This process's plotting process, started on first use, or again when the last one ended."""
+    started = _shared()
+    if not started or not started[0].alive:
+        started[:] = [Plotter()]
+    return started[0]
+
+
+def close_plotter() -> None:
+    """End this process's plotting process, if one was started."""
+    for started in _shared():
+        started.close()
+    _shared().clear()
+
+
+def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """The child's loop: import matplotlib, say how long it took, then draw each request and reply with what stopped
+    it (None when nothing did) and its seconds."""
+    from nnexp.job.plots import draw_run_plots, pyplot
+
+    started = time.perf_counter()
+    pyplot()
+    _reply(replies, time.perf_counter() - started)
+    while True:
+        try:
+            plots = pickle.load(requests)
+        except EOFError:
+            return
+        started = time.perf_counter()
+        try:
+            draw_run_plots(plots)
+        except Exception as exc:  # raised again in the run's process, as if it had drawn the plots itself
+            _reply(replies, (_picklable(exc), time.perf_counter() - started))
+        else:
+            _reply(replies, (None, time.perf_counter() - started))
+
+
+def _picklable(exc: Exception) -> Exception:
+    """``exc``, or a RuntimeError with its words when it cannot be sent back."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _reply(replies: IO[bytes], value: object) -> None:
+    pickle.dump(value, replies, pickle.HIGHEST_PROTOCOL)
+    replies.flush()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds a plot's write, which removes its partial file
+
+
+def main() -> None:
+    # A Ctrl-C or a hang-up at the terminal reaches the whole process group; the run decides what to stop, and a
+    # drawing it started is finished.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    with contextlib.suppress(BrokenPipeError):  # the run's process is gone
+        serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    main()

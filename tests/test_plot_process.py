@@ -1,0 +1,106 @@
+"""The plotting process: it draws a run's plots, reports what stopped them, and never outlives its run."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnexp.job.plot_process import Plotter, close_plotter, plotter
+from nnexp.job.plots import RunPlots, decision_regions
+from nnexp.job.record import draw_plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_plots(folder: Path, two_d: bool = True) -> RunPlots:
+    x = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    y = np.array([0, 1, 1])
+    regions = decision_regions(lambda g: (g[:, 0] > 0.5).astype(int), x, y, ["a", "b"], 20) if two_d else None
+    history = {"train_loss": [0.9, 0.5], "train_accuracy": [0.5, 0.9]}
+    return RunPlots(folder, np.array([[1, 0], [1, 1]]), ("a", "b"), history, regions)
+
+
+@pytest.fixture
+def process():
+    started = Plotter()
+    yield started
+    started.close()
+
+
+def test_it_draws_a_runs_three_plots_and_says_how_long_it_took(process, tmp_path):
+    seconds = process.draw(run_plots(tmp_path / "plots"))
+    names = sorted(path.name for path in (tmp_path / "plots").iterdir())
+    assert names == ["confusion_matrix.png", "decision_boundary.png", "learning_curves.png"]
+    assert all((tmp_path / "plots" / name).read_bytes()[:8] == PNG_MAGIC for name in names)
+    assert seconds > 0
+    process.draw(run_plots(tmp_path / "again", two_d=False))  # the same process serves the next run
+    again = sorted(path.name for path in (tmp_path / "again").iterdir())
+    assert again == ["confusion_matrix.png", "learning_curves.png"]
+
+
+def test_a_plot_that_cannot_be_written_is_a_warning_naming_the_folder(process, tmp_path, caplog):
+    (tmp_path / "plots").write_text("a file where the folder goes")
+    with caplog.at_level(logging.WARNING):
+        plotted, _ = draw_plots(process, run_plots(tmp_path / "plots"))
+    assert not plotted
+    [message] = [record.getMessage() for record in caplog.records]
+    assert message.startswith("warning: plots not written: ") and str(tmp_path / "plots") in message
+    assert process.alive, "the process serves the next run"
+
+
+def test_what_else_stops_a_plot_is_raised_in_the_runs_process(process, tmp_path):
+    history = {"train_loss": [1.0], "train_accuracy": [0.5]}
+    wrong = RunPlots(tmp_path / "plots", np.ones((3, 3)), ("a", "b"), history, None)
+    with pytest.raises(ValueError, match=r"confusion matrix must have shape \(2, 2\)"):
+        process.draw(wrong)
+
+
+def test_a_plotting_process_that_died_is_a_warning_and_the_next_run_gets_a_new_one(tmp_path, caplog):
+    first = plotter()
+    try:
+        first.ready()
+        os.kill(first._process.pid, signal.SIGKILL)
+        first._process.wait()
+        with caplog.at_level(logging.WARNING):
+            plotted, _ = draw_plots(first, run_plots(tmp_path / "plots"))
+        assert not plotted
+        assert [record.getMessage() for record in caplog.records] == [
+            "warning: plots not written: the plotting process ended with status -9"
+        ]
+        second = plotter()
+        assert second is not first and second.alive
+        assert second.draw(run_plots(tmp_path / "plots")) > 0
+    finally:
+        close_plotter()
+
+
+def test_a_ctrl_c_at_the_terminal_is_left_to_the_run(process, tmp_path):
+    process.ready()
+    os.kill(process._process.pid, signal.SIGINT)
+    os.kill(process._process.pid, signal.SIGHUP)
+    assert process.draw(run_plots(tmp_path / "plots")) > 0
+
+
+def test_the_process_ends_when_the_runs_process_is_killed(tmp_path):
+    code = (
+        "import os, sys, time\n"
+        "from nnexp.job.plot_process import plotter\n"
+        "started = plotter()\n"
+        "started.ready()\n"
+        "print(started._process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(run.stdout.readline())
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the plotting process outlived its run"
+        time.sleep(0.05)
