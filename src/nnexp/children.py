@@ -37,13 +37,20 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
+    return lambda: _signal_at_parents_death(prctl, parent, signum)
 
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os.kill(os.getpid(), signum)
 
-    return arm
+def follow_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Have this process get ``signum`` when its parent, ``parent``, ends (at once if it has already); for a child
+    to call itself, where a ``preexec_fn`` would be unsafe (a parent with threads)."""
+    if sys.platform.startswith("linux"):
+        _signal_at_parents_death(ctypes.CDLL(None, use_errno=True).prctl, parent, signum)
+
+
+def _signal_at_parents_death(prctl: Callable[..., int], parent: int, signum: int) -> None:
+    prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signum)
 
 
 def run_group(command: Sequence[str]) -> int:

@@ -2,9 +2,9 @@
 
 matplotlib's import and a run's three figures are about 0.7 s of Python; in a thread of the run's own process they
 only take turns with MLflow's import and requests for the one interpreter lock, which a short run waits on. The
-process starts when the first job starts, imports matplotlib while the job sets up and trains, and serves every
-job of the process (a sweep's too). It is the run's child: it gets SIGTERM when the run's process dies, even by
-SIGKILL, leaves a Ctrl-C at the terminal to the run, and ends when the run's process closes its end of the pipe.
+process starts when the first job has its data, imports matplotlib while the job trains, and serves every job of
+the process (a sweep's too). It is the run's child: it gets SIGTERM when the run's process dies, even by SIGKILL,
+leaves a Ctrl-C at the terminal to the run, and ends when the run's process closes its end of the pipe.
 
 Requests and replies are pickled over the child's stdin and stdout, a pipe only the two processes hold; the child's
 stdout for anything else (matplotlib's own warnings) goes to its stderr.
@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import nnexp
-from nnexp.children import die_with_parent
+from nnexp.children import follow_parent
 from nnexp.job.plots import RunPlots
+
+#: The child's program: a Ctrl-C or a hang-up at the terminal reaches the whole process group, and the run decides
+#: what to stop (a drawing it started is finished), so the child ignores them from its first line on, before the
+#: imports during which Python would print a KeyboardInterrupt's traceback.
+BOOTSTRAP = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "from nnexp.job.plot_process import main; main()"
+)
 
 
 class PlotterGoneError(Exception):
@@ -40,12 +48,12 @@ class Plotter:
     def __init__(self) -> None:
         source = str(Path(nnexp.__file__).resolve().parents[1])  # this nnexp, whatever the child's sys.path
         path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+        # No preexec_fn: the run's process has threads by now, and code run between fork and exec could deadlock.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "nnexp.job.plot_process"],
+            [sys.executable, "-c", BOOTSTRAP, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": path},
-            preexec_fn=die_with_parent(),
         )
         self._lock = threading.Lock()
         self._import_seconds: float | None = None
@@ -162,16 +170,10 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    # A Ctrl-C or a hang-up at the terminal reaches the whole process group; the run decides what to stop, and a
-    # drawing it started is finished.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    """The child: ``sys.argv[1]`` is the run's process id."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    follow_parent(int(sys.argv[1]))
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with contextlib.suppress(BrokenPipeError):  # the run's process is gone
         serve(sys.stdin.buffer, replies)
-
-
-if __name__ == "__main__":
-    main()
