@@ -13,7 +13,6 @@ stdout for anything else (matplotlib's own warnings) goes to its stderr.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import pickle
 import signal
@@ -28,12 +27,14 @@ import nnexp
 from nnexp.children import follow_parent
 from nnexp.job.plots import RunPlots
 
-#: The child's program: a Ctrl-C or a hang-up at the terminal reaches the whole process group, and the run decides
-#: what to stop (a drawing it started is finished), so the child ignores them from its first line on, before the
-#: imports during which Python would print a KeyboardInterrupt's traceback.
+#: The child's program, given the run's process id and the folder this nnexp is imported from. A Ctrl-C or a
+#: hang-up at the terminal reaches the whole process group, and the run decides what to stop (a drawing it started
+#: is finished), so the child ignores them from its first line on, before the imports during which Python would
+#: print a KeyboardInterrupt's traceback. The folder goes last on its path: the run's own path (its PYTHONPATH, its
+#: working folder) finds the same nnexp first, and nothing there can shadow the standard library.
 BOOTSTRAP = (
-    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-    "from nnexp.job.plot_process import main; main()"
+    "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "sys.path.append(sys.argv[2]); from nnexp.job.plot_process import main; main()"
 )
 
 
@@ -46,14 +47,10 @@ class Plotter:
     time."""
 
     def __init__(self) -> None:
-        source = str(Path(nnexp.__file__).resolve().parents[1])  # this nnexp, whatever the child's sys.path
-        path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+        source = str(Path(nnexp.__file__).resolve().parents[1])
         # No preexec_fn: the run's process has threads by now, and code run between fork and exec could deadlock.
         self._process = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
+            [sys.executable, "-c", BOOTSTRAP, str(os.getpid()), source], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self._lock = threading.Lock()
         self._import_seconds: float | None = None
@@ -79,7 +76,7 @@ class Plotter:
             try:
                 pickle.dump(plots, self._process.stdin, pickle.HIGHEST_PROTOCOL)
                 self._process.stdin.flush()
-            except (BrokenPipeError, OSError):
+            except OSError:  # a broken pipe: the process has ended
                 raise self._gone() from None
             error, seconds = self._receive()
         if error is not None:
@@ -109,24 +106,22 @@ class Plotter:
         return PlotterGoneError(f"the plotting process ended with status {code}")
 
 
-@functools.cache
-def _shared() -> list[Plotter]:
-    return []
+#: This process's plotting process, once started.
+_started: list[Plotter] = []
 
 
 def plotter() -> Plotter:
     """This process's plotting process, started on first use, or again when the last one ended."""
-    started = _shared()
-    if not started or not started[0].alive:
-        started[:] = [Plotter()]
-    return started[0]
+    if not _started or not _started[0].alive:
+        _started[:] = [Plotter()]
+    return _started[0]
 
 
 def close_plotter() -> None:
     """End this process's plotting process, if one was started."""
-    for started in _shared():
+    for started in _started:
         started.close()
-    _shared().clear()
+    _started.clear()
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
