@@ -12,6 +12,7 @@ stdout for anything else (matplotlib's own warnings) goes to its stderr.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -111,7 +112,8 @@ _started: list[Plotter] = []
 
 
 def plotter() -> Plotter:
-    """This process's plotting process, started on first use, or again when the last one ended."""
+    """This process's plotting process, started on first use, or again when the last one ended; this process waits
+    for it to end when it exits itself, so that it leaves no process behind."""
     if not _started or not _started[0].alive:
         _started[:] = [Plotter()]
     return _started[0]
@@ -122,6 +124,9 @@ def close_plotter() -> None:
     for started in _started:
         started.close()
     _started.clear()
+
+
+atexit.register(close_plotter)
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
