@@ -104,3 +104,14 @@ def test_the_process_ends_when_the_runs_process_is_killed(tmp_path):
     while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the plotting process outlived its run"
         time.sleep(0.05)
+
+
+def test_a_run_that_exits_has_waited_for_its_plotting_process():
+    code = (
+        "from nnexp.job.plot_process import plotter\n"
+        "started = plotter()\n"
+        "started.ready()\n"
+        "print(started._process.pid, flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert not Path(f"/proc/{int(result.stdout)}").exists()
