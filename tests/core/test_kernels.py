@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 
 import numpy as np
@@ -371,6 +372,20 @@ def test_a_user_who_may_not_write_the_package_gets_a_numba_cache_of_their_own(mo
     monkeypatch.setattr(engine.os, "access", lambda path, mode: False)
     engine._cache_where_writable()
     assert engine.os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "nnexp" / "numba")
+
+
+def test_a_process_whose_main_thread_kept_the_import_lock_still_exits_while_the_kernels_load() -> None:
+    """What a Ctrl-C landing in the main thread just after Python took its import lock leaves: the warm-up thread
+    waits for that lock for good, and the process must exit all the same (it hung in Python's exit before)."""
+    code = (
+        "import _imp\n"
+        "from nnexp.core import engine\n"
+        "engine.warm_up('auto')\n"
+        "_imp.acquire_lock()\n"
+        "raise SystemExit(130)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], timeout=30, capture_output=True, text=True)
+    assert result.returncode == 130, result.stderr
 
 
 def test_warm_up_imports_the_kernels_in_one_background_thread_unless_the_engine_is_numpy(monkeypatch) -> None:

@@ -177,7 +177,10 @@ def warm_up(requested: str) -> None:
         # its data, scikit-learn imports SciPy too, and two threads importing the same modules in another order
         # can meet in Python's import locks (a _DeadlockError in one of them).
         import scipy.linalg.cython_blas  # noqa: F401
-    _warming_up = threading.Thread(target=_import_and_set_up, name="nnexp-kernels")
+    # A daemon: a job interrupted during Numba's import ends without waiting for it. A Ctrl-C that lands in the main
+    # thread between Python taking its import lock and the ``try`` that releases it leaves the lock taken for good,
+    # and this thread waiting for it; Python's exit would then wait for this thread forever.
+    _warming_up = threading.Thread(target=_import_and_set_up, name="nnexp-kernels", daemon=True)
     _warming_up.start()
 
 
