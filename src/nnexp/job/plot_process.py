@@ -3,8 +3,9 @@
 matplotlib's import and a run's three figures are about 0.7 s of Python; in a thread of the run's own process they
 only take turns with MLflow's import and requests for the one interpreter lock, which a short run waits on. The
 process starts when the first job has its data, imports matplotlib while the job trains, and serves every job of
-the process (a sweep's too). It is the run's child: it gets SIGTERM when the run's process dies, even by SIGKILL,
-leaves a Ctrl-C at the terminal to the run, and ends when the run's process closes its end of the pipe.
+the process (a sweep's too). It is the run's child, in a session of its own: it gets SIGTERM when the run's process
+dies, even by SIGKILL, leaves a Ctrl-C at the terminal to the run, and ends when the run's process closes its end of
+the pipe, which the run's process waits for when it exits.
 
 Requests and replies are pickled over the child's stdin and stdout, a pipe only the two processes hold; the child's
 stdout for anything else (matplotlib's own warnings) goes to its stderr.
@@ -28,11 +29,11 @@ import nnexp
 from nnexp.children import follow_parent
 from nnexp.job.plots import RunPlots
 
-#: The child's program, given the run's process id and the folder this nnexp is imported from. A Ctrl-C or a
-#: hang-up at the terminal reaches the whole process group, and the run decides what to stop (a drawing it started
-#: is finished), so the child ignores them from its first line on, before the imports during which Python would
-#: print a KeyboardInterrupt's traceback. The folder goes last on its path: the run's own path (its PYTHONPATH, its
-#: working folder) finds the same nnexp first, and nothing there can shadow the standard library.
+#: The child's program, given the run's process id and the folder this nnexp is imported from. The run decides what
+#: a Ctrl-C or a hang-up stops (a drawing it started is finished), so the child ignores them from its first line on,
+#: before the imports during which Python would print a KeyboardInterrupt's traceback. The folder goes last on its
+#: path: the run's own path (its PYTHONPATH, its working folder) finds the same nnexp first, and nothing there can
+#: shadow the standard library.
 BOOTSTRAP = (
     "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN); "
     "sys.path.append(sys.argv[2]); from nnexp.job.plot_process import main; main()"
@@ -49,9 +50,13 @@ class Plotter:
 
     def __init__(self) -> None:
         source = str(Path(nnexp.__file__).resolve().parents[1])
-        # No preexec_fn: the run's process has threads by now, and code run between fork and exec could deadlock.
+        # No preexec_fn: the run's process has threads by now, and code run between fork and exec could deadlock. A
+        # session of its own: a Ctrl-C at the terminal would reach it while Python starts, before it can ignore it.
         self._process = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, str(os.getpid()), source], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", BOOTSTRAP, str(os.getpid()), source],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
         )
         self._lock = threading.Lock()
         self._import_seconds: float | None = None
