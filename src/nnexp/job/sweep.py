@@ -442,17 +442,19 @@ STOP_WAIT = 2.0
 
 
 def pass_stops_to_jobs(directory: Path) -> None:
-    """Make the first Ctrl-C, SIGTERM or SIGHUP to this process ask each job of the sweep in ``directory`` to stop as
-    a run does, and jobs not started never to start, while the launcher waits for them; a second one stops at once,
-    as before (the launcher kills its workers)."""
+    """Make the first Ctrl-C, SIGTERM or other :data:`~nnexp.errors.STOPPED` signal to this process ask each job of
+    the sweep in ``directory`` to stop as a run does, and jobs not started never to start, while the launcher waits
+    for them; a second one stops at once, as before (the launcher kills its workers), unless it recurs by itself."""
     import signal
 
-    from nnexp.errors import INTERRUPTED, STOPPED, Interrupted
+    from nnexp.errors import INTERRUPTED, RECURRING, STOPPED, Interrupted
 
     reasons = {signal.SIGINT: INTERRUPTED, **STOPPED}
 
     def stop(signum: int, frame: object) -> None:
         global _stop
+        if _stop is not None and signum in RECURRING:
+            return
         if _stop is not None:
             raise Interrupted(reasons[signum], 128 + signum)
         try:
