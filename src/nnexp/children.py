@@ -28,15 +28,17 @@ PR_SET_PDEATHSIG = 1
 GRACE_SECONDS = 10.0
 
 
-def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A ``preexec_fn`` after which the child gets ``signum`` when this process ends; ``None`` off Linux.
+def die_with_parent(signum: int = signal.SIGTERM, parent: int | None = None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which the child gets ``signum`` when this process ends; ``None`` off Linux. Called
+    in a child with the pid of the ``parent`` that started it (a pool's worker), a function that ties the child's
+    life to that parent's from then on.
 
     ``prctl`` is looked up here, not in the forked child, where loading a library is unsafe.
     """
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
+    parent = os.getpid() if parent is None else parent
 
     def arm() -> None:
         prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
