@@ -745,21 +745,25 @@ def test_a_failure_during_training_is_a_failed_run_with_its_reason_in_one_line(p
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
 
 
-def test_sigterm_marks_the_run_killed_in_one_line(project):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, getattr(signal, "SIGUSR1", signal.SIGTERM)], ids=["TERM", "USR1"])
+def test_a_stop_signal_marks_the_run_killed_in_one_line(project, signum):
+    """``kill -USR1`` ended a run as the shell's "User defined signal 1", exit 138, no checkpoint, run RUNNING."""
     # Lines wait for the run to open while training goes on: enough epochs that the first line is shown mid-run.
     process = project.start("experiment=moons_deep_sigmoid", "trainer.epochs=100000")
     first_progress = process.stderr.readline()
     assert re.search(r" epoch \d+/100000 ", first_progress), first_progress
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143
+    assert process.returncode == 128 + signum
     [run] = project.runs()
     [line] = stderr.strip().splitlines()
-    assert line.startswith("error: interrupted (SIGTERM) in epoch ")
+    name = signal.Signals(signum).name
+    assert line.startswith(f"error: interrupted ({name}) in epoch ")
     assert line.endswith(
         f"resume with: python -m nnexp resume={run.info.run_id}; MLflow run {run.info.run_id} is marked KILLED"
     )
-    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted (SIGTERM) in epoch")
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith(f"interrupted ({name}) in epoch")
+    assert (project.root / run.data.tags["output_dir"] / "checkpoints" / "checkpoint.json").is_file()
 
 
 def test_runs_started_together_share_a_new_store(project):

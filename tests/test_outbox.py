@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +327,75 @@ def test_nnexp_sync_of_a_dead_run_with_a_lost_artifact_is_one_line_and_the_run_k
     assert note.startswith("run ") and f"({run_id}) marked KILLED: process " in note and note.endswith(" has ended")
     assert error == f"error: {folder / OUTBOX}: artifacts[1] must be a file that exists, found '{folder / 'plot.png'}'"
     assert client.get_run(run_id).info.status == "KILLED"
+
+
+def finished_outbox(tmp_path: Path) -> tuple[MlflowClient, str, Path]:
+    """A run of one epoch whose store was away when it finished: its outbox says FINISHED; returns the client, run
+    id and the outbox's path."""
+    from nnexp.tracking.tracked_run import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run_id = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(folder)}).info.run_id
+    tracker.client.log_param(run_id, "trainer.epochs", "1")
+    (folder / "model.npz").write_bytes(b"")
+    metrics = [["train_loss", 0.5, 1700000000000, 1], ["test_accuracy", 0.9, 1700000000000, 1]]
+    return tracker.client, run_id, outbox(folder, tracking_uri=uri, run_id=run_id, metrics=metrics)
+
+
+def read_only(path: Path) -> OSError:
+    return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+
+def test_nnexp_sync_on_a_read_only_mount_keeps_the_outbox_as_it_was_and_says_so(tmp_path, monkeypatch, caplog):
+    """The store and the run folder on one mount, read-only: the line was a running run's (a warning that training
+    goes on, then "… the outbox cannot be kept either …; run … stays RUNNING (nnexp runs marks it KILLED once this
+    process ends) …"), though nothing trained."""
+    import sqlite3
+
+    from nnexp import atomic
+    from nnexp.tracking import tracked_run
+
+    client, run_id, path = finished_outbox(tmp_path)
+    kept = path.read_text()
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    def unwritable(target, *args, **kwargs):
+        raise read_only(target)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", refuse)
+    monkeypatch.setattr(atomic, "replacing", unwritable)
+    monkeypatch.setattr(tracked_run, "END_PAUSE_SECONDS", 0.0)
+    with pytest.raises(NnexpError) as refused:
+        sync(path.parent)
+    assert str(refused.value) == (
+        f"tracking store sqlite:///{tmp_path / 'mlflow.db'} refused what was sent (attempt to write a readonly "
+        f"database), and {path.parent} cannot be written (Read-only file system): the outbox is kept as it was; "
+        f"send it again with: nnexp sync {path.parent} once both take writes"
+    )
+    assert "training goes on" not in caplog.text
+    assert path.read_text() == kept
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+
+def test_nnexp_sync_of_a_run_folder_mounted_read_only_sends_all_and_says_the_outbox_stays(tmp_path, monkeypatch):
+    """The outbox could not be removed once all was sent: an OSError traceback, exit 1, the run FINISHED."""
+    client, run_id, path = finished_outbox(tmp_path)
+    unlink = Path.unlink
+
+    def unlink_here(self, *args, **kwargs):
+        if self == path:
+            raise read_only(self)
+        unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink_here)
+    sent = sync(path.parent)
+    assert sent.endswith(
+        f"status FINISHED; {path} could not be removed (Read-only file system) and holds nothing more to send: "
+        "remove it once its folder is writable"
+    )
+    assert client.get_run(run_id).info.status == "FINISHED"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nnexp import __main__ as cli
-from nnexp.errors import Interrupted, one_line, report
+from nnexp.errors import RECURRING, STOPPED, Interrupted, one_line, raise_on_stop_signals, report
 
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
@@ -201,3 +201,52 @@ def test_a_second_stop_raised_where_python_ignores_exceptions_is_sent_again(tmp_
             for _ in range(100):
                 time.sleep(0.01)
         assert reference() is None
+
+
+STOPS = sorted(signal.Signals(signum).name for signum in STOPPED)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_every_signal_that_would_end_a_process_silently_is_a_stop():
+    """SIGUSR1, SIGALRM, SIGXCPU (``ulimit -t``), SIGVTALRM and SIGPROF ended a run at once, no checkpoint, RUNNING;
+    SIGUSR2 stays SLURM's warning (:mod:`hydra_plugins.nnexp_slurm`)."""
+    assert STOPS == ["SIGALRM", "SIGHUP", "SIGPROF", "SIGTERM", "SIGUSR1", "SIGVTALRM", "SIGXCPU"]
+    assert signal.SIGUSR2 not in STOPPED
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("name", STOPS)
+def test_a_stop_signal_outside_a_run_is_one_interruption(name):
+    signum = signal.Signals[name]
+    previous = {each: signal.getsignal(each) for each in (*STOPPED, signal.SIGINT)}
+    try:
+        raise_on_stop_signals()
+        with pytest.raises(Interrupted) as stopped:
+            signal.raise_signal(signum)
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+    assert (str(stopped.value), stopped.value.exit_code) == (STOPPED[signum], 128 + signum)
+    assert f"({name})" in str(stopped.value)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("name", STOPS)
+def test_a_stop_signal_during_a_run_asks_for_a_stop_and_only_a_persons_second_one_stops_at_once(tmp_path, name):
+    """The CPU limit sends SIGXCPU every CPU second past it, a timer fires again: that is no one insisting."""
+    from nnexp.job.callbacks import StopRequests
+
+    class Trainer:
+        def request_stop(self, reason: str, exit_code: int) -> None:
+            self.requested = (reason, exit_code)
+
+    signum = signal.Signals[name]
+    trainer = Trainer()
+    with StopRequests(trainer, tmp_path):
+        signal.raise_signal(signum)
+        assert trainer.requested == (f"interrupted ({name})", 128 + signum)
+        if signum in RECURRING:
+            signal.raise_signal(signum)
+        else:
+            with pytest.raises(Interrupted, match=rf"^interrupted again \({name}\)"):
+                signal.raise_signal(signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -325,6 +326,44 @@ def loky_workers(pid: int) -> list[int]:
         if parent == pid and b"loky" in command:
             workers.append(int(entry.name))
     return workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's; reads /proc")
+def test_kill_9_of_a_joblib_sweep_stops_its_workers_runs_as_a_hang_up_does(project):
+    """The workers trained on as orphans, and their runs ended FINISHED under a parent marked KILLED."""
+    process = project.start(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=100000", "seed=1,2",
+        "hydra.sweep.dir=sw",
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and sum(run.info.status == "RUNNING" for run in project.runs()) < 3:
+        time.sleep(0.5)
+    workers = loky_workers(process.pid)  # and loky's resource trackers
+    assert len(workers) >= 2
+    process.kill()
+    try:
+        _, stderr = process.communicate(timeout=60)  # the workers hold the pipe open until they end
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}/cmdline").exists() for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}/cmdline").exists()]
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    others = [line for line in stderr.splitlines() if not line.startswith("seed=")]  # the jobs' progress lines
+    assert len(others) == 2 and "Traceback" not in stderr, stderr
+    for job in (0, 1):
+        [line] = [line for line in others if line.startswith(f"error: job {job} of a sweep whose process ")]
+        assert f"{process.pid} has ended: interrupted (SIGHUP) in epoch " in line, line
+    listed = project.run("runs")
+    assert listed.returncode == 0 and "RUNNING" not in listed.stdout, listed.stdout
+    parent, children = sweep_runs(project)
+    assert parent.info.status == "KILLED" and len(children) == 2
+    for run in children:
+        assert run.info.status == "KILLED", run.data.tags.get("failure_reason")
+        assert run.data.tags["failure_reason"].startswith("interrupted (SIGHUP) in epoch ")
+        assert (Path(run.data.tags["output_dir"]) / "checkpoints" / "checkpoint.json").is_file()
 
 
 def test_a_terminals_ctrl_c_while_joblibs_workers_start_stops_the_sweep_cleanly(project):

@@ -59,10 +59,7 @@ CLOSED_PIPE_STATUS = 128 + 13
 
 
 def main() -> None:
-    # requests silences this warning (about a SOCKS proxy package nnexp never uses) while it imports, but a
-    # ``warnings.catch_warnings()`` left in another thread meanwhile restores the filters without it: MLflow is
-    # imported in a thread while the job goes on. Set before any thread starts, the filter survives such restores.
-    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
+    ignore_socks_warning()
     try:
         try:
             command()
@@ -76,6 +73,13 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # one that lands before command() can catch it, as in its first lines
         stop = Interrupted.of(exc)
         fail(str(stop), stop.exit_code)
+
+
+def ignore_socks_warning() -> None:
+    """requests silences this warning (about a SOCKS proxy package nnexp never uses) while it imports, but a
+    ``warnings.catch_warnings()`` left in another thread meanwhile restores the filters without it: MLflow is
+    imported in a thread while the job goes on. Set before any thread starts, the filter survives such restores."""
+    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
 
 
 def command() -> None:
@@ -314,6 +318,7 @@ def sweep_job(cfg: DictConfig) -> float:
     from nnexp.folders import discard_job_dir
     from nnexp.job import sweep
 
+    ignore_socks_warning()  # in a launcher's worker process, which main() did not start
     hydra = HydraConfig.get()
     directory = Path(hydra.runtime.cwd, hydra.sweep.dir)
     log = logging.getLogger("nnexp")
@@ -325,6 +330,8 @@ def sweep_job(cfg: DictConfig) -> float:
         with sweep.stops_from_sweep(directory):
             return job(cfg)
     except KeyboardInterrupt as exc:
+        if sweep.orphaned():
+            sweep.end_orphan(hydra.job.num, Interrupted.of(exc))
         if not sweep.stop_coming(directory):
             raise
         log.info("job %s stopped: %s", hydra.job.num, Interrupted.of(exc))

@@ -89,11 +89,12 @@ def lead(command: Sequence[str]) -> int:
 def end_group(child: subprocess.Popen, signum: int) -> None:
     """Send ``signum`` to the leader's group, give it :data:`GRACE_SECONDS` to end, then kill what is left.
 
-    A hang-up is passed on as SIGTERM: uvicorn, under ``mlflow ui``, takes SIGHUP as "reload" and serves on.
+    A stop other than Ctrl-C is passed on as SIGTERM: uvicorn, under ``mlflow ui``, takes SIGHUP as "reload" and
+    serves on, and the other signals nnexp stops on would end a process without its own cleanup (a core dump).
     """
     for each in (signal.SIGINT, *STOPPED):  # the leader outlives the signal it sends its group
         signal.signal(each, signal.SIG_IGN)
-    os.killpg(0, signal.SIGTERM if signum == getattr(signal, "SIGHUP", None) else signum)
+    os.killpg(0, signum if signum in (signal.SIGINT, signal.SIGTERM) else signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
     while time.monotonic() < deadline:
         child.poll()  # reap the command, or it would count as left

@@ -109,15 +109,33 @@ def interruption(exc: BaseException) -> KeyboardInterrupt | None:
 #: What the line reporting a Ctrl-C (SIGINT) calls the stop.
 INTERRUPTED = "interrupted (SIGINT)"
 #: The signals, besides Ctrl-C, that stop a run, and what the line reporting each calls the stop: a scheduler's or
-#: ``kill``'s SIGTERM, and a hang-up (a closed terminal, a dropped ssh, or the end of ``nnexp reproduce``).
-STOPPED = {signal.SIGTERM: "terminated (SIGTERM)"}
-if hasattr(signal, "SIGHUP"):  # not on Windows
-    STOPPED[signal.SIGHUP] = "hung up (SIGHUP)"
+#: ``kill``'s SIGTERM, a hang-up (a closed terminal, a dropped ssh, or the end of ``nnexp reproduce``), and every
+#: other signal whose default would end the process without a word or a checkpoint: ``kill -USR1``, a timer's
+#: alarm, ``ulimit -t``'s CPU limit. SIGUSR2 is not one: SLURM's launcher takes it as a job's warning, to requeue it.
+STOPPED = {
+    getattr(signal, name): reason
+    for name, reason in (
+        ("SIGTERM", "terminated (SIGTERM)"),
+        ("SIGHUP", "hung up (SIGHUP)"),  # this and those below are not on Windows
+        ("SIGUSR1", "user defined signal 1 (SIGUSR1)"),
+        ("SIGALRM", "alarm clock (SIGALRM)"),
+        ("SIGXCPU", "CPU time limit exceeded (SIGXCPU)"),
+        ("SIGVTALRM", "virtual timer expired (SIGVTALRM)"),
+        ("SIGPROF", "profiling timer expired (SIGPROF)"),
+    )
+    if hasattr(signal, name)
+}
+#: The stops that come again by themselves, so that a second one is no one insisting on stopping at once: a
+#: hang-up, the CPU limit (every CPU second past it) and interval timers.
+RECURRING = {
+    getattr(signal, name) for name in ("SIGHUP", "SIGXCPU", "SIGALRM", "SIGVTALRM", "SIGPROF") if hasattr(signal, name)
+}
 
 
 def raise_on_stop_signals() -> None:
-    """Make SIGTERM (a scheduler's or ``timeout``'s stop) and SIGHUP end a run like Ctrl-C, so it is not left
-    RUNNING, and SIGINT raise KeyboardInterrupt even in a process a shell started in the background."""
+    """Make SIGTERM (a scheduler's or ``timeout``'s stop), SIGHUP and the other :data:`STOPPED` signals end a run
+    like Ctrl-C, so it is not left RUNNING, and SIGINT raise KeyboardInterrupt even in a process a shell started in
+    the background."""
 
     def terminate(signum: int, frame: object) -> None:
         raise Interrupted(STOPPED[signum], 128 + signum)

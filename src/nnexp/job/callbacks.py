@@ -20,7 +20,7 @@ from nnexp.config import (
     default_direction,
 )
 from nnexp.core.training import Callback, EarlyStopping, Trainer, TrainingState
-from nnexp.errors import STOPPED, ConfigError, Interrupted, ParameterError
+from nnexp.errors import RECURRING, STOPPED, ConfigError, Interrupted, ParameterError
 from nnexp.job import checkpoint
 from nnexp.job.build import Experiment
 from nnexp.job.phases import Phases
@@ -153,8 +153,8 @@ class StopRequests:
 
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if self.request is not None and signum == getattr(signal, "SIGHUP", None):
-            return  # a hang-up, or the death of nnexp reproduce, repeats itself; it is no user insisting
+        if self.request is not None and signum in RECURRING:
+            return  # a hang-up (or the death of nnexp reproduce), a CPU limit, a timer repeats itself: no one insists
         if self.request is not None:
             raise Interrupted(f"interrupted again ({name}); {self.what_is_kept()}", 128 + signum)
         self.request = (f"interrupted ({name})", 128 + signum)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -82,6 +82,7 @@ class SweepCallback(Callback):
         if choices.get("hydra/launcher") in PROCESS_LAUNCHERS:
             pass_stops_to_jobs(_open.directory)
             start_workers_deaf_to_ctrl_c()
+            quiet_resource_tracker()
         if choices.get("hydra/sweeper") == "basic" and choices.get("hydra/launcher") == "basic":
             from hydra.core.global_hydra import GlobalHydra
 
@@ -442,17 +443,19 @@ STOP_WAIT = 2.0
 
 
 def pass_stops_to_jobs(directory: Path) -> None:
-    """Make the first Ctrl-C, SIGTERM or SIGHUP to this process ask each job of the sweep in ``directory`` to stop as
-    a run does, and jobs not started never to start, while the launcher waits for them; a second one stops at once,
-    as before (the launcher kills its workers)."""
+    """Make the first Ctrl-C, SIGTERM or other :data:`~nnexp.errors.STOPPED` signal to this process ask each job of
+    the sweep in ``directory`` to stop as a run does, and jobs not started never to start, while the launcher waits
+    for them; a second one stops at once, as before (the launcher kills its workers), unless it recurs by itself."""
     import signal
 
-    from nnexp.errors import INTERRUPTED, STOPPED, Interrupted
+    from nnexp.errors import INTERRUPTED, RECURRING, STOPPED, Interrupted
 
     reasons = {signal.SIGINT: INTERRUPTED, **STOPPED}
 
     def stop(signum: int, frame: object) -> None:
         global _stop
+        if _stop is not None and signum in RECURRING:
+            return
         if _stop is not None:
             raise Interrupted(reasons[signum], 128 + signum)
         try:
@@ -490,6 +493,18 @@ def start_workers_deaf_to_ctrl_c() -> None:
     loky.fork_exec = fork_exec
 
 
+#: The warning filter, as ``-W`` takes it, that silences loky's resource tracker: once a launcher is killed (``kill
+#: -9``), it removes the pool's semaphores and folders, as it should, and warns of each kind as "leaked".
+TRACKER_QUIET = "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker"
+
+
+def quiet_resource_tracker() -> None:
+    """Start loky's resource tracker (and workers) with :data:`TRACKER_QUIET`: Python passes this process's ``-W``
+    options on to the processes that multiprocessing and loky start."""
+    if TRACKER_QUIET not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_QUIET)
+
+
 def stop_asked(directory: Path) -> int | None:
     """The signal that stopped the sweep in ``directory``, as its jobs see it; ``None`` while it goes on."""
     try:
@@ -525,6 +540,7 @@ def stops_from_sweep(directory: Path) -> Iterator[None]:
 
     previous = {signum: signal.getsignal(signum) for signum in (*STOPPED, signal.SIGINT)}
     raise_on_stop_signals()  # a worker's own are the defaults, which would end it and break the launcher's pool
+    die_with_launcher()
     # Python writes the number of each signal this process gets to the wakeup file as it arrives, before any
     # handler runs: a terminal's signal to the group is there before nnexp can have asked the jobs to stop.
     arrived, wakeup = os.pipe()
@@ -562,6 +578,52 @@ def stops_from_sweep(directory: Path) -> Iterator[None]:
         os.close(wakeup)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def launcher() -> int | None:
+    """The pid of the launcher process that started this one as a worker of its pool (joblib's loky); ``None`` in a
+    process that is no such worker."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return None if parent is None else parent.pid
+
+
+def die_with_launcher() -> None:
+    """In a launcher's worker: get SIGHUP when the launcher dies, even by SIGKILL, so that a job's run stops as at a
+    hang-up (a checkpoint, KILLED) instead of training on as an orphan to end FINISHED under a KILLED parent; an
+    idle worker simply ends. Loky spawns its workers from the launcher's main thread or its executor's manager
+    thread, which live as long as the pool. A hang-up, not SIGTERM: the kernel sends the signal again each time the
+    worker passes to another thread of the dying launcher, and a repeated hang-up is no second stop."""
+    import signal
+
+    from nnexp.children import follow_parent
+
+    pid = launcher()
+    if pid is not None:
+        follow_parent(pid, signal.SIGHUP)
+
+
+def end_orphan(job: int, stop: Interrupted) -> NoReturn:
+    """End this worker, whose job ``stop`` ended because its launcher died: one line, and no result sent back to a
+    pool that is gone (loky would fail writing it)."""
+    import os
+
+    from nnexp.errors import report
+
+    report(f"job {job} of a sweep whose process {launcher()} has ended: {stop}")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(stop.exit_code)
+
+
+def orphaned() -> bool:
+    """Whether this process is a launcher's worker whose launcher has died."""
+    import os
+
+    pid = launcher()
+    return pid is not None and os.getppid() != pid
 
 
 def stopped() -> Interrupted | None:

@@ -13,7 +13,7 @@ from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
 from nnexp.errors import ConfigError, DataError, NnexpError
 from nnexp.tracking import liveness
 from nnexp.tracking.store import OUTBOX, OUTBOX_STATUSES, existing_store, find_run
-from nnexp.tracking.tracked_run import TrackedRun
+from nnexp.tracking.tracked_run import OutboxWriteError, TrackedRun, TrackingStoreError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -90,7 +90,7 @@ def sync(folder: Path, uri: str | None = None) -> str:
             f"{path}: run {outbox['run_id']} is already {status}, closed since this outbox was written; "
             "nothing to send (remove the outbox)"
         )
-    run = TrackedRun(client, outbox["run_id"], folder)
+    run = TrackedRun(client, outbox["run_id"], folder, training=False)
     run._pending = [Metric(*row) for row in outbox["metrics"]]
     run._tags = dict(outbox["tags"])
     run._artifacts = artifacts
@@ -104,15 +104,40 @@ def sync(folder: Path, uri: str | None = None) -> str:
     if unfinished:
         # Its own record and folder say the process ended mid-training: what it logged is kept, not its claim.
         reason = f"{path}: status FINISHED, but {unfinished}"
-        run.end("KILLED", reason)
-        path.unlink()
-        raise DataError(f"{reason}; sent {counts} to {store} and closed run {run.run_id} KILLED")
-    run.end(outbox["status"])
+        end(run, "KILLED", path, reason)
+        raise DataError(f"{reason}; sent {counts} to {store} and closed run {run.run_id} KILLED{remove(path)}")
+    end(run, outbox["status"], path)
     if found.data.tags.get("failure_reason") == liveness.REASON and "failure_reason" not in outbox["tags"]:
         # The run was closed after all, and its outbox says how: the reap's guess is no longer its record.
         client.delete_tag(run.run_id, "failure_reason")
-    path.unlink()
-    return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}"
+    return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}{remove(path)}"
+
+
+def end(run: TrackedRun, status: str, path: Path, reason: str | None = None) -> None:
+    """End ``run`` with ``status`` as its outbox at ``path`` asks. A store that refuses leaves what it did not take
+    in the outbox, or, if the outbox's folder cannot be written either (mounted read-only), the outbox as it was."""
+    try:
+        run.end(status, reason)
+    except OutboxWriteError as exc:
+        raise TrackingStoreError(
+            f"tracking store {run.store} refused what was sent ({run.refusal}), and {path.parent} cannot be written "
+            f"({exc.error.strerror}): the outbox is kept as it was; send it again with: nnexp sync {path.parent} "
+            "once both take writes"
+        ) from None
+
+
+def remove(path: Path) -> str:
+    """Remove the outbox at ``path``, all it holds being sent; what to add to the line that says so if it stays."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:  # a folder mounted read-only
+        return (
+            f"; {path} could not be removed ({exc.strerror}) and holds nothing more to send: remove it once its "
+            "folder is writable"
+        )
+    return ""
 
 
 def reaped_run(store: str, run_id: str, path: Path, folder: Path) -> tuple[MlflowClient, Run]:

@@ -64,6 +64,14 @@ class TrackingStoreError(NnexpError):
     """The tracking store went away during a run and did not come back; what it missed is in an outbox file."""
 
 
+class OutboxWriteError(TrackingStoreError):
+    """The store stayed away at a run's end, and the outbox could not be written either: ``error`` says why."""
+
+    def __init__(self, message: str, error: OSError) -> None:
+        super().__init__(message)
+        self.error = error
+
+
 class RunDeletedError(NnexpError):
     """The run was deleted from its store while this process had it open: the store takes nothing more of it, and
     waiting for it to answer would wait for ever."""
@@ -80,8 +88,12 @@ class TrackedRun:
     refreshed with each flush of metrics and by a daemon thread; see :mod:`nnexp.tracking.liveness`.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, outbox: Path | None = None) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, outbox: Path | None = None, training: bool = True) -> None:
         self.client, self.run_id, self.outbox = client, run_id, outbox
+        #: Whether a process trains meanwhile, which a store going away tells at once (``nnexp sync`` only ends a run).
+        self.training = training
+        #: The store's own words for the last request it refused.
+        self.refusal: str | None = None
         self._pending: list[Any] = []
         self._tags: dict[str, str] = {}
         self._artifacts: list[tuple[str, str | None]] = []
@@ -129,15 +141,15 @@ class TrackedRun:
                     self._heartbeat.stop()
                 raise RunDeletedError(f"{self.deleted_reason}; restore it with: {self.restore_command}") from None
             self._disk_error = disk_error(exc, sqlite_path(self.store))
-            if self._away_since is None:
-                reason = store_error_reason(exc)[:200]
+            self.refusal = store_error_reason(exc)[:200]
+            if self._away_since is None and self.training:
                 trouble = "cannot write what it is sent" if self._disk_error else "does not answer"
                 log.warning(
                     "tracking store %s %s (%s); training goes on, and what it misses is kept and sent when it "
                     "takes it again",
                     self.store,
                     trouble,
-                    reason,
+                    self.refusal,
                 )
             self._away_since = time.monotonic()
             return False
@@ -271,10 +283,11 @@ class TrackedRun:
         try:
             outbox = self.write_outbox(status)
         except OSError as exc:  # the run's folder is on the store's full disk too
-            raise TrackingStoreError(
+            raise OutboxWriteError(
                 f"tracking store {self.store} {trouble}, and the outbox cannot be kept either "
                 f"({describe_os_error(exc, 'write', self.outbox)}); run {self.run_id} stays RUNNING (nnexp runs "
-                f"marks it KILLED once this process ends) without its {model}last metrics, tags and artifacts"
+                f"marks it KILLED once this process ends) without its {model}last metrics, tags and artifacts",
+                exc,
             ) from None
         raise TrackingStoreError(
             f"tracking store {self.store} {trouble}; run {self.run_id}'s {model}last metrics, tags, artifacts and "
