@@ -107,6 +107,11 @@ def check_command_line(arguments: list[str]) -> None:
 
     parser.error = refuse  # type: ignore[method-assign]
     parsed, unknown = parser.parse_known_args(arguments)
+    if parsed.experimental_rerun is not None:  # Hydra would read the file, which no run of nnexp's writes
+        refuse(
+            "--experimental-rerun: nnexp's runs keep no .hydra/config.pickle; run again with the overrides in the "
+            "run's .hydra/overrides.yaml, or continue a stopped run with resume=<id>"
+        )
     flags = [item for item in unknown if item.startswith("-")]
     if flags:
         refuse(f"{flags[0]} is not an option of python -m nnexp")
