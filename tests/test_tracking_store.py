@@ -259,3 +259,17 @@ def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_status(tmp_path):
     reopened = tracker.open_or_reopen("drifting", {"dataset_digest": "a" * 64}, resume=run_id)
     reopened.end("FINISHED")
     assert tracker.client.get_run(run_id).data.tags["dataset_digest"] == "a" * 64
+
+
+def test_mlflows_default_experiment_keeps_its_artifacts_beside_a_new_store(tmp_path, monkeypatch):
+    """``tracking.experiment=Default`` put the run's artifacts in ./mlruns/0 of the folder nnexp ran from."""
+    from nnexp.tracking.store import artifact_root
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    (tmp_path / "outputs").mkdir()
+    tracker = Tracker(uri, "Default")
+    assert tracker.experiment_id == "0"
+    location = tracker.client.get_experiment("0").artifact_location
+    assert location.rstrip("/").removeprefix("file://") == f"{artifact_root(uri).removeprefix('file://')}/0"
+    assert not (tmp_path / "mlruns").exists()

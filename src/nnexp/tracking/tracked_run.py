@@ -324,6 +324,10 @@ class Tracker:
         try:
             with store_lock(uri):
                 try:
+                    if new_store:  # else MLflow's Default experiment keeps its artifacts in ./mlruns, outside the store
+                        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                        SqlAlchemyStore(uri, artifact_root(uri))
                     self.client = MlflowClient(tracking_uri=uri)
                     found = self.client.get_experiment_by_name(experiment)
                     if found is None and create:
