@@ -186,6 +186,12 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
             f"hydra.run.dir={str(folder)!r} is the folder nnexp runs from; a run needs a folder of its own, "
             "such as outputs/NAME"
         )
+    around = next((parent for parent in folder.resolve().parents if (parent / FOLDER_LOCK).exists()), None)
+    if around is not None:  # among its files: its model and checkpoints folders are logged and synced as its own
+        raise FolderRefused(
+            f"hydra.run.dir={folder} lies inside the folder of another run or sweep ({around}); a run needs a folder "
+            "of its own, such as outputs/NAME"
+        )
     missing = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
