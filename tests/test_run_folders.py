@@ -340,6 +340,16 @@ def test_a_run_folder_inside_another_runs_folder_is_refused_and_not_created(tmp_
     assert not (tmp_path / "outputs" / "a" / inside).exists()
 
 
+def test_a_sweep_job_resumed_in_its_folder_inside_the_sweeps_is_not_refused(tmp_path, monkeypatch):
+    from nnexp.folders import _held, use_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sw" / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "sw" / ".nnexp.lock").write_text("{}")
+    use_run_folder(Path("sw/0"), resuming=True)
+    _held.pop().close()
+
+
 def test_hydra_job_chdir_reads_relative_data_paths_from_where_nnexp_was_started(project, mnist_files):
     """Hydra moved the job into its folder: data/train.csv was looked for there, and a refused run's cleanup then
     removed the folder the process stood in (a FileNotFoundError traceback)."""
