@@ -3,9 +3,9 @@
 A batch's product ``x @ w`` with BLAS does every multiply-add; these kernels do only those of the non-zero inputs,
 which on MNIST is a fifth of them, and gather the batch's rows from the data in the same pass. The first layer is
 the one that needs no input gradient, so its input is only ever read. Rows (forward) and the weight's rows
-(gradient) are split over the cores; each sum runs over the inputs in increasing order, in groups of eight, whatever
-the split, so results do not depend on the number of threads. :class:`SparseFirstLayer` runs a network's passes with them, the
-layers above the first by the NumPy reference's code.
+(gradient) are split over the cores; each sum runs over the inputs in increasing order, in groups of eight,
+whatever the split, so results do not depend on the number of threads. :class:`SparseFirstLayer` runs a network's
+passes with them, the layers above the first by the NumPy reference's code.
 """
 
 from __future__ import annotations
