@@ -396,6 +396,13 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
             "write python -m nnexp trainer.epochs=2 seed=1,2 -m",
         ),
         ("seed=1 --bogus", "error: --bogus is not an option of python -m nnexp (see python -m nnexp --help)"),
+        # tracebacks of Hydra's before
+        ("--config-name nope", "error: Cannot find primary config 'nope'. Check that it's in your config search path."),
+        ("--shell-completion", "error: Expecting one subcommand from ['install', 'uninstall', 'query'] to be set"),
+        (  # a UserWarning of two lines, then Hydra's "File ... does not exist!"
+            "--experimental-rerun outputs/x/.hydra/config.pickle",
+            "error: --experimental-rerun: nnexp's runs keep no .hydra/config.pickle; run again with the overrides",
+        ),
         ("--cfg jobs", "error: argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all') (see"),
         pytest.param(  # Hydra looked the key up as a file: "File name too long", naming a path inside Hydra
             f"+tags.{'k' * 300}=v",

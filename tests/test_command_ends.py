@@ -53,6 +53,25 @@ def test_a_closed_pipe_ends_a_run_and_the_tables_quietly(project):
         assert_quiet_end(closed_pipe_run(project, *arguments))
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a file whose writes find a full disk")
+@pytest.mark.parametrize("arguments", [["--version"], ["check", "--only", "relu"]])
+def test_output_to_a_full_disk_is_one_line(project, arguments):
+    """A 10-13 line traceback ending ``OSError: [Errno 28] No space left on device`` before."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "nnexp", *arguments],
+            cwd=project.root,
+            env=project.env(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    line = "error: cannot write the output: No space left on device (the disk is full; free some space)\n"
+    assert result.stderr == line
+
+
 #: A server as uvicorn is to SIGHUP: it reloads and serves on; SIGTERM ends it.
 RELOADING_SERVER = (
     "import signal, sys, time\n"

@@ -432,6 +432,9 @@ def test_a_preset_naming_a_missing_default_names_the_preset_and_the_entry(user_c
         ("tags=[1,2]", "tags is a mapping of tag names to values, not a list or a value; add a tag with +tags.NAME="),
         ("tags=5", "tags is a mapping of tag names to values"),
         ("~tags.nope", "~tags.nope: the config has no tags.nope to remove; check its spelling"),
+        # tracebacks of Hydra's ConfigCompositionException before
+        ("+trainer.epochs=3", "+trainer.epochs: the config has trainer.epochs already; write trainer.epochs="),
+        ("+dataset=moons", "dataset is chosen more than once (+dataset=... adds a choice); choose it once"),
     ],
 )
 def test_tags_that_are_no_mapping_and_removing_a_missing_key_are_one_line(user_conf, override, expected):

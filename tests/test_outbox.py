@@ -399,3 +399,43 @@ def test_nnexp_sync_of_a_run_folder_mounted_read_only_sends_all_and_says_the_out
         "remove it once its folder is writable"
     )
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("metrics", "tags", "expected"),
+    [
+        (
+            [["train_loss", 123.0, 1700000000000, 1]],
+            {},
+            "metrics[0] value must be 0.5, the value run {run_id} records at step 1 (an outbox only adds to a run), "
+            "found 123.0",
+        ),
+        (
+            [EPOCH_3],
+            {"dataset": "quadrants"},
+            "tags.dataset must be 'moons', as run {run_id} records it (an outbox only adds to a run), "
+            "found 'quadrants'",
+        ),
+    ],
+    ids=["another-value-at-a-logged-step", "another-value-of-a-tag"],
+)
+def test_an_outbox_that_would_change_the_runs_record_sends_nothing(tmp_path, metrics, tags, expected):
+    """Sent before: a second train_loss at step 1, and a moons run's dataset tag rewritten to quadrants."""
+    client, run_id, folder = killed_mid_training(tmp_path, *metrics, model=True)
+    client.set_tag(run_id, "dataset", "moons")
+    outbox(folder, tracking_uri=client.tracking_uri, run_id=run_id, metrics=metrics, tags=tags)
+    with pytest.raises(NnexpError) as refused:
+        sync(folder)
+    assert str(refused.value) == f"{folder / OUTBOX}: {expected.format(run_id=run_id)}"
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["dataset"] == "moons"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")] == [(1, 0.5), (2, 0.5)]
+    assert (folder / OUTBOX).is_file()
+
+
+def test_an_outbox_row_the_store_already_holds_is_not_sent_twice(tmp_path):
+    rows = [["train_loss", 0.5, 1700000000000, 2], EPOCH_3]
+    client, run_id, folder = killed_mid_training(tmp_path)
+    outbox(folder, tracking_uri=client.tracking_uri, run_id=run_id, metrics=rows, status="KILLED")
+    assert "sent 1 metric values" in sync(folder)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3]

@@ -11,7 +11,7 @@ import pytest
 
 from nnexp import DATASETS, LOSSES, MODELS, SCHEDULES
 from nnexp.errors import PluginError
-from nnexp.job.build import check_activation_shapes
+from nnexp.job.build import check_plugin_outputs
 from nnexp.plugins import blame, load_builtins, load_folder
 
 load_builtins()
@@ -38,6 +38,52 @@ PLUGINS = {
 
             def backward(self, grad_out, input_grad=True):
                 return grad_out
+    """,
+    "wrong.py": """
+        import numpy as np
+        from nnexp import ACTIVATIONS, LOSSES, Activation
+        from nnexp.core.losses import MeanSquaredError
+
+
+        @ACTIVATIONS.register("widening")
+        class Widening(Activation):
+            def forward(self, x):
+                return np.tanh(x).astype(np.float64)
+
+            def backward(self, grad_out, input_grad=True):
+                return grad_out
+
+
+        @ACTIVATIONS.register("listing")
+        class Listing(Activation):
+            def forward(self, x):
+                return x.tolist()
+
+            def backward(self, grad_out, input_grad=True):
+                return grad_out
+
+
+        @ACTIVATIONS.register("narrow_back")
+        class NarrowBack(Activation):
+            def forward(self, x):
+                return x
+
+            def backward(self, grad_out, input_grad=True):
+                return grad_out[:, :1]
+
+
+        @LOSSES.register("short_grad")
+        class ShortGrad(MeanSquaredError):
+            def value_and_gradient(self, y_true, y_pred):
+                value, grad = super().value_and_gradient(y_true, y_pred)
+                return value, grad[:, :1]
+
+
+        @LOSSES.register("two_values")
+        class TwoValues(MeanSquaredError):
+            def value_and_gradient(self, y_true, y_pred):
+                value, grad = super().value_and_gradient(y_true, y_pred)
+                return np.array([value, value]), grad
     """,
     "schedules.py": """
         from nnexp import SCHEDULES, Schedule
@@ -203,24 +249,51 @@ def test_an_error_of_nnexp_s_own_code_is_not_blamed_on_a_plugin(plugins):
     assert isinstance(exc, ValueError) and blame(exc) is None
 
 
+#: The one-hot targets of two rows of two classes.
+TARGETS = np.eye(2)
+
+
 def test_an_activation_whose_output_is_not_shaped_like_its_input_is_refused_naming_it(plugins):
+    network_loss = LOSSES.build({"name": "cross_entropy"})
     network = MODELS.build({"name": "mlp", "hidden_sizes": [4], "activation": "narrow"}).build(
-        3, 2, LOSSES.build({"name": "cross_entropy"}), np.random.default_rng(0), np.float64
+        3, 2, network_loss, np.random.default_rng(0), np.float64
     )
     with pytest.raises(PluginError) as caught:
-        check_activation_shapes(network, np.zeros((2, 3)))
+        check_plugin_outputs(network, network_loss, np.zeros((2, 3)), TARGETS)
     assert str(caught.value) == (
-        "activation narrow (plugins/narrow.py) returned shape (2, 1) for an input of shape (2, 4); "
-        "an activation's output must be shaped like its input"
+        "activation narrow (plugins/narrow.py) returned an output of (2, 1) float64 for (2, 4) float64; "
+        "it must be an array of the same shape and dtype"
     )
+
+
+@pytest.mark.parametrize(
+    ("activation", "loss", "message"),
+    [
+        # tracebacks from the next layer mid-run, naming no plugin, and FAILED runs, before
+        ("widening", "mse", "activation widening (plugins/wrong.py) returned an output of (2, 4) float64 for (2, 4)"),
+        ("listing", "mse", "activation listing (plugins/wrong.py) returned an output of list for (2, 4) float32"),
+        ("narrow_back", "mse", "activation narrow_back (plugins/wrong.py) returned a gradient of (2, 1) float32 for"),
+        ("relu", "short_grad", "loss short_grad (plugins/wrong.py) returned a gradient of (2, 1) float32 for (2, 2)"),
+        ("relu", "two_values", "loss two_values (plugins/wrong.py) returned a loss of ndarray (2,); a loss is one"),
+    ],
+)
+def test_a_plugin_whose_result_is_not_an_array_like_its_input_is_refused_naming_it(plugins, activation, loss, message):
+    network_loss = LOSSES.build({"name": loss})
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [4], "activation": activation}).build(
+        3, 2, network_loss, np.random.default_rng(0), np.float32
+    )
+    with pytest.raises(PluginError) as caught:
+        check_plugin_outputs(network, network_loss, np.zeros((2, 3), np.float32), TARGETS.astype(np.float32))
+    assert str(caught.value).startswith(message)
 
 
 def test_the_built_in_activations_keep_their_input_s_shape():
     for activation in ("identity", "relu", "sigmoid", "tanh"):
+        network_loss = LOSSES.build({"name": "cross_entropy"})
         network = MODELS.build({"name": "mlp", "hidden_sizes": [4], "activation": activation}).build(
-            3, 2, LOSSES.build({"name": "cross_entropy"}), np.random.default_rng(0), np.float64
+            3, 2, network_loss, np.random.default_rng(0), np.float64
         )
-        check_activation_shapes(network, np.zeros((2, 3)))
+        check_plugin_outputs(network, network_loss, np.zeros((2, 3)), TARGETS)
 
 
 @pytest.mark.parametrize(
@@ -269,8 +342,8 @@ def test_huge_initial_weights_are_kept_in_float64(plugins):
         ),
         (  # a bare "ValueError: shapes (4,1) and (64,64) not aligned" traceback from the next layer, run FAILED
             ["model.activation=narrow", "trainer.engine=numpy"],
-            "error: activation narrow (plugins/narrow.py) returned shape (2, 1) for an input of shape (2, 64); "
-            "an activation's output must be shaped like its input\n",
+            "error: activation narrow (plugins/narrow.py) returned an output of (2, 1) float32 for (2, 64) float32; "
+            "it must be an array of the same shape and dtype\n",
         ),
     ],
 )

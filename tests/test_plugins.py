@@ -75,6 +75,16 @@ def test_import_error_names_the_file(in_tmp):
         load_folder(in_tmp / "plugins")
 
 
+def test_a_plugin_that_moves_the_working_directory_is_an_error_naming_the_file(in_tmp, tmp_path):
+    """The run's folder and the store were made in the other folder, and the project's presets went unread."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write(in_tmp / "plugins", "moves.py", f"import os\nos.chdir({str(elsewhere)!r})\n")
+    with pytest.raises(PluginError, match=r"^plugins/moves.py: moves the working directory to .*elsewhere while"):
+        load_folder(in_tmp / "plugins")
+    assert Path.cwd() == in_tmp
+
+
 def test_a_plugin_that_exits_at_import_is_an_error_naming_the_file(in_tmp):
     write(in_tmp / "plugins", "quits.py", "import sys\nsys.exit(0)\n")
     with pytest.raises(PluginError, match=r"^plugins/quits.py: called sys.exit\(0\) while being imported; "):

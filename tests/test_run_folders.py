@@ -324,6 +324,32 @@ def test_a_run_folder_among_other_records_is_refused(tmp_path, monkeypatch, wher
     use_run_folder(Path("outputs/2026-11-26/09-00-01"), resuming=False)
 
 
+@pytest.mark.parametrize("inside", ["model/b", "checkpoints/b", "b/c"])
+def test_a_run_folder_inside_another_runs_folder_is_refused_and_not_created(tmp_path, monkeypatch, inside):
+    """``hydra.run.dir=outputs/a/model/b`` FINISHED a run inside run a's MLflow model folder, which a's sync and
+    logging send as a's own."""
+    from nnexp.folders import FolderRefused, use_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "a" / "model").mkdir(parents=True)
+    (tmp_path / "outputs" / "a" / ".nnexp.lock").write_text("{}")
+    expected = f"hydra.run.dir=outputs/a/{inside} lies inside the folder of another run or sweep ({tmp_path}/outputs/a)"
+    with pytest.raises(FolderRefused) as refused:
+        use_run_folder(Path("outputs/a") / inside, resuming=False)
+    assert str(refused.value).startswith(expected)
+    assert not (tmp_path / "outputs" / "a" / inside).exists()
+
+
+def test_a_sweep_job_resumed_in_its_folder_inside_the_sweeps_is_not_refused(tmp_path, monkeypatch):
+    from nnexp.folders import _held, use_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sw" / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "sw" / ".nnexp.lock").write_text("{}")
+    use_run_folder(Path("sw/0"), resuming=True)
+    _held.pop().close()
+
+
 def test_hydra_job_chdir_reads_relative_data_paths_from_where_nnexp_was_started(project, mnist_files):
     """Hydra moved the job into its folder: data/train.csv was looked for there, and a refused run's cleanup then
     removed the folder the process stood in (a FileNotFoundError traceback)."""

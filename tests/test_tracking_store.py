@@ -239,3 +239,37 @@ def test_a_read_only_store_option_is_one_line_and_no_run(project):
         f"set tracking.uri to the database file alone: {project.store_uri}\n"
     )
     assert not (project.root / "outputs").exists()
+
+
+def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_status(tmp_path):
+    """A dataset plugin that ignored its rng gave other data at each load: the run went on training on it, while
+    its dataset_digest tag named the first."""
+    from nnexp.tracking.store import RunCreationError
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    run_id = tracker.open_run("drifting", {"dataset_digest": "a" * 64}).run_id
+    tracker.client.set_terminated(run_id, "KILLED")
+    with pytest.raises(RunCreationError) as refused:
+        tracker.open_or_reopen("drifting", {"dataset_digest": "b" * 64, "engine": "numpy"}, resume=run_id)
+    assert str(refused.value) == (
+        f"run {run_id} trained on other data than it is given now (dataset_digest aaaaaaaaaaaa… recorded, "
+        "bbbbbbbbbbbb… now); a resumed run goes on with what it began with: restore that, or start anew"
+    )
+    assert tracker.client.get_run(run_id).info.status == "KILLED"
+    reopened = tracker.open_or_reopen("drifting", {"dataset_digest": "a" * 64}, resume=run_id)
+    reopened.end("FINISHED")
+    assert tracker.client.get_run(run_id).data.tags["dataset_digest"] == "a" * 64
+
+
+def test_mlflows_default_experiment_keeps_its_artifacts_beside_a_new_store(tmp_path, monkeypatch):
+    """``tracking.experiment=Default`` put the run's artifacts in ./mlruns/0 of the folder nnexp ran from."""
+    from nnexp.tracking.store import artifact_root
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    (tmp_path / "outputs").mkdir()
+    tracker = Tracker(uri, "Default")
+    assert tracker.experiment_id == "0"
+    location = tracker.client.get_experiment("0").artifact_location
+    assert location.rstrip("/").removeprefix("file://") == f"{artifact_root(uri).removeprefix('file://')}/0"
+    assert not (tmp_path / "mlruns").exists()

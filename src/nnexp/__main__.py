@@ -73,6 +73,12 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # one that lands before command() can catch it, as in its first lines
         stop = Interrupted.of(exc)
         fail(str(stop), stop.exit_code)
+    except OSError as exc:  # a sub-command's output that cannot be written (``> /dev/full``), or a file it cannot use
+        if exc.errno is None:
+            raise
+        if exc.filename is None:  # the output: flushed again at the interpreter's exit, it would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        fail(describe_os_error(exc, "write the output" if exc.filename is None else None))
 
 
 def ignore_socks_warning() -> None:

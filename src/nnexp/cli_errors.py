@@ -55,6 +55,10 @@ _ADDED_GROUP = re.compile(
     r"|force-add of config groups is not supported: '\+\+([\w/]+)=([^']*)'"
 )
 
+#: Hydra's refusal of ``+key=value`` for a key the config has, and of a second choice of a group (``+dataset=x``).
+_ADDED_KEY = re.compile(r"Could not append to config\. An item is already at '([^']+)'")
+_CHOSEN_TWICE = re.compile(r"([\w/]+) appears more than once in the final defaults list")
+
 
 #: The longest file name (in bytes) of Linux's and macOS's file systems.
 NAME_MAX = 255
@@ -103,6 +107,11 @@ def check_command_line(arguments: list[str]) -> None:
 
     parser.error = refuse  # type: ignore[method-assign]
     parsed, unknown = parser.parse_known_args(arguments)
+    if parsed.experimental_rerun is not None:  # Hydra would read the file, which no run of nnexp's writes
+        refuse(
+            "--experimental-rerun: nnexp's runs keep no .hydra/config.pickle; run again with the overrides in the "
+            "run's .hydra/overrides.yaml, or continue a stopped run with resume=<id>"
+        )
     flags = [item for item in unknown if item.startswith("-")]
     if flags:
         refuse(f"{flags[0]} is not an option of python -m nnexp")
@@ -188,7 +197,7 @@ def describe_config_error(exc: BaseException) -> str | None:
         return hint
     cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
     if not isinstance(cause, OmegaConfBaseException) or not getattr(cause, "full_key", None):
-        return None
+        return hydra_refusal(exc)
     key, fields = cause.full_key, _field_types(cause.object_type)
     if key == "tags" and not isinstance(cause.value, Mapping):
         return (
@@ -212,6 +221,21 @@ def describe_config_error(exc: BaseException) -> str | None:
     if expected is not None and cause.value is not None:
         return f"{key} expects {describe_type(expected)}, got {cause.value!r}"
     return f"{key}: {str(cause.msg).splitlines()[0]}"
+
+
+def hydra_refusal(exc: BaseException) -> str | None:
+    """The first line of an error Hydra raised itself on reading the command line (a primary config or a config
+    folder that does not exist, a flag without its value, a defaults list it cannot build); ``None`` for any other."""
+    import traceback
+
+    import hydra
+    from hydra.errors import HydraException
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    raised_by_hydra = bool(frames) and Path(frames[-1].filename).is_relative_to(Path(hydra.__file__).parent)
+    if not (isinstance(exc, HydraException | ValueError) and raised_by_hydra):
+        return None
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def describe_logging_error(exc: BaseException, arguments: list[str] | None = None) -> str | None:
@@ -254,6 +278,14 @@ def override_hint(message: str) -> str | None:
     not_deleted = _NOT_DELETED.search(message)
     if not_deleted:
         return f"~{not_deleted[1]}: the config has no {not_deleted[1]} to remove; check its spelling"
+    added_key = _ADDED_KEY.search(message)
+    if added_key:
+        key = added_key[1]
+        return f"+{key}: the config has {key} already; write {key}=VALUE to change it (+ adds only a key it lacks)"
+    twice = _CHOSEN_TWICE.search(message)
+    if twice:
+        group = twice[1]
+        return f"{group} is chosen more than once (+{group}=... adds a choice); choose it once, as {group}=NAME"
     added = _ADDED_GROUP.search(message)
     if added:
         group, option = (added.group(1), added.group(2)) if added.group(1) else (added.group(3), added.group(4))

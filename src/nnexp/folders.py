@@ -186,6 +186,14 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
             f"hydra.run.dir={str(folder)!r} is the folder nnexp runs from; a run needs a folder of its own, "
             "such as outputs/NAME"
         )
+    # A new run among another's files, whose model and checkpoints folders are logged and synced as that run's own;
+    # a resumed run goes on in its own folder, which a sweep's job has inside the sweep's.
+    around = next((parent for parent in folder.resolve().parents if (parent / FOLDER_LOCK).exists()), None)
+    if around is not None and not resuming:
+        raise FolderRefused(
+            f"hydra.run.dir={folder} lies inside the folder of another run or sweep ({around}); a run needs a folder "
+            "of its own, such as outputs/NAME"
+        )
     missing = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)

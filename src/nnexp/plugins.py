@@ -84,6 +84,7 @@ def load_file(path: Path, module_name: str) -> None:
 @contextlib.contextmanager
 def importing(source: str) -> Iterator[None]:
     """Anything a plugin's import raises becomes one line naming ``source``; a Ctrl-C or SIGTERM stays one."""
+    start = os.getcwd()
     try:
         yield
     except SyntaxError as exc:
@@ -99,6 +100,10 @@ def importing(source: str) -> Iterator[None]:
         if stop is not None:
             raise stopped_while_importing(stop, source) from None
         raise PluginError(f"{source}: {type(exc).__name__}: {exc}") from None
+    moved = os.getcwd()
+    if moved != start:  # the run's folder, the store and the presets would all be found, or made, there
+        os.chdir(start)
+        raise PluginError(f"{source}: moves the working directory to {moved} while being imported; remove the chdir")
 
 
 def stopped_while_importing(stop: KeyboardInterrupt, source: str) -> Interrupted:

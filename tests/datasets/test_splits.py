@@ -47,6 +47,12 @@ def splits(**changes) -> Splits:
             "train split: feature 1 of sample 3 is -inf in trainer.dtype=float32 (-1e+300 before the cast), not a",
         ),
         ({"x_test": np.full((4, 2), 3.5e38)}, "test split: feature 0 of sample 0 is inf in trainer.dtype=float32"),
+        # FINISHED with a loss of 0 and an accuracy of 1: one class is all a network could ever answer
+        ({"n_classes": 1, "y_train": np.zeros(4, int), "y_test": np.zeros(4, int)}, "n_classes must be an integer >="),
+        # tracebacks from the loss's one-hot targets and from the check of finite features
+        ({"n_classes": 2.5}, "n_classes must be an integer >= 2, one per class to tell apart, got 2.5"),
+        ({"n_classes": True}, "n_classes must be an integer >= 2, one per class to tell apart, got True"),
+        ({"x_train": np.zeros((4, 0)), "x_test": np.zeros((4, 0))}, "train split: samples of no features"),
     ],
 )
 def test_splits_unfit_to_train_on_are_one_line_naming_the_dataset(changes, message):

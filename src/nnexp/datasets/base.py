@@ -30,6 +30,9 @@ class Splits:
         """Raise :class:`DataError` unless training can use every split: 2-D real features, finite (also once cast
         to ``dtype``, the run's, when given), as many in each split as in training, as many integer labels in
         ``0..n_classes-1`` as rows, and one distinct class name per class."""
+        if not isinstance(self.n_classes, int | np.integer) or isinstance(self.n_classes, bool) or self.n_classes < 2:
+            # one class would train to a loss of 0 and an accuracy of 1, and FINISH as if it had learnt something
+            raise DataError(f"n_classes must be an integer >= 2, one per class to tell apart, got {self.n_classes!r}")
         if self.class_names is not None and len(self.class_names) != self.n_classes:
             raise DataError(f"{len(self.class_names)} class names for n_classes={self.n_classes}")
         for name in self.class_names or ():
@@ -45,6 +48,8 @@ class Splits:
                 raise DataError(f"{part} split: x and y must be NumPy arrays, got {kinds}")
             if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise DataError(f"{part} split: expected x (n, features) and y (n,), got {x.shape} and {y.shape}")
+            if not x.shape[1]:
+                raise DataError(f"{part} split: samples of no features, got x {x.shape}; each sample needs one or more")
             if x.shape[1] != self.x_train.shape[1]:
                 raise DataError(
                     f"{part} split: {x.shape[1]} features per sample, but the train split has {self.x_train.shape[1]}"

@@ -165,7 +165,7 @@ def prepare(components: Components, rng: np.random.Generator) -> Experiment:
     memory.check_fits(components.model, components.optimizer, loss, splits, components.trainer.batch_size, dtype)
     with memory.running_out("building the network", "use a smaller model"):
         network = components.model.build(splits.n_features, splits.n_classes, loss, rng, dtype)
-    check_activation_shapes(network, data["train"].x[:2])
+    check_plugin_outputs(network, loss, data["train"].x[:2], data["train"].targets[:2])
     components.trainer.select_engine(network, loss, components.optimizer)
     return Experiment(splits, data, network, loss, components.optimizer, components.schedule, components.trainer)
 
@@ -220,17 +220,37 @@ def check_in_dtype(cfg: DictConfig, dtype: type[np.floating]) -> None:
                     )
 
 
-def check_activation_shapes(network: Sequential, x: np.ndarray) -> None:
-    """Pass a few rows through ``network`` and refuse an activation whose output is not shaped like its input,
-    which the next layer would meet as a bare NumPy error naming no plugin."""
+def check_plugin_outputs(network: Sequential, loss: Loss, x: np.ndarray, targets: np.ndarray) -> None:
+    """Pass a few rows through ``network`` and ``loss`` and back, and refuse an activation or a loss whose result is
+    not an array shaped and typed like what it was given, which the next layer would meet as a bare NumPy error
+    naming no plugin (and a wider dtype would widen the run's arrays)."""
     for layer in network.layers:
         out = layer.forward(x)
-        if isinstance(layer, Activation) and np.shape(out) != x.shape:
-            raise PluginError(
-                f"{ACTIVATIONS.label(type(layer))} returned shape {np.shape(out)} for an input of shape "
-                f"{x.shape}; an activation's output must be shaped like its input"
-            )
+        if isinstance(layer, Activation):
+            check_like(ACTIVATIONS.label(type(layer)), "an output", out, x)
         x = out
+    value, grad = loss.value_and_gradient(targets, x)
+    label = LOSSES.label(type(loss))
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if not isinstance(value, float | np.floating):
+        raise PluginError(f"{label} returned a loss of {type(value).__name__} {np.shape(value)}; a loss is one number")
+    check_like(label, "a gradient", grad, x)
+    for layer in reversed(network.layers[1:]):
+        out = layer.backward(grad)
+        if isinstance(layer, Activation):
+            check_like(ACTIVATIONS.label(type(layer)), "a gradient", out, grad)
+        grad = out
+
+
+def check_like(label: str, what: str, result: object, given: np.ndarray) -> None:
+    """Refuse ``result``, a plugin's ``what`` for the array ``given``, unless it is an array of its shape and dtype."""
+    if not isinstance(result, np.ndarray) or result.shape != given.shape or result.dtype != given.dtype:
+        found = f"{np.shape(result)} {result.dtype}" if isinstance(result, np.ndarray) else type(result).__name__
+        raise PluginError(
+            f"{label} returned {what} of {found} for {given.shape} {given.dtype}; it must be an array of the same "
+            "shape and dtype"
+        )
 
 
 def run_params(cfg: DictConfig) -> dict[str, Any]:

@@ -371,10 +371,18 @@ def check_plugin_settings(config: DictConfig) -> None:
 
 
 def check_subdir(config: DictConfig) -> None:
-    """Refuse a ``hydra.sweep.subdir`` without an interpolation (``${hydra.job.num}``): every job would write into
-    one folder, and each run's record would point at the last job's files."""
+    """Refuse a ``hydra.sweep.subdir`` without an interpolation (``${hydra.job.num}``), or one that leads out of the
+    sweep's folder (absolute, or through ``..``): every job would write into one folder (``0/../..`` and ``1/../..``
+    are one), or outside the sweep, and each run's record would point at another job's files."""
     subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
-    if isinstance(subdir, str) and "${" not in subdir:
+    if not isinstance(subdir, str):
+        return
+    if subdir.startswith("/") or ".." in subdir.split("/"):
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir!r} leads out of the sweep's folder; name a folder inside it, such as "
+            "${hydra.job.num} (the default)"
+        )
+    if "${" not in subdir:
         raise ConfigError(
             f"hydra.sweep.subdir={subdir!r} names one folder for every job of the sweep; "
             "include ${hydra.job.num} (the default is ${hydra.job.num})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ INT64_MAX = 2**63 - 1
 #: The largest outbox ``nnexp sync`` reads. Unlike nnexp's other files, an outbox grows with the run: each epoch's
 #: metrics take about 500 bytes in it, so this holds half a million epochs trained while the store was away.
 MAX_OUTBOX_BYTES = 256 * 2**20
+#: The tags a run's later record may change after they were sent: its end's reason, and whether it was resumed.
+CHANGING_TAGS = frozenset({"failure_reason", "resumed"})
 
 
 def metric_name(key: object) -> bool:
@@ -90,8 +93,9 @@ def sync(folder: Path, uri: str | None = None) -> str:
             f"{path}: run {outbox['run_id']} is already {status}, closed since this outbox was written; "
             "nothing to send (remove the outbox)"
         )
+    metrics = missed_metrics(fields, outbox, client, found)
     run = TrackedRun(client, outbox["run_id"], folder, training=False)
-    run._pending = [Metric(*row) for row in outbox["metrics"]]
+    run._pending = [Metric(*row) for row in metrics]
     run._tags = dict(outbox["tags"])
     run._artifacts = artifacts
     counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
@@ -100,7 +104,7 @@ def sync(folder: Path, uri: str | None = None) -> str:
     if has_model and not has_ready_model(client, run.run_id):  # never logged, or its upload failed
         run.hold_model(model, functools.partial(upload_model, client, run.run_id, model))
         counts += ", the model"
-    unfinished = outbox["status"] == "FINISHED" and training_unfinished(client, found, outbox["metrics"], folder)
+    unfinished = outbox["status"] == "FINISHED" and training_unfinished(client, found, metrics, folder)
     if unfinished:
         # Its own record and folder say the process ended mid-training: what it logged is kept, not its claim.
         reason = f"{path}: status FINISHED, but {unfinished}"
@@ -138,6 +142,30 @@ def remove(path: Path) -> str:
             "folder is writable"
         )
     return ""
+
+
+def missed_metrics(fields: Fields, outbox: dict[str, Any], client: MlflowClient, found: Run) -> list[list[Any]]:
+    """The outbox's metric rows that the run ``found`` lacks; raises DataError for a row or tag that would change
+    what the run records (another value at a step it holds, another value of a tag it was given): an outbox holds
+    only what the store missed, so such a row is not the run's."""
+    run_id = found.info.run_id
+    for key, value in outbox["tags"].items():
+        held = found.data.tags.get(key)
+        if held is not None and held != value and key not in CHANGING_TAGS:
+            fields.fail(f"tags.{key}", f"{held!r}, as run {run_id} records it (an outbox only adds to a run)", value)
+    stored = {
+        key: {metric.step: metric.value for metric in client.get_metric_history(run_id, key)}
+        for key in {row[0] for row in outbox["metrics"]}
+    }
+    missed = []
+    for index, (key, value, timestamp, step) in enumerate(outbox["metrics"]):
+        held = stored[key].get(step)
+        if held is None:
+            missed.append([key, value, timestamp, step])
+        elif held != value and not (math.isnan(held) and math.isnan(value)):  # an equal one was sent before
+            expected = f"{held!r}, the value run {run_id} records at step {step} (an outbox only adds to a run)"
+            fields.fail(f"metrics[{index}] value", expected, value)
+    return missed
 
 
 def reaped_run(store: str, run_id: str, path: Path, folder: Path) -> tuple[MlflowClient, Run]:

@@ -59,6 +59,10 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 
+#: The tags a resumed run must find as it recorded them, and what each stands for: its data (a dataset plugin that
+#: ignores its ``rng`` gives other data each time it loads).
+SAME_ON_RESUME = {"dataset_digest": "data"}
+
 
 class TrackingStoreError(NnexpError):
     """The tracking store went away during a run and did not come back; what it missed is in an outbox file."""
@@ -333,6 +337,10 @@ class Tracker:
         try:
             with store_lock(uri):
                 try:
+                    if new_store:  # else MLflow's Default experiment keeps its artifacts in ./mlruns, outside the store
+                        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                        SqlAlchemyStore(uri, artifact_root(uri))
                     self.client = MlflowClient(tracking_uri=uri)
                     found = self.client.get_experiment_by_name(experiment)
                     if found is None and create:
@@ -411,8 +419,17 @@ class Tracker:
         return run
 
     def reopen_run(self, run_id: str, outbox: Path | None = None, tags: Mapping[str, Any] | None = None) -> TrackedRun:
-        """Run ``run_id`` RUNNING again, in this process, with ``tags`` updated; see :func:`resumable`."""
-        resumable(self.client, self.client.get_run(run_id))
+        """Run ``run_id`` RUNNING again, in this process, with ``tags`` updated; see :func:`resumable`. A tag of
+        :data:`SAME_ON_RESUME` in ``tags`` must be the run's own: else it is refused, its status as it was."""
+        found = resumable(self.client, self.client.get_run(run_id))
+        for key, what in SAME_ON_RESUME.items():
+            recorded, now = found.data.tags.get(key), (tags or {}).get(key)
+            if recorded is not None and now is not None and recorded != now:
+                raise RunCreationError(
+                    f"run {run_id} trained on other {what} than it is given now ({key} {recorded[:12]}… recorded, "
+                    f"{now[:12]}… now); a resumed run goes on with what it began with: restore that, or start anew"
+                )
+        tags = {key: value for key, value in (tags or {}).items() if key not in SAME_ON_RESUME}
         run = TrackedRun(self.client, run_id, outbox)
         # Where it lives now before the status: a RUNNING run with the dead process's pid would be marked again.
         run.set_tags({**(tags or {}), **liveness.process_tags(), "resumed": "true", "failure_reason": ""})
@@ -427,7 +444,8 @@ class Tracker:
         if resume is None:
             return self.open_run(run_name, tags, outbox)
         # Its folder, if the user moved it; the rest of its tags stay as the run first recorded them.
-        return self.reopen_run(resume, outbox, {key: tags[key] for key in ("output_dir",) if key in tags})
+        kept = {key: tags[key] for key in ("output_dir", *SAME_ON_RESUME) if key in tags}
+        return self.reopen_run(resume, outbox, kept)
 
     def record_failure(self, run_name: str, tags: Mapping[str, Any], reason: str, params: Mapping[str, Any]) -> str:
         """A run that failed before it could start, kept so a sweep shows every job; returns its id."""
