@@ -26,8 +26,6 @@ from nnexp.folders import (
 if TYPE_CHECKING:
     import argparse
 
-    from omegaconf import DictConfig
-
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
     "data": "nnexp.commands.data",
@@ -52,7 +50,6 @@ HELP_FLAGS = ("-h", "--help")
 
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
-
 
 #: The exit status of a command whose output was no longer read (``| head``), as a shell reports SIGPIPE.
 CLOSED_PIPE_STATUS = 128 + 13
