@@ -323,6 +323,7 @@ def test_nnexp_sync_of_a_dead_run_with_a_lost_artifact_is_one_line_and_the_run_k
     client, run_id, folder = dead_run_with_a_lost_artifact(tmp_path)
     synced = nnexp_sync(project, folder)
     assert (synced.returncode, synced.stdout) == (1, "")
+    assert len(synced.stderr.splitlines()) == 2, synced.stderr
     [note, error] = synced.stderr.splitlines()
     assert note.startswith("run ") and f"({run_id}) marked KILLED: process " in note and note.endswith(" has ended")
     assert error == f"error: {folder / OUTBOX}: artifacts[1] must be a file that exists, found '{folder / 'plot.png'}'"
