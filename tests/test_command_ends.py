@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from mlflow import MlflowClient
@@ -18,20 +19,25 @@ from test_signals import session_members
 CLOSED_PIPE_STATUS = 141  # 128 + SIGPIPE, as a shell reports a reader gone
 
 
+def run_into(project, stdout: int | IO[str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with its stdout ``stdout``, its stderr captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "nnexp", *arguments],
+        cwd=project.root,
+        env=project.env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+
+
 def closed_pipe_run(project, *arguments: str) -> subprocess.CompletedProcess[str]:
     """The CLI with its stdout a pipe whose reader is gone, as ``| head`` leaves it once it has read its lines."""
     reader, writer = os.pipe()
     os.close(reader)
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "nnexp", *arguments],
-            cwd=project.root,
-            env=project.env(),
-            stdout=writer,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
+        return run_into(project, writer, *arguments)
     finally:
         os.close(writer)
 
@@ -58,15 +64,7 @@ def test_a_closed_pipe_ends_a_run_and_the_tables_quietly(project):
 def test_output_to_a_full_disk_is_one_line(project, arguments):
     """A 10-13 line traceback ending ``OSError: [Errno 28] No space left on device`` before."""
     with open("/dev/full", "w") as full:
-        result = subprocess.run(
-            [sys.executable, "-m", "nnexp", *arguments],
-            cwd=project.root,
-            env=project.env(),
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
+        result = run_into(project, full, *arguments)
     assert result.returncode == 1
     line = "error: cannot write the output: No space left on device (the disk is full; free some space)\n"
     assert result.stderr == line

@@ -211,9 +211,9 @@ def test_an_outbox_for_a_run_deleted_in_mlflow_says_so(tmp_path):
     assert path.is_file()
 
 
-def killed_mid_training(tmp_path: Path, *outbox_metrics: list, model: bool = False) -> tuple[MlflowClient, str, Path]:
-    """A run of trainer.epochs=5 whose store holds epochs 1 and 2, and whose outbox says FINISHED with
-    ``outbox_metrics`` (and its folder ``model.npz`` when ``model``); returns the client, run id and folder."""
+def run_of_epochs(tmp_path: Path, epochs: int) -> tuple[MlflowClient, str, str, Path]:
+    """A new store in ``tmp_path`` with one RUNNING run of ``trainer.epochs=epochs`` and its folder; returns the
+    client, the store's URI, the run id and the folder."""
     from nnexp.tracking.tracked_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -221,13 +221,20 @@ def killed_mid_training(tmp_path: Path, *outbox_metrics: list, model: bool = Fal
     folder = tmp_path / "run"
     folder.mkdir()
     run_id = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(folder)}).info.run_id
-    tracker.client.log_param(run_id, "trainer.epochs", "5")
+    tracker.client.log_param(run_id, "trainer.epochs", str(epochs))
+    return tracker.client, uri, run_id, folder
+
+
+def killed_mid_training(tmp_path: Path, *outbox_metrics: list, model: bool = False) -> tuple[MlflowClient, str, Path]:
+    """A run of trainer.epochs=5 whose store holds epochs 1 and 2, and whose outbox says FINISHED with
+    ``outbox_metrics`` (and its folder ``model.npz`` when ``model``); returns the client, run id and folder."""
+    client, uri, run_id, folder = run_of_epochs(tmp_path, 5)
     for epoch in (1, 2):
-        tracker.client.log_metric(run_id, "train_loss", 0.5, step=epoch)
+        client.log_metric(run_id, "train_loss", 0.5, step=epoch)
     if model:
         (folder / "model.npz").write_bytes(b"")
     outbox(folder, tracking_uri=uri, run_id=run_id, metrics=[list(row) for row in outbox_metrics])
-    return tracker.client, run_id, folder
+    return client, run_id, folder
 
 
 EPOCH_3 = ["train_loss", 0.4, 1700000000000, 3]
@@ -333,17 +340,10 @@ def test_nnexp_sync_of_a_dead_run_with_a_lost_artifact_is_one_line_and_the_run_k
 def finished_outbox(tmp_path: Path) -> tuple[MlflowClient, str, Path]:
     """A run of one epoch whose store was away when it finished: its outbox says FINISHED; returns the client, run
     id and the outbox's path."""
-    from nnexp.tracking.tracked_run import Tracker
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri, "nnexp")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    run_id = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(folder)}).info.run_id
-    tracker.client.log_param(run_id, "trainer.epochs", "1")
+    client, uri, run_id, folder = run_of_epochs(tmp_path, 1)
     (folder / "model.npz").write_bytes(b"")
     metrics = [["train_loss", 0.5, 1700000000000, 1], ["test_accuracy", 0.9, 1700000000000, 1]]
-    return tracker.client, run_id, outbox(folder, tracking_uri=uri, run_id=run_id, metrics=metrics)
+    return client, run_id, outbox(folder, tracking_uri=uri, run_id=run_id, metrics=metrics)
 
 
 def read_only(path: Path) -> OSError:

@@ -267,16 +267,21 @@ def test_sigterm_kills_the_sweep_and_its_running_job(project):
     assert [run.info.status for run in children] == ["KILLED"]
 
 
-def test_sigterm_stops_each_joblib_job_as_a_run_and_starts_no_other(project):
-    """Joblib killed its workers: their runs were left to be marked KILLED without a checkpoint at the stop, and
-    their folders kept; now each running job checkpoints and ends KILLED, and the third never starts."""
+def running_joblib_sweep(project, seeds: str) -> subprocess.Popen[str]:
+    """A joblib sweep of two workers over ``seeds``, once its parent run and two jobs' runs are RUNNING."""
     process = project.start(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=100000", "seed=1,2,3",
-        "hydra.sweep.dir=sw",
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=100000", seeds, "hydra.sweep.dir=sw"
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and sum(run.info.status == "RUNNING" for run in project.runs()) < 3:
         time.sleep(0.5)
+    return process
+
+
+def test_sigterm_stops_each_joblib_job_as_a_run_and_starts_no_other(project):
+    """Joblib killed its workers: their runs were left to be marked KILLED without a checkpoint at the stop, and
+    their folders kept; now each running job checkpoints and ends KILLED, and the third never starts."""
+    process = running_joblib_sweep(project, "seed=1,2,3")
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
@@ -343,13 +348,7 @@ def loky_workers(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's; reads /proc")
 def test_kill_9_of_a_joblib_sweep_stops_its_workers_runs_as_a_hang_up_does(project):
     """The workers trained on as orphans, and their runs ended FINISHED under a parent marked KILLED."""
-    process = project.start(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=100000", "seed=1,2",
-        "hydra.sweep.dir=sw",
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and sum(run.info.status == "RUNNING" for run in project.runs()) < 3:
-        time.sleep(0.5)
+    process = running_joblib_sweep(project, "seed=1,2")
     workers = loky_workers(process.pid)  # and loky's resource trackers
     assert len(workers) >= 2
     process.kill()
