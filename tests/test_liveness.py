@@ -434,6 +434,20 @@ def kill_when(project, overrides, ready) -> tuple[str, dict, list[int]]:
     return manifest["run_id"], manifest, steps
 
 
+def test_nnexp_sync_of_a_killed_runs_folder_without_an_outbox_marks_the_run_killed(project):
+    """Sync looked at the folder of a run killed with SIGKILL, said it had no outbox, and left the run RUNNING."""
+    run_id, manifest, _ = kill_when(project, ("trainer.epochs=100000", "checkpoint.every=1", *SLOW), lambda *_: True)
+    synced = project.run("sync", manifest["output_dir"])
+    [run] = project.runs()
+    assert synced.returncode == 1
+    assert synced.stderr.splitlines() == [
+        f"run {run.info.run_name} ({run_id}) marked KILLED: process {run.data.tags[PID]} on {socket.gethostname()} "
+        "has ended",
+        f"error: {Path(manifest['output_dir']) / 'mlflow_outbox.json'}: no outbox here; nothing to send",
+    ]
+    assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", REASON)
+
+
 def test_kill_9_then_nnexp_runs_marks_the_run_killed_with_the_reason(project):
     process = project.start("trainer.epochs=100000", "checkpoint.every=1", *SLOW)
     try:

@@ -25,6 +25,7 @@ from nnexp.schema import Fields
 from nnexp.tracking import liveness
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
     from mlflow.entities import Run
 
 ALLOWED = ("resume=", "tracking.uri=")
@@ -121,20 +122,27 @@ def check_override(fields: Fields, field: str, item: str, allowed: set[str], gro
             fields.fail(field, f"an option of {override.key_or_group} ({', '.join(options) or 'none'})", item)
 
 
+def checkpoint_run(loaded: checkpoint.Checkpoint, project_dir: Path) -> tuple[MlflowClient, Run, str]:
+    """A client of the store the checkpoint's config names (relative to ``project_dir``), the checkpoint's run in
+    it, and the store's URI; raises a one-line error when either is missing."""
+    from nnexp.tracking.store import existing_store, find_run, resolve_uri
+
+    run_id = loaded.manifest["run_id"]
+    tracking = yaml.safe_load(loaded.manifest["config"]).get("tracking")
+    configured = tracking.get("uri") if isinstance(tracking, dict) else None
+    if configured is not None:
+        Fields(loaded.path).string(configured, "config's tracking.uri")
+    store = resolve_uri(configured, project_dir)
+    client = existing_store(store, f"{loaded.path} names run {run_id}, which must be in it")
+    return client, find_run(client, run_id, f"{loaded.path}: run_id {run_id} is no run in {store}"), store
+
+
 def run_folder(loaded: checkpoint.Checkpoint, project_dir: Path) -> Path:
     """The manifest's ``output_dir``, once the run is found in its store and the folder is the run's: the one its
     MLflow run records, else the one that holds the checkpoint's folder."""
-    from nnexp.tracking.store import existing_store, find_run, resolve_uri
-
     manifest, fields = loaded.manifest, Fields(loaded.path)
     run_id, output_dir = manifest["run_id"], Path(manifest["output_dir"])
-    tracking = yaml.safe_load(manifest["config"]).get("tracking")
-    configured = tracking.get("uri") if isinstance(tracking, dict) else None
-    if configured is not None:
-        fields.string(configured, "config's tracking.uri")
-    store = resolve_uri(configured, project_dir)
-    client = existing_store(store, f"{loaded.path} names run {run_id}, which must be in it")
-    run = find_run(client, run_id, f"{loaded.path}: run_id {run_id} is no run in {store}")
+    client, run, store = checkpoint_run(loaded, project_dir)
     check_recorded_config(loaded, run, client.get_experiment(run.info.experiment_id).name, store)
     recorded = run.data.tags.get("output_dir")
     if moved(loaded.path.parent, Path(recorded) if recorded is not None else output_dir):
