@@ -41,5 +41,4 @@ def mark_if_ended(folder: Path) -> None:
         client, run, _ = checkpoint_run(checkpoint.load(folder / "checkpoints"), Path.cwd())
     except NnexpError:  # no checkpoint, or no store: nothing nnexp can tell about the run
         return
-    if run.info.lifecycle_stage != "deleted":  # MLflow refuses to change a deleted run
-        liveness.reap(client, [run])
+    liveness.reap_unless_deleted(client, run)

@@ -164,6 +164,14 @@ def reap(client: MlflowClient, runs: Sequence[Run]) -> tuple[list[Run], list[Gho
     return current, ghosts
 
 
+def reap_unless_deleted(client: MlflowClient, run: Run) -> Run:
+    """``run`` as it is after :func:`reap`; a deleted run is left as it is, as MLflow refuses to change one."""
+    if run.info.lifecycle_stage == "deleted":
+        return run
+    [run], _ = reap(client, [run])
+    return run
+
+
 def mark(client: MlflowClient, run_id: str, now: float) -> tuple[Run, Ghost | None]:
     """Mark run ``run_id`` KILLED if it is still RUNNING in a process that is gone; returns it as it is now."""
     # Read again just before writing: a resume may have just reopened it in a live process.

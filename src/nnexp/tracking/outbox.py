@@ -173,9 +173,7 @@ def reaped_run(store: str, run_id: str, path: Path, folder: Path) -> tuple[Mlflo
     names, marked KILLED first if its process is gone."""
     client = existing_store(store, f"send {path} with: nnexp sync {folder} --uri URI")
     found = find_run(client, run_id, f"{path}: run_id {run_id} is no run in {store}")
-    if found.info.lifecycle_stage != "deleted":  # MLflow refuses to change a deleted run
-        [found], _ = liveness.reap(client, [found])
-    return client, found
+    return client, liveness.reap_unless_deleted(client, found)
 
 
 def training_unfinished(client: MlflowClient, found: Run, metrics: list[list[Any]], folder: Path) -> str | None:
