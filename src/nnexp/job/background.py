@@ -57,7 +57,7 @@ class Workers:
 
     def wait(self) -> KeyboardInterrupt | None:
         """Wait until the work of every thread is done; a Ctrl-C or SIGTERM meanwhile does not cut the wait short
-        (the work left is a plot or an import, a second or so), and the last one is returned."""
+        (the work left is the plots being drawn, a second or so), and the last one is returned."""
         stop: KeyboardInterrupt | None = None
         for done in self._done:
             while not done.is_set():

@@ -2,8 +2,8 @@
 
 matplotlib's import and a run's three figures are about 0.7 s of Python; in a thread of the run's own process they
 only take turns with MLflow's import and requests for the one interpreter lock, which a short run waits on. The
-process starts when the first job has its data, imports matplotlib while the job trains, and serves every job of
-the process (a sweep's too). It is the run's child, in a session of its own: it gets SIGTERM when the run's process
+process starts with the first job, imports matplotlib while the job loads its data and trains, and serves every job
+of the process (a sweep's too). It is the run's child, in a session of its own: it gets SIGTERM when the run's process
 dies, even by SIGKILL, leaves a Ctrl-C at the terminal to the run, and ends when the run's process closes its end of
 the pipe, which the run's process waits for when it exits.
 
@@ -102,6 +102,8 @@ class Plotter:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
     def _receive(self) -> Any:
         assert self._process.stdout is not None
