@@ -1,5 +1,6 @@
 """The plotting process: it draws a run's plots, reports what stopped them, and never outlives its run."""
 
+import functools
 import logging
 import os
 import signal
@@ -11,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnexp.job.plot_process import Plotter, close_plotter, plotter
-from nnexp.job.plots import RunPlots, decision_regions
+from nnexp.job.plot_process import Plotter, close_plotter, draw_with_plotter, plotter
+from nnexp.job.plots import RunPlots, decision_regions, draw_run_plots
 from nnexp.job.record import draw_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,6 +27,15 @@ def run_plots(folder: Path, two_d: bool = True) -> RunPlots:
     return RunPlots(folder, np.array([[1, 0], [1, 1]]), ("a", "b"), history, regions)
 
 
+def drawing(folder: Path, two_d: bool = True) -> functools.partial:
+    return functools.partial(draw_run_plots, run_plots(folder, two_d))
+
+
+def noting_the_process(path: Path) -> functools.partial:
+    """A drawing that writes the id of the process that makes it to ``path``."""
+    return functools.partial(subprocess.run, ["sh", "-c", f"echo $PPID > {path}"], check=True)
+
+
 @pytest.fixture
 def process():
     started = Plotter()
@@ -34,12 +44,12 @@ def process():
 
 
 def test_it_draws_a_runs_three_plots_and_says_how_long_it_took(process, tmp_path):
-    seconds = process.draw(run_plots(tmp_path / "plots"))
+    seconds = process.draw(drawing(tmp_path / "plots"))
     names = sorted(path.name for path in (tmp_path / "plots").iterdir())
     assert names == ["confusion_matrix.png", "decision_boundary.png", "learning_curves.png"]
     assert all((tmp_path / "plots" / name).read_bytes()[:8] == PNG_MAGIC for name in names)
     assert seconds > 0
-    process.draw(run_plots(tmp_path / "again", two_d=False))  # the same process serves the next run
+    process.draw(drawing(tmp_path / "again", two_d=False))  # the same process serves the next run
     again = sorted(path.name for path in (tmp_path / "again").iterdir())
     assert again == ["confusion_matrix.png", "learning_curves.png"]
 
@@ -58,7 +68,7 @@ def test_what_else_stops_a_plot_is_raised_in_the_runs_process(process, tmp_path)
     history = {"train_loss": [1.0], "train_accuracy": [0.5]}
     wrong = RunPlots(tmp_path / "plots", np.ones((3, 3)), ("a", "b"), history, None)
     with pytest.raises(ValueError, match=r"confusion matrix must have shape \(2, 2\)"):
-        process.draw(wrong)
+        process.draw(functools.partial(draw_run_plots, wrong))
 
 
 def test_a_plotting_process_that_died_is_a_warning_and_the_next_run_gets_a_new_one(tmp_path, caplog):
@@ -75,7 +85,7 @@ def test_a_plotting_process_that_died_is_a_warning_and_the_next_run_gets_a_new_o
         ]
         second = plotter()
         assert second is not first and second.alive
-        assert second.draw(run_plots(tmp_path / "plots")) > 0
+        assert second.draw(drawing(tmp_path / "plots")) > 0
     finally:
         close_plotter()
 
@@ -84,7 +94,7 @@ def test_a_ctrl_c_at_the_terminal_is_left_to_the_run(process, tmp_path):
     process.ready()
     os.kill(process._process.pid, signal.SIGINT)
     os.kill(process._process.pid, signal.SIGHUP)
-    assert process.draw(run_plots(tmp_path / "plots")) > 0
+    assert process.draw(drawing(tmp_path / "plots")) > 0
 
 
 def test_the_process_ends_when_the_runs_process_is_killed(tmp_path):
@@ -115,3 +125,22 @@ def test_a_run_that_exits_has_waited_for_its_plotting_process():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert not Path(f"/proc/{int(result.stdout)}").exists()
+
+
+def test_a_drawing_goes_to_the_plotting_process_when_one_runs_else_is_made_here(tmp_path):
+    """A sweep's comparison was drawn in the sweep's own process, which imported matplotlib for it; where the jobs'
+    plots were drawn, the plotting process has it imported already."""
+    where = tmp_path / "pid"
+    close_plotter()
+    try:
+        draw_with_plotter(noting_the_process(where))  # none runs
+        assert int(where.read_text()) == os.getpid()
+        running = plotter()
+        draw_with_plotter(noting_the_process(where))
+        assert int(where.read_text()) == running._process.pid
+        os.kill(running._process.pid, signal.SIGKILL)
+        running._process.wait()
+        draw_with_plotter(noting_the_process(where))  # it ended: made here after all
+        assert int(where.read_text()) == os.getpid()
+    finally:
+        close_plotter()

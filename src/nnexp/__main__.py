@@ -278,11 +278,10 @@ def task(cfg: DictConfig) -> float:
 
 def job(cfg: DictConfig) -> float:
     """Run ``cfg``; a user error ends a single run in one line, and a sweep's job with its worst value."""
-    import logging
-
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from nnexp.job.record import log_failed_job
     from nnexp.job.run import run
 
     hydra = HydraConfig.get()
@@ -294,9 +293,7 @@ def job(cfg: DictConfig) -> float:
             if message is not None:
                 fail(message)  # re-raised, Hydra would print a second line naming the overrides
             raise
-        logging.getLogger("nnexp").error(
-            "error: job %s failed: %s", hydra.job.num, exc, exc_info=not isinstance(exc, NnexpError)
-        )
+        log_failed_job(hydra.job.num, exc)
         return worst(cfg)
 
 

@@ -7,8 +7,9 @@ of the process (a sweep's too). It is the run's child, in a session of its own: 
 dies, even by SIGKILL, leaves a Ctrl-C at the terminal to the run, and ends when the run's process closes its end of
 the pipe, which the run's process waits for when it exits.
 
-Requests and replies are pickled over the child's stdin and stdout, a pipe only the two processes hold; the child's
-stdout for anything else (matplotlib's own warnings) goes to its stderr.
+Requests (a drawing function of :mod:`nnexp.job.plots` with its arguments) and replies are pickled over the child's
+stdin and stdout, a pipe only the two processes hold; the child's stdout for anything else (matplotlib's own
+warnings) goes to its stderr. A sweep's comparison is drawn there too.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import nnexp
 from nnexp.children import follow_parent
-from nnexp.job.plots import RunPlots
 
 #: The child's program, given the run's process id and the folder this nnexp is imported from. The run decides what
 #: a Ctrl-C or a hang-up stops (a drawing it started is finished), so the child ignores them from its first line on,
@@ -73,14 +74,15 @@ class Plotter:
             self._import_seconds = float(self._receive())
             return self._import_seconds
 
-    def draw(self, plots: RunPlots) -> float:
-        """Draw ``plots``; the seconds the process took, matplotlib's import included the first time. Raises what
-        stopped a plot (an OSError when it could not be written)."""
+    def draw(self, drawing: Callable[[], object]) -> float:
+        """Have the process call ``drawing`` (picklable: a function of :mod:`nnexp.job.plots` and its arguments, as
+        ``functools.partial(draw_run_plots, plots)``); the seconds the process took, matplotlib's import included the
+        first time. Raises what stopped it (an OSError when a plot could not be written)."""
         imported = self.ready()
         with self._lock:
             assert self._process.stdin is not None
             try:
-                pickle.dump(plots, self._process.stdin, pickle.HIGHEST_PROTOCOL)
+                pickle.dump(drawing, self._process.stdin, pickle.HIGHEST_PROTOCOL)
                 self._process.stdin.flush()
             except OSError:  # a broken pipe: the process has ended
                 raise self._gone() from None
@@ -129,6 +131,16 @@ def plotter() -> Plotter:
     return _started[0]
 
 
+def draw_with_plotter(drawing: Callable[[], object]) -> None:
+    """Call ``drawing`` in this process's plotting process when one runs, its matplotlib imported; else, or if it
+    ends meanwhile, here. Raises what stopped it."""
+    if _started and _started[0].alive:
+        with contextlib.suppress(PlotterGoneError):
+            _started[0].draw(drawing)
+            return
+    drawing()
+
+
 def close_plotter() -> None:
     """End this process's plotting process, if one was started."""
     for started in _started:
@@ -140,21 +152,21 @@ atexit.register(close_plotter)
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """The child's loop: import matplotlib, say how long it took, then draw each request and reply with what stopped
-    it (None when nothing did) and its seconds."""
-    from nnexp.job.plots import draw_run_plots, pyplot
+    """The child's loop: import matplotlib, say how long it took, then make each drawing asked for and reply with
+    what stopped it (None when nothing did) and its seconds."""
+    from nnexp.job.plots import pyplot
 
     started = time.perf_counter()
     pyplot()
     _reply(replies, time.perf_counter() - started)
     while True:
         try:
-            plots = pickle.load(requests)
+            drawing = pickle.load(requests)
         except EOFError:  # the run is done with it; nothing is left to write or flush, so no slow interpreter exit
             os._exit(0)
         started = time.perf_counter()
         try:
-            draw_run_plots(plots)
+            drawing()
         except Exception as exc:  # raised again in the run's process, as if it had drawn the plots itself
             _reply(replies, (_picklable(exc), time.perf_counter() - started))
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -89,6 +90,11 @@ def record_failed_job(cfg: DictConfig, label: str, project_dir: Path, exc: Excep
         tracker.record_failure(label, tags, reason, run_params(cfg))
     except NnexpError as store_error:
         log.warning("could not record the failed job in MLflow: %s", store_error)
+
+
+def log_failed_job(job: int, exc: BaseException) -> None:
+    """Say that a sweep's job failed: in one line for nnexp's own errors, with the traceback for anything else."""
+    log.error("error: job %s failed: %s", job, exc, exc_info=not isinstance(exc, NnexpError))
 
 
 def job_tags() -> dict[str, Any]:
@@ -205,11 +211,12 @@ def draw_plots(plotter: Plotter | None, plots: RunPlots) -> tuple[bool, float]:
     """Have ``plotter`` draw ``plots``; whether any plot was written, and the seconds the plotting process took
     (matplotlib's import included the first time). A plot that cannot be written is a warning, not a failed run."""
     from nnexp.job.plot_process import PlotterGoneError
+    from nnexp.job.plots import draw_run_plots
 
     seconds = 0.0
     if plotter is not None:
         try:
-            seconds = plotter.draw(plots)
+            seconds = plotter.draw(functools.partial(draw_run_plots, plots))
         except OSError as exc:
             log.warning("warning: plots not written: %s", describe_os_error(exc, "write", plots.folder))
         except PlotterGoneError as exc:

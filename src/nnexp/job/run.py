@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState,
 from nnexp.errors import Interrupted
 from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
 from nnexp.job import checkpoint
-from nnexp.job.background import Workers
+from nnexp.job.background import Workers, job_ends
 from nnexp.job.build import Experiment, Objective, configure, prepare, run_params
 from nnexp.job.callbacks import (
     MetricLogger,
@@ -38,6 +39,7 @@ from nnexp.job.record import (
     draw_plots,
     job_choices,
     keep_model,
+    log_failed_job,
     log_model_files,
     record_failed_job,
     run_config_yaml,
@@ -46,7 +48,7 @@ from nnexp.job.record import (
     run_tags,
     start_plotter,
 )
-from nnexp.tracking.opening import OpeningRun, ending
+from nnexp.tracking.opening import OpeningRun, ending, finish_then_end
 from nnexp.tracking.store import RunCreationError, check_parent, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
@@ -116,7 +118,7 @@ def run(cfg: DictConfig) -> float:
             stops,  # around the run's end too: a stop while it is closed would leave it RUNNING
             workers,  # inside stops, whose handler takes a further stop while the threads finish their work
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests
-            ending(opening),
+            ending(opening) as run_end,
         ):
             if resumed is None:
                 opening.log_params(run_params(cfg))
@@ -145,17 +147,16 @@ def run(cfg: DictConfig) -> float:
                 from nnexp.serving import log_saved_model
 
                 log_saved_model(tracked, model_dir, epochs)
-            plotted = False
-            with phases("plots"):  # drawings started before a stop was asked for are finished and logged
-                if drawing is not None:
-                    (plotted, drawn), _ = drawing.result()
-            if drawing is not None:
-                phases.overlapped("plots", drawn)
-            if plotted:
-                tracked.log_artifact(output_dir / "plots", "plots")
             run_id = tracked.run_id
-            phases.overlapped("mlflow_setup", opening.seconds)
-            tracked.log_metrics(phases.metrics(), step=epochs)
+            finish = functools.partial(finish_run, tracked, drawing, phases, output_dir / "plots", epochs, opening)
+            if job_ends.enabled and stops.request is None:  # the next job starts while this one's plots are drawn
+                workers.hand_over()
+                failed = functools.partial(log_failed_job, hydra.job.num)
+                finish.keywords["handed_off"] = time.perf_counter()
+                job_ends.hand_off(functools.partial(finish_then_end, tracked, finish, failed), f"nnexp-end-{label}")
+                run_end.handed_off = plotted = True
+            else:
+                plotted = finish()
     except BaseException as exc:
         if opening.failed:
             discard_unstarted(cfg, label, project_dir, output_dir, exc)
@@ -182,6 +183,37 @@ def run(cfg: DictConfig) -> float:
         kept = f"the model is kept and MLflow run {run_id} is FINISHED{'' if plotted else ', without plots'}"
         raise Interrupted(f"{reason} after training; {kept}", code)
     return float(finals[objective.metric])
+
+
+def finish_run(
+    tracked: TrackedRun,
+    drawing: Future[tuple[tuple[bool, float], float]] | None,
+    phases: Phases,
+    plots: Path,
+    epochs: int,
+    opening: OpeningRun,
+    handed_off: float | None = None,
+) -> bool:
+    """The run's last records: its plots once ``drawing`` is done, and where its time went; whether any plot was
+    written. Drawings started before a stop was asked for are finished and logged.
+
+    ``handed_off`` is when the job handed this end to a thread and returned (``time.perf_counter()``): the seconds
+    since are the run's ``end`` phase, all of it hidden behind the next job.
+    """
+    plotted = False
+    with phases("mlflow_logging"):  # a handed-off end is no longer inside the job's own
+        with phases("plots"):
+            if drawing is not None:
+                (plotted, drawn), _ = drawing.result()
+        if drawing is not None:
+            phases.overlapped("plots", drawn)
+        if plotted:
+            tracked.log_artifact(plots, "plots")
+        phases.overlapped("mlflow_setup", opening.seconds)
+        if handed_off is not None:
+            phases.overlapped("end", time.perf_counter() - handed_off)
+        tracked.log_metrics(phases.metrics(), step=epochs)
+    return plotted
 
 
 def open_run(

@@ -12,6 +12,7 @@ them keep one record, and change together.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import sys
@@ -34,6 +35,7 @@ from nnexp.folders import (
     note_run_opened,
     use_sweep_folder,
 )
+from nnexp.job.background import job_ends
 from nnexp.presets import check_command_line_options
 
 if TYPE_CHECKING:
@@ -83,6 +85,8 @@ class SweepCallback(Callback):
             pass_stops_to_jobs(_open.directory)
             start_workers_deaf_to_ctrl_c()
             quiet_resource_tracker()
+        if choices.get("hydra/launcher") == "basic":  # the jobs run here, and end before the summary
+            job_ends.enabled = True
         if choices.get("hydra/sweeper") == "basic" and choices.get("hydra/launcher") == "basic":
             from hydra.core.global_hydra import GlobalHydra
 
@@ -155,6 +159,9 @@ class Sweep:
         """Summarise the children on the parent and end it; returns what went wrong, if any job failed."""
         self.undo_composing()
         try:
+            stop = end_jobs()
+            if stop is not None:
+                raise stop
             finished, failed = self.summarise()
         except Exception as exc:
             self.parent.end("FAILED", f"sweep summary failed: {exc}")
@@ -184,6 +191,7 @@ class Sweep:
         it records. A sweep that stopped before any job (a bad override Hydra found while expanding it) leaves
         nothing behind."""
         self.undo_composing()
+        end_jobs()  # stopping already
         interrupted = isinstance(exc, KeyboardInterrupt)
         reason = self.stop_reason(exc)
         (self.directory / STOP_MARKER).unlink(missing_ok=True)
@@ -426,17 +434,20 @@ def write_summary(folder: Path, table: Table, grouped: Table | None, plot: Calla
 
 def plot_summary(finished: list[Run], groups: list[Configuration], ranking: Ranking, path: Path) -> None:
     """Bars of each configuration's mean and std over seeds when there are seeds, else of each finished job."""
-    from nnexp.job import plots
+    from nnexp.job.plot_process import draw_with_plotter
+    from nnexp.job.plots import plot_comparison
     from nnexp.tracking.tables import metric_value
 
     if groups:
         names = short_keys(list(groups[0].params))
         labels = [" ".join(f"{names[key]}={value}" for key, value in group.params.items()) or "all" for group in groups]
-        plots.plot_comparison(labels, [g.mean for g in groups], [g.std for g in groups], ranking.metric, path)
-        return
-    scored = [(value, run) for run in finished if (value := metric_value(run, ranking.metric)) is not None]
-    scored.sort(key=lambda pair: ranking.sort_key(pair[0]))
-    plots.plot_comparison([run.info.run_name for _, run in scored], [v for v, _ in scored], None, ranking.metric, path)
+        bars = (labels, [g.mean for g in groups], [g.std for g in groups])
+    else:
+        scored = [(value, run) for run in finished if (value := metric_value(run, ranking.metric)) is not None]
+        scored.sort(key=lambda pair: ranking.sort_key(pair[0]))
+        bars = ([run.info.run_name for _, run in scored], [v for v, _ in scored], None)
+    # Where the jobs' plots were drawn, matplotlib is imported already: half a second of this process's time saved.
+    draw_with_plotter(functools.partial(plot_comparison, *bars, ranking.metric, path))
 
 
 #: Launchers whose jobs run in processes of their own, which a signal to nnexp does not reach; Hydra's basic launcher
@@ -647,6 +658,13 @@ _stop: tuple[str, int] | None = None
 _open: Sweep | None = None
 #: What went wrong in the sweep that ended last, for the exit status; see :func:`failure`.
 _failure: str | None = None
+
+
+def end_jobs() -> KeyboardInterrupt | None:
+    """Wait until the runs of the jobs that handed off their ends have ended; the stop that came meanwhile."""
+    stop = job_ends.wait()
+    job_ends.enabled = False
+    return stop
 
 
 def abandon(exc: BaseException) -> str | None:
