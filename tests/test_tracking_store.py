@@ -280,7 +280,7 @@ def test_mlflows_default_experiment_keeps_its_artifacts_beside_a_new_store(tmp_p
 #: What nnexp says of an experiment whose artifacts would land in the folder each run starts from.
 RELATIVE_LOCATION = (
     "tracking.experiment='Default' keeps its artifacts in ./mlruns/0, relative to whatever folder a run starts in, "
-    "so its runs would leave them there; choose another tracking.experiment (nnexp gives a new one an absolute "
+    "so its runs would leave them there; choose another tracking.experiment (a new experiment gets an absolute "
     "artifact location)"
 )
 

@@ -125,10 +125,8 @@ def check_command_line(arguments: list[str]) -> None:
         )
     check_config_folder("--config-dir", parsed.config_dir, Path.cwd())
     if parsed.config_path is not None and not parsed.config_path.startswith("pkg://"):
-        import nnexp
-
         # Hydra reads a relative --config-path from the folder of the file that calls hydra.main: nnexp's package.
-        check_config_folder("--config-path", parsed.config_path, Path(nnexp.__file__).parent)
+        check_config_folder("--config-path", parsed.config_path, Path(__file__).parent)
 
 
 def check_config_folder(flag: str, value: str | None, base: Path) -> None:

@@ -350,7 +350,7 @@ class Tracker:
                         raise ConfigError(
                             f"tracking.experiment={experiment!r} keeps its artifacts in {found.artifact_location}, "
                             "relative to whatever folder a run starts in, so its runs would leave them there; choose "
-                            "another tracking.experiment (nnexp gives a new one an absolute artifact location)"
+                            "another tracking.experiment (a new experiment gets an absolute artifact location)"
                         )
                     if found is None and create:
                         self.experiment_id = self.client.create_experiment(
