@@ -259,6 +259,48 @@ def test_help_lists_every_group_and_option(project):
     assert "schedule: constant, cosine, step" in result.stdout
 
 
+def test_hydra_help_is_hydras_own_whatever_app_overrides_are_given(project):
+    """Hydra's help composes Hydra's config alone: ``dataset=quadrants --hydra-help`` was refused with "Could not
+    override 'dataset'. No match in the defaults list." """
+    plain = project.run("--hydra-help")
+    given = project.run("-m", "dataset=quadrants,moons", "trainer.epochs=2", "resume=x", "--hydra-help")
+    assert (given.returncode, given.stderr) == (0, "")
+    assert given.stdout == plain.stdout and given.stdout.startswith("Hydra (")
+    assert not (project.root / "outputs").exists()
+
+
+def test_hydra_help_keeps_hydras_overrides_and_help_keeps_all():
+    from nnexp.__main__ import hydra_help_arguments
+
+    arguments = ["dataset=quadrants", "+hydra.hydra_help.template=own", "~hydra/launcher", "-m", "--hydra-help"]
+    assert hydra_help_arguments(arguments) == arguments[1:]
+    assert hydra_help_arguments(["dataset=quadrants", "--help", "--hydra-help"]) == [
+        "dataset=quadrants",
+        "--help",
+        "--hydra-help",
+    ]
+    assert hydra_help_arguments(["hydrant=1", "--cfg", "job"]) == ["hydrant=1", "--cfg", "job"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "line"),
+    [
+        (("--config-dir", "no/such"), "error: --config-dir no/such: expected a folder of YAML configs; there is no"),
+        (("-cd", "plugins/circles.py"), "error: --config-dir plugins/circles.py: expected a folder of YAML configs,"),
+        (("-cd", ""), "error: --config-dir '': expected a folder of YAML configs, got an empty value"),
+        (("--config-path", "conf"), "error: --config-path conf: expected a folder of YAML configs; there is no such"),
+        (("--config-name", "nosuch"), "error: Cannot find primary config 'nosuch'. Check that it's in your config"),
+    ],
+)
+def test_a_config_folder_or_name_that_is_not_one_is_one_line_and_writes_nothing(project, arguments, line):
+    """An empty --config-dir ran on the working folder, and a relative --config-path said "Primary config directory
+    not found." without naming it."""
+    result = project.run("dataset=quadrants", "trainer.epochs=2", *arguments)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(line) and result.stderr.count("\n") == 1, result.stderr
+    assert not (project.root / "outputs").exists()
+
+
 #: Runs nnexp's entry point in this process, then reports on stderr which costly libraries it imported.
 IMPORT_PROBE = """
 import json, runpy, sys

@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from nnexp.cli_errors import check_override_keys, describe_config_error
+from nnexp.cli_errors import check_command_line, check_override_keys, describe_config_error
 from nnexp.config import GROUPS, given_overrides, schema_for, setting_overrides, store_configs
 from nnexp.errors import ConfigError
 from nnexp.job.build import build, configure
@@ -626,3 +626,44 @@ def test_overrides_are_read_as_the_user_typed_them():
     ``'seed=${oc.env:NOPE}' seed=1`` failed with a traceback after its MLflow run was opened."""
     typed = ["seed=${oc.env:NNEXP_NOPE}", "trainer.epochs=${foo:bar}", "seed=1"]
     assert given_overrides(OmegaConf.create({"task": typed}).task) == typed
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["-cd", ""], "--config-dir '': expected a folder of YAML configs, got an empty value"),
+        (["-cd", "no/such"], "--config-dir no/such: expected a folder of YAML configs; there is no such folder"),
+        (["--config-dir=afile"], "--config-dir afile: expected a folder of YAML configs, found a file"),
+        (["-cp", ""], "--config-path '': expected a folder of YAML configs, got an empty value"),
+        (["-cp", "/no/such"], "--config-path /no/such: expected a folder of YAML configs; there is no such folder"),
+        (
+            ["-cp", "conf"],
+            "--config-path conf: expected a folder of YAML configs; there is no such folder (a relative "
+            f"--config-path is read from {REPO / 'src' / 'nnexp'})",
+        ),
+    ],
+)
+def test_a_config_folder_flag_naming_no_folder_is_one_line_naming_the_flag(tmp_path, monkeypatch, arguments, expected):
+    """Hydra ran on the stored configs alone for an empty value, and said "Primary config directory not found."
+    without naming it for a --config-path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").touch()
+    with pytest.raises(ConfigError) as refused:
+        check_command_line(["dataset=quadrants", *arguments])
+    assert str(refused.value) == expected
+
+
+def test_a_config_folder_nnexp_cannot_read_is_refused(tmp_path, monkeypatch):
+    """Hydra reads a folder it may not list as an empty one, and the run went on without the user's presets."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "locked").mkdir()
+    check_command_line(["--config-dir", "locked", "--config-path", str(tmp_path / "locked")])
+    check_command_line(["--config-path", "pkg://nnexp.no_such_module"])  # Hydra names a module it cannot find
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "locked")  # root reads any folder
+    with pytest.raises(ConfigError) as refused:
+        check_command_line(["--config-dir", "locked"])
+    assert str(refused.value) == (
+        "--config-dir locked: expected a folder of YAML configs; nnexp cannot read it: permission denied"
+    )

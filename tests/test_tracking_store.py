@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -10,7 +12,7 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 
 from nnexp.errors import ConfigError, Interrupted
-from nnexp.tracking.store import check_store, existing_store, store_error_reason
+from nnexp.tracking.store import check_store, existing_store, relative_location, store_error_reason
 from nnexp.tracking.tracked_run import Tracker
 
 
@@ -273,3 +275,75 @@ def test_mlflows_default_experiment_keeps_its_artifacts_beside_a_new_store(tmp_p
     location = tracker.client.get_experiment("0").artifact_location
     assert location.rstrip("/").removeprefix("file://") == f"{artifact_root(uri).removeprefix('file://')}/0"
     assert not (tmp_path / "mlruns").exists()
+
+
+#: What nnexp says of an experiment whose artifacts would land in the folder each run starts from.
+RELATIVE_LOCATION = (
+    "tracking.experiment='Default' keeps its artifacts in ./mlruns/0, relative to whatever folder a run starts in, "
+    "so its runs would leave them there; choose another tracking.experiment (a new experiment gets an absolute "
+    "artifact location)"
+)
+
+
+def store_made_by_old_mlflow(folder: Path) -> str:
+    """A SQLite store that MLflow made without nnexp, with one finished run in its Default experiment, whose artifact
+    location is ./mlruns/0 as MLflow before 2.2 recorded it (later ones resolve it where the store is made), and an
+    experiment keeping its artifacts beside ``folder``."""
+    database = folder / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
+    run_id = client.create_run("0", run_name="by-mlflow").info.run_id
+    client.log_param(run_id, "seed", "1")
+    client.log_metric(run_id, "test_accuracy", 0.5)
+    client.set_terminated(run_id)
+    client.create_experiment("elsewhere", artifact_location=str(folder.parent / "elsewhere"))
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = './mlruns/0' WHERE experiment_id = 0")
+    return f"sqlite:///{database}"
+
+
+@pytest.mark.parametrize(
+    ("location", "relative"),
+    [
+        ("./mlruns/0", True),
+        ("mlruns/0", True),
+        ("file:./mlruns/0", True),
+        ("/srv/mlruns/0", False),
+        ("file:///srv/mlruns/0", False),
+        ("s3://bucket/0", False),
+        ("mlflow-artifacts:/0", False),
+    ],
+)
+def test_a_relative_artifact_location_is_a_local_path_that_is_not_absolute(location, relative):
+    assert relative_location(location) is relative
+
+
+def test_runs_are_not_logged_into_an_experiment_whose_artifacts_go_to_a_relative_folder(tmp_path, monkeypatch):
+    """Their artifacts went to ./mlruns/0 of whatever folder nnexp ran from; reading such an experiment, or logging
+    into one whose absolute artifact location lies outside the store's folder, is the user's choice and goes on."""
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = store_made_by_old_mlflow(store)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        Tracker(uri, "Default")
+    assert str(refused.value) == RELATIVE_LOCATION
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["mlflow.db", "store"]  # no lock file, no mlruns
+    assert Tracker(uri, "Default", create=False).experiment_id == "0"
+    kept = Tracker(uri, "elsewhere").open_run("kept", {})
+    kept.log_artifact(store / "mlflow.db")
+    kept.end("FINISHED")
+    assert (tmp_path / "elsewhere" / kept.run_id / "artifacts" / "mlflow.db").is_file()
+
+
+def test_a_run_into_an_experiment_with_a_relative_artifact_folder_is_one_line_and_no_run(project):
+    outputs = project.root / "outputs"
+    outputs.mkdir()
+    store_made_by_old_mlflow(outputs)
+    result = project.run("tracking.experiment=Default", "dataset=quadrants", "trainer.epochs=1")
+    assert (result.returncode, result.stderr) == (1, f"error: {RELATIVE_LOCATION}\n")
+    assert sorted(path.name for path in project.root.iterdir()) == ["conf", "outputs", "plugins"]
+    assert sorted(path.name for path in outputs.iterdir()) == ["mlflow.db"]
+    assert [run.info.run_name for run in project.runs()] == ["by-mlflow"]
+    for command in ("runs", "compare"):
+        shown = project.run(command, "--experiment", "Default")
+        assert shown.returncode == 0 and "by-mlflow" in shown.stdout, shown.stderr

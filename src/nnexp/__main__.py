@@ -7,6 +7,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -47,6 +48,9 @@ HTTP_RETRIES = {
 
 #: The flags that ask for the app's help, as Hydra spells them.
 HELP_FLAGS = ("-h", "--help")
+
+#: An override of Hydra's own config (``hydra.job.name=x``, ``~hydra/launcher``), as against the app's.
+_HYDRA_OVERRIDE = re.compile(r"[+~]*hydra([./@=]|$)")
 
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -185,6 +189,7 @@ def launch() -> None:
     from nnexp.presets import check_interpolations, check_preset_names
 
     check_command_line(sys.argv[1:])
+    sys.argv[1:] = hydra_help_arguments(sys.argv[1:])
     load_plugins(Path.cwd())  # must precede composition, and resume's checks: the options come from the registries
     sys.argv[1:] = normalised_folders(hydra_arguments(sys.argv[1:], Path.cwd()))
     check_override_keys(sys.argv[1:])
@@ -234,6 +239,17 @@ def quick_help(arguments: list[str], config_dir: Path | None) -> bool:
         return False
     print(text)
     return True
+
+
+def hydra_help_arguments(arguments: list[str]) -> list[str]:
+    """``arguments`` without the app's overrides when they ask for Hydra's help: Hydra composes its own config
+    alone for ``--hydra-help``, where ``dataset=x`` is no key. Hydra's overrides stay (``hydra.hydra_help.template``
+    changes the help), and so does the rest with ``--help``, which Hydra answers first."""
+    flags = hydra_flags(arguments)
+    if not flags.hydra_help or flags.help:
+        return arguments
+    apps = [item for item in flags.overrides if not _HYDRA_OVERRIDE.match(item)]
+    return [item for item in arguments if item not in apps]
 
 
 def hydra_flags(arguments: list[str]) -> argparse.Namespace:

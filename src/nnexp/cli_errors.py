@@ -123,6 +123,28 @@ def check_command_line(arguments: list[str]) -> None:
         raise ConfigError(
             f"{unknown[0]}: overrides come together, not on both sides of a flag; write python -m nnexp {together}"
         )
+    check_config_folder("--config-dir", parsed.config_dir, Path.cwd())
+    if parsed.config_path is not None and not parsed.config_path.startswith("pkg://"):
+        # Hydra reads a relative --config-path from the folder of the file that calls hydra.main: nnexp's package.
+        check_config_folder("--config-path", parsed.config_path, Path(__file__).parent)
+
+
+def check_config_folder(flag: str, value: str | None, base: Path) -> None:
+    """Raise a ConfigError unless ``value`` of ``flag`` (relative to ``base``) is a folder nnexp can read: Hydra
+    says "Primary config directory not found." without naming it, and reads an unreadable folder as an empty one."""
+    if value is None:
+        return
+    expected = f"{flag} {value or repr(value)}: expected a folder of YAML configs"
+    if not value:  # Hydra would read the working folder, or nnexp's package folder, for an unset shell variable
+        raise ConfigError(f"{expected}, got an empty value")
+    folder = base / value
+    where = "" if base == Path.cwd() or Path(value).is_absolute() else f" (a relative {flag} is read from {base})"
+    if not folder.exists():
+        raise ConfigError(f"{expected}; there is no such folder{where}")
+    if not folder.is_dir():
+        raise ConfigError(f"{expected}, found {'a file' if folder.is_file() else 'no folder'}{where}")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise ConfigError(f"{expected}; nnexp cannot read it: permission denied")
 
 
 def describe_type(annotation: Any) -> str:

@@ -131,6 +131,14 @@ def artifact_root(uri: str) -> str | None:
     return None if database is None else (database.resolve().parent / "mlartifacts").as_uri()
 
 
+def relative_location(location: str) -> bool:
+    """Whether an experiment's artifact ``location`` is a local path relative to the working folder, as MLflow
+    before 2.2 recorded them (its Default experiment's ``./mlruns/0``): each process then writes the artifacts under
+    the folder it runs in."""
+    parsed = urllib.parse.urlparse(location)
+    return parsed.scheme in ("", "file") and not parsed.netloc and not Path(parsed.path).is_absolute()
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings to dotted keys: ``{"optimizer": {"learning_rate": 0.1}}`` -> ``optimizer.learning_rate``."""
     flat: dict[str, Any] = {}

@@ -33,6 +33,7 @@ from nnexp.tracking.store import (
     disk_error,
     mlflow_metrics,
     quiet_mlflow,
+    relative_location,
     resolve_uri,
     resumable,
     sqlite_path,
@@ -319,7 +320,8 @@ class TrackedRun:
 
 
 class Tracker:
-    """An MLflow store and the experiment runs go to; creates the experiment on first use."""
+    """An MLflow store and the experiment runs go to; creates the experiment on first use. With ``create=False`` it
+    only reads an existing experiment (``nnexp runs``, ``compare``), wherever that keeps its artifacts."""
 
     def __init__(self, uri: str, experiment: str, create: bool = True) -> None:
         check_store(uri)
@@ -343,6 +345,13 @@ class Tracker:
                         SqlAlchemyStore(uri, artifact_root(uri))
                     self.client = MlflowClient(tracking_uri=uri)
                     found = self.client.get_experiment_by_name(experiment)
+                    if found is not None and create and relative_location(found.artifact_location):
+                        # Inside the lock: a lock file this tracker made goes with the refusal.
+                        raise ConfigError(
+                            f"tracking.experiment={experiment!r} keeps its artifacts in {found.artifact_location}, "
+                            "relative to whatever folder a run starts in, so its runs would leave them there; choose "
+                            "another tracking.experiment (a new experiment gets an absolute artifact location)"
+                        )
                     if found is None and create:
                         self.experiment_id = self.client.create_experiment(
                             experiment, artifact_location=artifact_root(uri)
@@ -352,6 +361,8 @@ class Tracker:
                     if new_store:
                         database.unlink(missing_ok=True)
                     raise
+        except NnexpError:
+            raise
         except Exception as exc:
             raise ConfigError(f"tracking store {uri} cannot be used: {store_error_reason(exc)[:300]}") from None
         if found is not None and found.lifecycle_stage == "deleted":
