@@ -1,0 +1,1 @@
+/dev/fd/3: line 72: nnexp: command not found
