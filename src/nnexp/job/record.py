@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +32,9 @@ from nnexp.datasets.base import Dataset
 from nnexp.errors import NnexpError
 from nnexp.folders import describe_os_error
 from nnexp.job.build import Experiment, run_params
+from nnexp.job.phases import Phases
 from nnexp.job.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
+from nnexp.tracking.opening import OpeningRun
 from nnexp.tracking.store import check_parent, git_state, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
@@ -222,3 +229,44 @@ def draw_plots(plotter: Plotter | None, plots: RunPlots) -> tuple[bool, float]:
         except PlotterGoneError as exc:
             log.warning("warning: plots not written: %s", exc)
     return plots.folder.is_dir() and any(plots.folder.iterdir()), seconds
+
+
+@dataclass(frozen=True)
+class HandOff:
+    """When a job handed its run's end to a thread, and the event the job sets once it has left its phases, which
+    that thread may charge only then: :class:`Phases` keeps one stack of open phases."""
+
+    at: float
+    job_left: threading.Event
+
+
+def finish_run(
+    tracked: TrackedRun,
+    drawing: Future[tuple[tuple[bool, float], float]] | None,
+    phases: Phases,
+    plots: Path,
+    epochs: int,
+    opening: OpeningRun,
+    handed_off: HandOff | None = None,
+) -> bool:
+    """The run's last records: its plots once ``drawing`` is done, and where its time went; whether any plot was
+    written. Drawings started before a stop was asked for are finished and logged.
+
+    Handed off (in a thread, the job returned), no one waits for the plots: the seconds since the hand-off are the
+    run's ``end`` phase, all of it hidden behind the next job.
+    """
+    plotted = False
+    with phases("plots") if handed_off is None else contextlib.nullcontext():
+        drawn = drawing.result() if drawing is not None else None
+    if handed_off is not None:
+        handed_off.job_left.wait()
+    if drawn is not None:
+        (plotted, seconds), _ = drawn
+        phases.overlapped("plots", seconds)
+    if plotted:
+        tracked.log_artifact(plots, "plots")
+    phases.overlapped("mlflow_setup", opening.seconds)
+    if handed_off is not None:
+        phases.overlapped("end", time.perf_counter() - handed_off.at)
+    tracked.log_metrics(phases.metrics(), step=epochs)
+    return plotted

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ from nnexp.job.callbacks import (
 from nnexp.job.phases import Phases
 from nnexp.job.progress import Progress
 from nnexp.job.record import (
+    HandOff,
     draw_plots,
+    finish_run,
     job_choices,
     keep_model,
     log_failed_job,
@@ -113,6 +115,7 @@ def run(cfg: DictConfig) -> float:
     note_run_opened(output_dir)
     opening.open(open_job_run)
     workers = Workers()
+    job_left = threading.Event()
     try:
         with (
             stops,  # around the run's end too: a stop while it is closed would leave it RUNNING
@@ -152,7 +155,7 @@ def run(cfg: DictConfig) -> float:
             if job_ends.enabled and stops.request is None:  # the next job starts while this one's plots are drawn
                 workers.hand_over()
                 failed = functools.partial(log_failed_job, hydra.job.num)
-                finish.keywords["handed_off"] = time.perf_counter()
+                finish.keywords["handed_off"] = HandOff(time.perf_counter(), job_left)
                 job_ends.hand_off(functools.partial(finish_then_end, tracked, finish, failed), f"nnexp-end-{label}")
                 run_end.handed_off = plotted = True
             else:
@@ -161,6 +164,8 @@ def run(cfg: DictConfig) -> float:
         if opening.failed:
             discard_unstarted(cfg, label, project_dir, output_dir, exc)
         raise
+    finally:
+        job_left.set()
 
     # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
     restored = early_stopping is not None and bool(early_stopping.best_weights)
@@ -183,37 +188,6 @@ def run(cfg: DictConfig) -> float:
         kept = f"the model is kept and MLflow run {run_id} is FINISHED{'' if plotted else ', without plots'}"
         raise Interrupted(f"{reason} after training; {kept}", code)
     return float(finals[objective.metric])
-
-
-def finish_run(
-    tracked: TrackedRun,
-    drawing: Future[tuple[tuple[bool, float], float]] | None,
-    phases: Phases,
-    plots: Path,
-    epochs: int,
-    opening: OpeningRun,
-    handed_off: float | None = None,
-) -> bool:
-    """The run's last records: its plots once ``drawing`` is done, and where its time went; whether any plot was
-    written. Drawings started before a stop was asked for are finished and logged.
-
-    ``handed_off`` is when the job handed this end to a thread and returned (``time.perf_counter()``): the seconds
-    since are the run's ``end`` phase, all of it hidden behind the next job.
-    """
-    plotted = False
-    with phases("mlflow_logging"):  # a handed-off end is no longer inside the job's own
-        with phases("plots"):
-            if drawing is not None:
-                (plotted, drawn), _ = drawing.result()
-        if drawing is not None:
-            phases.overlapped("plots", drawn)
-        if plotted:
-            tracked.log_artifact(plots, "plots")
-        phases.overlapped("mlflow_setup", opening.seconds)
-        if handed_off is not None:
-            phases.overlapped("end", time.perf_counter() - handed_off)
-        tracked.log_metrics(phases.metrics(), step=epochs)
-    return plotted
 
 
 def open_run(
