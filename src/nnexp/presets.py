@@ -21,7 +21,6 @@ from nnexp.config import (
     config_fields,
     given_overrides,
     schema_for,
-    setting_overrides,
 )
 from nnexp.errors import ConfigError
 
@@ -263,22 +262,38 @@ def preset_setting(key: str, presets: Mapping[str, Path]) -> Path | None:
         if text is None:
             continue
         package = [] if GLOBAL_PACKAGE.search(text) else group.split("/")
-        if parts[: len(package)] != package:
-            continue
-        for part in parts[len(package) :]:
-            data = data.get(part, KeyError) if isinstance(data, dict) else KeyError
-        if data is not KeyError:
+        if parts[: len(package)] == package and holds(data, parts[len(package) :]):
             return path
     return None
+
+
+def holds(data: object, parts: list[str]) -> bool:
+    """Whether the YAML ``data`` has the key of the dotted ``parts``, some of which may be one key of its own (a
+    sweeper's ``params: {optimizer.learning_rate: ...}``)."""
+    if not parts:
+        return True
+    if not isinstance(data, dict):
+        return False
+    keys = (".".join(parts[:end]) for end in range(len(parts), 0, -1))
+    return any(key in data and holds(data[key], parts[key.count(".") + 1 :]) for key in keys)
 
 
 def where_set(key: str, presets: Mapping[str, Path], overrides: Iterable[str] = ()) -> str:
     """``FILE: `` naming the preset that sets ``key``, to start an error's line; ``""`` when no preset does, or an
     override of ``overrides`` sets it, as the command line's value beats a preset's."""
-    if any(given == key for given, _ in setting_overrides(overrides)):
-        return ""
+    for item in overrides:
+        given, _, value = item.lstrip("+~").partition("=")
+        if given == key or (key.startswith(f"{given}.") and value.startswith("{")):  # or a mapping holding it
+            return ""
     path = preset_setting(key, presets)
     return f"{shown_path(path)}: " if path is not None else ""
+
+
+def where_hydra_set(key: str, hydra: DictConfig) -> str:
+    """:func:`where_set` for a composed config whose Hydra node is ``hydra``: its chosen presets, and every override
+    it was given, Hydra's own included."""
+    given = given_overrides(hydra.overrides.hydra) + given_overrides(hydra.overrides.task)
+    return where_set(key, chosen_presets(hydra.runtime), given)
 
 
 def named_by_preset(exc: OmegaConfBaseException, presets: Mapping[str, Path], overrides: Iterable[str]) -> None:
