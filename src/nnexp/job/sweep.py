@@ -30,6 +30,7 @@ from nnexp.config import check_run_names, check_tags, given_overrides
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
 from nnexp.folders import (
     FOLDER_LOCK,
+    SWEEP_DIR,
     WRITTEN_AT_SETUP,
     check_hydra_paths,
     discard_dir,
@@ -225,7 +226,7 @@ class Sweep:
 
         failed = next((cause for cause in causes(exc) if isinstance(cause, OSError) and cause.errno), None)
         if failed is not None:
-            return describe_os_error(failed, where=self.directory)
+            return describe_os_error(failed, where=self.directory, setting=SWEEP_DIR)
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
     def summarise(self) -> tuple[int, int]:
@@ -454,7 +455,7 @@ def create_sweep_folder(directory: Path) -> list[Path]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"hydra.sweep.dir: {describe_os_error(exc, 'create')}") from None
+        raise ConfigError(f"{SWEEP_DIR}: {describe_os_error(exc, 'create', setting=SWEEP_DIR)}") from None
     return missing
 
 
@@ -474,8 +475,8 @@ def write_summary(folder: Path, table: Table, grouped: Table | None, plot: Calla
                 file.write(text)
         plot(folder / "comparison.png")
     except OSError as exc:
-        print(f"warning: {describe_os_error(exc, 'write the summary', folder)}; the table above is kept in MLflow",
-              file=sys.stderr)
+        described = describe_os_error(exc, "write the summary", folder, SWEEP_DIR)
+        print(f"warning: {described}; the table above is kept in MLflow", file=sys.stderr)
         return False
     return True
 
