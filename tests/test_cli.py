@@ -586,8 +586,16 @@ def test_a_plugin_dataset_unfit_to_train_on_is_one_line_before_any_run(project, 
             "experiment=env",
             "conf/experiment/env.yaml: seed: KeyError raised while resolving interpolation: ",
         ),
+        (  # a "billion laughs": composing took gigabytes of memory and ignored SIGTERM
+            "experiment/laughs.yaml",
+            "# @package _global_\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefg", "bcdefgh", strict=True)),
+            "experiment=laughs",
+            "conf/experiment/laughs.yaml: line 5: its YAML aliases (here *c) copy more than 10000 values, which "
+            "composing would build one by one; write the values out",
+        ),
     ],
-    ids=["unknown-key", "not-yaml", "too-deep", "resume-in-a-preset", "unset-variable"],
+    ids=["unknown-key", "not-yaml", "too-deep", "resume-in-a-preset", "unset-variable", "alias-bomb"],
 )
 def test_a_mistake_in_a_user_preset_is_one_line_naming_the_file(project, preset, text, override, named):
     (project.root / "conf" / preset).write_text(text)

@@ -23,9 +23,11 @@ from nnexp.errors import ConfigError
 from nnexp.job.build import build, configure
 from nnexp.plugins import load_builtins, load_file
 from nnexp.presets import (
+    aliased_too_much,
     check_command_line_options,
     check_interpolations,
     check_plugin_nodes,
+    check_preset_aliases,
     check_preset_names,
     describe_preset_error,
 )
@@ -386,6 +388,24 @@ def test_a_preset_named_like_a_plugin_is_refused_naming_the_file(tmp_path, monke
 
 def test_the_shipped_presets_reuse_no_plugin_name():
     check_preset_names(CONF)
+    check_preset_aliases(CONF)
+
+
+def test_a_preset_whose_aliases_copy_too_many_values_is_refused_naming_its_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "conf" / "experiment" / "laughs.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text("# @package _global_\na: &a [x, x, x]\nb: &b [*a, *a, *a]\ntags: {c: [*b, *b, *b]}\n")
+    # a's 4 values (3 and its list) copied 3 times, then b's 13 values copied 3 times
+    assert aliased_too_much(path, limit=51) is None
+    assert aliased_too_much(path, limit=50) == (
+        "line 4: its YAML aliases (here *b) copy more than 50 values, which composing would build one by one; "
+        "write the values out"
+    )
+    assert aliased_too_much(path, limit=11).startswith("line 3: its YAML aliases (here *a) copy more than 11 values")
+    check_preset_aliases(tmp_path / "conf")
+    with pytest.raises(ConfigError, match=r"^conf/experiment/laughs\.yaml: line 4: its YAML aliases \(here \*b\)"):
+        check_preset_aliases(tmp_path / "conf", limit=50)
 
 
 @pytest.mark.parametrize(

@@ -304,6 +304,17 @@ def test_a_sweep_folder_on_a_full_disk_is_one_line_naming_it_and_leaves_nothing(
     assert not (project.root / "outputs").exists()
 
 
+def test_a_read_only_sweep_folder_is_one_line_advising_hydra_sweep_dir(project, tmpfs):
+    """The advice named hydra.run.dir, which a sweep does not write to."""
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True, capture_output=True)
+    result = project.run("-m", *QUICK, "seed=1,2", f"hydra.sweep.dir={tmpfs}/sw")
+    one_line_error(
+        result, f"hydra.sweep.dir: cannot create {tmpfs}/sw: Read-only file system (the file system is read-only; "
+        "run from a writable folder or set hydra.sweep.dir)"
+    )
+    assert not (project.root / "outputs").exists()
+
+
 def test_a_file_where_a_sweep_job_s_folder_goes_is_one_line_naming_it(project):
     (project.root / "sw").mkdir()
     (project.root / "sw" / "0").write_text("mine")

@@ -161,6 +161,28 @@ PLUGINS = {
             def __call__(self, shape, rng):
                 return np.full(shape, 1e300)
     """,
+    "fp.py": """
+        from nnexp.models.base import MODELS, Footprint
+        from nnexp.models.mlp import MLP
+
+
+        @MODELS.register("fp_str")
+        class FpStr(MLP):
+            def footprint(self, *args):
+                return "lots"
+
+
+        @MODELS.register("fp_neg")
+        class FpNeg(MLP):
+            def footprint(self, *args):
+                return Footprint(-10**18, -5, "neg")
+
+
+        @MODELS.register("fp_nan")
+        class FpNan(MLP):
+            def footprint(self, *args):
+                return Footprint(10, float("nan"), "hidden_sizes=[4]")
+    """,
     "datasets.py": """
         import numpy as np
         from nnexp import DATASETS, Dataset, Splits
@@ -313,6 +335,29 @@ def test_an_initializer_drawing_weights_unfit_to_train_is_refused_naming_it(plug
     assert str(caught.value).startswith(f"initializer {name} (plugins/inits.py) {message}")
 
 
+@pytest.mark.parametrize(
+    ("name", "found"),
+    [  # a bare AttributeError traceback from the memory check before
+        ("fp_str", "'lots'"),
+        # accepted before, and the check passed whatever the network needed
+        ("fp_neg", "Footprint(parameters=-1000000000000000000, values_per_row=-5, setting='neg')"),
+        ("fp_nan", "Footprint(parameters=10, values_per_row=nan, setting='hidden_sizes=[4]')"),
+    ],
+)
+def test_a_model_s_footprint_of_the_wrong_kind_is_refused_naming_the_model(plugins, name, found):
+    from nnexp.job import memory
+
+    model = MODELS.build({"name": name, "hidden_sizes": [4]})
+    with pytest.raises(PluginError) as caught:
+        memory.checked_footprint(model, model.footprint(2, 2, LOSSES.build({"name": "cross_entropy"})))
+    assert str(caught.value) == (
+        f"model {name} (plugins/fp.py) footprint() returned {found}; expected None or a Footprint of finite sizes "
+        ">= 0 and the name of the setting that sizes the model"
+    )
+    mlp = MODELS.build({"name": "mlp", "hidden_sizes": [4]})
+    assert memory.checked_footprint(mlp, mlp.footprint(2, 2, LOSSES.build({"name": "cross_entropy"}))) is not None
+
+
 def test_huge_initial_weights_are_kept_in_float64(plugins):
     from nnexp.core.layers import Dense
 
@@ -339,6 +384,11 @@ def test_huge_initial_weights_are_kept_in_float64(plugins):
             ["dataset=bad_load"],
             "error: dataset bad_load (plugins/dsload.py, line 9, in BadLoad.load) raised RuntimeError: "
             "remote data unavailable\n",
+        ),
+        (  # a bare AttributeError traceback from the memory check
+            ["model=fp_str"],
+            "error: model fp_str (plugins/fp.py) footprint() returned 'lots'; expected None or a Footprint of finite "
+            "sizes >= 0 and the name of the setting that sizes the model\n",
         ),
         (  # a bare "ValueError: shapes (4,1) and (64,64) not aligned" traceback from the next layer, run FAILED
             ["model.activation=narrow", "trainer.engine=numpy"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import yaml
 from mlflow import MlflowClient
 
 from nnexp.errors import ConfigError
-from nnexp.folders import claim
+from nnexp.folders import SWEEP_DIR, claim
 
 QUICK = ("trainer.epochs=2", "checkpoint.every=0")
 
@@ -40,6 +42,21 @@ def test_claim_names_a_file_that_blocks_the_folder(tmp_path):
     (tmp_path / "outputs").write_text("")
     with pytest.raises(ConfigError, match=r"cannot create the run folder .*outputs.*Not a directory"):
         claim(str(tmp_path / "outputs" / "day" / "12-00-00"))
+
+
+def test_claim_of_a_sweep_s_folder_advises_hydra_sweep_dir(tmp_path, monkeypatch):
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(ConfigError) as raised:
+        claim(str(tmp_path / "multirun" / "day" / "12-00-00"), SWEEP_DIR)
+    assert str(raised.value) == (
+        f"cannot create the sweep folder {tmp_path / 'multirun' / 'day'}: Read-only file system (the file system is "
+        "read-only; run from a writable folder or set hydra.sweep.dir)"
+    )
+    with pytest.raises(ConfigError, match=r"cannot create the run folder .* or set hydra\.run\.dir\)$"):
+        claim(str(tmp_path / "day" / "12-00-00"))
 
 
 def test_runs_started_together_keep_their_own_folder_config_weights_and_model(project):

@@ -190,6 +190,16 @@ def test_a_sweep_that_expands_to_no_jobs_is_an_error_and_leaves_nothing(project)
     ("arguments", "expected"),
     [  # optuna's "No trials are completed yet" after creating the parent run before
         (("hparams_search=moons_optuna", "hydra.sweeper.n_trials=-1"), "hydra.sweeper.n_trials must be >= 1, got -1"),
+        # an Optuna study searching for the worst trials before
+        (
+            ("hparams_search=moons_optuna", "hydra.sweeper.direction=minimize"),
+            "hydra.sweeper.direction=minimize contradicts objective.direction=maximize",
+        ),
+        # optuna's ValueError naming neither key nor file, after creating the parent run, before
+        (
+            ("hparams_search=moons_optuna", "hydra.sweeper.params={optimizer.learning_rate:'tag(log,interval(0,1))'}"),
+            "hydra.sweeper.params.optimizer.learning_rate=tag(log,interval(0,1)): Optuna refuses it: The `low` value",
+        ),
         # a FileNotFoundError naming no option, after creating the parent run, before
         (("seed=1,2", "hydra.sweep.dir=/proc/x"), "hydra.sweep.dir: cannot create /proc/x: No such file or directory"),
         # both jobs FINISHED in one folder before, the first run's record pointing at the second's files
@@ -234,6 +244,99 @@ def test_sweeper_and_launcher_settings_are_checked_before_the_sweep(group, optio
     assert str(raised.value).startswith(expected)
     config.hydra[group][setting] = -1 if option == "joblib" else None if setting == "max_batch_size" else 1
     check_plugin_settings(config)
+
+
+def optuna_config(tmp_path, preset=None, sweeper=None, objective=None, hydra_overrides=(), task_overrides=()):
+    """A launching config of an Optuna sweep, as Sweep.start gets it; ``preset`` (YAML text) is the chosen
+    ``hparams_search`` option."""
+    folder = tmp_path / "conf"
+    (folder / "hparams_search").mkdir(parents=True, exist_ok=True)
+    if preset is not None:
+        (folder / "hparams_search" / "search.yaml").write_text(preset)
+    return OmegaConf.create(
+        {
+            "objective": {"metric": "val_accuracy", "direction": None, **(objective or {})},
+            "hydra": {
+                "runtime": {
+                    "choices": {"hydra/sweeper": "optuna", "hparams_search": "search" if preset else None},
+                    "config_sources": [{"path": str(folder), "schema": "file"}],
+                },
+                "overrides": {"hydra": list(hydra_overrides), "task": list(task_overrides)},
+                "sweeper": {"direction": "maximize", "params": None, **(sweeper or {})},
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "objective", "expected"),
+    [
+        (
+            {"direction": "minimize"},
+            {},
+            "hydra.sweeper.direction=minimize contradicts objective.direction=maximize "
+            "(objective.metric=val_accuracy); set hydra.sweeper.direction=maximize",
+        ),
+        (
+            {"direction": ["maximize", "minimize"]},
+            {},
+            "hydra.sweeper.direction=[maximize, minimize] asks for 2 objectives; each job returns one",
+        ),
+        (
+            {"direction": "maximize"},
+            {"metric": "val_loss"},
+            "hydra.sweeper.direction=maximize contradicts objective.direction=minimize (objective.metric=val_loss)",
+        ),
+    ],
+)
+def test_an_optuna_direction_against_the_objective_is_refused(tmp_path, sweeper, objective, expected):
+    with pytest.raises(ConfigError) as raised:
+        sweep.check_optuna_direction(optuna_config(tmp_path, sweeper=sweeper, objective=objective))
+    assert str(raised.value).startswith(expected)
+    sweep.check_optuna_direction(optuna_config(tmp_path, sweeper={"direction": ["maximize"]}))
+
+
+def test_an_optuna_direction_set_by_a_preset_is_named_by_its_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preset = "# @package _global_\nhydra:\n  sweeper:\n    direction: minimize\n"
+    with pytest.raises(ConfigError) as raised:
+        sweep.check_optuna_direction(optuna_config(tmp_path, preset, sweeper={"direction": "minimize"}))
+    assert str(raised.value).startswith("conf/hparams_search/search.yaml: hydra.sweeper.direction=minimize contra")
+    typed = ["hydra.sweeper.direction=minimize"]
+    given = optuna_config(tmp_path, preset, {"direction": "minimize"}, hydra_overrides=typed)
+    with pytest.raises(ConfigError, match=r"^hydra\.sweeper\.direction=minimize contradicts"):  # the command line's
+        sweep.check_optuna_direction(given)
+
+
+def test_an_objective_direction_against_its_metric_is_named_by_its_preset(tmp_path, monkeypatch):
+    from nnexp.job.build import Objective
+
+    monkeypatch.chdir(tmp_path)
+    preset = "# @package _global_\nobjective:\n  direction: minimize\n"
+    config = optuna_config(tmp_path, preset, objective={"direction": "minimize"})
+    with pytest.raises(ConfigError) as raised:
+        Objective.of(config)
+    assert str(raised.value) == (
+        "conf/hparams_search/search.yaml: objective.direction=minimize contradicts objective.metric=val_accuracy "
+        "(an accuracy, better higher); leave objective.direction out (null) to rank by the metric's own direction"
+    )
+
+
+def test_an_interval_optuna_refuses_is_named_by_its_key_and_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = {"optimizer.learning_rate": "tag(log, interval(0, 0.3))", "model.hidden_sizes": 'choice("[8]", "[32]")'}
+    preset = "# @package _global_\n" + OmegaConf.to_yaml({"hydra": {"sweeper": {"params": params}}})
+    with pytest.raises(ConfigError) as raised:
+        sweep.check_optuna_search_space(optuna_config(tmp_path, preset, sweeper={"params": params}))
+    assert str(raised.value) == (
+        "conf/hparams_search/search.yaml: hydra.sweeper.params.optimizer.learning_rate=tag(log, interval(0, 0.3)): "
+        "Optuna refuses it: The `low` value must be larger than 0 for a log distribution (low=0.0, high=0.3)."
+    )
+    given = optuna_config(tmp_path, task_overrides=["seed=1", "optimizer.learning_rate=tag(log,interval(-1,1))"])
+    with pytest.raises(ConfigError, match=r"^optimizer\.learning_rate=tag\(log,interval\(-1,1\)\): Optuna refuses it"):
+        sweep.check_optuna_search_space(given)
+    params["optimizer.learning_rate"] = "tag(log, interval(0.001, 0.3))"
+    sweep.check_optuna_search_space(optuna_config(tmp_path, sweeper={"params": params}, task_overrides=["seed=1"]))
 
 
 def test_bad_sweep_value_in_a_project_with_runs_leaves_its_store(project):

@@ -186,7 +186,7 @@ def launch() -> None:
     from nnexp.config import store_configs
     from nnexp.job.resume import hydra_arguments
     from nnexp.plugins import load_plugins
-    from nnexp.presets import check_interpolations, check_preset_names
+    from nnexp.presets import check_interpolations, check_preset_aliases, check_preset_names
 
     check_command_line(sys.argv[1:])
     sys.argv[1:] = hydra_help_arguments(sys.argv[1:])
@@ -198,6 +198,7 @@ def launch() -> None:
     store_configs()
     presets = config_dir()
     check_preset_names(presets)
+    check_preset_aliases(presets)  # before anything composes them
     if quick_help(sys.argv[1:], presets):
         return
     shown = shown_resolved(flags)

@@ -29,7 +29,7 @@ from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
 from nnexp.errors import ConfigError, PluginError, require
-from nnexp.folders import RESOLVER
+from nnexp.folders import RESOLVER, SWEEP_DIR
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
 
@@ -154,7 +154,7 @@ def _hydra_settings() -> dict[str, Any]:
             "nnexp_run_folder": {"_target_": "nnexp.job.run_folder.RunFolderCallback"},
         },
         "run": {"dir": f"${{{RESOLVER}:outputs/{stamp}}}"},
-        "sweep": {"dir": f"${{{RESOLVER}:outputs/multirun/{stamp}}}", "subdir": "${hydra.job.num}"},
+        "sweep": {"dir": f"${{{RESOLVER}:outputs/multirun/{stamp},{SWEEP_DIR}}}", "subdir": "${hydra.job.num}"},
         "help": {
             "app_name": "nnexp",
             "header": "nnexp: experiments with hand-written NumPy neural networks, tracked in MLflow.\n\n"

@@ -35,6 +35,9 @@ except ImportError:  # Windows: no advisory locks; a run folder there is not gua
     fcntl = None
 
 RESOLVER = "nnexp.claim"
+#: The settings that say where a run and a sweep write, which a folder that cannot be written asks to change.
+RUN_DIR = "hydra.run.dir"
+SWEEP_DIR = "hydra.sweep.dir"
 
 #: The run folders of this process, so that a run that fails before writing anything of its own leaves none.
 job_folders: list[Path] = []
@@ -67,21 +70,23 @@ showing_only = False
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full; free some space",
     errno.EDQUOT: "the disk quota is exceeded; free some space",
-    errno.EROFS: "the file system is read-only; run from a writable folder or set hydra.run.dir",
-    errno.EACCES: "permission denied; run from a folder you may write or set hydra.run.dir",
-    errno.EPERM: "permission denied; run from a folder you may write or set hydra.run.dir",
+    errno.EROFS: "the file system is read-only; run from a writable folder or set {setting}",
+    errno.EACCES: "permission denied; run from a folder you may write or set {setting}",
+    errno.EPERM: "permission denied; run from a folder you may write or set {setting}",
     errno.ENOTDIR: "a part of the path is a file, where a folder is expected",
     errno.EEXIST: "a file stands where a folder is expected",
     errno.EISDIR: "a folder stands where a file is expected",
 }
 
 
-def describe_os_error(exc: OSError, doing: str | None = None, where: Path | None = None) -> str:
+def describe_os_error(
+    exc: OSError, doing: str | None = None, where: Path | None = None, setting: str = RUN_DIR
+) -> str:
     """One line for a failed file operation: what was being done, the path (else ``where``), the system's reason
-    and a hint."""
+    and a hint, which names ``setting`` (:data:`RUN_DIR` or :data:`SWEEP_DIR`) as where to write instead."""
     path = exc.filename if exc.filename is not None else (f"in {where}" if where else "")
     reason = exc.strerror or type(exc).__name__
-    hint = dangling_link(exc.filename) or _OS_HINTS.get(exc.errno or 0)
+    hint = dangling_link(exc.filename) or _OS_HINTS.get(exc.errno or 0, "").format(setting=setting)
     if doing is None:
         doing = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
     return f"cannot {doing} {path}".rstrip() + f": {reason}" + (f" ({hint})" if hint else "")
@@ -95,16 +100,18 @@ def dangling_link(path: object) -> str | None:
     return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; create that or remove the link"
 
 
-def claim(path: str) -> str:
-    """Create the folder ``path``, or ``path_2``, ``path_3``, ... if another run has it; returns the one created.
-    A command line that only shows the config (``--cfg``) gets the name it would claim, and nothing is created."""
+def claim(path: str, setting: str = RUN_DIR) -> str:
+    """Create the folder ``path`` of ``setting`` (:data:`RUN_DIR` or :data:`SWEEP_DIR`), or ``path_2``, ``path_3``,
+    ... if another run has it; returns the one created. A command line that only shows the config (``--cfg``) gets
+    the name it would claim, and nothing is created."""
     wanted = Path(path)
     if showing_only:
         return str(wanted)
+    doing = f"create the {'sweep' if setting == SWEEP_DIR else 'run'} folder"
     try:
         wanted.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(describe_os_error(exc, "create the run folder")) from None
+        raise ConfigError(describe_os_error(exc, doing, setting=setting)) from None
     candidate, number = wanted, 1
     while True:
         try:
@@ -114,7 +121,7 @@ def claim(path: str) -> str:
             candidate = wanted.with_name(f"{wanted.name}_{number}")
             continue
         except OSError as exc:
-            raise ConfigError(describe_os_error(exc, "create the run folder")) from None
+            raise ConfigError(describe_os_error(exc, doing, setting=setting)) from None
         job_folders.append(candidate)
         return str(candidate)
 
@@ -127,7 +134,8 @@ def note_showing_only(flags: argparse.Namespace) -> None:
 
 
 def register_resolver() -> None:
-    """Make ``${nnexp.claim:PATH}`` available to configs; cached, so a config claims its folder once."""
+    """Make ``${nnexp.claim:PATH}`` (``${nnexp.claim:PATH,hydra.sweep.dir}`` for a sweep's) available to configs;
+    cached, so a config claims its folder once."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, claim, use_cache=True)
 

@@ -21,12 +21,14 @@ from nnexp.config import (
     config_fields,
     given_overrides,
     schema_for,
-    setting_overrides,
 )
 from nnexp.errors import ConfigError
 
 #: Real presets nest a few levels; composing one nested about 150 deep exhausts Python's stack.
 DEEP_PRESET = 100
+#: How many values a preset's YAML aliases may copy: each copy becomes an OmegaConf node, and a few lines of nested
+#: aliases copy billions (the "billion laughs"), which composing builds one by one.
+MAX_ALIASED_VALUES = 10_000
 #: Hydra's prefix to an error merging one config: ``In 'experiment/unk': ConfigKeyError raised while composing``.
 IN_CONFIG = re.compile(r"In '([^']+)': \w+ raised while composing config")
 
@@ -263,22 +265,38 @@ def preset_setting(key: str, presets: Mapping[str, Path]) -> Path | None:
         if text is None:
             continue
         package = [] if GLOBAL_PACKAGE.search(text) else group.split("/")
-        if parts[: len(package)] != package:
-            continue
-        for part in parts[len(package) :]:
-            data = data.get(part, KeyError) if isinstance(data, dict) else KeyError
-        if data is not KeyError:
+        if parts[: len(package)] == package and holds(data, parts[len(package) :]):
             return path
     return None
+
+
+def holds(data: object, parts: list[str]) -> bool:
+    """Whether the YAML ``data`` has the key of the dotted ``parts``, some of which may be one key of its own (a
+    sweeper's ``params: {optimizer.learning_rate: ...}``)."""
+    if not parts:
+        return True
+    if not isinstance(data, dict):
+        return False
+    keys = (".".join(parts[:end]) for end in range(len(parts), 0, -1))
+    return any(key in data and holds(data[key], parts[key.count(".") + 1 :]) for key in keys)
 
 
 def where_set(key: str, presets: Mapping[str, Path], overrides: Iterable[str] = ()) -> str:
     """``FILE: `` naming the preset that sets ``key``, to start an error's line; ``""`` when no preset does, or an
     override of ``overrides`` sets it, as the command line's value beats a preset's."""
-    if any(given == key for given, _ in setting_overrides(overrides)):
-        return ""
+    for item in overrides:
+        given, _, value = item.lstrip("+~").partition("=")
+        if given == key or (key.startswith(f"{given}.") and value.startswith("{")):  # or a mapping holding it
+            return ""
     path = preset_setting(key, presets)
     return f"{shown_path(path)}: " if path is not None else ""
+
+
+def where_hydra_set(key: str, hydra: DictConfig) -> str:
+    """:func:`where_set` for a composed config whose Hydra node is ``hydra``: its chosen presets, and every override
+    it was given, Hydra's own included."""
+    given = given_overrides(hydra.overrides.hydra) + given_overrides(hydra.overrides.task)
+    return where_set(key, chosen_presets(hydra.runtime), given)
 
 
 def named_by_preset(exc: OmegaConfBaseException, presets: Mapping[str, Path], overrides: Iterable[str]) -> None:
@@ -345,6 +363,54 @@ def check_command_line_options(config: DictConfig) -> None:
                 f"{where_set(key, presets, given)}{key}: MLflow's settings are nnexp's to make, not the job's "
                 f"(nnexp checks and names the store before the job starts); {fix}"
             )
+
+
+def check_preset_aliases(config_dir: Path | None, limit: int = MAX_ALIASED_VALUES) -> None:
+    """Refuse a YAML preset whose aliases copy more than ``limit`` values, before Hydra composes (and expands) it."""
+    for path in sorted(config_dir.rglob("*.yaml")) if config_dir is not None else ():
+        problem = aliased_too_much(path, limit) if path.is_file() else None  # a FIFO would block; composing names it
+        if problem is not None:
+            raise ConfigError(f"{shown_path(path)}: {problem}")
+
+
+def aliased_too_much(path: Path, limit: int = MAX_ALIASED_VALUES) -> str | None:
+    """What is wrong when the YAML at ``path`` copies more than ``limit`` values through its aliases, counted from
+    its parser's events so that nothing is expanded; ``None`` otherwise, and for a file that is not YAML, whose error
+    composing names."""
+    import yaml
+
+    sizes: dict[str, int] = {}  # the values of each anchored node, its own aliases' copies counted
+    open_nodes: list[tuple[str | None, int]] = [(None, 0)]  # the anchor and values so far of each open collection
+    copied = 0
+    try:
+        with path.open(encoding="utf-8") as file:
+            for event in yaml.parse(file):
+                anchor = getattr(event, "anchor", None)
+                if isinstance(event, yaml.CollectionStartEvent):
+                    open_nodes.append((anchor, 0))
+                    continue
+                if isinstance(event, yaml.AliasEvent):
+                    size, anchor = sizes.get(event.anchor, 1), None
+                    copied += size
+                    if copied > limit:
+                        return (
+                            f"line {event.start_mark.line + 1}: its YAML aliases (here *{event.anchor}) copy more "
+                            f"than {limit} values, which composing would build one by one; write the values out"
+                        )
+                elif isinstance(event, yaml.ScalarEvent):
+                    size = 1
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    anchor, inner = open_nodes.pop()
+                    size = inner + 1
+                else:
+                    continue
+                if anchor is not None:
+                    sizes[anchor] = size
+                outer, values = open_nodes[-1]
+                open_nodes[-1] = (outer, values + size)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return None
 
 
 def check_preset_names(config_dir: Path | None) -> None:

@@ -32,7 +32,7 @@ from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, ParameterError, PluginError, require
 from nnexp.job import memory
 from nnexp.models.base import MODELS, Model
-from nnexp.presets import check_plugin_nodes, chosen_presets, named_by_preset
+from nnexp.presets import check_plugin_nodes, chosen_presets, named_by_preset, where_hydra_set
 from nnexp.tracking.store import flatten
 from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
 
@@ -68,7 +68,16 @@ class Objective:
             metric = "val_accuracy" if has_validation else "test_accuracy"
         if metric.startswith("val_") and has_validation is False:
             raise ConfigError(f"objective.metric={metric} needs a validation split, and this dataset has none")
-        direction = cfg.objective.direction or default_direction(metric)
+        given = cfg.objective.direction
+        direction = Direction(given) if given is not None else default_direction(metric)
+        if direction is not default_direction(metric):
+            hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
+            where = where_hydra_set("objective.direction", hydra) if hydra is not None else ""
+            kind = "a loss, better lower" if metric.endswith("loss") else "an accuracy, better higher"
+            raise ConfigError(
+                f"{where}objective.direction={direction.value} contradicts objective.metric={metric} ({kind}); "
+                "leave objective.direction out (null) to rank by the metric's own direction"
+            )
         return cls(metric, direction)
 
     def worst(self) -> float:

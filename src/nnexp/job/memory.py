@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,8 @@ from nnexp.core.losses import Loss
 from nnexp.core.optimizers import Optimizer
 from nnexp.core.training import EVALUATION_BATCH
 from nnexp.datasets.base import DATASETS, Splits, checked_splits
-from nnexp.errors import NnexpError, OutOfMemoryError, format_bytes
-from nnexp.models.base import Model
+from nnexp.errors import NnexpError, OutOfMemoryError, PluginError, format_bytes
+from nnexp.models.base import MODELS, Footprint, Model
 
 MEMINFO = Path("/proc/meminfo")
 SELF_CGROUP = Path("/proc/self/cgroup")
@@ -23,6 +25,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 2**60
 #: What to reduce when a run ran out of memory somewhere its network and batches are the likely cause.
 ADVICE = "use a smaller model or trainer.batch_size, or free memory"
+#: The most characters of a plugin's wrong result an error quotes.
+SHOWN_RESULT = 80
 
 
 def available_bytes() -> int | None:
@@ -86,7 +90,7 @@ def estimate(
 ) -> tuple[str, dict[str, int]] | None:
     """The model's sizing setting and the bytes its network needs by part, in ``dtype``; ``None`` when the model
     does not state its footprint."""
-    footprint = model.footprint(splits.n_features, splits.n_classes, loss)
+    footprint = checked_footprint(model, model.footprint(splits.n_features, splits.n_classes, loss))
     if footprint is None:
         return None
     itemsize = np.dtype(dtype).itemsize
@@ -98,6 +102,31 @@ def estimate(
         "batch buffers": buffer_rows(splits, batch_size) * footprint.values_per_row * itemsize,
     }
     return footprint.setting, parts
+
+
+def checked_footprint(model: Model, footprint: object) -> Footprint | None:
+    """``footprint``, what ``model.footprint()`` returned, if it is ``None`` or a :class:`Footprint` of sizes >= 0
+    and a setting's name; else a PluginError naming the model's plugin, whose sizes would make the memory check
+    fail with a bare traceback, or pass whatever the network needs."""
+    if footprint is None:
+        return None
+    if (
+        isinstance(footprint, Footprint)
+        and isinstance(footprint.setting, str)
+        and all(is_size(size) for size in (footprint.parameters, footprint.values_per_row))
+    ):
+        return footprint
+    shown = repr(footprint)
+    shown = shown if len(shown) <= SHOWN_RESULT else f"{shown[: SHOWN_RESULT - 3]}..."
+    raise PluginError(
+        f"{MODELS.label(type(model))} footprint() returned {shown}; expected None or a Footprint of finite sizes >= 0 "
+        "and the name of the setting that sizes the model"
+    )
+
+
+def is_size(value: object) -> bool:
+    """Whether ``value`` is a count of values: a finite number >= 0 (a bool is no count)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def check_fits(

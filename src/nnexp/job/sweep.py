@@ -19,16 +19,18 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 
 from nnexp.config import check_run_names, check_tags, given_overrides
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
 from nnexp.folders import (
     FOLDER_LOCK,
+    SWEEP_DIR,
     WRITTEN_AT_SETUP,
     check_hydra_paths,
     discard_dir,
@@ -36,7 +38,7 @@ from nnexp.folders import (
     use_sweep_folder,
 )
 from nnexp.job.background import job_ends
-from nnexp.presets import check_command_line_options
+from nnexp.presets import check_command_line_options, where_hydra_set
 
 if TYPE_CHECKING:
     from hydra.core.config_loader import ConfigLoader
@@ -121,6 +123,9 @@ class Sweep:
             raise NnexpError(f"{PARENT_OVERRIDE} is set by the sweep itself; remove it from the command line")
         check_command_line_options(config)
         check_plugin_settings(config)
+        if config.hydra.runtime.choices.get("hydra/sweeper") == "optuna":
+            check_optuna_direction(config)
+            check_optuna_search_space(config)
         check_subdir(config)
         check_hydra_paths(config)
         user_tags = OmegaConf.to_container(config.tags, resolve=True)
@@ -221,7 +226,7 @@ class Sweep:
 
         failed = next((cause for cause in causes(exc) if isinstance(cause, OSError) and cause.errno), None)
         if failed is not None:
-            return describe_os_error(failed, where=self.directory)
+            return describe_os_error(failed, where=self.directory, setting=SWEEP_DIR)
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
     def summarise(self) -> tuple[int, int]:
@@ -378,6 +383,50 @@ def check_plugin_settings(config: DictConfig) -> None:
             require(valid(value), f"hydra.{group}.{key}", expected, value)
 
 
+def check_optuna_direction(config: DictConfig) -> None:
+    """Refuse an Optuna ``hydra.sweeper.direction`` that is not ``objective.direction``: the study would search for
+    the worst trials, or for several objectives where each job returns one value."""
+    from nnexp.job.build import Objective
+
+    objective = Objective.of(config)
+    setting = config.hydra.sweeper.direction
+    directions = list(setting) if isinstance(setting, ListConfig | list) else [setting]
+    names = [getattr(item, "name", str(item)) for item in directions]
+    wanted = objective.direction.value
+    if names == [wanted]:
+        return
+    where = where_hydra_set("hydra.sweeper.direction", config.hydra)
+    shown = names[0] if isinstance(setting, str | Enum) else f"[{', '.join(names)}]"
+    if len(names) != 1:
+        raise ConfigError(
+            f"{where}hydra.sweeper.direction={shown} asks for {len(names)} objectives; each job returns one, "
+            f"objective.metric={objective.metric} ({wanted}): set hydra.sweeper.direction={wanted}"
+        )
+    raise ConfigError(
+        f"{where}hydra.sweeper.direction={shown} contradicts objective.direction={wanted} "
+        f"(objective.metric={objective.metric}); set hydra.sweeper.direction={wanted}"
+    )
+
+
+def check_optuna_search_space(config: DictConfig) -> None:
+    """Build Optuna's distribution of each key the search varies, as its sweeper will once the sweep's parent run is
+    open, so that one Optuna refuses (a log interval from 0) is named by its key and preset."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    space = config.hydra.sweeper.params or {}
+    params = {f"hydra.sweeper.params.{key}": f"{key}={value}" for key, value in space.items()}
+    given = {item.partition("=")[0]: item for item in given_overrides(config.hydra.overrides.task)}
+    parser = OverridesParser.create()
+    for key, item in (params | given).items():
+        try:
+            create_optuna_distribution_from_override(parser.parse_override(item))
+        except ValueError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = where_hydra_set(key, config.hydra) if key.startswith("hydra.") else ""
+            raise ConfigError(f"{where}{key}={item.partition('=')[2]}: Optuna refuses it: {reason}") from None
+
+
 def check_subdir(config: DictConfig) -> None:
     """Refuse a ``hydra.sweep.subdir`` without an interpolation (``${hydra.job.num}``), or one that leads out of the
     sweep's folder (absolute, or through ``..``): every job would write into one folder (``0/../..`` and ``1/../..``
@@ -406,7 +455,7 @@ def create_sweep_folder(directory: Path) -> list[Path]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"hydra.sweep.dir: {describe_os_error(exc, 'create')}") from None
+        raise ConfigError(f"{SWEEP_DIR}: {describe_os_error(exc, 'create', setting=SWEEP_DIR)}") from None
     return missing
 
 
@@ -426,8 +475,8 @@ def write_summary(folder: Path, table: Table, grouped: Table | None, plot: Calla
                 file.write(text)
         plot(folder / "comparison.png")
     except OSError as exc:
-        print(f"warning: {describe_os_error(exc, 'write the summary', folder)}; the table above is kept in MLflow",
-              file=sys.stderr)
+        described = describe_os_error(exc, "write the summary", folder, SWEEP_DIR)
+        print(f"warning: {described}; the table above is kept in MLflow", file=sys.stderr)
         return False
     return True
 
