@@ -36,8 +36,10 @@ from nnexp.core.optimizers import Optimizer, fits
 from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
 from nnexp.errors import DataError
 from nnexp.schema import (
+    EPOCH_SECONDS_AT_MOST,
     RUN_ID,
     Fields,
+    check_metric,
     check_npz_data,
     check_weights,
     inside,
@@ -276,10 +278,6 @@ def files(directory: Path) -> list[Path]:
     return [manifest, directory / json.loads(read_text(manifest))["weights"]]
 
 
-#: The training time of an epoch in progress a manifest may claim: a year. It is logged as that epoch's time.
-EPOCH_SECONDS_AT_MOST = 365 * 24 * 3600.0
-
-
 def load(path: Path) -> Checkpoint:
     """The checkpoint in folder ``path`` (or named by its manifest), every field and array header checked; raises
     DataError naming the file and what is wrong."""
@@ -324,25 +322,12 @@ def check_members(
             )
 
 
-#: The range of each per-epoch metric's values, which must be finite: (at least, at most).
-METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "train_accuracy": (0.0, 1.0),
-    "val_accuracy": (0.0, 1.0),
-    "epoch_seconds": (0.0, EPOCH_SECONDS_AT_MOST),
-    "learning_rate": (0.0, None),
-}
-
-
 def check_history(fields: Fields, history: Mapping[str, list[float]], name: str) -> None:
     """Every value of the per-epoch ``history`` must be finite and within its metric's range: resumed, it is logged
     to MLflow as the run's record and read by early stopping. ``name`` formats a metric's name as its field."""
     for metric, values in history.items():
-        low, high = METRIC_RANGES.get(metric, (None, None))
         for epoch, value in enumerate(values, 1):
-            field = f"{name.format(metric)}[epoch {epoch}]"
-            fields.number(value, field, low, high=high)
-            # A schedule's rate is checked to be > 0 every epoch, so none of nnexp's runs trained at 0.
-            fields.check(metric != "learning_rate" or value > 0, field, "a rate > 0", value)
+            check_metric(fields, metric, value, f"{name.format(metric)}[epoch {epoch}]")
 
 
 def history_of(
