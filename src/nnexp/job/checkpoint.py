@@ -33,7 +33,7 @@ from nnexp import __version__
 from nnexp.atomic import remove_partials, replacing
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer, fits
-from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
+from nnexp.core.training import EPOCH_METRICS, Callback, EarlyStopping, Trainer, TrainingState
 from nnexp.errors import DataError
 from nnexp.schema import (
     EPOCH_SECONDS_AT_MOST,
@@ -136,6 +136,9 @@ class Checkpoint:
                 )
         except (KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{self.weights}: does not fit this run's network or optimizer: {exc}") from None
+        stopping = callbacks.get("early_stopping")
+        if isinstance(stopping, EarlyStopping):
+            check_best(Fields(self.path), stopping, self.manifest["history"])
         rng.bit_generator.state = self.manifest["rng_state"]  # checked by load()
         return self.training_state()
 
@@ -405,6 +408,28 @@ def check_early_stopping(fields: Fields, state: dict[str, Any], epoch: int) -> N
         fields.number(best, f"{field}.best")
     else:
         fields.check(best in (math.inf, -math.inf), f"{field}.best", "infinity, as no epoch was best yet", best)
+
+
+def check_best(fields: Fields, stopping: EarlyStopping, history: Mapping[str, list[float]]) -> None:
+    """Early stopping's restored best value must be its monitor's value at its best epoch in the checkpoint's
+    ``history``, or, before any epoch was best, where it starts for its direction: the run logs it as its
+    ``best_<monitor>``, and any other value would decide the epochs to come."""
+    field, monitor, best_epoch = "callbacks.early_stopping.best", stopping.monitor, stopping.best_epoch
+    if not best_epoch:
+        start = -math.inf if stopping.maximize else math.inf
+        fields.check(stopping.best == start, field, f"{start}, as no epoch was best yet", stopping.best)
+        return
+    values = history.get(monitor, [])
+    if len(values) < best_epoch:
+        fields.fail(field, f"{monitor}'s value at best_epoch {best_epoch}, but the history holds none", stopping.best)
+    expected = values[best_epoch - 1]
+    # Both are the same float64 written twice (manifest and history), so only a rewritten one differs.
+    fields.check(
+        math.isclose(stopping.best, expected, rel_tol=1e-9),
+        field,
+        f"{expected!r}, history {monitor}[epoch {best_epoch}] (its best_epoch)",
+        stopping.best,
+    )
 
 
 def configured_epochs(fields: Fields, config: object) -> int:
