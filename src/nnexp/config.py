@@ -28,7 +28,7 @@ from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
-from nnexp.errors import ConfigError, PluginError, require
+from nnexp.errors import ConfigError, PluginError, abbreviated, require
 from nnexp.folders import RESOLVER
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
@@ -298,13 +298,6 @@ MAX_TAG_KEY, MAX_TAG_VALUE = 250, 8000
 #: The longest run and experiment names MLflow's database stores hold (its ``runs.name`` and ``experiments.name``
 #: columns): SQLite keeps a longer one, a PostgreSQL or MySQL server refuses it once the run is under way.
 MAX_RUN_NAME, MAX_EXPERIMENT_NAME = 250, 256
-#: How much of a long option name a message shows.
-SHOWN_NAME = 40
-
-
-def abbreviated(name: str) -> str:
-    """``name``, cut to its first characters when too long to read in a one-line message."""
-    return name if len(name) <= SHOWN_NAME else f"{name[:SHOWN_NAME]}…"
 
 
 def check_tag_key(key: str, option: str) -> None:
