@@ -120,6 +120,11 @@ def check_metric(fields: Fields, metric: str, value: object, field: str, nan: bo
     fields.check(metric != "learning_rate" or number != 0, field, "a rate > 0", value)
 
 
+#: The longest class name a model keeps: one is printed in each line of ``nnexp predict`` and names a column of its
+#: table; a longer one is no class's name (the longest of ImageNet's thousand is 121 characters).
+MAX_CLASS_NAME = 250
+
+
 def printable(name: object) -> bool:
     """Whether ``name`` is a string without control characters or line separators: a class name is printed inside
     one line of output (``nnexp predict``), which a newline in it would split."""
