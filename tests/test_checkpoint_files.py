@@ -4,6 +4,7 @@ before anything is used; interrupted writes leave nothing that lasts or is uploa
 from __future__ import annotations
 
 import json
+import math
 import socket
 import zipfile
 from pathlib import Path
@@ -184,8 +185,9 @@ def test_the_history_arrays_must_match_the_manifest_and_the_epochs(tmp_path, cha
 @pytest.mark.parametrize(
     ("metric", "value", "expected"),
     [
-        ("train_loss", np.nan, "history/train_loss[epoch 1] must be a finite number, found nan"),
-        ("train_loss", np.inf, "history/train_loss[epoch 1] must be a finite number, found inf"),
+        ("train_loss", np.nan, "history/train_loss[epoch 1] must be a finite number >= 0, found nan"),
+        ("train_loss", np.inf, "history/train_loss[epoch 1] must be a finite number >= 0, found inf"),
+        ("train_loss", -4.0, "history/train_loss[epoch 1] must be a finite number >= 0, found -4.0"),
         ("train_accuracy", 1.5, "history/train_accuracy[epoch 1] must be a finite number >= 0 and <= 1, found 1.5"),
         ("train_accuracy", -0.25, "history/train_accuracy[epoch 1] must be a finite number >= 0 and <= 1, found"),
         ("epoch_seconds", -3.0, "history/epoch_seconds[epoch 1] must be a finite number >= 0 and <= 3.1536e+07"),
@@ -210,7 +212,7 @@ def test_a_format_1_history_is_checked_the_same_way(tmp_path):
         lambda manifest: {**set_in(manifest, "weights_sha256", KeyError), "format": 1, "history": history},
     )
     assert error_of(directory) == (
-        f"{directory / checkpoint.MANIFEST}: history.train_loss[epoch 1] must be a finite number, found inf"
+        f"{directory / checkpoint.MANIFEST}: history.train_loss[epoch 1] must be a finite number >= 0, found inf"
     )
 
 
@@ -641,7 +643,7 @@ def test_resume_refuses_weights_of_another_dtype_and_a_history_that_is_not_finit
     result = project.run(f"resume={run_id}")
     assert (result.returncode, result.stderr.strip()) == (
         1,
-        f"error: {weights}: history/train_loss[epoch 2] must be a finite number, found inf",
+        f"error: {weights}: history/train_loss[epoch 2] must be a finite number >= 0, found inf",
     )
     assert client.get_run(run_id).info.status == "KILLED"
     assert len(client.get_metric_history(run_id, "train_loss")) == 2
@@ -736,3 +738,42 @@ def test_checkpoint_every_n_epochs_and_after_the_last(monkeypatch):
 def test_a_run_ended_by_early_stopping_checkpoints_its_last_epoch(monkeypatch):
     assert checkpointed_epochs(monkeypatch, 500, 39, 0.01) == [39]
     assert checkpointed_epochs(monkeypatch, 500, 9, 0.01, every=3) == [3, 6, 9]  # already written: not twice
+
+
+@pytest.mark.parametrize(
+    ("monitor", "maximize", "state", "expected"),
+    [
+        ("train_loss", False, {"best": -5.0, "best_epoch": 1, "wait": 0}, "{value!r}, history train_loss[epoch 1]"),
+        ("val_loss", False, {"best": 0.5, "best_epoch": 1, "wait": 0}, "val_loss's value at best_epoch 1, but the"),
+        ("train_accuracy", True, {"best": math.inf, "best_epoch": 0, "wait": 1}, "-inf, as no epoch was best yet"),
+    ],
+    ids=["not-the-best-epochs", "monitor-not-in-history", "other-direction"],
+)
+def test_early_stoppings_best_must_be_its_best_epochs_value(tmp_path, monitor, maximize, state, expected):
+    """A manifest's best=-5.0 was believed: the resumed run finished with best_train_loss=-5.0, no epoch's value."""
+    from nnexp.core.training import EarlyStopping
+
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    loaded.manifest["callbacks"] = {"early_stopping": state}
+    stopping = EarlyStopping(trainer, network, monitor, maximize)
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)
+    value = loaded.manifest["history"]["train_loss"][0]
+    found = state["best"]
+    assert str(raised.value).startswith(
+        f"{loaded.path}: callbacks.early_stopping.best must be {expected.format(value=value)}"
+    ), str(raised.value)
+    assert str(raised.value).endswith(f", found {found!r}")
+
+
+def test_early_stoppings_best_at_its_best_epoch_is_restored(tmp_path):
+    from nnexp.core.training import EarlyStopping
+
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    value = loaded.manifest["history"]["train_loss"][0]
+    loaded.manifest["callbacks"] = {"early_stopping": {"best": value, "best_epoch": 1, "wait": 0}}
+    stopping = EarlyStopping(trainer, network, "train_loss")
+    loaded.restore(network, optimizer, rng, {"early_stopping": stopping}, trainer, 40)
+    assert (stopping.best, stopping.best_epoch) == (value, 1)

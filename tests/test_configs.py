@@ -333,6 +333,11 @@ def test_a_preset_without_its_plugin_defaults_still_builds(user_conf):
         ),
         ("+tags.note='x\by'", "tags.note must be text without control characters (such as an escape), got 'x\\x08y'"),
         ("tracking.experiment='e\x7f'", "tracking.experiment must be text without control characters"),
+        (  # SQLite kept it; a PostgreSQL or MySQL store refuses a name longer than its column
+            "tracking.run_name=" + "r" * 251,
+            "tracking.run_name: an MLflow run name holds at most 250 characters, found 251",
+        ),
+        ("tracking.experiment=" + "e" * 257, "tracking.experiment: an MLflow experiment name holds at most 256"),
         (  # RuntimeWarnings "overflow encountered in cast", then "loss became infinite"
             "loss=mse loss.target_low=-1e308 loss.target_high=1e308",
             "loss.target_low=-1e+308 is infinite in trainer.dtype=float32, whose largest number is 3.4e+38;",
@@ -361,6 +366,14 @@ def test_the_param_limit_is_mlflows():
     from nnexp.tracking.tracked_run import MAX_PARAM_LENGTH
 
     assert MAX_PARAM_LENGTH == MAX_PARAM_VAL_LENGTH
+
+
+def test_the_name_limits_are_those_of_mlflows_database_stores():
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun
+
+    from nnexp.config import MAX_EXPERIMENT_NAME, MAX_RUN_NAME
+
+    assert (SqlRun.name.type.length, SqlExperiment.name.type.length) == (MAX_RUN_NAME, MAX_EXPERIMENT_NAME)
 
 
 def test_tags_and_tracking_overrides_never_name_a_run():

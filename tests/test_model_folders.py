@@ -112,6 +112,11 @@ def test_an_mlmodel_that_is_no_mapping_or_no_yaml(model, capsys):
             "class_names[0] must be a name without control characters, found 'left\\n1: right (p=1.000)'",
         ),
         (lambda spec: spec.update(class_names=["left", "\x1b[2J"]), "class_names[1] must be a name without control"),
+        # printed by nnexp predict in every line of its output
+        (
+            lambda spec: spec.update(class_names=["l" * 3_000_000, "right"]),
+            "class_names[0] must be at most 250 characters, found 3000000",
+        ),
         (
             lambda spec: spec["layers"].append({"type": "activation", "name": "softmax"}),
             "layers[3].name must be another activation than softmax, which probabilities: softmax applies to the "

@@ -73,6 +73,16 @@ def refusal(folder: Path) -> str:
         ({"artifacts": [["gone.txt", None]]}, "artifacts[0] must be a file that exists, found"),
         ({"artifacts": [["config.yaml"]]}, "artifacts[0] must be [path, artifact_path], found ['config.yaml']"),
         ({"tracking_uri": None}, "tracking_uri must be a string, found None"),
+        # The checkpoint reader refused these values, and an outbox sent them as the run's record:
+        ({"metrics": [["train_loss", -4.0, 1, 8]]}, "metrics[0] value must be a finite number >= 0 or NaN, found -4.0"),
+        ({"metrics": [["val_accuracy", 7.3, 1, 8]]}, "metrics[0] value must be a finite number >= 0 and <= 1 or NaN"),
+        ({"metrics": [["best_val_accuracy", 1.5, 1, 8]]}, "metrics[0] value must be a finite number >= 0 and <= 1"),
+        ({"metrics": [["system/epoch_seconds", -100.0, 1, 8]]}, "metrics[0] value must be a finite number >= 0 and"),
+        ({"metrics": [["system/learning_rate", 0.0, 1, 8]]}, "metrics[0] value must be a rate > 0, found 0.0"),
+        (
+            {"metrics": [["train_loss", 0.5, 1, 8], ["train_loss", 0.25, 2, 8]]},
+            "metrics[1] repeats train_loss at step 8, as metrics[0] does",
+        ),
     ],
 )
 def test_a_crafted_outbox_field_is_named_and_nothing_is_sent(tmp_path, fields, expected):
@@ -440,3 +450,25 @@ def test_an_outbox_row_the_store_already_holds_is_not_sent_twice(tmp_path):
     outbox(folder, tracking_uri=client.tracking_uri, run_id=run_id, metrics=rows, status="KILLED")
     assert "sent 1 metric values" in sync(folder)
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("status", ["KILLED", "FAILED"])
+def test_a_failed_outbox_without_a_reason_keeps_the_reason_the_store_recorded(tmp_path, status):
+    """Sync deleted the reason nnexp runs had given the dead run, and the run was KILLED without any."""
+    from nnexp.tracking.liveness import REASON
+
+    client, run_id, folder = dead_run_with_a_lost_artifact(tmp_path)
+    outbox(folder, tracking_uri=client.tracking_uri, run_id=run_id, status=status, tags={})
+    assert sync(folder).endswith(f"status {status}")
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["failure_reason"]) == (status, REASON)
+
+
+def test_a_killed_outbox_without_a_reason_gives_the_run_one(tmp_path):
+    from nnexp.tracking.liveness import REASON
+
+    client, run_id, folder = killed_mid_training(tmp_path)
+    outbox(folder, tracking_uri=client.tracking_uri, run_id=run_id, status="KILLED", metrics=[], tags={})
+    sync(folder)
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", REASON)

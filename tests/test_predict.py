@@ -483,3 +483,21 @@ def test_a_csv_line_far_longer_than_a_row_is_refused_before_it_is_parsed(tmp_pat
     assert peak < 2**20
     path.write_text("x,y\n" + "1,2\n" * 3)  # rows and a header well within the limit are read as before
     assert read_csv(path, np.dtype(np.float32), 2).tolist() == [[1.0, 2.0]] * 3
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        (f"1,2\n3,{'z' * 900}\n", f"line 2, column 2: {'z' * 40 + '…'!r} is not a number"),
+        (f"1,2\n3,1{'0' * 900}\n", f"line 2: column 2 is 1{'0' * 39}…, not a finite number"),
+        (f"{'#' * 900},y\n1,2\n", f"line 1, column 1: {'#' * 40 + '…'!r} is neither a number nor a column name"),
+    ],
+    ids=["word", "huge-number", "header-cell"],
+)
+def test_a_long_csv_cell_is_quoted_cut_short(tmp_path, rows, problem):
+    """A cell of hundreds of characters was quoted whole in the one-line message."""
+    path = tmp_path / "long.csv"
+    path.write_text(rows)
+    with pytest.raises(DataError) as caught:
+        read_csv(path, np.dtype(np.float64), 2)
+    assert str(caught.value) == f"{path}: {problem}"

@@ -214,6 +214,8 @@ def test_a_sweep_that_expands_to_no_jobs_is_an_error_and_leaves_nothing(project)
             "hydra.sweep.subdir='${hydra.job.num}/../../out' leads out of the sweep's folder; name a folder inside "
             "it, such as ${hydra.job.num} (the default)",
         ),
+        # the parent run was created with a name a PostgreSQL or MySQL store refuses
+        (("seed=1,2", "tracking.run_name=" + "s" * 600), "tracking.run_name: an MLflow run name holds at most 250"),
         # each job FINISHED in a folder of its own outside the project before
         (
             ("seed=1,2", "hydra.sweep.subdir=/tmp/nnexp_job${hydra.job.num}"),

@@ -14,13 +14,12 @@ from typing import Any, NoReturn
 
 from nnexp.config import (
     GROUPS,
-    abbreviated,
     check_tag_key,
     config_fields,
     group_options,
     unknown_key_message,
 )
-from nnexp.errors import ConfigError, one_line
+from nnexp.errors import ConfigError, abbreviated, one_line
 
 #: Hydra options that an optional extra of nnexp installs, and how to install it.
 OPTIONAL_PLUGINS = {"hydra/launcher/ray": 'pip install -e ".[ray]"'}

@@ -28,7 +28,7 @@ from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
-from nnexp.errors import ConfigError, PluginError, require
+from nnexp.errors import ConfigError, PluginError, abbreviated, require
 from nnexp.folders import RESOLVER, SWEEP_DIR
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
@@ -295,13 +295,9 @@ def unknown_key_message(key: str, schema: Any) -> str:
 
 #: MLflow's limits on a tag (``mlflow.utils.validation``): a longer key is refused, a longer value cut short.
 MAX_TAG_KEY, MAX_TAG_VALUE = 250, 8000
-#: How much of a long option name a message shows.
-SHOWN_NAME = 40
-
-
-def abbreviated(name: str) -> str:
-    """``name``, cut to its first characters when too long to read in a one-line message."""
-    return name if len(name) <= SHOWN_NAME else f"{name[:SHOWN_NAME]}…"
+#: The longest run and experiment names MLflow's database stores hold (its ``runs.name`` and ``experiments.name``
+#: columns): SQLite keeps a longer one, a PostgreSQL or MySQL server refuses it once the run is under way.
+MAX_RUN_NAME, MAX_EXPERIMENT_NAME = 250, 256
 
 
 def check_tag_key(key: str, option: str) -> None:
@@ -361,10 +357,15 @@ def check_tags(tags: dict[str, Any]) -> None:
 
 def check_run_names(tracking: DictConfig) -> None:
     """Refuse control characters in ``tracking.run_name`` and ``tracking.experiment``, which tables and progress
-    lines print."""
-    for key in ("run_name", "experiment"):
+    lines print, and names longer than MLflow's stores hold."""
+    for key, limit, what in (("run_name", MAX_RUN_NAME, "run"), ("experiment", MAX_EXPERIMENT_NAME, "experiment")):
         if tracking[key] is not None:
             check_printable(f"tracking.{key}", tracking[key])
+            if len(str(tracking[key])) > limit:
+                raise ConfigError(
+                    f"tracking.{key}: an MLflow {what} name holds at most {limit} characters, "
+                    f"found {len(str(tracking[key]))}"
+                )
 
 
 def check_printable(option: str, value: object) -> None:

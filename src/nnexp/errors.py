@@ -66,6 +66,15 @@ def one_line(text: object) -> str:
     return text if text.isprintable() else "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+#: How much of a long option name or bad cell a message shows.
+SHOWN_NAME = 40
+
+
+def abbreviated(name: str) -> str:
+    """``name``, cut to its first characters when too long to read in a one-line message."""
+    return name if len(name) <= SHOWN_NAME else f"{name[:SHOWN_NAME]}…"
+
+
 def format_bytes(size: int) -> str:
     """``size`` in the largest binary unit (MiB to TiB) that keeps it at 1 or more."""
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30)):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnexp.datasets.csv_header import is_header
-from nnexp.errors import DataError, format_bytes
+from nnexp.errors import DataError, abbreviated, format_bytes
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -181,7 +181,7 @@ def read_csv(path: Path, dtype: np.dtype, columns: int) -> np.ndarray:
             expected = f"too large for the model's {held.dtype} (at most ±{np.finfo(held.dtype).max:.4g})"
         else:
             expected = "not a finite number"
-        raise DataError(f"{path}: line {number}: column {column + 1} is {cell}, {expected}")
+        raise DataError(f"{path}: line {number}: column {column + 1} is {abbreviated(cell)}, {expected}")
     return rows
 
 
@@ -209,7 +209,7 @@ def _first_bad_row(numbered: list[tuple[int, str]]) -> str:
             try:
                 float(cell)
             except ValueError:
-                return f"line {number}, column {column}: {cell.strip()!r} is not a number"
+                return f"line {number}, column {column}: {abbreviated(cell.strip())!r} is not a number"
         if len(cells) != width:
             return f"line {number}: {len(cells)} values, but line {numbered[0][0]} has {width}"
     return "not a CSV file of numbers"

@@ -25,6 +25,7 @@ from nnexp.core.network import Sequential
 from nnexp.errors import DataError, NnexpError
 from nnexp.registry import config_parameters
 from nnexp.schema import (
+    MAX_CLASS_NAME,
     Fields,
     check_weights,
     inside,
@@ -105,6 +106,8 @@ class NetworkSpec:
         fields.check(len(set(names)) == len(names), "class_names", "different names, one per class", names)
         for index, name in enumerate(names):
             fields.check(printable(name), f"class_names[{index}]", "a name without control characters", name)
+            expected = f"at most {MAX_CLASS_NAME} characters"
+            fields.check(len(name) <= MAX_CLASS_NAME, f"class_names[{index}]", expected, len(name))
         rule = fields.get(found, "probabilities")
         fields.check(rule in PROBABILITY_RULES, "probabilities", f"one of {', '.join(PROBABILITY_RULES)}", rule)
         check_output_layers(fields, found["layers"], rule)

@@ -95,6 +95,36 @@ class Fields:
         return float(value)  # type: ignore[arg-type]
 
 
+#: The training time of an epoch a file may claim: a year.
+EPOCH_SECONDS_AT_MOST = 365 * 24 * 3600.0
+#: The range of each metric training logs, by its name in a run's history: (at least, at most). Both losses nnexp
+#: has are >= 0, as a checkpoint's sum of batch losses must be.
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "train_loss": (0.0, None),
+    "val_loss": (0.0, None),
+    "test_loss": (0.0, None),
+    "train_accuracy": (0.0, 1.0),
+    "val_accuracy": (0.0, 1.0),
+    "test_accuracy": (0.0, 1.0),
+    "epoch_seconds": (0.0, EPOCH_SECONDS_AT_MOST),
+    "learning_rate": (0.0, None),
+}
+
+
+def check_metric(fields: Fields, metric: str, value: object, field: str, nan: bool = False) -> None:
+    """``value`` of ``metric`` (a history's name) must be a finite number within its range (or NaN, when ``nan``):
+    checkpoints and outboxes become the run's record in MLflow, and early stopping reads a checkpoint's."""
+    low, high = METRIC_RANGES.get(metric, (None, None))
+    number = fields.number(value, field, low, nan, high)
+    # A schedule's rate is checked to be > 0 every epoch, so none of nnexp's runs trained at 0.
+    fields.check(metric != "learning_rate" or number != 0, field, "a rate > 0", value)
+
+
+#: The longest class name a model keeps: one is printed in each line of ``nnexp predict`` and names a column of its
+#: table; a longer one is no class's name (the longest of ImageNet's thousand is 121 characters).
+MAX_CLASS_NAME = 250
+
+
 def printable(name: object) -> bool:
     """Whether ``name`` is a string without control characters or line separators: a class name is printed inside
     one line of output (``nnexp predict``), which a newline in it would split."""

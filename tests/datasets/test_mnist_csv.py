@@ -234,12 +234,46 @@ def test_a_line_longer_than_any_row_is_refused_unparsed(tmp_path, header):
     assert peak < 8 * 2**20
 
 
-def test_a_header_longer_than_a_block_is_judged_on_its_whole_cells(mnist_files, tiny, monkeypatch):
-    monkeypatch.setattr(csv_format, "BLOCK_BYTES", 4096)  # longer than any row, shorter than the 785 names
-    assert len(HEADER) > 4096
-    path = mnist_files.write_csv("train.csv", text_of(rows(tiny), header=True))
+@pytest.mark.parametrize("header", ["h" * 3_000_000, ",".join(f"pixel{column}" for column in range(40_000))])
+def test_a_header_longer_than_a_row_may_be_is_refused_not_skipped(mnist_files, tiny, header):
+    """A header of one 3 MB cell was judged on its first 262,144 bytes, taken for column names and skipped."""
+    path = mnist_files.write_csv("train.csv", header + "\n" + text_of(rows(tiny)))
+    assert csv_error(path) == (
+        f"{path}: line 1: longer than 262,144 bytes, where a row of a label and 784 pixels takes at most 3,139"
+    )
+
+
+def test_a_header_as_long_as_a_row_may_be_is_read(mnist_files, tiny):
+    header = ",".join(["label", *(f"pixel_{index}".ljust(300, "_") for index in range(784))])
+    assert len(header) < 262_144
+    path = mnist_files.write_csv("train.csv", header + "\n" + text_of(rows(tiny)))
     images, labels = read_csv(path)
     assert images.shape == (12, 784) and labels.tolist() == tiny.train_labels[:12].tolist()
+
+
+def cut(text: str) -> str:
+    """``text``'s first 40 characters and an ellipsis, as a message shows a long cell."""
+    return text[:40] + "…"
+
+
+@pytest.mark.parametrize(
+    ("cells", "problem"),
+    [  # a file with tabs for commas: a row of 3,600 characters was quoted whole in a one-line message
+        (["\t".join(["0", *["197"] * 784])], f"line 1, column 1: {cut(chr(9).join(['0', *['197'] * 20]))!r} is"),
+        (["1", "x" * 5000, *["0"] * 783], f"line 1: column 2 is {cut('x' * 41)!r}, not a whole number"),
+        (["0" * 300 + "1", *["0"] * 784], f"line 1: label {cut('0' * 41)!r} has leading zeros"),
+        # Python refuses to convert more than 4,300 digits: these were a ValueError traceback
+        (["1", "9" * 5000, *["0"] * 783], f"line 1: pixel {cut('9' * 41)} in column 2 is outside 0..255"),
+        (["1" + "0" * 5000, *["0"] * 784], f"line 1: label {cut('1' + '0' * 40)} is outside 0..9"),
+        (["1", "0" * 5000 + "7", *["0"] * 783], f"line 1: pixel {cut('0' * 41)!r} in column 2 has more than three"),
+    ],
+    ids=["tabs", "long-cell", "long-label", "huge-pixel", "huge-label", "zero-padded-pixel"],
+)
+def test_a_long_cell_is_quoted_cut_short(mnist_files, tiny, cells, problem):
+    path = mnist_files.write_csv("train.csv", ",".join(cells) + "\n" + text_of(rows(tiny)))
+    message = csv_error(path)
+    assert message.startswith(f"{path}: {problem}"), message
+    assert len(message) < len(str(path)) + 140
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,9 @@ def splits(**changes) -> Splits:
         ({"class_names": ("a\nb", "c")}, "class name 'a\\nb' must be a string without control characters"),
         ({"class_names": ("a", "b\u2028")}, "class name 'b\\u2028' must be a string without control characters"),
         ({"class_names": ("a", 3)}, "class name 3 must be a string without control characters"),
+        # the run FINISHED with a model whose network.json nnexp predict refuses
+        ({"class_names": ("a", "b" * 251)}, f"class name '{'b' * 40}…' must be at most 250 characters, found 251"),
+        ({"class_names": ("a", "\n" * 900)}, "class name '" + "\\n" * 40 + "…' must be a string without control"),
         ({"y_test": np.array([0.0, 1.0, 0.0, 1.0])}, "test split: labels must be integers, got float64"),
         ({"y_train": np.array([0, 1, 0])}, "train split: expected x (n, features) and y (n,), got (4, 2) and (3,)"),
         ({"x_train": np.zeros(4)}, "train split: expected x (n, features) and y (n,), got (4,) and (4,)"),

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnexp.errors import DataError, require
+from nnexp.errors import DataError, abbreviated, require
 from nnexp.registry import Registry
-from nnexp.schema import printable
+from nnexp.schema import MAX_CLASS_NAME, printable
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,12 @@ class Splits:
             raise DataError(f"{len(self.class_names)} class names for n_classes={self.n_classes}")
         for name in self.class_names or ():
             if not printable(name):
-                raise DataError(f"class name {name!r} must be a string without control characters (such as a newline)")
+                shown = abbreviated(name) if isinstance(name, str) else name
+                raise DataError(f"class name {shown!r} must be a string without control characters (such as a newline)")
+            if len(name) > MAX_CLASS_NAME:  # the model's network.json would be refused when read back
+                raise DataError(
+                    f"class name {abbreviated(name)!r} must be at most {MAX_CLASS_NAME} characters, found {len(name)}"
+                )
         twice = sorted({name for name in self.class_names or () if self.class_names.count(name) > 1})
         if twice:  # a prediction could not tell the classes apart, and nnexp predict refuses the model
             shown = ", ".join(map(repr, twice))

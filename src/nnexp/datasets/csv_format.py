@@ -11,7 +11,7 @@ import numpy as np
 
 from nnexp.datasets.csv_header import is_header
 from nnexp.datasets.idx_format import N_CLASSES, N_PIXELS, read_bytes
-from nnexp.errors import DataError
+from nnexp.errors import DataError, abbreviated
 
 CSV_COLUMNS = 1 + N_PIXELS
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -37,13 +37,11 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not end:
         raise DataError(f"{path}: empty file, expected lines of label,pixel_1,...,pixel_{N_PIXELS}")
     first_newline = raw.find(b"\n", 0, end)
-    # Split whole, a first line of a hundred million cells would take gigabytes before its length was refused below:
-    # a header is judged on its whole cells within a block's length.
-    first_line = raw[: first_newline if first_newline >= 0 else end]
-    if len(first_line) > BLOCK_BYTES:
-        cut = first_line.rfind(b",", 0, BLOCK_BYTES)
-        first_line = first_line[: cut if cut > 0 else BLOCK_BYTES]
-    first_row = first_line.decode("utf-8", "replace").split(",")
+    # Checked before it is split: a first line of a hundred million cells would take gigabytes. A header is bounded
+    # as a row is, or one of megabytes would be skipped unread.
+    if (first_newline if first_newline >= 0 else end) > BLOCK_BYTES:
+        raise _long_line(path, 1)
+    first_row = raw[: first_newline if first_newline >= 0 else end].decode("utf-8", "replace").split(",")
     header_lines = 1 if is_header(path, 1, first_row) else 0
     if header_lines and first_newline < 0:
         raise DataError(f"{path}: a header line and no data rows")
@@ -63,11 +61,15 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
             table[row : row + len(cells)] = cells
             row += len(cells)
     except _LongLineError:
-        raise DataError(
-            f"{path}: line {header_lines + row + 1}: longer than {BLOCK_BYTES:,} bytes, where a row of a label and "
-            f"{N_PIXELS} pixels takes at most {4 * CSV_COLUMNS - 1:,}"
-        ) from None
+        raise _long_line(path, header_lines + row + 1) from None
     return table[:, 1:], table[:, 0]
+
+
+def _long_line(path: Path, line: int) -> DataError:
+    return DataError(
+        f"{path}: line {line}: longer than {BLOCK_BYTES:,} bytes, where a row of a label and {N_PIXELS} pixels takes "
+        f"at most {4 * CSV_COLUMNS - 1:,}"
+    )
 
 
 #: Bytes parsed at a time: small enough for the temporaries to stay in the CPU's cache.
@@ -147,20 +149,32 @@ def _describe_row(line: bytes) -> str:
     cells = line.split(b",")
     for column, cell in enumerate(cells, 1):
         if not cell.isdigit():
-            shown = cell.decode("utf-8", "replace")
+            shown = abbreviated(cell.decode("utf-8", "replace"))
             return f"column {column} is empty" if not cell else f"column {column} is {shown!r}, not a whole number"
     if len(cells) != CSV_COLUMNS:
         return f"{len(cells)} columns, expected {CSV_COLUMNS} (a label and {N_PIXELS} pixels)"
-    if int(cells[0]) >= N_CLASSES:
-        return f"label {int(cells[0])} is outside 0..{N_CLASSES - 1}"
+    if _above(cells[0], N_CLASSES - 1):
+        return f"label {_number(cells[0])} is outside 0..{N_CLASSES - 1}"
     if len(cells[0]) > 1:
-        return f"label {cells[0].decode()!r} has leading zeros"
+        return f"label {abbreviated(cells[0].decode())!r} has leading zeros"
     for column, cell in enumerate(cells[1:], 2):
-        if int(cell) > 255:
-            return f"pixel {int(cell)} in column {column} is outside 0..255"
+        if _above(cell, 255):
+            return f"pixel {_number(cell)} in column {column} is outside 0..255"
         if len(cell) > 3:
-            return f"pixel {cell.decode()!r} in column {column} has more than three digits"
+            return f"pixel {abbreviated(cell.decode())!r} in column {column} has more than three digits"
     return "malformed row"
+
+
+def _above(cell: bytes, largest: int) -> bool:
+    """Whether the digits ``cell`` make a number above ``largest``, told by their count first: Python refuses to
+    convert more than 4,300 digits."""
+    digits = cell.lstrip(b"0")
+    return len(digits) > len(str(largest)) or int(digits or b"0") > largest
+
+
+def _number(cell: bytes) -> str:
+    """The number the digits ``cell`` make, for a message: without leading zeros, and cut short when long."""
+    return abbreviated(cell.lstrip(b"0").decode() or "0")
 
 
 def _cell_text(terminator: bytes) -> np.ndarray:

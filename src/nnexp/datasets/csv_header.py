@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nnexp.errors import DataError
+from nnexp.errors import DataError, abbreviated
 
 #: A column name: a word that starts with a letter or ``_`` ("label", "pixel_1", "x 2"), or a pixel's place such
 #: as "1x1" (the header of the Kaggle MNIST files).
@@ -32,5 +32,7 @@ def is_header(path: Path, line: int, cells: list[str]) -> bool:
     for column, cell in enumerate(cells, 1):
         shown = cell.strip()
         if not NAME.fullmatch(shown.removeprefix('"').removesuffix('"')):
-            raise DataError(f"{path}: line {line}, column {column}: {shown!r} is neither a number nor a column name")
+            raise DataError(
+                f"{path}: line {line}, column {column}: {abbreviated(shown)!r} is neither a number nor a column name"
+            )
     return True

@@ -33,11 +33,13 @@ from nnexp import __version__
 from nnexp.atomic import remove_partials, replacing
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer, fits
-from nnexp.core.training import EPOCH_METRICS, Callback, Trainer, TrainingState
+from nnexp.core.training import EPOCH_METRICS, Callback, EarlyStopping, Trainer, TrainingState
 from nnexp.errors import DataError
 from nnexp.schema import (
+    EPOCH_SECONDS_AT_MOST,
     RUN_ID,
     Fields,
+    check_metric,
     check_npz_data,
     check_weights,
     inside,
@@ -134,6 +136,9 @@ class Checkpoint:
                 )
         except (KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{self.weights}: does not fit this run's network or optimizer: {exc}") from None
+        stopping = callbacks.get("early_stopping")
+        if isinstance(stopping, EarlyStopping):
+            check_best(Fields(self.path), stopping, self.manifest["history"])
         rng.bit_generator.state = self.manifest["rng_state"]  # checked by load()
         return self.training_state()
 
@@ -276,10 +281,6 @@ def files(directory: Path) -> list[Path]:
     return [manifest, directory / json.loads(read_text(manifest))["weights"]]
 
 
-#: The training time of an epoch in progress a manifest may claim: a year. It is logged as that epoch's time.
-EPOCH_SECONDS_AT_MOST = 365 * 24 * 3600.0
-
-
 def load(path: Path) -> Checkpoint:
     """The checkpoint in folder ``path`` (or named by its manifest), every field and array header checked; raises
     DataError naming the file and what is wrong."""
@@ -324,25 +325,12 @@ def check_members(
             )
 
 
-#: The range of each per-epoch metric's values, which must be finite: (at least, at most).
-METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "train_accuracy": (0.0, 1.0),
-    "val_accuracy": (0.0, 1.0),
-    "epoch_seconds": (0.0, EPOCH_SECONDS_AT_MOST),
-    "learning_rate": (0.0, None),
-}
-
-
 def check_history(fields: Fields, history: Mapping[str, list[float]], name: str) -> None:
     """Every value of the per-epoch ``history`` must be finite and within its metric's range: resumed, it is logged
     to MLflow as the run's record and read by early stopping. ``name`` formats a metric's name as its field."""
     for metric, values in history.items():
-        low, high = METRIC_RANGES.get(metric, (None, None))
         for epoch, value in enumerate(values, 1):
-            field = f"{name.format(metric)}[epoch {epoch}]"
-            fields.number(value, field, low, high=high)
-            # A schedule's rate is checked to be > 0 every epoch, so none of nnexp's runs trained at 0.
-            fields.check(metric != "learning_rate" or value > 0, field, "a rate > 0", value)
+            check_metric(fields, metric, value, f"{name.format(metric)}[epoch {epoch}]")
 
 
 def history_of(
@@ -420,6 +408,28 @@ def check_early_stopping(fields: Fields, state: dict[str, Any], epoch: int) -> N
         fields.number(best, f"{field}.best")
     else:
         fields.check(best in (math.inf, -math.inf), f"{field}.best", "infinity, as no epoch was best yet", best)
+
+
+def check_best(fields: Fields, stopping: EarlyStopping, history: Mapping[str, list[float]]) -> None:
+    """Early stopping's restored best value must be its monitor's value at its best epoch in the checkpoint's
+    ``history``, or, before any epoch was best, where it starts for its direction: the run logs it as its
+    ``best_<monitor>``, and any other value would decide the epochs to come."""
+    field, monitor, best_epoch = "callbacks.early_stopping.best", stopping.monitor, stopping.best_epoch
+    if not best_epoch:
+        start = -math.inf if stopping.maximize else math.inf
+        fields.check(stopping.best == start, field, f"{start}, as no epoch was best yet", stopping.best)
+        return
+    values = history.get(monitor, [])
+    if len(values) < best_epoch:
+        fields.fail(field, f"{monitor}'s value at best_epoch {best_epoch}, but the history holds none", stopping.best)
+    expected = values[best_epoch - 1]
+    # Both are the same float64 written twice (manifest and history), so only a rewritten one differs.
+    fields.check(
+        math.isclose(stopping.best, expected, rel_tol=1e-9),
+        field,
+        f"{expected!r}, history {monitor}[epoch {best_epoch}] (its best_epoch)",
+        stopping.best,
+    )
 
 
 def configured_epochs(fields: Fields, config: object) -> int:

@@ -22,6 +22,7 @@ from nnexp import __version__
 from nnexp.atomic import replacing
 from nnexp.config import (
     GROUPS,
+    MAX_RUN_NAME,
     given_overrides,
     setting_overrides,
 )
@@ -33,7 +34,7 @@ from nnexp.errors import NnexpError
 from nnexp.folders import describe_os_error
 from nnexp.job.build import Experiment, run_params
 from nnexp.job.phases import Phases
-from nnexp.job.sweep import MAX_RUN_NAME, PARENT_OVERRIDE, short_keys
+from nnexp.job.sweep import PARENT_OVERRIDE, short_keys
 from nnexp.tracking.opening import OpeningRun
 from nnexp.tracking.store import check_parent, git_state, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 
-from nnexp.config import check_run_names, check_tags, given_overrides
+from nnexp.config import MAX_RUN_NAME, check_run_names, check_tags, given_overrides
 from nnexp.errors import ConfigError, NnexpError, StartRefused, require
 from nnexp.folders import (
     FOLDER_LOCK,
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_OVERRIDE = "tracking.parent_run_id"
-MAX_RUN_NAME = 250
 #: The run tag MLflow's UI shows as a run's description (Markdown), and the longest value MLflow keeps in a tag.
 DESCRIPTION_TAG = "mlflow.note.content"
 MAX_DESCRIPTION = 8000

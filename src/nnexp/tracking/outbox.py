@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
 from nnexp.errors import ConfigError, DataError, NnexpError
 from nnexp.tracking import liveness
-from nnexp.tracking.store import OUTBOX, OUTBOX_STATUSES, existing_store, find_run
+from nnexp.tracking.store import MLFLOW_METRIC_NAMES, OUTBOX, OUTBOX_STATUSES, existing_store, find_run
 from nnexp.tracking.tracked_run import OutboxWriteError, TrackedRun, TrackingStoreError
 
 if TYPE_CHECKING:
@@ -29,6 +29,14 @@ INT64_MAX = 2**63 - 1
 MAX_OUTBOX_BYTES = 256 * 2**20
 #: The tags a run's later record may change after they were sent: its end's reason, and whether it was resumed.
 CHANGING_TAGS = frozenset({"failure_reason", "resumed"})
+#: Training's per-epoch diagnostics under their names in a run's history, by the names they are logged with.
+HISTORY_NAMES = {logged: name for name, logged in MLFLOW_METRIC_NAMES.items()}
+
+
+def history_name(key: str) -> str:
+    """The history's name of the logged metric ``key``, whose range it shares: early stopping's ``best_<monitor>``
+    is its monitor's value at the best epoch."""
+    return HISTORY_NAMES.get(key, key.removeprefix("best_"))
 
 
 def metric_name(key: object) -> bool:
@@ -110,9 +118,13 @@ def sync(folder: Path, uri: str | None = None) -> str:
         reason = f"{path}: status FINISHED, but {unfinished}"
         end(run, "KILLED", path, reason)
         raise DataError(f"{reason}; sent {counts} to {store} and closed run {run.run_id} KILLED{remove(path)}")
+    failed, stored_reason = outbox["status"] != "FINISHED", found.data.tags.get("failure_reason")
+    if failed and "failure_reason" not in outbox["tags"] and stored_reason is None:
+        # A run closed KILLED or FAILED says why; an outbox that does not leaves what its status tells.
+        run._tags["failure_reason"] = liveness.REASON
     end(run, outbox["status"], path)
-    if found.data.tags.get("failure_reason") == liveness.REASON and "failure_reason" not in outbox["tags"]:
-        # The run was closed after all, and its outbox says how: the reap's guess is no longer its record.
+    if not failed and stored_reason == liveness.REASON and "failure_reason" not in outbox["tags"]:
+        # The run finished after all, and its outbox says so: the reap's guess is no longer its record.
         client.delete_tag(run.run_id, "failure_reason")
     return f"run {run.run_id}: sent {counts} to {store}; status {outbox['status']}{remove(path)}"
 
@@ -197,7 +209,7 @@ def training_unfinished(client: MlflowClient, found: Run, metrics: list[list[Any
 
 def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, Any]:
     """``contents`` of an outbox in ``folder``, once every field is checked; raises DataError naming the field."""
-    from nnexp.schema import RUN_ID
+    from nnexp.schema import RUN_ID, check_metric
 
     outbox = fields.mapping(contents, "the outbox")
     fields.string(fields.get(outbox, "tracking_uri"), "tracking_uri")
@@ -206,16 +218,21 @@ def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, An
     fields.check(status in OUTBOX_STATUSES, "status", f"one of {', '.join(OUTBOX_STATUSES)}", status)
     metrics = fields.get(outbox, "metrics")
     fields.check(isinstance(metrics, list), "metrics", "a list of [key, value, timestamp, step]", metrics)
+    rows: dict[tuple[str, int], int] = {}
     for index, row in enumerate(metrics):
         field = f"metrics[{index}]"
         fields.check(isinstance(row, list) and len(row) == 4, field, "[key, value, timestamp, step]", row)
         fields.string(row[0], f"{field} key")
         fields.check(metric_name(row[0]), f"{field} key", "a metric name of letters, digits and _-. :/", row[0])
         fields.check(len(row[0]) <= MAX_TAG_KEY, f"{field} key", f"at most {MAX_TAG_KEY} characters", row[0])
-        fields.number(row[1], f"{field} value", nan=True)
+        check_metric(fields, history_name(row[0]), row[1], f"{field} value", nan=True)
         # What MLflow's stores hold (64-bit integers); a value past them was refused, which read as no answer.
         fields.integer(row[2], f"{field} timestamp", 0, INT64_MAX)
         fields.integer(row[3], f"{field} step", 0, INT64_MAX)
+        # A run logs each metric once a step; a second value there would stand beside the first in its record.
+        first = rows.setdefault((row[0], row[3]), index)
+        if first != index:
+            raise DataError(f"{fields.source}: {field} repeats {row[0]} at step {row[3]}, as metrics[{first}] does")
     tags = fields.mapping(fields.get(outbox, "tags"), "tags")
     for key, value in tags.items():
         fields.check(metric_name(key), f"tags.{key!r}", "a tag key of letters, digits and _-. :/", key)
