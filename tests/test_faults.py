@@ -121,6 +121,30 @@ def test_disk_full_during_training_fails_the_run_naming_the_model(project, tmpfs
     assert not (tmpfs / "run" / "model").exists()  # no half-written MLflow model
 
 
+def test_a_run_folder_with_room_for_the_weights_only_finishes_and_logs_its_model(project, tmpfs, monkeypatch):
+    """The 1.1 MB of weights fit in the run folder, their MLflow model's copy does not: the store gets it all."""
+    temporary = project.root / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    store = f"tracking.uri=sqlite:///{project.root / 'store.db'}"
+    folder = f"hydra.run.dir={tmpfs}/run"
+    result = project.run(*QUICK, "model.hidden_sizes=[520,520]", "checkpoint.every=0", store, folder)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"warning: not written: model/: cannot write in {tmpfs}/run: No space left on device (the disk is full; "
+        "free some space); model.npz is kept, and the MLflow model is logged from a temporary copy\n"
+    ) in result.stdout
+    assert "not kept" not in result.stdout + result.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.root / 'store.db'}")
+    (run,) = client.search_runs(["1"])
+    assert run.info.status == "FINISHED"
+    logged = {entry.path for entry in client.list_artifacts(run.info.run_id)}
+    assert {"model.npz", "config.yaml", "confusion_matrix.csv"} <= logged
+    assert run.outputs.model_outputs
+    assert (tmpfs / "run" / "model.npz").is_file() and not (tmpfs / "run" / "model").exists()
+    assert not any(temporary.iterdir()), "the temporary MLflow model is removed once logged"
+
+
 def test_plots_that_cannot_be_written_are_a_warning_and_the_model_is_kept(project):
     run_dir = project.root / "outputs" / "blocked"
     run_dir.mkdir(parents=True)
