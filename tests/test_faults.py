@@ -372,6 +372,39 @@ def test_nnexp_runs_removes_a_folder_left_at_setup_by_a_killed_process(project):
     assert not (project.root / "outputs" / "2026-01-01").exists()
 
 
+def test_nnexp_runs_removes_a_folder_killed_while_opening_its_run_only_when_the_store_has_no_run_of_it(project):
+    """A process killed while its MLflow run was being opened: its folder goes once the store it named shows no run
+    of it; one the store's run names, one of another store and one of a live process stay."""
+    from nnexp.folders import FOLDER_LOCK, OPENED, STORE
+    from nnexp.tracking import liveness
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = {**liveness.where_this_process_lives(), liveness.PID: str(ended.pid), liveness.PID_STARTED: ""}
+    day = project.root / "outputs" / "2026-01-01"
+    locks = {
+        "unrecorded": {**dead, OPENED: True, STORE: project.store_uri},
+        "recorded": {**dead, OPENED: True, STORE: project.store_uri},
+        "other_store": {**dead, OPENED: True, STORE: f"sqlite:///{project.root / 'other.db'}"},
+        "no_store_named": {**dead, OPENED: True},
+        "alive": {**liveness.where_this_process_lives(), OPENED: True, STORE: project.store_uri},
+    }
+    for name, lock in locks.items():
+        (day / name / ".hydra").mkdir(parents=True)
+        (day / name / "nnexp.log").write_text("")
+        (day / name / FOLDER_LOCK).write_text(json.dumps(lock))
+    client = MlflowClient(tracking_uri=project.store_uri)
+    client.create_run(client.create_experiment("nnexp"), tags={"output_dir": str(day / "recorded")})
+    listed = project.run("runs")
+    assert listed.returncode == 0, listed.stderr
+    assert (
+        f"removed outputs/2026-01-01/unrecorded: left by a run whose process {ended.pid} on {dead[liveness.HOST]} "
+        "has ended while its MLflow run was being opened, and no run in the store names it\n"
+    ) in listed.stderr
+    assert listed.stderr.count("removed ") == 1, listed.stderr
+    assert sorted(path.name for path in day.iterdir()) == ["alive", "no_store_named", "other_store", "recorded"]
+
+
 def test_nnexp_runs_keeps_a_leftover_holding_a_user_s_file_and_says_so(project):
     """``nnexp runs`` removed a setup leftover whole, with a file the user kept in its ``.hydra`` folder."""
     import json

@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> float:
             print(resumed.resuming(trainer.epochs, project_dir), file=sys.stderr, flush=True)
         return tracker, tracked
 
-    note_run_opened(output_dir)
+    note_run_opened(output_dir, resolve_uri(cfg.tracking.uri, project_dir))
     opening.open(open_job_run)
     workers = Workers()
     job_left = threading.Event()
