@@ -1,5 +1,5 @@
 """Run folders left by processes killed at setup, or while their MLflow run was being opened, which the store shows
-they never recorded: ``nnexp runs`` removes them (see :func:`nnexp.folders.discard_orphan_folders`)."""
+they never recorded: ``nnexp runs`` and the next run remove them (see :func:`nnexp.folders.discard_orphan_folders`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from nnexp.folders import Orphan, discard_orphan_folders
-from nnexp.tracking.store import existing_store, resolve_uri
+from nnexp.tracking.store import existing_store, resolve_uri, sqlite_path, sqlite_runs
 
 #: The tags naming the folder a run or a sweep writes into.
 FOLDER_TAGS = ("output_dir", "sweep_dir")
@@ -23,8 +23,15 @@ def discard_leftover_folders(project_dir: Path, uri: str | None) -> list[Orphan]
 
 def unrecorded(listed: str, store: str, folder: Path) -> bool:
     """Whether ``store`` is ``listed`` and surely holds no run, in any experiment, deleted or not, whose
-    ``output_dir`` or ``sweep_dir`` tag is ``folder``; False on any doubt (another store, one that cannot be read)."""
-    if store != listed or any(character in str(folder) for character in UNQUOTABLE):
+    ``output_dir`` or ``sweep_dir`` tag is ``folder`` (a SQLite store that is not there holds none); False on any
+    doubt (another store, one that cannot be read)."""
+    if store != listed:
+        return False
+    database = sqlite_path(store)
+    # Read without MLflow, which would go on migrating a store left half-built by the same kill.
+    if database is not None and (not database.exists() or sqlite_runs(database) == 0):
+        return True
+    if any(character in str(folder) for character in UNQUOTABLE):
         return False
     from mlflow.entities import ViewType
 
