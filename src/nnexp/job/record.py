@@ -219,6 +219,7 @@ def keep_model(
 
 
 def write_text(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` atomically."""
     with replacing(path, "w") as file:
         file.write(text)
 
