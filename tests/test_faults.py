@@ -121,6 +121,30 @@ def test_disk_full_during_training_fails_the_run_naming_the_model(project, tmpfs
     assert not (tmpfs / "run" / "model").exists()  # no half-written MLflow model
 
 
+def test_a_run_folder_with_room_for_the_weights_only_finishes_and_logs_its_model(project, tmpfs, monkeypatch):
+    """The 1.1 MB of weights fit in the run folder, their MLflow model's copy does not: the store gets it all."""
+    temporary = project.root / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    store = f"tracking.uri=sqlite:///{project.root / 'store.db'}"
+    folder = f"hydra.run.dir={tmpfs}/run"
+    result = project.run(*QUICK, "model.hidden_sizes=[520,520]", "checkpoint.every=0", store, folder)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"warning: not written: model/: cannot write in {tmpfs}/run: No space left on device (the disk is full; "
+        "free some space); model.npz is kept, and the MLflow model is logged from a temporary copy\n"
+    ) in result.stdout
+    assert "not kept" not in result.stdout + result.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.root / 'store.db'}")
+    (run,) = client.search_runs(["1"])
+    assert run.info.status == "FINISHED"
+    logged = {entry.path for entry in client.list_artifacts(run.info.run_id)}
+    assert {"model.npz", "config.yaml", "confusion_matrix.csv"} <= logged
+    assert run.outputs.model_outputs
+    assert (tmpfs / "run" / "model.npz").is_file() and not (tmpfs / "run" / "model").exists()
+    assert not any(temporary.iterdir()), "the temporary MLflow model is removed once logged"
+
+
 def test_plots_that_cannot_be_written_are_a_warning_and_the_model_is_kept(project):
     run_dir = project.root / "outputs" / "blocked"
     run_dir.mkdir(parents=True)
@@ -357,6 +381,39 @@ def test_nnexp_runs_removes_a_folder_left_at_setup_by_a_killed_process(project):
     listed = project.run("runs")
     assert f"removed outputs/2026-01-01/12-00-00: left at setup by a run whose process {ended.pid} " in listed.stderr
     assert not (project.root / "outputs" / "2026-01-01").exists()
+
+
+def test_nnexp_runs_removes_a_folder_killed_while_opening_its_run_only_when_the_store_has_no_run_of_it(project):
+    """A process killed while its MLflow run was being opened: its folder goes once the store it named shows no run
+    of it; one the store's run names, one of another store and one of a live process stay."""
+    from nnexp.folders import FOLDER_LOCK, OPENED, STORE
+    from nnexp.tracking import liveness
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = {**liveness.where_this_process_lives(), liveness.PID: str(ended.pid), liveness.PID_STARTED: ""}
+    day = project.root / "outputs" / "2026-01-01"
+    locks = {
+        "unrecorded": {**dead, OPENED: True, STORE: project.store_uri},
+        "recorded": {**dead, OPENED: True, STORE: project.store_uri},
+        "other_store": {**dead, OPENED: True, STORE: f"sqlite:///{project.root / 'other.db'}"},
+        "no_store_named": {**dead, OPENED: True},
+        "alive": {**liveness.where_this_process_lives(), OPENED: True, STORE: project.store_uri},
+    }
+    for name, lock in locks.items():
+        (day / name / ".hydra").mkdir(parents=True)
+        (day / name / "nnexp.log").write_text("")
+        (day / name / FOLDER_LOCK).write_text(json.dumps(lock))
+    client = MlflowClient(tracking_uri=project.store_uri)
+    client.create_run(client.create_experiment("nnexp"), tags={"output_dir": str(day / "recorded")})
+    listed = project.run("runs")
+    assert listed.returncode == 0, listed.stderr
+    assert (
+        f"removed outputs/2026-01-01/unrecorded: left by a run whose process {ended.pid} on {dead[liveness.HOST]} "
+        "has ended while its MLflow run was being opened, and no run in the store names it\n"
+    ) in listed.stderr
+    assert listed.stderr.count("removed ") == 1, listed.stderr
+    assert sorted(path.name for path in day.iterdir()) == ["alive", "no_store_named", "other_store", "recorded"]
 
 
 def test_nnexp_runs_keeps_a_leftover_holding_a_user_s_file_and_says_so(project):

@@ -245,7 +245,9 @@ def test_folders_left_at_setup_by_a_dead_process_are_removed_and_no_others(tmp_p
     finally:
         _held.pop().close()
     why = f"process {ended.pid} on {dead[liveness.HOST]} has ended"
-    assert [(folder.name, reason, kept) for folder, reason, kept in removed] == [("orphan", why, [])]
+    assert [(orphan.folder.name, orphan.why, orphan.kept, orphan.opened) for orphan in removed] == [
+        ("orphan", why, [], False)
+    ]
     assert sorted(path.name for path in day.iterdir()) == ["live", "opened", "trained", "unreadable"]
 
 

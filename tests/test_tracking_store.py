@@ -347,3 +347,60 @@ def test_a_run_into_an_experiment_with_a_relative_artifact_folder_is_one_line_an
     for command in ("runs", "compare"):
         shown = project.run(command, "--experiment", "Default")
         assert shown.returncode == 0 and "by-mlflow" in shown.stdout, shown.stderr
+
+
+def half_built_store(database: Path) -> None:
+    """A SQLite store as a process killed while MLflow created its tables leaves one: the next migration's table is
+    there, its revision not recorded (as ``kill -9`` 5 s after a first run's start left it)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()  # creates the store
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '3500859a5d39'")  # the one before datasets'
+        connection.execute("DROP TABLE webhooks")  # a table missing: MLflow migrates again, from that revision
+        connection.commit()
+
+
+def test_a_store_cut_short_while_being_created_says_so_and_what_to_remove(project):
+    """The store of a first run killed while creating it, and that run's folder, which holds no record."""
+    import json
+    import subprocess
+
+    from nnexp.folders import FOLDER_LOCK, OPENED, STORE
+    from nnexp.tracking import liveness
+
+    database = project.root / "outputs" / "mlflow.db"
+    database.parent.mkdir()
+    half_built_store(database)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    killed = project.root / "outputs" / "2026-01-01" / "12-00-00"
+    (killed / ".hydra").mkdir(parents=True)
+    lock = {**liveness.where_this_process_lives(), liveness.PID: str(ended.pid), OPENED: True, STORE: project.store_uri}
+    (killed / FOLDER_LOCK).write_text(json.dumps(lock))
+    result = project.run("trainer.epochs=1")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: tracking store {project.store_uri}: its creation was cut short (table datasets already exists) and "
+        "it holds no runs; remove outputs/mlflow.db to start again\n"
+    )
+    assert [path.name for path in (project.root / "outputs").iterdir()] == ["mlflow.db"]
+    database.unlink()
+    assert project.run("trainer.epochs=1").returncode == 0
+
+
+def test_a_store_with_runs_whose_migration_was_cut_short_is_to_be_restored(tmp_path):
+    from nnexp.tracking.store import unusable_store
+
+    database = tmp_path / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE runs (run_uuid TEXT)")
+        connection.executemany("INSERT INTO runs VALUES (?)", [("a",), ("b",)])
+        connection.commit()
+    (tmp_path / "mlflow.db-journal").write_bytes(b"")
+    cut = sqlite3.OperationalError("table _alembic_tmp_experiments already exists")
+    assert str(unusable_store(f"sqlite:///{database}", cut)) == (
+        f"tracking store sqlite:///{database}: a migration of its tables was cut short (table _alembic_tmp_experiments "
+        f"already exists); it holds 2 runs: restore {database} from a backup"
+    )
+    assert str(unusable_store(f"sqlite:///{tmp_path / 'none.db'}", cut)).endswith("cannot be used: " + str(cut))

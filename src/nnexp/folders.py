@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -60,6 +60,8 @@ LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[[^\]\n]*\]\[[A
 RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
 #: The key of a folder's lock record saying that the folder's MLflow run was opened.
 OPENED = "run_opened"
+#: The key of a folder's lock record naming the tracking store its run is opened in.
+STORE = "store"
 #: The locks this process holds, open until it exits.
 _held: list[IO[str]] = []
 #: Whether this process only shows the config (``--cfg``, ``--info``, shell completion): a folder is then named but
@@ -287,12 +289,12 @@ def record(lock: IO[str], contents: dict[str, Any]) -> None:
         return
 
 
-def note_run_opened(folder: Path) -> None:
-    """Note in ``folder``'s lock that its MLflow run is being opened: from now on the folder belongs to a record, and
-    :func:`discard_orphan_folders` keeps it, whatever it holds."""
+def note_run_opened(folder: Path, store: str) -> None:
+    """Note in ``folder``'s lock that its MLflow run is being opened in ``store``: from now on the folder belongs to a
+    record, and :func:`discard_orphan_folders` keeps it unless that store shows it holds no run of the folder."""
     for lock in _held:
         if Path(lock.name).resolve().parent == folder.resolve():
-            record(lock, {**liveness.where_this_process_lives(), OPENED: True})
+            record(lock, {**liveness.where_this_process_lives(), OPENED: True, STORE: store})
 
 
 #: Where nnexp's default ``hydra.run.dir`` and ``hydra.sweep.dir`` put run and sweep folders, below the project.
@@ -307,15 +309,20 @@ class Orphan(NamedTuple):
     why: str
     #: What in it nnexp did not write, which keeps it; empty when it was removed.
     kept: list[str]
+    #: Whether its process was killed while opening its MLflow run, which the store does not hold.
+    opened: bool = False
 
 
-def discard_orphan_folders(project_dir: Path) -> list[Orphan]:
+def discard_orphan_folders(
+    project_dir: Path, unrecorded: Callable[[str, Path], bool] | None = None
+) -> list[Orphan]:
     """Remove the run folders under ``project_dir/outputs`` that hold nothing but setup's leftovers of a process that
-    is gone (killed before its MLflow run was opened); returns each such folder, removed or kept.
+    is gone (killed before its MLflow run was opened, or while it was); returns each such folder, removed or kept.
 
-    A folder is removed only when its lock records a process on this machine that has ended, is not locked, never
-    opened a run, and every file in it is one nnexp wrote at setup: a folder that belongs to a record, or to a live
-    process, is never touched, and one holding a file of the user's is kept.
+    A folder is removed only when its lock records a process on this machine that has ended, is not locked, and
+    every file in it is one nnexp wrote at setup; one whose lock says its run was being opened, only when
+    ``unrecorded(store, folder)`` says that store, named in the lock, surely holds no run of the folder. A folder
+    that belongs to a record, or to a live process, is never touched, and one holding a file of the user's is kept.
     """
     found = []
     for lock_path in sorted({path for pattern in DEFAULT_LAYOUT for path in project_dir.glob(pattern)}):
@@ -325,14 +332,20 @@ def discard_orphan_folders(project_dir: Path) -> list[Orphan]:
             leftovers = {entry.name for entry in folder.iterdir()} <= SETUP_ENTRIES
         except (OSError, ValueError):
             continue
-        if not isinstance(record, dict) or record.get(OPENED) or not leftovers:
+        if not isinstance(record, dict) or not leftovers:
             continue
         why = liveness.why_gone({key: str(value) for key, value in record.items()})
-        if why is not None and not locked(lock_path):
-            kept = foreign_files(folder, WRITTEN_AT_SETUP)
-            if not kept:
-                discard_dir(folder, WRITTEN_AT_SETUP)
-            found.append(Orphan(folder, why, kept))
+        if why is None or locked(lock_path):
+            continue
+        opened = bool(record.get(OPENED))
+        store = record.get(STORE)
+        # Last, as it asks the store: a run the store may hold keeps its folder, whatever the folder holds.
+        if opened and not (unrecorded is not None and isinstance(store, str) and unrecorded(store, folder.resolve())):
+            continue
+        kept = foreign_files(folder, WRITTEN_AT_SETUP)
+        if not kept:
+            discard_dir(folder, WRITTEN_AT_SETUP)
+        found.append(Orphan(folder, why, kept, opened))
     return found
 
 

@@ -19,11 +19,16 @@ def main(argv: list[str]) -> int:
     add_limit(parser, "runs of the experiment")
     parser.add_argument("--wide", action="store_true", help="do not cut columns to the terminal's width")
     args = parser.parse_args(argv)
-    from nnexp.folders import discard_orphan_folders
+    from nnexp.tracking.leftovers import discard_leftover_folders
     from nnexp.tracking.tables import run_list, shown_path, terminal_width
 
-    for orphan in discard_orphan_folders(Path.cwd()):
+    for orphan in discard_leftover_folders(Path.cwd(), args.uri):
         left = f"{shown_path(orphan.folder)}: left at setup by a run whose {orphan.why}"
+        if orphan.opened:
+            left = (
+                f"{shown_path(orphan.folder)}: left by a run whose {orphan.why} while its MLflow run was being "
+                "opened, and no run in the store names it"
+            )
         if orphan.kept:
             more = ", ..." if len(orphan.kept) > 3 else ""
             print(f"kept {left}, but it holds files nnexp did not write: {', '.join(orphan.kept[:3])}{more}",

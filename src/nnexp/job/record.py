@@ -6,8 +6,10 @@ import contextlib
 import functools
 import logging
 import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +42,15 @@ from nnexp.tracking.store import check_parent, git_state, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
 if TYPE_CHECKING:
+    from nnexp.core.network import Sequential
     from nnexp.job.plot_process import Plotter
     from nnexp.job.plots import RunPlots
+    from nnexp.serving import NetworkSpec
 
 log = logging.getLogger(__name__)
+
+#: The MLflow model folder inside a run folder.
+MODEL_FOLDER = "model"
 
 
 def run_config_yaml(cfg: DictConfig) -> str:
@@ -147,40 +154,109 @@ def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output
     return tags
 
 
+@dataclass(frozen=True)
+class KeptModel:
+    """What :func:`keep_model` wrote: the files in the run folder to log, and the MLflow model folder to log (None
+    when there is none), which is a temporary one, removed once logged, when the run folder had no room for it."""
+
+    files: tuple[Path, ...]
+    model_dir: Path | None
+    temporary: bool = False
+
+    def discard(self) -> None:
+        """Remove a temporary MLflow model folder."""
+        if self.temporary and self.model_dir is not None:
+            shutil.rmtree(self.model_dir.parent, ignore_errors=True)
+
+
 def keep_model(
     output_dir: Path, cfg: DictConfig, experiment: Experiment, dataset: Dataset, matrix: np.ndarray
-) -> Path | None:
-    """Write what a run must keep: resolved config, weights, confusion matrix and the MLflow model folder (None
-    for a network with a layer nnexp cannot describe, with a warning); a write that fails fails the run."""
+) -> KeptModel:
+    """Write the weights, then the resolved config, the confusion matrix and the MLflow model folder (none for a
+    network with a layer nnexp cannot describe, with a warning).
+
+    Only weights that cannot be written fail the run. Anything else the run folder has no room for is one warning
+    naming it; the MLflow model is then saved in a temporary folder, for the store alone.
+    """
     from nnexp.job.plots import write_confusion_csv
     from nnexp.network_files import describe
-    from nnexp.serving import save_model
 
     splits = experiment.splits
-    model_dir = output_dir / "model"
     try:
-        with replacing(output_dir / "config.yaml", "w") as file:
-            file.write(OmegaConf.to_yaml(cfg, resolve=True))
         experiment.network.save(output_dir / "model.npz")
-        write_confusion_csv(matrix, splits.names(), output_dir / "confusion_matrix.csv")
-        try:
-            spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
-        except NnexpError as exc:
-            log.warning("the run logs no MLflow model: %s", exc)
-            return None
-        if model_dir.exists():  # saved by an earlier attempt of a resumed run
-            shutil.rmtree(model_dir)
-        save_model(model_dir, experiment.network, spec, splits.x_test)
     except OSError as exc:
-        shutil.rmtree(model_dir, ignore_errors=True)  # half an MLflow model would load as a broken one
         raise NnexpError(f"the trained model was not kept: {describe_os_error(exc, 'write', output_dir)}") from None
-    return model_dir
+    writers: dict[str, Callable[[Path], object]] = {
+        "config.yaml": functools.partial(write_text, OmegaConf.to_yaml(cfg, resolve=True)),
+        "confusion_matrix.csv": functools.partial(write_confusion_csv, matrix, splits.names()),
+    }
+    save = None
+    try:
+        spec = describe(experiment.network, experiment.loss, splits.names(), dataset)
+    except NnexpError as exc:
+        log.warning("the run logs no MLflow model: %s", exc)
+    else:
+        save = writers[MODEL_FOLDER] = functools.partial(save_model_folder, experiment.network, spec, splits.x_test)
+    written, missing, reason = [output_dir / "model.npz"], [], ""
+    for name, write in writers.items():
+        try:
+            write(output_dir / name)
+        except OSError as exc:
+            missing.append(name)
+            reason = reason or describe_os_error(exc, "write", output_dir)
+        else:
+            written.append(output_dir / name)
+    files = tuple(path for path in written if path.name != MODEL_FOLDER)
+    model_dir = output_dir / MODEL_FOLDER if save is not None else None
+    if not missing:
+        return KeptModel(files, model_dir)
+    temporary = save is not None and MODEL_FOLDER in missing
+    if temporary:
+        model_dir = temporary_model(save)
+    logged = ", and the MLflow model is logged from a temporary copy" if temporary and model_dir else ""
+    shown = ", ".join(f"{name}/" if name == MODEL_FOLDER else name for name in missing)
+    log.warning("warning: not written: %s: %s; model.npz is kept%s", shown, reason, logged)
+    return KeptModel(files, model_dir, temporary)
 
 
-def log_model_files(tracked: TrackedRun, output_dir: Path, hydra_subdir: str | None) -> None:
+def write_text(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with replacing(path, "w") as file:
+        file.write(text)
+
+
+def save_model_folder(network: Sequential, spec: NetworkSpec, example: np.ndarray, path: Path) -> None:
+    """Save the MLflow model into ``path``, replacing an earlier attempt's (a resumed run); no half of one stays,
+    as it would load as a broken model."""
+    from nnexp.serving import save_model
+
+    if path.exists():
+        shutil.rmtree(path)
+    try:
+        save_model(path, network, spec, example)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def temporary_model(save: Callable[[Path], object]) -> Path | None:
+    """The MLflow model saved by ``save`` in a new temporary folder; None, with a warning, when it cannot be."""
+    folder = None
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="nnexp-model-"))
+        save(folder / MODEL_FOLDER)
+    except OSError as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        log.warning("warning: the MLflow model is not logged: %s", describe_os_error(exc, "write", folder))
+        return None
+    return folder / MODEL_FOLDER
+
+
+def log_model_files(tracked: TrackedRun, files: tuple[Path, ...], output_dir: Path, hydra_subdir: str | None) -> None:
     """Send what :func:`keep_model` wrote, and Hydra's own copy of the config, to the run."""
-    for name in ("config.yaml", "model.npz", "confusion_matrix.csv"):
-        tracked.log_artifact(output_dir / name)
+    for path in files:
+        tracked.log_artifact(path)
     if hydra_subdir:  # hydra.output_subdir=null turns Hydra's copy off
         tracked.log_artifact(output_dir / hydra_subdir, "hydra")
 

@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> float:
             print(resumed.resuming(trainer.epochs, project_dir), file=sys.stderr, flush=True)
         return tracker, tracked
 
-    note_run_opened(output_dir)
+    note_run_opened(output_dir, resolve_uri(cfg.tracking.uri, project_dir))
     opening.open(open_job_run)
     workers = Workers()
     job_left = threading.Event()
@@ -144,12 +144,15 @@ def run(cfg: DictConfig) -> float:
                 plots = run_plots(output_dir / "plots", experiment, history, matrix)
                 drawing = workers.start(functools.partial(draw_plots, plotter, plots), "nnexp-plots")
             with phases("model"):
-                model_dir = keep_model(output_dir, cfg, experiment, components.dataset, matrix)
-            log_model_files(tracked, output_dir, hydra.output_subdir)
-            if model_dir is not None:
+                kept = keep_model(output_dir, cfg, experiment, components.dataset, matrix)
+            log_model_files(tracked, kept.files, output_dir, hydra.output_subdir)
+            if kept.model_dir is not None:
                 from nnexp.serving import log_saved_model
 
-                log_saved_model(tracked, model_dir, epochs)
+                try:
+                    log_saved_model(tracked, kept.model_dir, epochs, kept=not kept.temporary)
+                finally:
+                    kept.discard()
             run_id = tracked.run_id
             finish = functools.partial(finish_run, tracked, drawing, phases, output_dir / "plots", epochs, opening)
             if job_ends.enabled and stops.request is None:  # the next job starts while this one's plots are drawn

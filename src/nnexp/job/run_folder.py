@@ -11,8 +11,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nnexp.errors import ConfigError, StartRefused
-from nnexp.folders import check_hydra_paths, discard_orphan_folders, job_folders, use_run_folder
+from nnexp.folders import check_hydra_paths, job_folders, use_run_folder
 from nnexp.presets import check_command_line_options
+from nnexp.tracking.leftovers import discard_leftover_folders
 
 
 class RunFolderCallback(Callback):
@@ -22,7 +23,8 @@ class RunFolderCallback(Callback):
         except ConfigError as exc:
             raise StartRefused(str(exc)) from None
         check_hydra_paths(config)
-        discard_orphan_folders(Path.cwd())  # Hydra runs the job from the project's folder
+        # Hydra runs the job from the project's folder
+        discard_leftover_folders(Path.cwd(), OmegaConf.select(config, "tracking.uri", default=None))
         try:
             folder = OmegaConf.select(config, "hydra.run.dir")
         except Exception:  # Hydra resolves it again to create the folder, and reports the error then

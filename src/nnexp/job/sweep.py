@@ -134,7 +134,8 @@ class Sweep:
         created = create_sweep_folder(directory)  # before the store: a folder that cannot be made leaves no store
         try:
             use_sweep_folder(directory)
-            tracker = Tracker(resolve_uri(config.tracking.uri, project_dir), config.tracking.experiment)
+            store = resolve_uri(config.tracking.uri, project_dir)
+            tracker = Tracker(store, config.tracking.experiment)
             choices = config.hydra.runtime.choices
             tags = {
                 "nnexp_command": "sweep",
@@ -147,7 +148,7 @@ class Sweep:
                 **user_tags,  # type: ignore[dict-item]
             }
             name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
-            note_run_opened(directory)
+            note_run_opened(directory, store)
             parent = tracker.open_run(name, tags)
         except BaseException:
             # The folder claimed by ${nnexp.claim:...} exists already, so it is not among those created here.

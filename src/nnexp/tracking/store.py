@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import urllib.error
@@ -271,7 +272,7 @@ def existing_store(uri: str, hint: str) -> MlflowClient:
         if database is not None:
             client.search_experiments(max_results=1)
     except Exception as exc:
-        raise ConfigError(f"tracking store {uri} cannot be used: {store_error_reason(exc)[:300]}") from None
+        raise unusable_store(uri, exc) from None
     return client
 
 
@@ -319,6 +320,43 @@ def store_error_reason(exc: BaseException) -> str:
             reason = cause
         cause = cause.__cause__ or cause.__context__
     return (str(reason).strip().splitlines() or [type(reason).__name__])[0]
+
+
+#: The files SQLite keeps beside a database while it writes it: a stale one must go with the database it belongs to.
+SQLITE_COMPANIONS = ("-journal", "-wal", "-shm")
+
+
+def unusable_store(uri: str, exc: BaseException) -> ConfigError:
+    """The one-line error for the store ``uri`` that cannot be opened; for a SQLite store left half-built by a process
+    killed while it created (or migrated) MLflow's tables, what happened and what to do."""
+    reason = store_error_reason(exc)[:300]
+    database = sqlite_path(uri)
+    runs = sqlite_runs(database) if database is not None and reason.endswith(" already exists") else None
+    if database is None or runs is None:
+        return ConfigError(f"tracking store {uri} cannot be used: {reason}")
+    inside = Path.cwd().resolve() in database.resolve().parents
+    files = [database] + [database.with_name(database.name + end) for end in SQLITE_COMPANIONS]
+    shown = [os.path.relpath(path) if inside else str(path) for path in files if path == database or path.exists()]
+    if runs == 0:
+        return ConfigError(
+            f"tracking store {uri}: its creation was cut short ({reason}) and it holds no runs; remove "
+            f"{' and '.join(shown)} to start again"
+        )
+    return ConfigError(
+        f"tracking store {uri}: a migration of its tables was cut short ({reason}); it holds {runs} runs: restore "
+        f"{shown[0]} from a backup"
+    )
+
+
+def sqlite_runs(database: Path) -> int | None:
+    """How many runs the SQLite store ``database`` holds, read without MLflow, which would go on migrating a
+    half-built one: 0 without MLflow's runs table, None when it cannot be read."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True)) as connection:
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return connection.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except (sqlite3.Error, OSError):
+        return None
 
 
 def check_parent(uri: str, run_id: str, resuming: bool) -> None:

@@ -40,6 +40,7 @@ from nnexp.tracking.store import (
     store_error_reason,
     store_lock,
     ui_url,
+    unusable_store,
 )
 
 if TYPE_CHECKING:
@@ -364,7 +365,7 @@ class Tracker:
         except NnexpError:
             raise
         except Exception as exc:
-            raise ConfigError(f"tracking store {uri} cannot be used: {store_error_reason(exc)[:300]}") from None
+            raise unusable_store(uri, exc) from None
         if found is not None and found.lifecycle_stage == "deleted":
             raise ConfigError(
                 f"tracking.experiment={experiment!r} is deleted in {uri}; restore it with mlflow experiments restore, "
