@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -73,6 +74,48 @@ def test_import_error_names_the_file(in_tmp):
     write(in_tmp / "plugins", "needs.py", "import not_a_module_anywhere\n")
     with pytest.raises(PluginError, match=r"^plugins/needs.py: ModuleNotFoundError: No module named"):
         load_folder(in_tmp / "plugins")
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(path))
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (make_fifo, "plugins/odd.py: a named pipe (FIFO), not a regular file"),
+        (make_socket, "plugins/odd.py: a socket, not a regular file"),
+        (lambda path: path.symlink_to("/dev/null"), "plugins/odd.py: a character device, not a regular file"),
+        (Path.mkdir, "plugins/odd.py: a folder, not a regular file"),
+        (
+            lambda path: path.symlink_to(path.with_name("gone.py")),
+            "plugins/odd.py is a symbolic link to {plugins}/gone.py, which does not exist; "
+            "create that or remove the link",
+        ),
+    ],
+    ids=["fifo", "socket", "device", "folder", "dangling-link"],
+)
+def test_a_plugin_path_that_is_no_regular_file_is_one_line_naming_it(in_tmp, make, expected):
+    """A FIFO's import waited for a writer for ever; a dangling link was ``IsADirectoryError`` or ``No such file``,
+    named by its target's path."""
+    (in_tmp / "plugins").mkdir()
+    make(in_tmp / "plugins" / "odd.py")
+    with pytest.raises(PluginError) as error:
+        load_folder(in_tmp / "plugins")
+    assert str(error.value) == expected.format(plugins=in_tmp / "plugins")
+
+
+def test_a_plugin_that_is_a_link_to_a_file_is_imported_and_named_as_it_stands(in_tmp):
+    source = write(in_tmp / "elsewhere", "spirals_source.py", SPIRALS)
+    (in_tmp / "plugins").mkdir()
+    (in_tmp / "plugins" / "spirals.py").symlink_to(source)
+    load_folder(in_tmp / "plugins")
+    assert DATASETS.source("spirals") == "file plugins/spirals.py"
 
 
 def test_a_plugin_that_moves_the_working_directory_is_an_error_naming_the_file(in_tmp, tmp_path):

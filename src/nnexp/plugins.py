@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from nnexp.errors import Interrupted, PluginError, interruption
+from nnexp.folders import dangling_link, special_file
 from nnexp.registry import REGISTRIES, Registry, registration_source
 
 ENTRY_POINT_GROUP = "nnexp.plugins"
@@ -67,6 +68,9 @@ def load_folder(folder: Path) -> None:
 
 def load_file(path: Path, module_name: str) -> None:
     shown = _display(path)
+    unusable = not_a_file(path, shown)
+    if unusable is not None:  # a FIFO's import would wait for a writer for ever
+        raise PluginError(unusable)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"{shown}: cannot be imported as a Python module")
@@ -117,10 +121,21 @@ def exit_call(exc: SystemExit) -> str:
     return f"sys.exit({'' if exc.code is None else repr(exc.code)})"
 
 
+def not_a_file(path: Path, shown: str) -> str | None:
+    """What is wrong with a plugin ``path`` (``shown`` as messages name it) that is no regular file: a symbolic link
+    to nothing, a FIFO, a socket, a device, a folder; None for a regular file. Only its mode is read."""
+    dangling = dangling_link(shown)  # relative to the working directory, as ``shown`` is
+    if dangling is not None:
+        return dangling
+    kind = special_file(path) or ("a folder" if path.is_dir() else None)
+    return None if kind is None else f"{shown}: {kind}, not a regular file"
+
+
 def _display(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it, so messages stay short."""
+    """``path`` relative to the working directory when it lies below it, so messages stay short; its last part
+    is not resolved, so that a symbolic link is named as it stands in its folder."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str((path.parent.resolve() / path.name).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 
