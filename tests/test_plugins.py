@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from nnexp import ACTIVATIONS, DATASETS, LOSSES
 from nnexp.config import store_configs
 from nnexp.errors import Interrupted, PluginError
-from nnexp.plugins import load_folder
+from nnexp.plugins import load_folder, stray_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -375,3 +376,50 @@ def test_sigterm_while_plugins_are_imported_is_reported_as_sigterm(project):
     result = project.run("dataset=quadrants", "trainer.epochs=1")
     assert (result.returncode, result.stderr) == (143, "error: terminated (SIGTERM) while importing plugins/term.py\n")
     assert sorted(path.name for path in project.root.iterdir()) == ["conf", "plugins"]
+
+
+#: A plugin that starts a thread Python's exit would wait for, for ever (a daemon beside it, which it would not).
+THREADS = """
+import threading
+
+stop = threading.Event()
+
+
+def poll():
+    stop.wait()
+
+
+threading.Thread(target=poll, name="poller").start()
+threading.Thread(target=poll, name="watcher", daemon=True).start()
+"""
+
+
+def test_the_threads_python_would_wait_for_at_exit_are_found_with_a_plugin_s_file(in_tmp):
+    write(in_tmp / "plugins", "thr.py", THREADS)
+    elsewhere = threading.Event()
+    other = threading.Thread(target=elsewhere.wait, name="not a plugin's")
+    other.start()
+    load_folder(in_tmp / "plugins")
+    try:
+        found = {(thread.name, file) for thread, file in stray_threads()}  # with any an earlier test left
+        assert {("poller", "plugins/thr.py"), ("not a plugin's", None)} <= found
+        assert "watcher" not in {name for name, _ in found}
+    finally:
+        sys.modules["nnexp_local_plugins.thr"].stop.set()
+        elsewhere.set()
+        other.join()
+
+
+def test_a_run_whose_plugin_left_a_thread_running_exits_with_its_status_saying_so(project):
+    """Python waited at exit for the thread, for ever, after the run's last line; SIGTERM then printed "Exception
+    ignored in: <module 'threading'>" and a traceback."""
+    write(project.root / "plugins", "thr.py", THREADS)
+    warning = (
+        "warning: not waiting for thread 'poller' (plugins/thr.py) to end: make a plugin's thread a daemon, or join it"
+    )
+    result = project.run("dataset=quadrants", "trainer.epochs=1", timeout=120)
+    assert result.returncode == 0 and result.stderr.splitlines()[-1] == warning, result.stderr
+    assert [run.info.status for run in project.runs()] == ["FINISHED"]
+    result = project.run("dataset=quadrants", "trainer.epochs=0", timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: trainer.epochs must be >= 1, got 0", warning]

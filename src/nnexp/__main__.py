@@ -71,6 +71,18 @@ STANDARD_STREAMS = (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w"))
 def main() -> None:
     open_closed_streams()
     ignore_socks_warning()
+    from nnexp.plugins import leave_plugin_threads
+
+    try:
+        run_command()
+    except SystemExit as exc:
+        leave_plugin_threads(exc.code)
+        raise
+    leave_plugin_threads(0)
+
+
+def run_command() -> None:
+    """:func:`command`, its output flushed; ends by ``sys.exit`` with one line on a stop or an unwritable output."""
     try:
         try:
             command()
@@ -342,9 +354,10 @@ def task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nnexp.plugins import load_plugins
+    from nnexp.plugins import leave_plugin_threads_at_exit, load_plugins
 
     hydra = HydraConfig.get()
+    leave_plugin_threads_at_exit()  # in a launcher's worker process too, which joblib waits for at the sweep's end
     # With hydra.job.chdir=true Hydra starts the job in its folder (and returns after it); nnexp puts each file a run
     # writes in that folder itself, and the paths a user gives (data files) are relative to where nnexp was started.
     os.chdir(hydra.runtime.cwd)
