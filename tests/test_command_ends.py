@@ -70,6 +70,41 @@ def test_output_to_a_full_disk_is_one_line(project, arguments):
     assert result.stderr == line
 
 
+def closed_stream_run(project, closed: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The CLI started with its descriptor ``closed`` (``1`` or ``2``) closed, as ``nnexp ... 2>&-`` starts it, and
+    the other captured."""
+    return subprocess.run(
+        ["sh", "-c", f'exec "$0" -m nnexp "$@" {closed}>&-', sys.executable, *arguments],
+        cwd=project.root,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_run_and_a_sweep_with_stderr_closed_finish(project):
+    """Python leaves ``sys.stderr`` None: the run FAILED (``'NoneType' object has no attribute 'isatty'``), its
+    folder deleted, and a sweep's every job; the plotting process, given the descriptor, ended with status 1."""
+    result = closed_stream_run(project, "2", "dataset=quadrants", "trainer.epochs=1")
+    assert result.returncode == 0 and "test_accuracy=" in result.stdout and "warning" not in result.stdout
+    (folder,) = project.job_dirs()
+    assert (folder / "model.npz").is_file() and any((folder / "plots").iterdir())
+    assert closed_stream_run(project, "2", "-m", "dataset=quadrants", "trainer.epochs=1", "seed=1,2").returncode == 0
+    statuses = [run.info.status for run in project.runs()]
+    assert statuses == ["FINISHED"] * 4, statuses  # the run, the sweep's parent run and its two jobs
+
+
+def test_a_run_with_stdout_closed_finishes_and_a_command_says_its_output_is_lost(project):
+    """A run ended in a traceback from ``sys.stdout.flush()``, its status 1; ``--version`` and ``runs`` too."""
+    result = closed_stream_run(project, "1", "dataset=quadrants", "trainer.epochs=1")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert [run.info.status for run in project.runs()] == ["FINISHED"]
+    for arguments in (["--version"], ["runs"]):
+        result = closed_stream_run(project, "1", *arguments)
+        assert (result.returncode, result.stderr) == (1, "error: cannot write the output: standard output is closed\n")
+
+
 #: A server as uvicorn is to SIGHUP: it reloads and serves on; SIGTERM ends it.
 RELOADING_SERVER = (
     "import signal, sys, time\n"

@@ -12,7 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnexp.job.plot_process import Plotter, close_plotter, draw_with_plotter, plotter
+from nnexp.atomic import replacing
+from nnexp.job.plot_process import (
+    Plotter,
+    PlotterGoneError,
+    _draw,
+    _exit_on_sigterm,
+    _Terminated,
+    close_plotter,
+    draw_with_plotter,
+    plotter,
+)
 from nnexp.job.plots import RunPlots, decision_regions, draw_run_plots
 from nnexp.job.record import draw_plots
 
@@ -144,3 +154,52 @@ def test_a_drawing_goes_to_the_plotting_process_when_one_runs_else_is_made_here(
         assert int(where.read_text()) == os.getpid()
     finally:
         close_plotter()
+
+
+def test_a_sigterm_ends_the_process_quietly_while_it_waits_and_while_it_draws(capfd):
+    """The run's process dying sends SIGTERM (PR_SET_PDEATHSIG); it ends the child with 143 and no traceback."""
+    for drawing_stops_it in (False, True):
+        process = Plotter()
+        try:
+            process.ready()
+            if drawing_stops_it:
+                with pytest.raises(PlotterGoneError, match="status 143"):
+                    process.draw(functools.partial(os.kill, process._process.pid, signal.SIGTERM))
+            else:
+                os.kill(process._process.pid, signal.SIGTERM)
+            assert process._process.wait(timeout=10) == 143
+        finally:
+            process.close()
+    assert capfd.readouterr().err == ""
+
+
+def test_a_sigterm_at_the_childs_exit_prints_nothing():
+    """Landing in ``threading._shutdown``, the SystemExit it raised printed "Exception ignored in: <module
+    'threading'>" and a traceback: seen when a sweep's joblib worker was killed."""
+    code = (
+        "import os, signal, threading, time\n"
+        "from nnexp.job.plot_process import _exit_on_sigterm\n"
+        "signal.signal(signal.SIGTERM, _exit_on_sigterm)\n"
+        "stop = lambda: (time.sleep(0.2), os.kill(os.getpid(), signal.SIGTERM), time.sleep(5))\n"
+        "threading.Thread(target=stop).start()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (143, "")
+
+
+def write_until_terminated(path: Path) -> None:
+    """A plot's write that SIGTERM stops halfway."""
+    with replacing(path) as file:
+        file.write(PNG_MAGIC)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+
+def test_a_sigterm_while_drawing_unwinds_the_drawing_which_removes_its_partial_file(tmp_path):
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with pytest.raises(_Terminated):
+            _draw(functools.partial(write_until_terminated, tmp_path / "plot.png"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from nnexp import ACTIVATIONS, DATASETS, LOSSES
 from nnexp.config import store_configs
 from nnexp.errors import Interrupted, PluginError
-from nnexp.plugins import load_folder
+from nnexp.plugins import load_folder, stray_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,6 +75,48 @@ def test_import_error_names_the_file(in_tmp):
     write(in_tmp / "plugins", "needs.py", "import not_a_module_anywhere\n")
     with pytest.raises(PluginError, match=r"^plugins/needs.py: ModuleNotFoundError: No module named"):
         load_folder(in_tmp / "plugins")
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(path))
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (make_fifo, "plugins/odd.py: a named pipe (FIFO), not a regular file"),
+        (make_socket, "plugins/odd.py: a socket, not a regular file"),
+        (lambda path: path.symlink_to("/dev/null"), "plugins/odd.py: a character device, not a regular file"),
+        (Path.mkdir, "plugins/odd.py: a folder, not a regular file"),
+        (
+            lambda path: path.symlink_to(path.with_name("gone.py")),
+            "plugins/odd.py is a symbolic link to {plugins}/gone.py, which does not exist; "
+            "create that or remove the link",
+        ),
+    ],
+    ids=["fifo", "socket", "device", "folder", "dangling-link"],
+)
+def test_a_plugin_path_that_is_no_regular_file_is_one_line_naming_it(in_tmp, make, expected):
+    """A FIFO's import waited for a writer for ever; a dangling link was ``IsADirectoryError`` or ``No such file``,
+    named by its target's path."""
+    (in_tmp / "plugins").mkdir()
+    make(in_tmp / "plugins" / "odd.py")
+    with pytest.raises(PluginError) as error:
+        load_folder(in_tmp / "plugins")
+    assert str(error.value) == expected.format(plugins=in_tmp / "plugins")
+
+
+def test_a_plugin_that_is_a_link_to_a_file_is_imported_and_named_as_it_stands(in_tmp):
+    source = write(in_tmp / "elsewhere", "spirals_source.py", SPIRALS)
+    (in_tmp / "plugins").mkdir()
+    (in_tmp / "plugins" / "spirals.py").symlink_to(source)
+    load_folder(in_tmp / "plugins")
+    assert DATASETS.source("spirals") == "file plugins/spirals.py"
 
 
 def test_a_plugin_that_moves_the_working_directory_is_an_error_naming_the_file(in_tmp, tmp_path):
@@ -332,3 +376,50 @@ def test_sigterm_while_plugins_are_imported_is_reported_as_sigterm(project):
     result = project.run("dataset=quadrants", "trainer.epochs=1")
     assert (result.returncode, result.stderr) == (143, "error: terminated (SIGTERM) while importing plugins/term.py\n")
     assert sorted(path.name for path in project.root.iterdir()) == ["conf", "plugins"]
+
+
+#: A plugin that starts a thread Python's exit would wait for, for ever (a daemon beside it, which it would not).
+THREADS = """
+import threading
+
+stop = threading.Event()
+
+
+def poll():
+    stop.wait()
+
+
+threading.Thread(target=poll, name="poller").start()
+threading.Thread(target=poll, name="watcher", daemon=True).start()
+"""
+
+
+def test_the_threads_python_would_wait_for_at_exit_are_found_with_a_plugin_s_file(in_tmp):
+    write(in_tmp / "plugins", "thr.py", THREADS)
+    elsewhere = threading.Event()
+    other = threading.Thread(target=elsewhere.wait, name="not a plugin's")
+    other.start()
+    load_folder(in_tmp / "plugins")
+    try:
+        found = {(thread.name, file) for thread, file in stray_threads()}  # with any an earlier test left
+        assert {("poller", "plugins/thr.py"), ("not a plugin's", None)} <= found
+        assert "watcher" not in {name for name, _ in found}
+    finally:
+        sys.modules["nnexp_local_plugins.thr"].stop.set()
+        elsewhere.set()
+        other.join()
+
+
+def test_a_run_whose_plugin_left_a_thread_running_exits_with_its_status_saying_so(project):
+    """Python waited at exit for the thread, for ever, after the run's last line; SIGTERM then printed "Exception
+    ignored in: <module 'threading'>" and a traceback."""
+    write(project.root / "plugins", "thr.py", THREADS)
+    warning = (
+        "warning: not waiting for thread 'poller' (plugins/thr.py) to end: make a plugin's thread a daemon, or join it"
+    )
+    result = project.run("dataset=quadrants", "trainer.epochs=1", timeout=120)
+    assert result.returncode == 0 and result.stderr.splitlines()[-1] == warning, result.stderr
+    assert [run.info.status for run in project.runs()] == ["FINISHED"]
+    result = project.run("dataset=quadrants", "trainer.epochs=0", timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: trainer.epochs must be >= 1, got 0", warning]

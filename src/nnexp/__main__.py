@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib
+import io
 import logging
 import math
 import os
@@ -11,7 +13,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from omegaconf import DictConfig
 
@@ -55,17 +57,39 @@ _HYDRA_OVERRIDE = re.compile(r"[+~]*hydra([./@=]|$)")
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
+#: Whether this command runs jobs, whose lines on stdout tell of the work rather than being it.
+running = False
+
 #: The exit status of a command whose output was no longer read (``| head``), as a shell reports SIGPIPE.
 CLOSED_PIPE_STATUS = 128 + 13
 
 
+#: The standard streams, by their file descriptors, and the mode each is opened in.
+STANDARD_STREAMS = (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w"))
+
+
 def main() -> None:
+    open_closed_streams()
     ignore_socks_warning()
+    from nnexp.plugins import leave_plugin_threads
+
+    try:
+        run_command()
+    except SystemExit as exc:
+        leave_plugin_threads(exc.code)
+        raise
+    leave_plugin_threads(0)
+
+
+def run_command() -> None:
+    """:func:`command`, its output flushed; ends by ``sys.exit`` with one line on a stop or an unwritable output."""
     try:
         try:
             command()
         finally:
             sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe prints "Exception ignored"
+            if lost_output():  # also when the command ends by sys.exit(0), as a sub-command does
+                raise OSError(errno.EBADF, "standard output is closed")
     except BrokenPipeError:
         # The reader went away (``nnexp runs | head -2``): what it wanted was printed; stop quietly, and point
         # stdout at nothing so that nothing else tries to write to the closed pipe.
@@ -80,6 +104,52 @@ def main() -> None:
         if exc.filename is None:  # the output: flushed again at the interpreter's exit, it would fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         fail(describe_os_error(exc, "write the output" if exc.filename is None else None))
+
+
+def open_closed_streams() -> None:
+    """Point a standard stream closed at start (``2>&-``), which Python leaves as ``None``, at the null device: every
+    writer (progress, logging, error lines) then works unchanged, and a file nnexp opens later cannot take the
+    descriptor, where a child process (the plotting process, a launcher's worker) would take it for its own stream.
+    What nnexp prints there is lost; its exit status still tells."""
+    for name, descriptor, mode in STANDARD_STREAMS:
+        if getattr(sys, name) is not None:
+            continue
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != descriptor and not descriptor_open(descriptor):
+            os.dup2(null, descriptor)
+            os.close(null)
+            null = descriptor
+        os.set_inheritable(null, True)  # a child process's stream too, as the descriptor it replaces would have been
+        if name == "stdout":
+            stream: TextIO = NullOutput(io.FileIO(null, mode))
+        else:
+            stream = open(null, mode, errors="backslashreplace" if name == "stderr" else None)  # noqa: SIM115 - for good
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+class NullOutput(io.TextIOWrapper):
+    """Standard output that was closed at start, on the null device: it remembers whether anything was written."""
+
+    written = False
+
+    def write(self, text: str) -> int:
+        self.written = self.written or bool(text)
+        return super().write(text)
+
+
+def lost_output() -> bool:
+    """Whether a command whose output is what it gives (``runs``, ``--help``, not a run) wrote to a closed stdout."""
+    return isinstance(sys.stdout, NullOutput) and sys.stdout.written and not running
+
+
+def descriptor_open(descriptor: int) -> bool:
+    """Whether ``descriptor`` names an open file of this process."""
+    try:
+        os.fstat(descriptor)
+    except OSError:
+        return False
+    return True
 
 
 def ignore_socks_warning() -> None:
@@ -206,6 +276,8 @@ def launch() -> None:
         check_interpolations(presets, *shown)
     from nnexp.job import sweep
 
+    global running
+    running = not (flags.help or flags.hydra_help or flags.cfg or flags.info or flags.shell_completion)
     try:
         hydra.main(version_base="1.3", config_path=str(presets) if presets else None, config_name="nnexp")(task)()
     except BaseException as exc:
@@ -283,9 +355,10 @@ def task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nnexp.plugins import load_plugins
+    from nnexp.plugins import leave_plugin_threads_at_exit, load_plugins
 
     hydra = HydraConfig.get()
+    leave_plugin_threads_at_exit()  # in a launcher's worker process too, which joblib waits for at the sweep's end
     # With hydra.job.chdir=true Hydra starts the job in its folder (and returns after it); nnexp puts each file a run
     # writes in that folder itself, and the paths a user gives (data files) are relative to where nnexp was started.
     os.chdir(hydra.runtime.cwd)

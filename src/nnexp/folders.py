@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
@@ -100,6 +101,25 @@ def dangling_link(path: object) -> str | None:
     if not isinstance(path, (str, Path)) or not os.path.islink(path) or os.path.exists(path):
         return None
     return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; create that or remove the link"
+
+
+#: What a path holds, by the file type its mode names, for a message; a regular file and a folder are not listed.
+SPECIAL_FILES = {
+    stat.S_ISFIFO: "a named pipe (FIFO)",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+}
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` (symbolic links followed) is if it exists and is neither a regular file nor a folder, such as
+    ``a named pipe (FIFO)``; None otherwise. Only its mode is read: opening a FIFO blocks until a writer comes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # missing: a new store; unreadable: MLflow says why when it opens it
+        return None
+    return next((kind for test, kind in SPECIAL_FILES.items() if test(mode)), None)
 
 
 def claim(path: str, setting: str = RUN_DIR) -> str:

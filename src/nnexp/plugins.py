@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import importlib.util
@@ -9,6 +10,7 @@ import inspect
 import os
 import pkgutil
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -16,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from nnexp.errors import Interrupted, PluginError, interruption
+from nnexp.folders import dangling_link, special_file
 from nnexp.registry import REGISTRIES, Registry, registration_source
 
 ENTRY_POINT_GROUP = "nnexp.plugins"
@@ -34,6 +37,10 @@ def load_plugins(project_dir: Path) -> None:
         load_folder(folder)
 
 
+#: Where the user's plugins' code lives: the plugin folders loaded, and each entry point's module or package.
+plugin_places: set[Path] = set()
+
+
 def load_builtins() -> None:
     for package_name in BUILTIN_PACKAGES:
         package = importlib.import_module(package_name)
@@ -49,13 +56,18 @@ def load_entry_points() -> None:
         if entry.value in sys.modules:
             continue
         with registration_source(source), importing(source):
-            entry.load()
+            module = entry.load()
+        file = getattr(module, "__file__", None)
+        if file is not None:
+            place = Path(file).resolve()
+            plugin_places.add(place.parent if place.name == "__init__.py" else place)
 
 
 def load_folder(folder: Path) -> None:
     """Import ``folder/*.py`` in sorted order, skipping ``_*.py``, each under a private module name."""
     if not folder.is_dir():
         return
+    plugin_places.add(folder.resolve())
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -67,6 +79,9 @@ def load_folder(folder: Path) -> None:
 
 def load_file(path: Path, module_name: str) -> None:
     shown = _display(path)
+    unusable = not_a_file(path, shown)
+    if unusable is not None:  # a FIFO's import would wait for a writer for ever
+        raise PluginError(unusable)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"{shown}: cannot be imported as a Python module")
@@ -106,6 +121,71 @@ def importing(source: str) -> Iterator[None]:
         raise PluginError(f"{source}: moves the working directory to {moved} while being imported; remove the chdir")
 
 
+#: The modules whose threads Python's exit stops itself (by ``threading._register_atexit``), and nnexp's own, which
+#: each job waits for: no others' are waited for for ever.
+STOPPED_AT_EXIT = ("nnexp.", "concurrent.futures.", "joblib.externals.loky.")
+
+
+def stray_threads() -> list[tuple[threading.Thread, str | None]]:
+    """The threads still running that Python's exit would wait for (no daemons) and nothing stops: those a plugin
+    started; each with its code's file when that is in a plugin folder or an entry point's package."""
+    found = []
+    for thread in threading.enumerate():
+        if thread.daemon or thread is threading.current_thread() or not thread.is_alive():
+            continue
+        # Thread keeps its target in a private attribute until run() returns; a subclass's own run() is the code.
+        target = getattr(thread, "_target", None)
+        code = type(thread).run if target is None else getattr(target, "func", target)
+        if str(getattr(code, "__module__", "")).startswith(STOPPED_AT_EXIT):
+            continue
+        found.append((thread, plugin_file(code)))
+    return found
+
+
+def plugin_file(code: object) -> str | None:
+    """The file of a function ``code``, as messages show it, if it is a user's plugin's; else None."""
+    try:
+        file = Path(inspect.getfile(code)).resolve()  # type: ignore[arg-type]
+    except TypeError:  # a built-in, or a callable object
+        return None
+    return _display(file) if any(file == place or file.is_relative_to(place) for place in plugin_places) else None
+
+
+def leave_plugin_threads(code: object) -> None:
+    """Exit with the status ``code`` (``sys.exit``'s argument) at once, without waiting for the threads a plugin
+    started and left running (:func:`stray_threads`), as Python would, for ever for one that never ends; saying so
+    in one line. A process whose plugins left none goes on to exit as usual."""
+    threads = stray_threads()
+    if not threads:
+        return
+    named = ", ".join(f"thread {thread.name!r}" + (f" ({file})" if file else "") for thread, file in threads)
+    with contextlib.suppress(OSError):
+        print(f"warning: not waiting for {named} to end: make a plugin's thread a daemon, or join it", file=sys.stderr)
+    # What the interpreter's exit does besides waiting for them: executors' threads and processes stopped (a joblib
+    # sweep's workers), logs closed, child processes awaited.
+    for hook in reversed(getattr(threading, "_threading_atexits", [])):
+        if getattr(hook, "func", None) is not leave_plugin_threads:  # this may be one, in a launcher's worker
+            hook()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else int(code is not None))
+
+
+def leave_plugin_threads_at_exit() -> None:
+    """Have this process's exit leave its plugins' threads (see :func:`leave_plugin_threads`): once Python starts to
+    wait for them, before anything else of its exit. For a launcher's worker process, whose end nnexp does not
+    reach; the command's own process leaves them in ``main``, with its exit status."""
+    if not _leaving_at_exit:
+        _leaving_at_exit.append(True)
+        threading._register_atexit(leave_plugin_threads, 0)  # the hook concurrent.futures stops its threads with
+
+
+#: Whether this process's exit leaves its plugins' threads.
+_leaving_at_exit: list[bool] = []
+
+
 def stopped_while_importing(stop: KeyboardInterrupt, source: str) -> Interrupted:
     """``stop`` (Ctrl-C, SIGTERM, a hang-up) with its own line and exit status, saying which plugin it stopped."""
     stop = Interrupted.of(stop)
@@ -117,10 +197,21 @@ def exit_call(exc: SystemExit) -> str:
     return f"sys.exit({'' if exc.code is None else repr(exc.code)})"
 
 
+def not_a_file(path: Path, shown: str) -> str | None:
+    """What is wrong with a plugin ``path`` (``shown`` as messages name it) that is no regular file: a symbolic link
+    to nothing, a FIFO, a socket, a device, a folder; None for a regular file. Only its mode is read."""
+    dangling = dangling_link(shown)  # relative to the working directory, as ``shown`` is
+    if dangling is not None:
+        return dangling
+    kind = special_file(path) or ("a folder" if path.is_dir() else None)
+    return None if kind is None else f"{shown}: {kind}, not a regular file"
+
+
 def _display(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it, so messages stay short."""
+    """``path`` relative to the working directory when it lies below it, so messages stay short; its last part
+    is not resolved, so that a symbolic link is named as it stands in its folder."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str((path.parent.resolve() / path.name).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 

@@ -165,12 +165,20 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         except EOFError:  # the run is done with it; nothing is left to write or flush, so no slow interpreter exit
             os._exit(0)
         started = time.perf_counter()
-        try:
-            drawing()
-        except Exception as exc:  # raised again in the run's process, as if it had drawn the plots itself
-            _reply(replies, (_picklable(exc), time.perf_counter() - started))
-        else:
-            _reply(replies, (None, time.perf_counter() - started))
+        error = _draw(drawing)
+        _reply(replies, (error, time.perf_counter() - started))
+
+
+def _draw(drawing: Callable[[], object]) -> Exception | None:
+    """Make ``drawing``; what stopped it, raised again in the run's process as if it had drawn the plots itself."""
+    _drawing.set()
+    try:
+        drawing()
+    except Exception as exc:
+        return _picklable(exc)
+    finally:
+        _drawing.clear()
+    return None
 
 
 def _picklable(exc: Exception) -> Exception:
@@ -187,8 +195,24 @@ def _reply(replies: IO[bytes], value: object) -> None:
     replies.flush()
 
 
+#: Set while the child makes a drawing, whose partial file a SIGTERM must remove before the child ends.
+_drawing = threading.Event()
+
+
+class _Terminated(BaseException):
+    """SIGTERM (the run's process died) while drawing: unwinds the drawing, then the child ends."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds a plot's write, which removes its partial file
+    """End the child at once, quietly, in whatever phase it is (its interpreter's exit too, where an exception would
+    print "Exception ignored"); while drawing, after unwinding the drawing, which removes its partial file."""
+    if _drawing.is_set():
+        raise _Terminated(128 + signum)
+    os._exit(128 + signum)
 
 
 def main() -> None:
@@ -197,5 +221,9 @@ def main() -> None:
     follow_parent(int(sys.argv[1]))
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    with contextlib.suppress(BrokenPipeError):  # the run's process is gone
+    try:
         serve(sys.stdin.buffer, replies)
+    except BrokenPipeError:  # the run's process is gone
+        pass
+    except _Terminated as stop:
+        os._exit(stop.status)

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import sqlite3
-import stat
 import subprocess
 import urllib.error
 import urllib.parse
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nnexp.errors import ConfigError
-from nnexp.folders import describe_os_error
+from nnexp.folders import describe_os_error, special_file
 from nnexp.tracking import liveness
 
 try:
@@ -95,25 +94,6 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or ``None`` for any other store."""
     prefix = "sqlite:///"
     return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
-
-
-#: What a path holds, by the file type its mode names, for a message; a regular file and a folder are not listed.
-SPECIAL_FILES = {
-    stat.S_ISFIFO: "a named pipe (FIFO)",
-    stat.S_ISSOCK: "a socket",
-    stat.S_ISCHR: "a character device",
-    stat.S_ISBLK: "a block device",
-}
-
-
-def special_file(path: Path) -> str | None:
-    """What ``path`` (symbolic links followed) is if it exists and is neither a regular file nor a folder, such as
-    ``a named pipe (FIFO)``; None otherwise. Only its mode is read: opening a FIFO blocks until a writer comes."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:  # missing: a new store; unreadable: MLflow says why when it opens it
-        return None
-    return next((kind for test, kind in SPECIAL_FILES.items() if test(mode)), None)
 
 
 def is_sqlite_database(path: Path) -> bool:
