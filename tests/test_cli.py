@@ -270,7 +270,7 @@ def test_hydra_help_is_hydras_own_whatever_app_overrides_are_given(project):
 
 
 def test_hydra_help_keeps_hydras_overrides_and_help_keeps_all():
-    from nnexp.__main__ import hydra_help_arguments
+    from nnexp.help_flags import hydra_help_arguments
 
     arguments = ["dataset=quadrants", "+hydra.hydra_help.template=own", "~hydra/launcher", "-m", "--hydra-help"]
     assert hydra_help_arguments(arguments) == arguments[1:]

@@ -5,18 +5,17 @@ from __future__ import annotations
 import errno
 import gc
 import importlib
-import io
 import logging
 import math
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from nnexp import streams
 from nnexp.errors import Interrupted, NnexpError, StartRefused, interruption, raise_on_stop_signals, report
 from nnexp.folders import (
     describe_os_error,
@@ -27,7 +26,7 @@ from nnexp.folders import (
 )
 
 if TYPE_CHECKING:
-    import argparse
+    pass
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
@@ -48,28 +47,15 @@ HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
-#: The flags that ask for the app's help, as Hydra spells them.
-HELP_FLAGS = ("-h", "--help")
-
-#: An override of Hydra's own config (``hydra.job.name=x``, ``~hydra/launcher``), as against the app's.
-_HYDRA_OVERRIDE = re.compile(r"[+~]*hydra([./@=]|$)")
-
 #: Whether the user asked for Hydra's full tracebacks; nnexp then re-raises instead of printing one line.
 FULL_ERRORS = os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-#: Whether this command runs jobs, whose lines on stdout tell of the work rather than being it.
-running = False
 
 #: The exit status of a command whose output was no longer read (``| head``), as a shell reports SIGPIPE.
 CLOSED_PIPE_STATUS = 128 + 13
 
 
-#: The standard streams, by their file descriptors, and the mode each is opened in.
-STANDARD_STREAMS = (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w"))
-
-
 def main() -> None:
-    open_closed_streams()
+    streams.open_closed_streams()
     ignore_socks_warning()
     from nnexp.plugins import leave_plugin_threads
 
@@ -88,7 +74,7 @@ def run_command() -> None:
             command()
         finally:
             sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe prints "Exception ignored"
-            if lost_output():  # also when the command ends by sys.exit(0), as a sub-command does
+            if streams.lost_output():  # also when the command ends by sys.exit(0), as a sub-command does
                 raise OSError(errno.EBADF, "standard output is closed")
     except BrokenPipeError:
         # The reader went away (``nnexp runs | head -2``): what it wanted was printed; stop quietly, and point
@@ -104,52 +90,6 @@ def run_command() -> None:
         if exc.filename is None:  # the output: flushed again at the interpreter's exit, it would fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         fail(describe_os_error(exc, "write the output" if exc.filename is None else None))
-
-
-def open_closed_streams() -> None:
-    """Point a standard stream closed at start (``2>&-``), which Python leaves as ``None``, at the null device: every
-    writer (progress, logging, error lines) then works unchanged, and a file nnexp opens later cannot take the
-    descriptor, where a child process (the plotting process, a launcher's worker) would take it for its own stream.
-    What nnexp prints there is lost; its exit status still tells."""
-    for name, descriptor, mode in STANDARD_STREAMS:
-        if getattr(sys, name) is not None:
-            continue
-        null = os.open(os.devnull, os.O_RDWR)
-        if null != descriptor and not descriptor_open(descriptor):
-            os.dup2(null, descriptor)
-            os.close(null)
-            null = descriptor
-        os.set_inheritable(null, True)  # a child process's stream too, as the descriptor it replaces would have been
-        if name == "stdout":
-            stream: TextIO = NullOutput(io.FileIO(null, mode))
-        else:
-            stream = open(null, mode, errors="backslashreplace" if name == "stderr" else None)  # noqa: SIM115 - for good
-        setattr(sys, name, stream)
-        setattr(sys, f"__{name}__", stream)
-
-
-class NullOutput(io.TextIOWrapper):
-    """Standard output that was closed at start, on the null device: it remembers whether anything was written."""
-
-    written = False
-
-    def write(self, text: str) -> int:
-        self.written = self.written or bool(text)
-        return super().write(text)
-
-
-def lost_output() -> bool:
-    """Whether a command whose output is what it gives (``runs``, ``--help``, not a run) wrote to a closed stdout."""
-    return isinstance(sys.stdout, NullOutput) and sys.stdout.written and not running
-
-
-def descriptor_open(descriptor: int) -> bool:
-    """Whether ``descriptor`` names an open file of this process."""
-    try:
-        os.fstat(descriptor)
-    except OSError:
-        return False
-    return True
 
 
 def ignore_socks_warning() -> None:
@@ -254,6 +194,7 @@ def launch() -> None:
 
     from nnexp.cli_errors import check_command_line, check_override_keys
     from nnexp.config import store_configs
+    from nnexp.help_flags import hydra_flags, hydra_help_arguments, quick_help, shown_resolved
     from nnexp.job.resume import hydra_arguments
     from nnexp.plugins import load_plugins
     from nnexp.presets import check_interpolations, check_preset_aliases, check_preset_names
@@ -276,8 +217,7 @@ def launch() -> None:
         check_interpolations(presets, *shown)
     from nnexp.job import sweep
 
-    global running
-    running = not (flags.help or flags.hydra_help or flags.cfg or flags.info or flags.shell_completion)
+    streams.running = not (flags.help or flags.hydra_help or flags.cfg or flags.info or flags.shell_completion)
     try:
         hydra.main(version_base="1.3", config_path=str(presets) if presets else None, config_name="nnexp")(task)()
     except BaseException as exc:
@@ -295,51 +235,6 @@ def launch() -> None:
         raise stop
     if sweep.failure():
         raise NnexpError(sweep.failure())
-
-
-def quick_help(arguments: list[str], config_dir: Path | None) -> bool:
-    """Print ``--help`` for a command line of overrides, ``--help`` and ``--resolve``; False leaves Hydra to
-    answer any other (``-cn``, ``--hydra-help``, ...), slowly but in full."""
-    from nnexp.config import help_text
-
-    if not any(item in HELP_FLAGS for item in arguments):
-        return False
-    if any(item.startswith("-") and item not in (*HELP_FLAGS, "--resolve") for item in arguments):
-        return False
-    overrides = [item for item in arguments if not item.startswith("-")]
-    text = help_text(config_dir, overrides, resolve="--resolve" in arguments)
-    if text is None:
-        return False
-    print(text)
-    return True
-
-
-def hydra_help_arguments(arguments: list[str]) -> list[str]:
-    """``arguments`` without the app's overrides when they ask for Hydra's help: Hydra composes its own config
-    alone for ``--hydra-help``, where ``dataset=x`` is no key. Hydra's overrides stay (``hydra.hydra_help.template``
-    changes the help), and so does the rest with ``--help``, which Hydra answers first."""
-    flags = hydra_flags(arguments)
-    if not flags.hydra_help or flags.help:
-        return arguments
-    apps = [item for item in flags.overrides if not _HYDRA_OVERRIDE.match(item)]
-    return [item for item in arguments if item not in apps]
-
-
-def hydra_flags(arguments: list[str]) -> argparse.Namespace:
-    """The command line ``arguments`` as Hydra's own parser reads them."""
-    from hydra._internal.utils import get_args_parser
-
-    return get_args_parser().parse_known_args(arguments)[0]
-
-
-def shown_resolved(flags: argparse.Namespace) -> tuple[list[str], str] | None:
-    """For a command line that shows nnexp's config resolved (``--cfg job --resolve``), by Hydra's reading of its
-    ``flags``: its overrides and which config it shows (job, hydra or all); else ``None``."""
-    # With -p PACKAGE Hydra resolves that part only; with another primary config nnexp's would not be the one shown.
-    whole = not (flags.package or flags.config_name or flags.config_path or flags.config_dir)
-    if not (flags.cfg and flags.resolve and whole and not flags.multirun):
-        return None
-    return flags.overrides, flags.cfg
 
 
 def launcher_error(exc: BaseException) -> bool:
