@@ -49,14 +49,12 @@ PHASES = {
     "plots": "plots (matplotlib import included)",
     "model": "model files (weights, MLflow model folder, config)",
     "mlflow_logging": "MLflow: run, params, metrics, artifacts, model upload",
-    "end": "a sweep job's end in a thread (its plots awaited and logged, its run ended)",
 }
 #: The phases the issue's 3% goal counts: MLflow, plotting and checkpointing.
 OVERHEAD = ("mlflow_setup", "mlflow_logging", "checkpoints", "plots", "model")
 #: The phases whose work runs in a thread, overlapping others: they also record ``system/<phase>_hidden_seconds``,
-#: the part of their work the run did not wait for (already counted in other phases). A job's end overlaps the next
-#: job, and its plots phase then counts what that thread waited for, which no job did.
-OVERLAPPED = ("mlflow_setup", "plots", "end")
+#: the part of their work the run did not wait for (already counted in other phases).
+OVERLAPPED = ("mlflow_setup", "plots")
 QUICK_COMMANDS = {
     "--help": ("--help",),
     "dataset=mnist_idx --help": ("dataset=mnist_idx", "--help"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import itertools
 import json
 import os
 import signal
@@ -760,7 +759,7 @@ def test_each_job_of_a_sequential_sweep_records_what_a_single_run_records(projec
         assert set(child.data.params) == EXPECTED_PARAMS
         assert set(child.data.tags) == EXPECTED_TAGS | {"job_num", "mlflow.parentRunId"}
         steps = {key: sorted(m.step for m in client.get_metric_history(run_id, key)) for key in child.data.metrics}
-        assert steps == EXPECTED_STEPS | HANDED_OFF_END  # how long its end overlapped the next job, besides
+        assert steps == EXPECTED_STEPS
         assert artifact_files(client, run_id) == EXPECTED_ARTIFACTS
         [model] = client.search_logged_models([child.info.experiment_id], filter_string=f"source_run_id='{run_id}'")
         assert model.status == "READY"
@@ -813,65 +812,3 @@ def test_a_batch_larger_than_the_configs_kept_is_composed_again_beyond_them():
     for overrides in batch * 2:  # the sweeper's check of the batch, then the launcher
         assert loader.load_sweep_config(master, overrides).overrides == overrides
     assert loader.composed == 4
-
-
-#: What the jobs of a sweep that hands their ends off record besides a single run's metrics: the run's end, all of
-#: it hidden behind the next job (or the summary).
-HANDED_OFF_END = {"system/end_seconds": [3], "system/end_hidden_seconds": [3]}
-
-
-@pytest.fixture
-def slow_plots(tmp_path, monkeypatch):
-    """Every drawing of the plotting process (``python -c``) takes two seconds longer."""
-    folder = tmp_path / "slow_plots"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(
-        "import sys\n"
-        "if sys.argv[:1] == ['-c']:\n"
-        "    import time\n"
-        "    from nnexp.job import plots\n"
-        "    draw = plots.draw_run_plots\n"
-        "    plots.draw_run_plots = lambda run_plots: (time.sleep(2), draw(run_plots))\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
-
-
-def test_a_sequential_sweeps_next_job_starts_while_the_last_ones_plots_are_drawn(project, slow_plots):
-    """Each job waited for its plots before the next could start; now its run ends in a thread meanwhile, with
-    every artifact, before the summary reads it."""
-    from test_cli import artifact_paths as artifact_files
-    from test_opening import EXPECTED_ARTIFACTS
-
-    result = project.run("-m", "seed=1,2,3", "trainer.epochs=3")
-    assert result.returncode == 0, result.stderr
-    parent, children = sweep_runs(project)
-    client = MlflowClient(tracking_uri=project.store_uri)
-    for before, after in itertools.pairwise(children):
-        assert after.info.start_time < before.info.end_time  # the next run opened before the last one ended
-    for child in children:
-        assert child.info.status == "FINISHED"
-        assert artifact_files(client, child.info.run_id) == EXPECTED_ARTIFACTS
-        assert child.data.metrics["system/end_hidden_seconds"] >= 1.0
-    assert parent.data.metrics["jobs_finished"] == 3
-
-
-def test_sigterm_while_a_jobs_end_is_handed_off_ends_that_run_whole_and_stops_the_next(project, slow_plots):
-    from test_cli import artifact_paths as artifact_files
-    from test_opening import EXPECTED_ARTIFACTS
-
-    process = project.start("-m", "trainer.epochs=3,100000")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (project.job_dirs() and len(project.runs()) >= 3):
-        time.sleep(0.2)
-    first = next(run for run in project.runs() if run.data.tags.get("job_num") == "0")
-    assert first.info.status == "RUNNING", "the first job's end is still drawing its plots"
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error: interrupted (SIGTERM) in")
-    parent, (ended, stopped) = sweep_runs(project)
-    assert parent.info.status == "KILLED"
-    assert ended.info.status == "FINISHED"
-    assert artifact_files(MlflowClient(tracking_uri=project.store_uri), ended.info.run_id) == EXPECTED_ARTIFACTS
-    assert stopped.info.status == "KILLED" and "interrupted (SIGTERM)" in stopped.data.tags["failure_reason"]
-    assert ": 1 finished, 0 failed, 1 stopped; ranked by" in stdout

@@ -1,5 +1,5 @@
 """Work a job hands to threads so that it overlaps other work: the wait for the plotting process while the model
-is saved and logged, and in a sweep the run's end while the next job starts."""
+is saved and logged."""
 
 from __future__ import annotations
 
@@ -55,11 +55,6 @@ class Workers:
         if stop is not None and exc_type is None:  # else the stop that is ending the block says it already
             raise stop
 
-    def hand_over(self) -> None:
-        """Stop waiting for the threads started so far, when the block ends: whoever was handed their futures waits
-        for them."""
-        self._done.clear()
-
     def wait(self) -> KeyboardInterrupt | None:
         """Wait until the work of every thread is done; a Ctrl-C or SIGTERM meanwhile does not cut the wait short
         (the work left is the plots being drawn, a second or so), and the last one is returned."""
@@ -74,35 +69,3 @@ class Workers:
                     stop = exc
         return stop
 
-
-class JobEnds:
-    """The ends of a sweep's jobs (the plots awaited and logged, the run ended), each handed to a thread so that the
-    next job starts meanwhile: with the plots drawn in their own process, a sweep of short jobs would otherwise wait
-    for them job after job.
-
-    Enabled only while a sweep runs its jobs in the process that summarises it (Hydra's basic launcher), which
-    :meth:`wait` s for them first; a launcher's worker process must have ended a job's run when it returns the job.
-    """
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self._workers = Workers()
-
-    def hand_off(self, end: Callable[[], object], name: str) -> None:
-        """Run ``end`` in a thread, once the end handed off before is done: runs end in the order their jobs did.
-        Raises the stop that came while waiting, with nothing handed off."""
-        stop = self.wait()
-        if stop is not None:
-            raise stop
-        self._workers.start(end, name)
-
-    def wait(self) -> KeyboardInterrupt | None:
-        """Wait until every end handed off is done; a stop meanwhile does not cut the wait short (what is left is a
-        run's plots and its last requests), and the last one is returned."""
-        stop = self._workers.wait()
-        self._workers = Workers()
-        return stop
-
-
-#: This process's handed-off job ends.
-job_ends = JobEnds()

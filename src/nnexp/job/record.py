@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import shutil
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -308,15 +305,6 @@ def draw_plots(plotter: Plotter | None, plots: RunPlots) -> tuple[bool, float]:
     return plots.folder.is_dir() and any(plots.folder.iterdir()), seconds
 
 
-@dataclass(frozen=True)
-class HandOff:
-    """When a job handed its run's end to a thread, and the event the job sets once it has left its phases, which
-    that thread may charge only then: :class:`Phases` keeps one stack of open phases."""
-
-    at: float
-    job_left: threading.Event
-
-
 def finish_run(
     tracked: TrackedRun,
     drawing: Future[tuple[tuple[bool, float], float]] | None,
@@ -324,26 +312,17 @@ def finish_run(
     plots: Path,
     epochs: int,
     opening: OpeningRun,
-    handed_off: HandOff | None = None,
 ) -> bool:
     """The run's last records: its plots once ``drawing`` is done, and where its time went; whether any plot was
-    written. Drawings started before a stop was asked for are finished and logged.
-
-    Handed off (in a thread, the job returned), no one waits for the plots: the seconds since the hand-off are the
-    run's ``end`` phase, all of it hidden behind the next job.
-    """
+    written. Drawings started before a stop was asked for are finished and logged."""
     plotted = False
-    with phases("plots") if handed_off is None else contextlib.nullcontext():
+    with phases("plots"):
         drawn = drawing.result() if drawing is not None else None
-    if handed_off is not None:
-        handed_off.job_left.wait()
     if drawn is not None:
         (plotted, seconds), _ = drawn
         phases.overlapped("plots", seconds)
     if plotted:
         tracked.log_artifact(plots, "plots")
     phases.overlapped("mlflow_setup", opening.seconds)
-    if handed_off is not None:
-        phases.overlapped("end", time.perf_counter() - handed_off.at)
     tracked.log_metrics(phases.metrics(), step=epochs)
     return plotted

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState,
 from nnexp.errors import Interrupted
 from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
 from nnexp.job import checkpoint
-from nnexp.job.background import Workers, job_ends
+from nnexp.job.background import Workers
 from nnexp.job.build import Experiment, Objective, configure, prepare, run_params
 from nnexp.job.callbacks import (
     MetricLogger,
@@ -36,12 +35,10 @@ from nnexp.job.callbacks import (
 from nnexp.job.phases import Phases
 from nnexp.job.progress import Progress
 from nnexp.job.record import (
-    HandOff,
     draw_plots,
     finish_run,
     job_choices,
     keep_model,
-    log_failed_job,
     log_model_files,
     record_failed_job,
     run_config_yaml,
@@ -50,7 +47,7 @@ from nnexp.job.record import (
     run_tags,
     start_plotter,
 )
-from nnexp.tracking.opening import OpeningRun, ending, finish_then_end
+from nnexp.tracking.opening import OpeningRun, ending
 from nnexp.tracking.store import RunCreationError, check_parent, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
@@ -115,13 +112,12 @@ def run(cfg: DictConfig) -> float:
     note_run_opened(output_dir, resolve_uri(cfg.tracking.uri, project_dir))
     opening.open(open_job_run)
     workers = Workers()
-    job_left = threading.Event()
     try:
         with (
             stops,  # around the run's end too: a stop while it is closed would leave it RUNNING
             workers,  # inside stops, whose handler takes a further stop while the threads finish their work
             phases("mlflow_logging"),  # whatever the block does outside the phases below: MLflow's requests
-            ending(opening) as run_end,
+            ending(opening),
         ):
             if resumed is None:
                 opening.log_params(run_params(cfg))
@@ -154,21 +150,11 @@ def run(cfg: DictConfig) -> float:
                 finally:
                     kept.discard()
             run_id = tracked.run_id
-            finish = functools.partial(finish_run, tracked, drawing, phases, output_dir / "plots", epochs, opening)
-            if job_ends.enabled and stops.request is None:  # the next job starts while this one's plots are drawn
-                workers.hand_over()
-                failed = functools.partial(log_failed_job, hydra.job.num)
-                finish.keywords["handed_off"] = HandOff(time.perf_counter(), job_left)
-                job_ends.hand_off(functools.partial(finish_then_end, tracked, finish, failed), f"nnexp-end-{label}")
-                run_end.handed_off = plotted = True
-            else:
-                plotted = finish()
+            plotted = finish_run(tracked, drawing, phases, output_dir / "plots", epochs, opening)
     except BaseException as exc:
         if opening.failed:
             discard_unstarted(cfg, label, project_dir, output_dir, exc)
         raise
-    finally:
-        job_left.set()
 
     # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
     restored = early_stopping is not None and bool(early_stopping.best_weights)

@@ -37,7 +37,6 @@ from nnexp.folders import (
     note_run_opened,
     use_sweep_folder,
 )
-from nnexp.job.background import job_ends
 from nnexp.presets import check_command_line_options, where_hydra_set
 
 if TYPE_CHECKING:
@@ -86,8 +85,6 @@ class SweepCallback(Callback):
             pass_stops_to_jobs(_open.directory)
             start_workers_deaf_to_ctrl_c()
             quiet_resource_tracker()
-        if choices.get("hydra/launcher") == "basic":  # the jobs run here, and end before the summary
-            job_ends.enabled = True
         if choices.get("hydra/sweeper") == "basic" and choices.get("hydra/launcher") == "basic":
             from hydra.core.global_hydra import GlobalHydra
 
@@ -164,9 +161,6 @@ class Sweep:
         """Summarise the children on the parent and end it; returns what went wrong, if any job failed."""
         self.undo_composing()
         try:
-            stop = end_jobs()
-            if stop is not None:
-                raise stop
             finished, failed = self.summarise()
         except Exception as exc:
             self.parent.end("FAILED", f"sweep summary failed: {exc}")
@@ -196,7 +190,6 @@ class Sweep:
         it records. A sweep that stopped before any job (a bad override Hydra found while expanding it) leaves
         nothing behind."""
         self.undo_composing()
-        end_jobs()  # stopping already
         interrupted = isinstance(exc, KeyboardInterrupt)
         reason = self.stop_reason(exc)
         (self.directory / STOP_MARKER).unlink(missing_ok=True)
@@ -707,13 +700,6 @@ _stop: tuple[str, int] | None = None
 _open: Sweep | None = None
 #: What went wrong in the sweep that ended last, for the exit status; see :func:`failure`.
 _failure: str | None = None
-
-
-def end_jobs() -> KeyboardInterrupt | None:
-    """Wait until the runs of the jobs that handed off their ends have ended; the stop that came meanwhile."""
-    stop = job_ends.wait()
-    job_ends.enabled = False
-    return stop
 
 
 def abandon(exc: BaseException) -> str | None:

@@ -136,38 +136,13 @@ class OpeningRun:
         self._call("log_artifact", path, artifact_path)
 
 
-class RunEnd:
-    """Who ends the job's run: :func:`ending`, when its block ends, unless the job handed the end to a thread."""
-
-    def __init__(self) -> None:
-        self.handed_off = False
-
-
 @contextlib.contextmanager
-def ending(opening: OpeningRun) -> Iterator[RunEnd]:
-    """The run ends as :meth:`Tracker.start_run`'s does, once it is open, unless the block hands its end off (see
-    :func:`finish_then_end`); if opening it failed, that error is the job's, whatever stopped the job meanwhile."""
-    end = RunEnd()
+def ending(opening: OpeningRun) -> Iterator[None]:
+    """The run ends as :meth:`Tracker.start_run`'s does, once it is open; if opening it failed, that error is the
+    job's, whatever stopped the job meanwhile."""
     try:
-        yield end
+        yield
     except BaseException as exc:
-        if not end.handed_off:
-            end_after(opening.wait(), exc)
+        end_after(opening.wait(), exc)
         raise
-    if not end.handed_off:
-        opening.wait().end("FINISHED")
-
-
-def finish_then_end(run: TrackedRun, finish: Callable[[], object], failed: Callable[[BaseException], None]) -> None:
-    """A job's end in a thread of its own: ``finish`` (the plots awaited and logged), then the run FINISHED; what
-    stops either ends the run as :func:`ending` would and goes to ``failed``, since no caller is left to raise it
-    to."""
-    try:
-        try:
-            finish()
-        except BaseException as exc:
-            end_after(run, exc)
-            raise
-        run.end("FINISHED")
-    except BaseException as exc:
-        failed(exc)
+    opening.wait().end("FINISHED")
