@@ -1,1 +1,0 @@
-/dev/fd/3: line 72: nnexp: command not found
