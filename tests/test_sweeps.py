@@ -663,14 +663,7 @@ def test_compare_without_a_store_says_so(project):
 
 
 def compare(project, *arguments):
-    return subprocess.run(
-        [sys.executable, "-m", "nnexp", "compare", *arguments],
-        cwd=project.root,
-        env=project.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return project.run("compare", *arguments, timeout=120)
 
 
 def open_parent(project):

@@ -11,7 +11,6 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -24,9 +23,6 @@ from nnexp.folders import (
     normalised_folders,
     note_showing_only,
 )
-
-if TYPE_CHECKING:
-    pass
 
 #: Sub-commands that are not Hydra runs, and the module whose ``main(argv) -> int`` runs each.
 COMMANDS = {
@@ -263,10 +259,11 @@ def task(cfg: DictConfig) -> float:
 
 def job(cfg: DictConfig) -> float:
     """Run ``cfg``; a user error ends a single run in one line, and a sweep's job with its worst value."""
+    import logging
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nnexp.job.record import log_failed_job
     from nnexp.job.run import run
 
     hydra = HydraConfig.get()
@@ -278,7 +275,9 @@ def job(cfg: DictConfig) -> float:
             if message is not None:
                 fail(message)  # re-raised, Hydra would print a second line naming the overrides
             raise
-        log_failed_job(hydra.job.num, exc)
+        logging.getLogger("nnexp").error(
+            "error: job %s failed: %s", hydra.job.num, exc, exc_info=not isinstance(exc, NnexpError)
+        )
         return worst(cfg)
 
 

@@ -37,11 +37,12 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not end:
         raise DataError(f"{path}: empty file, expected lines of label,pixel_1,...,pixel_{N_PIXELS}")
     first_newline = raw.find(b"\n", 0, end)
+    first_end = first_newline if first_newline >= 0 else end
     # Checked before it is split: a first line of a hundred million cells would take gigabytes. A header is bounded
     # as a row is, or one of megabytes would be skipped unread.
-    if (first_newline if first_newline >= 0 else end) > BLOCK_BYTES:
+    if first_end > BLOCK_BYTES:
         raise _long_line(path, 1)
-    first_row = raw[: first_newline if first_newline >= 0 else end].decode("utf-8", "replace").split(",")
+    first_row = raw[:first_end].decode("utf-8", "replace").split(",")
     header_lines = 1 if is_header(path, 1, first_row) else 0
     if header_lines and first_newline < 0:
         raise DataError(f"{path}: a header line and no data rows")

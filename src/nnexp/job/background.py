@@ -68,4 +68,3 @@ class Workers:
                 except KeyboardInterrupt as exc:
                     stop = exc
         return stop
-

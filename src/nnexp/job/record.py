@@ -7,7 +7,6 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +31,7 @@ from nnexp.datasets.base import Dataset
 from nnexp.errors import NnexpError
 from nnexp.folders import describe_os_error
 from nnexp.job.build import Experiment, run_params
-from nnexp.job.phases import Phases
 from nnexp.job.sweep import PARENT_OVERRIDE, short_keys
-from nnexp.tracking.opening import OpeningRun
 from nnexp.tracking.store import check_parent, git_state, resolve_uri
 from nnexp.tracking.tracked_run import TrackedRun, Tracker
 
@@ -102,11 +99,6 @@ def record_failed_job(cfg: DictConfig, label: str, project_dir: Path, exc: Excep
         tracker.record_failure(label, tags, reason, run_params(cfg))
     except NnexpError as store_error:
         log.warning("could not record the failed job in MLflow: %s", store_error)
-
-
-def log_failed_job(job: int, exc: BaseException) -> None:
-    """Say that a sweep's job failed: in one line for nnexp's own errors, with the traceback for anything else."""
-    log.error("error: job %s failed: %s", job, exc, exc_info=not isinstance(exc, NnexpError))
 
 
 def job_tags() -> dict[str, Any]:
@@ -304,25 +296,3 @@ def draw_plots(plotter: Plotter | None, plots: RunPlots) -> tuple[bool, float]:
             log.warning("warning: plots not written: %s", exc)
     return plots.folder.is_dir() and any(plots.folder.iterdir()), seconds
 
-
-def finish_run(
-    tracked: TrackedRun,
-    drawing: Future[tuple[tuple[bool, float], float]] | None,
-    phases: Phases,
-    plots: Path,
-    epochs: int,
-    opening: OpeningRun,
-) -> bool:
-    """The run's last records: its plots once ``drawing`` is done, and where its time went; whether any plot was
-    written. Drawings started before a stop was asked for are finished and logged."""
-    plotted = False
-    with phases("plots"):
-        drawn = drawing.result() if drawing is not None else None
-    if drawn is not None:
-        (plotted, seconds), _ = drawn
-        phases.overlapped("plots", seconds)
-    if plotted:
-        tracked.log_artifact(plots, "plots")
-    phases.overlapped("mlflow_setup", opening.seconds)
-    tracked.log_metrics(phases.metrics(), step=epochs)
-    return plotted

@@ -36,7 +36,6 @@ from nnexp.job.phases import Phases
 from nnexp.job.progress import Progress
 from nnexp.job.record import (
     draw_plots,
-    finish_run,
     job_choices,
     keep_model,
     log_model_files,
@@ -149,8 +148,17 @@ def run(cfg: DictConfig) -> float:
                     log_saved_model(tracked, kept.model_dir, epochs, kept=not kept.temporary)
                 finally:
                     kept.discard()
+            plotted = False
+            with phases("plots"):  # drawings started before a stop was asked for are finished and logged
+                if drawing is not None:
+                    (plotted, drawn), _ = drawing.result()
+            if drawing is not None:
+                phases.overlapped("plots", drawn)
+            if plotted:
+                tracked.log_artifact(output_dir / "plots", "plots")
             run_id = tracked.run_id
-            plotted = finish_run(tracked, drawing, phases, output_dir / "plots", epochs, opening)
+            phases.overlapped("mlflow_setup", opening.seconds)
+            tracked.log_metrics(phases.metrics(), step=epochs)
     except BaseException as exc:
         if opening.failed:
             discard_unstarted(cfg, label, project_dir, output_dir, exc)

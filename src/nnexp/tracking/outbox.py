@@ -119,10 +119,9 @@ def sync(folder: Path, uri: str | None = None) -> str:
         end(run, "KILLED", path, reason)
         raise DataError(f"{reason}; sent {counts} to {store} and closed run {run.run_id} KILLED{remove(path)}")
     failed, stored_reason = outbox["status"] != "FINISHED", found.data.tags.get("failure_reason")
-    if failed and "failure_reason" not in outbox["tags"] and stored_reason is None:
-        # A run closed KILLED or FAILED says why; an outbox that does not leaves what its status tells.
-        run._tags["failure_reason"] = liveness.REASON
-    end(run, outbox["status"], path)
+    # A run closed KILLED or FAILED says why; an outbox that does not leaves what its status tells.
+    told = "failure_reason" in outbox["tags"] or stored_reason is not None
+    end(run, outbox["status"], path, liveness.REASON if failed and not told else None)
     if not failed and stored_reason == liveness.REASON and "failure_reason" not in outbox["tags"]:
         # The run finished after all, and its outbox says so: the reap's guess is no longer its record.
         client.delete_tag(run.run_id, "failure_reason")
