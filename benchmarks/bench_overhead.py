@@ -42,7 +42,8 @@ SWEEP = ("-m", "seed=" + ",".join(str(seed) for seed in range(1, SWEEP_JOBS + 1)
 PHASES = {
     "setup": "setup (config checks, tags, git state)",
     "mlflow_setup": "MLflow: import, open the store",
-    "data": "data: load, encode, digest",
+    "data": "data: load, check, encode",
+    "data_digest": "data: digest (SHA-256)",
     "training": "training",
     "evaluation": "evaluation on the test split",
     "checkpoints": "checkpoints",
@@ -54,7 +55,7 @@ PHASES = {
 OVERHEAD = ("mlflow_setup", "mlflow_logging", "checkpoints", "plots", "model")
 #: The phases whose work runs in a thread, overlapping others: they also record ``system/<phase>_hidden_seconds``,
 #: the part of their work the run did not wait for (already counted in other phases).
-OVERLAPPED = ("mlflow_setup", "plots")
+OVERLAPPED = ("data_digest", "mlflow_setup", "plots")
 QUICK_COMMANDS = {
     "--help": ("--help",),
     "dataset=mnist_idx --help": ("dataset=mnist_idx", "--help"),

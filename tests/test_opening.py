@@ -123,7 +123,8 @@ def test_overlapped_phase_records_its_work_and_the_part_nobody_waited_for():
 
 
 #: What the default run (3 epochs) recorded before its MLflow setup and plots overlapped other work (tag values
-#: and the run's own ids aside), plus the two ``*_hidden_seconds`` metrics that say how much was overlapped.
+#: and the run's own ids aside), plus the ``*_hidden_seconds`` metrics that say how much was overlapped, and the
+#: data digest's own phase (its seconds were part of ``system/data_seconds`` before).
 EXPECTED_TAGS = {
     "blas_threads", "dataset", "dataset_digest", "engine", "loss", "model", "nnexp.heartbeat", "nnexp.host",
     "nnexp.pid", "nnexp.pid_space", "nnexp.pid_started", "nnexp_version", "objective", "objective_direction",
@@ -147,6 +148,7 @@ EXPECTED_STEPS = {
     "system/evaluation_seconds": [3], "system/mlflow_logging_seconds": [3], "system/mlflow_setup_seconds": [3],
     "system/model_seconds": [3], "system/plots_seconds": [3], "system/run_seconds": [3], "system/setup_seconds": [3],
     "system/training_seconds": [3], "system/mlflow_setup_hidden_seconds": [3], "system/plots_hidden_seconds": [3],
+    "system/data_digest_seconds": [3], "system/data_digest_hidden_seconds": [3],
 }  # fmt: skip
 EXPECTED_ARTIFACTS = {
     "checkpoint/checkpoint-e000003-b00000000.npz", "checkpoint/checkpoint.json", "config.yaml",

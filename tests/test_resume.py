@@ -315,3 +315,40 @@ def test_a_run_whose_folder_was_moved_resumes_in_its_new_folder(project):
     assert finished.info.status == "FINISHED"
     assert finished.data.tags["output_dir"] == str(moved.resolve())
     assert checkpoint.load(moved / "checkpoints").manifest["output_dir"] == str(moved.resolve())
+
+
+DRIFTING_DATA = """
+from pathlib import Path
+
+import numpy as np
+
+from nnexp import DATASETS, Dataset, Splits
+
+
+@DATASETS.register("drifting")
+class Drifting(Dataset):
+    def load(self, rng):
+        x = rng.normal(size=(20000, 2)) + float(Path("drift.txt").read_text())
+        y = (x[:, 0] > x[:, 1]).astype(np.int64)
+        return Splits(x[:16000], y[:16000], x[16000:], y[16000:], n_classes=2)
+"""
+
+
+def test_a_resume_on_other_data_is_refused_in_one_line_and_leaves_the_run_and_its_checkpoint_as_they_were(project):
+    """The digest is hashed in a thread while training starts; the run's reopening waits for it and refuses."""
+    (project.root / "plugins" / "drifting.py").write_text(DRIFTING_DATA)
+    (project.root / "drift.txt").write_text("0.0")
+    process, _ = interrupt(project, signal.SIGTERM, ("dataset=drifting", *RUN[:4], "checkpoint.every=1"))
+    assert process.returncode == 143
+    [killed] = project.runs()
+    folder = project.root / killed.data.tags["output_dir"] / "checkpoints"
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    (project.root / "drift.txt").write_text("0.5")
+    resumed = project.run(f"resume={killed.info.run_id}")
+    assert resumed.returncode == 1
+    assert resumed.stderr.count("\n") == 1 and resumed.stderr.startswith(
+        f"error: run {killed.info.run_id} trained on other data than it is given now (dataset_digest "
+    )
+    [after] = project.runs()
+    assert (after.info.status, after.data.tags["dataset_digest"]) == ("KILLED", killed.data.tags["dataset_digest"])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

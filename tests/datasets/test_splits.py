@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnexp.datasets.base import Dataset, Splits, checked_splits
+from nnexp.datasets.base import Dataset, Splits, check_finite, checked_splits, finite_at_a_glance
 from nnexp.datasets.quadrants import Quadrants
 from nnexp.errors import DataError
 
@@ -78,3 +78,22 @@ def test_features_float32_cannot_hold_are_fine_in_a_float64_run():
     huge = splits(x_train=np.full((4, 2), 1e300), x_test=np.full((4, 2), np.finfo(np.float32).max))
     assert checked_splits(Quadrants(), huge, np.float64) is huge
     checked_splits(Quadrants(), splits(x_test=np.full((4, 2), np.finfo(np.float32).max)), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("x", "dtype", "finite"),
+    [
+        (np.array([[0.5, 1.0]], np.float32), np.float32, True),
+        (np.array([[0.5, np.nan]], np.float32), np.float32, False),
+        (np.array([[np.inf, -np.inf]]), np.float64, False),
+        (np.array([[3e38, 3e38]], np.float32), np.float32, False),  # the sum overflows: the glance cannot tell
+        (np.array([[1e300, 1.0]]), np.float32, False),  # finite, but not once cast to float32
+        (np.array([[1e30, -1.0]]), np.float32, True),
+    ],
+)
+def test_a_glance_at_the_data_vouches_only_for_values_finite_in_the_runs_dtype(x, dtype, finite):
+    assert finite_at_a_glance(x, dtype) is finite
+
+
+def test_finite_values_whose_sum_overflows_are_still_accepted():
+    check_finite("train", np.full((4, 2), 3e38, np.float32), np.float32)

@@ -1,5 +1,5 @@
 """Work a job hands to threads so that it overlaps other work: the wait for the plotting process while the model
-is saved and logged."""
+is saved and logged, the data's digest while training starts."""
 
 from __future__ import annotations
 
@@ -28,24 +28,9 @@ class Workers:
     def start(self, work: Callable[[], T], name: str) -> Future[tuple[T, float]]:
         """Start ``work`` in a thread; the future holds what it returned and the wall seconds it took, or what it
         raised."""
-        future: Future[tuple[T, float]] = Future()
         done = threading.Event()
-
-        def run() -> None:
-            started = time.perf_counter()
-            try:
-                result = work()
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result((result, time.perf_counter() - started))
-            finally:
-                done.set()
-
-        future.set_running_or_notify_cancel()
         self._done.append(done)
-        threading.Thread(target=run, name=name).start()
-        return future
+        return in_thread(work, name, done)
 
     def __enter__(self) -> Workers:
         return self
@@ -68,3 +53,25 @@ class Workers:
                 except KeyboardInterrupt as exc:
                     stop = exc
         return stop
+
+
+def in_thread(work: Callable[[], T], name: str, done: threading.Event | None = None) -> Future[tuple[T, float]]:
+    """Start ``work`` in a thread; the future holds what it returned and the wall seconds it took, or what it
+    raised. Without a ``done`` event to set at the end, nobody waits for it: a daemon, for work without effects."""
+    future: Future[tuple[T, float]] = Future()
+
+    def run() -> None:
+        started = time.perf_counter()
+        try:
+            result = work()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result((result, time.perf_counter() - started))
+        finally:
+            if done is not None:
+                done.set()
+
+    future.set_running_or_notify_cancel()
+    threading.Thread(target=run, name=name, daemon=done is None).start()
+    return future
