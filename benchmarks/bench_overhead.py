@@ -1,6 +1,7 @@
 """Where a run's wall time goes, and its peak memory: start-up, data, training, MLflow, plots, model, checkpoints.
 
 Usage: python benchmarks/bench_overhead.py [MNIST_DIR] [--repeat N] [--runs N] [--sweeps N] [--sweep-only]
+                                           [--launcher basic|joblib]
 Runs the real CLI in a scratch project with its own MLflow store: the default run (two moons) and the Keras MNIST
 preset (``experiment=mnist_keras_mlp``, 5 epochs) on MNIST_DIR, alternating, ``--repeat`` times each after one
 untimed run of each (which creates the store and warms the disk cache). Each run records the wall seconds of its
@@ -10,7 +11,8 @@ is start-up (until the run begins: its end time minus ``system/run_seconds``) an
 logged them). Peak resident memory is the child's own (``wait4``). Also times ``--help`` and two config
 errors ``--runs`` times each, and ``--sweeps`` times a 12-job basic-launcher sweep of default 50-epoch runs
 (``-m seed=1,...,12``): its wall time minus the sum of its jobs' training, per job, and each job's phases read from
-its child run; ``--sweep-only`` times the sweep alone. Prints a Markdown section. MNIST_DIR defaults to
+its child run; ``--sweep-only`` times the sweep alone, and ``--launcher joblib`` runs it on Hydra's joblib launcher
+(two worker processes, which each import what the jobs need once). Prints a Markdown section. MNIST_DIR defaults to
 /work/shared/data/mnist or nnexp's MNIST cache, whichever exists; without either the MNIST rows are skipped. Not
 part of CI.
 """
@@ -38,6 +40,8 @@ RUN_ID = re.compile(r"; run ([0-9a-f]{32});")
 SWEEP_ID = re.compile(r"^sweep ([0-9a-f]{32}):", re.MULTILINE)
 SWEEP_JOBS = 12
 SWEEP = ("-m", "seed=" + ",".join(str(seed) for seed in range(1, SWEEP_JOBS + 1)), "trainer.epochs=50")
+#: What each launcher adds to :data:`SWEEP`.
+LAUNCHERS = {"basic": (), "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")}
 #: The phases a run records (``system/<name>_seconds``), in the order they happen, with how the table names them.
 PHASES = {
     "setup": "setup (config checks, tags, git state)",
@@ -185,11 +189,11 @@ class SweepRun:
         return (self.wall - sum(job.phases.get("run", 0.0) for job in self.jobs)) / len(self.jobs)
 
 
-def time_sweep(project: Path, store: str) -> SweepRun:
-    """Run the :data:`SWEEP` in ``project`` and read its children's phases back from ``store``."""
+def time_sweep(project: Path, store: str, launcher: str) -> SweepRun:
+    """Run the :data:`SWEEP` on ``launcher`` in ``project`` and read its children's phases back from ``store``."""
     from mlflow import MlflowClient
 
-    command, stdout = nnexp(SWEEP, project)
+    command, stdout = nnexp((*SWEEP, *LAUNCHERS[launcher]), project)
     found = SWEEP_ID.search(stdout)
     if found is None:
         raise SystemExit(f"no sweep id in the command's output:\n{stdout[-2000:]}")
@@ -208,7 +212,7 @@ def time_sweep(project: Path, store: str) -> SweepRun:
     return SweepRun(command.wall, command.others, command.cpu, jobs)
 
 
-def sweep_table(sweeps: list[SweepRun]) -> list[str]:
+def sweep_table(sweeps: list[SweepRun], launcher: str) -> list[str]:
     """The Markdown lines of the sweep's measures, and its jobs' phases (medians over every job of every sweep)."""
     jobs = [job for sweep in sweeps for job in sweep.jobs]
     rows = [
@@ -219,8 +223,9 @@ def sweep_table(sweeps: list[SweepRun]) -> list[str]:
          [sweep.outside_jobs_per_job for sweep in sweeps]),
         ("CPU of the whole command (user + system), per job", [sweep.cpu / len(sweep.jobs) for sweep in sweeps]),
     ]
+    command = " ".join((*SWEEP, *LAUNCHERS[launcher]))
     lines = [
-        f"**A {SWEEP_JOBS}-job basic-launcher sweep** (`python -m nnexp {' '.join(SWEEP)}`, {len(sweeps)} sweeps)",
+        f"**A {SWEEP_JOBS}-job {launcher}-launcher sweep** (`python -m nnexp {command}`, {len(sweeps)} sweeps)",
         "",
         "| measure | median s | min s | max s |",
         "|---|---|---|---|",
@@ -305,6 +310,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timings of --help and of each config error (default: 5)")
     parser.add_argument("--sweeps", type=int, default=3, help=f"timed {SWEEP_JOBS}-job sweeps (default: 3)")
     parser.add_argument("--sweep-only", action="store_true", help="time the sweep alone (after one untimed run)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="basic", help="the sweep's launcher (default: basic)")
     args = parser.parse_args()
     mnist = None if args.sweep_only else args.mnist_dir or default_mnist()
     configurations = {"default run (two moons, 50 epochs)": ()}
@@ -333,13 +339,13 @@ def main() -> None:
                 print(f"{name}: {run.wall:.1f} s, {run.peak_mb:.0f} MB", file=sys.stderr, flush=True)
         sweeps = []
         for _ in range(args.sweeps):
-            sweeps.append(time_sweep(project, store))
+            sweeps.append(time_sweep(project, store, args.launcher))
             print(f"sweep: {sweeps[-1].wall:.1f} s, {sweeps[-1].overhead_per_job:.2f} s per job outside training",
                   file=sys.stderr, flush=True)
     for name in names if not args.sweep_only else ():
         lines += [*phase_table(name, runs[name]), ""]
     if sweeps:
-        lines += [*sweep_table(sweeps), ""]
+        lines += [*sweep_table(sweeps, args.launcher), ""]
     if mnist is None and not args.sweep_only:
         lines.append(
             "MNIST rows skipped: no MNIST_DIR given, and neither /work/shared/data/mnist nor nnexp's cache exists."

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -79,21 +80,29 @@ def merge_problem(path: Path, config_path: str, exc: BaseException | None) -> st
     return described or (str(exc).splitlines() or ["cannot be composed"])[0]
 
 
+def yaml_events(path: Path) -> Iterator[Any]:
+    """The YAML parser's events for ``path``, read without building anything; they end early, without an error,
+    where the file cannot be read or stops being YAML (composing it names that)."""
+    import yaml
+
+    try:
+        with path.open(encoding="utf-8") as file:
+            yield from yaml.parse(file)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+
+
 def preset_depth(path: Path) -> int:
-    """How deeply the YAML in ``path`` nests lists and mappings, read without recursion; 0 if it is not YAML."""
+    """How deeply the YAML in ``path`` nests lists and mappings, read without recursion."""
     import yaml
 
     depth = deepest = 0
-    try:
-        with path.open(encoding="utf-8") as file:
-            for event in yaml.parse(file):
-                if isinstance(event, yaml.CollectionStartEvent):
-                    depth += 1
-                    deepest = max(deepest, depth)
-                elif isinstance(event, yaml.CollectionEndEvent):
-                    depth -= 1
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return 0
+    for event in yaml_events(path):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
     return deepest
 
 
@@ -376,40 +385,36 @@ def check_preset_aliases(config_dir: Path | None, limit: int = MAX_ALIASED_VALUE
 def aliased_too_much(path: Path, limit: int = MAX_ALIASED_VALUES) -> str | None:
     """What is wrong when the YAML at ``path`` copies more than ``limit`` values through its aliases, counted from
     its parser's events so that nothing is expanded; ``None`` otherwise, and for a file that is not YAML, whose error
-    composing names."""
+    composing names (its events end where it stops being YAML)."""
     import yaml
 
     sizes: dict[str, int] = {}  # the values of each anchored node, its own aliases' copies counted
     open_nodes: list[tuple[str | None, int]] = [(None, 0)]  # the anchor and values so far of each open collection
     copied = 0
-    try:
-        with path.open(encoding="utf-8") as file:
-            for event in yaml.parse(file):
-                anchor = getattr(event, "anchor", None)
-                if isinstance(event, yaml.CollectionStartEvent):
-                    open_nodes.append((anchor, 0))
-                    continue
-                if isinstance(event, yaml.AliasEvent):
-                    size, anchor = sizes.get(event.anchor, 1), None
-                    copied += size
-                    if copied > limit:
-                        return (
-                            f"line {event.start_mark.line + 1}: its YAML aliases (here *{event.anchor}) copy more "
-                            f"than {limit} values, which composing would build one by one; write the values out"
-                        )
-                elif isinstance(event, yaml.ScalarEvent):
-                    size = 1
-                elif isinstance(event, yaml.CollectionEndEvent):
-                    anchor, inner = open_nodes.pop()
-                    size = inner + 1
-                else:
-                    continue
-                if anchor is not None:
-                    sizes[anchor] = size
-                outer, values = open_nodes[-1]
-                open_nodes[-1] = (outer, values + size)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
+    for event in yaml_events(path):
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append((anchor, 0))
+            continue
+        if isinstance(event, yaml.AliasEvent):
+            size, anchor = sizes.get(event.anchor, 1), None
+            copied += size
+            if copied > limit:
+                return (
+                    f"line {event.start_mark.line + 1}: its YAML aliases (here *{event.anchor}) copy more "
+                    f"than {limit} values, which composing would build one by one; write the values out"
+                )
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, inner = open_nodes.pop()
+            size = inner + 1
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        outer, values = open_nodes[-1]
+        open_nodes[-1] = (outer, values + size)
     return None
 
 

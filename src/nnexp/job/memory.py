@@ -17,6 +17,7 @@ from nnexp.core.training import EVALUATION_BATCH
 from nnexp.datasets.base import DATASETS, Splits, checked_splits
 from nnexp.errors import NnexpError, OutOfMemoryError, PluginError, format_bytes
 from nnexp.models.base import MODELS, Footprint, Model
+from nnexp.schema import shown
 
 MEMINFO = Path("/proc/meminfo")
 SELF_CGROUP = Path("/proc/self/cgroup")
@@ -25,8 +26,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 2**60
 #: What to reduce when a run ran out of memory somewhere its network and batches are the likely cause.
 ADVICE = "use a smaller model or trainer.batch_size, or free memory"
-#: The most characters of a plugin's wrong result an error quotes.
-SHOWN_RESULT = 80
 
 
 def available_bytes() -> int | None:
@@ -116,11 +115,9 @@ def checked_footprint(model: Model, footprint: object) -> Footprint | None:
         and all(is_size(size) for size in (footprint.parameters, footprint.values_per_row))
     ):
         return footprint
-    shown = repr(footprint)
-    shown = shown if len(shown) <= SHOWN_RESULT else f"{shown[: SHOWN_RESULT - 3]}..."
     raise PluginError(
-        f"{MODELS.label(type(model))} footprint() returned {shown}; expected None or a Footprint of finite sizes >= 0 "
-        "and the name of the setting that sizes the model"
+        f"{MODELS.label(type(model))} footprint() returned {shown(footprint)}; expected None or a Footprint of finite "
+        "sizes >= 0 and the name of the setting that sizes the model"
     )
 
 
