@@ -713,6 +713,17 @@ def test_unreachable_tracking_server_fails_before_training(project):
     assert result.stderr.count("\n") == 1 and project.job_dirs() == []
 
 
+def test_a_database_store_that_refuses_connections_fails_in_one_line_before_training(project):
+    pytest.importorskip("psycopg")  # the driver SQLAlchemy 2.1 loads for postgresql://
+    with socket.socket() as held:  # bound, not listening: connections to it are refused (MLflow retried for 100 s)
+        held.bind(("127.0.0.1", 0))
+        uri = f"postgresql://u@127.0.0.1:{held.getsockname()[1]}/db"
+        result = project.run(f"tracking.uri={uri}", "trainer.epochs=1", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: tracking store {uri} cannot be used: connection failed: "), result.stderr
+    assert result.stderr.count("\n") == 1 and project.job_dirs() == []
+
+
 def test_data_command_without_network_fails_fast_in_one_line(project):
     with socket.socket() as probe:  # a port on this machine that nothing listens on
         probe.bind(("127.0.0.1", 0))

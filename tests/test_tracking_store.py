@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import sqlite3
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -404,3 +407,41 @@ def test_a_store_with_runs_whose_migration_was_cut_short_is_to_be_restored(tmp_p
         f"already exists); it holds 2 runs: restore {database} from a backup"
     )
     assert str(unusable_store(f"sqlite:///{tmp_path / 'none.db'}", cut)).endswith("cannot be used: " + str(cut))
+
+
+@pytest.fixture
+def held_port() -> Iterator[socket.socket]:
+    """A port of this machine held by a socket that does not listen (yet): a connection to it is refused."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held
+
+
+def test_a_database_server_that_refuses_connections_is_one_line_at_once(held_port):
+    pytest.importorskip("psycopg")  # the driver SQLAlchemy 2.1 loads for postgresql://
+    uri = f"postgresql://u@127.0.0.1:{held_port.getsockname()[1]}/db"
+    with pytest.raises(ConfigError, match=r"cannot be used: connection failed: .*Connection refused$") as caught:
+        check_store(uri)
+    assert str(caught.value).startswith(f"tracking store {uri} cannot be used: ")
+
+
+def test_a_database_server_that_never_answers_is_given_up_after_the_timeout(held_port):
+    pytest.importorskip("psycopg")
+    held_port.listen()  # the kernel accepts the connection, and nothing ever answers on it
+    uri = f"postgresql://u@127.0.0.1:{held_port.getsockname()[1]}/db"
+    with pytest.raises(ConfigError, match=r"cannot be used: connection timeout expired$"):
+        check_store(uri, timeout=1)
+
+
+def test_a_database_driver_that_is_not_installed_is_one_line_saying_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # as if it were not installed, wherever it is
+    uri = "postgresql+psycopg2://u@127.0.0.1:1/db"
+    with pytest.raises(ConfigError) as caught:
+        check_store(uri)
+    assert str(caught.value) == (
+        f"tracking store {uri} cannot be used: its database driver psycopg2 is not installed (import of psycopg2 "
+        "halted; None in sys.modules); install it into nnexp's Python environment, or name an installed one in the "
+        "URI: postgresql+DRIVER://..."
+    )
+    with pytest.raises(ConfigError, match=r"cannot be used: Can't load plugin: sqlalchemy\.dialects:postgresql\.nodri"):
+        check_store("postgresql+nodriver://u@127.0.0.1:1/db")

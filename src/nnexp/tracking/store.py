@@ -1,8 +1,8 @@
 """MLflow tracking: where runs are stored, how they are recorded in batches, and how they always end.
 
-Over 350 lines (about 390): every check of a store's URI and file (no scheme, in-memory, URI options, a folder,
-a FIFO or device, a file that is no SQLite database, a server that does not answer) sits with the others, so that
-each command that opens a store refuses the same things in the same words.
+Over 350 lines (about 460): every check of a store's URI and file (no scheme, in-memory, URI options, a folder,
+a FIFO or device, a file that is no SQLite database, a server or database that does not answer) sits with the
+others, so that each command that opens a store refuses the same things in the same words.
 """
 
 from __future__ import annotations
@@ -211,6 +211,8 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             raise ConfigError(
                 f"tracking store {uri}: {artifacts} is a file, where the store keeps its runs' artifacts; move it"
             )
+    if scheme.partition("+")[0] in SERVER_DATABASES:
+        check_database(uri, timeout)
     if scheme not in ("http", "https"):
         return
     try:
@@ -223,6 +225,40 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"tracking server {uri} is unreachable: {reason}") from None
+
+
+#: MLflow's database stores other than SQLite: a server that MLflow, when it cannot connect, retries for 100 s.
+SERVER_DATABASES = ("postgresql", "mysql", "mssql")
+#: The connect-timeout argument of the drivers that do not call it ``connect_timeout``, as libpq and MySQL do.
+TIMEOUT_ARGUMENTS = {"pg8000": "timeout", "pyodbc": "timeout", "pymssql": "login_timeout"}
+
+
+def check_database(uri: str, timeout: float) -> None:
+    """Connect once to the database server of ``uri``, giving up after ``timeout`` seconds, and say why it failed:
+    MLflow's own engine retries a refused connection ten times, for 100 s, before it says anything."""
+    import sqlalchemy
+
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+        argument = TIMEOUT_ARGUMENTS.get(url.get_dialect().driver, "connect_timeout")
+        engine = sqlalchemy.create_engine(
+            url, poolclass=sqlalchemy.pool.NullPool, connect_args={argument: max(1, round(timeout))}
+        )
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracking store {uri} cannot be used: its database driver {exc.name} is not installed ({exc}); install "
+            "it into nnexp's Python environment, or name an installed one in the URI: "
+            f"{url.get_backend_name()}+DRIVER://..."
+        ) from None
+    except sqlalchemy.exc.ArgumentError as exc:  # an unknown driver: "Can't load plugin: ..."
+        raise unusable_store(uri, exc) from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise unusable_store(uri, exc) from None
+    finally:
+        engine.dispose()
 
 
 def quiet_mlflow() -> None:
