@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import re
 import socket
 import struct
 import threading
@@ -231,9 +232,9 @@ def test_a_mirror_that_is_no_url_is_named_with_the_reason(tmp_path, capsys, url,
 
 
 @contextlib.contextmanager
-def answering(status: int, headers: dict[str, str], body: bytes = b"") -> Iterator[str]:
+def answering(status: int, headers: dict[str, str], body: bytes = b"", pause: float = 0.0) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 answering every GET with ``status``, ``headers`` (where ``{path}`` stands for the
-    path asked for) and ``body``; yields its URL."""
+    path asked for) and ``body``, byte by byte ``pause`` seconds apart if ``pause``; yields its URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -241,7 +242,10 @@ def answering(status: int, headers: dict[str, str], body: bytes = b"") -> Iterat
             for key, value in headers.items():
                 self.send_header(key, value.format(path=self.path.lstrip("/")))
             self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(ConnectionError):  # the client gave up
+                for piece in [body[i : i + 1] for i in range(len(body))] if pause else [body]:
+                    self.wfile.write(piece)
+                    time.sleep(pause)
 
         def log_message(self, format: str, *args: object) -> None:
             """Keep the test output quiet."""
@@ -308,6 +312,26 @@ def test_a_download_announcing_more_than_mnist_is_refused_before_reading(serve, 
         assert command.main(["mnist", str(tmp_path), "--mirror", url]) == 1
     error = capsys.readouterr().err.splitlines()[-1]
     assert f"{url}train-images-idx3-ubyte.gz: {download.MAX_BYTES + 1} bytes, too large for MNIST" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mirror_that_trickles_is_given_up_as_too_slow_and_leaves_no_file(serve, tmp_path, capsys):
+    # A byte every 50 ms for 3 s: each read gets something well within the timeout, so only a rate stops it.
+    with answering(200, {"Content-Length": "9000000"}, b"x" * 60, pause=0.05) as url:
+        assert command.main(["mnist", str(tmp_path), "--mirror", url, "--timeout", "0.5"]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"error: cannot download train-images-idx3-ubyte.gz ({url}train-images-idx3-ubyte.gz: ")
+    slow = r": too slow \((\d+) bytes in the last 0\.5 s, at least 65,536 needed; \1 of 9,000,000 received\)"
+    assert re.search(slow, error), error
+    assert error.endswith(f"into {tmp_path} by hand and run again")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_cut_short_is_named_as_such_not_as_a_checksum_mismatch(serve, tmp_path, capsys):
+    with answering(200, {"Content-Length": "1000"}, b"0123456789") as url:
+        assert command.main(["mnist", str(tmp_path), "--mirror", url]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"({url}train-images-idx3-ubyte.gz: the connection closed after 10 of 1,000 bytes); put" in error
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 
 from nnexp.commands.arguments import ArgumentParser
 from nnexp.datasets.mnist import CSV_FILES, default_mnist_dir
-from nnexp.datasets.mnist_download import DEFAULT_TIMEOUT, MIRRORS, convert_to_csv, download_mnist, progress_line
+from nnexp.datasets.mnist_download import (
+    DEFAULT_TIMEOUT,
+    MIN_BYTES_PER_TIMEOUT,
+    MIRRORS,
+    convert_to_csv,
+    download_mnist,
+    progress_line,
+)
 from nnexp.errors import Interrupted, NnexpError, report
 
 if TYPE_CHECKING:
@@ -45,7 +52,8 @@ def parser() -> ArgumentParser:
         type=_positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="S",
-        help=f"seconds to wait for each mirror (default: {DEFAULT_TIMEOUT:g})",
+        help=f"seconds to wait for each mirror, in which it must send at least {MIN_BYTES_PER_TIMEOUT // 1024} KiB "
+        f"(default: {DEFAULT_TIMEOUT:g})",
     )
     return commands
 

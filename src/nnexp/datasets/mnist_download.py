@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from nnexp.atomic import replacing
 from nnexp.datasets.csv_format import write_csv
@@ -56,6 +57,9 @@ CHECKSUMS: dict[str, tuple[str, ...]] = {
     ),
 }
 DEFAULT_TIMEOUT = 10.0
+#: What a mirror must send in each ``timeout`` seconds, or be given up as too slow: one that trickles a byte at a
+#: time never lets a read time out. At this least rate (6.4 KB/s by default) the largest archive takes 26 minutes.
+MIN_BYTES_PER_TIMEOUT = 2**16
 #: The largest archive is 9.9 MB; a mirror sending far more is not sending MNIST.
 MAX_BYTES = 32 * 2**20
 CHUNK_BYTES = 2**16
@@ -148,21 +152,12 @@ def _fetch(url: str, target: Path, accepted: Sequence[str], timeout: float) -> i
     import urllib.request
 
     digest = hashlib.sha256()
-    size = 0
     with replacing(target) as partial:
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "nnexp"})
             # A fresh opener reads the proxy settings of the environment now, not those of urllib's first call.
             with _opener().open(request, timeout=timeout) as response:
-                announced = response.headers.get("Content-Length", "")
-                if announced.isdigit() and int(announced) > MAX_BYTES:
-                    raise MirrorError(f"{url}: {announced} bytes, too large for MNIST")
-                while chunk := response.read(CHUNK_BYTES):
-                    size += len(chunk)
-                    if size > MAX_BYTES:
-                        raise MirrorError(f"{url}: more than {MAX_BYTES} bytes, too large for MNIST")
-                    digest.update(chunk)
-                    partial.write(chunk)
+                size = _receive(response, url, timeout, digest, partial)
         except urllib.error.HTTPError as exc:
             raise MirrorError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
@@ -171,6 +166,35 @@ def _fetch(url: str, target: Path, accepted: Sequence[str], timeout: float) -> i
             raise MirrorError(f"{url}: {_reason(exc)}") from None  # ValueError: not a URL urllib can open
         if digest.hexdigest() not in accepted:
             raise ChecksumMismatchError(url, digest.hexdigest())
+    return size
+
+
+def _receive(response: http.client.HTTPResponse, url: str, timeout: float, digest: Any, partial: IO[bytes]) -> int:
+    """Copy the body of ``response`` into ``partial`` and ``digest``, giving up on one that is too large or too
+    slow; return its size in bytes."""
+    announced = response.headers.get("Content-Length", "")
+    if announced.isdigit() and int(announced) > MAX_BYTES:
+        raise MirrorError(f"{url}: {announced} bytes, too large for MNIST")
+    whole = f" of {int(announced):,}" if announced.isdigit() else " bytes"
+    size = window_size = 0
+    window_start = time.monotonic()
+    # read1 returns what has arrived, whereas read waits for a whole chunk, however slowly it comes.
+    while chunk := response.read1(CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_BYTES:
+            raise MirrorError(f"{url}: more than {MAX_BYTES} bytes, too large for MNIST")
+        digest.update(chunk)
+        partial.write(chunk)
+        window_size += len(chunk)
+        if time.monotonic() - window_start >= timeout:
+            if window_size < MIN_BYTES_PER_TIMEOUT:
+                raise MirrorError(
+                    f"{url}: too slow ({window_size:,} bytes in the last {timeout:g} s, at least "
+                    f"{MIN_BYTES_PER_TIMEOUT:,} needed; {size:,}{whole} received)"
+                )
+            window_start, window_size = time.monotonic(), 0
+    if announced.isdigit() and size < int(announced):  # read1 ends a body cut short as it ends a whole one
+        raise MirrorError(f"{url}: the connection closed after {size:,}{whole} bytes")
     return size
 
 
