@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnexp.datasets.csv_header import is_header
+from nnexp.datasets.csv_lines import read_lines
 from nnexp.errors import DataError, abbreviated, format_bytes
 
 if TYPE_CHECKING:
@@ -153,8 +154,16 @@ def read_csv(path: Path, dtype: np.dtype, columns: int) -> np.ndarray:
     """Rows of comma-separated numbers as ``(n, columns)`` float64, below a header row of column names if any; each a
     finite number in ``dtype``, the model's. A line far longer than a row of ``columns`` numbers is refused before
     the file is parsed, which would take several times its size in memory."""
+    limit = columns * MAX_CELL_BYTES + LINE_SLACK_BYTES
+
+    def too_long(line: int) -> DataError:
+        return DataError(
+            f"{path}: line {line} is longer than {limit:,} bytes, more than a row of the model's {columns} features "
+            "takes; expected rows of comma-separated numbers"
+        )
+
     try:
-        text = _read_lines(path, columns * MAX_CELL_BYTES + LINE_SLACK_BYTES, columns).decode("utf-8-sig")
+        text = read_lines(path, limit, too_long).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text CSV file, an image or an IDX file") from None
     lines = text.splitlines()
@@ -183,21 +192,6 @@ def read_csv(path: Path, dtype: np.dtype, columns: int) -> np.ndarray:
             expected = "not a finite number"
         raise DataError(f"{path}: line {number}: column {column + 1} is {abbreviated(cell)}, {expected}")
     return rows
-
-
-def _read_lines(path: Path, limit: int, columns: int) -> bytes:
-    """The bytes of ``path``, read a line at a time and at most ``limit + 1`` bytes of each: raises at a line longer
-    than ``limit``."""
-    lines = []
-    with path.open("rb") as file:
-        for number, line in enumerate(iter(lambda: file.readline(limit + 1), b""), 1):
-            if len(line) > limit and not line.endswith(b"\n"):
-                raise DataError(
-                    f"{path}: line {number} is longer than {limit:,} bytes, more than a row of the model's {columns} "
-                    "features takes; expected rows of comma-separated numbers"
-                )
-            lines.append(line)
-    return b"".join(lines)
 
 
 def _first_bad_row(numbered: list[tuple[int, str]]) -> str:

@@ -10,7 +10,8 @@ from typing import BinaryIO
 import numpy as np
 
 from nnexp.datasets.csv_header import is_header
-from nnexp.datasets.idx_format import N_CLASSES, N_PIXELS, read_bytes
+from nnexp.datasets.csv_lines import read_lines
+from nnexp.datasets.idx_format import N_CLASSES, N_PIXELS
 from nnexp.errors import DataError, abbreviated
 
 CSV_COLUMNS = 1 + N_PIXELS
@@ -26,7 +27,9 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     line endings, a missing final newline and blank lines at the end are accepted. The parse is vectorised, a block
     of lines at a time; a bad file is reported with the line number of its first bad row.
     """
-    raw = read_bytes(path)
+    # A line longer than a block is refused as it is read: a first line of a hundred million cells would take
+    # gigabytes to split, and a header of megabytes would be skipped unread.
+    raw = read_lines(path, BLOCK_BYTES, lambda line: _long_line(path, line))
     if raw.startswith(UTF8_BOM):
         raw = raw[len(UTF8_BOM) :]
     if b"\r" in raw:
@@ -38,10 +41,6 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: empty file, expected lines of label,pixel_1,...,pixel_{N_PIXELS}")
     first_newline = raw.find(b"\n", 0, end)
     first_end = first_newline if first_newline >= 0 else end
-    # Checked before it is split: a first line of a hundred million cells would take gigabytes. A header is bounded
-    # as a row is, or one of megabytes would be skipped unread.
-    if first_end > BLOCK_BYTES:
-        raise _long_line(path, 1)
     first_row = raw[:first_end].decode("utf-8", "replace").split(",")
     header_lines = 1 if is_header(path, 1, first_row) else 0
     if header_lines and first_newline < 0:
@@ -52,17 +51,14 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = min(raw.count(b"\n", start, end) + 1, (end - start + 1) // (2 * CSV_COLUMNS))
     table = np.empty((rows, CSV_COLUMNS), np.uint8)
     row = 0
-    try:
-        for offset, block in _line_blocks(raw, start, end):
-            try:
-                cells = _parse_rows(block)
-            except _BadRowError as bad:
-                line = raw[offset + bad.start : offset + bad.stop]
-                raise DataError(f"{path}: line {header_lines + row + bad.index + 1}: {_describe_row(line)}") from None
-            table[row : row + len(cells)] = cells
-            row += len(cells)
-    except _LongLineError:
-        raise _long_line(path, header_lines + row + 1) from None
+    for offset, block in _line_blocks(raw, start, end):
+        try:
+            cells = _parse_rows(block)
+        except _BadRowError as bad:
+            line = raw[offset + bad.start : offset + bad.stop]
+            raise DataError(f"{path}: line {header_lines + row + bad.index + 1}: {_describe_row(line)}") from None
+        table[row : row + len(cells)] = cells
+        row += len(cells)
     return table[:, 1:], table[:, 0]
 
 
@@ -77,24 +73,19 @@ def _long_line(path: Path, line: int) -> DataError:
 BLOCK_BYTES = 1 << 18
 
 
-def _line_blocks(raw: bytes, start: int, end: int) -> Iterator[tuple[int, np.ndarray]]:
-    """``(offset, bytes)`` of consecutive blocks of whole lines of ``raw[start:end]``, each ending in a newline."""
+def _line_blocks(raw: bytearray, start: int, end: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(offset, bytes)`` of consecutive blocks of whole lines of ``raw[start:end]``, each ending in a newline; no
+    line is longer than a block (:func:`read_lines` refused it)."""
     position = start
     while position < end:
         cut = raw.rfind(b"\n", position, min(position + BLOCK_BYTES, end))
-        if cut < 0:  # a line longer than a block, or the last line
+        if cut < 0:  # a line of exactly a block, or the last line
             cut = raw.find(b"\n", position, end)
-            if (cut if cut >= 0 else end) - position > BLOCK_BYTES:
-                raise _LongLineError
         if cut < 0:  # the last line: the only bytes copied, to give it a newline
             yield position, np.frombuffer(raw[position:end] + b"\n", np.uint8)
             return
         yield position, np.frombuffer(raw, np.uint8, count=cut + 1 - position, offset=position)
         position = cut + 1
-
-
-class _LongLineError(Exception):
-    """The next line is longer than a block: no row is, so it is refused without being parsed."""
 
 
 class _BadRowError(Exception):

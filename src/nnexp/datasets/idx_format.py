@@ -123,17 +123,6 @@ def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np
     return images, labels
 
 
-def read_bytes(path: Path) -> bytes:
-    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero would be read until memory ran out
-        raise DataError(f"{path}: is not a regular file; give a file of comma-separated rows")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read: {exc.strerror}") from None
-
-
 @contextlib.contextmanager
 def _open_idx(path: Path) -> Iterator[BinaryIO]:
     """The file as a stream, decompressed when its name ends in ``.gz``; read errors become :class:`DataError`."""
