@@ -613,3 +613,19 @@ def test_nnexp_sync_of_a_crafted_finished_outbox_is_one_line_and_sends_nothing(p
     assert run.info.status == "RUNNING" and set(run.data.metrics) == {"train_loss", "train_accuracy"}
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2]
     assert (folder / OUTBOX).is_file()
+
+
+def test_a_finished_outbox_of_a_run_without_trainer_epochs_is_still_checked_for_gaps(tmp_path):
+    """A run without trainer.epochs has no bound on its steps; its history must still hold every epoch."""
+    from nnexp.tracking.tracked_run import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    keep_model(folder)
+    run_id = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(folder)}).info.run_id
+    outbox(folder, tracking_uri=uri, run_id=run_id, metrics=[*epoch(1), *epoch(10**12), *evaluated(10**12)])
+    with pytest.raises(NnexpError, match=r"status FINISHED, but train_loss is logged at no epoch 2 of the 10+ it"):
+        sync(folder)
+    assert tracker.client.get_run(run_id).info.status == "KILLED"

@@ -35,9 +35,9 @@ HISTORY_NAMES = {logged: name for name, logged in MLFLOW_METRIC_NAMES.items()}
 #: The metrics a run logs every epoch, at step = epoch, under their logged names.
 EPOCH_LOGGED = frozenset(MLFLOW_METRIC_NAMES.get(name, name) for name in EPOCH_METRICS)
 #: The metrics a finished run holds at every epoch from the first to its last.
-FINISHED_HISTORY = frozenset({"train_loss", "train_accuracy"})
+FINISHED_HISTORY = ("train_loss", "train_accuracy")
 #: The metrics a run with a validation split logs every epoch.
-VALIDATION = frozenset({"val_loss", "val_accuracy"})
+VALIDATION = ("val_loss", "val_accuracy")
 
 
 def history_name(key: str) -> str:
@@ -111,7 +111,8 @@ def sync(folder: Path, uri: str | None = None) -> str:
             f"{path}: run {outbox['run_id']} is already {status}, closed since this outbox was written; "
             "nothing to send (remove the outbox)"
         )
-    histories = stored_histories(client, found, {row[0] for row in outbox["metrics"]} | FINISHED_HISTORY | VALIDATION)
+    keys = {*(row[0] for row in outbox["metrics"]), *FINISHED_HISTORY, *VALIDATION}
+    histories = stored_histories(client, found, keys)
     last = check_steps(fields, outbox, found, histories)
     metrics = missed_metrics(fields, outbox, found, histories)
     run = TrackedRun(client, outbox["run_id"], folder, training=False)
@@ -218,7 +219,7 @@ def check_steps(fields: Fields, outbox: dict[str, Any], found: Run, histories: d
         else:
             expected = f"{last}, the last epoch of run {run_id} (its last train_loss step), where nnexp logs {key}"
             fields.check(step == last and last >= 1, field, expected, step)
-    for key in FINISHED_HISTORY & steps.keys():
+    for key in steps.keys() & FINISHED_HISTORY:
         # An outbox holds every epoch the store missed, in order: one past a gap was not written by the run. (A
         # validation loss that overflows is not logged: its epoch stays empty.)
         outboxed = steps[key]
@@ -288,7 +289,7 @@ def training_unfinished(
 
 
 def first_gap(steps: set[int], last: int) -> int | None:
-    """The first epoch from 1 to ``last`` that ``steps`` lacks, or None."""
+    """The first epoch from 1 to ``last`` that ``steps`` lacks, or None (found within ``len(steps) + 1`` epochs)."""
     return next((epoch for epoch in range(1, last + 1) if epoch not in steps), None)
 
 
