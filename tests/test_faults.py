@@ -270,8 +270,8 @@ def test_a_store_full_at_the_end_of_a_run_keeps_the_model_for_nnexp_sync(tmp_pat
     run = tracker.open_run("full", {"output_dir": str(folder)}, outbox=folder)
     run.log_params({"trainer.epochs": 2})
     for epoch in (1, 2):
-        run.log_metrics({"train_loss": 0.5}, step=epoch)
-    run.log_metrics({"test_accuracy": 0.5}, step=2)
+        run.log_metrics({"train_loss": 0.5, "train_accuracy": 0.5}, step=epoch)
+    run.log_metrics({"test_loss": 0.5, "test_accuracy": 0.5}, step=2)
 
     def full(*args, **kwargs):
         raise sqlite_full_error()

@@ -609,15 +609,18 @@ def test_nnexp_ui_marks_the_ghosts_of_every_experiment_killed(tmp_path, monkeypa
 def sync_outbox(folder: Path, uri: str, run_id: str) -> None:
     """An outbox in ``folder``, as a run of one epoch whose store was away when it finished leaves it."""
     from mlflow import MlflowClient
+    from test_outbox import keep_model
 
     MlflowClient(tracking_uri=uri).log_param(run_id, "trainer.epochs", "1")
     (folder / "config.yaml").write_text("seed: 0\n")
-    (folder / "model.npz").write_bytes(b"")
+    if not (folder / "model").is_dir():
+        keep_model(folder)
+    metrics = {"train_loss": 0.5, "train_accuracy": 0.75, "test_loss": 0.5, "test_accuracy": 0.9}
     contents = {
         "tracking_uri": uri,
         "run_id": run_id,
         "status": "FINISHED",
-        "metrics": [["train_loss", 0.5, 1700000000000, 1], ["test_accuracy", 0.9, 1700000000000, 1]],
+        "metrics": [[key, value, 1700000000000, 1] for key, value in metrics.items()],
         "tags": {},
         "artifacts": [[str(folder / "config.yaml"), None]],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -235,14 +236,28 @@ def run_of_epochs(tmp_path: Path, epochs: int) -> tuple[MlflowClient, str, str, 
     return tracker.client, uri, run_id, folder
 
 
+def keep_model(folder: Path) -> None:
+    """What a run that finished training keeps in its folder: ``model.npz`` and its MLflow model."""
+    from test_serving import inputs, trained_like
+
+    from nnexp.network_files import describe
+    from nnexp.serving import save_model
+
+    network, loss = trained_like("cross_entropy")
+    network.save(folder / "model.npz")
+    save_model(folder / "model", network, describe(network, loss, list("abcd")), inputs())
+
+
 def killed_mid_training(tmp_path: Path, *outbox_metrics: list, model: bool = False) -> tuple[MlflowClient, str, Path]:
     """A run of trainer.epochs=5 whose store holds epochs 1 and 2, and whose outbox says FINISHED with
-    ``outbox_metrics`` (and its folder ``model.npz`` when ``model``); returns the client, run id and folder."""
+    ``outbox_metrics`` (and in its folder what a finished run keeps, when ``model``); returns the client, run id
+    and folder."""
     client, uri, run_id, folder = run_of_epochs(tmp_path, 5)
     for epoch in (1, 2):
         client.log_metric(run_id, "train_loss", 0.5, step=epoch)
+        client.log_metric(run_id, "train_accuracy", 0.75, step=epoch)
     if model:
-        (folder / "model.npz").write_bytes(b"")
+        keep_model(folder)
     outbox(folder, tracking_uri=uri, run_id=run_id, metrics=[list(row) for row in outbox_metrics])
     return client, run_id, folder
 
@@ -251,18 +266,30 @@ EPOCH_3 = ["train_loss", 0.4, 1700000000000, 3]
 TESTED_AT_3 = ["test_accuracy", 0.9, 1700000000000, 3]
 
 
+def epoch(step: int) -> tuple[list, ...]:
+    """The rows a run logs every epoch (here, those the fixtures' store holds for epochs 1 and 2)."""
+    return [*EPOCH_3[:3], step], ["train_accuracy", 0.8, 1700000000000, step]
+
+
+def evaluated(step: int) -> tuple[list, ...]:
+    """The rows a run logs once trained, at its last epoch."""
+    return ["test_loss", 0.3, 1700000000000, step], [*TESTED_AT_3[:3], step]
+
+
+
 @pytest.mark.parametrize(
     ("metrics", "model", "why"),
     [
         ((EPOCH_3,), False, "{folder} holds no model.npz and its last epoch logged is 3 of trainer.epochs=5"),
         ((EPOCH_3,), True, "no test metrics are logged and its last epoch logged is 3 of trainer.epochs=5"),
         (
-            (EPOCH_3, TESTED_AT_3),
+            (*epoch(3), *evaluated(3)),
             True,
             "its last epoch logged is 3 of trainer.epochs=5, and no early stopping ended it",
         ),
+        ((EPOCH_3, *evaluated(3)), True, "train_accuracy is logged at no epoch 3 of the 3 it trained"),
     ],
-    ids=["no-model", "no-test-metrics", "short-of-the-epochs"],
+    ids=["no-model", "no-test-metrics", "short-of-the-epochs", "an-epoch-without-accuracy"],
 )
 def test_an_outbox_claiming_finished_for_a_run_killed_mid_training_closes_it_killed(tmp_path, metrics, model, why):
     """It was closed FINISHED: a run stopped at epoch 3 of 5, with no model, recorded as a finished one."""
@@ -271,7 +298,8 @@ def test_an_outbox_claiming_finished_for_a_run_killed_mid_training_closes_it_kil
     with pytest.raises(NnexpError) as raised:
         sync(folder)
     reason = f"{path}: status FINISHED, but {why.format(folder=folder.resolve())}"
-    assert str(raised.value).startswith(f"{reason}; sent {len(metrics)} metric values, 1 tags, 1 artifacts to ")
+    logged = ", the model" if model else ""  # a run killed while its store was away keeps what it saved
+    assert str(raised.value).startswith(f"{reason}; sent {len(metrics)} metric values, 1 tags, 1 artifacts{logged} to ")
     assert str(raised.value).endswith(f" and closed run {run_id} KILLED")
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", reason)
@@ -282,8 +310,8 @@ def test_an_outbox_claiming_finished_for_a_run_killed_mid_training_closes_it_kil
 @pytest.mark.parametrize(
     "metrics",
     [
-        (EPOCH_3, TESTED_AT_3, ["best_epoch", 2, 1700000000000, 3]),  # early stopping ended it at epoch 3
-        (EPOCH_3, [*EPOCH_3[:3], 4], [*EPOCH_3[:3], 5], [*TESTED_AT_3[:3], 5]),
+        (*epoch(3), *evaluated(3), ["best_epoch", 2, 1700000000000, 3]),  # early stopping ended it at epoch 3
+        (*epoch(3), *epoch(4), *epoch(5), *evaluated(5)),
     ],
     ids=["early-stopping", "all-epochs"],
 )
@@ -351,8 +379,8 @@ def finished_outbox(tmp_path: Path) -> tuple[MlflowClient, str, Path]:
     """A run of one epoch whose store was away when it finished: its outbox says FINISHED; returns the client, run
     id and the outbox's path."""
     client, uri, run_id, folder = run_of_epochs(tmp_path, 1)
-    (folder / "model.npz").write_bytes(b"")
-    metrics = [["train_loss", 0.5, 1700000000000, 1], ["test_accuracy", 0.9, 1700000000000, 1]]
+    keep_model(folder)
+    metrics = [*epoch(1), *evaluated(1)]
     return client, run_id, outbox(folder, tracking_uri=uri, run_id=run_id, metrics=metrics)
 
 
@@ -472,3 +500,132 @@ def test_a_killed_outbox_without_a_reason_gives_the_run_one(tmp_path):
     sync(folder)
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", REASON)
+
+
+T = 1700000000000
+
+
+@pytest.mark.parametrize(
+    ("rows", "val_size", "expected"),
+    [
+        ([["train_loss", 0.5, T, 0]], None, "metrics[0]: train_loss step must be an epoch 1..5 (trainer.epochs of run"),
+        (
+            [["train_loss", 0.5, T, 3], ["train_loss", 0.5, T, 10**12]],
+            None,
+            "metrics[1]: train_loss step must be an epoch 1..5 (trainer.epochs of run {run_id}), found 1000000000000",
+        ),
+        ([["val_loss", 0.3, T, 3]], "0.0", "metrics[0]: val_loss is logged only by a run with a validation split"),
+        # No dataset.val_size: the store's epochs 1 and 2 came without validation metrics.
+        ([["val_accuracy", 0.7, T, 3]], None, "metrics[0]: val_accuracy is logged only by a run with a validation"),
+        (
+            [*epoch(3), ["test_accuracy", 0.9, T, 0]],
+            None,
+            "metrics[2]: test_accuracy step must be 3, the last epoch of run {run_id} (its last train_loss step), "
+            "where nnexp logs test_accuracy, found 0",
+        ),
+        ([["system/run_seconds", 4.0, T, 7]], None, "metrics[0]: system/run_seconds step must be 2, the last epoch"),
+        (
+            [["train_loss", 0.5, T, 4]],
+            None,
+            "metrics[0]: train_loss at epoch 4 follows no value at epoch 3, neither in the outbox nor in run {run_id}",
+        ),
+    ],
+    ids=["step-0", "step-past-the-epochs", "val-without-split", "val-without-split-by-record", "test-not-at-last",
+         "system-not-at-last", "gap"],
+)
+def test_an_outbox_step_the_run_never_logs_is_refused_and_nothing_sent(tmp_path, rows, val_size, expected):
+    """Accepted before: train_loss at steps 0 and 10**12 of a 5-epoch run, val_loss of a run without validation."""
+    client, run_id, folder = killed_mid_training(tmp_path)
+    if val_size is not None:
+        client.log_param(run_id, "dataset.val_size", val_size)
+    path = outbox(folder, tracking_uri=client.tracking_uri, run_id=run_id, metrics=rows, status="KILLED")
+    with pytest.raises(NnexpError) as refused:
+        sync(folder)
+    assert str(refused.value).startswith(f"{path}: {expected.format(run_id=run_id)}")
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and "resumed" not in run.data.tags
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2]
+    assert set(run.data.metrics) == {"train_loss", "train_accuracy"} and path.is_file()
+
+
+def test_the_steps_a_run_logs_are_taken(tmp_path):
+    client, run_id, folder = killed_mid_training(tmp_path)
+    client.log_param(run_id, "dataset.val_size", "0.2")
+    client.log_metric(run_id, "val_loss", 0.4, step=1)
+    rows = [*epoch(3), ["val_loss", 0.3, T, 3], ["system/epoch_seconds", 0.1, T, 3], ["best_epoch", 3, T, 3]]
+    outbox(folder, tracking_uri=client.tracking_uri, run_id=run_id, metrics=rows, status="KILLED")
+    assert "sent 5 metric values" in sync(folder)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_finished_outbox_of_a_folder_without_its_mlflow_model_closes_the_run_killed(tmp_path):
+    """Closed FINISHED before, with model.npz copied in: a finished run that nnexp predict says logged no model."""
+    client, run_id, folder = killed_mid_training(tmp_path, *epoch(3), *epoch(4), *epoch(5), *evaluated(5))
+    keep_model(folder)
+    shutil.rmtree(folder / "model")
+    with pytest.raises(NnexpError) as raised:
+        sync(folder)
+    reason = f"{folder / OUTBOX}: status FINISHED, but {folder.resolve()} holds no model/MLmodel, run {run_id} logged"
+    assert str(raised.value).startswith(f"{reason} no model, and its last epoch logged is 5 of trainer.epochs=5; ")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith(reason)
+
+
+def test_a_finished_outbox_of_a_run_whose_model_is_logged_closes_it_finished(tmp_path):
+    from nnexp.serving import upload_model
+
+    client, run_id, folder = killed_mid_training(tmp_path, *epoch(3), *epoch(4), *epoch(5), *evaluated(5))
+    keep_model(folder)
+    upload_model(client, run_id, folder / "model", 5)
+    shutil.rmtree(folder / "model")
+    assert sync(folder).endswith("status FINISHED")
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_model_folder_nnexp_predict_would_refuse_is_not_sent(tmp_path):
+    """Uploaded before: an MLmodel whose data is another run's model folder, refused by nnexp predict once logged."""
+    client, run_id, folder = killed_mid_training(tmp_path, *epoch(3), *epoch(4), *epoch(5), *evaluated(5), model=True)
+    other = tmp_path / "other" / "model" / "data" / "nnexp"
+    meta = folder / "model" / "MLmodel"
+    meta.write_text(meta.read_text().replace("data: data/nnexp", f"data: {other}"))
+    with pytest.raises(NnexpError) as refused:
+        sync(folder)
+    assert str(refused.value) == (
+        f"{meta}: flavors.python_function.data must be a relative path inside the model folder, found '{other}'"
+    )
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and set(run.data.metrics) == {"train_loss", "train_accuracy"}
+    assert client.list_artifacts(run_id) == [] and (folder / OUTBOX).is_file()
+
+
+def test_nnexp_sync_of_a_crafted_finished_outbox_is_one_line_and_sends_nothing(project, tmp_path):
+    """A run killed at epoch 2 of 5, model.npz copied in, an outbox saying FINISHED with epoch 5 and the test
+    metrics: closed FINISHED before, with no logged model and epochs 3 and 4 missing from its history."""
+    client, run_id, folder = killed_mid_training(tmp_path, *epoch(5), *evaluated(5))
+    (folder / "model.npz").write_bytes(b"")
+    synced = nnexp_sync(project, folder)
+    assert (synced.returncode, synced.stdout) == (1, "")
+    assert synced.stderr.splitlines() == [
+        f"error: {folder / OUTBOX}: metrics[0]: train_loss at epoch 5 follows no value at epoch 3, neither in the "
+        f"outbox nor in run {run_id}"
+    ]
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and set(run.data.metrics) == {"train_loss", "train_accuracy"}
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2]
+    assert (folder / OUTBOX).is_file()
+
+
+def test_a_finished_outbox_of_a_run_without_trainer_epochs_is_still_checked_for_gaps(tmp_path):
+    """A run without trainer.epochs has no bound on its steps; its history must still hold every epoch."""
+    from nnexp.tracking.tracked_run import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    keep_model(folder)
+    run_id = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(folder)}).info.run_id
+    outbox(folder, tracking_uri=uri, run_id=run_id, metrics=[*epoch(1), *epoch(10**12), *evaluated(10**12)])
+    with pytest.raises(NnexpError, match=r"status FINISHED, but train_loss is logged at no epoch 2 of the 10+ it"):
+        sync(folder)
+    assert tracker.client.get_run(run_id).info.status == "KILLED"

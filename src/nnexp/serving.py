@@ -377,6 +377,15 @@ def contents(folder: Path, shown: int = 5) -> str:
     return f"it holds {', '.join(names[:shown])}{more}"
 
 
+def check_saved_model(path: Path) -> None:
+    """Load the MLflow model in ``path`` as ``nnexp predict model=PATH`` does, so that one it would refuse is never
+    logged; raises :class:`DataError` naming the file and the field."""
+    import mlflow  # noqa: F401 - before quiet(): importing MLflow sets its logger's level
+
+    with quiet("mlflow", "alembic"):
+        load_directory(path, str(path))
+
+
 def load_directory(path: Path, what: str, shown: str | None = None) -> tuple[PyFuncModel, NetworkModel]:
     """Load the MLflow model in ``path``, which must be one nnexp saved; ``what`` names it in errors, where
     ``shown``, when given, stands for ``path``: the path of a temporary download means nothing once deleted."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
+from nnexp.core.training import EPOCH_METRICS
 from nnexp.errors import ConfigError, DataError, NnexpError
 from nnexp.tracking import liveness
 from nnexp.tracking.store import MLFLOW_METRIC_NAMES, OUTBOX, OUTBOX_STATUSES, existing_store, find_run
@@ -31,6 +32,12 @@ MAX_OUTBOX_BYTES = 256 * 2**20
 CHANGING_TAGS = frozenset({"failure_reason", "resumed"})
 #: Training's per-epoch diagnostics under their names in a run's history, by the names they are logged with.
 HISTORY_NAMES = {logged: name for name, logged in MLFLOW_METRIC_NAMES.items()}
+#: The metrics a run logs every epoch, at step = epoch, under their logged names.
+EPOCH_LOGGED = frozenset(MLFLOW_METRIC_NAMES.get(name, name) for name in EPOCH_METRICS)
+#: The metrics a finished run holds at every epoch from the first to its last.
+FINISHED_HISTORY = ("train_loss", "train_accuracy")
+#: The metrics a run with a validation split logs every epoch.
+VALIDATION = ("val_loss", "val_accuracy")
 
 
 def history_name(key: str) -> str:
@@ -78,7 +85,10 @@ def sync(folder: Path, uri: str | None = None) -> str:
             for file, artifact_path in artifact_files(fields, f"artifacts[{index}]", folder / local, folder, directory)
         ]
         if has_model:
+            from nnexp.serving import check_saved_model
+
             artifact_files(fields, "model", model, folder)
+            check_saved_model(model)  # what nnexp predict would refuse once logged is never logged
     except DataError:
         # Nothing is sent, but the run was looked at: if its process is gone it is marked KILLED, as every command
         # that reads runs does. A store that cannot be read leaves the outbox's own error to be reported.
@@ -101,7 +111,10 @@ def sync(folder: Path, uri: str | None = None) -> str:
             f"{path}: run {outbox['run_id']} is already {status}, closed since this outbox was written; "
             "nothing to send (remove the outbox)"
         )
-    metrics = missed_metrics(fields, outbox, client, found)
+    keys = {*(row[0] for row in outbox["metrics"]), *FINISHED_HISTORY, *VALIDATION}
+    histories = stored_histories(client, found, keys)
+    last = check_steps(fields, outbox, found, histories)
+    metrics = missed_metrics(fields, outbox, found, histories)
     run = TrackedRun(client, outbox["run_id"], folder, training=False)
     run._pending = [Metric(*row) for row in metrics]
     run._tags = dict(outbox["tags"])
@@ -109,10 +122,13 @@ def sync(folder: Path, uri: str | None = None) -> str:
     counts = f"{len(run._pending)} metric values, {len(run._tags)} tags, {len(run._artifacts)} artifacts"
     from nnexp.serving import has_ready_model, upload_model
 
-    if has_model and not has_ready_model(client, run.run_id):  # never logged, or its upload failed
-        run.hold_model(model, functools.partial(upload_model, client, run.run_id, model))
+    logged_model = has_ready_model(client, run.run_id)
+    if has_model and not logged_model:  # never logged, or its upload failed
+        run.hold_model(model, functools.partial(upload_model, client, run.run_id, model, last))
         counts += ", the model"
-    unfinished = outbox["status"] == "FINISHED" and training_unfinished(client, found, metrics, folder)
+    unfinished = outbox["status"] == "FINISHED" and training_unfinished(
+        found, metrics, histories, folder, last, has_model or logged_model
+    )
     if unfinished:
         # Its own record and folder say the process ended mid-training: what it logged is kept, not its claim.
         reason = f"{path}: status FINISHED, but {unfinished}"
@@ -155,7 +171,71 @@ def remove(path: Path) -> str:
     return ""
 
 
-def missed_metrics(fields: Fields, outbox: dict[str, Any], client: MlflowClient, found: Run) -> list[list[Any]]:
+def stored_histories(client: MlflowClient, found: Run, keys: set[str]) -> dict[str, dict[int, float]]:
+    """The values the store holds of each metric of ``keys`` of the run ``found``, by step."""
+    return {
+        key: {metric.step: metric.value for metric in client.get_metric_history(found.info.run_id, key)}
+        for key in keys
+    }
+
+
+def has_validation(found: Run, histories: dict[str, dict[int, float]]) -> bool:
+    """Whether the run ``found`` has a validation split: not when its dataset's ``val_size`` is 0, nor when the store
+    holds epochs of it (``histories``) without validation metrics; a run logs both in one batch every epoch."""
+    val_size = found.data.params.get("dataset.val_size")
+    with contextlib.suppress(ValueError):
+        if val_size is not None and float(val_size) == 0:
+            return False
+    return not histories["train_loss"] or any(histories[key] for key in VALIDATION)
+
+
+def check_steps(fields: Fields, outbox: dict[str, Any], found: Run, histories: dict[str, dict[int, float]]) -> int:
+    """Check each outbox row's step against the run ``found`` it is sent to, and that the training history's steps,
+    with those the store holds (``histories``), run without a gap from epoch 1; returns the run's last epoch. A run
+    logs per-epoch metrics at step = epoch, within ``trainer.epochs``, ``val_*`` only with a validation split, and
+    the others (test metrics, early stopping's, ``system/`` times) at its last epoch.
+
+    A run without ``trainer.epochs`` trains nothing (a sweep's parent): its rows are not epochs.
+    """
+    rows = outbox["metrics"]
+    run_id = found.info.run_id
+    last = max([row[3] for row in rows if row[0] == "train_loss"] + list(histories["train_loss"]), default=0)
+    try:
+        epochs = int(found.data.params["trainer.epochs"])
+    except (KeyError, ValueError):
+        return last
+    validation = has_validation(found, histories)
+    steps: dict[str, set[int]] = {}
+    for index, (key, _, _, step) in enumerate(rows):
+        field = f"metrics[{index}]: {key} step"
+        if key.startswith("val_") and not validation:
+            raise DataError(
+                f"{fields.source}: metrics[{index}]: {key} is logged only by a run with a validation split, and run "
+                f"{run_id} has none"
+            )
+        if key in EPOCH_LOGGED:
+            fields.check(1 <= step <= epochs, field, f"an epoch 1..{epochs} (trainer.epochs of run {run_id})", step)
+            steps.setdefault(key, set()).add(step)
+        else:
+            expected = f"{last}, the last epoch of run {run_id} (its last train_loss step), where nnexp logs {key}"
+            fields.check(step == last and last >= 1, field, expected, step)
+    for key in steps.keys() & FINISHED_HISTORY:
+        # An outbox holds every epoch the store missed, in order: one past a gap was not written by the run. (A
+        # validation loss that overflows is not logged: its epoch stays empty.)
+        outboxed = steps[key]
+        missing = first_gap(outboxed | set(histories[key]), max(outboxed))
+        if missing is not None:
+            index = next(i for i, row in enumerate(rows) if row[0] == key and row[3] > missing)
+            raise DataError(
+                f"{fields.source}: metrics[{index}]: {key} at epoch {rows[index][3]} follows no value at epoch "
+                f"{missing}, neither in the outbox nor in run {run_id}"
+            )
+    return last
+
+
+def missed_metrics(
+    fields: Fields, outbox: dict[str, Any], found: Run, histories: dict[str, dict[int, float]]
+) -> list[list[Any]]:
     """The outbox's metric rows that the run ``found`` lacks; raises DataError for a row or tag that would change
     what the run records (another value at a step it holds, another value of a tag it was given): an outbox holds
     only what the store missed, so such a row is not the run's."""
@@ -164,13 +244,9 @@ def missed_metrics(fields: Fields, outbox: dict[str, Any], client: MlflowClient,
         held = found.data.tags.get(key)
         if held is not None and held != value and key not in CHANGING_TAGS:
             fields.fail(f"tags.{key}", f"{held!r}, as run {run_id} records it (an outbox only adds to a run)", value)
-    stored = {
-        key: {metric.step: metric.value for metric in client.get_metric_history(run_id, key)}
-        for key in {row[0] for row in outbox["metrics"]}
-    }
     missed = []
     for index, (key, value, timestamp, step) in enumerate(outbox["metrics"]):
-        held = stored[key].get(step)
+        held = histories[key].get(step)
         if held is None:
             missed.append([key, value, timestamp, step])
         elif held != value and not (math.isnan(held) and math.isnan(value)):  # an equal one was sent before
@@ -187,23 +263,34 @@ def reaped_run(store: str, run_id: str, path: Path, folder: Path) -> tuple[Mlflo
     return client, liveness.reap_unless_deleted(client, found)
 
 
-def training_unfinished(client: MlflowClient, found: Run, metrics: list[list[Any]], folder: Path) -> str | None:
-    """Why the run ``found`` did not finish training, by its folder and its record (the store's metrics and the
-    outbox's ``metrics``); None when they show it did: ``model.npz`` is saved, the test metrics are logged (only
-    after training and evaluation), and the last epoch is the run's ``trainer.epochs`` or early stopping ended it
-    (its ``best_epoch`` is logged)."""
+def training_unfinished(
+    found: Run, metrics: list[list[Any]], histories: dict[str, dict[int, float]], folder: Path, last: int, model: bool
+) -> str | None:
+    """Why the run ``found`` did not finish training, by its folder and its record (the store's ``histories`` and the
+    outbox's missed ``metrics``); None when they show it did: ``model.npz`` is saved, its MLflow ``model`` is in its
+    folder or logged, the test metrics are logged (only after training and evaluation), every epoch up to its
+    ``last`` is, and that is the run's ``trainer.epochs`` or early stopping ended it (its ``best_epoch`` is logged)."""
     logged = {row[0] for row in metrics} | set(found.data.metrics)
-    steps = [row[3] for row in metrics if row[0] == "train_loss"]
-    steps += [metric.step for metric in client.get_metric_history(found.info.run_id, "train_loss")]
-    last, epochs = max(steps, default=0), found.data.params.get("trainer.epochs", "unknown")
+    epochs = found.data.params.get("trainer.epochs", "unknown")
     trained = f"its last epoch logged is {last} of trainer.epochs={epochs}"
     if not (folder / "model.npz").is_file():
         return f"{folder.resolve()} holds no model.npz and {trained}"
-    if "test_accuracy" not in logged:
+    if not model:
+        return f"{folder.resolve()} holds no model/MLmodel, run {found.info.run_id} logged no model, and {trained}"
+    if not {"test_loss", "test_accuracy"} <= logged:
         return f"no test metrics are logged and {trained}"
+    for key in FINISHED_HISTORY:
+        missing = first_gap(set(histories[key]) | {row[3] for row in metrics if row[0] == key}, last)
+        if missing is not None:
+            return f"{key} is logged at no epoch {missing} of the {last} it trained"
     if str(last) != epochs and "best_epoch" not in logged:
         return f"{trained}, and no early stopping ended it"
     return None
+
+
+def first_gap(steps: set[int], last: int) -> int | None:
+    """The first epoch from 1 to ``last`` that ``steps`` lacks, or None (found within ``len(steps) + 1`` epochs)."""
+    return next((epoch for epoch in range(1, last + 1) if epoch not in steps), None)
 
 
 def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, Any]:
