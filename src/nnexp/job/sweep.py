@@ -23,11 +23,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 
 from nnexp.config import MAX_RUN_NAME, check_run_names, check_tags, given_overrides
-from nnexp.errors import ConfigError, NnexpError, StartRefused, require
+from nnexp.errors import ConfigError, NnexpError, require
 from nnexp.folders import (
     FOLDER_LOCK,
     SWEEP_DIR,
@@ -37,6 +36,7 @@ from nnexp.folders import (
     note_run_opened,
     use_sweep_folder,
 )
+from nnexp.job.hooks import NnexpCallback
 from nnexp.presets import check_command_line_options, where_hydra_set
 
 if TYPE_CHECKING:
@@ -67,19 +67,12 @@ PLUGIN_SETTINGS: tuple[tuple[str, str, str, str, Callable[[Any], bool]], ...] = 
 )
 
 
-class SweepStartError(StartRefused):
-    """A sweep that cannot start."""
-
-
-class SweepCallback(Callback):
+class SweepCallback(NnexpCallback):
     """Hydra callback that opens the sweep's parent run at the start of a multirun and summarises it at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open
-        try:
-            _open = Sweep.start(config)
-        except NnexpError as exc:
-            raise SweepStartError(str(exc)) from None
+        _open = Sweep.start(config)
         choices = config.hydra.runtime.choices
         if choices.get("hydra/launcher") in PROCESS_LAUNCHERS:
             pass_stops_to_jobs(_open.directory)
