@@ -606,10 +606,15 @@ def test_a_temporary_model_the_store_does_not_take_fails_the_run_saying_it_is_ke
     run = tracker.open_run("full", {"output_dir": str(folder)}, outbox=folder)
     run.log_metrics({"test_accuracy": 0.5}, step=2)
     monkeypatch.setattr(tracked_run, "END_PAUSE_SECONDS", 0.0)
-    fail_requests(monkeypatch, tracker.client, "log_batch", "set_terminated", "create_logged_model")
-    assert log_saved_model(run, temporary, 2, temporary=True) is None
-    with pytest.raises(TrackingStoreError, match="model was not logged and is kept nowhere") as raised:
-        run.end("FINISHED")
+    with monkeypatch.context() as store_away:
+        fail_requests(store_away, tracker.client, "log_batch", "set_terminated", "create_logged_model")
+        assert log_saved_model(run, temporary, 2, temporary=True) is None
+        with pytest.raises(TrackingStoreError, match="model was not logged and is kept nowhere") as raised:
+            run.end("FINISHED")
     assert "status FAILED are kept in" in str(raised.value) and str(temporary) not in str(raised.value)
     outbox = json.loads((folder / OUTBOX).read_text())
     assert outbox["status"] == "FAILED" and "kept nowhere" in outbox["tags"]["failure_reason"]
+
+    assert sync(folder).endswith("status FAILED")
+    closed = MlflowClient(tracking_uri=tracker.uri).get_run(run.run_id)
+    assert closed.info.status == "FAILED" and "kept nowhere" in closed.data.tags["failure_reason"]
