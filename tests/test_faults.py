@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from nnexp import atomic
-from nnexp.job.sweep import write_summary
+from nnexp.job.sweep import Sweep, write_summary
 from nnexp.tracking import tracked_run
 from nnexp.tracking.outbox import sync
 from nnexp.tracking.store import OUTBOX, disk_error
@@ -529,3 +529,92 @@ def test_sigterm_while_the_checkpoint_disk_is_full_ends_the_run_killed_saying_bo
     assert run.info.status == "KILLED"
     assert run.data.tags["failure_reason"] == line.removeprefix("error: ").rsplit("; MLflow run", 1)[0]
     assert not [path for path in (project.root / "outputs").rglob("*") if atomic.PARTIAL.fullmatch(path.name)]
+
+
+def locked_error() -> MlflowException:
+    """What MLflow's SQLite store raises while another process holds the database: SQLAlchemy's lines and all."""
+    driver = sqlite3.OperationalError("database is locked")
+    locked = sqlalchemy.exc.OperationalError("SELECT runs.run_uuid\nFROM runs", {}, driver)
+    try:
+        raise MlflowException(str(locked)) from locked
+    except MlflowException as exc:
+        return exc
+
+
+def finished_sweep(tmp_path: Path) -> tuple[Tracker, Sweep]:
+    """A sweep whose two jobs finished, about to be summarised, with its folder in ``tmp_path / "sw"``."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    directory = tmp_path / "sw"
+    directory.mkdir()
+    parent = tracker.open_run("sweep seed=1,2", {"nnexp_command": "sweep"}, outbox=directory)
+    for seed in (1, 2):
+        child = tracker.open_run(f"seed={seed}", {"mlflow.parentRunId": parent.run_id})
+        child.log_params({"seed": seed})
+        child.log_metrics({"test_accuracy": seed / 4}, step=1)
+        child.end("FINISHED")
+    return tracker, Sweep(tracker, parent, directory, ["seed"])
+
+
+def fail_requests(monkeypatch: pytest.MonkeyPatch, client: MlflowClient, *requests: str) -> None:
+    for request in requests:
+        monkeypatch.setattr(client, request, lambda *args, **kwargs: (_ for _ in ()).throw(locked_error()))
+
+
+def test_a_store_that_stops_answering_during_a_sweep_s_summary_keeps_it_for_nnexp_sync(tmp_path, monkeypatch):
+    """The parent was ended FAILED with SQLAlchemy's dump as its reason though its jobs finished, its outbox in the
+    project's folder, and the summary's files were never logged."""
+    tracker, sweep = finished_sweep(tmp_path)
+    monkeypatch.setattr(tracked_run, "END_PAUSE_SECONDS", 0.0)
+    with monkeypatch.context() as store_away:
+        fail_requests(store_away, tracker.client, "log_batch", "set_tag", "log_artifacts", "set_terminated")
+        with pytest.raises(TrackingStoreError, match=f"kept in {sweep.directory / OUTBOX}; send them with: nnexp sync"):
+            sweep.finish()
+    outbox = json.loads((sweep.directory / OUTBOX).read_text())
+    assert outbox["status"] == "FINISHED" and "failure_reason" not in outbox["tags"]
+    assert [row[:2] for row in outbox["metrics"] if row[0] == "jobs_finished"] == [["jobs_finished", 2.0]]
+    assert outbox["artifacts"] == [[str(sweep.directory / "summary"), "summary"]]
+
+    assert "status FINISHED" in sync(sweep.directory)
+    client = MlflowClient(tracking_uri=tracker.uri)
+    parent = client.get_run(sweep.parent.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 2
+    assert {item.path for item in client.list_artifacts(parent.info.run_id, "summary")} >= {"summary/children.csv"}
+
+
+def test_a_sweep_summary_that_cannot_read_its_jobs_fails_the_parent_in_one_line(tmp_path, monkeypatch):
+    tracker, sweep = finished_sweep(tmp_path)
+    fail_requests(monkeypatch, tracker.client, "search_runs")
+    assert sweep.finish() == "the sweep's summary failed: database is locked"
+    parent = MlflowClient(tracking_uri=tracker.uri).get_run(sweep.parent.run_id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["failure_reason"] == "the sweep's summary failed: database is locked"
+
+
+def test_a_temporary_model_the_store_does_not_take_fails_the_run_saying_it_is_kept_nowhere(tmp_path, monkeypatch):
+    """A run folder with no room for the MLflow model logs it from a temporary copy; when the store took it neither,
+    the copy was removed and nnexp sync closed the run FINISHED with no model."""
+    from nnexp import LOSSES, MODELS
+    from nnexp.network_files import describe
+    from nnexp.serving import log_saved_model, save_model
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    folder = tmp_path / "run"
+    loss = LOSSES.build({"name": "cross_entropy"})
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [4]}).build(2, 2, loss, np.random.default_rng(0), np.float32)
+    temporary = tmp_path / "nnexp-model-x" / "model"
+    save_model(temporary, network, describe(network, loss, ["left", "right"]), np.zeros((3, 2)))
+    run = tracker.open_run("full", {"output_dir": str(folder)}, outbox=folder)
+    run.log_metrics({"test_accuracy": 0.5}, step=2)
+    monkeypatch.setattr(tracked_run, "END_PAUSE_SECONDS", 0.0)
+    with monkeypatch.context() as store_away:
+        fail_requests(store_away, tracker.client, "log_batch", "set_terminated", "create_logged_model")
+        assert log_saved_model(run, temporary, 2, temporary=True) is None
+        with pytest.raises(TrackingStoreError, match="model was not logged and is kept nowhere") as raised:
+            run.end("FINISHED")
+    assert "status FAILED are kept in" in str(raised.value) and str(temporary) not in str(raised.value)
+    outbox = json.loads((folder / OUTBOX).read_text())
+    assert outbox["status"] == "FAILED" and "kept nowhere" in outbox["tags"]["failure_reason"]
+
+    assert sync(folder).endswith("status FAILED")
+    closed = MlflowClient(tracking_uri=tracker.uri).get_run(run.run_id)
+    assert closed.info.status == "FAILED" and "kept nowhere" in closed.data.tags["failure_reason"]

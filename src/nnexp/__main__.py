@@ -211,11 +211,13 @@ def launch() -> None:
     shown = shown_resolved(flags)
     if shown is not None:
         check_interpolations(presets, *shown)
-    from nnexp.job import sweep
+    from nnexp.job import hooks, sweep
 
     streams.running = not (flags.help or flags.hydra_help or flags.cfg or flags.info or flags.shell_completion)
     try:
         hydra.main(version_base="1.3", config_path=str(presets) if presets else None, config_name="nnexp")(task)()
+    except hooks.CallbackFailed:
+        pass  # raised below, outside this handler, which would become the error's context in place of its causes
     except BaseException as exc:
         reason = sweep.abandon(exc)
         if reason is not None and launcher_error(exc):
@@ -229,6 +231,9 @@ def launch() -> None:
     stop = sweep.stopped()
     if stop is not None:
         raise stop
+    kept = hooks.take_error()  # a start's error, or one after the run or sweep began, which Hydra let pass
+    if kept is not None:
+        raise kept
     if sweep.failure():
         raise NnexpError(sweep.failure())
 

@@ -196,12 +196,15 @@ def log_model(
         return log_saved_model(run, directory, step, kept)
 
 
-def log_saved_model(run: TrackedRun, directory: Path, step: int = 0, kept: bool = True) -> str | None:
+def log_saved_model(
+    run: TrackedRun, directory: Path, step: int = 0, kept: bool = True, temporary: bool = False
+) -> str | None:
     """Log the model saved in ``directory`` as the run's model ``model``; returns the model's id.
 
     If the tracking store does not answer, training's results are not thrown away: a warning says so and None is
     returned; when ``kept`` (``directory`` stays), the run holds the model and tries again as it ends, or leaves it
-    to ``nnexp sync`` (see :meth:`TrackedRun.hold_model`).
+    to ``nnexp sync`` (see :meth:`TrackedRun.hold_model`); a ``temporary`` one stays only until the run ends, which
+    fails if it cannot log the model then.
     """
     if not run.flush():  # the final metrics go first, so that they can be linked to the model
         reason = f"it cannot write ({run.disk_error})" if run.disk_error else "it does not answer"
@@ -214,8 +217,10 @@ def log_saved_model(run: TrackedRun, directory: Path, step: int = 0, kept: bool 
             reason = store_error_reason(exc)[:200]
     where = ""
     if kept:
-        run.hold_model(directory, functools.partial(upload_model, run.client, run.run_id, directory, step))
+        run.hold_model(directory, functools.partial(upload_model, run.client, run.run_id, directory, step), temporary)
         where = f"; it is saved in {directory}, and logged when the store takes it"
+        if temporary:
+            where += " before the run ends (a temporary copy: the run fails if the store does not take it by then)"
     log.warning("run %s: its model could not be logged to %s (%s)%s", run.run_id, run.store, reason, where)
     return None
 

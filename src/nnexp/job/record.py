@@ -146,7 +146,8 @@ def run_tags(cfg: DictConfig, choices: dict[str, Any], project_dir: Path, output
 @dataclass(frozen=True)
 class KeptModel:
     """What :func:`keep_model` wrote: the files in the run folder to log, and the MLflow model folder to log (None
-    when there is none), which is a temporary one, removed once logged, when the run folder had no room for it."""
+    when there is none), which is a temporary one, removed once the run has ended, when the run folder had no room
+    for it."""
 
     files: tuple[Path, ...]
     model_dir: Path | None

@@ -35,6 +35,7 @@ from nnexp.job.callbacks import (
 from nnexp.job.phases import Phases
 from nnexp.job.progress import Progress
 from nnexp.job.record import (
+    KeptModel,
     draw_plots,
     job_choices,
     keep_model,
@@ -112,6 +113,7 @@ def run(cfg: DictConfig) -> float:
     note_run_opened(output_dir, resolve_uri(cfg.tracking.uri, project_dir))
     opening.open(open_job_run)
     workers = Workers()
+    kept: KeptModel | None = None
     try:
         with (
             stops,  # around the run's end too: a stop while it is closed would leave it RUNNING
@@ -145,10 +147,7 @@ def run(cfg: DictConfig) -> float:
             if kept.model_dir is not None:
                 from nnexp.serving import log_saved_model
 
-                try:
-                    log_saved_model(tracked, kept.model_dir, epochs, kept=not kept.temporary)
-                finally:
-                    kept.discard()
+                log_saved_model(tracked, kept.model_dir, epochs, temporary=kept.temporary)
             plotted = False
             with phases("plots"):  # drawings started before a stop was asked for are finished and logged
                 if drawing is not None:
@@ -165,6 +164,9 @@ def run(cfg: DictConfig) -> float:
         if opening.failed:
             discard_unstarted(cfg, label, project_dir, output_dir, exc)
         raise
+    finally:
+        if kept is not None:  # a temporary copy of the MLflow model is kept until the run has ended
+            kept.discard()
 
     # With the best epoch's weights restored, the epoch metrics that describe the model are that epoch's.
     restored = early_stopping is not None and bool(early_stopping.best_weights)
@@ -184,8 +186,8 @@ def run(cfg: DictConfig) -> float:
     )
     if stops.request is not None:  # asked for after the last batch: nothing is lost but the plots
         reason, code = stops.request
-        kept = f"the model is kept and MLflow run {run_id} is FINISHED{'' if plotted else ', without plots'}"
-        raise Interrupted(f"{reason} after training; {kept}", code)
+        outcome = f"the model is kept and MLflow run {run_id} is FINISHED{'' if plotted else ', without plots'}"
+        raise Interrupted(f"{reason} after training; {outcome}", code)
     return float(finals[objective.metric])
 
 

@@ -7,21 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.errors import ConfigError, StartRefused
 from nnexp.folders import check_hydra_paths, job_folders, use_run_folder
+from nnexp.job.hooks import NnexpCallback
 from nnexp.presets import check_command_line_options
 from nnexp.tracking.leftovers import discard_leftover_folders
 
 
-class RunFolderCallback(Callback):
+class RunFolderCallback(NnexpCallback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_command_line_options(config)
-        except ConfigError as exc:
-            raise StartRefused(str(exc)) from None
+        check_command_line_options(config)
         check_hydra_paths(config)
         # Hydra runs the job from the project's folder
         discard_leftover_folders(Path.cwd(), OmegaConf.select(config, "tracking.uri", default=None))

@@ -23,11 +23,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 
 from nnexp.config import MAX_RUN_NAME, check_run_names, check_tags, given_overrides
-from nnexp.errors import ConfigError, NnexpError, StartRefused, require
+from nnexp.errors import ConfigError, NnexpError, require
 from nnexp.folders import (
     FOLDER_LOCK,
     SWEEP_DIR,
@@ -37,7 +36,9 @@ from nnexp.folders import (
     note_run_opened,
     use_sweep_folder,
 )
+from nnexp.job.hooks import NnexpCallback
 from nnexp.presets import check_command_line_options, where_hydra_set
+from nnexp.tracking.store import DESCRIPTION_TAG
 
 if TYPE_CHECKING:
     from hydra.core.config_loader import ConfigLoader
@@ -51,8 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_OVERRIDE = "tracking.parent_run_id"
-#: The run tag MLflow's UI shows as a run's description (Markdown), and the longest value MLflow keeps in a tag.
-DESCRIPTION_TAG = "mlflow.note.content"
+#: The longest description (:data:`~nnexp.tracking.store.DESCRIPTION_TAG`) MLflow keeps in a tag.
 MAX_DESCRIPTION = 8000
 #: How many jobs' composed configs :func:`compose_jobs_once` keeps at a time, about 0.13 MB each.
 KEPT_CONFIGS = 100
@@ -67,19 +67,12 @@ PLUGIN_SETTINGS: tuple[tuple[str, str, str, str, Callable[[Any], bool]], ...] = 
 )
 
 
-class SweepStartError(StartRefused):
-    """A sweep that cannot start."""
-
-
-class SweepCallback(Callback):
+class SweepCallback(NnexpCallback):
     """Hydra callback that opens the sweep's parent run at the start of a multirun and summarises it at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open
-        try:
-            _open = Sweep.start(config)
-        except NnexpError as exc:
-            raise SweepStartError(str(exc)) from None
+        _open = Sweep.start(config)
         choices = config.hydra.runtime.choices
         if choices.get("hydra/launcher") in PROCESS_LAUNCHERS:
             pass_stops_to_jobs(_open.directory)
@@ -146,7 +139,8 @@ class Sweep:
             }
             name = config.tracking.run_name or f"sweep {' '.join(overrides)}"[:MAX_RUN_NAME]
             note_run_opened(directory, store)
-            parent = tracker.open_run(name, tags)
+            parent = tracker.open_run(name, tags, outbox=directory)  # the sweep's, not the project's, folder
+            parent.training = False  # a store that goes away shows in the sweep's end, not in a warning mid-sweep
         except BaseException:
             # The folder claimed by ${nnexp.claim:...} exists already, so it is not among those created here.
             for folder in (directory, *created):
@@ -163,8 +157,11 @@ class Sweep:
         try:
             finished, failed = self.summarise()
         except Exception as exc:
-            self.parent.end("FAILED", f"sweep summary failed: {exc}")
-            return f"the sweep's summary failed: {exc}"
+            from nnexp.tracking.store import store_error_reason
+
+            reason = f"the sweep's summary failed: {store_error_reason(exc)}"
+            self.parent.end("FAILED", reason)
+            return reason
         except KeyboardInterrupt as exc:  # stopped (again) while summarising: the parent is not left RUNNING
             (self.directory / STOP_MARKER).unlink(missing_ok=True)
             self.parent.end("KILLED", self.stop_reason(exc))
@@ -230,7 +227,7 @@ class Sweep:
 
         client = self.tracker.client
         runs, _ = reap(client, tables.child_runs(client, client.get_run(self.parent.run_id)))
-        if name_by_swept_values(client, runs, self.swept):
+        if self.optional("the jobs' names", functools.partial(name_by_swept_values, client, runs, self.swept)):
             runs = tables.child_runs(client, client.get_run(self.parent.run_id))
         finished = [run for run in runs if run.info.status == "FINISHED"]
         failed = len(runs) - len(finished)
@@ -264,6 +261,18 @@ class Sweep:
         print(f"sweep {self.parent.run_id}: {self.tracker.where_to_see(view=self.parent.run_id if saved else None)}")
         return len(finished), failed
 
+    def optional(self, what: str, request: Callable[[], Any]) -> Any:
+        """``request``'s result; None, with a warning, if the store refuses it: the parent's summary goes on, and
+        what the store misses waits in the parent's outbox (the jobs' names and the best's settings are in
+        ``summary/children.csv``)."""
+        from nnexp.tracking.store import store_error_reason
+
+        try:
+            return request()
+        except Exception as exc:
+            log.warning("sweep %s: %s not recorded: %s", self.parent.run_id, what, store_error_reason(exc)[:200])
+            return None
+
     def log_best(self, runs: list[Run], params: list[str], ranking: Ranking, groups: list[Configuration]) -> None:
         """The best job's objective (and with seeds the best configuration's mean and std), and its settings."""
         from nnexp.tracking import tables
@@ -283,7 +292,8 @@ class Sweep:
             metrics[f"best_mean_{ranking.metric}"] = groups[0].mean
             metrics[f"best_std_{ranking.metric}"] = groups[0].std
         self.parent.log_metrics(metrics, 0)
-        self.parent.log_params({f"best.{key}": tables.settings(best).get(key, "") for key in params})
+        best_params = {f"best.{key}": tables.settings(best).get(key, "") for key in params}
+        self.optional("the best job's settings (best.* params)", functools.partial(self.parent.log_params, best_params))
         self.parent.set_tags(
             {"best_run_id": best.info.run_id, "best_run_name": best.info.run_name, "objective": ranking.metric}
         )

@@ -14,7 +14,7 @@ from nnexp.config import MAX_TAG_KEY, MAX_TAG_VALUE
 from nnexp.core.training import EPOCH_METRICS
 from nnexp.errors import ConfigError, DataError, NnexpError
 from nnexp.tracking import liveness
-from nnexp.tracking.store import MLFLOW_METRIC_NAMES, OUTBOX, OUTBOX_STATUSES, existing_store, find_run
+from nnexp.tracking.store import DESCRIPTION_TAG, MLFLOW_METRIC_NAMES, OUTBOX, OUTBOX_STATUSES, existing_store, find_run
 from nnexp.tracking.tracked_run import OutboxWriteError, TrackedRun, TrackingStoreError
 
 if TYPE_CHECKING:
@@ -269,7 +269,11 @@ def training_unfinished(
     """Why the run ``found`` did not finish training, by its folder and its record (the store's ``histories`` and the
     outbox's missed ``metrics``); None when they show it did: ``model.npz`` is saved, its MLflow ``model`` is in its
     folder or logged, the test metrics are logged (only after training and evaluation), every epoch up to its
-    ``last`` is, and that is the run's ``trainer.epochs`` or early stopping ended it (its ``best_epoch`` is logged)."""
+    ``last`` is, and that is the run's ``trainer.epochs`` or early stopping ended it (its ``best_epoch`` is logged).
+    A sweep's or reproduction's parent run (tagged ``nnexp_command``) trains nothing itself: its jobs' runs say how
+    they ended."""
+    if "nnexp_command" in found.data.tags:
+        return None
     logged = {row[0] for row in metrics} | set(found.data.metrics)
     epochs = found.data.params.get("trainer.epochs", "unknown")
     trained = f"its last epoch logged is {last} of trainer.epochs={epochs}"
@@ -325,8 +329,10 @@ def check_outbox(fields: Fields, contents: object, folder: Path) -> dict[str, An
         fields.check(len(key) <= MAX_TAG_KEY, f"tags.{key[:40]}…", f"at most {MAX_TAG_KEY} characters", len(key))
         fields.string(value, f"tags.{key}")
         fields.check(len(value) <= MAX_TAG_VALUE, f"tags.{key}", f"at most {MAX_TAG_VALUE} characters", len(value))
-        # A run's system tags and its folder are set when it is created; an outbox only adds to the run.
-        fields.check(not key.startswith("mlflow."), f"tags.{key}", "a tag of nnexp's, not one of MLflow's own", key)
+        # A run's system tags and its folder are set when it is created; an outbox only adds to the run (a sweep's
+        # parent its description, the table of its jobs).
+        mlflow_own = key.startswith("mlflow.") and key != DESCRIPTION_TAG
+        fields.check(not mlflow_own, f"tags.{key}", "a tag of nnexp's, not one of MLflow's own", key)
         if key == "output_dir":
             fields.check(Path(value).resolve() == folder.resolve(), "tags.output_dir", str(folder.resolve()), value)
     artifacts = fields.get(outbox, "artifacts")

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 OUTBOX = "mlflow_outbox.json"
+#: The run tag MLflow's UI shows as a run's description (Markdown): the only tag of MLflow's own an outbox may hold.
+DESCRIPTION_TAG = "mlflow.note.content"
 #: The final statuses an outbox may hold.
 OUTBOX_STATUSES = ("FINISHED", "FAILED", "KILLED")
 

@@ -112,6 +112,8 @@ class TrackedRun:
         self._stored: set[tuple[str, int]] = set()
         #: A model the store did not take, where it is kept, and how to log it when the store takes requests again.
         self._model: tuple[Path, Callable[[], object]] | None = None
+        #: The held model is a temporary copy, gone once the run ends: an outbox cannot keep it for ``nnexp sync``.
+        self._model_temporary = False
         #: The run was deleted from the store while open (:class:`RunDeletedError`).
         self.deleted = False
 
@@ -253,11 +255,13 @@ class TrackedRun:
             self._artifacts.pop(0)
         return True
 
-    def hold_model(self, directory: Path, upload: Callable[[], object]) -> None:
+    def hold_model(self, directory: Path, upload: Callable[[], object], temporary: bool = False) -> None:
         """Keep the model saved in ``directory`` for the run's end, which calls ``upload`` before it sets the status:
         a run is never closed FINISHED without the model it logs. If the store stays away, the outbox says so and
-        ``nnexp sync`` logs the model."""
+        ``nnexp sync`` logs the model; a ``temporary`` directory, removed as the run ends, keeps it for no one: the
+        outbox then ends the run FAILED, saying so."""
         self._model = (directory, upload)
+        self._model_temporary = temporary
 
     def _send_model(self) -> bool:
         if self._model is None:
@@ -286,6 +290,12 @@ class TrackedRun:
                 return
         trouble = f"cannot write ({self._disk_error})" if self._disk_error else "stopped answering"
         model = f"model (saved in {self._model[0]}), " if self._model else ""
+        if self._model is not None and self._model_temporary:
+            lost = "the run's MLflow model was not logged and is kept nowhere (its folder had no room for it)"
+            model = ""
+            if status == "FINISHED":
+                status, self._tags["failure_reason"] = "FAILED", lost
+            trouble += f"; {lost}"
         try:
             outbox = self.write_outbox(status)
         except OSError as exc:  # the run's folder is on the store's full disk too
