@@ -219,7 +219,7 @@ def check_steps(fields: Fields, outbox: dict[str, Any], found: Run, histories: d
         else:
             expected = f"{last}, the last epoch of run {run_id} (its last train_loss step), where nnexp logs {key}"
             fields.check(step == last and last >= 1, field, expected, step)
-    for key in steps.keys() & FINISHED_HISTORY:
+    for key in [key for key in FINISHED_HISTORY if key in steps]:  # in a fixed order: the first gap is named
         # An outbox holds every epoch the store missed, in order: one past a gap was not written by the run. (A
         # validation loss that overflows is not logged: its epoch stays empty.)
         outboxed = steps[key]
