@@ -215,6 +215,8 @@ def log_saved_model(run: TrackedRun, directory: Path, step: int = 0, kept: bool 
     where = ""
     if kept:
         run.hold_model(directory, functools.partial(upload_model, run.client, run.run_id, directory, step))
+        if not directory.exists():  # the run folder was removed: the run's end says so, and ends it FAILED
+            return None
         where = f"; it is saved in {directory}, and logged when the store takes it"
     log.warning("run %s: its model could not be logged to %s (%s)%s", run.run_id, run.store, reason, where)
     return None
