@@ -395,6 +395,26 @@ def test_a_held_model_whose_folder_was_removed_fails_the_run_saying_so(tmp_path,
     assert (ended.info.status, ended.data.tags["failure_reason"]) == ("FAILED", f"the model was not logged: {gone}")
 
 
+def test_a_run_folder_removed_mid_run_is_a_warning_and_the_run_finishes(project):
+    """The store was blamed three times, the run ended KILLED, and its outbox could never be sent."""
+    process = project.start("trainer.epochs=400", "checkpoint.every=20", "hydra.run.dir=outputs/rmd")
+    folder = project.root / "outputs" / "rmd"
+    deadline = time.monotonic() + 120
+    while not (folder / "checkpoints" / "checkpoint.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGSTOP)  # removed while training, not after
+    shutil.rmtree(folder)
+    process.send_signal(signal.SIGCONT)
+    stdout, stderr = process.communicate(timeout=300)
+    output = stdout + stderr
+    assert process.returncode == 0, output
+    assert not_logged(folder / ".hydra") in output
+    assert "does not answer" not in output and not (folder / OUTBOX).exists()
+    [run] = project.runs()
+    assert run.info.status == "FINISHED"
+
+
 def test_a_sweep_folder_used_before_is_refused_and_keeps_the_first_sweep(project):
     first = project.run("-m", *QUICK, "seed=1", "hydra.sweep.dir=X")
     assert first.returncode == 0, first.stderr

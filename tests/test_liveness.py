@@ -471,12 +471,16 @@ def test_kill_9_then_nnexp_runs_marks_the_run_killed_with_the_reason(project):
         process.communicate(timeout=60)
     [run] = project.runs()
     assert run.info.status == "RUNNING", "nothing in a process killed with SIGKILL can close its run"
+    # What a kill while model.npz was written leaves; the checkpoints' own are removed at the next write.
+    partial = Path(run.data.tags["output_dir"]) / ".model.c1a3209a.partial.npz"
+    partial.write_bytes(b"half")
     listed = project.run("runs")
     assert listed.returncode == 0
     assert listed.stderr.strip() == (
         f"run {run.info.run_name} ({run.info.run_id}) marked KILLED: process {process.pid} on "
-        f"{socket.gethostname()} has ended"
+        f"{socket.gethostname()} has ended; removed the partial file it was writing: {partial}"
     )
+    assert not partial.exists()
     assert listed.stdout.splitlines()[-1].startswith("KILLED ")
     [run] = project.runs()
     assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", REASON)
