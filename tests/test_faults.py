@@ -395,6 +395,36 @@ def test_a_held_model_whose_folder_was_removed_fails_the_run_saying_so(tmp_path,
     assert (ended.info.status, ended.data.tags["failure_reason"]) == ("FAILED", f"the model was not logged: {gone}")
 
 
+def test_an_artifact_copied_while_the_database_refuses_writes_does_not_say_the_store_is_back(
+    tmp_path, monkeypatch, caplog
+):
+    """The store's file deleted mid-run: "does not answer" alternated with "takes requests again" for each
+    artifact copied into its folder, while no write reached the database."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    run = tracker.open_run("deleted store", {}, outbox=tmp_path / "run")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    log_batch = tracker.client.log_batch
+
+    def read_only(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(tracker.client, "log_batch", read_only)
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.tracked_run"):
+        run.log_metrics({"train_loss": 0.5}, step=1)
+        assert not run.flush()
+        run.log_artifact(tmp_path / "config.yaml")
+        assert not run.flush()
+        monkeypatch.setattr(tracker.client, "log_batch", log_batch)
+        assert run.flush()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert caplog.messages == [
+        f"tracking store {store} does not answer (attempt to write a readonly database); training goes on, and "
+        "what it misses is kept and sent when it takes it again",
+        f"tracking store {store} takes requests again; sending what it missed",
+    ]
+    run.end("FINISHED")
+
+
 def test_a_run_folder_removed_mid_run_is_a_warning_and_the_run_finishes(project):
     """The store was blamed three times, the run ended KILLED, and its outbox could never be sent."""
     process = project.start("trainer.epochs=400", "checkpoint.every=20", "hydra.run.dir=outputs/rmd")

@@ -143,12 +143,14 @@ class TrackedRun:
     def store(self) -> str:
         return str(self.client.tracking_uri)
 
-    def _send(self, request: Callable[[], object], reads: Path | None = None) -> bool:
+    def _send(self, request: Callable[[], object], reads: Path | None = None, records: bool = True) -> bool:
         """Make one request; if the store does not answer, note it (warning once) and return False. Raises
         :class:`RunDeletedError` if the store refuses the request because the run is deleted.
 
         ``reads``: the local file or folder the request sends; if it is gone once the request fails, the request
-        failed for want of it, and the store is not blamed (False all the same).
+        failed for want of it, and the store is not blamed (False all the same). ``records``: the request writes
+        the store's records; only then does its success say the store takes requests again (an artifact's upload
+        into a local store only copies files, which a database that refuses every write does not stop).
         """
         try:
             request()
@@ -173,7 +175,7 @@ class TrackedRun:
                 )
             self._away_since = time.monotonic()
             return False
-        if self._away_since is not None:
+        if self._away_since is not None and records:
             log.warning("tracking store %s takes requests again; sending what it missed", self.store)
             self._away_since = None
         return True
@@ -262,7 +264,7 @@ class TrackedRun:
         while self._forget_missing_artifacts():
             path, artifact_path = self._artifacts[0]
             upload = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
-            if self._send(functools.partial(upload, self.run_id, path, artifact_path), Path(path)):
+            if self._send(functools.partial(upload, self.run_id, path, artifact_path), Path(path), records=False):
                 self._artifacts.pop(0)
             elif Path(path).exists():
                 return False
