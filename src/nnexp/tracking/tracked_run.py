@@ -289,12 +289,11 @@ class TrackedRun:
         if self._model is None:
             return True
         directory, upload = self._model
-        if directory.exists() and not self._send(upload, directory):
-            return False
-        self._model = None
-        if not directory.exists():
-            self.lost_model = f"the model was not logged: {not_logged(directory)}"
-        return True
+        if directory.exists() and self._send(upload, directory):
+            self._model = None
+        elif not directory.exists():
+            self._model, self.lost_model = None, f"the model was not logged: {not_logged(directory)}"
+        return self._model is None
 
     def end(self, status: str, reason: str | None = None) -> None:
         """Send everything queued (a held model too) and set the final status; ``reason`` becomes the
