@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -309,6 +310,141 @@ def test_an_outbox_that_cannot_be_written_either_says_what_is_lost(tmp_path, mon
     message = str(raised.value)
     assert f"cannot write (database or disk is full: {database}), and the outbox cannot be kept either" in message
     assert f"run {run.run_id} stays RUNNING" in message
+def removed_run_folder(tmp_path: Path) -> tuple[Tracker, tracked_run.TrackedRun, Path]:
+    """A run whose folder held model.npz and Hydra's .hydra, and was removed once model.npz was logged."""
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (folder / "model.npz").write_bytes(b"weights")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    run = tracker.open_run("rmdir", {"output_dir": str(folder)}, outbox=folder)
+    run.log_metrics({"train_loss": 0.5}, step=1)
+    run.log_artifact(folder / "model.npz")
+    shutil.rmtree(folder)
+    return tracker, run, folder
+
+
+def not_logged(path: Path) -> str:
+    return f"warning: not logged: {path}: No such file or directory (the run folder was removed?)"
+
+
+def test_an_artifact_whose_run_folder_was_removed_is_a_warning_and_the_run_finishes(tmp_path, caplog):
+    """The store was blamed for the missing .hydra, and the run ended KILLED with an outbox sync refused for good."""
+    tracker, run, folder = removed_run_folder(tmp_path)
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.tracked_run"):
+        run.log_artifact(folder / ".hydra", "hydra")
+        run.end("FINISHED")
+    assert caplog.messages == [not_logged(folder / ".hydra")]
+    finished = tracker.client.get_run(run.run_id)
+    assert finished.info.status == "FINISHED"
+    assert [entry.path for entry in tracker.client.list_artifacts(run.run_id)] == ["model.npz"]
+    assert [m.value for m in tracker.client.get_metric_history(run.run_id, "train_loss")] == [0.5]
+    assert not folder.exists(), "no outbox recreates the folder"
+
+
+def test_a_file_removed_while_it_is_uploaded_does_not_blame_the_store(tmp_path, monkeypatch, caplog):
+    tracker, run, folder = removed_run_folder(tmp_path)
+    (folder / "plots").mkdir(parents=True)
+    (folder / "plots" / "loss.png").write_bytes(b"png")
+
+    def removed_meanwhile(run_id, path, artifact_path=None):
+        shutil.rmtree(folder)
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+
+    monkeypatch.setattr(tracker.client, "log_artifacts", removed_meanwhile)
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.tracked_run"):
+        run.log_artifact(folder / "plots", "plots")
+        run.end("FINISHED")
+    assert caplog.messages == [not_logged(folder / "plots")]
+    assert tracker.client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_an_outbox_lists_no_artifact_whose_file_is_gone(tmp_path, monkeypatch, caplog):
+    """The store away too: what it missed is kept, but not a file nnexp sync could never send."""
+    tracker, run, folder = removed_run_folder(tmp_path)
+    folder.mkdir()
+    (folder / "config.yaml").write_text("seed: 0\n")
+
+    def away(*args, **kwargs):
+        raise MlflowException("connection refused")
+
+    for request in ("log_batch", "set_terminated", "log_artifact", "log_artifacts"):
+        monkeypatch.setattr(tracker.client, request, away)
+    monkeypatch.setattr(tracked_run, "END_PAUSE_SECONDS", 0.0)
+    run.log_artifact(folder / "config.yaml")
+    run.log_artifact(folder / "plots", "plots")
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.tracked_run"), pytest.raises(TrackingStoreError):
+        run.end("FINISHED")
+    assert not_logged(folder / "plots") in caplog.messages
+    assert json.loads((folder / OUTBOX).read_text())["artifacts"] == [[str(folder / "config.yaml"), None]]
+
+
+def test_a_held_model_whose_folder_was_removed_fails_the_run_saying_so(tmp_path, caplog):
+    """Never FINISHED without its model; and the store, which answers, is not blamed."""
+    from nnexp.serving import log_saved_model
+
+    tracker, run, folder = removed_run_folder(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert log_saved_model(run, folder / "model", 1) is None
+        with pytest.raises(tracked_run.ModelLostError) as raised:
+            run.end("FINISHED")
+    gone = f"{folder / 'model'}: No such file or directory (the run folder was removed?)"
+    assert caplog.messages == [f"warning: not logged: {gone}"]
+    assert str(raised.value) == f"the model was not logged: {gone}; run {run.run_id} is marked FAILED"
+    ended = tracker.client.get_run(run.run_id)
+    assert (ended.info.status, ended.data.tags["failure_reason"]) == ("FAILED", f"the model was not logged: {gone}")
+
+
+def test_an_artifact_copied_while_the_database_refuses_writes_does_not_say_the_store_is_back(
+    tmp_path, monkeypatch, caplog
+):
+    """The store's file deleted mid-run: "does not answer" alternated with "takes requests again" for each
+    artifact copied into its folder, while no write reached the database."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "nnexp")
+    run = tracker.open_run("deleted store", {}, outbox=tmp_path / "run")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    log_batch = tracker.client.log_batch
+
+    def read_only(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(tracker.client, "log_batch", read_only)
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.tracked_run"):
+        run.log_metrics({"train_loss": 0.5}, step=1)
+        assert not run.flush()
+        run.log_artifact(tmp_path / "config.yaml")
+        assert not run.flush()
+        monkeypatch.setattr(tracker.client, "log_batch", log_batch)
+        assert run.flush()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert caplog.messages == [
+        f"tracking store {store} does not answer (attempt to write a readonly database); training goes on, and "
+        "what it misses is kept and sent when it takes it again",
+        f"tracking store {store} takes requests again; sending what it missed",
+    ]
+    run.end("FINISHED")
+
+
+def test_a_run_folder_removed_mid_run_is_a_warning_and_the_run_finishes(project):
+    """The store was blamed three times, the run ended KILLED, and its outbox could never be sent."""
+    process = project.start("trainer.epochs=400", "checkpoint.every=20", "hydra.run.dir=outputs/rmd")
+    folder = project.root / "outputs" / "rmd"
+    deadline = time.monotonic() + 120
+    while not (folder / "checkpoints" / "checkpoint.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGSTOP)  # removed while training, not after
+    shutil.rmtree(folder)
+    process.send_signal(signal.SIGCONT)
+    stdout, stderr = process.communicate(timeout=300)
+    output = stdout + stderr
+    assert process.returncode == 0, output
+    assert not_logged(folder / ".hydra") in output
+    assert "does not answer" not in output and not (folder / OUTBOX).exists()
+    [run] = project.runs()
+    assert run.info.status == "FINISHED"
+
+
 def test_a_sweep_folder_used_before_is_refused_and_keeps_the_first_sweep(project):
     first = project.run("-m", *QUICK, "seed=1", "hydra.sweep.dir=X")
     assert first.returncode == 0, first.stderr

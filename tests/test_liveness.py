@@ -471,12 +471,16 @@ def test_kill_9_then_nnexp_runs_marks_the_run_killed_with_the_reason(project):
         process.communicate(timeout=60)
     [run] = project.runs()
     assert run.info.status == "RUNNING", "nothing in a process killed with SIGKILL can close its run"
+    # What a kill while model.npz was written leaves; the checkpoints' own are removed at the next write.
+    partial = Path(run.data.tags["output_dir"]) / ".model.c1a3209a.partial.npz"
+    partial.write_bytes(b"half")
     listed = project.run("runs")
     assert listed.returncode == 0
     assert listed.stderr.strip() == (
         f"run {run.info.run_name} ({run.info.run_id}) marked KILLED: process {process.pid} on "
-        f"{socket.gethostname()} has ended"
+        f"{socket.gethostname()} has ended; removed the partial file it was writing: {partial}"
     )
+    assert not partial.exists()
     assert listed.stdout.splitlines()[-1].startswith("KILLED ")
     [run] = project.runs()
     assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", REASON)
@@ -669,3 +673,38 @@ def test_through_the_cli_predict_run_of_a_ghost_says_it_was_killed(tracker, tmp_
         f"error: run {run_id} in {tracker.uri} is KILLED ({REASON}) and has no logged MLflow model 'model': it ended "
         "before logging one",
     ]
+
+
+def left_partials(folder: Path) -> list[Path]:
+    """What a process killed while writing model.npz and its first checkpoint leaves in run folder ``folder``."""
+    partials = [folder / ".model.c1a3209a.partial.npz", folder / "checkpoints" / ".checkpoint-e1.d12b3339.partial.npz"]
+    for path in partials:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    return partials
+
+
+def test_marking_a_run_killed_removes_the_partial_files_its_process_left(tracker, tmp_path, caplog):
+    """A kill -9 while the first checkpoint was written left a 13.7 MB partial file for good."""
+    partials = left_partials(tmp_path / "run")
+    (tmp_path / "run" / "model.npz").write_bytes(b"whole")
+    pid = ended_pid()
+    run_id = crafted(tracker, **{PID: str(pid), "output_dir": str(tmp_path / "run")})
+    with caplog.at_level(logging.WARNING, "nnexp.tracking.liveness"):
+        run, ghosts = judged(tracker, run_id)
+    assert_killed(run, ghosts)
+    assert caplog.messages == [
+        f"run crafted ({run_id}) marked KILLED: process {pid} on {socket.gethostname()} has ended; removed the 2 "
+        f"partial files it was writing: {partials[0]}, {partials[1]}"
+    ]
+    assert [path.name for path in (tmp_path / "run").rglob("*")] == ["checkpoints", "model.npz"]
+
+
+def test_a_run_judged_gone_by_its_heartbeat_keeps_its_partial_files(tracker, tmp_path):
+    """Its process may yet be writing them on another machine, behind a broken network."""
+    partials = left_partials(tmp_path / "run")
+    tags = {PID: str(ended_pid()), HOST: "elsewhere", HEARTBEAT: ago(11), "output_dir": str(tmp_path / "run")}
+    run, ghosts = judged(tracker, crafted(tracker, **tags))
+    assert_killed(run, ghosts)
+    assert ghosts[0].removed == []
+    assert all(path.exists() for path in partials)

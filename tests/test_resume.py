@@ -246,6 +246,25 @@ def test_a_folder_where_the_checkpoint_manifest_belongs_is_refused_before_traini
         checkpoint_of_run(run.info.run_id, uri, tmp_path)
 
 
+def test_a_run_with_no_checkpoint_to_resume_loses_the_partial_file_it_was_writing(tmp_path):
+    """Killed while its first checkpoint was written: the run cannot go on, and the 13.7 MB partial file stayed."""
+    from nnexp.errors import ConfigError
+    from nnexp.job.resume import checkpoint_of_run
+    from nnexp.tracking.tracked_run import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "nnexp")
+    run = tracker.client.create_run(tracker.experiment_id, tags={"output_dir": str(tmp_path / "run")})
+    tracker.client.set_terminated(run.info.run_id, "KILLED")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / ".checkpoint-e000001-b00000000.d12b3339.partial.npz").write_bytes(b"half")
+    (tmp_path / ".notes.0123abcd.partial.txt").write_text("the project's, beside the store")
+    with pytest.raises(ConfigError, match=r"the run has no checkpoint, neither in .*/run/checkpoints nor in MLflow$"):
+        checkpoint_of_run(run.info.run_id, uri, tmp_path)
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+    assert (tmp_path / ".notes.0123abcd.partial.txt").exists()
+
+
 #: Two epochs of a model large enough (9 MB of weights) that keeping and logging it takes a while after training.
 BIG_MODEL = ("trainer.epochs=2", "model.hidden_sizes=[1500,1500]", "checkpoint.every=1")
 

@@ -111,6 +111,22 @@ def test_a_run_folder_is_used_by_one_process_at_a_time(tmp_path):
         _held.pop().close()
 
 
+def test_a_resumed_run_folder_loses_the_partial_files_a_killed_process_left(tmp_path):
+    """Killed while model.npz was written: the partial file stayed after the resume finished the run."""
+    from nnexp.folders import _held, use_run_folder
+
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    partials = [folder / ".model.c1a3209a.partial.npz", folder / "checkpoints" / ".checkpoint-e2.0123abcd.partial.npz"]
+    for path in partials:
+        path.write_bytes(b"half")
+    (folder / "model.npz").write_bytes(b"weights")
+    use_run_folder(folder, resuming=True)
+    _held.pop().close()
+    assert not any(path.exists() for path in partials)
+    assert (folder / "model.npz").exists()
+
+
 def test_a_folder_that_holds_a_run_is_refused_unless_resuming(tmp_path):
     from nnexp.folders import FolderRefused, _held, use_run_folder
 

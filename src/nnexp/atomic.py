@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+#: The folders of a run folder, besides the folder itself, that nnexp writes files into with :func:`replacing`.
+RUN_SUBFOLDERS = ("checkpoints", "plots")
 #: The name of :func:`replacing`'s temporary file: ``.<stem>.<8 hex digits>.partial<suffix>``.
 PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial(\.[^.]*)?")
 
@@ -43,3 +46,15 @@ def remove_partials(folder: Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def remove_run_partials(folder: Path, subfolders: tuple[str, ...] = RUN_SUBFOLDERS) -> list[Path]:
+    """:func:`remove_partials` for run folder ``folder`` and its ``subfolders``; returns the files removed.
+
+    Call it once the process that wrote into the run folder is gone, or from the process that now holds it.
+    """
+    removed = []
+    for directory in (folder, *(folder / name for name in subfolders)):
+        with contextlib.suppress(OSError):  # a folder that is gone or cannot be listed holds nothing to remove
+            removed += remove_partials(directory)
+    return removed

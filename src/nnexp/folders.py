@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from nnexp.atomic import remove_run_partials
 from nnexp.errors import ConfigError, StartRefused
 from nnexp.tracking import liveness
 
@@ -244,6 +245,8 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
             "choose another folder, or resume it with resume=<id>"
         )
     lock_folder(folder, "run folder")
+    if resuming:  # the folder is this process's now: what a killed process of the run was writing is stale
+        remove_run_partials(folder)
 
 
 #: What a tracking store keeps beside its database: no run folder is one of these, or inside the artifacts.

@@ -218,6 +218,8 @@ def log_saved_model(
     where = ""
     if kept:
         run.hold_model(directory, functools.partial(upload_model, run.client, run.run_id, directory, step), temporary)
+        if not directory.exists():  # the run folder was removed: the run's end says so, and ends it FAILED
+            return None
         where = f"; it is saved in {directory}, and logged when the store takes it"
         if temporary:
             where += " before the run ends (a temporary copy: the run fails if the store does not take it by then)"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from nnexp.atomic import remove_run_partials
 from nnexp.errors import ConfigError, DataError
 from nnexp.job import checkpoint
 from nnexp.schema import Fields
@@ -238,6 +239,8 @@ def checkpoint_of_run(run_id: str, uri: str | None, project_dir: Path) -> Path:
         # Moved on this machine: MLflow's copy would recreate the old folder and split the run across two.
         return moved_checkpoint(run_id, recorded, project_dir, "checkpoint" in paths)
     if "checkpoint" not in paths:
+        if run.data.tags.get("output_dir"):  # what its process was writing when killed: the run gets no further
+            remove_run_partials(recorded)
         raise ConfigError(f"resume={run_id}: the run has no checkpoint, neither in {local} nor in MLflow")
     destination = project_dir / "outputs" / "resumed" / run_id
     destination.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,12 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nnexp.atomic import remove_run_partials
 from nnexp.errors import one_line
 
 if TYPE_CHECKING:
@@ -103,6 +104,12 @@ def heartbeat_age(tags: Mapping[str, str], now: float) -> float | None:
     return now - last
 
 
+def lives_here(tags: Mapping[str, str]) -> bool:
+    """Whether the process a run's ``tags`` name lived on this machine, in this boot and pid namespace."""
+    space = pid_space()
+    return tags.get(HOST) == socket.gethostname() and bool(space) and tags.get(PID_SPACE) == space
+
+
 def why_gone(tags: Mapping[str, str], now: float | None = None) -> str | None:
     """Why the process a run's ``tags`` name has ended without closing it; None if it may be alive, or if the
     tags do not say where it lives."""
@@ -110,8 +117,7 @@ def why_gone(tags: Mapping[str, str], now: float | None = None) -> str | None:
     if not host or not pid_text.isdigit() or not 0 < int(pid_text) < MAX_PID:
         return None
     pid = int(pid_text)
-    space = pid_space()
-    if host == socket.gethostname() and space and tags.get(PID_SPACE) == space:
+    if lives_here(tags):
         started = process_started(pid)
         if started is None:
             return f"process {pid} on {host} has ended"
@@ -124,15 +130,31 @@ def why_gone(tags: Mapping[str, str], now: float | None = None) -> str | None:
     return f"process {pid} on {host} sent no heartbeat for {math.floor(age / 60)} minutes"
 
 
+def remove_left_partials(tags: Mapping[str, str]) -> list[Path]:
+    """Remove the partial files that the ended process of a run with ``tags`` left in its run folder (or sweep
+    folder, whose jobs write in folders of their own); returns them."""
+    removed = []
+    if tags.get("output_dir"):
+        removed += remove_run_partials(Path(tags["output_dir"]))
+    if tags.get("sweep_dir"):
+        removed += remove_run_partials(Path(tags["sweep_dir"]), subfolders=())
+    return removed
+
+
 @dataclass
 class Ghost:
-    """A RUNNING run whose process was found gone, and why."""
+    """A RUNNING run whose process was found gone, and why; ``removed``: the partial files it left, now removed."""
 
     run: Run
     why: str
+    removed: list[Path] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"{describe(self.run)} marked KILLED: {self.why}"
+        marked = f"{describe(self.run)} marked KILLED: {self.why}"
+        if not self.removed:
+            return marked
+        files = "the partial file" if len(self.removed) == 1 else f"the {len(self.removed)} partial files"
+        return f"{marked}; removed {files} it was writing: {', '.join(map(str, self.removed))}"
 
 
 def describe(run: Run) -> str:
@@ -183,7 +205,9 @@ def mark(client: MlflowClient, run_id: str, now: float) -> tuple[Run, Ghost | No
     last_seen = now if age is None else min(now, now - age)
     client.set_tag(run_id, "failure_reason", REASON)
     client.set_terminated(run_id, "KILLED", end_time=max(run.info.start_time, int(last_seen * 1000)))
-    return client.get_run(run_id), Ghost(run, why)
+    # Only for a process seen gone here: one judged gone by its heartbeat may yet write on another machine.
+    removed = remove_left_partials(run.data.tags) if lives_here(run.data.tags) else []
+    return client.get_run(run_id), Ghost(run, why, removed)
 
 
 class Heartbeat:

@@ -7,10 +7,12 @@ with a status and nothing it was sent is lost (the outbox), and splitting them w
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import urllib.error
@@ -83,6 +85,10 @@ class RunDeletedError(NnexpError):
     waiting for it to answer would wait for ever."""
 
 
+class ModelLostError(NnexpError):
+    """The model a run held for its end was removed from the disk before the store took it: the run is FAILED."""
+
+
 class TrackedRun:
     """One MLflow run; metrics are buffered and sent in batches, since one request per value is slow.
 
@@ -116,6 +122,8 @@ class TrackedRun:
         self._model_temporary = False
         #: The run was deleted from the store while open (:class:`RunDeletedError`).
         self.deleted = False
+        #: Why the model it held could not be logged: its folder is gone; the run then ends FAILED.
+        self.lost_model: str | None = None
 
     @property
     def disk_error(self) -> str | None:
@@ -137,9 +145,15 @@ class TrackedRun:
     def store(self) -> str:
         return str(self.client.tracking_uri)
 
-    def _send(self, request: Callable[[], object]) -> bool:
+    def _send(self, request: Callable[[], object], reads: Path | None = None, records: bool = True) -> bool:
         """Make one request; if the store does not answer, note it (warning once) and return False. Raises
-        :class:`RunDeletedError` if the store refuses the request because the run is deleted."""
+        :class:`RunDeletedError` if the store refuses the request because the run is deleted.
+
+        ``reads``: the local file or folder the request sends; if it is gone once the request fails, the request
+        failed for want of it, and the store is not blamed (False all the same). ``records``: the request writes
+        the store's records; only then does its success say the store takes requests again (an artifact's upload
+        into a local store only copies files, which a database that refuses every write does not stop).
+        """
         try:
             request()
         except Exception as exc:
@@ -148,6 +162,8 @@ class TrackedRun:
                 if self._heartbeat is not None:
                     self._heartbeat.stop()
                 raise RunDeletedError(f"{self.deleted_reason}; restore it with: {self.restore_command}") from None
+            if reads is not None and not reads.exists():
+                return False
             self._disk_error = disk_error(exc, sqlite_path(self.store))
             self.refusal = store_error_reason(exc)[:200]
             if self._away_since is None and self.training:
@@ -161,7 +177,7 @@ class TrackedRun:
                 )
             self._away_since = time.monotonic()
             return False
-        if self._away_since is not None:
+        if self._away_since is not None and records:
             log.warning("tracking store %s takes requests again; sending what it missed", self.store)
             self._away_since = None
         return True
@@ -247,13 +263,23 @@ class TrackedRun:
         self._send_artifacts()
 
     def _send_artifacts(self) -> bool:
-        while self._artifacts:
+        while self._forget_missing_artifacts():
             path, artifact_path = self._artifacts[0]
             upload = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
-            if not self._send(functools.partial(upload, self.run_id, path, artifact_path)):
+            if self._send(functools.partial(upload, self.run_id, path, artifact_path), Path(path), records=False):
+                self._artifacts.pop(0)
+            elif Path(path).exists():
                 return False
-            self._artifacts.pop(0)
         return True
+
+    def _forget_missing_artifacts(self) -> bool:
+        """Drop, with a warning each, the queued artifacts whose local file is gone (no store, and no ``nnexp sync``,
+        can log them); whether any are left."""
+        for path, artifact_path in list(self._artifacts):
+            if not Path(path).exists():
+                not_logged(path)
+                self._artifacts.remove((path, artifact_path))
+        return bool(self._artifacts)
 
     def hold_model(self, directory: Path, upload: Callable[[], object], temporary: bool = False) -> None:
         """Keep the model saved in ``directory`` for the run's end, which calls ``upload`` before it sets the status:
@@ -266,36 +292,45 @@ class TrackedRun:
     def _send_model(self) -> bool:
         if self._model is None:
             return True
-        if not self._send(self._model[1]):
-            return False
-        self._model = None
-        return True
+        directory, upload = self._model
+        if directory.exists() and self._send(upload, directory):
+            self._model = None
+        elif not directory.exists():
+            self._model, self.lost_model = None, f"the model was not logged: {not_logged(directory)}"
+        return self._model is None
 
     def end(self, status: str, reason: str | None = None) -> None:
         """Send everything queued (a held model too) and set the final status; ``reason`` becomes the
         ``failure_reason`` tag.
 
-        Raises :class:`TrackingStoreError` after writing the outbox if the store stays away.
+        Raises :class:`TrackingStoreError` after writing the outbox if the store stays away, and
+        :class:`ModelLostError` after ending a run that would be FINISHED as FAILED if the model it held is gone.
         """
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
         if reason is not None:
             self._tags["failure_reason"] = reason
+        lost = False
         for attempt in range(END_ATTEMPTS):
             if attempt:
                 time.sleep(END_PAUSE_SECONDS)
             delivered = self.flush() and self._send_tags() and self._send_artifacts() and self._send_model()
+            if delivered and self.lost_model is not None and status == "FINISHED":  # never FINISHED without its model
+                lost, status, self._tags["failure_reason"] = True, "FAILED", self.lost_model
+                delivered = self._send_tags()
             if delivered and self._send(functools.partial(self.client.set_terminated, self.run_id, status)):
+                if lost:
+                    raise ModelLostError(f"{self.lost_model}; run {self.run_id} is marked FAILED")
                 return
         trouble = f"cannot write ({self._disk_error})" if self._disk_error else "stopped answering"
         model = f"model (saved in {self._model[0]}), " if self._model else ""
         if self._model is not None and self._model_temporary:
-            lost = "the run's MLflow model was not logged and is kept nowhere (its folder had no room for it)"
+            nowhere = "the run's MLflow model was not logged and is kept nowhere (its folder had no room for it)"
             model = ""
             if status == "FINISHED":
-                status, self._tags["failure_reason"] = "FAILED", lost
-            trouble += f"; {lost}"
+                status, self._tags["failure_reason"] = "FAILED", nowhere
+            trouble += f"; {nowhere}"
         try:
             outbox = self.write_outbox(status)
         except OSError as exc:  # the run's folder is on the store's full disk too
@@ -316,6 +351,7 @@ class TrackedRun:
 
         folder = self.outbox or Path.cwd()
         folder.mkdir(parents=True, exist_ok=True)
+        self._forget_missing_artifacts()
         contents = {
             "tracking_uri": self.store,
             "run_id": self.run_id,
@@ -491,6 +527,13 @@ class Tracker:
             end_after(run, exc)
             raise
         run.end("FINISHED")
+
+
+def not_logged(path: str | Path) -> str:
+    """Warn that ``path``, gone from the disk, is not logged; returns what the warning says of it."""
+    gone = f"{path}: {os.strerror(errno.ENOENT)} (the run folder was removed?)"
+    log.warning("warning: not logged: %s", gone)
+    return gone
 
 
 def end_after(run: TrackedRun, exc: BaseException) -> None:
