@@ -808,13 +808,13 @@ def test_a_batch_larger_than_the_configs_kept_is_composed_again_beyond_them():
 
 
 def test_a_job_folder_is_claimed_by_one_job_and_never_one_holding_a_user_s_files(tmp_path):
-    from nnexp.folders import FOLDER_LOCK, FolderRefused, _held, claim_job_folder
+    from nnexp.folders import FOLDER_LOCK, JobFolderError, _held, claim_job_folder
 
     folder = tmp_path / "sweep" / "e2"
     (folder / ".hydra").mkdir(parents=True)  # what Hydra writes before the job starts
     claim_job_folder(folder, "e${trainer.epochs}")
     _held.pop().close()
-    with pytest.raises(FolderRefused) as refused:
+    with pytest.raises(JobFolderError) as refused:
         claim_job_folder(folder, "e${trainer.epochs}")
     assert str(refused.value) == (
         f"hydra.sweep.subdir='e${{trainer.epochs}}' gives this job the folder {folder}, which another job of the "
@@ -822,7 +822,7 @@ def test_a_job_folder_is_claimed_by_one_job_and_never_one_holding_a_user_s_files
     )
     (folder / FOLDER_LOCK).unlink()
     (folder / "notes.txt").write_text("the user's")
-    with pytest.raises(FolderRefused, match=r"which holds files nnexp did not write \(notes\.txt\)"):
+    with pytest.raises(JobFolderError, match=r"which holds files nnexp did not write \(notes\.txt\)"):
         claim_job_folder(folder, "e${trainer.epochs}")
 
 

@@ -172,6 +172,11 @@ class FolderRefused(StartRefused):
     """A run folder that is in use or already holds a run."""
 
 
+class JobFolderError(ConfigError):
+    """A sweep job's folder that another job of the sweep has, or that holds files nnexp did not write: the job fails
+    and the sweep goes on."""
+
+
 #: Where Hydra's default job logging writes the job's log file: inside the job's folder.
 JOB_FOLDER = "${hydra.runtime.output_dir}/"
 
@@ -277,13 +282,13 @@ def claim_job_folder(folder: Path, subdir: str) -> None:
     try:
         os.close(os.open(folder / FOLDER_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        raise FolderRefused(
+        raise JobFolderError(
             f"hydra.sweep.subdir={subdir!r} gives this job the folder {folder}, which another job of the sweep has; "
             "make it differ between jobs, such as ${hydra.job.num} (the default)"
         ) from None
     foreign = not_from_setup(folder)
     if foreign:
-        raise FolderRefused(
+        raise JobFolderError(
             f"hydra.sweep.subdir={subdir!r} gives this job the folder {folder}, which holds files nnexp did not "
             f"write ({shown(foreign)}); choose another hydra.sweep.dir"
         )

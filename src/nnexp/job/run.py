@@ -20,7 +20,7 @@ from nnexp.core.metrics import confusion_matrix
 from nnexp.core.schedules import Constant, LearningRateScheduler
 from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState, evaluate
 from nnexp.errors import Interrupted
-from nnexp.folders import FolderRefused, claim_job_folder, describe_os_error, discard_job_dir, note_run_opened
+from nnexp.folders import JobFolderError, claim_job_folder, describe_os_error, discard_job_dir, note_run_opened
 from nnexp.job import checkpoint
 from nnexp.job.background import Workers, in_thread
 from nnexp.job.build import Experiment, Objective, configure, prepare, run_params
@@ -208,7 +208,7 @@ def discard_unstarted(cfg: DictConfig, label: str, project_dir: Path, output_dir
     run, unless the store refused to create runs at all."""
     if cfg.resume:
         return  # a resumed job's run exists already: its failure to start again is no new run
-    if not isinstance(exc, FolderRefused):  # a folder refused is another job's or the user's
+    if not isinstance(exc, JobFolderError):  # another job's folder, or the user's
         discard_job_dir(output_dir)
     if cfg.tracking.parent_run_id and isinstance(exc, Exception) and not isinstance(exc, RunCreationError):
         record_failed_job(cfg, label, project_dir, exc)
