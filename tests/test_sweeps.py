@@ -864,4 +864,7 @@ def test_an_optuna_trial_whose_folder_another_trial_has_fails_and_leaves_it_as_i
     assert finished.data.tags["output_dir"] == str(folder)
     kept = OmegaConf.load(folder / "config.yaml")
     assert str(kept.optimizer.learning_rate) == finished.data.params["optimizer.learning_rate"]
-    assert sorted(path.name for path in (project.root / "outputs" / "sd").iterdir() if path.is_dir()) == ["t2"]
+    assert sorted(path.name for path in (project.root / "outputs" / "sd").iterdir() if path.is_dir()) == [
+        "summary",
+        "t2",
+    ]
