@@ -868,3 +868,21 @@ def test_an_optuna_trial_whose_folder_another_trial_has_fails_and_leaves_it_as_i
         "summary",
         "t2",
     ]
+
+
+def test_a_job_lets_go_of_its_folder_s_lock_when_it_ends_and_the_folder_stays_taken(tmp_path):
+    """A basic sweep runs every job in one process, which held a lock file open per job until it exited."""
+    from hydra.types import RunMode
+
+    from nnexp.folders import JobFolderError, _held, claim_job_folder
+    from nnexp.job.run_folder import RunFolderCallback
+
+    folder = tmp_path / "sweep" / "0"
+    folder.mkdir(parents=True)
+    claim_job_folder(folder, "${hydra.job.num}")
+    held = len(_held)
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(folder)}}})
+    RunFolderCallback().on_job_end(config, None)
+    assert len(_held) == held - 1
+    with pytest.raises(JobFolderError, match="which another job of the sweep has"):
+        claim_job_folder(folder, "${hydra.job.num}")

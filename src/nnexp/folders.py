@@ -357,6 +357,14 @@ def recorded(folder: Path) -> dict[str, Any]:
     return contents if isinstance(contents, dict) else {}
 
 
+def release_folder(folder: Path) -> None:
+    """Let go of this process's lock of ``folder``: a process running many sweep jobs would otherwise hold a file
+    open for each. The lock file stays, and still says the folder is taken (:func:`claim_job_folder`)."""
+    for lock in [lock for lock in _held if Path(lock.name).resolve().parent == folder.resolve()]:
+        _held.remove(lock)
+        lock.close()
+
+
 def record(lock: IO[str], contents: dict[str, Any]) -> None:
     """Replace what the lock file ``lock`` records; on a full disk it records nothing, and the lock still holds."""
     try:
