@@ -22,6 +22,7 @@ QUICK = ("trainer.epochs=3",)
 PHASES = (
     "setup",
     "data",
+    "data_digest",
     "mlflow_setup",
     "mlflow_logging",
     "training",
@@ -32,7 +33,7 @@ PHASES = (
     "run",
 )
 #: The phases whose work overlaps others (a thread's), which also record ``system/<phase>_hidden_seconds``.
-OVERLAPPED = ("mlflow_setup", "plots")
+OVERLAPPED = ("data_digest", "mlflow_setup", "plots")
 
 
 def test_version():

@@ -146,11 +146,30 @@ def test_a_run_folder_with_room_for_the_weights_only_finishes_and_logs_its_model
     assert not any(temporary.iterdir()), "the temporary MLflow model is removed once logged"
 
 
+#: A Hydra callback, in a project's plugin file, that puts a file where a run's folder ``NAME`` goes once the run has
+#: started: a folder holding it beforehand is refused.
+BLOCKER = """import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+sys.modules["nnexp_test_blocker"] = sys.modules[__name__]  # a name Hydra's _target_ can import
+
+
+class Block(Callback):
+    def on_job_start(self, config, **kwargs):
+        (Path(config.hydra.runtime.output_dir) / "NAME").write_text("a file where the NAME folder goes")
+"""
+
+
+def blocked(project, name: str) -> str:
+    """The override that makes a run find a file where its folder ``name`` goes (see :data:`BLOCKER`)."""
+    (project.root / "plugins" / "blocker.py").write_text(BLOCKER.replace("NAME", name))
+    return "+hydra.callbacks.blocker._target_=nnexp_test_blocker.Block"
+
+
 def test_plots_that_cannot_be_written_are_a_warning_and_the_model_is_kept(project):
-    run_dir = project.root / "outputs" / "blocked"
-    run_dir.mkdir(parents=True)
-    (run_dir / "plots").write_text("a file where the plots folder goes")
-    result = project.run(*QUICK, "hydra.run.dir=outputs/blocked")
+    result = project.run(*QUICK, "hydra.run.dir=outputs/blocked", blocked(project, "plots"))
     assert result.returncode == 0, result.stderr
     assert "warning: plots not written" in result.stdout + result.stderr
     (run,) = project.runs()
@@ -162,10 +181,7 @@ def test_plots_that_cannot_be_written_are_a_warning_and_the_model_is_kept(projec
 
 
 def test_checkpoints_that_cannot_be_written_are_a_warning_and_training_goes_on(project):
-    run_dir = project.root / "outputs" / "blocked"
-    run_dir.mkdir(parents=True)
-    (run_dir / "checkpoints").write_text("a file where the checkpoints folder goes")
-    result = project.run("trainer.epochs=3", "hydra.run.dir=outputs/blocked")
+    result = project.run("trainer.epochs=3", "hydra.run.dir=outputs/blocked", blocked(project, "checkpoints"))
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert output.count("warning: checkpoint not written") == 1, output

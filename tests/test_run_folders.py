@@ -413,3 +413,90 @@ def test_claim_creates_the_folder_whatever_the_process_s_own_arguments(tmp_path,
     monkeypatch.setattr(sys, "argv", ["python", "-c", "job"])
     assert claim(str(tmp_path / "day" / "12-00-00")) == str(tmp_path / "day" / "12-00-00")
     assert (tmp_path / "day" / "12-00-00").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("mine", "shown"),
+    [
+        ({"model/notes.txt": "keep me"}, "model"),  # save_model_folder removed model/ and wrote the MLflow model
+        ({"plots/figure.png": "my plot"}, "plots"),  # logged as the run's own plots
+        ({"model/two_layer.yaml": "", "optimizer/momentum.yaml": "", "hydra/x.yaml": "", "experiment/a.yaml": ""},
+         "experiment, hydra, model, ..."),  # hydra.run.dir=conf
+        ({"nnexp.log": "the user's own log\n"}, "nnexp.log"),  # a name setup writes, holding no logger's line
+    ],
+)
+def test_a_folder_holding_files_nnexp_did_not_write_is_refused_and_kept(tmp_path, mine, shown):
+    from nnexp.folders import FolderRefused, _held, use_run_folder
+
+    folder = tmp_path / "mine"
+    for name, text in mine.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    with pytest.raises(FolderRefused) as refused:
+        use_run_folder(folder, resuming=False)
+    assert str(refused.value) == (
+        f"hydra.run.dir={folder} holds files nnexp did not write ({shown}); a run needs a new or empty folder, "
+        "such as outputs/NAME"
+    )
+    assert {name: (folder / name).read_text() for name in mine} == mine
+    assert not (folder / ".nnexp.lock").exists()
+    use_run_folder(folder, resuming=True)  # a resumed run goes on in its own folder
+    _held.pop().close()
+
+
+def test_a_large_folder_is_refused_without_being_walked(tmp_path, monkeypatch):
+    """``hydra.run.dir=/`` wrote a run into the file system's root; the check must not walk all of it either."""
+    from nnexp import folders
+
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setattr(folders.os, "walk", lambda *args, **kwargs: pytest.fail("walked"))
+    with pytest.raises(folders.FolderRefused, match=r"holds files nnexp did not write \(bin\)"):
+        folders.use_run_folder(tmp_path, resuming=False)
+
+
+def test_a_user_s_folder_as_hydra_run_dir_is_refused_in_one_line_and_kept(project):
+    mine = project.root / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "notes.txt").write_text("keep me\n")
+    result = project.run(*QUICK, "hydra.run.dir=mine")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "error: hydra.run.dir=mine holds files nnexp did not write (model); a run needs a new or empty folder, "
+        "such as outputs/NAME",
+    )
+    assert sorted(path.relative_to(mine).as_posix() for path in mine.rglob("*")) == ["model", "model/notes.txt"]
+    assert (mine / "model" / "notes.txt").read_text() == "keep me\n"
+    assert project.runs() == []
+
+
+def fake_model(path: Path) -> None:
+    (path / "data").mkdir(parents=True)
+    (path / "MLmodel").write_text("new")
+
+
+def test_a_model_folder_is_replaced_only_when_the_run_s_lock_says_nnexp_saved_it(tmp_path, monkeypatch):
+    from nnexp import serving
+    from nnexp.folders import MODEL_SAVED, _held, recorded, use_run_folder
+    from nnexp.job.record import save_model_folder
+
+    monkeypatch.setattr(serving, "save_model", lambda path, *args: fake_model(Path(path)))
+    folder = tmp_path / "run"
+    use_run_folder(folder, resuming=False)
+    (folder / "model").mkdir()
+    (folder / "model" / "notes.txt").write_text("keep me")  # written after the run's folder was checked
+    with pytest.raises(OSError, match="holds files nnexp did not write, which are kept"):
+        save_model_folder(None, None, None, folder / "model")
+    assert [path.name for path in (folder / "model").iterdir()] == ["notes.txt"]
+    (folder / "model" / "notes.txt").unlink()
+    (folder / "model").rmdir()
+    save_model_folder(None, None, None, folder / "model")
+    assert recorded(folder)[MODEL_SAVED] is True
+    _held.pop().close()
+    use_run_folder(folder, resuming=True)  # the run resumed by a new process: its model folder is still its own
+    try:
+        assert recorded(folder)[MODEL_SAVED] is True
+        (folder / "model" / "MLmodel").write_text("the earlier attempt's")
+        save_model_folder(None, None, None, folder / "model")
+        assert (folder / "model" / "MLmodel").read_text() == "new"
+    finally:
+        _held.pop().close()

@@ -805,3 +805,84 @@ def test_a_batch_larger_than_the_configs_kept_is_composed_again_beyond_them():
     for overrides in batch * 2:  # the sweeper's check of the batch, then the launcher
         assert loader.load_sweep_config(master, overrides).overrides == overrides
     assert loader.composed == 4
+
+
+def test_a_job_folder_is_claimed_by_one_job_and_never_one_holding_a_user_s_files(tmp_path):
+    from nnexp.folders import FOLDER_LOCK, JobFolderError, _held, claim_job_folder
+
+    folder = tmp_path / "sweep" / "e2"
+    (folder / ".hydra").mkdir(parents=True)  # what Hydra writes before the job starts
+    claim_job_folder(folder, "e${trainer.epochs}")
+    _held.pop().close()
+    with pytest.raises(JobFolderError) as refused:
+        claim_job_folder(folder, "e${trainer.epochs}")
+    assert str(refused.value) == (
+        f"hydra.sweep.subdir='e${{trainer.epochs}}' gives this job the folder {folder}, which another job of the "
+        "sweep has; make it differ between jobs, such as ${hydra.job.num} (the default)"
+    )
+    (folder / FOLDER_LOCK).unlink()
+    (folder / "notes.txt").write_text("the user's")
+    with pytest.raises(JobFolderError, match=r"which holds files nnexp did not write \(notes\.txt\)"):
+        claim_job_folder(folder, "e${trainer.epochs}")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (
+            ("seed=1,2", "hydra.sweep.subdir=e${trainer.epochs}"),
+            "error: hydra.sweep.subdir='e${trainer.epochs}' gives jobs 0 (seed=1) and 1 (seed=2) one folder, e2; make "
+            "it differ between jobs, such as ${hydra.job.num} (the default)",
+        ),
+        (
+            ("seed=1,1", "hydra.sweep.subdir=s${seed}", "hydra/launcher=joblib"),
+            "error: hydra.sweep.subdir='s${seed}' gives jobs 0 (trainer.epochs=2 dataset.n_samples=200 seed=1) and 1 "
+            "(trainer.epochs=2 dataset.n_samples=200 seed=1) one folder, s1; make it differ between jobs, such as "
+            "${hydra.job.num} (the default)",
+        ),
+    ],
+)
+def test_a_subdir_giving_two_jobs_one_folder_is_refused_before_any_job_runs(project, arguments, expected):
+    """Both jobs ran and FINISHED in outputs/sd/e2, whose files were the second job's."""
+    result = project.run("-m", *QUICK, *arguments, "hydra.sweep.dir=outputs/sd")
+    assert (result.returncode, result.stderr.strip()) == (1, expected)
+    assert not (project.root / "outputs").exists()
+
+
+def test_an_optuna_trial_whose_folder_another_trial_has_fails_and_leaves_it_as_it_was(project):
+    result = project.run(
+        "-m", "hparams_search=moons_optuna", "hydra.sweeper.n_trials=2", "hydra.sweep.subdir=t${trainer.epochs}",
+        "hydra.sweep.dir=outputs/sd", *QUICK,
+    )
+    assert result.returncode == 1
+    assert "1 of 2 jobs failed" in result.stderr
+    _, children = sweep_runs(project)
+    [finished] = [run for run in children if run.info.status == "FINISHED"]
+    [failed] = [run for run in children if run.info.status == "FAILED"]
+    assert "gives this job the folder" in failed.data.tags["failure_reason"], failed.data.tags
+    folder = project.root / "outputs" / "sd" / "t2"
+    assert finished.data.tags["output_dir"] == str(folder)
+    kept = OmegaConf.load(folder / "config.yaml")
+    assert str(kept.optimizer.learning_rate) == finished.data.params["optimizer.learning_rate"]
+    assert sorted(path.name for path in (project.root / "outputs" / "sd").iterdir() if path.is_dir()) == [
+        "summary",
+        "t2",
+    ]
+
+
+def test_a_job_lets_go_of_its_folder_s_lock_when_it_ends_and_the_folder_stays_taken(tmp_path):
+    """A basic sweep runs every job in one process, which held a lock file open per job until it exited."""
+    from hydra.types import RunMode
+
+    from nnexp.folders import JobFolderError, _held, claim_job_folder
+    from nnexp.job.run_folder import RunFolderCallback
+
+    folder = tmp_path / "sweep" / "0"
+    folder.mkdir(parents=True)
+    claim_job_folder(folder, "${hydra.job.num}")
+    held = len(_held)
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "runtime": {"output_dir": str(folder)}}})
+    RunFolderCallback().on_job_end(config, None)
+    assert len(_held) == held - 1
+    with pytest.raises(JobFolderError, match="which another job of the sweep has"):
+        claim_job_folder(folder, "${hydra.job.num}")

@@ -59,11 +59,17 @@ SETUP_ENTRIES = frozenset(path.partition("/")[0] for path in WRITTEN_AT_SETUP)
 LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[[^\]\n]*\]\[[A-Z]+\] - ")
 #: What only a run that got going writes (with hydra.output_subdir=null, no .hydra): a folder holding one of these,
 #: and more than setup leaves, holds a run.
-RUN_MARKERS = {".hydra", "config.yaml", "model.npz"}
+RUN_MARKERS = {".hydra", "config.yaml", "model.npz", "model", "plots"}
+#: What a run writes and a user's own folder seldom holds: a refused folder holding one of these is named as holding
+#: a run, which ``resume=`` may continue.
+RESUMABLE = {".hydra", "config.yaml", "model.npz", "checkpoints"}
 #: The key of a folder's lock record saying that the folder's MLflow run was opened.
 OPENED = "run_opened"
 #: The key of a folder's lock record naming the tracking store its run is opened in.
 STORE = "store"
+#: The key of a folder's lock record saying that nnexp saved the MLflow model folder in it: a later attempt of the
+#: same run may replace that folder, and no other.
+MODEL_SAVED = "model_saved"
 #: The locks this process holds, open until it exits.
 _held: list[IO[str]] = []
 #: Whether this process only shows the config (``--cfg``, ``--info``, shell completion): a folder is then named but
@@ -167,6 +173,11 @@ class FolderRefused(StartRefused):
     """A run folder that is in use or already holds a run."""
 
 
+class JobFolderError(ConfigError):
+    """A sweep job's folder that another job of the sweep has, or that holds files nnexp did not write: the job fails
+    and the sweep goes on."""
+
+
 #: Where Hydra's default job logging writes the job's log file: inside the job's folder.
 JOB_FOLDER = "${hydra.runtime.output_dir}/"
 
@@ -239,14 +250,52 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
             f"hydra.run.dir={folder} holds other records ({', '.join(others[:3])}); a run needs a folder of its own, "
             "such as outputs/NAME"
         )
-    if not resuming and holds_run(folder):
+    foreign = [] if resuming else not_from_setup(folder)
+    if foreign and entries & RESUMABLE:
         raise FolderRefused(
-            f"hydra.run.dir={folder} already holds a run ({', '.join(sorted(entries - {FOLDER_LOCK}))}); "
+            f"hydra.run.dir={folder} already holds a run ({shown(sorted(entries - {FOLDER_LOCK}))}); "
             "choose another folder, or resume it with resume=<id>"
+        )
+    if foreign:  # the run would write its model, plots and checkpoints among them, and log them as its own
+        raise FolderRefused(
+            f"hydra.run.dir={folder} holds files nnexp did not write ({shown(foreign)}); a run needs a new or empty "
+            "folder, such as outputs/NAME"
         )
     lock_folder(folder, "run folder")
     if resuming:  # the folder is this process's now: what a killed process of the run was writing is stale
         remove_run_partials(folder)
+
+
+def not_from_setup(folder: Path) -> list[str]:
+    """What in ``folder`` a run that failed at setup did not leave (:data:`WRITTEN_AT_SETUP`); its own entries are
+    read first, so that a large folder (``/``) is not walked."""
+    extra = sorted(entry.name for entry in folder.iterdir() if entry.name not in SETUP_ENTRIES)
+    return extra or foreign_files(folder, WRITTEN_AT_SETUP)
+
+
+def shown(names: list[str], limit: int = 3) -> str:
+    """The first ``limit`` of ``names``, and ``...`` when there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def claim_job_folder(folder: Path, subdir: str) -> None:
+    """Take the sweep job's folder ``folder`` for this job, by creating its lock file, which exactly one job can;
+    refuse, in one line, a folder another job of the sweep has taken (``hydra.sweep.subdir`` gave both that one) or
+    one holding files nnexp did not write."""
+    try:
+        os.close(os.open(folder / FOLDER_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise JobFolderError(
+            f"hydra.sweep.subdir={subdir!r} gives this job the folder {folder}, which another job of the sweep has; "
+            "make it differ between jobs, such as ${hydra.job.num} (the default)"
+        ) from None
+    foreign = not_from_setup(folder)
+    if foreign:
+        raise JobFolderError(
+            f"hydra.sweep.subdir={subdir!r} gives this job the folder {folder}, which holds files nnexp did not "
+            f"write ({shown(foreign)}); choose another hydra.sweep.dir"
+        )
+    lock_folder(folder, "job folder")
 
 
 #: What a tracking store keeps beside its database: no run folder is one of these, or inside the artifacts.
@@ -276,9 +325,9 @@ def use_sweep_folder(folder: Path) -> None:
     holds an earlier sweep's jobs, whose folders (0, 1, ...) this sweep's jobs would share."""
     jobs = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and holds_run(entry))
     if jobs or (folder / "multirun.yaml").exists():
-        shown = f" (jobs {', '.join(jobs[:3])}{', ...' if len(jobs) > 3 else ''})" if jobs else ""
+        listed = f" (jobs {shown(jobs)})" if jobs else ""
         raise FolderRefused(
-            f"hydra.sweep.dir={folder} already holds a sweep{shown}; choose another folder, or leave hydra.sweep.dir "
+            f"hydra.sweep.dir={folder} already holds a sweep{listed}; choose another folder, or leave hydra.sweep.dir "
             "unset for a new one each time"
         )
     lock_folder(folder, "sweep folder")
@@ -295,9 +344,28 @@ def lock_folder(folder: Path, kind: str) -> None:
     except BlockingIOError:
         lock.close()
         raise FolderRefused(f"{kind} {folder} is in use by another nnexp process; wait until it ends") from None
-    # Who holds the folder, so that a later command can tell the folder of a process killed during setup.
-    record(lock, liveness.where_this_process_lives())
+    # Who holds the folder, so that a later command can tell the folder of a process killed during setup; a
+    # resumed run's own model folder stays replaceable.
+    kept = {MODEL_SAVED: True} if recorded(folder).get(MODEL_SAVED) else {}
+    record(lock, {**kept, **liveness.where_this_process_lives()})
     _held.append(lock)
+
+
+def recorded(folder: Path) -> dict[str, Any]:
+    """What ``folder``'s lock records; empty when it has none or it cannot be read."""
+    try:
+        contents = json.loads((folder / FOLDER_LOCK).read_text())
+    except (OSError, ValueError):
+        return {}
+    return contents if isinstance(contents, dict) else {}
+
+
+def release_folder(folder: Path) -> None:
+    """Let go of this process's lock of ``folder``: a process running many sweep jobs would otherwise hold a file
+    open for each. The lock file stays, and still says the folder is taken (:func:`claim_job_folder`)."""
+    for lock in [lock for lock in _held if Path(lock.name).resolve().parent == folder.resolve()]:
+        _held.remove(lock)
+        lock.close()
 
 
 def record(lock: IO[str], contents: dict[str, Any]) -> None:
@@ -315,9 +383,19 @@ def record(lock: IO[str], contents: dict[str, Any]) -> None:
 def note_run_opened(folder: Path, store: str) -> None:
     """Note in ``folder``'s lock that its MLflow run is being opened in ``store``: from now on the folder belongs to a
     record, and :func:`discard_orphan_folders` keeps it unless that store shows it holds no run of the folder."""
+    note(folder, {OPENED: True, STORE: store})
+
+
+def note_model_saved(folder: Path) -> None:
+    """Note in ``folder``'s lock that nnexp saved the MLflow model folder in it (see :data:`MODEL_SAVED`)."""
+    note(folder, {MODEL_SAVED: True})
+
+
+def note(folder: Path, fields: dict[str, Any]) -> None:
+    """Add ``fields`` to the record of ``folder``'s lock, if this process holds it."""
     for lock in _held:
         if Path(lock.name).resolve().parent == folder.resolve():
-            record(lock, {**liveness.where_this_process_lives(), OPENED: True, STORE: store})
+            record(lock, {**recorded(folder), **liveness.where_this_process_lives(), **fields})
 
 
 #: Where nnexp's default ``hydra.run.dir`` and ``hydra.sweep.dir`` put run and sweep folders, below the project.

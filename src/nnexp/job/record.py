@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import shutil
@@ -29,7 +30,7 @@ from nnexp.core.initializers import INITIALIZERS
 from nnexp.core.training import predict
 from nnexp.datasets.base import Dataset
 from nnexp.errors import NnexpError
-from nnexp.folders import describe_os_error
+from nnexp.folders import MODEL_SAVED, describe_os_error, note_model_saved, recorded
 from nnexp.job.build import Experiment, run_params
 from nnexp.job.sweep import PARENT_OVERRIDE, short_keys
 from nnexp.tracking.store import check_parent, git_state, resolve_uri
@@ -216,17 +217,20 @@ def write_text(text: str, path: Path) -> None:
 
 
 def save_model_folder(network: Sequential, spec: NetworkSpec, example: np.ndarray, path: Path) -> None:
-    """Save the MLflow model into ``path``, replacing an earlier attempt's (a resumed run); no half of one stays,
-    as it would load as a broken model."""
+    """Save the MLflow model into ``path``, replacing an earlier attempt's of the same run (a resumed run), which its
+    lock records, and nothing else; no half of one stays, as it would load as a broken model."""
     from nnexp.serving import save_model
 
-    if path.exists():
+    if path.exists() or path.is_symlink():
+        if not recorded(path.parent).get(MODEL_SAVED) or path.is_symlink():
+            raise OSError(errno.ENOTEMPTY, "it holds files nnexp did not write, which are kept", str(path))
         shutil.rmtree(path)
     try:
         save_model(path, network, spec, example)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
+    note_model_saved(path.parent)
 
 
 def temporary_model(save: Callable[[Path], object]) -> Path | None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from nnexp.config import given_overrides
 from nnexp.core.engine import warm_up
@@ -19,7 +20,7 @@ from nnexp.core.metrics import confusion_matrix
 from nnexp.core.schedules import Constant, LearningRateScheduler
 from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState, evaluate
 from nnexp.errors import Interrupted
-from nnexp.folders import describe_os_error, discard_job_dir, note_run_opened
+from nnexp.folders import JobFolderError, claim_job_folder, describe_os_error, discard_job_dir, note_run_opened
 from nnexp.job import checkpoint
 from nnexp.job.background import Workers, in_thread
 from nnexp.job.build import Experiment, Objective, configure, prepare, run_params
@@ -74,6 +75,8 @@ def run(cfg: DictConfig) -> float:
     plotter = start_plotter()
     try:
         with phases("setup"):
+            if hydra.mode == RunMode.MULTIRUN:  # jobs not known up front (Optuna's) get their folder here
+                claim_job_folder(output_dir, OmegaConf.to_container(hydra.sweep, resolve=False)["subdir"])
             components = configure(cfg)
             resumed = load_checkpoint(cfg)
             warm_up(cfg.trainer.engine.value)
@@ -207,7 +210,8 @@ def discard_unstarted(cfg: DictConfig, label: str, project_dir: Path, output_dir
     run, unless the store refused to create runs at all."""
     if cfg.resume:
         return  # a resumed job's run exists already: its failure to start again is no new run
-    discard_job_dir(output_dir)
+    if not isinstance(exc, JobFolderError):  # another job's folder, or the user's
+        discard_job_dir(output_dir)
     if cfg.tracking.parent_run_id and isinstance(exc, Exception) and not isinstance(exc, RunCreationError):
         record_failed_job(cfg, label, project_dir, exc)
 

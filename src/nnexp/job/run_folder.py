@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nnexp.folders import check_hydra_paths, job_folders, use_run_folder
+from nnexp.folders import check_hydra_paths, job_folders, release_folder, use_run_folder
 from nnexp.job.hooks import NnexpCallback
 from nnexp.presets import check_command_line_options
 from nnexp.tracking.leftovers import discard_leftover_folders
@@ -28,3 +30,7 @@ class RunFolderCallback(NnexpCallback):
         if folder is not None:  # '' too: Hydra then writes into the folder nnexp runs from, which is refused
             use_run_folder(Path(folder), resuming=bool(OmegaConf.select(config, "resume")))
             job_folders.append(Path(folder))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:  # a sweep job claimed its folder (nnexp.folders.claim_job_folder)
+            release_folder(Path(config.hydra.runtime.output_dir))

@@ -15,6 +15,7 @@ import copy
 import functools
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from nnexp.config import MAX_RUN_NAME, check_run_names, check_tags, given_overrides
 from nnexp.errors import ConfigError, NnexpError, require
@@ -116,6 +117,7 @@ class Sweep:
             check_optuna_direction(config)
             check_optuna_search_space(config)
         check_subdir(config)
+        check_job_folders(config)
         check_hydra_paths(config)
         user_tags = OmegaConf.to_container(config.tags, resolve=True)
         check_tags(user_tags)  # type: ignore[arg-type]
@@ -447,6 +449,54 @@ def check_subdir(config: DictConfig) -> None:
             f"hydra.sweep.subdir={subdir!r} names one folder for every job of the sweep; "
             "include ${hydra.job.num} (the default is ${hydra.job.num})"
         )
+
+
+#: Hydra's default ``hydra.sweep.subdir``: a folder per job by its number, which needs no check.
+JOB_NUMBER = "${hydra.job.num}"
+
+
+def check_job_folders(config: DictConfig) -> None:
+    """Refuse, before any job runs, a ``hydra.sweep.subdir`` that gives two jobs of a basic sweep one folder
+    (``e${trainer.epochs}`` when only the seed varies): each job's config is composed from its overrides and its
+    subdir resolved, as Hydra's launchers will. Sweepers that choose their jobs as they go (Optuna) are left to
+    :func:`nnexp.folders.claim_job_folder`."""
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if subdir == JOB_NUMBER or config.hydra.runtime.choices.get("hydra/sweeper") != "basic":
+        return
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    arguments = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    arguments += given_overrides(config.hydra.overrides.task)
+    taken: dict[str, tuple[int, list[str]]] = {}
+    hydra_config = HydraConfig.instance().cfg
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create(loader).parse_overrides(arguments), None)
+        for number, overrides in enumerate(job for batch in batches for job in batch):
+            job = loader.load_sweep_config(config, list(overrides))
+            with open_dict(job):
+                job.hydra.job.id = job.hydra.job.num = number
+            HydraConfig.instance().set_config(job)  # for ${hydra:...}, as Hydra's run_job sets it
+            folder = os.path.normpath(str(OmegaConf.select(job, "hydra.sweep.subdir")))
+            if folder in taken:
+                first, other = taken[folder]
+                own = [item for item in overrides if item not in other] or list(overrides)
+                other = [item for item in other if item not in overrides] or other
+                raise ConfigError(
+                    f"hydra.sweep.subdir={subdir!r} gives jobs {first} ({' '.join(other)}) and {number} "
+                    f"({' '.join(own)}) one folder, {folder}; make it differ between jobs, such as "
+                    f"{JOB_NUMBER} (the default)"
+                )
+            taken[folder] = (number, list(overrides))
+    except ConfigError:
+        raise
+    except Exception:  # a job that cannot be composed: the sweeper says why, in its own words
+        return
+    finally:
+        HydraConfig.instance().cfg = hydra_config
 
 
 def create_sweep_folder(directory: Path) -> list[Path]:
