@@ -1,5 +1,9 @@
 """The outbox: what a tracking store missed while it was away, kept in a run's folder, checked as data and sent
-by ``nnexp sync`` once the store answers again."""
+by ``nnexp sync`` once the store answers again.
+
+A little over 350 lines, kept together: the checks against the run's own record (its steps, its history's gaps, its
+model) and the sending they guard are one promise, that nothing is sent unless all of it can be the run's.
+"""
 
 from __future__ import annotations
 
