@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 import os
 import re
 import sys
-import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,6 +14,7 @@ from nnexp.config import (
     GROUPS,
     check_tag_key,
     config_fields,
+    describe_type,
     group_options,
     unknown_key_message,
 )
@@ -61,9 +60,6 @@ _CHOSEN_TWICE = re.compile(r"([\w/]+) appears more than once in the final defaul
 
 #: The longest file name (in bytes) of Linux's and macOS's file systems.
 NAME_MAX = 255
-
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
 
 def check_override_keys(arguments: list[str]) -> None:
     """Raise a ConfigError for a command-line override that names no key, such as ``=5``, or a key that Hydra
@@ -144,19 +140,6 @@ def check_config_folder(flag: str, value: str | None, base: Path) -> None:
         raise ConfigError(f"{expected}, found {'a file' if folder.is_file() else 'no folder'}{where}")
     if not os.access(folder, os.R_OK | os.X_OK):
         raise ConfigError(f"{expected}; nnexp cannot read it: permission denied")
-
-
-def describe_type(annotation: Any) -> str:
-    """``Optional[int]`` -> "an integer or null", ``List[int]`` -> "a list of integers, like [64, 32]"."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        inner = next(arg for arg in args if arg is not type(None))
-        return f"{describe_type(inner)} or null"
-    if origin is list:
-        return f"a list of {describe_type(args[0]).split(' ', 1)[1]}s, like [64, 32]"
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return "one of " + ", ".join(member.name for member in annotation)
-    return _TYPE_WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _field_types(object_type: Any) -> dict[str, Any]:

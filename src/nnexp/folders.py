@@ -218,14 +218,14 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
         )
     # A new run among another's files, whose model and checkpoints folders are logged and synced as that run's own;
     # a resumed run goes on in its own folder, which a sweep's job has inside the sweep's.
-    around = next((parent for parent in folder.resolve().parents if (parent / FOLDER_LOCK).exists()), None)
+    around = enclosing_run_folder(folder)
     if around is not None and not resuming:
         raise FolderRefused(
             f"hydra.run.dir={folder} lies inside the folder of another run or sweep ({around}); a run needs a folder "
             "of its own, such as outputs/NAME"
         )
-    missing = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
+        missing = [path for path in (folder, *folder.parents) if not path.exists()]  # a name too long raises here
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return
@@ -244,6 +244,12 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
             "choose another folder, or resume it with resume=<id>"
         )
     lock_folder(folder, "run folder")
+
+
+def enclosing_run_folder(path: Path) -> Path | None:
+    """The folder of a run or sweep (one holding its lock) that ``path`` lies inside; ``None`` when there is none."""
+    # os.path.exists: a name too long for the file system is no lock, where Path.exists would raise
+    return next((parent for parent in path.resolve().parents if os.path.exists(parent / FOLDER_LOCK)), None)
 
 
 #: What a tracking store keeps beside its database: no run folder is one of these, or inside the artifacts.
