@@ -16,6 +16,7 @@ from nnexp.config import (
     config_fields,
     describe_type,
     group_options,
+    list_type,
     unknown_key_message,
 )
 from nnexp.errors import ConfigError, abbreviated, one_line
@@ -57,6 +58,9 @@ _ADDED_GROUP = re.compile(
 _ADDED_KEY = re.compile(r"Could not append to config\. An item is already at '([^']+)'")
 _CHOSEN_TWICE = re.compile(r"([\w/]+) appears more than once in the final defaults list")
 
+
+#: Hydra's error for an override OmegaConf could not merge, whose error names the key but not the value.
+_MERGING_OVERRIDE = re.compile(r"Error merging override (.*)")
 
 #: The longest file name (in bytes) of Linux's and macOS's file systems.
 NAME_MAX = 255
@@ -213,6 +217,9 @@ def describe_config_error(exc: BaseException) -> str | None:
             return "experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
         return unknown_key_message(key, cause.object_type)
     expected = fields.get(str(cause.key))
+    merged = _MERGING_OVERRIDE.match(str(exc))
+    if merged and cause.value is None and list_type(cause.ref_type):  # a mapping given for a list
+        return f"{key} expects {describe_type(cause.ref_type)}, got {merged[1].partition('=')[2]}"
     if isinstance(cause.value, Mapping) and str(cause.key).endswith(("activation", "initializer")):
         from nnexp.core.activations import ACTIVATIONS
         from nnexp.core.initializers import INITIALIZERS

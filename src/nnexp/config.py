@@ -421,6 +421,13 @@ def check_list_items(cfg: DictConfig, path: str = "") -> None:
                 raise ParameterError(f"{path}{key}", f"expects {describe_type(node._metadata.ref_type)}", items)
 
 
+def list_type(annotation: Any) -> bool:
+    """Whether ``annotation`` is a list type, ``list[int]`` or ``list[int] | None``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(list_type(arg) for arg in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, typing.List)  # noqa: UP006
+
+
 def scalar_type(annotation: Any) -> bool:
     """Whether ``annotation`` is a type of one value: int, float, bool, str or an Enum."""
     return annotation in _TYPE_WORDS or (isinstance(annotation, type) and issubclass(annotation, enum.Enum))

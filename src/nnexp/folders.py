@@ -12,6 +12,7 @@ are one rule: the names written at setup, the locks and the removal that trusts 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -224,10 +225,13 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
             f"hydra.run.dir={folder} lies inside the folder of another run or sweep ({around}); a run needs a folder "
             "of its own, such as outputs/NAME"
         )
+    missing = [path for path in (folder, *folder.parents) if not os.path.lexists(path)]  # a name too long: missing
     try:
-        missing = [path for path in (folder, *folder.parents) if not path.exists()]  # a name too long raises here
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
+        for path in missing[1:]:  # the parents made on the way, innermost first; Hydra names the failure
+            with contextlib.suppress(OSError):
+                path.rmdir()
         return
     created_folders.update(path.resolve() for path in missing[1:])
     entries = {entry.name for entry in folder.iterdir()}
@@ -394,16 +398,19 @@ def discard_job_dir(output_dir: Path) -> None:
 
 def discard_dir(directory: Path, written_before_work: Collection[str]) -> None:
     """Remove ``directory`` if every file in it is one of ``written_before_work`` (paths inside it), and then each
-    parent that is left empty and is either inside the folder nnexp runs in (a date folder, ``outputs``) or was
-    created by this process."""
-    if directory.is_dir() and not directory.is_symlink() and not foreign_files(directory, written_before_work):
+    parent that is left empty (also when ``directory`` was never created) and is either inside the folder nnexp runs
+    in (a date folder, ``outputs``) or was created by this process."""
+    # os.path's tests: a name too long for the file system is no folder, where Path's would raise
+    if os.path.isdir(directory) and not os.path.islink(directory) and not foreign_files(directory, written_before_work):
         shutil.rmtree(directory)
-        top = Path.cwd().resolve()
-        for parent in directory.resolve().parents:
-            ours = parent in created_folders or top in parent.parents
-            if parent == top or not ours or any(parent.iterdir()):
-                break
-            parent.rmdir()
+    elif os.path.lexists(directory):
+        return
+    top = Path.cwd().resolve()
+    for parent in directory.resolve().parents:
+        ours = parent in created_folders or top in parent.parents
+        if parent == top or not ours or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def foreign_files(directory: Path, written: Collection[str]) -> list[str]:
