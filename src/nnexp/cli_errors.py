@@ -65,6 +65,7 @@ _MERGING_OVERRIDE = re.compile(r"Error merging override (.*)")
 #: The longest file name (in bytes) of Linux's and macOS's file systems.
 NAME_MAX = 255
 
+
 def check_override_keys(arguments: list[str]) -> None:
     """Raise a ConfigError for a command-line override that names no key, such as ``=5``, or a key that Hydra
     would look up as a file with a name too long for one (a long ``tags.<key>`` is checked against MLflow's limit)."""

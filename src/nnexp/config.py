@@ -377,6 +377,7 @@ def check_printable(option: str, value: object) -> None:
         require(value.isprintable(), option, "must be text without control characters (such as an escape)", value)
 
 
+#: How a message names what a field of each scalar type expects.
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

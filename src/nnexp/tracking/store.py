@@ -200,7 +200,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
                 f"tracking store {uri}: {database} is {kind}, not an SQLite database file; "
                 "point tracking.uri at a regular file"
             )
-        around = enclosing_run_folder(database) if not database.exists() else None
+        around = enclosing_run_folder(database) if not os.path.lexists(database) else None
         if around is not None:  # its lock, database and artifacts would be kept and synced as that run's files
             raise ConfigError(
                 f"tracking.uri={uri}: a new store there lies inside the folder of another run or sweep ({around}); "
