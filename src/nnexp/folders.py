@@ -398,19 +398,16 @@ def discard_job_dir(output_dir: Path) -> None:
 
 def discard_dir(directory: Path, written_before_work: Collection[str]) -> None:
     """Remove ``directory`` if every file in it is one of ``written_before_work`` (paths inside it), and then each
-    parent that is left empty (also when ``directory`` was never created) and is either inside the folder nnexp runs
-    in (a date folder, ``outputs``) or was created by this process."""
-    # os.path's tests: a name too long for the file system is no folder, where Path's would raise
-    if os.path.isdir(directory) and not os.path.islink(directory) and not foreign_files(directory, written_before_work):
+    parent that is left empty and is either inside the folder nnexp runs in (a date folder, ``outputs``) or was
+    created by this process."""
+    if directory.is_dir() and not directory.is_symlink() and not foreign_files(directory, written_before_work):
         shutil.rmtree(directory)
-    elif os.path.lexists(directory):
-        return
-    top = Path.cwd().resolve()
-    for parent in directory.resolve().parents:
-        ours = parent in created_folders or top in parent.parents
-        if parent == top or not ours or any(parent.iterdir()):
-            break
-        parent.rmdir()
+        top = Path.cwd().resolve()
+        for parent in directory.resolve().parents:
+            ours = parent in created_folders or top in parent.parents
+            if parent == top or not ours or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def foreign_files(directory: Path, written: Collection[str]) -> list[str]:
