@@ -482,6 +482,14 @@ def test_learning_rate_schedule_is_applied_and_logged_per_epoch(project):
             "tracking.run_name='red\x1b[31m'",
             "error: tracking.run_name must be text without control characters (such as an escape), got 'red\\x1b[31m'",
         ),
+        (  # FINISHED, its config.yaml recording the value, while patience was null
+            "early_stopping.min_delta=-1 trainer.epochs=2",
+            "error: early_stopping.min_delta must be >= 0, got -1.0",
+        ),
+        (  # a 60-line traceback: TypeError: '>=' not supported between instances of 'ListConfig' and 'int'
+            "model.hidden_sizes=[[1,2]]",
+            "error: model.hidden_sizes expects a list of integers, like [64, 32], got [[1, 2]]",
+        ),
         (  # numpy's "array is too big" before the memory check
             "model.hidden_sizes=[10000000000]",
             "model.hidden_sizes=[10000000000] needs about 597.0 TiB (parameters, gradients, adam state, batch buffers)",
@@ -595,8 +603,14 @@ def test_a_plugin_dataset_unfit_to_train_on_is_one_line_before_any_run(project, 
             "conf/experiment/laughs.yaml: line 5: its YAML aliases (here *c) copy more than 10000 values, which "
             "composing would build one by one; write the values out",
         ),
+        (  # the line named the key but not the preset that set it, unlike a type error's
+            "optimizer/myadam.yaml",
+            "defaults: [adam, _self_]\nepsilon: -1\n",
+            "optimizer=myadam",
+            "conf/optimizer/myadam.yaml: optimizer.epsilon must be > 0, got -1.0\n",
+        ),
     ],
-    ids=["unknown-key", "not-yaml", "too-deep", "resume-in-a-preset", "unset-variable", "alias-bomb"],
+    ids=["unknown-key", "not-yaml", "too-deep", "resume-in-a-preset", "unset-variable", "alias-bomb", "range"],
 )
 def test_a_mistake_in_a_user_preset_is_one_line_naming_the_file(project, preset, text, override, named):
     (project.root / "conf" / preset).write_text(text)

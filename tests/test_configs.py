@@ -700,3 +700,133 @@ def test_a_config_folder_nnexp_cannot_read_is_refused(tmp_path, monkeypatch):
     assert str(refused.value) == (
         "--config-dir locked: expected a folder of YAML configs; nnexp cannot read it: permission denied"
     )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("early_stopping.min_delta=-1", "early_stopping.min_delta must be >= 0, got -1.0"),
+        ("early_stopping.min_delta=inf", "early_stopping.min_delta must be >= 0 and finite, got inf"),
+        ("early_stopping.min_delta=nan", "early_stopping.min_delta must be >= 0, got nan"),
+        (
+            "early_stopping.monitor=bogus",
+            "early_stopping.monitor must be one of train_loss, train_accuracy, val_loss, val_accuracy, got 'bogus'",
+        ),
+    ],
+)
+def test_early_stopping_values_are_checked_while_it_is_off(composed, override, expected):
+    """With patience null the run FINISHED and its config.yaml recorded ``min_delta: .nan``; with patience set the
+    same value was refused."""
+    with pytest.raises(ConfigError) as caught:
+        configure(composed(override, "trainer.epochs=2"))
+    assert str(caught.value) == expected
+    configure(composed("early_stopping.monitor=train_accuracy", "early_stopping.min_delta=0.5"))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.hidden_sizes=[[1,2]]", "[[1, 2]]"),
+        ("model.hidden_sizes=[4,{a:1}]", "[4, {'a': 1}]"),
+    ],
+)
+def test_a_list_or_mapping_inside_a_typed_list_is_refused(composed, override, expected):
+    """OmegaConf's merge, unlike its assignment, keeps ``[[1, 2]]`` in a ``list[int]``: a 60-line traceback ending
+    ``TypeError: '>=' not supported between instances of 'ListConfig' and 'int'``."""
+    with pytest.raises(ConfigError) as caught:
+        configure(composed(override))
+    assert str(caught.value) == f"model.hidden_sizes expects a list of integers, like [64, 32], got {expected}"
+
+
+@pytest.fixture
+def in_job(user_conf: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., DictConfig]:
+    """Compose as Hydra does for a job: its own node set aside as the running job's, where configure() looks."""
+    from omegaconf import open_dict
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+
+    def make(*overrides: str) -> DictConfig:
+        cfg = compose("nnexp", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("preset", "text", "overrides", "expected"),
+    [
+        (
+            "optimizer/myadam.yaml",
+            "defaults: [adam, _self_]\nepsilon: -1\n",
+            ["optimizer=myadam"],
+            "conf/optimizer/myadam.yaml: optimizer.epsilon must be > 0, got -1.0",
+        ),
+        (
+            "experiment/mine.yaml",
+            "# @package _global_\noptimizer:\n  learning_rate: .nan\n",
+            ["experiment=mine"],
+            "conf/experiment/mine.yaml: optimizer.learning_rate must be > 0, got nan",
+        ),
+        (
+            "experiment/mine.yaml",
+            "# @package _global_\nearly_stopping:\n  min_delta: -1\n",
+            ["experiment=mine"],
+            "conf/experiment/mine.yaml: early_stopping.min_delta must be >= 0, got -1.0",
+        ),
+        (
+            "model/nested.yaml",
+            "defaults: [mlp, _self_]\nhidden_sizes: [[4, 4]]\n",
+            ["model=nested"],
+            "conf/model/nested.yaml: model.hidden_sizes expects a list of integers, like [64, 32], got [[4, 4]]",
+        ),
+        (
+            "model/untyped.yaml",
+            "name: mlp\nhidden_sizes: [[4]]\n",
+            ["model=untyped"],
+            "conf/model/untyped.yaml: model.hidden_sizes expects a list of integers, like [64, 32], got [[4]]",
+        ),
+        (  # the command line's value beats the preset's, and is the one named
+            "optimizer/myadam.yaml",
+            "defaults: [adam, _self_]\nepsilon: -1\n",
+            ["optimizer=myadam", "optimizer.epsilon=-2"],
+            "optimizer.epsilon must be > 0, got -2.0",
+        ),
+    ],
+    ids=["group-preset", "experiment", "early-stopping", "nested-list", "untyped-preset", "command-line"],
+)
+def test_a_value_out_of_range_names_the_preset_that_set_it(user_conf, in_job, preset, text, overrides, expected):
+    """A type error from a preset named its file; a range error named only the key."""
+    (user_conf / preset).write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        configure(in_job(*overrides))
+    assert str(caught.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("preset", "text"),
+    [
+        ("model/dicths.yaml", "defaults: [mlp, _self_]\nhidden_sizes: {a: 1}\n"),
+        ("experiment/dicths.yaml", "# @package _global_\nmodel:\n  hidden_sizes: {a: 1}\n"),
+    ],
+)
+def test_a_mapping_for_a_list_in_a_preset_is_named_with_the_key_and_the_expected_form(user_conf, preset, text):
+    """It was ``conf/model/dicths.yaml: Cannot merge DictConfig with ListConfig``: neither the key nor the form."""
+    (user_conf / preset).write_text(text)
+    group, name = preset.removesuffix(".yaml").split("/")
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose("nnexp", overrides=[f"{group}={name}"])
+    assert describe_preset_error(caught.value, user_conf) == (
+        f"conf/{preset}: model.hidden_sizes expects a list of integers, like [64, 32], got {{'a': 1}}"
+    )
+
+
+def test_a_mapping_for_a_list_on_the_command_line_is_named_with_the_expected_form(composed):
+    """It was ``model.hidden_sizes: Cannot merge DictConfig with ListConfig``."""
+    with pytest.raises(ConfigCompositionException) as caught:
+        composed("model.hidden_sizes={a:1}")
+    assert describe_config_error(caught.value) == (
+        "model.hidden_sizes expects a list of integers, like [64, 32], got {a:1}"
+    )

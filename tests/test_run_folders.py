@@ -500,3 +500,20 @@ def test_a_model_folder_is_replaced_only_when_the_run_s_lock_says_nnexp_saved_it
         assert (folder / "model" / "MLmodel").read_text() == "new"
     finally:
         _held.pop().close()
+
+
+def test_a_run_folder_name_too_long_for_the_file_system_is_left_to_the_one_line_error(tmp_path, monkeypatch):
+    """Its OSError escaped Hydra's callback, printed as a UserWarning block before the one-line error."""
+    from nnexp.folders import use_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("outputs/" + "x" * 300, "outputs/" + "x" * 300 + "/a"):
+        use_run_folder(Path(folder), resuming=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_name_too_long_is_one_line(project):
+    folder = "outputs/" + "x" * 300
+    result = project.run(f"hydra.run.dir={folder}")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"error: cannot use {folder}: File name too long\n"

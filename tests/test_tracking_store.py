@@ -445,3 +445,33 @@ def test_a_database_driver_that_is_not_installed_is_one_line_saying_so(monkeypat
     )
     with pytest.raises(ConfigError, match=r"cannot be used: Can't load plugin: sqlalchemy\.dialects:postgresql\.nodri"):
         check_store("postgresql+nodriver://u@127.0.0.1:1/db")
+
+
+def test_a_new_store_inside_a_runs_folder_is_refused_and_nothing_created(tmp_path, monkeypatch):
+    """``tracking.uri=sqlite:///outputs/base/new.db`` FINISHED, leaving new.db, its lock and mlartifacts/ in run
+    base's folder, which base's sync and logging treat as its own."""
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "outputs" / "base"
+    base.mkdir(parents=True)
+    (base / ".nnexp.lock").write_text("{}")
+    for uri in ("sqlite:///outputs/base/new.db", "sqlite:///outputs/base/sub/new.db"):
+        with pytest.raises(ConfigError) as caught:
+            check_store(uri)
+        assert str(caught.value) == (
+            f"tracking.uri={uri}: a new store there lies inside the folder of another run or sweep ({base}); "
+            "a store needs a folder of its own, such as sqlite:///outputs/mlflow.db"
+        )
+    assert [path.name for path in base.iterdir()] == [".nnexp.lock"]
+    check_store("sqlite:///outputs/mlflow.db")  # beside the run folders, as the default store is
+
+
+def test_a_new_store_inside_a_runs_folder_is_one_line_and_no_run(project):
+    base = project.root / "outputs" / "base"
+    base.mkdir(parents=True)
+    (base / ".nnexp.lock").write_text("{}")
+    result = project.run("tracking.uri=sqlite:///outputs/base/new.db", "trainer.epochs=1")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: tracking.uri=sqlite:///outputs/base/new.db: a new store there lies inside")
+    assert [path.name for path in base.iterdir()] == [".nnexp.lock"]
+    assert project.job_dirs() == []

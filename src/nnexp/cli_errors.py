@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 import os
 import re
 import sys
-import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,7 +14,9 @@ from nnexp.config import (
     GROUPS,
     check_tag_key,
     config_fields,
+    describe_type,
     group_options,
+    list_type,
     unknown_key_message,
 )
 from nnexp.errors import ConfigError, abbreviated, one_line
@@ -59,10 +59,11 @@ _ADDED_KEY = re.compile(r"Could not append to config\. An item is already at '([
 _CHOSEN_TWICE = re.compile(r"([\w/]+) appears more than once in the final defaults list")
 
 
+#: Hydra's error for an override OmegaConf could not merge, whose error names the key but not the value.
+_MERGING_OVERRIDE = re.compile(r"Error merging override (.*)")
+
 #: The longest file name (in bytes) of Linux's and macOS's file systems.
 NAME_MAX = 255
-
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def check_override_keys(arguments: list[str]) -> None:
@@ -146,19 +147,6 @@ def check_config_folder(flag: str, value: str | None, base: Path) -> None:
         raise ConfigError(f"{expected}; nnexp cannot read it: permission denied")
 
 
-def describe_type(annotation: Any) -> str:
-    """``Optional[int]`` -> "an integer or null", ``List[int]`` -> "a list of integers, like [64, 32]"."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        inner = next(arg for arg in args if arg is not type(None))
-        return f"{describe_type(inner)} or null"
-    if origin is list:
-        return f"a list of {describe_type(args[0]).split(' ', 1)[1]}s, like [64, 32]"
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return "one of " + ", ".join(member.name for member in annotation)
-    return _TYPE_WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
-
-
 def _field_types(object_type: Any) -> dict[str, Any]:
     """The annotated types of a config dataclass's user-facing fields, by name."""
     names = config_fields(object_type)
@@ -230,6 +218,9 @@ def describe_config_error(exc: BaseException) -> str | None:
             return "experiment presets live in conf/experiment/ of the directory you run nnexp from; none found here"
         return unknown_key_message(key, cause.object_type)
     expected = fields.get(str(cause.key))
+    merged = _MERGING_OVERRIDE.match(str(exc))
+    if merged and cause.value is None and list_type(cause.ref_type):  # a mapping given for a list
+        return f"{key} expects {describe_type(cause.ref_type)}, got {merged[1].partition('=')[2]}"
     if isinstance(cause.value, Mapping) and str(cause.key).endswith(("activation", "initializer")):
         from nnexp.core.activations import ACTIVATIONS
         from nnexp.core.initializers import INITIALIZERS

@@ -28,7 +28,7 @@ from nnexp.core.losses import LOSSES
 from nnexp.core.optimizers import OPTIMIZERS
 from nnexp.core.schedules import SCHEDULES
 from nnexp.datasets.base import DATASETS
-from nnexp.errors import ConfigError, PluginError, abbreviated, require
+from nnexp.errors import ConfigError, ParameterError, PluginError, abbreviated, require
 from nnexp.folders import RESOLVER, SWEEP_DIR
 from nnexp.models.base import MODELS
 from nnexp.registry import Registry, config_parameters
@@ -100,6 +100,8 @@ def given_overrides(overrides: Iterable[str]) -> list[str]:
 
 #: The final metrics every run has; ``objective.metric`` names one of them.
 FINAL_METRICS = tuple(f"{part}_{kind}" for part in ("train", "val", "test") for kind in ("accuracy", "loss"))
+#: The per-epoch metrics ``early_stopping.monitor`` may name (the validation ones need a validation split).
+MONITORED = tuple(f"{part}_{kind}" for part in ("train", "val") for kind in ("loss", "accuracy"))
 
 
 @dataclass
@@ -123,7 +125,7 @@ class CheckpointConfig:
 class EarlyStoppingConfig:
     #: Stop after this many epochs without improvement of ``monitor``; null turns early stopping off.
     patience: int | None = None
-    #: A per-epoch metric: train_loss, train_accuracy, val_loss or val_accuracy.
+    #: A per-epoch metric of :data:`MONITORED`: train_loss, train_accuracy, val_loss or val_accuracy.
     monitor: str = "val_loss"
     #: How much ``monitor`` must improve by to count as an improvement.
     min_delta: float = 0.0
@@ -375,6 +377,23 @@ def check_printable(option: str, value: object) -> None:
         require(value.isprintable(), option, "must be text without control characters (such as an escape)", value)
 
 
+#: How a message names what a field of each scalar type expects.
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def describe_type(annotation: Any) -> str:
+    """``Optional[int]`` -> "an integer or null", ``List[int]`` -> "a list of integers, like [64, 32]"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = next(arg for arg in args if arg is not type(None))
+        return f"{describe_type(inner)} or null"
+    if origin is list:
+        return f"a list of {describe_type(args[0]).split(' ', 1)[1]}s, like [64, 32]"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(member.name for member in annotation)
+    return _TYPE_WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
 def check_known_keys(cfg: DictConfig, path: str = "") -> None:
     """Reject keys a schema does not declare: Hydra's ``+key=value`` adds them even to typed nodes."""
     schema = OmegaConf.get_type(cfg)
@@ -386,6 +405,33 @@ def check_known_keys(cfg: DictConfig, path: str = "") -> None:
         node = cfg._get_node(key)
         if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
             check_known_keys(node, f"{path}{key}.")
+
+
+def check_list_items(cfg: DictConfig, path: str = "") -> None:
+    """Refuse a list or mapping inside a typed list (``list[int]``): OmegaConf checks a list's items when a value is
+    assigned, but not when a config is merged onto it, and the plugin would meet ``[[4, 4]]`` as a TypeError."""
+    for key in cfg:
+        node = cfg._get_node(key)
+        if node._is_missing() or node._is_none():
+            continue
+        if isinstance(node, DictConfig):
+            check_list_items(node, f"{path}{key}.")
+        elif isinstance(node, ListConfig) and scalar_type(node._metadata.element_type):
+            items = OmegaConf.to_container(node, resolve=True)
+            if any(isinstance(item, list | dict) for item in items):
+                raise ParameterError(f"{path}{key}", f"expects {describe_type(node._metadata.ref_type)}", items)
+
+
+def list_type(annotation: Any) -> bool:
+    """Whether ``annotation`` is a list type, ``list[int]`` or ``list[int] | None``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(list_type(arg) for arg in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, typing.List)  # noqa: UP006
+
+
+def scalar_type(annotation: Any) -> bool:
+    """Whether ``annotation`` is a type of one value: int, float, bool, str or an Enum."""
+    return annotation in _TYPE_WORDS or (isinstance(annotation, type) and issubclass(annotation, enum.Enum))
 
 
 def help_text(config_dir: Path | None, overrides: list[str], resolve: bool) -> str | None:

@@ -12,6 +12,7 @@ are one rule: the names written at setup, the locks and the removal that trusts 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -230,16 +231,19 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
         )
     # A new run among another's files, whose model and checkpoints folders are logged and synced as that run's own;
     # a resumed run goes on in its own folder, which a sweep's job has inside the sweep's.
-    around = next((parent for parent in folder.resolve().parents if (parent / FOLDER_LOCK).exists()), None)
+    around = enclosing_run_folder(folder)
     if around is not None and not resuming:
         raise FolderRefused(
             f"hydra.run.dir={folder} lies inside the folder of another run or sweep ({around}); a run needs a folder "
             "of its own, such as outputs/NAME"
         )
-    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    missing = [path for path in (folder, *folder.parents) if not os.path.lexists(path)]  # a name too long: missing
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
+        for path in missing[1:]:  # the parents made on the way, innermost first; Hydra names the failure
+            with contextlib.suppress(OSError):
+                path.rmdir()
         return
     created_folders.update(path.resolve() for path in missing[1:])
     entries = {entry.name for entry in folder.iterdir()}
@@ -296,6 +300,12 @@ def claim_job_folder(folder: Path, subdir: str) -> None:
             f"write ({shown(foreign)}); choose another hydra.sweep.dir"
         )
     lock_folder(folder, "job folder")
+
+
+def enclosing_run_folder(path: Path) -> Path | None:
+    """The folder of a run or sweep (one holding its lock) that ``path`` lies inside; ``None`` when there is none."""
+    # os.path.exists: a name too long for the file system is no lock, where Path.exists would raise
+    return next((parent for parent in path.resolve().parents if os.path.exists(parent / FOLDER_LOCK)), None)
 
 
 #: What a tracking store keeps beside its database: no run folder is one of these, or inside the artifacts.

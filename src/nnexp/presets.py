@@ -19,11 +19,15 @@ from omegaconf.errors import OmegaConfBaseException
 from nnexp.cli_errors import GROUP_KINDS, causes, describe_config_error, shown_path
 from nnexp.config import (
     GROUPS,
+    check_list_items,
     config_fields,
+    describe_type,
     given_overrides,
+    list_type,
     schema_for,
 )
 from nnexp.errors import ConfigError
+from nnexp.registry import config_parameters
 
 #: Real presets nest a few levels; composing one nested about 150 deep exhausts Python's stack.
 DEEP_PRESET = 100
@@ -66,7 +70,7 @@ def yaml_problem(exc: BaseException) -> str | None:
 def merge_problem(path: Path, config_path: str, exc: BaseException | None) -> str:
     """What is wrong with the preset ``config_path`` (``experiment/unk``) at ``path``, given the error merging it
     raised."""
-    from omegaconf.errors import ConfigKeyError
+    from omegaconf.errors import ConfigKeyError, ConfigTypeError
 
     group = config_path.partition("/")[0]
     # ``dataset: moons`` in an experiment: OmegaConf's error names neither the key nor the file.
@@ -76,8 +80,30 @@ def merge_problem(path: Path, config_path: str, exc: BaseException | None) -> st
     if isinstance(exc, ConfigKeyError) and exc.full_key == group:
         # Without the header Hydra puts the preset's keys under its group's name, which the primary config lacks.
         return f"expected the header line '# @package _global_' that every {group} preset starts with"
+    mismatched = mapping_for_list(path, group) if isinstance(exc, ConfigTypeError) and not exc.full_key else None
+    if mismatched is not None:
+        return mismatched
     described = describe_config_error(exc) if exc is not None else None
     return described or (str(exc).splitlines() or ["cannot be composed"])[0]
+
+
+def mapping_for_list(path: Path, group: str) -> str | None:
+    """``KEY expects TYPE, got VALUE`` for the first mapping that the preset at ``path``, of config group ``group``,
+    gives a plugin's list parameter; OmegaConf's error merging it names neither the key nor the value."""
+    text, data = preset_data(path)
+    if text is None or not isinstance(data, dict):
+        return None
+    nodes = data.items() if GLOBAL_PACKAGE.search(text) else [(group, data)]
+    for kind, node in nodes:
+        registry = next((registry for registry, _ in GROUPS if registry.kind == kind), None)
+        if registry is None or not isinstance(node, dict):
+            continue
+        parameters = (parameter for _, cls in registry.items() for parameter in config_parameters(cls))
+        lists = {name: hint for name, hint, _ in parameters if list_type(hint)}
+        for parameter, value in node.items():
+            if isinstance(value, dict) and parameter in lists:
+                return f"{kind}.{parameter} expects {describe_type(lists[parameter])}, got {value!r}"
+    return None
 
 
 def yaml_events(path: Path) -> Iterator[Any]:
@@ -200,6 +226,7 @@ def check_plugin_nodes(cfg: DictConfig, presets: Mapping[str, Path]) -> None:
             typed.merge_with({registry.kind: node})
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{where}{describe_config_error(exc) or str(exc).splitlines()[0]}") from None
+        check_list_items(typed)
 
 
 def chosen_in_body(path: Path, group: str) -> str | None:

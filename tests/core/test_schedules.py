@@ -183,6 +183,8 @@ class Fixed(Schedule):
         (-math.inf, "-inf"),
         (None, "None"),
         ("fast", "'fast'"),
+        (True, "True"),
+        (np.True_, "np.True_"),
     ],
 )
 def test_a_rate_that_is_not_finite_and_positive_stops_training_naming_the_schedule(value, shown) -> None:

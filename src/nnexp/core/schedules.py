@@ -85,7 +85,9 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch: int) -> None:
         given = self.schedule.rate(epoch, self.base_rate, self.epochs)
         try:
-            rate = float(given)  # a Python float: a NumPy float64 rate would upcast float32 updates
+            # A Python float: a NumPy float64 rate would upcast float32 updates. A bool is no rate, though float(True)
+            # is 1.0: a schedule returning a comparison would train at rate 1.
+            rate = None if isinstance(given, bool | np.bool_) else float(given)
         except (TypeError, ValueError):
             rate = None
         problem = None

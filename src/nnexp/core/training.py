@@ -109,8 +109,7 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         restore_best_weights: bool = True,
     ) -> None:
-        require(patience >= 1, "patience", "must be >= 1", patience)
-        require(min_delta >= 0, "min_delta", "must be >= 0", min_delta)
+        self.check(patience, min_delta)
         self.trainer, self.network = trainer, network
         self.monitor, self.maximize, self.patience, self.min_delta = monitor, maximize, patience, min_delta
         self.restore_best_weights = restore_best_weights
@@ -118,6 +117,12 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.wait = 0
         self.best_weights: dict[str, Array] = {}
+
+    @staticmethod
+    def check(patience: int | None, min_delta: float) -> None:
+        """Raise :class:`ParameterError` for a value out of range; ``patience=None`` (no early stopping) is not."""
+        require(patience is None or patience >= 1, "patience", "must be >= 1", patience)
+        require(min_delta >= 0, "min_delta", "must be >= 0", min_delta)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.monitor not in logs:

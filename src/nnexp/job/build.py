@@ -15,8 +15,10 @@ from omegaconf.errors import InterpolationResolutionError
 
 from nnexp.config import (
     FINAL_METRICS,
+    MONITORED,
     Direction,
     check_known_keys,
+    check_list_items,
     check_run_names,
     check_tags,
     default_direction,
@@ -27,7 +29,7 @@ from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import OPTIMIZERS, Optimizer
 from nnexp.core.schedules import SCHEDULES, Schedule
-from nnexp.core.training import Examples, Trainer
+from nnexp.core.training import EarlyStopping, Examples, Trainer
 from nnexp.datasets.base import DATASETS, Dataset, Splits, checked_splits
 from nnexp.errors import ConfigError, ParameterError, PluginError, require
 from nnexp.job import memory
@@ -71,8 +73,7 @@ class Objective:
         given = cfg.objective.direction
         direction = Direction(given) if given is not None else default_direction(metric)
         if direction is not default_direction(metric):
-            hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
-            where = where_hydra_set("objective.direction", hydra) if hydra is not None else ""
+            where = where_configured("objective.direction", cfg)
             kind = "a loss, better lower" if metric.endswith("loss") else "an accuracy, better higher"
             raise ConfigError(
                 f"{where}objective.direction={direction.value} contradicts objective.metric={metric} ({kind}); "
@@ -111,7 +112,19 @@ class Experiment:
 
 
 def configure(cfg: DictConfig) -> Components:
-    """Construct every plugin the config names; fast, and raises NnexpError on any bad value."""
+    """Construct every plugin the config names; fast, and raises NnexpError on any bad value, naming the preset that
+    set a value out of range."""
+    try:
+        return constructed(cfg)
+    except ParameterError as exc:
+        where = where_configured(exc.field, cfg)
+        if not where:
+            raise
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def constructed(cfg: DictConfig) -> Components:
+    """:func:`configure`, its errors naming no preset."""
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as exc:
@@ -121,6 +134,7 @@ def configure(cfg: DictConfig) -> Components:
         named_by_preset(exc, preset_files(), overrides)
         raise
     check_known_keys(cfg)
+    check_list_items(cfg)
     check_plugin_nodes(cfg, preset_files())
     check_tags(OmegaConf.to_container(cfg.tags, resolve=True))  # type: ignore[arg-type]
     check_run_names(cfg.tracking)
@@ -129,6 +143,7 @@ def configure(cfg: DictConfig) -> Components:
     require(every is None or every >= 0, "checkpoint.every", "must be >= 0", every)
     require(cfg.checkpoint.seconds > 0, "checkpoint.seconds", "must be > 0", cfg.checkpoint.seconds)
     Objective.of(cfg)
+    check_early_stopping(cfg.early_stopping)
     try:
         trainer = Trainer(cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.shuffle, cfg.trainer.engine.value)
     except ParameterError as exc:
@@ -156,6 +171,23 @@ def configure(cfg: DictConfig) -> Components:
     check_param_lengths(run_params(cfg))
     check_in_dtype(cfg, components.dtype)
     return components
+
+
+def check_early_stopping(settings: DictConfig) -> None:
+    """Check early stopping's values also while it is off (``patience`` null): the run records them, and a
+    ``monitor`` that no run logs would only be found once early stopping is turned on."""
+    try:
+        require(settings.monitor in MONITORED, "monitor", f"must be one of {', '.join(MONITORED)}", settings.monitor)
+        EarlyStopping.check(settings.patience, settings.min_delta)
+    except ParameterError as exc:
+        raise exc.within("early_stopping") from None
+
+
+def where_configured(key: str, cfg: DictConfig) -> str:
+    """``FILE: `` naming the preset that set ``key`` of ``cfg``, by ``cfg``'s Hydra node or else the running job's;
+    ``""`` when none did."""
+    hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get() if HydraConfig.initialized() else None
+    return where_hydra_set(key, hydra) if hydra is not None else ""
 
 
 def prepare(components: Components, rng: np.random.Generator) -> Experiment:

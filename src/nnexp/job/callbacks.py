@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnexp.atomic import remove_partials
 from nnexp.config import (
+    MONITORED,
     Direction,
     default_direction,
 )
@@ -73,7 +74,7 @@ def early_stopping_callback(cfg: DictConfig, experiment: Experiment) -> EarlySto
     settings = cfg.early_stopping
     if settings.patience is None:
         return None
-    logged = ["train_loss", "train_accuracy", *(["val_loss", "val_accuracy"] if "val" in experiment.data else [])]
+    logged = [metric for metric in MONITORED if "val" in experiment.data or not metric.startswith("val_")]
     if settings.monitor not in logged:
         fix = ""
         if settings.monitor.startswith("val_") and "val" not in experiment.data:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nnexp.errors import ConfigError
-from nnexp.folders import describe_os_error, special_file
+from nnexp.folders import describe_os_error, enclosing_run_folder, special_file
 from nnexp.tracking import liveness
 
 try:
@@ -201,6 +201,12 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             raise ConfigError(
                 f"tracking store {uri}: {database} is {kind}, not an SQLite database file; "
                 "point tracking.uri at a regular file"
+            )
+        around = enclosing_run_folder(database) if not os.path.lexists(database) else None
+        if around is not None:  # its lock, database and artifacts would be kept and synced as that run's files
+            raise ConfigError(
+                f"tracking.uri={uri}: a new store there lies inside the folder of another run or sweep ({around}); "
+                "a store needs a folder of its own, such as sqlite:///outputs/mlflow.db"
             )
         try:
             database.parent.mkdir(parents=True, exist_ok=True)
