@@ -609,6 +609,37 @@ def test_a_crafted_manifest_runs_nothing_writes_nothing_and_leaves_the_run_as_it
     assert client.get_run(run_id).info.status == "KILLED"
 
 
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_refused_resume_leaves_every_file_of_the_run_folder_as_it_was(project):
+    """Hydra's copies of the config and the folder's lock were rewritten with the refused resume's, and a manifest's
+    overrides that disagree with its own config were blamed on conf/ presets."""
+    client, run_id, directory = finished_then_killed(project)
+    folder = directory.parent
+    edit(directory, lambda manifest: {**manifest, "overrides": [*manifest["overrides"], "tracking.experiment=else"]})
+    before = folder_files(folder)
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {directory / checkpoint.MANIFEST}: overrides tracking.experiment=else do not compose to its config "
+        "(tracking.experiment); a manifest's overrides and config are written together, so one of them was edited",
+    )
+    assert folder_files(folder) == before
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    edit(directory, lambda manifest: {**manifest, "overrides": manifest["overrides"][:-1]})
+    client.set_terminated(run_id, "FINISHED")
+    before = folder_files(folder)
+    result = project.run(f"resume={directory}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: run {run_id} is FINISHED; there is nothing to resume",
+    )
+    assert folder_files(folder) == before
+
+
 def test_resume_refuses_another_runs_weights_copied_over_its_checkpoint(project):
     client, run_id, directory = finished_then_killed(project)
     result = project.run("trainer.epochs=2", "checkpoint.every=1", "seed=7")
