@@ -22,6 +22,10 @@ from nnexp.tracking import liveness
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 CONFIG = "trainer:\n  epochs: 3\n"
+#: Nine nested YAML anchors (a "billion laughs") before a config: loading it took gigabytes and never ended.
+LAUGHS = "zz_a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"zz_{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
 PARTIALS = (".checkpoint-e000001-b00000000.1a2b3c4d.partial.npz", ".checkpoint.0f0f0f0f.partial.json")
 
 
@@ -109,6 +113,11 @@ def error_of(directory: Path) -> str:
         ("output_dir", "relative/dir", "output_dir must be an absolute path, found 'relative/dir'"),
         ("config", "trainer: [", "config must be the run's config as YAML, found 'trainer: ['"),
         ("config", "seed: 1\n", "config's trainer must be an object, found None"),
+        (
+            "config",
+            LAUGHS + CONFIG,
+            "config, line 4: its YAML aliases (here *c) copy more than 10000 values, which no run's config does",
+        ),
         ("config", "trainer:\n  epochs: true\n", "config's trainer.epochs must be an integer >= 1, found True"),
         ("rng_state", [1, 2], "rng_state must be an object, found [1, 2]"),
         ("rng_state.bit_generator", "MT19937", "rng_state.bit_generator must be 'PCG64', found 'MT19937'"),

@@ -39,6 +39,7 @@ from nnexp.schema import (
     EPOCH_SECONDS_AT_MOST,
     RUN_ID,
     Fields,
+    aliased_too_much,
     check_metric,
     check_npz_data,
     check_weights,
@@ -434,8 +435,12 @@ def check_best(fields: Fields, stopping: EarlyStopping, history: Mapping[str, li
 
 def configured_epochs(fields: Fields, config: object) -> int:
     """``trainer.epochs`` of the run's resolved config (YAML) a manifest holds."""
+    text = fields.string(config, "config")
+    problem = aliased_too_much(text)
+    if problem is not None:  # a resolved config holds no alias at all: nnexp writes it out
+        raise DataError(f"{fields.source}: config, {problem}, which no run's config does")
     try:
-        parsed = yaml.safe_load(fields.string(config, "config"))
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError:
         fields.fail("config", "the run's config as YAML", config)
     trainer = fields.mapping(parsed, "config").get("trainer")
