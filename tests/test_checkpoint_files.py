@@ -354,8 +354,29 @@ def test_a_checkpoint_before_the_first_step_needs_no_optimizer_state(tmp_path):
     for key in [key for key in loaded.arrays if key.startswith("optimizer/")]:
         del loaded.arrays[key]
     loaded.arrays["optimizer/iterations"] = np.asarray(0)
+    loaded.manifest["progress"]["epoch"] = 0
     loaded.restore(network, optimizer, rng, {}, trainer, 40)
     assert optimizer.iterations == 0
+
+
+@pytest.mark.parametrize("batch", [0, 3])
+@pytest.mark.parametrize("iterations", [0, 1, 4, 10**15, -5])
+def test_restore_refuses_a_step_count_other_than_the_batches_trained(tmp_path, batch, iterations):
+    """Obeyed before: Adam's bias correction and a schedule's steps then went on from the crafted count."""
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    loaded.manifest["progress"]["batch"] = batch
+    loaded.arrays["progress/predicted"] = np.zeros(40, np.int64)
+    loaded.arrays["optimizer/iterations"] = np.asarray(iterations)
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert str(raised.value) == (
+        f"{loaded.weights}: optimizer/iterations must be {5 + batch} (1 x 5 batches for the epochs done"
+        f"{' + 3 into epoch 2' if batch else ''}; one step a batch), found {iterations}"
+    )
+    loaded.arrays["optimizer/iterations"] = np.asarray(5 + batch)
+    loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert optimizer.iterations == 5 + batch
 
 
 @pytest.mark.parametrize(("config", "slot"), [({"name": "rmsprop"}, "mean_square"), (ADAM, "v")])
@@ -708,6 +729,15 @@ def test_resume_refuses_missing_or_negative_optimizer_state_and_leaves_the_run_a
         1,
         f"error: {weights}: optimizer/v/weight holds negative values, which a running average of squared "
         "gradients never does",
+    )
+    for path, data in original.items():
+        path.write_bytes(data)
+    rewritten(directory, lambda arrays: arrays | {"optimizer/iterations": np.asarray(10**15)})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: optimizer/iterations must be 88 (2 x 44 batches for the epochs done; one step a batch), "
+        "found 1000000000000000",
     )
     assert client.get_run(run_id).info.status == "KILLED"
     assert len(client.get_metric_history(run_id, "train_loss")) == 2
