@@ -651,12 +651,12 @@ def test_a_refused_resume_leaves_every_file_of_the_run_folder_as_it_was(project)
     edit(directory, lambda manifest: {**manifest, "overrides": [*manifest["overrides"], "tracking.experiment=else"]})
     before = folder_files(folder)
     result = project.run(f"resume={run_id}")
+    assert folder_files(folder) == before
     assert (result.returncode, result.stderr.strip()) == (
         1,
         f"error: {directory / checkpoint.MANIFEST}: overrides tracking.experiment=else do not compose to its config "
         "(tracking.experiment); a manifest's overrides and config are written together, so one of them was edited",
     )
-    assert folder_files(folder) == before
     assert client.get_run(run_id).info.status == "KILLED"
 
     edit(directory, lambda manifest: {**manifest, "overrides": manifest["overrides"][:-1]})
