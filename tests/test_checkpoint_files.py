@@ -22,6 +22,10 @@ from nnexp.tracking import liveness
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 CONFIG = "trainer:\n  epochs: 3\n"
+#: Nine nested YAML anchors (a "billion laughs") before a config: loading it took gigabytes and never ended.
+LAUGHS = "zz_a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"zz_{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
 PARTIALS = (".checkpoint-e000001-b00000000.1a2b3c4d.partial.npz", ".checkpoint.0f0f0f0f.partial.json")
 
 
@@ -109,6 +113,11 @@ def error_of(directory: Path) -> str:
         ("output_dir", "relative/dir", "output_dir must be an absolute path, found 'relative/dir'"),
         ("config", "trainer: [", "config must be the run's config as YAML, found 'trainer: ['"),
         ("config", "seed: 1\n", "config's trainer must be an object, found None"),
+        (
+            "config",
+            LAUGHS + CONFIG,
+            "config, line 4: its YAML aliases (here *c) copy more than 10000 values, which no run's config does",
+        ),
         ("config", "trainer:\n  epochs: true\n", "config's trainer.epochs must be an integer >= 1, found True"),
         ("rng_state", [1, 2], "rng_state must be an object, found [1, 2]"),
         ("rng_state.bit_generator", "MT19937", "rng_state.bit_generator must be 'PCG64', found 'MT19937'"),
@@ -345,8 +354,29 @@ def test_a_checkpoint_before_the_first_step_needs_no_optimizer_state(tmp_path):
     for key in [key for key in loaded.arrays if key.startswith("optimizer/")]:
         del loaded.arrays[key]
     loaded.arrays["optimizer/iterations"] = np.asarray(0)
+    loaded.manifest["progress"]["epoch"] = 0
     loaded.restore(network, optimizer, rng, {}, trainer, 40)
     assert optimizer.iterations == 0
+
+
+@pytest.mark.parametrize("batch", [0, 3])
+@pytest.mark.parametrize("iterations", [0, 1, 4, 10**15, -5])
+def test_restore_refuses_a_step_count_other_than_the_batches_trained(tmp_path, batch, iterations):
+    """Obeyed before: Adam's bias correction and a schedule's steps then went on from the crafted count."""
+    network, _, optimizer, rng, trainer = setup()
+    loaded = checkpoint.load(saved(tmp_path))
+    loaded.manifest["progress"]["batch"] = batch
+    loaded.arrays["progress/predicted"] = np.zeros(40, np.int64)
+    loaded.arrays["optimizer/iterations"] = np.asarray(iterations)
+    with pytest.raises(DataError) as raised:
+        loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert str(raised.value) == (
+        f"{loaded.weights}: optimizer/iterations must be {5 + batch} (1 x 5 batches for the epochs done"
+        f"{' + 3 into epoch 2' if batch else ''}; one step a batch), found {iterations}"
+    )
+    loaded.arrays["optimizer/iterations"] = np.asarray(5 + batch)
+    loaded.restore(network, optimizer, rng, {}, trainer, 40)
+    assert optimizer.iterations == 5 + batch
 
 
 @pytest.mark.parametrize(("config", "slot"), [({"name": "rmsprop"}, "mean_square"), (ADAM, "v")])
@@ -609,6 +639,37 @@ def test_a_crafted_manifest_runs_nothing_writes_nothing_and_leaves_the_run_as_it
     assert client.get_run(run_id).info.status == "KILLED"
 
 
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_refused_resume_leaves_every_file_of_the_run_folder_as_it_was(project):
+    """Hydra's copies of the config and the folder's lock were rewritten with the refused resume's, and a manifest's
+    overrides that disagree with its own config were blamed on conf/ presets."""
+    client, run_id, directory = finished_then_killed(project)
+    folder = directory.parent
+    edit(directory, lambda manifest: {**manifest, "overrides": [*manifest["overrides"], "tracking.experiment=else"]})
+    before = folder_files(folder)
+    result = project.run(f"resume={run_id}")
+    assert folder_files(folder) == before
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {directory / checkpoint.MANIFEST}: overrides tracking.experiment=else do not compose to its config "
+        "(tracking.experiment); a manifest's overrides and config are written together, so one of them was edited",
+    )
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    edit(directory, lambda manifest: {**manifest, "overrides": manifest["overrides"][:-1]})
+    client.set_terminated(run_id, "FINISHED")
+    before = folder_files(folder)
+    result = project.run(f"resume={directory}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: run {run_id} is FINISHED; there is nothing to resume",
+    )
+    assert folder_files(folder) == before
+
+
 def test_resume_refuses_another_runs_weights_copied_over_its_checkpoint(project):
     client, run_id, directory = finished_then_killed(project)
     result = project.run("trainer.epochs=2", "checkpoint.every=1", "seed=7")
@@ -668,6 +729,15 @@ def test_resume_refuses_missing_or_negative_optimizer_state_and_leaves_the_run_a
         1,
         f"error: {weights}: optimizer/v/weight holds negative values, which a running average of squared "
         "gradients never does",
+    )
+    for path, data in original.items():
+        path.write_bytes(data)
+    rewritten(directory, lambda arrays: arrays | {"optimizer/iterations": np.asarray(10**15)})
+    result = project.run(f"resume={run_id}")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        f"error: {weights}: optimizer/iterations must be 88 (2 x 44 batches for the epochs done; one step a batch), "
+        "found 1000000000000000",
     )
     assert client.get_run(run_id).info.status == "KILLED"
     assert len(client.get_metric_history(run_id, "train_loss")) == 2

@@ -561,6 +561,47 @@ def test_a_plugin_dataset_unfit_to_train_on_is_one_line_before_any_run(project, 
     assert project.job_dirs() == [] and not (project.root / "outputs" / "mlflow.db").exists()
 
 
+WRONG_NUMBERS = """
+import numpy as np
+
+from nnexp import ACTIVATIONS, LOSSES, Activation
+from nnexp.core.losses import MeanSquaredError
+
+
+@LOSSES.register("neg_mse")
+class NegativeMse(MeanSquaredError):
+    def value_and_gradient(self, y_true, y_pred):
+        value, grad = super().value_and_gradient(y_true, y_pred)
+        return value - 10.0, grad
+
+
+@ACTIVATIONS.register("nan_always")
+class NanAlways(Activation):
+    def forward(self, x):
+        return x * np.nan
+
+    def backward(self, grad_out, input_grad=True):
+        return grad_out
+"""
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        # FINISHED with loss -9.89, whose checkpoints and outbox were then refused as impossible
+        ("loss=neg_mse", "loss neg_mse (plugins/wrong.py) returned -9."),
+        # FAILED "loss became NaN at epoch 1, batch 1; try a smaller optimizer.learning_rate"
+        ("model.activation=nan_always", "activation nan_always (plugins/wrong.py) returned an output holding NaN"),
+    ],
+)
+def test_a_plugin_returning_a_negative_loss_or_nan_is_named_before_any_run(project, override, named):
+    (project.root / "plugins" / "wrong.py").write_text(WRONG_NUMBERS)
+    result = project.run(override, *QUICK)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {named}")
+    assert project.job_dirs() == [] and not (project.root / "outputs" / "mlflow.db").exists()
+
+
 @pytest.mark.parametrize(
     ("preset", "text", "override", "named"),
     [

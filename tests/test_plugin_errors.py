@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnexp import DATASETS, LOSSES, MODELS, SCHEDULES
-from nnexp.errors import PluginError
+from nnexp import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, Examples, Trainer
+from nnexp.errors import PluginError, TrainingError
 from nnexp.job.build import check_plugin_outputs
 from nnexp.plugins import blame, load_builtins, load_folder
 
@@ -84,6 +84,45 @@ PLUGINS = {
             def value_and_gradient(self, y_true, y_pred):
                 value, grad = super().value_and_gradient(y_true, y_pred)
                 return np.array([value, value]), grad
+
+
+        @LOSSES.register("neg_mse")
+        class NegativeMse(MeanSquaredError):
+            def value_and_gradient(self, y_true, y_pred):
+                value, grad = super().value_and_gradient(y_true, y_pred)
+                return value - (10.0 if len(y_true) > self.rows else 0.0), grad
+
+            rows = 0
+
+
+        @LOSSES.register("neg_later")
+        class NegativeLater(NegativeMse):
+            rows = 2  # more rows than the probe before the run passes
+
+
+        @ACTIVATIONS.register("nan_always")
+        class NanAlways(Activation):
+            rows = 0
+
+            def forward(self, x):
+                return x * np.nan if len(x) > self.rows else x
+
+            def backward(self, grad_out, input_grad=True):
+                return grad_out
+
+
+        @ACTIVATIONS.register("nan_later")
+        class NanLater(NanAlways):
+            rows = 2
+
+
+        @ACTIVATIONS.register("nan_back")
+        class NanBack(Activation):
+            def forward(self, x):
+                return x
+
+            def backward(self, grad_out, input_grad=True):
+                return grad_out * np.nan
     """,
     "schedules.py": """
         from nnexp import SCHEDULES, Schedule
@@ -297,6 +336,11 @@ def test_an_activation_whose_output_is_not_shaped_like_its_input_is_refused_nami
         ("narrow_back", "mse", "activation narrow_back (plugins/wrong.py) returned a gradient of (2, 1) float32 for"),
         ("relu", "short_grad", "loss short_grad (plugins/wrong.py) returned a gradient of (2, 1) float32 for (2, 2)"),
         ("relu", "two_values", "loss two_values (plugins/wrong.py) returned a loss of ndarray (2,); a loss is one"),
+        # FAILED "loss became NaN at epoch 1, batch 1; try a smaller optimizer.learning_rate", before
+        ("nan_always", "mse", "activation nan_always (plugins/wrong.py) returned an output holding NaN for finite "),
+        ("nan_back", "mse", "activation nan_back (plugins/wrong.py) returned a gradient holding NaN for finite "),
+        # FINISHED with a negative loss, whose checkpoints and outbox were then refused as impossible, before
+        ("relu", "neg_mse", "loss neg_mse (plugins/wrong.py) returned -9.75 for 2 rows of the training set; a loss"),
     ],
 )
 def test_a_plugin_whose_result_is_not_an_array_like_its_input_is_refused_naming_it(plugins, activation, loss, message):
@@ -307,6 +351,37 @@ def test_a_plugin_whose_result_is_not_an_array_like_its_input_is_refused_naming_
     with pytest.raises(PluginError) as caught:
         check_plugin_outputs(network, network_loss, np.zeros((2, 3), np.float32), TARGETS.astype(np.float32))
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("activation", "loss", "message"),
+    [
+        (
+            "nan_later",
+            "mse",
+            "loss became NaN at epoch 1, batch 1; try a smaller optimizer.learning_rate, or check the run's plugins: "
+            "activation nan_later (plugins/wrong.py)",
+        ),
+        (
+            "relu",
+            "neg_later",
+            "loss neg_later (plugins/wrong.py) returned -9.613 at epoch 1, batch 1; a loss must be >= 0",
+        ),
+    ],
+)
+def test_a_plugin_that_goes_wrong_while_training_is_named(plugins, activation, loss, message):
+    """A NaN was blamed on the learning rate alone, and a negative loss trained on to a record nnexp then refused."""
+    network_loss = LOSSES.build({"name": loss})
+    rng = np.random.default_rng(0)
+    network = MODELS.build({"name": "mlp", "hidden_sizes": [4], "activation": activation}).build(
+        3, 2, network_loss, rng, np.float64
+    )
+    x = rng.standard_normal((8, 3))
+    labels = (x[:, 0] > 0).astype(np.int64)
+    train = Examples(x, network_loss.encode(labels, 2, np.float64), labels)
+    with pytest.raises(TrainingError) as caught:
+        Trainer(1, 4).fit(network, network_loss, OPTIMIZERS.build({"name": "sgd"}), train, rng)
+    assert str(caught.value) == message
 
 
 def test_the_built_in_activations_keep_their_input_s_shape():

@@ -73,6 +73,9 @@ STORE = "store"
 MODEL_SAVED = "model_saved"
 #: The locks this process holds, open until it exits.
 _held: list[IO[str]] = []
+#: What setup's files held in each resumed run's folder before this process wrote them (None: there was none), put
+#: back by :func:`restore_setup_files` when the resume is refused.
+_before_resume: dict[Path, dict[str, bytes | None]] = {}
 #: Whether this process only shows the config (``--cfg``, ``--info``, shell completion): a folder is then named but
 #: not created. Set from Hydra's own reading of the command line (:func:`note_showing_only`).
 showing_only = False
@@ -265,6 +268,8 @@ def use_run_folder(folder: Path, resuming: bool) -> None:
             f"hydra.run.dir={folder} holds files nnexp did not write ({shown(foreign)}); a run needs a new or empty "
             "folder, such as outputs/NAME"
         )
+    if resuming:
+        _before_resume[folder.resolve()] = {name: read_if_file(folder / name) for name in WRITTEN_AT_SETUP}
     lock_folder(folder, "run folder")
     if resuming:  # the folder is this process's now: what a killed process of the run was writing is stale
         remove_run_partials(folder)
@@ -306,6 +311,25 @@ def enclosing_run_folder(path: Path) -> Path | None:
     """The folder of a run or sweep (one holding its lock) that ``path`` lies inside; ``None`` when there is none."""
     # os.path.exists: a name too long for the file system is no lock, where Path.exists would raise
     return next((parent for parent in path.resolve().parents if os.path.exists(parent / FOLDER_LOCK)), None)
+
+
+def read_if_file(path: Path) -> bytes | None:
+    """The bytes of the file ``path``; None when there is none (or it is no regular file, which is no setup's)."""
+    return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+
+
+def restore_setup_files(folder: Path) -> None:
+    """Put back what Hydra's copies of the config, the job's log and the lock held in the resumed run's ``folder``
+    before this process wrote them: a refused resume leaves the run's record as it was."""
+    for name, contents in _before_resume.pop(folder.resolve(), {}).items():
+        path = folder / name
+        lock = next((lock for lock in _held if Path(lock.name).resolve() == path.resolve()), None)
+        if lock is not None:  # still held, until the process exits: its record is replaced in place
+            record_text(lock, (contents or b"").decode(errors="replace"))
+        elif contents is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(contents)
 
 
 #: What a tracking store keeps beside its database: no run folder is one of these, or inside the artifacts.
@@ -380,9 +404,14 @@ def release_folder(folder: Path) -> None:
 
 def record(lock: IO[str], contents: dict[str, Any]) -> None:
     """Replace what the lock file ``lock`` records; on a full disk it records nothing, and the lock still holds."""
+    record_text(lock, json.dumps(contents))
+
+
+def record_text(lock: IO[str], text: str) -> None:
+    """Replace the text of the lock file ``lock``; on a full disk it records nothing, and the lock still holds."""
     try:
         lock.truncate(0)
-        lock.write(json.dumps(contents))
+        lock.write(text)
         lock.flush()
     except OSError:
         # A folder whose record is unreadable is never taken for a dead process's leftovers; the run itself says

@@ -19,7 +19,7 @@ from types import FrameType
 
 from nnexp.errors import Interrupted, PluginError, interruption
 from nnexp.folders import dangling_link, special_file
-from nnexp.registry import REGISTRIES, Registry, registration_source
+from nnexp.registry import REGISTRIES, Registry, is_builtin, registration_source
 
 ENTRY_POINT_GROUP = "nnexp.plugins"
 PATH_VARIABLE = "NNEXP_PLUGIN_PATH"
@@ -270,8 +270,3 @@ def source_file(cls: type) -> str | None:
 
 def real_file(frame: FrameType) -> str:
     return os.path.realpath(frame.f_code.co_filename)
-
-
-def is_builtin(cls: type) -> bool:
-    """Whether ``cls`` is one of nnexp's own plugins."""
-    return cls.__module__.partition(".")[0] == "nnexp"

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -28,12 +27,10 @@ from nnexp.config import (
 )
 from nnexp.errors import ConfigError
 from nnexp.registry import config_parameters
+from nnexp.schema import MAX_ALIASED_VALUES, aliased_too_much, yaml_events
 
 #: Real presets nest a few levels; composing one nested about 150 deep exhausts Python's stack.
 DEEP_PRESET = 100
-#: How many values a preset's YAML aliases may copy: each copy becomes an OmegaConf node, and a few lines of nested
-#: aliases copy billions (the "billion laughs"), which composing builds one by one.
-MAX_ALIASED_VALUES = 10_000
 #: Hydra's prefix to an error merging one config: ``In 'experiment/unk': ConfigKeyError raised while composing``.
 IN_CONFIG = re.compile(r"In '([^']+)': \w+ raised while composing config")
 
@@ -105,17 +102,6 @@ def mapping_for_list(path: Path, group: str) -> str | None:
                 return f"{kind}.{parameter} expects {describe_type(lists[parameter])}, got {value!r}"
     return None
 
-
-def yaml_events(path: Path) -> Iterator[Any]:
-    """The YAML parser's events for ``path``, read without building anything; they end early, without an error,
-    where the file cannot be read or stops being YAML (composing it names that)."""
-    import yaml
-
-    try:
-        with path.open(encoding="utf-8") as file:
-            yield from yaml.parse(file)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return
 
 
 def preset_depth(path: Path) -> int:
@@ -406,43 +392,9 @@ def check_preset_aliases(config_dir: Path | None, limit: int = MAX_ALIASED_VALUE
     for path in sorted(config_dir.rglob("*.yaml")) if config_dir is not None else ():
         problem = aliased_too_much(path, limit) if path.is_file() else None  # a FIFO would block; composing names it
         if problem is not None:
-            raise ConfigError(f"{shown_path(path)}: {problem}")
-
-
-def aliased_too_much(path: Path, limit: int = MAX_ALIASED_VALUES) -> str | None:
-    """What is wrong when the YAML at ``path`` copies more than ``limit`` values through its aliases, counted from
-    its parser's events so that nothing is expanded; ``None`` otherwise, and for a file that is not YAML, whose error
-    composing names (its events end where it stops being YAML)."""
-    import yaml
-
-    sizes: dict[str, int] = {}  # the values of each anchored node, its own aliases' copies counted
-    open_nodes: list[tuple[str | None, int]] = [(None, 0)]  # the anchor and values so far of each open collection
-    copied = 0
-    for event in yaml_events(path):
-        anchor = getattr(event, "anchor", None)
-        if isinstance(event, yaml.CollectionStartEvent):
-            open_nodes.append((anchor, 0))
-            continue
-        if isinstance(event, yaml.AliasEvent):
-            size, anchor = sizes.get(event.anchor, 1), None
-            copied += size
-            if copied > limit:
-                return (
-                    f"line {event.start_mark.line + 1}: its YAML aliases (here *{event.anchor}) copy more "
-                    f"than {limit} values, which composing would build one by one; write the values out"
-                )
-        elif isinstance(event, yaml.ScalarEvent):
-            size = 1
-        elif isinstance(event, yaml.CollectionEndEvent):
-            anchor, inner = open_nodes.pop()
-            size = inner + 1
-        else:
-            continue
-        if anchor is not None:
-            sizes[anchor] = size
-        outer, values = open_nodes[-1]
-        open_nodes[-1] = (outer, values + size)
-    return None
+            raise ConfigError(
+                f"{shown_path(path)}: {problem}, which composing would build one by one; write the values out"
+            )
 
 
 def check_preset_names(config_dir: Path | None) -> None:

@@ -200,3 +200,8 @@ def registration_source(source: str) -> Iterator[None]:
         yield
     finally:
         _current_source = previous
+
+
+def is_builtin(cls: type) -> bool:
+    """Whether ``cls`` is one of nnexp's own plugins."""
+    return cls.__module__.partition(".")[0] == "nnexp"

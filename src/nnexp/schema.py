@@ -14,7 +14,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -24,6 +24,9 @@ from nnexp.errors import DataError, format_bytes
 
 #: An MLflow run id.
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+#: How many values YAML read back (a preset, a manifest's config) may copy through its aliases: each copy becomes a
+#: node, and a few lines of nested aliases copy billions (the "billion laughs"), which loading builds one by one.
+MAX_ALIASED_VALUES = 10_000
 #: How much of a bad value a message shows.
 SHOWN_CHARACTERS = 200
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -278,3 +281,53 @@ def load_npz(path: Path, names: Collection[str] | None = None) -> dict[str, np.n
             return {key: data[key] for key in data.files if names is None or key in names}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise unreadable_npz(path, exc) from None
+
+
+def yaml_events(source: Path | str) -> Iterator[Any]:
+    """The YAML parser's events for the file ``source`` (or, given a str, for that text), read without building
+    anything; they end early, without an error, where the file cannot be read or stops being YAML (loading it names
+    that)."""
+    import yaml
+
+    try:
+        if isinstance(source, str):
+            yield from yaml.parse(source)
+            return
+        with source.open(encoding="utf-8") as file:
+            yield from yaml.parse(file)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+
+
+def aliased_too_much(source: Path | str, limit: int = MAX_ALIASED_VALUES) -> str | None:
+    """What is wrong when the YAML in ``source`` (a file, or a str of YAML text) copies more than ``limit`` values
+    through its aliases, counted from its parser's events so that nothing is expanded; ``None`` otherwise, and for
+    text that is not YAML, whose error loading it names (its events end where it stops being YAML)."""
+    import yaml
+
+    sizes: dict[str, int] = {}  # the values of each anchored node, its own aliases' copies counted
+    open_nodes: list[tuple[str | None, int]] = [(None, 0)]  # the anchor and values so far of each open collection
+    copied = 0
+    for event in yaml_events(source):
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append((anchor, 0))
+            continue
+        if isinstance(event, yaml.AliasEvent):
+            size, anchor = sizes.get(event.anchor, 1), None
+            copied += size
+            if copied > limit:
+                line = event.start_mark.line + 1
+                return f"line {line}: its YAML aliases (here *{event.anchor}) copy more than {limit} values"
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, inner = open_nodes.pop()
+            size = inner + 1
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        outer, values = open_nodes[-1]
+        open_nodes[-1] = (outer, values + size)
+    return None

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 
 from nnexp.core import Array
+from nnexp.core.activations import ACTIVATIONS, Activation
 from nnexp.core.engine import ENGINES, CompiledSteps, select
-from nnexp.core.losses import Loss
+from nnexp.core.losses import LOSSES, Loss
 from nnexp.core.metrics import accuracy
 from nnexp.core.network import Sequential
 from nnexp.core.optimizers import Optimizer
 from nnexp.errors import TrainingError, require
+from nnexp.registry import is_builtin
 
 EVALUATION_BATCH = 4096
 #: A compiled call trains this long at most, so that a stop request is honoured within about this time.
@@ -307,7 +309,7 @@ class Trainer:
             stop = start + size
             outputs = network.forward(x[start:stop] if order is None else x[order[start:stop]])
             batch_loss, grad = loss.value_and_gradient(targets[start:stop], outputs)
-            _check_finite(batch_loss, epoch, batch)
+            _check_loss(network, loss, batch_loss, epoch, batch)
             outputs.argmax(axis=1, out=predicted[start:stop])
             network.backward(grad)
             optimizer.step(network.packed_parameters())
@@ -337,7 +339,7 @@ class Trainer:
                 x, targets, order, state.batch, count, size, predicted, state.loss_sum
             )
             state.batch += done
-            _check_finite(batch_loss, epoch, state.batch + 1)
+            _check_loss(compiled.network, compiled.loss, batch_loss, epoch, state.batch + 1)
             seconds = time.perf_counter() - called
             if done == count:  # a call cut short by the epoch's end says nothing about the pace
                 self._call_batches = max(1, min(4 * count, int(count * COMPILED_CALL_SECONDS / max(seconds, 1e-6))))
@@ -352,10 +354,20 @@ class Trainer:
         raise Stopped(f"{reason} in epoch {epoch}, after {self.state.batch} of its batches", self.state, exit_code)
 
 
-def _check_finite(batch_loss: float, epoch: int, batch: int) -> None:
-    """Raise :class:`TrainingError` if ``batch_loss``, the loss of ``batch`` (numbered from 1), is not finite."""
+def _check_loss(network: Sequential, loss: Loss, batch_loss: float, epoch: int, batch: int) -> None:
+    """Raise :class:`TrainingError` if ``batch_loss``, the loss of ``batch`` (numbered from 1), is negative, which
+    no loss is (nnexp's records of a run take losses as >= 0), or not finite: a learning rate too large, or one of
+    the network's plugins."""
+    if batch_loss < 0:
+        raise TrainingError(
+            f"{LOSSES.label(type(loss))} returned {batch_loss:.4g} at epoch {epoch}, batch {batch}; a loss must be >= 0"
+        )
     if not math.isfinite(batch_loss):
+        used = {type(layer): ACTIVATIONS for layer in network.layers if isinstance(layer, Activation)}
+        used[type(loss)] = LOSSES
+        plugins = [registry.label(cls) for cls, registry in used.items() if not is_builtin(cls)]
+        suspects = f", or check the run's plugins: {', '.join(plugins)}" if plugins else ""
         raise TrainingError(
             f"loss became {'NaN' if math.isnan(batch_loss) else 'infinite'} at epoch {epoch}, batch {batch}; "
-            "try a smaller optimizer.learning_rate"
+            f"try a smaller optimizer.learning_rate{suspects}"
         )

@@ -264,7 +264,8 @@ def check_in_dtype(cfg: DictConfig, dtype: type[np.floating]) -> None:
 def check_plugin_outputs(network: Sequential, loss: Loss, x: np.ndarray, targets: np.ndarray) -> None:
     """Pass a few rows through ``network`` and ``loss`` and back, and refuse an activation or a loss whose result is
     not an array shaped and typed like what it was given, which the next layer would meet as a bare NumPy error
-    naming no plugin (and a wider dtype would widen the run's arrays)."""
+    naming no plugin (and a wider dtype would widen the run's arrays), or NaN for finite numbers, which training
+    would blame on the learning rate; and a negative loss, which nnexp's records of a run take as impossible."""
     for layer in network.layers:
         out = layer.forward(x)
         if isinstance(layer, Activation):
@@ -276,6 +277,9 @@ def check_plugin_outputs(network: Sequential, loss: Loss, x: np.ndarray, targets
         value = value[()]
     if not isinstance(value, float | np.floating):
         raise PluginError(f"{label} returned a loss of {type(value).__name__} {np.shape(value)}; a loss is one number")
+    check_numbers(label, "a loss", np.asarray(value), x)
+    if value < 0:
+        raise PluginError(f"{label} returned {value:.4g} for {len(x)} rows of the training set; a loss must be >= 0")
     check_like(label, "a gradient", grad, x)
     for layer in reversed(network.layers[1:]):
         out = layer.backward(grad)
@@ -285,13 +289,21 @@ def check_plugin_outputs(network: Sequential, loss: Loss, x: np.ndarray, targets
 
 
 def check_like(label: str, what: str, result: object, given: np.ndarray) -> None:
-    """Refuse ``result``, a plugin's ``what`` for the array ``given``, unless it is an array of its shape and dtype."""
+    """Refuse ``result``, a plugin's ``what`` for the array ``given``, unless it is an array of its shape and dtype,
+    free of NaN where ``given`` is."""
     if not isinstance(result, np.ndarray) or result.shape != given.shape or result.dtype != given.dtype:
         found = f"{np.shape(result)} {result.dtype}" if isinstance(result, np.ndarray) else type(result).__name__
         raise PluginError(
             f"{label} returned {what} of {found} for {given.shape} {given.dtype}; it must be an array of the same "
             "shape and dtype"
         )
+    check_numbers(label, what, result, given)
+
+
+def check_numbers(label: str, what: str, result: np.ndarray, given: np.ndarray) -> None:
+    """Refuse ``result``, a plugin's ``what`` for the array ``given``, if it holds NaN where ``given`` holds none."""
+    if np.isnan(result).any() and np.isfinite(given).all():
+        raise PluginError(f"{label} returned {what} holding NaN for finite numbers; it must return numbers for them")
 
 
 def run_params(cfg: DictConfig) -> dict[str, Any]:

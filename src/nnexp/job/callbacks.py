@@ -21,7 +21,7 @@ from nnexp.config import (
     default_direction,
 )
 from nnexp.core.training import Callback, EarlyStopping, Trainer, TrainingState
-from nnexp.errors import RECURRING, STOPPED, ConfigError, Interrupted, ParameterError
+from nnexp.errors import RECURRING, STOPPED, ConfigError, DataError, Interrupted, ParameterError
 from nnexp.job import checkpoint
 from nnexp.job.build import Experiment
 from nnexp.job.phases import Phases
@@ -105,6 +105,14 @@ def load_checkpoint(cfg: DictConfig) -> checkpoint.Checkpoint | None:
     if loaded.manifest["config"] != run_config_yaml(cfg):
         before, now = OmegaConf.create(loaded.manifest["config"]), OmegaConf.create(run_config_yaml(cfg))
         changed = sorted(key for key, value in flatten(before).items() if flatten(now).get(key) != value)
+        # An override that sets a changed key itself disagrees with the config written beside it, whatever the
+        # presets say: the manifest was edited.
+        edited = [item for item in loaded.manifest["overrides"] if item.partition("=")[0].lstrip("+~") in changed]
+        if edited:
+            raise DataError(
+                f"{loaded.path}: overrides {' '.join(edited)} do not compose to its config ({', '.join(changed)}); "
+                "a manifest's overrides and config are written together, so one of them was edited"
+            )
         raise ConfigError(
             f"resume={cfg.resume}: the config no longer composes to the run's ({', '.join(changed) or 'keys differ'}); "
             "were conf/ presets or plugins changed?"

@@ -39,6 +39,7 @@ from nnexp.schema import (
     EPOCH_SECONDS_AT_MOST,
     RUN_ID,
     Fields,
+    aliased_too_much,
     check_metric,
     check_npz_data,
     check_weights,
@@ -117,7 +118,8 @@ class Checkpoint:
         taken within an epoch must lie within it.
         """
         self._check_sizes(network, n_samples)
-        self._check_progress(trainer, n_samples)
+        batches = math.ceil(n_samples / max(1, trainer.batch_length(n_samples)))
+        self._check_progress(batches, n_samples)
         # Besides the step count, the network's weights, the optimizer's state and what callbacks keep (early
         # stopping's best weights) are all arrays of the run's dtype.
         weights = {
@@ -126,7 +128,7 @@ class Checkpoint:
             if key.startswith(("network/", "optimizer/", "callback/")) and key != "optimizer/iterations"
         }
         check_weights(self.weights, weights, network.dtype, "this run's trainer.dtype", "checkpoint")
-        self._check_optimizer(network, optimizer)
+        self._check_optimizer(network, optimizer, batches)
         try:
             network.load_state_dict(self.section("network/"))
             optimizer.load_state_dict(self.section("optimizer/"))
@@ -174,8 +176,8 @@ class Checkpoint:
                     f"keeps in any one array ({limit} bytes)"
                 )
 
-    def _check_progress(self, trainer: Trainer, n_samples: int) -> None:
-        batches = math.ceil(n_samples / max(1, trainer.batch_length(n_samples)))
+    def _check_progress(self, batches: int, n_samples: int) -> None:
+        """The batch within an epoch of ``batches`` must be one, with the labels predicted up to it."""
         batch = self.manifest["progress"]["batch"]
         Fields(self.path).check(
             batch < batches, "progress.batch", f"below {batches}, the batches of one epoch of this run", batch
@@ -187,16 +189,31 @@ class Checkpoint:
                 f"{self.weights}: progress/predicted must be {n_samples} integer labels within an epoch, found {found}"
             )
 
-    def _check_optimizer(self, network: Sequential, optimizer: Optimizer) -> None:
+    def _check_steps(self, iterations: int, batches: int) -> None:
+        """``iterations``, the kept step count, must be one step a batch: every epoch's ``batches``, then the
+        batches trained of the epoch the checkpoint stopped in."""
+        epoch, batch = self.manifest["progress"]["epoch"], self.manifest["progress"]["batch"]
+        steps = epoch * batches + batch
+        if iterations != steps:
+            within = f" + {batch} into epoch {epoch + 1}" if batch else ""
+            raise DataError(
+                f"{self.weights}: optimizer/iterations must be {steps} ({epoch} x {batches} batches for the epochs "
+                f"done{within}; one step a batch), found {iterations}"
+            )
+
+    def _check_optimizer(self, network: Sequential, optimizer: Optimizer, batches: int) -> None:
         """The kept optimizer state must be the optimizer's whole state for these parameters: a missing or misfit
         array would be silently replaced by zeros, and a negative running average of squared gradients would make
-        the next step's square root NaN."""
+        the next step's square root NaN. Its step count must be the batches trained (epochs of ``batches``):
+        Adam's bias correction and a schedule follow it."""
         packed = {kind: params for kind, params, _ in network.packed_parameters()}
         kept = self.section("optimizer/")
         for key, array in kept.items():
             slot, _, kind = key.partition("/")
             if key == "iterations":
-                valid = array.shape == () and array.dtype.kind in "iu" and array >= 0
+                valid = array.shape == () and array.dtype.kind in "iu"
+                if valid:
+                    self._check_steps(int(array), batches)
             else:
                 valid = slot in optimizer.state_slots and kind in packed and fits(array, packed[kind])
             if not valid:
@@ -434,8 +451,12 @@ def check_best(fields: Fields, stopping: EarlyStopping, history: Mapping[str, li
 
 def configured_epochs(fields: Fields, config: object) -> int:
     """``trainer.epochs`` of the run's resolved config (YAML) a manifest holds."""
+    text = fields.string(config, "config")
+    problem = aliased_too_much(text)
+    if problem is not None:  # a resolved config holds no alias at all: nnexp writes it out
+        raise DataError(f"{fields.source}: config, {problem}, which no run's config does")
     try:
-        parsed = yaml.safe_load(fields.string(config, "config"))
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError:
         fields.fail("config", "the run's config as YAML", config)
     trainer = fields.mapping(parsed, "config").get("trainer")

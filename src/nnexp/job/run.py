@@ -20,7 +20,14 @@ from nnexp.core.metrics import confusion_matrix
 from nnexp.core.schedules import Constant, LearningRateScheduler
 from nnexp.core.training import Callback, EarlyStopping, Stopped, TrainingState, evaluate
 from nnexp.errors import Interrupted
-from nnexp.folders import JobFolderError, claim_job_folder, describe_os_error, discard_job_dir, note_run_opened
+from nnexp.folders import (
+    JobFolderError,
+    claim_job_folder,
+    describe_os_error,
+    discard_job_dir,
+    note_run_opened,
+    restore_setup_files,
+)
 from nnexp.job import checkpoint
 from nnexp.job.background import Workers, in_thread
 from nnexp.job.build import Experiment, Objective, configure, prepare, run_params
@@ -207,9 +214,10 @@ def open_run(
 
 def discard_unstarted(cfg: DictConfig, label: str, project_dir: Path, output_dir: Path, exc: BaseException) -> None:
     """A job that failed before its run could be opened leaves no folder; in a sweep it is kept as a FAILED child
-    run, unless the store refused to create runs at all."""
-    if cfg.resume:
-        return  # a resumed job's run exists already: its failure to start again is no new run
+    run, unless the store refused to create runs at all. A refused resume leaves the run's folder as it was."""
+    if cfg.resume:  # a resumed job's run exists already: its failure to start again is no new run
+        restore_setup_files(output_dir)
+        return
     if not isinstance(exc, JobFolderError):  # another job's folder, or the user's
         discard_job_dir(output_dir)
     if cfg.tracking.parent_run_id and isinstance(exc, Exception) and not isinstance(exc, RunCreationError):
