@@ -217,43 +217,35 @@ def test_a_file_of_short_lines_reserves_no_table_for_them(tmp_path, line):
 @pytest.mark.parametrize("header", [False, True])
 def test_a_line_longer_than_any_row_is_refused_unparsed(tmp_path, header):
     """A first line of 120 million cells was split whole (7.1 GB) before its columns were counted."""
-    import tracemalloc
-
     path = tmp_path / "long.csv"
     path.write_text((HEADER if header else "") + "1," * 400_000 + "1\n")
-    tracemalloc.start()
-    try:
-        message = csv_error(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    line = 2 if header else 1
-    assert message == (
-        f"{path}: line {line}: longer than 262,144 bytes, where a row of a label and 784 pixels takes at most 3,139"
-    )
-    assert peak < 8 * 2**20
+    assert_refused_as_too_long(path, 2 if header else 1, 8 * 2**20)
 
 
 @pytest.mark.parametrize("first", ["", "5" + ",0" * 784 + "\n"], ids=["first line", "second line"])
 def test_an_endless_line_is_refused_after_reading_a_block_of_it_not_the_whole_file(tmp_path, first):
     """The first line of a 1 GB sparse file took 6 s and 1.4 GB to refuse: the file was read whole first."""
-    import tracemalloc
-
     path = tmp_path / "sparse.csv"
     with path.open("wb") as file:
         file.write(first.encode())
         file.truncate(64 * 2**20)  # 64 MiB of NUL bytes without a newline, taking no room on disk
+    assert_refused_as_too_long(path, 2 if first else 1, 4 * 2**20)
+
+
+def assert_refused_as_too_long(path, line: int, most_bytes: int) -> None:
+    """Reading ``path`` is refused for its ``line``'s length, having held less than ``most_bytes`` meanwhile."""
+    import tracemalloc
+
     tracemalloc.start()
     try:
         message = csv_error(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    line = 2 if first else 1
     assert message == (
         f"{path}: line {line}: longer than 262,144 bytes, where a row of a label and 784 pixels takes at most 3,139"
     )
-    assert peak < 4 * 2**20
+    assert peak < most_bytes
 
 
 @pytest.mark.parametrize("header", ["h" * 3_000_000, ",".join(f"pixel{column}" for column in range(40_000))])
