@@ -820,6 +820,10 @@ def test_a_job_folder_is_claimed_by_one_job_and_never_one_holding_a_user_s_files
         f"hydra.sweep.subdir='e${{trainer.epochs}}' gives this job the folder {folder}, which another job of the "
         "sweep has; make it differ between jobs, such as ${hydra.job.num} (the default)"
     )
+    (folder / "checkpoints").mkdir()  # a requeued SLURM job resumes in the folder it took before
+    claim_job_folder(folder, "e${trainer.epochs}", resuming=True)
+    _held.pop().close()
+    (folder / "checkpoints").rmdir()
     (folder / FOLDER_LOCK).unlink()
     (folder / "notes.txt").write_text("the user's")
     with pytest.raises(JobFolderError, match=r"which holds files nnexp did not write \(notes\.txt\)"):

@@ -287,10 +287,14 @@ def shown(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
-def claim_job_folder(folder: Path, subdir: str) -> None:
+def claim_job_folder(folder: Path, subdir: str, resuming: bool = False) -> None:
     """Take the sweep job's folder ``folder`` for this job, by creating its lock file, which exactly one job can;
     refuse, in one line, a folder another job of the sweep has taken (``hydra.sweep.subdir`` gave both that one) or
-    one holding files nnexp did not write."""
+    one holding files nnexp did not write. A job ``resuming`` (a requeued SLURM job) goes on in the folder it took
+    before: it only locks it."""
+    if resuming:
+        lock_folder(folder, "job folder")
+        return
     try:
         os.close(os.open(folder / FOLDER_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:

@@ -83,7 +83,8 @@ def run(cfg: DictConfig) -> float:
     try:
         with phases("setup"):
             if hydra.mode == RunMode.MULTIRUN:  # jobs not known up front (Optuna's) get their folder here
-                claim_job_folder(output_dir, OmegaConf.to_container(hydra.sweep, resolve=False)["subdir"])
+                subdir = OmegaConf.to_container(hydra.sweep, resolve=False)["subdir"]
+                claim_job_folder(output_dir, subdir, resuming=bool(cfg.resume))
             components = configure(cfg)
             resumed = load_checkpoint(cfg)
             warm_up(cfg.trainer.engine.value)
